@@ -1,0 +1,626 @@
+"""The Pythonic face of ``ats_cffi._native`` (DESIGN.md sections 2, 9, 10).
+
+Failures become ``OSError(errno, "<call>: <strerror>")`` naming the system call;
+``EINTR`` is retried; ``EAGAIN`` on the hot paths is the return value :data:`AGAIN`
+(a negative errno-style sentinel), never an exception.
+
+Two kinds of I/O calls are offered: convenience calls taking any bytes-like object
+(:func:`read_into`, :func:`write`, :func:`writev`), which wrap the buffer for C on
+every call, and the hot-path calls taking a cdata pointer made once by the caller
+plus an offset and a length (:func:`read_fill`, :func:`write_block`,
+:func:`writev_blocks`), which allocate nothing.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import socket as _socket
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from ats_cffi._native import ffi, lib
+
+__all__ = [
+    "AGAIN",
+    "EOF_OR_ERROR",
+    "IN_PROGRESS",
+    "Address",
+    "Epoll",
+    "EventFD",
+    "accept4",
+    "accept_batch",
+    "bind",
+    "check_fd",
+    "close",
+    "connect",
+    "getpeername",
+    "getsockname",
+    "getsockopt_int",
+    "listen",
+    "read",
+    "read_fill",
+    "read_into",
+    "setsockopt_int",
+    "shutdown",
+    "so_error",
+    "socket",
+    "write",
+    "write_block",
+    "writev",
+    "writev_blocks",
+]
+
+#: Returned instead of raising when a non-blocking call would block.
+AGAIN: int = -_errno.EAGAIN
+#: Returned by :func:`connect` on a non-blocking socket whose connect is under way.
+IN_PROGRESS: int = -_errno.EINPROGRESS
+#: Value of ``last`` from :func:`read_fill` for end of file.
+EOF_OR_ERROR: int = 0
+
+_EINTR = _errno.EINTR
+_EAGAIN = _errno.EAGAIN
+
+Address = tuple[str, int] | tuple[str, int, int, int] | str
+
+#: Default flags for accepted sockets: non-blocking and close-on-exec.
+ACCEPT_FLAGS: int = lib.SOCK_NONBLOCK | lib.SOCK_CLOEXEC
+
+
+def _oserror(call: str, err: int) -> OSError:
+    return OSError(err, f"{call}: {os.strerror(err)}")
+
+
+def _type_error(call: str, exc: Exception) -> TypeError:
+    return TypeError(f"{call}: {exc}")
+
+
+def _check_int(call: str, name: str, value: Any) -> None:
+    if type(value) is not int:
+        raise TypeError(f"{call}: {name} must be an int, not {type(value).__name__}")
+
+
+def _check_size(call: str, name: str, value: Any) -> None:
+    _check_int(call, name, value)
+    if value < 0:
+        raise ValueError(f"{call}: {name} must be >= 0, got {value}")
+
+
+def check_fd(call: str, fd: Any) -> None:
+    """Raise ``TypeError`` unless ``fd`` is an int (a negative one fails later as EBADF)."""
+    _check_int(call, "fd", fd)
+
+
+# --------------------------------------------------------------------------- epoll
+
+
+class Epoll:
+    """An epoll instance (close-on-exec) with preallocated result arrays.
+
+    After ``n = ep.wait(timeout_ms)``, ``ep.tokens[i]`` and ``ep.masks[i]`` for
+    ``i < n`` are the token given at registration and the event mask: plain
+    memoryviews, so reading them costs no cffi access per field.
+    Raises ``OSError`` naming ``epoll_create1``/``epoll_ctl``/``epoll_wait``.
+    """
+
+    __slots__ = ("_fd", "max_events", "_evs", "_tokens_c", "_masks_c", "tokens", "masks")
+
+    def __init__(self, max_events: int = 1024) -> None:
+        _check_int("Epoll", "max_events", max_events)
+        if max_events <= 0:
+            raise ValueError(f"Epoll: max_events must be > 0, got {max_events}")
+        self._fd = -1
+        fd = lib.epoll_create1(lib.EPOLL_CLOEXEC)
+        if fd < 0:
+            raise _oserror("epoll_create1", ffi.errno)
+        self._fd = fd
+        self.max_events = max_events
+        self._evs = ffi.new("struct epoll_event[]", max_events)
+        self._tokens_c = ffi.new("uint64_t[]", max_events)
+        self._masks_c = ffi.new("uint32_t[]", max_events)
+        self.tokens = memoryview(ffi.buffer(self._tokens_c)).cast("B").cast("Q")
+        self.masks = memoryview(ffi.buffer(self._masks_c)).cast("B").cast("I")
+
+    @property
+    def fd(self) -> int:
+        """The epoll file descriptor, -1 once closed."""
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def ctl(self, op: int, fd: int, events: int, token: int | None = None) -> None:
+        """``epoll_ctl(op, fd)`` with ``events`` and a 64-bit ``token`` (default: ``fd``)."""
+        if token is None:
+            token = fd
+        try:
+            r = lib.ats_epoll_ctl(self._fd, op, fd, events, token)
+        except (TypeError, OverflowError) as exc:
+            raise TypeError(f"epoll_ctl: {exc}") from None
+        if r < 0:
+            raise _oserror("epoll_ctl", -r)
+
+    def add(self, fd: int, events: int, token: int | None = None) -> None:
+        """Register ``fd`` (``EPOLL_CTL_ADD``)."""
+        self.ctl(lib.EPOLL_CTL_ADD, fd, events, token)
+
+    def modify(self, fd: int, events: int, token: int | None = None) -> None:
+        """Change or re-arm ``fd`` (``EPOLL_CTL_MOD``): with edge trigger, a MOD with the
+        same mask reports readiness that is already pending once more."""
+        self.ctl(lib.EPOLL_CTL_MOD, fd, events, token)
+
+    def delete(self, fd: int) -> None:
+        """Unregister ``fd`` (``EPOLL_CTL_DEL``)."""
+        self.ctl(lib.EPOLL_CTL_DEL, fd, 0, 0)
+
+    def wait(self, timeout_ms: int = -1) -> int:
+        """Wait up to ``timeout_ms`` (-1: forever, 0: poll) and return the number of events."""
+        while True:
+            try:
+                n = lib.ats_epoll_wait(
+                    self._fd, self._evs, self.max_events, timeout_ms, self._tokens_c, self._masks_c
+                )
+            except (TypeError, OverflowError) as exc:
+                raise TypeError(f"epoll_wait: timeout_ms: {exc}") from None
+            if n >= 0:
+                return n
+            if n != -_EINTR:
+                raise _oserror("epoll_wait", -n)
+
+    def close(self) -> None:
+        """Close the epoll fd; a second call does nothing."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            lib.close(fd)
+
+    def __enter__(self) -> Epoll:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            self.close()
+
+    def __repr__(self) -> str:
+        return f"<Epoll fd={self._fd} max_events={self.max_events}>"
+
+
+# ------------------------------------------------------------------------- eventfd
+
+
+class EventFD:
+    """A non-blocking, close-on-exec eventfd.
+
+    ``write(n)`` adds to the counter; ``read()`` returns the counter and resets it
+    (semaphore mode: returns 1 and decrements), or ``None`` when it is zero.
+    Raises ``OSError`` naming ``eventfd``/``eventfd read``/``eventfd write``.
+    """
+
+    __slots__ = ("_fd", "semaphore", "_value")
+
+    def __init__(self, initval: int = 0, semaphore: bool = False) -> None:
+        _check_size("eventfd", "initval", initval)
+        if initval > 0xFFFFFFFF:
+            raise ValueError(f"eventfd: initval must fit in 32 bits, got {initval}")
+        self._fd = -1
+        flags = lib.EFD_NONBLOCK | lib.EFD_CLOEXEC
+        if semaphore:
+            flags |= lib.EFD_SEMAPHORE
+        fd = lib.eventfd(initval, flags)
+        if fd < 0:
+            raise _oserror("eventfd", ffi.errno)
+        self._fd = fd
+        self.semaphore = bool(semaphore)
+        self._value = ffi.new("uint64_t *")
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    def write(self, value: int = 1) -> bool:
+        """Add ``value`` (> 0) to the counter; False if the counter is full (EAGAIN)."""
+        _check_int("eventfd write", "value", value)
+        if value <= 0 or value >= 0xFFFFFFFFFFFFFFFF:
+            raise ValueError(f"eventfd write: value must be in 1..2**64-2, got {value}")
+        while True:
+            r = lib.ats_eventfd_write(self._fd, value)
+            if r == 0:
+                return True
+            if r == -_EAGAIN:
+                return False
+            if r != -_EINTR:
+                raise _oserror("eventfd write", -r)
+
+    def read(self) -> int | None:
+        """Take the counter (or 1 in semaphore mode); ``None`` when it is zero."""
+        while True:
+            r = lib.ats_eventfd_read(self._fd, self._value)
+            if r == 0:
+                return int(self._value[0])
+            if r == -_EAGAIN:
+                return None
+            if r != -_EINTR:
+                raise _oserror("eventfd read", -r)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            lib.close(fd)
+
+    def __enter__(self) -> EventFD:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            self.close()
+
+    def __repr__(self) -> str:
+        return f"<EventFD fd={self._fd} semaphore={self.semaphore}>"
+
+
+# ----------------------------------------------------------------------- addresses
+
+
+class _Scratch(threading.local):
+    """Per-thread sockaddr buffers, made once per thread (calls release the GIL)."""
+
+    def __init__(self) -> None:
+        self.ss = ffi.new("struct sockaddr_storage *")
+        self.len = ffi.new("socklen_t *")
+        self.host = ffi.new("char[]", 128)
+        self.port = ffi.new("int *")
+        self.flow = ffi.new("uint32_t *")
+        self.scope = ffi.new("uint32_t *")
+        self.intval = ffi.new("int *")
+        self.fds = ffi.new("int[]", 256)
+        self.err = ffi.new("int *")
+        self.last = ffi.new("ssize_t *")
+
+
+_scratch = _Scratch()
+
+
+def _parse(s: _Scratch, call: str) -> Address:
+    fam = lib.ats_sockaddr_parse(s.ss, s.len[0], s.host, 128, s.port, s.flow, s.scope)
+    if fam < 0:
+        raise _oserror(call, -fam)
+    host = ffi.string(s.host).decode("utf-8", "surrogateescape")
+    if fam == lib.AF_INET:
+        return (host, s.port[0])
+    if fam == lib.AF_INET6:
+        return (host, s.port[0], s.flow[0], s.scope[0])
+    return host
+
+
+def _make(s: _Scratch, call: str, family: int, address: Any) -> None:
+    if family == lib.AF_UNIX:
+        if not isinstance(address, (str, bytes)):
+            raise TypeError(f"{call}: an AF_UNIX address must be a path, not {address!r}")
+        host = os.fsencode(address)
+        port = flow = scope = 0
+    else:
+        if not isinstance(address, tuple) or len(address) not in (2, 4):
+            raise TypeError(f"{call}: address must be (host, port) or (host, port, flow, scope)")
+        host, port = address[0], address[1]
+        flow, scope = (address[2], address[3]) if len(address) == 4 else (0, 0)
+        if not isinstance(host, str):
+            raise TypeError(f"{call}: host must be a str, not {type(host).__name__}")
+        _check_int(call, "port", port)
+        if not 0 <= port <= 65535:
+            raise ValueError(f"{call}: port must be in 0..65535, got {port}")
+        if host == "" or host == "localhost":
+            host = "127.0.0.1" if family == lib.AF_INET else ("::1" if host else "::")
+            if family == lib.AF_INET and address[0] == "":
+                host = "0.0.0.0"
+        host = host.encode("ascii")
+    r = lib.ats_sockaddr_make(family, host, port, flow, scope, s.ss, s.len)
+    if r < 0:
+        if r == -_errno.EINVAL:
+            raise ValueError(f"{call}: not a numeric address for this family: {address!r}")
+        raise _oserror(call, -r)
+
+
+def _family(fd: int, call: str) -> int:
+    s = _scratch
+    s.len[0] = ffi.sizeof("int")
+    if lib.getsockopt(fd, lib.SOL_SOCKET, lib.SO_DOMAIN, s.intval, s.len) < 0:
+        raise _oserror(call, ffi.errno)
+    return s.intval[0]
+
+
+# ------------------------------------------------------------------------- sockets
+
+
+def socket(family: int = lib.AF_INET, type: int = lib.SOCK_STREAM, proto: int = 0) -> int:
+    """A new socket fd, non-blocking and close-on-exec."""
+    for name, v in (("family", family), ("type", type), ("proto", proto)):
+        _check_int("socket", name, v)
+    fd = lib.socket(family, type | lib.SOCK_NONBLOCK | lib.SOCK_CLOEXEC, proto)
+    if fd < 0:
+        raise _oserror("socket", ffi.errno)
+    return fd
+
+
+def bind(fd: int, address: Address) -> None:
+    """Bind ``fd`` to ``address`` (the family is read from the socket)."""
+    check_fd("bind", fd)
+    s = _scratch
+    _make(s, "bind", _family(fd, "bind"), address)
+    if lib.bind(fd, ffi.cast("struct sockaddr *", s.ss), s.len[0]) < 0:
+        raise _oserror("bind", ffi.errno)
+
+
+def listen(fd: int, backlog: int = 1024) -> None:
+    check_fd("listen", fd)
+    _check_int("listen", "backlog", backlog)
+    if lib.listen(fd, backlog) < 0:
+        raise _oserror("listen", ffi.errno)
+
+
+def connect(fd: int, address: Address) -> int:
+    """Start a connect: 0 when connected at once, :data:`IN_PROGRESS` when under way.
+
+    Any other failure (ECONNREFUSED, ...) raises ``OSError`` naming ``connect``.
+    """
+    check_fd("connect", fd)
+    s = _scratch
+    _make(s, "connect", _family(fd, "connect"), address)
+    while True:
+        if lib.connect(fd, ffi.cast("struct sockaddr *", s.ss), s.len[0]) == 0:
+            return 0
+        err = ffi.errno
+        if err == _errno.EINPROGRESS:
+            return IN_PROGRESS
+        if err != _EINTR:
+            raise _oserror("connect", err)
+
+
+def getsockname(fd: int) -> Address:
+    check_fd("getsockname", fd)
+    s = _scratch
+    s.len[0] = ffi.sizeof("struct sockaddr_storage")
+    if lib.getsockname(fd, ffi.cast("struct sockaddr *", s.ss), s.len) < 0:
+        raise _oserror("getsockname", ffi.errno)
+    return _parse(s, "getsockname")
+
+
+def getpeername(fd: int) -> Address:
+    check_fd("getpeername", fd)
+    s = _scratch
+    s.len[0] = ffi.sizeof("struct sockaddr_storage")
+    if lib.getpeername(fd, ffi.cast("struct sockaddr *", s.ss), s.len) < 0:
+        raise _oserror("getpeername", ffi.errno)
+    return _parse(s, "getpeername")
+
+
+def getsockopt_int(fd: int, level: int, option: int) -> int:
+    check_fd("getsockopt", fd)
+    s = _scratch
+    s.len[0] = ffi.sizeof("int")
+    s.intval[0] = 0
+    if lib.getsockopt(fd, level, option, s.intval, s.len) < 0:
+        raise _oserror("getsockopt", ffi.errno)
+    return s.intval[0]
+
+
+def setsockopt_int(fd: int, level: int, option: int, value: int) -> None:
+    check_fd("setsockopt", fd)
+    _check_int("setsockopt", "value", value)
+    s = _scratch
+    s.intval[0] = value
+    if lib.setsockopt(fd, level, option, s.intval, ffi.sizeof("int")) < 0:
+        raise _oserror("setsockopt", ffi.errno)
+
+
+def so_error(fd: int) -> int:
+    """The pending socket error (``SO_ERROR``), cleared by reading it; 0 for none."""
+    r = lib.ats_so_error(fd)
+    if r < 0:
+        raise _oserror("getsockopt(SO_ERROR)", -r)
+    return r
+
+
+def shutdown(fd: int, how: int) -> None:
+    check_fd("shutdown", fd)
+    if lib.shutdown(fd, how) < 0:
+        raise _oserror("shutdown", ffi.errno)
+
+
+def close(fd: int) -> None:
+    """Close ``fd``. Not retried on EINTR: on Linux the fd is released anyway."""
+    check_fd("close", fd)
+    if lib.close(fd) < 0:
+        err = ffi.errno
+        if err != _EINTR:
+            raise _oserror("close", err)
+
+
+def accept4(fd: int, flags: int = ACCEPT_FLAGS) -> tuple[int, Address] | None:
+    """Accept one connection: ``(new_fd, peer_address)``, or ``None`` on an empty backlog.
+
+    ``flags`` default to ``SOCK_NONBLOCK | SOCK_CLOEXEC``. Errors other than EAGAIN
+    (EMFILE, ECONNABORTED, ...) raise ``OSError`` naming ``accept4``.
+    """
+    s = _scratch
+    while True:
+        try:
+            r = lib.ats_accept4(fd, flags, s.ss, s.len)
+        except (TypeError, OverflowError) as exc:
+            raise _type_error("accept4", exc) from None
+        if r >= 0:
+            try:
+                return r, _parse(s, "accept4")
+            except BaseException:
+                lib.close(r)
+                raise
+        if r == AGAIN:
+            return None
+        if r != -_EINTR:
+            raise _oserror("accept4", -r)
+
+
+def accept_batch(fd: int, max_count: int, flags: int = ACCEPT_FLAGS) -> tuple[list[int], int]:
+    """Accept up to ``max_count`` connections in one native call.
+
+    Returns ``(fds, err)``: the accepted fds and the errno that ended the batch
+    (``EAGAIN`` for an empty backlog, 0 when ``max_count`` was reached, or a real
+    error such as ``EMFILE`` that the caller classifies).
+    """
+    _check_int("accept4", "max_count", max_count)
+    if max_count <= 0 or max_count > 256:
+        raise ValueError(f"accept4: max_count must be in 1..256, got {max_count}")
+    s = _scratch
+    try:
+        n = lib.ats_accept_batch(fd, flags, s.fds, max_count, s.err)
+    except (TypeError, OverflowError) as exc:
+        raise _type_error("accept4", exc) from None
+    return [s.fds[i] for i in range(n)], s.err[0]
+
+
+# -------------------------------------------------------------------------- reads
+
+
+def read_into(fd: int, buffer: Any, nbytes: int | None = None) -> int:
+    """``read()`` into a writable bytes-like ``buffer`` (at most ``nbytes``).
+
+    Returns the byte count (0 at EOF) or :data:`AGAIN`.
+    """
+    try:
+        cbuf = ffi.from_buffer(buffer, require_writable=True)
+    except (TypeError, BufferError) as exc:
+        raise TypeError(f"read: buffer must be a writable bytes-like object: {exc}") from None
+    size = len(cbuf)
+    if nbytes is not None:
+        _check_size("read", "nbytes", nbytes)
+        size = min(size, nbytes)
+    while True:
+        try:
+            r = lib.read(fd, cbuf, size)
+        except (TypeError, OverflowError) as exc:
+            raise _type_error("read", exc) from None
+        if r >= 0:
+            return r
+        err = ffi.errno
+        if err == _EAGAIN:
+            return AGAIN
+        if err != _EINTR:
+            raise _oserror("read", err)
+
+
+def read(fd: int, nbytes: int) -> bytes | int:
+    """Read up to ``nbytes``: the bytes (``b""`` at EOF) or :data:`AGAIN`."""
+    _check_size("read", "nbytes", nbytes)
+    buf = bytearray(nbytes)
+    r = read_into(fd, buf)
+    if r < 0:
+        return r
+    return bytes(buf[:r])
+
+
+def read_fill(fd: int, base: Any, offset: int, length: int) -> tuple[int, int]:
+    """Hot path: read into ``base[offset:offset+length]`` until full, EOF or EAGAIN.
+
+    ``base`` is a cdata pointer the caller made once. Returns ``(nread, last)``:
+    ``last > 0`` means the space was filled (more may be waiting), 0 means EOF,
+    :data:`AGAIN` means the socket is drained; any other errno raises ``OSError``.
+    """
+    s = _scratch
+    n = lib.ats_read_fill(fd, base, offset, length, s.last)
+    last = s.last[0]
+    if last < 0 and last != AGAIN and n == 0:
+        raise _oserror("read", -last)
+    return n, last
+
+
+# ------------------------------------------------------------------------- writes
+
+
+def write(fd: int, data: Any) -> int:
+    """``send()`` (no SIGPIPE) a bytes-like object once: the count written or :data:`AGAIN`."""
+    try:
+        cbuf = ffi.from_buffer(data)
+    except TypeError as exc:
+        raise _type_error("write", exc) from None
+    while True:
+        try:
+            r = lib.send(fd, cbuf, len(cbuf), lib.MSG_NOSIGNAL)
+        except (TypeError, OverflowError) as exc:
+            raise _type_error("write", exc) from None
+        if r >= 0:
+            return r
+        err = ffi.errno
+        if err == _EAGAIN:
+            return AGAIN
+        if err == _errno.ENOTSOCK:
+            r = lib.write(fd, cbuf, len(cbuf))
+            if r >= 0:
+                return r
+            err = ffi.errno
+            if err == _EAGAIN:
+                return AGAIN
+        if err != _EINTR:
+            raise _oserror("write", err)
+
+
+def write_block(fd: int, base: Any, offset: int, length: int) -> tuple[int, int]:
+    """Hot path: write ``base[offset:offset+length]`` until done or EAGAIN: ``(n, last)``."""
+    s = _scratch
+    n = lib.ats_write_all(fd, base, offset, length, s.last)
+    last = s.last[0]
+    if last < 0 and last != AGAIN and n == 0:
+        raise _oserror("write", -last)
+    return n, last
+
+
+def writev(fd: int, buffers: Sequence[Any]) -> int:
+    """``writev()`` a sequence of bytes-like objects once: the count written or :data:`AGAIN`."""
+    if isinstance(buffers, (bytes, bytearray, memoryview, str)):
+        raise TypeError("writev: buffers must be a sequence of bytes-like objects")
+    n = len(buffers)
+    if n == 0:
+        return 0
+    iov = ffi.new("struct iovec[]", n)
+    keep = []
+    for i, b in enumerate(buffers):
+        try:
+            c = ffi.from_buffer(b)
+        except TypeError as exc:
+            raise _type_error("writev", exc) from None
+        keep.append(c)
+        iov[i].iov_base = c
+        iov[i].iov_len = len(c)
+    while True:
+        try:
+            r = lib.writev(fd, iov, n)
+        except (TypeError, OverflowError) as exc:
+            raise _type_error("writev", exc) from None
+        if r >= 0:
+            return r
+        err = ffi.errno
+        if err == _EAGAIN:
+            return AGAIN
+        if err != _EINTR:
+            raise _oserror("writev", err)
+
+
+def writev_blocks(fd: int, bases: Any, offsets: Any, lengths: Any, count: int) -> tuple[int, int]:
+    """Hot path: writev of ``count`` blocks held in preallocated ``char *[]``,
+    ``size_t[]`` arrays, repeated until done or EAGAIN: ``(n, last)`` as
+    :func:`write_block`."""
+    s = _scratch
+    n = lib.ats_writev_blocks(fd, bases, offsets, lengths, count, s.last)
+    last = s.last[0]
+    if last < 0 and last != AGAIN and n == 0:
+        raise _oserror("writev", -last)
+    return n, last
+
+
+# Keep the stdlib constant names handy for callers that mix both worlds.
+SOL_SOCKET = _socket.SOL_SOCKET
