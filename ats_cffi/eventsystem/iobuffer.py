@@ -1,0 +1,553 @@
+"""MIOBuffer, IOBufferReader and IOBufferBlock: ATS's single-writer, many-reader byte chain.
+
+A buffer is a singly linked chain of fixed-size blocks. The writer appends at the tail block;
+each reader walks the chain from its own position. Nothing holds the head of the chain once a
+reader exists: a block stays alive only while some reader still has to read it (or it is the
+tail), so memory follows the slowest reader and stays bounded for a write/consume stream.
+
+Positions are kept as stream offsets: the buffer counts every byte ever committed
+(``_written``) and each reader counts every byte it has consumed (``_pos``), which makes
+``read_avail`` O(1) however long the chain is.
+
+Not thread-safe: like ATS, the owner (the VC, under its mutex) serialises access.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["DEFAULT_BLOCK_SIZE", "IOBufferBlock", "IOBufferReader", "MIOBuffer"]
+
+DEFAULT_BLOCK_SIZE = 32768
+
+
+class IOBufferBlock:
+    """One fixed-size block of a buffer chain: valid bytes are ``data[start:end]``.
+
+    The free space ``data[end:]`` is where the writer (or a native read) puts new bytes.
+    Native code is always handed ``(block.cdata, offset, length)``; no pointer arithmetic is
+    done on the Python side.
+    """
+
+    __slots__ = ("data", "start", "end", "next", "view", "_cdata")
+
+    def __init__(self, size: int) -> None:
+        """Allocate a zeroed block of ``size`` bytes, empty.
+
+        Raises ValueError for a negative size, TypeError for a non-integer one.
+        """
+        self.data = bytearray(size)
+        self.start = 0
+        self.end = 0
+        self.next: IOBufferBlock | None = None
+        # One memoryview per block, sliced for views instead of re-exporting the bytearray
+        # on every call.
+        self.view = memoryview(self.data)
+        self._cdata: Any = None
+
+    @property
+    def cdata(self) -> Any:
+        """The block's memory as a cffi ``char[]`` (created on first use, then cached).
+
+        Raises ImportError if the native extension has not been built.
+        """
+        c = self._cdata
+        if c is None:
+            # Imported here so that the buffer layer works (and is testable) without the
+            # native extension.
+            from ats_cffi._native import ffi
+
+            c = self._cdata = ffi.from_buffer(self.data)
+        return c
+
+    def read_avail(self) -> int:
+        """Number of valid bytes in this block."""
+        return self.end - self.start
+
+    def write_avail(self) -> int:
+        """Number of free bytes after the valid ones."""
+        return len(self.data) - self.end
+
+    def __repr__(self) -> str:
+        return f"<IOBufferBlock size={len(self.data)} start={self.start} end={self.end}>"
+
+
+def _check_int(name: str, value: object) -> int:
+    # bool is an int subclass but never a meaningful size or count.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    return value
+
+
+class MIOBuffer:
+    """A chain of blocks with one writer and any number of independent readers.
+
+    Bytes written before the first reader exists are kept for it. A reader allocated while
+    others exist starts where the slowest of them is; after the last reader goes away the
+    buffer keeps what that reader had not consumed, for the next one.
+    """
+
+    __slots__ = (
+        "_block_size",
+        "_water_mark",
+        "_tail",
+        "_written",
+        "_readers",
+        "_head",
+        "_head_off",
+        "_head_pos",
+    )
+
+    def __init__(self, block_size: int = DEFAULT_BLOCK_SIZE, water_mark: int = 0) -> None:
+        """Create an empty buffer whose blocks are ``block_size`` bytes.
+
+        Raises TypeError if block_size or water_mark is not an int (bool included),
+        ValueError if block_size <= 0 or water_mark < 0.
+        """
+        _check_int("block_size", block_size)
+        if block_size <= 0:
+            raise ValueError(f"block_size must be > 0, got {block_size}")
+        self._block_size = block_size
+        self._water_mark = 0
+        self.water_mark = water_mark
+        # A zero-size block starts the chain so that readers always have a block to stand on;
+        # the first write sees it full and appends a real block after it.
+        first = IOBufferBlock(0)
+        self._tail = first
+        self._written = 0
+        self._readers: list[IOBufferReader] = []
+        # Where the next reader starts while there are no readers. None while readers exist,
+        # so that the buffer itself does not pin consumed blocks.
+        self._head: IOBufferBlock | None = first
+        self._head_off = 0
+        self._head_pos = 0
+
+    @property
+    def block_size(self) -> int:
+        """Size in bytes of each block this buffer allocates."""
+        return self._block_size
+
+    @property
+    def water_mark(self) -> int:
+        """Readable bytes above which the buffer counts as full (``high_water()``)."""
+        return self._water_mark
+
+    @water_mark.setter
+    def water_mark(self, value: int) -> None:
+        """Set the water mark.
+
+        Raises TypeError if value is not an int (bool included), ValueError if it is < 0.
+        """
+        _check_int("water_mark", value)
+        if value < 0:
+            raise ValueError(f"water_mark must be >= 0, got {value}")
+        self._water_mark = value
+
+    @property
+    def readers(self) -> int:
+        """Number of allocated readers."""
+        return len(self._readers)
+
+    # -- writer side ---------------------------------------------------------------------
+
+    def _add_block(self) -> IOBufferBlock:
+        b = IOBufferBlock(self._block_size)
+        self._tail.next = b
+        self._tail = b
+        return b
+
+    def write(self, data: Any) -> int:
+        """Copy all of the bytes-like ``data`` into the chain, adding blocks as needed.
+
+        Returns the number of bytes written. Raises TypeError if data is not bytes-like.
+        """
+        t = self._tail
+        e = t.end
+        if type(data) is bytes or type(data) is bytearray:
+            n = len(data)
+            # Fast path: the whole write fits in the tail block.
+            if n <= len(t.data) - e:
+                t.data[e : e + n] = data
+                t.end = e + n
+                self._written += n
+                return n
+            mv = memoryview(data)
+        else:
+            try:
+                mv = memoryview(data)
+            except TypeError:
+                raise TypeError(
+                    f"data must be a bytes-like object, not {type(data).__name__}"
+                ) from None
+            if mv.format != "B" or mv.ndim != 1:
+                mv = mv.cast("B")
+            n = mv.nbytes
+        done = 0
+        while done < n:
+            free = len(t.data) - e
+            if free == 0:
+                t = self._add_block()
+                e = 0
+                free = len(t.data)
+            k = n - done
+            if k > free:
+                k = free
+            t.data[e : e + k] = mv[done : done + k]
+            e += k
+            t.end = e
+            done += k
+        self._written += n
+        return n
+
+    def write_avail(self) -> int:
+        """Free bytes in the tail block, after appending a block if the tail is full."""
+        t = self._tail
+        free = len(t.data) - t.end
+        if free == 0:
+            t = self._add_block()
+            free = len(t.data)
+        return free
+
+    def writable_block(self) -> IOBufferBlock:
+        """The tail block, after appending one if the tail is full.
+
+        Fill ``block.data[block.end:]`` (natively: ``block.cdata`` at offset ``block.end``,
+        at most ``len(block.data) - block.end`` bytes), then commit with ``fill(n)``.
+        """
+        t = self._tail
+        if t.end == len(t.data):
+            t = self._add_block()
+        return t
+
+    def writable_view(self) -> memoryview:
+        """A writable view of the tail block's free space (for ``recv_into``); see ``fill``."""
+        t = self._tail
+        if t.end == len(t.data):
+            t = self._add_block()
+        return t.view[t.end :]
+
+    def fill(self, n: int) -> None:
+        """Commit ``n`` bytes that were written into the tail block's free space.
+
+        Raises TypeError if n is not an int, ValueError if n < 0 or more than that free space.
+        """
+        t = self._tail
+        if type(n) is not int:
+            _check_int("n", n)
+        if n < 0 or n > len(t.data) - t.end:
+            raise ValueError(
+                f"n must be between 0 and the tail block's free space "
+                f"({len(t.data) - t.end}), got {n}"
+            )
+        t.end += n
+        self._written += n
+
+    # -- readers -------------------------------------------------------------------------
+
+    def alloc_reader(self) -> IOBufferReader:
+        """A new reader: at the slowest reader's position, or at the retained data if none."""
+        r = IOBufferReader.__new__(IOBufferReader)
+        r.writer = self
+        rs = self._readers
+        if rs:
+            slow = min(rs, key=_reader_pos)
+            r._block = slow._block
+            r._off = slow._off
+            r._pos = slow._pos
+        else:
+            r._block = self._head
+            r._off = self._head_off
+            r._pos = self._head_pos
+            self._head = None
+        rs.append(r)
+        return r
+
+    def _clone_reader(self, src: IOBufferReader) -> IOBufferReader:
+        r = IOBufferReader.__new__(IOBufferReader)
+        r.writer = self
+        r._block = src._block
+        r._off = src._off
+        r._pos = src._pos
+        self._readers.append(r)
+        return r
+
+    def _retain_from(self, r: IOBufferReader) -> None:
+        # The last reader is going away: keep what it had not consumed for the next one.
+        self._head = r._block
+        self._head_off = r._off
+        self._head_pos = r._pos
+
+    def dealloc_reader(self, r: IOBufferReader) -> None:
+        """Detach reader ``r`` from this buffer; it can no longer be used.
+
+        Raises ValueError if r is not an allocated reader of this buffer.
+        """
+        rs = self._readers
+        for i, x in enumerate(rs):
+            if x is r:
+                del rs[i]
+                break
+        else:
+            raise ValueError("r is not an allocated reader of this buffer")
+        if not rs:
+            self._retain_from(r)
+        r._detach()
+
+    def dealloc_all_readers(self) -> None:
+        """Detach every reader of this buffer."""
+        rs = self._readers
+        if not rs:
+            return
+        self._retain_from(min(rs, key=_reader_pos))
+        for r in rs:
+            r._detach()
+        rs.clear()
+
+    def max_read_avail(self) -> int:
+        """The largest ``read_avail()`` over all readers (the retained bytes if none)."""
+        rs = self._readers
+        if len(rs) == 1:
+            return self._written - rs[0]._pos
+        if not rs:
+            return self._written - self._head_pos
+        return self._written - min(r._pos for r in rs)
+
+    def high_water(self) -> bool:
+        """True when some reader has more than ``water_mark`` bytes to read."""
+        return self.max_read_avail() > self._water_mark
+
+    def __repr__(self) -> str:
+        return (
+            f"<MIOBuffer block_size={self._block_size} water_mark={self._water_mark} "
+            f"written={self._written} readers={len(self._readers)}>"
+        )
+
+
+def _reader_pos(r: IOBufferReader) -> int:
+    return r._pos
+
+
+def _iter_blocks(b: IOBufferBlock | None, off: int) -> Iterator[tuple[IOBufferBlock, int, int]]:
+    while b is not None:
+        e = b.end
+        if e > off:
+            yield b, off, e
+        b = b.next
+        if b is not None:
+            off = b.start
+
+
+class IOBufferReader:
+    """A reading position in an MIOBuffer; readers of one buffer move independently.
+
+    Get one from ``MIOBuffer.alloc_reader()`` or ``clone()``. Every method raises ValueError
+    once the reader has been deallocated.
+    """
+
+    __slots__ = ("writer", "_block", "_off", "_pos")
+
+    writer: MIOBuffer | None
+    _block: IOBufferBlock
+    _off: int
+    _pos: int
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        """Not callable: raises TypeError; use ``MIOBuffer.alloc_reader()``."""
+        raise TypeError("use MIOBuffer.alloc_reader() to create an IOBufferReader")
+
+    def _detach(self) -> None:
+        self.writer = None
+        self._block = None  # type: ignore[assignment]
+
+    def _dead(self) -> ValueError:
+        return ValueError("reader has been deallocated")
+
+    def _first(self) -> IOBufferBlock:
+        # Step over exhausted blocks, so the reader stands on the block holding its next byte
+        # (or on the tail) and does not pin blocks it has finished.
+        b = self._block
+        if b is None:
+            raise self._dead()
+        off = self._off
+        while off >= b.end and b.next is not None:
+            b = b.next
+            off = b.start
+        self._block = b
+        self._off = off
+        return b
+
+    def read_avail(self) -> int:
+        """Bytes this reader has not consumed yet."""
+        w = self.writer
+        if w is None:
+            raise self._dead()
+        return w._written - self._pos
+
+    def is_read_avail_more_than(self, n: int) -> bool:
+        """True if more than ``n`` bytes are available to read."""
+        w = self.writer
+        if w is None:
+            raise self._dead()
+        return w._written - self._pos > n
+
+    def block_read_avail(self) -> int:
+        """Bytes readable in the first block that has unread data (0 if none)."""
+        b = self._first()
+        return b.end - self._off
+
+    def consume(self, n: int) -> None:
+        """Advance past ``n`` bytes.
+
+        Raises TypeError if n is not an int, ValueError if n < 0 or n > read_avail().
+        """
+        w = self.writer
+        if w is None:
+            raise self._dead()
+        if type(n) is not int:
+            _check_int("n", n)
+        if n < 0 or n > w._written - self._pos:
+            raise ValueError(f"n must be between 0 and read_avail() ({self.read_avail()}), got {n}")
+        self._pos += n
+        b = self._block
+        off = self._off + n
+        # Walk forward; finish on the block holding the next unread byte so that consumed
+        # blocks are released as soon as possible.
+        while off >= b.end and b.next is not None:
+            off = off - b.end + b.next.start
+            b = b.next
+        self._block = b
+        self._off = off
+
+    def clone(self) -> IOBufferReader:
+        """A new reader of the same buffer at this reader's position."""
+        w = self.writer
+        if w is None:
+            raise self._dead()
+        return w._clone_reader(self)
+
+    def dealloc(self) -> None:
+        """Detach this reader from its buffer; it can no longer be used."""
+        w = self.writer
+        if w is None:
+            raise self._dead()
+        w.dealloc_reader(self)
+
+    def readable_blocks(self) -> Iterator[tuple[IOBufferBlock, int, int]]:
+        """Yield ``(block, start, end)`` for each non-empty run of unread bytes, in order.
+
+        Nothing is copied or consumed: a native ``writev`` uses ``block.cdata`` with
+        ``start`` and ``end - start``. Do not write to the buffer while iterating.
+        """
+        return _iter_blocks(self._first(), self._off)
+
+    def readable_views(self) -> list[memoryview]:
+        """Read-only views of the unread bytes, one per block; nothing is copied or consumed."""
+        b = self._first()
+        off = self._off
+        out = []
+        while b is not None:
+            e = b.end
+            if e > off:
+                out.append(b.view[off:e].toreadonly())
+            b = b.next
+            if b is not None:
+                off = b.start
+        return out
+
+    def read(self, n: int = -1) -> bytes:
+        """Copy out and consume up to ``n`` bytes (all of them if n is negative).
+
+        Raises TypeError if n is not an int.
+        """
+        w = self.writer
+        if w is None:
+            raise self._dead()
+        if type(n) is not int:
+            _check_int("n", n)
+        avail = w._written - self._pos
+        if n < 0 or n > avail:
+            n = avail
+        if n == 0:
+            return b""
+        b = self._first()
+        off = self._off
+        if off + n <= b.end:
+            out = b.view[off : off + n].tobytes()
+        else:
+            parts = []
+            left = n
+            while left:
+                k = b.end - off
+                if k > left:
+                    k = left
+                if k:
+                    parts.append(b.view[off : off + k])
+                    left -= k
+                if left:
+                    b = b.next  # type: ignore[assignment]
+                    off = b.start
+            out = b"".join(parts)
+        self.consume(n)
+        return out
+
+    def memcpy(self, dest: Any, n: int | None = None, offset: int = 0) -> int:
+        """Copy unread bytes, starting ``offset`` bytes in, into ``dest`` without consuming.
+
+        Copies min(n, len(dest), bytes available past offset); n=None means as many as fit.
+        Returns the number of bytes copied. Raises TypeError if dest is not a writable
+        bytes-like object or n/offset are not ints, ValueError if n or offset is negative.
+        """
+        w = self.writer
+        if w is None:
+            raise self._dead()
+        try:
+            mv = memoryview(dest)
+        except TypeError:
+            raise TypeError(
+                f"dest must be a writable bytes-like object, not {type(dest).__name__}"
+            ) from None
+        if mv.readonly:
+            raise TypeError("dest must be a writable bytes-like object, not a read-only one")
+        if mv.format != "B" or mv.ndim != 1:
+            mv = mv.cast("B")
+        _check_int("offset", offset)
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
+        cap = mv.nbytes
+        if n is not None:
+            _check_int("n", n)
+            if n < 0:
+                raise ValueError(f"n must be >= 0, got {n}")
+            if n < cap:
+                cap = n
+        avail = w._written - self._pos - offset
+        if avail <= 0 or cap == 0:
+            return 0
+        total = cap if cap < avail else avail
+        b = self._first()
+        off = self._off
+        # Skip `offset` bytes.
+        skip = offset
+        while skip >= b.end - off and skip:
+            skip -= b.end - off
+            b = b.next  # type: ignore[assignment]
+            off = b.start
+        off += skip
+        done = 0
+        while done < total:
+            k = b.end - off
+            if k > total - done:
+                k = total - done
+            if k:
+                mv[done : done + k] = b.view[off : off + k]
+                done += k
+            if done < total:
+                b = b.next  # type: ignore[assignment]
+                off = b.start
+        return total
+
+    def __repr__(self) -> str:
+        if self.writer is None:
+            return "<IOBufferReader deallocated>"
+        return f"<IOBufferReader pos={self._pos} read_avail={self.read_avail()}>"

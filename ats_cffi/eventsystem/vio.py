@@ -1,0 +1,143 @@
+"""VIO: the descriptor of one I/O operation in progress on a VConnection, as in ATS.
+
+``do_io_read``/``do_io_write`` return a VIO. The state machine watches ``ndone``/``ntodo()``
+and calls ``reenable()`` after it has consumed (read) or produced (write) data. The VIO only
+holds state; the VConnection that owns it (``vc_server``) validates and acts on it.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+from .iobuffer import IOBufferReader, MIOBuffer
+
+__all__ = ["INT64_MAX", "VIO", "VIOOp"]
+
+INT64_MAX = 2**63 - 1
+"""``nbytes`` meaning "until end of stream"."""
+
+
+class VIOOp(IntEnum):
+    """The operation a VIO describes (ATS ``VIO::op`` values)."""
+
+    NONE = 0
+    READ = 1
+    WRITE = 2
+    CLOSE = 3
+    ABORT = 4
+    SHUTDOWN_READ = 5
+    SHUTDOWN_WRITE = 6
+    SHUTDOWN_READWRITE = 7
+    SEEK = 8
+    PREAD = 9
+    PWRITE = 10
+    STAT = 11
+
+
+class VIO:
+    """State of one read or write operation: who to call, how much, how far, which buffer.
+
+    ``buffer`` is the MIOBuffer written into for a READ, the IOBufferReader read from for a
+    WRITE. ``ndone`` is advanced by the VConnection with ``mutex`` held.
+    """
+
+    __slots__ = ("op", "cont", "nbytes", "ndone", "buffer", "vc_server", "mutex")
+
+    def __init__(self, op: VIOOp | int = VIOOp.NONE) -> None:
+        """An idle VIO for operation ``op``."""
+        self.op = op
+        self.cont: Any = None
+        self.nbytes = 0
+        self.ndone = 0
+        self.buffer: MIOBuffer | IOBufferReader | None = None
+        self.vc_server: Any = None
+        self.mutex: Any = None
+
+    def ntodo(self) -> int:
+        """Bytes still to be done: ``nbytes - ndone``."""
+        return self.nbytes - self.ndone
+
+    def done(self) -> None:
+        """End the operation at what is already committed.
+
+        For a WRITE with a reader, that includes the bytes still waiting in the reader
+        (``nbytes = ndone + read_avail()``), as ATS does; otherwise ``nbytes = ndone``.
+        """
+        b = self.buffer
+        if isinstance(b, IOBufferReader):
+            self.nbytes = self.ndone + b.read_avail()
+        else:
+            self.nbytes = self.ndone
+
+    def get_continuation(self) -> Any:
+        """The continuation that receives this operation's events."""
+        return self.cont
+
+    def set_continuation(self, cont: Any) -> None:
+        """Send this operation's events to ``cont`` from now on, and adopt its mutex.
+
+        Tells ``vc_server`` first (through its ``set_continuation(vio, cont)``, if it has one).
+        ``cont`` may be None, which clears both the continuation and the mutex.
+        """
+        vc = self.vc_server
+        if vc is not None:
+            hook = getattr(vc, "set_continuation", None)
+            if hook is not None:
+                hook(self, cont)
+        if cont is None:
+            self.cont = None
+            self.mutex = None
+        else:
+            self.cont = cont
+            self.mutex = cont.mutex
+
+    def set_writer(self, writer: MIOBuffer | None) -> None:
+        """Make ``writer`` the buffer of this (read) operation.
+
+        Raises TypeError if writer is not an MIOBuffer or None.
+        """
+        if writer is not None and not isinstance(writer, MIOBuffer):
+            raise TypeError(f"writer must be an MIOBuffer, not {type(writer).__name__}")
+        self.buffer = writer
+
+    def set_reader(self, reader: IOBufferReader | None) -> None:
+        """Make ``reader`` the buffer of this (write) operation.
+
+        Raises TypeError if reader is not an IOBufferReader or None.
+        """
+        if reader is not None and not isinstance(reader, IOBufferReader):
+            raise TypeError(f"reader must be an IOBufferReader, not {type(reader).__name__}")
+        self.buffer = reader
+
+    def get_writer(self) -> MIOBuffer | None:
+        """The MIOBuffer behind this operation: the buffer itself, or the reader's buffer."""
+        b = self.buffer
+        if isinstance(b, IOBufferReader):
+            return b.writer
+        return b
+
+    def get_reader(self) -> IOBufferReader | None:
+        """The IOBufferReader of a write operation, None for a read operation."""
+        b = self.buffer
+        if isinstance(b, IOBufferReader):
+            return b
+        return None
+
+    def reenable(self) -> None:
+        """Tell the VConnection that progress may be possible again (``vc_server.reenable``).
+
+        Raises AttributeError if the VIO has no vc_server.
+        """
+        self.vc_server.reenable(self)
+
+    def reenable_re(self) -> None:
+        """Like ``reenable``, but the VConnection may do the I/O at once, re-entrantly.
+
+        Raises AttributeError if the VIO has no vc_server.
+        """
+        self.vc_server.reenable_re(self)
+
+    def __repr__(self) -> str:
+        op = VIOOp(self.op).name if self.op in VIOOp._value2member_map_ else self.op
+        return f"<VIO op={op} nbytes={self.nbytes} ndone={self.ndone}>"
