@@ -135,44 +135,53 @@ static ssize_t ats_write_all(int fd, const char *base, size_t off, size_t len, s
     return (ssize_t)done;
 }
 
-/* writev of n (base, off, len) blocks, repeated until all bytes are written,
- * EAGAIN or an error.  Same *last convention as ats_write_all.  SIGPIPE is
- * avoided by sendmsg(MSG_NOSIGNAL). */
+/* writev of n (base, off, len) blocks, ATS_IOV_MAX at a time, repeated until all
+ * bytes are written, EAGAIN or an error.  Same *last convention as ats_write_all.
+ * SIGPIPE is avoided by sendmsg(MSG_NOSIGNAL). */
 static ssize_t ats_writev_blocks(int fd, char **bases, size_t *offs, size_t *lens, int n,
                                  ssize_t *last)
 {
     struct iovec iov[ATS_IOV_MAX];
-    size_t total = 0, done = 0;
-    int cnt = n < ATS_IOV_MAX ? n : ATS_IOV_MAX;
-    for (int i = 0; i < cnt; i++) {
-        iov[i].iov_base = bases[i] + offs[i];
-        iov[i].iov_len = lens[i];
-        total += lens[i];
-    }
-    int first = 0;
+    size_t done = 0;
     ssize_t r = 1;
-    while (done < total) {
-        struct msghdr msg;
-        memset(&msg, 0, sizeof(msg));
-        msg.msg_iov = iov + first;
-        msg.msg_iovlen = (size_t)(cnt - first);
-        r = sendmsg(fd, &msg, MSG_NOSIGNAL);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            r = -errno;
-            break;
+    int next = 0;
+    while (next < n) {
+        int cnt = 0;
+        size_t total = 0;
+        while (next < n && cnt < ATS_IOV_MAX) {
+            iov[cnt].iov_base = bases[next] + offs[next];
+            iov[cnt].iov_len = lens[next];
+            total += lens[next];
+            cnt++;
+            next++;
         }
-        done += (size_t)r;
-        size_t adv = (size_t)r;
-        while (first < cnt && adv >= iov[first].iov_len) {
-            adv -= iov[first].iov_len;
-            first++;
+        int first = 0;
+        size_t group_done = 0;
+        while (group_done < total) {
+            struct msghdr msg;
+            memset(&msg, 0, sizeof(msg));
+            msg.msg_iov = iov + first;
+            msg.msg_iovlen = (size_t)(cnt - first);
+            r = sendmsg(fd, &msg, MSG_NOSIGNAL);
+            if (r < 0) {
+                if (errno == EINTR)
+                    continue;
+                r = -errno;
+                *last = r;
+                return (ssize_t)(done + group_done);
+            }
+            group_done += (size_t)r;
+            size_t adv = (size_t)r;
+            while (first < cnt && adv >= iov[first].iov_len) {
+                adv -= iov[first].iov_len;
+                first++;
+            }
+            if (first < cnt) {
+                iov[first].iov_base = (char *)iov[first].iov_base + adv;
+                iov[first].iov_len -= adv;
+            }
         }
-        if (first < cnt) {
-            iov[first].iov_base = (char *)iov[first].iov_base + adv;
-            iov[first].iov_len -= adv;
-        }
+        done += group_done;
     }
     *last = r;
     return (ssize_t)done;

@@ -43,6 +43,7 @@ __all__ = [
     "read_fill",
     "read_into",
     "setsockopt_int",
+    "setsockopt_linger",
     "shutdown",
     "so_error",
     "socket",
@@ -419,6 +420,15 @@ def setsockopt_int(fd: int, level: int, option: int, value: int) -> None:
         raise _oserror("setsockopt", ffi.errno)
 
 
+def setsockopt_linger(fd: int, on: bool, seconds: int) -> None:
+    """Set ``SO_LINGER``; ``on`` with 0 seconds makes ``close()`` send a reset."""
+    check_fd("setsockopt", fd)
+    _check_size("setsockopt(SO_LINGER)", "seconds", seconds)
+    lg = ffi.new("int[2]", [1 if on else 0, seconds])
+    if lib.setsockopt(fd, lib.SOL_SOCKET, lib.SO_LINGER, lg, ffi.sizeof("int[2]")) < 0:
+        raise _oserror("setsockopt(SO_LINGER)", ffi.errno)
+
+
 def so_error(fd: int) -> int:
     """The pending socket error (``SO_ERROR``), cleared by reading it; 0 for none."""
     r = lib.ats_so_error(fd)
@@ -481,7 +491,7 @@ def accept_batch(fd: int, max_count: int, flags: int = ACCEPT_FLAGS) -> tuple[li
         n = lib.ats_accept_batch(fd, flags, s.fds, max_count, s.err)
     except (TypeError, OverflowError) as exc:
         raise _type_error("accept4", exc) from None
-    return [s.fds[i] for i in range(n)], s.err[0]
+    return ffi.unpack(s.fds, n), s.err[0]
 
 
 # -------------------------------------------------------------------------- reads
@@ -529,8 +539,11 @@ def read_fill(fd: int, base: Any, offset: int, length: int) -> tuple[int, int]:
 
     ``base`` is a cdata pointer the caller made once. Returns ``(nread, last)``:
     ``last > 0`` means the space was filled (more may be waiting), 0 means EOF,
-    :data:`AGAIN` means the socket is drained; any other errno raises ``OSError``.
+    :data:`AGAIN` means the socket is drained. An error raises ``OSError`` when nothing was
+    read; after ``n > 0`` bytes it is returned as ``last = -errno`` so the bytes are not lost.
+    ``ValueError`` when ``offset``/``length`` fall outside ``base``.
     """
+    _check_span("read", base, offset, length)
     s = _scratch
     n = lib.ats_read_fill(fd, base, offset, length, s.last)
     last = s.last[0]
@@ -540,6 +553,17 @@ def read_fill(fd: int, base: Any, offset: int, length: int) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------- writes
+
+
+def _check_span(call: str, base: Any, offset: int, length: int) -> None:
+    _check_size(call, "offset", offset)
+    _check_size(call, "length", length)
+    try:
+        size = len(base)
+    except TypeError:
+        raise TypeError(f"{call}: base must be a cdata array (ffi.from_buffer)") from None
+    if offset + length > size:
+        raise ValueError(f"{call}: offset {offset} + length {length} exceeds the buffer ({size})")
 
 
 def write(fd: int, data: Any) -> int:
@@ -570,7 +594,12 @@ def write(fd: int, data: Any) -> int:
 
 
 def write_block(fd: int, base: Any, offset: int, length: int) -> tuple[int, int]:
-    """Hot path: write ``base[offset:offset+length]`` until done or EAGAIN: ``(n, last)``."""
+    """Hot path: write ``base[offset:offset+length]`` until done or EAGAIN: ``(n, last)``.
+
+    ``last > 0``: all written; :data:`AGAIN`: the socket is full; ``-errno`` after a partial
+    write (an error with nothing written raises ``OSError``).
+    """
+    _check_span("write", base, offset, length)
     s = _scratch
     n = lib.ats_write_all(fd, base, offset, length, s.last)
     last = s.last[0]
@@ -614,6 +643,12 @@ def writev_blocks(fd: int, bases: Any, offsets: Any, lengths: Any, count: int) -
     """Hot path: writev of ``count`` blocks held in preallocated ``char *[]``,
     ``size_t[]`` arrays, repeated until done or EAGAIN: ``(n, last)`` as
     :func:`write_block`."""
+    _check_int("writev", "count", count)
+    if count < 0:
+        raise ValueError(f"writev: count must be >= 0, got {count}")
+    for name, arr in (("bases", bases), ("offsets", offsets), ("lengths", lengths)):
+        if count > len(arr):
+            raise ValueError(f"writev: count {count} exceeds the {len(arr)} entries of {name}")
     s = _scratch
     n = lib.ats_writev_blocks(fd, bases, offsets, lengths, count, s.last)
     last = s.last[0]
