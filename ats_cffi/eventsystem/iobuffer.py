@@ -220,6 +220,20 @@ class MIOBuffer:
             t = self._add_block()
         return t
 
+    def writable_block_if_room(self) -> IOBufferBlock | None:
+        """The block a native read may fill, or None when the buffer is full.
+
+        The tail block while it has free space; when it is full, a new block only if no
+        reader has more than ``water_mark`` bytes to read (ATS's ``check_add_block``): this
+        is where reading from a socket stops for back-pressure.
+        """
+        t = self._tail
+        if t.end < len(t.data):
+            return t
+        if self.max_read_avail() > self._water_mark:
+            return None
+        return self._add_block()
+
     def writable_view(self) -> memoryview:
         """A writable view of the tail block's free space (for ``recv_into``); see ``fill``."""
         t = self._tail

@@ -600,3 +600,15 @@ class BufferMachine(RuleBasedStateMachine):
 
 BufferMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=30, deadline=None)
 test_buffer_matches_stream_model_under_random_operations = BufferMachine.TestCase
+
+
+def test_writable_block_if_room_stops_at_the_water_mark_when_the_tail_is_full() -> None:
+    buf = MIOBuffer(block_size=8, water_mark=4)
+    r = buf.alloc_reader()
+    first = buf.writable_block_if_room()
+    assert first is not None and first.write_avail() == 8
+    buf.write(b"x" * 8)  # tail full, 8 unread > water mark 4: no new block
+    assert buf.writable_block_if_room() is None
+    r.consume(5)  # 3 unread <= 4: a new block may be added
+    nxt = buf.writable_block_if_room()
+    assert nxt is not None and nxt is not first and nxt.write_avail() == 8

@@ -1,0 +1,62 @@
+"""Event codes with ATS's names and values (Event.h, Continuation.h, VConnection.h)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class EventCode(IntEnum):
+    """Codes a continuation's handler receives as ``event``.
+
+    ``VC_EVENT_ERROR`` is an alias of ``EVENT_ERROR`` (3), as in ATS.
+    """
+
+    EVENT_NONE = 0
+    EVENT_IMMEDIATE = 1
+    EVENT_INTERVAL = 2
+    EVENT_ERROR = 3
+    EVENT_CALL = 4
+    EVENT_POLL = 5
+
+    VC_EVENT_NONE = 0
+    VC_EVENT_IMMEDIATE = 1
+    VC_EVENT_ERROR = 3
+    VC_EVENT_READ_READY = 100
+    VC_EVENT_WRITE_READY = 101
+    VC_EVENT_READ_COMPLETE = 102
+    VC_EVENT_WRITE_COMPLETE = 103
+    VC_EVENT_EOS = 104
+    VC_EVENT_INACTIVITY_TIMEOUT = 105
+    VC_EVENT_ACTIVE_TIMEOUT = 106
+
+
+class HandlerReturn(IntEnum):
+    """What a handler returns (ATS's ``EVENT_DONE``/``EVENT_CONT``); callers ignore it."""
+
+    EVENT_DONE = 0
+    EVENT_CONT = 1
+
+
+EVENT_NONE = EventCode.EVENT_NONE
+EVENT_IMMEDIATE = EventCode.EVENT_IMMEDIATE
+EVENT_INTERVAL = EventCode.EVENT_INTERVAL
+EVENT_ERROR = EventCode.EVENT_ERROR
+EVENT_CALL = EventCode.EVENT_CALL
+EVENT_POLL = EventCode.EVENT_POLL
+EVENT_DONE = HandlerReturn.EVENT_DONE
+EVENT_CONT = HandlerReturn.EVENT_CONT
+
+VC_EVENT_NONE = EventCode.VC_EVENT_NONE
+VC_EVENT_IMMEDIATE = EventCode.VC_EVENT_IMMEDIATE
+VC_EVENT_ERROR = EventCode.VC_EVENT_ERROR
+VC_EVENT_READ_READY = EventCode.VC_EVENT_READ_READY
+VC_EVENT_WRITE_READY = EventCode.VC_EVENT_WRITE_READY
+VC_EVENT_READ_COMPLETE = EventCode.VC_EVENT_READ_COMPLETE
+VC_EVENT_WRITE_COMPLETE = EventCode.VC_EVENT_WRITE_COMPLETE
+VC_EVENT_EOS = EventCode.VC_EVENT_EOS
+VC_EVENT_INACTIVITY_TIMEOUT = EventCode.VC_EVENT_INACTIVITY_TIMEOUT
+VC_EVENT_ACTIVE_TIMEOUT = EventCode.VC_EVENT_ACTIVE_TIMEOUT
+
+#: First code of each subsystem's range (ATS's ``*_EVENT_EVENTS_START``).
+NET_EVENT_EVENTS_START = 200
+DNS_EVENT_EVENTS_START = 600

@@ -1,0 +1,127 @@
+"""Action and Event: a handle on scheduled or pending work that can be cancelled."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ats_cffi.eventsystem.codes import EVENT_NONE
+from ats_cffi.eventsystem.continuation import Continuation
+from ats_cffi.eventsystem.mutex import ProxyMutex
+
+if TYPE_CHECKING:
+    from ats_cffi.eventsystem.ethread import EThread
+
+
+class Action:
+    """What ``connect_re``, ``main_accept`` and the schedulers return.
+
+    ``cancel()`` guarantees no callback into ``continuation`` once it returns: it takes
+    the continuation's mutex (re-entrant), which every delivery holds, and marks the
+    action cancelled. Callable from any thread; a second call does nothing.
+    """
+
+    __slots__ = ("continuation", "mutex", "cancelled", "__weakref__")
+
+    def __init__(self, cont: Continuation | None = None) -> None:
+        self.continuation = cont
+        self.mutex: ProxyMutex | None = cont.mutex if cont is not None else None
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        m = self.mutex
+        if m is None:
+            self.cancelled = True
+            return
+        with m:
+            self.cancelled = True
+            self._cancelled_locked()
+
+    def _cancelled_locked(self) -> None:
+        """Hook for subclasses: runs under the mutex right after the action is cancelled."""
+
+
+class Event(Action):
+    """One scheduled delivery of ``callback_event`` to ``continuation`` on ``ethread``.
+
+    ``timeout_at`` is the clock time it is due (0 for immediate), ``period`` is > 0 for
+    a periodic event, < 0 for one that runs on every loop pass (ATS's NET_PERIOD), 0 for
+    a one-shot. ``cookie`` travels with the event for the handler's use.
+    """
+
+    __slots__ = ("ethread", "callback_event", "cookie", "timeout_at", "period", "seq")
+
+    def __init__(
+        self,
+        cont: Continuation,
+        callback_event: int = EVENT_NONE,
+        cookie: Any = None,
+        timeout_at: float = 0.0,
+        period: float = 0.0,
+    ) -> None:
+        super().__init__(cont)
+        self.ethread: EThread | None = None
+        self.callback_event = callback_event
+        self.cookie = cookie
+        self.timeout_at = timeout_at
+        self.period = period
+        # Bumped by every (re)schedule: a queue entry whose recorded seq differs is stale
+        # (the heap and the every-pass list remove lazily).
+        self.seq = 0
+
+    def schedule_imm(self, callback_event: int | None = None) -> None:
+        """Re-schedule this event to run now on its thread (from within its handler)."""
+        self._reschedule(0.0, 0.0, callback_event)
+
+    def schedule_in(self, delay: float, callback_event: int | None = None) -> None:
+        """Re-schedule this event ``delay`` seconds from now."""
+        self._check_delay("schedule_in", delay)
+        t = self._thread("schedule_in")
+        self._reschedule(t.clock() + delay, 0.0, callback_event)
+
+    def schedule_at(self, atime: float, callback_event: int | None = None) -> None:
+        self._check_delay("schedule_at", atime, "atime")
+        self._reschedule(atime, 0.0, callback_event)
+
+    def schedule_every(self, period: float, callback_event: int | None = None) -> None:
+        """Make this event periodic (``period`` < 0: every loop pass)."""
+        self._check_number("schedule_every", period)
+        if period == 0:
+            raise ValueError("schedule_every: period must not be 0")
+        t = self._thread("schedule_every")
+        at = t.clock() + period if period > 0 else 0.0
+        self._reschedule(at, period, callback_event)
+
+    def _thread(self, call: str) -> EThread:
+        if self.ethread is None:
+            raise RuntimeError(f"Event.{call}: the event was never scheduled on a thread")
+        return self.ethread
+
+    @staticmethod
+    def _check_number(call: str, value: float, name: str = "period") -> None:
+        # As EThread's checks: a NaN deadline would break the timer heap's ordering.
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise TypeError(f"{call}: {name} must be a number, not {type(value).__name__}")
+        if value != value:
+            raise ValueError(f"{call}: {name} must not be NaN")
+
+    @staticmethod
+    def _check_delay(call: str, delay: float, name: str = "delay") -> None:
+        Event._check_number(call, delay, name)
+        if delay < 0:
+            raise ValueError(f"{call}: {name} must be >= 0, got {delay}")
+
+    def _reschedule(self, at: float, period: float, callback_event: int | None) -> None:
+        t = self._thread("schedule")
+        if callback_event is not None:
+            self.callback_event = callback_event
+        self.timeout_at = at
+        self.period = period
+        self.cancelled = False
+        t.schedule(self)
+
+    def __repr__(self) -> str:
+        cont = type(self.continuation).__name__
+        return (
+            f"<Event {cont} event={self.callback_event} at={self.timeout_at:.6f} "
+            f"period={self.period} cancelled={self.cancelled}>"
+        )

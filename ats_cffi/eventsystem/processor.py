@@ -1,0 +1,235 @@
+"""EventProcessor: the thread groups, per-thread slots and the scheduling front door."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ats_cffi.eventsystem.codes import EVENT_IMMEDIATE, EVENT_INTERVAL
+from ats_cffi.eventsystem.continuation import Continuation, check_continuation
+from ats_cffi.eventsystem.ethread import DEDICATED, REGULAR, Clock, EThread, this_ethread
+from ats_cffi.eventsystem.event import Event
+
+#: The regular event threads. As in ATS, the net threads are the same group.
+ET_CALL = 0
+ET_NET = ET_CALL
+
+MAX_EVENT_TYPES = 16
+
+SlotFactory = Callable[[EThread], Any]
+SpawnHook = Callable[[EThread], None]
+
+
+class ThreadGroup:
+    """The threads of one event type, assigned round-robin."""
+
+    def __init__(self, name: str, etype: int) -> None:
+        self.name = name
+        self.etype = etype
+        self.threads: list[EThread] = []
+        self.spawn_hooks: list[SpawnHook] = []
+        self._next = itertools.count()
+
+    def assign(self) -> EThread:
+        threads = self.threads
+        if not threads:
+            raise RuntimeError(f"assign_thread: no {self.name} threads are running")
+        return threads[next(self._next) % len(threads)]
+
+
+class EventProcessor:
+    """ATS's eventProcessor: owns the event threads.
+
+    Order of use: ``register_event_type``/``allocate``/``schedule_spawn`` before
+    ``start`` (or ``spawn_event_threads``); ``shutdown`` stops and joins every thread,
+    closes every epoll fd and eventfd, and returns the processor to its fresh state.
+    """
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.groups: list[ThreadGroup] = [ThreadGroup("ET_NET", ET_CALL)]
+        self._type_names = {"ET_CALL": ET_CALL, "ET_NET": ET_CALL}
+        self._slot_factories: list[SlotFactory | None] = []
+        self.dedicated: list[EThread] = []
+        self.started = False
+
+    # ---------------------------------------------------------------- configuration
+
+    def register_event_type(self, name: str) -> int:
+        """A new event type (thread group) named ``name``; the same id for a known name."""
+        if not isinstance(name, str) or not name:
+            raise TypeError("register_event_type: name must be a non-empty str")
+        with self._lock:
+            if name in self._type_names:
+                return self._type_names[name]
+            if len(self.groups) >= MAX_EVENT_TYPES:
+                raise ValueError(f"register_event_type: at most {MAX_EVENT_TYPES} event types")
+            etype = len(self.groups)
+            self.groups.append(ThreadGroup(name, etype))
+            self._type_names[name] = etype
+            return etype
+
+    def allocate(self, factory: SlotFactory | None = None) -> int:
+        """Reserve a per-thread slot; ``factory(thread)`` fills it on each thread at its start.
+
+        Returns the slot's offset for ``EThread.get_slot``. Only before ``start``.
+        """
+        if factory is not None and not callable(factory):
+            raise TypeError("allocate: factory must be callable or None")
+        with self._lock:
+            if self.started:
+                raise RuntimeError("allocate: slots must be allocated before start()")
+            self._slot_factories.append(factory)
+            return len(self._slot_factories) - 1
+
+    def schedule_spawn(self, hook: SpawnHook, etype: int = ET_CALL) -> None:
+        """Run ``hook(thread)`` on every thread of ``etype`` when it starts (on that thread).
+
+        Threads already running get it as an immediate event; returns once they ran it.
+        """
+        if not callable(hook):
+            raise TypeError("schedule_spawn: hook must be callable")
+        group = self._group("schedule_spawn", etype)
+        me = this_ethread()
+        if me is not None and me in group.threads:
+            raise RuntimeError("schedule_spawn: called on a thread of the group it waits for")
+        group.spawn_hooks.append(hook)
+        running = [t for t in group.threads if t.is_alive]
+        if running:
+            done = threading.Barrier(len(running) + 1)
+            errors: list[BaseException] = []
+
+            def run(event: int, e: Event) -> None:
+                try:
+                    hook(e.ethread)  # type: ignore[arg-type]
+                except BaseException as exc:
+                    errors.append(exc)
+                finally:
+                    done.wait()
+
+            for t in running:
+                t.schedule_imm_signal(Continuation(handler=run))
+            done.wait()
+            if errors:
+                raise errors[0]
+
+    def _group(self, call: str, etype: int) -> ThreadGroup:
+        if type(etype) is not int:
+            raise TypeError(f"{call}: etype must be an int, not {type(etype).__name__}")
+        if not 0 <= etype < len(self.groups):
+            raise ValueError(f"{call}: unknown event type {etype}")
+        return self.groups[etype]
+
+    # ---------------------------------------------------------------- threads
+
+    def _init_thread(self, t: EThread) -> None:
+        t.slots = [f(t) if f is not None else None for f in self._slot_factories]
+        for hook in self.groups[t.etype].spawn_hooks:
+            hook(t)
+
+    def spawn_event_threads(self, etype: int, n_threads: int, name: str | None = None) -> None:
+        """Start ``n_threads`` regular threads of ``etype``; returns once each is initialised."""
+        group = self._group("spawn_event_threads", etype)
+        if type(n_threads) is not int:
+            raise TypeError("spawn_event_threads: n_threads must be an int")
+        if n_threads <= 0:
+            raise ValueError(f"spawn_event_threads: n_threads must be > 0, got {n_threads}")
+        with self._lock:
+            self.started = True
+        base = len(group.threads)
+        for i in range(base, base + n_threads):
+            t = EThread(REGULAR, etype, i, self.clock, f"[{name or group.name} {i}]")
+            try:
+                t.start(self._init_thread)
+            except BaseException:
+                t.join()
+                raise
+            group.threads.append(t)
+
+    def start(self, n_threads: int = 1) -> None:
+        """Start the ``ET_CALL``/``ET_NET`` threads (ATS's ``eventProcessor.start``)."""
+        if self.groups[ET_CALL].threads:
+            raise RuntimeError("start: the event processor is already running")
+        self.spawn_event_threads(ET_CALL, n_threads)
+
+    def spawn_thread(self, cont: Continuation, name: str) -> EThread:
+        """A dedicated thread that runs ``cont`` once with ``EVENT_IMMEDIATE`` (e.g. a blocking
+        accept loop). It holds no mutex while the handler runs; the handler returns to end it."""
+        check_continuation("spawn_thread", cont)
+        t = EThread(DEDICATED, -1, len(self.dedicated), self.clock, name)
+        e = Event(cont, EVENT_IMMEDIATE)
+        self.dedicated.append(t)
+        t.start(oneevent=e)
+        return t
+
+    def assign_thread(self, etype: int = ET_CALL) -> EThread:
+        """The next thread of ``etype``, round-robin."""
+        return self._group("assign_thread", etype).assign()
+
+    def threads(self, etype: int = ET_CALL) -> list[EThread]:
+        return list(self._group("threads", etype).threads)
+
+    def n_threads_for_type(self, etype: int = ET_CALL) -> int:
+        return len(self._group("n_threads_for_type", etype).threads)
+
+    # ---------------------------------------------------------------- scheduling
+
+    def schedule_imm(
+        self, cont: Continuation, etype: int = ET_CALL, callback_event: int = EVENT_IMMEDIATE,
+        cookie: Any = None,
+    ) -> Event:  # fmt: skip
+        return self.assign_thread(etype).schedule_imm(cont, callback_event, cookie)
+
+    def schedule_imm_signal(
+        self, cont: Continuation, etype: int = ET_CALL, callback_event: int = EVENT_IMMEDIATE,
+        cookie: Any = None,
+    ) -> Event:  # fmt: skip
+        return self.assign_thread(etype).schedule_imm_signal(cont, callback_event, cookie)
+
+    def schedule_in(
+        self, cont: Continuation, delay: float, etype: int = ET_CALL,
+        callback_event: int = EVENT_INTERVAL, cookie: Any = None,
+    ) -> Event:  # fmt: skip
+        return self.assign_thread(etype).schedule_in(cont, delay, callback_event, cookie)
+
+    def schedule_at(
+        self, cont: Continuation, atime: float, etype: int = ET_CALL,
+        callback_event: int = EVENT_INTERVAL, cookie: Any = None,
+    ) -> Event:  # fmt: skip
+        return self.assign_thread(etype).schedule_at(cont, atime, callback_event, cookie)
+
+    def schedule_every(
+        self, cont: Continuation, period: float, etype: int = ET_CALL,
+        callback_event: int = EVENT_INTERVAL, cookie: Any = None,
+    ) -> Event:  # fmt: skip
+        return self.assign_thread(etype).schedule_every(cont, period, callback_event, cookie)
+
+    # ---------------------------------------------------------------- shutdown
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop and join every thread, close their fds, and reset to a fresh processor.
+
+        Raises ``RuntimeError`` naming the threads that did not end within ``timeout``.
+        """
+        me = this_ethread()
+        if me is not None and me.tt == REGULAR:
+            raise RuntimeError("shutdown: called on an event thread, which cannot join itself")
+        regular = [t for g in self.groups for t in g.threads]
+        for t in regular:
+            t.stop()
+        stuck = [t for t in regular + self.dedicated if not t.join(timeout)]
+        with self._lock:
+            self._reset()
+        if stuck:
+            raise RuntimeError(f"shutdown: threads still running: {stuck}")
+
+
+#: The process-wide event processor (ATS's ``eventProcessor``).
+event_processor = EventProcessor()

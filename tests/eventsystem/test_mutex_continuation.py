@@ -1,0 +1,185 @@
+"""ProxyMutex, Continuation and Action on their own (no event loop)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from ats_cffi.eventsystem import Action, Continuation, Event, ProxyMutex
+from ats_cffi.eventsystem.continuation import check_continuation
+from tests.eventsystem.conftest import WAIT, HeldElsewhere
+
+
+@pytest.fixture
+def held() -> Iterator[HeldElsewhere]:
+    h = HeldElsewhere(ProxyMutex())
+    yield h
+    h.release()
+
+
+# ------------------------------------------------------------------------- ProxyMutex
+
+
+def test_mutex_is_reentrant_and_tracks_holder_and_depth() -> None:
+    m = ProxyMutex()
+    assert m.thread_holding is None and m.nthread_holding == 0 and not m.held_by_me()
+    assert m.lock()
+    assert m.try_lock()
+    with m:
+        assert m.nthread_holding == 3
+        assert m.thread_holding == threading.get_ident() and m.held_by_me()
+    m.unlock()
+    assert m.held_by_me() and m.nthread_holding == 1
+    m.unlock()
+    assert m.thread_holding is None and m.nthread_holding == 0 and not m.held_by_me()
+
+
+def test_try_lock_never_blocks_while_another_thread_holds_the_mutex(held) -> None:
+    m = held.mutex
+    started = time.monotonic()
+    results = [m.try_lock() for _ in range(100)]
+    elapsed = time.monotonic() - started
+    assert results == [False] * 100
+    assert elapsed < 1.0  # 100 blocking attempts would have taken WAIT seconds
+    assert m.thread_holding == held.thread.ident and m.nthread_holding == 1
+    assert not m.held_by_me()
+
+
+def test_timed_lock_gives_up_while_another_thread_holds_the_mutex(held) -> None:
+    assert held.mutex.lock(timeout=0.01) is False
+    assert not held.mutex.held_by_me()
+
+
+def test_mutex_freed_by_one_thread_can_be_taken_by_another() -> None:
+    h = HeldElsewhere(ProxyMutex())
+    assert not h.mutex.try_lock()
+    h.release()
+    assert h.mutex.try_lock() and h.mutex.held_by_me()
+    h.mutex.unlock()
+
+
+def test_unlock_by_a_thread_that_never_locked_raises_runtime_error() -> None:
+    m = ProxyMutex()
+    with pytest.raises(RuntimeError, match="does not hold"):
+        m.unlock()
+    assert m.nthread_holding == 0
+
+
+def test_unlock_by_a_non_holder_raises_and_leaves_the_holder_owning_it(held) -> None:
+    with pytest.raises(RuntimeError, match="ProxyMutex.unlock"):
+        held.mutex.unlock()
+    assert held.mutex.thread_holding == held.thread.ident and held.mutex.nthread_holding == 1
+    assert not held.mutex.try_lock()
+
+
+def test_with_block_releases_the_mutex_when_the_body_raises() -> None:
+    m = ProxyMutex()
+    with pytest.raises(ZeroDivisionError), m:
+        1 / 0  # noqa: B018
+    assert m.thread_holding is None and m.nthread_holding == 0
+
+
+# ----------------------------------------------------------------------- Continuation
+
+
+def test_handle_event_calls_the_current_handler_and_returns_its_value() -> None:
+    seen = []
+    c = Continuation(handler=lambda ev, data: seen.append(("first", ev, data)) or 7)
+    assert c.handle_event(1, "x") == 7
+    c.set_handler(lambda ev, data: seen.append(("second", ev, data)) or 8)
+    assert c.handle_event(2, "y") == 8
+    assert seen == [("first", 1, "x"), ("second", 2, "y")]
+
+
+def test_set_handler_accepts_a_bound_method() -> None:
+    class Counter(Continuation):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+            self.set_handler(self.state_count)
+
+        def state_count(self, event: int, data: object) -> int:
+            self.n += event
+            return 0
+
+    c = Counter()
+    c.handle_event(3)
+    c.handle_event(4)
+    assert c.n == 7
+
+
+def test_set_handler_with_a_non_callable_raises_type_error_naming_the_call() -> None:
+    c = Continuation()
+    with pytest.raises(TypeError, match="set_handler: handler must be callable, not int"):
+        c.set_handler(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="set_handler"):
+        Continuation(handler="not a function")  # type: ignore[arg-type]
+
+
+def test_handle_event_without_a_handler_raises_runtime_error() -> None:
+    with pytest.raises(RuntimeError, match="no handler set"):
+        Continuation().handle_event(1)
+
+
+def test_continuation_mutex_must_be_a_proxy_mutex() -> None:
+    with pytest.raises(TypeError, match="mutex must be a ProxyMutex, not RLock"):
+        Continuation(mutex=threading.RLock())  # type: ignore[arg-type]
+
+
+def test_check_continuation_gives_a_mutex_only_to_a_continuation_without_one() -> None:
+    bare = Continuation()
+    assert check_continuation("x", bare) is bare and isinstance(bare.mutex, ProxyMutex)
+    mine = ProxyMutex()
+    owned = Continuation(mutex=mine)
+    check_continuation("x", owned)
+    assert owned.mutex is mine
+
+
+def test_check_continuation_rejects_other_objects_naming_the_call() -> None:
+    with pytest.raises(TypeError, match="schedule_imm: cont must be a Continuation, not function"):
+        check_continuation("schedule_imm", lambda ev, data: None)
+
+
+# ----------------------------------------------------------------------------- Action
+
+
+def test_cancel_of_an_action_without_continuation_just_marks_it() -> None:
+    a = Action()
+    a.cancel()
+    a.cancel()
+    assert a.cancelled
+
+
+def test_cancel_waits_for_the_continuation_mutex_held_by_another_thread(held) -> None:
+    a = Action(Continuation(mutex=held.mutex))
+    returned = threading.Event()
+    canceller = threading.Thread(target=lambda: (a.cancel(), returned.set()))
+    canceller.start()
+    try:
+        # cancel() must not return while a delivery (the holder) may still be running.
+        assert not returned.wait(0.05)
+        assert not a.cancelled
+    finally:
+        held.release()
+        canceller.join(WAIT)
+    assert returned.is_set() and a.cancelled
+
+
+def test_cancel_from_the_mutex_holder_does_not_deadlock() -> None:
+    c = Continuation(mutex=ProxyMutex())
+    a = Action(c)
+    with c.mutex:
+        a.cancel()  # re-entrant: the handler cancelling its own action
+        assert c.mutex.nthread_holding == 1
+    assert a.cancelled and c.mutex.thread_holding is None
+
+
+def test_event_never_scheduled_cannot_be_rescheduled() -> None:
+    e = Event(Continuation(handler=lambda ev, data: None))
+    with pytest.raises(RuntimeError, match="never scheduled"):
+        e.schedule_in(1.0)
+    with pytest.raises(RuntimeError, match="never scheduled"):
+        e.schedule_imm()
