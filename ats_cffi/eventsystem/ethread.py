@@ -368,7 +368,13 @@ class EThread:
                         log.exception("%s: dedicated handler raised", self.name)
                 return
             while not self._stop:
-                self.run_pass()
+                try:
+                    self.run_pass()
+                except Exception:
+                    # Handlers' exceptions are caught where they are called; one that gets
+                    # here is a bug in the loop or its poll step. Log it and keep the thread
+                    # (and every connection on it) alive.
+                    log.exception("%s: error in the event loop pass", self.name)
         finally:
             self._release()
 

@@ -40,6 +40,41 @@ class ThreadGroup:
         return threads[next(self._next) % len(threads)]
 
 
+def run_on_threads(
+    threads: list[EThread], fn: Callable[[EThread], None], call: str, timeout: float = 10.0
+) -> None:
+    """Run ``fn(thread)`` on each of ``threads`` (as an immediate event) and wait until all
+    ran; re-raise the first exception. The threads do not wait for one another.
+
+    ``RuntimeError`` when called on one of ``threads`` (it would wait for itself) or when
+    they do not all answer within ``timeout`` seconds.
+    """
+    me = this_ethread()
+    if me is not None and me in threads:
+        raise RuntimeError(f"{call}: called on a thread it waits for")
+    dones = [threading.Event() for _ in threads]
+    errors: list[BaseException] = []
+
+    def runner(done: threading.Event) -> Callable[[int, Event], None]:
+        def run(event: int, e: Event) -> None:
+            try:
+                fn(e.ethread)  # type: ignore[arg-type]
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                done.set()
+
+        return run
+
+    for t, done in zip(threads, dones):
+        t.schedule_imm_signal(Continuation(handler=runner(done)))
+    for done in dones:
+        if not done.wait(timeout):
+            raise RuntimeError(f"{call}: a thread did not answer within {timeout} s")
+    if errors:
+        raise errors[0]
+
+
 class EventProcessor:
     """ATS's eventProcessor: owns the event threads.
 
@@ -103,22 +138,7 @@ class EventProcessor:
         group.spawn_hooks.append(hook)
         running = [t for t in group.threads if t.is_alive]
         if running:
-            done = threading.Barrier(len(running) + 1)
-            errors: list[BaseException] = []
-
-            def run(event: int, e: Event) -> None:
-                try:
-                    hook(e.ethread)  # type: ignore[arg-type]
-                except BaseException as exc:
-                    errors.append(exc)
-                finally:
-                    done.wait()
-
-            for t in running:
-                t.schedule_imm_signal(Continuation(handler=run))
-            done.wait()
-            if errors:
-                raise errors[0]
+            run_on_threads(running, hook, "schedule_spawn")
 
     def _group(self, call: str, etype: int) -> ThreadGroup:
         if type(etype) is not int:

@@ -1,0 +1,55 @@
+"""Net event codes (ATS's Net.h) and EventIO types."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from ats_cffi._native import lib
+from ats_cffi.eventsystem.codes import NET_EVENT_EVENTS_START
+
+
+class NetEventCode(IntEnum):
+    NET_EVENT_OPEN = NET_EVENT_EVENTS_START
+    NET_EVENT_OPEN_FAILED = NET_EVENT_EVENTS_START + 1
+    NET_EVENT_ACCEPT = NET_EVENT_EVENTS_START + 2
+    NET_EVENT_ACCEPT_SUCCEED = NET_EVENT_EVENTS_START + 3
+    NET_EVENT_ACCEPT_FAILED = NET_EVENT_EVENTS_START + 4
+
+
+NET_EVENT_OPEN = NetEventCode.NET_EVENT_OPEN
+NET_EVENT_OPEN_FAILED = NetEventCode.NET_EVENT_OPEN_FAILED
+NET_EVENT_ACCEPT = NetEventCode.NET_EVENT_ACCEPT
+NET_EVENT_ACCEPT_SUCCEED = NetEventCode.NET_EVENT_ACCEPT_SUCCEED
+NET_EVENT_ACCEPT_FAILED = NetEventCode.NET_EVENT_ACCEPT_FAILED
+
+
+class EventIOType(IntEnum):
+    """What an EventIO's readiness means to the NetHandler that dispatches it."""
+
+    EVENTIO_NONE = 0
+    EVENTIO_NETACCEPT = 1
+    EVENTIO_READWRITE_VC = 2
+    EVENTIO_DNS_CONNECTION = 3
+    EVENTIO_ASYNC_SIGNAL = 5
+
+
+EVENTIO_NETACCEPT = EventIOType.EVENTIO_NETACCEPT
+EVENTIO_READWRITE_VC = EventIOType.EVENTIO_READWRITE_VC
+EVENTIO_DNS_CONNECTION = EventIOType.EVENTIO_DNS_CONNECTION
+EVENTIO_ASYNC_SIGNAL = EventIOType.EVENTIO_ASYNC_SIGNAL
+
+#: Interest bits of EventIO.start/modify/refresh (epoll's, as in ATS on Linux).
+EVENTIO_READ: int = lib.EPOLLIN
+EVENTIO_WRITE: int = lib.EPOLLOUT
+EVENTIO_ERROR: int = lib.EPOLLERR | lib.EPOLLPRI | lib.EPOLLHUP
+
+
+class ShutdownHowTo(IntEnum):
+    IO_SHUTDOWN_READ = 0
+    IO_SHUTDOWN_WRITE = 1
+    IO_SHUTDOWN_READWRITE = 2
+
+
+IO_SHUTDOWN_READ = ShutdownHowTo.IO_SHUTDOWN_READ
+IO_SHUTDOWN_WRITE = ShutdownHowTo.IO_SHUTDOWN_WRITE
+IO_SHUTDOWN_READWRITE = ShutdownHowTo.IO_SHUTDOWN_READWRITE

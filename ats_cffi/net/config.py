@@ -1,0 +1,117 @@
+"""Config records of the net layer: ``proxy.config.net.*`` with ATS's defaults.
+
+Read a record with ``net_config.get(key)`` or as an attribute (``net_config.poll_timeout``);
+change it with ``net_config.set(key, value)``. Every tunable of the net layer lives here.
+Records marked dynamic take effect on the next use; the others when a listener or
+thread starts.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Record:
+    key: str
+    attr: str
+    default: float
+    kind: type
+    minimum: float
+    doc: str
+
+
+RECORDS: tuple[Record, ...] = (
+    Record("proxy.config.net.poll_timeout", "poll_timeout", 10, int, 0,
+           "ms; longest epoll_wait when no timer is due sooner"),
+    Record("proxy.config.net.inactivity_check_frequency", "inactivity_check_frequency", 1, float,
+           0.001, "s; period of each thread's InactivityCop"),
+    Record("proxy.config.net.default_inactivity_timeout", "default_inactivity_timeout", 86400,
+           float, 0, "s; applied by the cop to VCs with pending I/O and no timeout (0: none)"),
+    Record("proxy.config.net.retry_delay", "retry_delay", 10, int, 0,
+           "ms; delay before retrying an event whose mutex was busy"),
+    Record("proxy.config.net.connections_throttle", "connections_throttle", 30000, int, 0,
+           "open connections above which accepts are throttled (0: off)"),
+    Record("proxy.config.net.throttle_delay", "throttle_delay", 50, int, 0,
+           "ms; back-off after a resource error on accept"),
+    Record("proxy.config.net.additional_accepts", "additional_accepts", -1, int, -1,
+           "accepts per pass after the first (-1: until EAGAIN)"),
+    Record("proxy.config.net.defer_accept", "defer_accept", 1, int, 0,
+           "s; TCP_DEFER_ACCEPT on listen sockets (0: off)"),
+    Record("proxy.config.net.listen_backlog", "listen_backlog", -1, int, -1,
+           "listen() backlog (-1: the kernel's somaxconn)"),
+    Record("proxy.config.net.sock_recv_buffer_size_in", "sock_recv_buffer_size_in", 0, int, 0,
+           "SO_RCVBUF of accepted sockets (0: kernel default)"),
+    Record("proxy.config.net.sock_send_buffer_size_in", "sock_send_buffer_size_in", 0, int, 0,
+           "SO_SNDBUF of accepted sockets (0: kernel default)"),
+    Record("proxy.config.net.sock_option_flag_in", "sock_option_flag_in", 1, int, 0,
+           "socket option bits of accepted sockets (1: TCP_NODELAY, 2: SO_KEEPALIVE, 4: linger)"),
+    Record("proxy.config.net.sock_recv_buffer_size_out", "sock_recv_buffer_size_out", 0, int, 0,
+           "SO_RCVBUF of outgoing sockets"),
+    Record("proxy.config.net.sock_send_buffer_size_out", "sock_send_buffer_size_out", 0, int, 0,
+           "SO_SNDBUF of outgoing sockets"),
+    Record("proxy.config.net.sock_option_flag_out", "sock_option_flag_out", 1, int, 0,
+           "socket option bits of outgoing sockets"),
+    Record("proxy.config.net.connect_timeout", "connect_timeout", 30, float, 0,
+           "s; default connect timeout of connect_re (0: none)"),
+    Record("proxy.config.accept_threads", "accept_threads", 1, int, 0,
+           "dedicated accept threads per listener (0: accept on the net threads)"),
+    Record("proxy.config.net.max_read_per_pass", "max_read_per_pass", 262144, int, 1,
+           "bytes a VC may read in one NetHandler pass before yielding to the others"),
+)  # fmt: skip
+
+_BY_KEY = {r.key: r for r in RECORDS}
+_BY_ATTR = {r.attr: r for r in RECORDS}
+
+
+class NetConfig:
+    """The live values of the net records. Thread-safe to read; ``set`` validates."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to ATS's defaults."""
+        for r in RECORDS:
+            object.__setattr__(self, r.attr, r.kind(r.default))
+
+    def get(self, key: str) -> Any:
+        r = _BY_KEY.get(key)
+        if r is None:
+            raise KeyError(f"unknown record {key!r}")
+        return getattr(self, r.attr)
+
+    def set(self, key: str, value: Any) -> None:
+        """Set a record: ``KeyError`` for an unknown key, ``TypeError``/``ValueError`` for a bad
+        value (each naming the key)."""
+        r = _BY_KEY.get(key) or _BY_ATTR.get(key)
+        if r is None:
+            raise KeyError(f"unknown record {key!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{r.key}: expected a number, got {type(value).__name__}")
+        if r.kind is int and value != int(value):
+            raise ValueError(f"{r.key}: expected an integer, got {value}")
+        if value < r.minimum:
+            raise ValueError(f"{r.key}: must be >= {r.minimum}, got {value}")
+        with self._lock:
+            object.__setattr__(self, r.attr, r.kind(value))
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(r.key, getattr(self, r.attr)) for r in RECORDS]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _BY_ATTR:
+            self.set(name, value)
+        else:
+            object.__setattr__(self, name, value)
+
+
+net_config = NetConfig()
+
+# Socket option bits of sock_option_flag_in/out and NetVCOptions.sockopt_flags (ATS's values).
+SOCK_OPT_NO_DELAY = 1
+SOCK_OPT_KEEP_ALIVE = 2
+SOCK_OPT_LINGER_ON = 4

@@ -1,0 +1,95 @@
+"""EventIO: one fd's registration in a PollDescriptor, and what its readiness means.
+
+Edge-trigger rules (DESIGN.md section 5). A socket is registered once, for its whole life,
+with ``EPOLLIN|EPOLLOUT|EPOLLET``: the kernel then reports each *transition* to readable or
+writable once. Interest is therefore not expressed to the kernel at all: ``modify(+e/-e)``
+only records it, and the VC's ``triggered``/``enabled`` flags and the NetHandler's ready
+lists carry the state from one pass to the next. ``refresh(e)`` is the one exception: it
+issues ``EPOLL_CTL_MOD`` with the same mask, which makes the kernel re-evaluate the fd and
+report readiness that is already pending as a new edge. The DNS path needs that, because its
+handler may stop reading before EAGAIN, and an edge-triggered fd would otherwise stay silent
+about the answers still queued.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ats_cffi._native import lib
+from ats_cffi.net.codes import EVENTIO_READ, EVENTIO_WRITE, EventIOType
+
+if TYPE_CHECKING:
+    from ats_cffi.net.poll import PollDescriptor
+
+_EPOLLET = lib.EPOLLET
+
+
+class EventIO:
+    """Registration of ``fd`` in ``pd`` with a ``type`` and the object ``data`` it serves
+    (a VC, a DNSConnection, a NetAccept, or the thread's eventfd)."""
+
+    __slots__ = ("fd", "pd", "type", "data", "events", "token")
+
+    def __init__(self, type: EventIOType, data: Any = None) -> None:
+        self.fd = -1
+        self.pd: PollDescriptor | None = None
+        self.type = type
+        self.data = data
+        self.events = 0
+        self.token = 0
+
+    @property
+    def active(self) -> bool:
+        return self.pd is not None
+
+    def start(self, pd: PollDescriptor, fd: int, events: int, extra: int = 0) -> None:
+        """Register ``fd`` edge-triggered for ``events`` (plus raw ``extra`` epoll bits, e.g.
+        ``EPOLLEXCLUSIVE``). Raises ``OSError`` naming ``epoll_ctl``."""
+        if self.pd is not None:
+            raise RuntimeError("EventIO.start: already started")
+        token = pd.register(self)
+        try:
+            pd.epoll.add(fd, events | _EPOLLET | extra, token)
+        except BaseException:
+            pd.unregister(token)
+            raise
+        self.fd = fd
+        self.pd = pd
+        self.events = events
+        self.token = token
+
+    def modify(self, e: int) -> None:
+        """Record interest: ``+EVENTIO_READ`` adds it, ``-EVENTIO_READ`` removes it.
+
+        With edge trigger this is bookkeeping only: the registration never changes.
+        """
+        if e < 0:
+            self.events &= ~(-e)
+        else:
+            self.events |= e
+
+    def refresh(self, e: int) -> None:
+        """Re-arm the edge for ``e`` (``EPOLL_CTL_MOD`` with the registered mask) so that
+        readiness already pending is reported again."""
+        pd = self.pd
+        if pd is None or not (self.events & e):
+            return
+        pd.epoll.modify(self.fd, self.events | _EPOLLET, self.token)
+
+    def stop(self) -> None:
+        """Remove the registration; a second call does nothing. The fd stays open."""
+        pd, self.pd = self.pd, None
+        if pd is None:
+            return
+        pd.unregister(self.token)
+        if self.fd >= 0 and not pd.epoll.closed:
+            try:
+                pd.epoll.delete(self.fd)
+            except OSError:
+                pass  # already closed or never added: nothing to remove
+
+    def __repr__(self) -> str:
+        return f"<EventIO {self.type.name} fd={self.fd} events={self.events:#x}>"
+
+
+READ_WRITE = EVENTIO_READ | EVENTIO_WRITE

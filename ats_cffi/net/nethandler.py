@@ -1,0 +1,366 @@
+"""NetHandler: the per-thread driver of every VC on one epoll (ATS's NetHandler), and the
+InactivityCop that closes idle connections.
+
+One pass (``wait_for_activity``, installed as the EThread's poll step):
+
+1. ``process_enabled_list``: VCs re-enabled (or closed) from other threads move to the ready
+   lists if ``enabled and triggered``, or are freed if ``closed``;
+2. ``epoll_wait``: timeout 0 when a ready list is non-empty, else as long as the EThread
+   allows (its next timer; its eventfd wakes it for cross-thread work);
+3. dispatch each result by its EventIO type: READWRITE_VC sets ``triggered`` and queues the
+   VC on the ready lists (and takes it off the cop list: it is active); DNS_CONNECTION
+   triggers the connection and refreshes its edge; ASYNC_SIGNAL drains the eventfd;
+   NETACCEPT runs the listener's accept pass;
+4. ``process_ready_list``: each queued VC once — closed → freed; ``enabled and triggered`` →
+   ``net_read_io`` / ``write_to_net``. A VC that is still triggered after its turn is queued
+   for the *next* pass, so one flooding VC cannot starve the others.
+
+Everything here runs on the handler's own thread; other threads reach it only through
+``enqueue_enable`` (a locked list and the thread's eventfd).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ats_cffi._native import ffi, lib
+from ats_cffi.eventsystem.codes import (
+    EVENT_DONE,
+    VC_EVENT_ACTIVE_TIMEOUT,
+    VC_EVENT_INACTIVITY_TIMEOUT,
+)
+from ats_cffi.eventsystem.continuation import Continuation
+from ats_cffi.eventsystem.ethread import EThread, this_ethread
+from ats_cffi.eventsystem.mutex import ProxyMutex
+from ats_cffi.net import stats as st
+from ats_cffi.net.codes import (
+    EVENTIO_ASYNC_SIGNAL,
+    EVENTIO_DNS_CONNECTION,
+    EVENTIO_NETACCEPT,
+    EVENTIO_READ,
+    EVENTIO_READWRITE_VC,
+)
+from ats_cffi.net.config import NetConfig, net_config
+from ats_cffi.net.eventio import READ_WRITE, EventIO
+from ats_cffi.net.poll import PollCont
+from ats_cffi.net.stats import net_stats
+
+if TYPE_CHECKING:
+    from ats_cffi.net.netvc import NetState, UnixNetVConnection
+
+log = logging.getLogger("ats.iocore_net")
+cop_log = logging.getLogger("ats.inactivity_cop")
+
+_READ_BITS = lib.EPOLLIN | lib.EPOLLERR | lib.EPOLLHUP | lib.EPOLLRDHUP | lib.EPOLLPRI
+_WRITE_BITS = lib.EPOLLOUT | lib.EPOLLERR | lib.EPOLLHUP
+_IOV_MAX = 64
+
+#: The EventProcessor slot holding each net thread's NetHandler (set by the processor).
+NET_HANDLER_SLOT: int | None = None
+
+
+def get_net_handler(thread: EThread | None = None) -> NetHandler:
+    """The NetHandler of ``thread`` (default: the calling thread). ``RuntimeError`` if it is
+    not a net thread."""
+    t = thread if thread is not None else this_ethread()
+    nh = None
+    if t is not None and NET_HANDLER_SLOT is not None and NET_HANDLER_SLOT < len(t.slots):
+        nh = t.slots[NET_HANDLER_SLOT]
+    if nh is None:
+        raise RuntimeError("get_net_handler: not a net thread (is net_processor started?)")
+    return nh
+
+
+class NetHandler(Continuation):
+    """The net side of one EThread. Only its thread touches its lists (see module doc)."""
+
+    def __init__(self, thread: EThread, config: NetConfig = net_config) -> None:
+        super().__init__(ProxyMutex())
+        self.thread = thread
+        self.clock = thread.clock
+        self.config = config
+        self.stats = net_stats.new_block()
+        self.poll_cont = PollCont(ProxyMutex(), config.poll_timeout)
+        self.pd = self.poll_cont.poll_descriptor
+        self.read_ready_list: list[UnixNetVConnection] = []
+        self.write_ready_list: list[UnixNetVConnection] = []
+        self.read_enable_list: list[UnixNetVConnection] = []
+        self.write_enable_list: list[UnixNetVConnection] = []
+        self._enable_lock = threading.Lock()
+        self.open_list: set[UnixNetVConnection] = set()
+        self.cop_list: set[UnixNetVConnection] = set()
+        self.now = self.clock()
+        self.max_read_per_pass = config.max_read_per_pass
+        # Native scratch, made once per thread: the helpers' out-parameter and iovec arrays.
+        self.last = ffi.new("ssize_t *")
+        self.iov_bases = ffi.new("char *[]", _IOV_MAX)
+        self.iov_offs = ffi.new("size_t[]", _IOV_MAX)
+        self.iov_lens = ffi.new("size_t[]", _IOV_MAX)
+        self._read_fill = lib.ats_read_fill
+        self._write_all = lib.ats_write_all
+        self._writev_blocks = lib.ats_writev_blocks
+        self.signal_io = EventIO(EVENTIO_ASYNC_SIGNAL, thread)
+        self.cop: InactivityCop | None = None
+        self.set_handler(self.start_net_event)
+
+    # ------------------------------------------------------------------ native I/O
+
+    def read_fill(self, fd: int, base: Any, off: int, n: int) -> int:
+        return self._read_fill(fd, base, off, n, self.last)
+
+    def write_block(self, fd: int, base: Any, off: int, n: int) -> int:
+        return self._write_all(fd, base, off, n, self.last)
+
+    def writev_blocks(self, fd: int, bases: Any, offs: Any, lens: Any, n: int) -> int:
+        return self._writev_blocks(fd, bases, offs, lens, n, self.last)
+
+    # ------------------------------------------------------------------ events
+
+    def start_net_event(self, event: int, e: Any) -> int:
+        """First event on the thread: from now on this handler runs one pass per call."""
+        self.set_handler(self.main_net_event)
+        return EVENT_DONE
+
+    def main_net_event(self, event: int, e: Any) -> int:
+        """One non-blocking pass (for callers that drive the handler as an event)."""
+        self.wait_for_activity(0)
+        return EVENT_DONE
+
+    # ------------------------------------------------------------------ lists
+
+    def enqueue_ready(self, vc: UnixNetVConnection, s: NetState) -> None:
+        """Queue ``vc`` for the next pass of its read or write side (own thread only)."""
+        if not s.in_ready:
+            s.in_ready = True
+            if s is vc.read:
+                self.read_ready_list.append(vc)
+            else:
+                self.write_ready_list.append(vc)
+
+    def enqueue_enable(self, vc: UnixNetVConnection, s: NetState) -> None:
+        """From another thread: hand ``vc`` to this thread and wake it."""
+        with self._enable_lock:
+            if not s.in_enabled:
+                s.in_enabled = True
+                if s is vc.read:
+                    self.read_enable_list.append(vc)
+                else:
+                    self.write_enable_list.append(vc)
+        self.thread.signal()
+
+    def process_enabled_list(self) -> None:
+        if not self.read_enable_list and not self.write_enable_list:
+            return
+        with self._enable_lock:
+            rl, self.read_enable_list = self.read_enable_list, []
+            wl, self.write_enable_list = self.write_enable_list, []
+            for vc in rl:
+                vc.read.in_enabled = False
+            for vc in wl:
+                vc.write.in_enabled = False
+        for vc in rl:
+            if vc.closed:
+                if vc.recursion == 0:
+                    self.free_netevent(vc)
+            elif vc.read.enabled:
+                vc.rearm_inactivity(self)
+                if vc.read.triggered:
+                    self.enqueue_ready(vc, vc.read)
+        for vc in wl:
+            if vc.closed:
+                if vc.recursion == 0:
+                    self.free_netevent(vc)
+            elif vc.write.enabled:
+                vc.rearm_inactivity(self)
+                if vc.write.triggered:
+                    self.enqueue_ready(vc, vc.write)
+
+    def process_ready_list(self) -> None:
+        rl = self.read_ready_list
+        if rl:
+            self.read_ready_list = []
+            for vc in rl:
+                s = vc.read
+                if not s.in_ready:
+                    continue
+                s.in_ready = False
+                if vc.closed:
+                    self.free_netevent(vc)
+                elif s.enabled and s.triggered:
+                    vc.net_read_io(self)
+        wl = self.write_ready_list
+        if wl:
+            self.write_ready_list = []
+            for vc in wl:
+                s = vc.write
+                if not s.in_ready:
+                    continue
+                s.in_ready = False
+                if vc.closed:
+                    self.free_netevent(vc)
+                elif s.triggered and (s.enabled or vc.connecting):
+                    vc.write_to_net(self)
+
+    # ------------------------------------------------------------------ the pass
+
+    def wait_for_activity(self, timeout_ms: int) -> None:
+        """One pass of the net loop (see the module doc); the EThread's poll step."""
+        self.stats[st.NET_HANDLER_RUN] += 1
+        self.process_enabled_list()
+        if self.read_ready_list or self.write_ready_list:
+            timeout_ms = 0
+        elif timeout_ms > self.config.poll_timeout:
+            timeout_ms = self.config.poll_timeout
+        n = self.poll_cont.do_poll(timeout_ms)
+        self.now = self.clock()
+        if n:
+            self.dispatch(n)
+        self.process_ready_list()
+
+    def dispatch(self, n: int) -> None:
+        pd = self.pd
+        tokens = pd.epoll.tokens
+        masks = pd.epoll.masks
+        ios = pd.ios
+        cop_list = self.cop_list
+        rl = self.read_ready_list
+        wl = self.write_ready_list
+        for i in range(n):
+            eio = ios.get(tokens[i])
+            if eio is None:
+                continue  # stopped after the kernel queued the event
+            t = eio.type
+            if t is EVENTIO_READWRITE_VC:
+                vc = eio.data
+                flags = masks[i]
+                if vc.in_cop and not vc.active_timeout_in:
+                    # Active: it cannot be idle before the next cop run. A VC with an active
+                    # timeout stays listed, or a busy one would never be checked.
+                    cop_list.discard(vc)
+                    vc.in_cop = False
+                if flags & _READ_BITS:
+                    s = vc.read
+                    s.triggered = True
+                    if not s.in_ready:
+                        s.in_ready = True
+                        rl.append(vc)
+                if flags & _WRITE_BITS:
+                    s = vc.write
+                    s.triggered = True
+                    if not s.in_ready:
+                        s.in_ready = True
+                        wl.append(vc)
+            elif t is EVENTIO_ASYNC_SIGNAL:
+                evfd = self.thread.evfd
+                if evfd is not None:
+                    evfd.read()  # the wake-up has done its job
+            elif t is EVENTIO_DNS_CONNECTION:
+                eio.data.trigger()
+                eio.refresh(EVENTIO_READ)
+            elif t is EVENTIO_NETACCEPT:
+                eio.data.accept_fast_event(self)
+
+    # ------------------------------------------------------------------ VC life
+
+    def start_io(self, vc: UnixNetVConnection) -> None:
+        """Register ``vc``'s socket (once, for its life) and count it open."""
+        vc.nh = self
+        vc.thread = self.thread
+        vc.ep.start(self.pd, vc.fd, READ_WRITE)
+        self.open_list.add(vc)
+        vc.in_open = True
+        self.stats[st.CONNECTIONS_CURRENTLY_OPEN] += 1
+
+    def start_cop(self, vc: UnixNetVConnection) -> None:
+        """Put ``vc`` under the InactivityCop (from its next refill on)."""
+        if not vc.in_open:
+            self.open_list.add(vc)
+            vc.in_open = True
+
+    def free_netevent(self, vc: UnixNetVConnection) -> None:
+        """ATS's close_UnixNetVConnection: unlist, unregister and close ``vc``. Idempotent."""
+        if vc.in_open:
+            self.open_list.discard(vc)
+            vc.in_open = False
+            self.stats[st.CONNECTIONS_CURRENTLY_OPEN] -= 1
+        if vc.in_cop:
+            self.cop_list.discard(vc)
+            vc.in_cop = False
+        vc.read.in_ready = False
+        vc.write.in_ready = False
+        vc.next_inactivity_timeout_at = 0.0
+        vc.next_activity_timeout_at = 0.0
+        vc.inactivity_timeout_in = 0.0
+        vc.active_timeout_in = 0.0
+        vc.free()
+
+    close_net_vc = free_netevent
+
+    # ------------------------------------------------------------------ thread life
+
+    def close(self) -> None:
+        """Free every VC still open and close the epoll fd (thread shutdown)."""
+        for vc in list(self.open_list):
+            vc.closed = vc.closed or 1
+            self.free_netevent(vc)
+        self.signal_io.stop()
+        self.poll_cont.close()
+        net_stats.retire(self.stats)
+
+
+class InactivityCop(Continuation):
+    """Runs every ``inactivity_check_frequency`` seconds on its NetHandler's thread.
+
+    Visits only the VCs that had no epoll event since its last run (the cop list, refilled
+    from the open list at the end of each run); try-locks each (failures are counted in
+    ``inactivity_cop_lock_acquire_failure``), frees closed ones, applies
+    ``default_inactivity_timeout`` to VCs with pending I/O and none set, and signals
+    ``VC_EVENT_INACTIVITY_TIMEOUT`` / ``VC_EVENT_ACTIVE_TIMEOUT``. ``visited`` counts visits.
+    """
+
+    def __init__(self, nh: NetHandler) -> None:
+        super().__init__(nh.mutex)
+        self.nh = nh
+        self.visited = 0
+        self.runs = 0
+        self.set_handler(self.check_inactivity)
+
+    def check_inactivity(self, event: int, e: Any) -> int:
+        nh = self.nh
+        now = nh.clock()
+        nh.now = now
+        self.runs += 1
+        stats = nh.stats
+        cop = nh.cop_list
+        default = nh.config.default_inactivity_timeout
+        while cop:
+            vc = cop.pop()
+            vc.in_cop = False
+            self.visited += 1
+            m = vc.mutex
+            if not m.try_lock():
+                stats[st.INACTIVITY_COP_LOCK_ACQUIRE_FAILURE] += 1
+                continue
+            try:
+                if vc.closed:
+                    if vc.recursion == 0:
+                        nh.free_netevent(vc)
+                    continue
+                if not vc.next_inactivity_timeout_at and default > 0 and vc.io_pending():
+                    cop_log.debug("vc %r: applying the default inactivity timeout %s", vc, default)
+                    vc.inactivity_timeout_in = default
+                    vc.next_inactivity_timeout_at = now + default
+                    stats[st.DEFAULT_INACTIVITY_TIMEOUT_APPLIED] += 1
+                if vc.next_inactivity_timeout_at and vc.next_inactivity_timeout_at < now:
+                    vc.handle_event(VC_EVENT_INACTIVITY_TIMEOUT, e)
+                elif vc.next_activity_timeout_at and vc.next_activity_timeout_at < now:
+                    vc.handle_event(VC_EVENT_ACTIVE_TIMEOUT, e)
+            finally:
+                m.unlock()
+        for vc in nh.open_list:
+            if not vc.in_cop:
+                vc.in_cop = True
+                cop.add(vc)
+        return EVENT_DONE

@@ -1,0 +1,935 @@
+"""UnixNetVConnection: a TCP connection driven by its thread's NetHandler through VIOs.
+
+State flags, per direction (``vc.read`` / ``vc.write``, a :class:`NetState`):
+
+- ``enabled``: the continuation wants this direction to move (a VIO is set and not
+  disabled by back-pressure or completion). Set by ``reenable``, cleared by ``*_disable``.
+- ``triggered``: the kernel reported an edge and we have not seen EAGAIN since. Only EAGAIN,
+  EOS or an error clear it. A VC that stops early (VIO done, buffer full, disabled) keeps
+  it, so re-enabling processes the bytes already in the socket without a new edge.
+- ``in_ready`` / ``in_enabled``: membership flags of the NetHandler's ready list and of the
+  cross-thread enable list (so both lists stay duplicate-free without searching them).
+
+Per VC:
+
+- ``closed``: 0 while open; set to 1 (or -1 for an abort) *last* by ``do_io_close``, after
+  both directions were disabled, so that a thread that sees it set sees a quiet VC.
+- ``recursion``: how many of this VC's signal calls are on the stack. The VC is freed
+  (``close_net_vc``) only when it is 0; otherwise the outermost signal frees it.
+
+Lock rule: every event to a continuation is delivered with the VIO's mutex (the
+continuation's) held by the VC's thread; the NetHandler only try-locks and retries on the
+next pass. ``do_io_*`` must be called on the VC's thread or with the continuation's mutex
+held; ``reenable`` and ``do_io_close`` may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ats_cffi import sys as _sys
+from ats_cffi._native import lib
+from ats_cffi.eventsystem.codes import (
+    EVENT_CONT,
+    EVENT_DONE,
+    VC_EVENT_ACTIVE_TIMEOUT,
+    VC_EVENT_EOS,
+    VC_EVENT_ERROR,
+    VC_EVENT_INACTIVITY_TIMEOUT,
+    VC_EVENT_READ_COMPLETE,
+    VC_EVENT_READ_READY,
+    VC_EVENT_WRITE_COMPLETE,
+    VC_EVENT_WRITE_READY,
+)
+from ats_cffi.eventsystem.continuation import Continuation, check_continuation
+from ats_cffi.eventsystem.event import Action
+from ats_cffi.eventsystem.iobuffer import IOBufferReader, MIOBuffer
+from ats_cffi.eventsystem.mutex import ProxyMutex
+from ats_cffi.eventsystem.vio import INT64_MAX, VIO, VIOOp
+from ats_cffi.net import stats as st
+from ats_cffi.net.codes import (
+    EVENTIO_READWRITE_VC,
+    IO_SHUTDOWN_READ,
+    IO_SHUTDOWN_READWRITE,
+    IO_SHUTDOWN_WRITE,
+    NET_EVENT_OPEN,
+    NET_EVENT_OPEN_FAILED,
+)
+from ats_cffi.net.config import SOCK_OPT_KEEP_ALIVE, SOCK_OPT_LINGER_ON, SOCK_OPT_NO_DELAY
+from ats_cffi.net.eventio import READ_WRITE, EventIO
+
+if TYPE_CHECKING:
+    from ats_cffi.eventsystem.ethread import EThread
+    from ats_cffi.net.nethandler import NetHandler
+
+log = logging.getLogger("ats.iocore_net")
+
+_READ = VIOOp.READ
+_WRITE = VIOOp.WRITE
+_NONE = VIOOp.NONE
+_AGAIN = _sys.AGAIN
+_ECONNRESET = errno.ECONNRESET
+_IOV_MAX = 64
+
+NET_VC_SHUTDOWN_READ = 1
+NET_VC_SHUTDOWN_WRITE = 2
+
+
+@dataclass
+class NetVCOptions:
+    """Socket options applied to a VC's socket (ATS's NetVCOptions).
+
+    ``sockopt_flags`` bits: 1 TCP_NODELAY, 2 SO_KEEPALIVE, 4 SO_LINGER with
+    ``linger_seconds``. Buffer sizes of 0 keep the kernel's defaults. ``packet_tos`` and
+    ``packet_mark`` of 0 are not set. ``connect_timeout`` (s) bounds ``connect_re``
+    (None: the ``proxy.config.net.connect_timeout`` record, 0: none).
+    """
+
+    sockopt_flags: int = SOCK_OPT_NO_DELAY
+    recv_bufsize: int = 0
+    send_bufsize: int = 0
+    linger_seconds: int = 0
+    packet_tos: int = 0
+    packet_mark: int = 0
+    connect_timeout: float | None = None
+    local_address: tuple[str, int] | None = None
+
+    def validate(self, call: str) -> None:
+        for name in ("sockopt_flags", "recv_bufsize", "send_bufsize", "linger_seconds",
+                     "packet_tos", "packet_mark"):  # fmt: skip
+            v = getattr(self, name)
+            if type(v) is not int:
+                raise TypeError(f"{call}: NetVCOptions.{name} must be an int")
+            if v < 0:
+                raise ValueError(f"{call}: NetVCOptions.{name} must be >= 0, got {v}")
+        ct = self.connect_timeout
+        if ct is not None and (isinstance(ct, bool) or not isinstance(ct, (int, float)) or ct < 0):
+            raise ValueError(f"{call}: NetVCOptions.connect_timeout must be a number >= 0")
+
+    def apply(self, fd: int, family: int) -> None:
+        """Set the options on ``fd``. Raises ``OSError`` naming ``setsockopt``."""
+        f = self.sockopt_flags
+        if f & SOCK_OPT_NO_DELAY:
+            _sys.setsockopt_int(fd, lib.IPPROTO_TCP, lib.TCP_NODELAY, 1)
+        if f & SOCK_OPT_KEEP_ALIVE:
+            _sys.setsockopt_int(fd, lib.SOL_SOCKET, lib.SO_KEEPALIVE, 1)
+        if f & SOCK_OPT_LINGER_ON:
+            _sys.setsockopt_linger(fd, True, self.linger_seconds)
+        if self.recv_bufsize:
+            _sys.setsockopt_int(fd, lib.SOL_SOCKET, lib.SO_RCVBUF, self.recv_bufsize)
+        if self.send_bufsize:
+            _sys.setsockopt_int(fd, lib.SOL_SOCKET, lib.SO_SNDBUF, self.send_bufsize)
+        if self.packet_tos:
+            if family == lib.AF_INET6:
+                _sys.setsockopt_int(fd, lib.IPPROTO_IPV6, lib.IPV6_TCLASS, self.packet_tos)
+            else:
+                _sys.setsockopt_int(fd, lib.IPPROTO_IP, lib.IP_TOS, self.packet_tos)
+        if self.packet_mark:
+            _sys.setsockopt_int(fd, lib.SOL_SOCKET, lib.SO_MARK, self.packet_mark)
+
+
+class NetState:
+    """One direction of a VC: its VIO and the edge-trigger flags (see the module doc)."""
+
+    __slots__ = ("vio", "enabled", "triggered", "in_ready", "in_enabled", "pending_error")
+
+    def __init__(self, op: VIOOp) -> None:
+        self.vio = VIO(op)
+        self.vio.op = _NONE
+        self.enabled = False
+        self.triggered = False
+        self.in_ready = False
+        self.in_enabled = False
+        # An error seen after data in the same read: delivered on the next pass, after
+        # the data (nothing received is dropped).
+        self.pending_error = 0
+
+
+class UnixNetVConnection(Continuation):
+    """A connection on one net thread. Events to the read VIO's continuation:
+    ``VC_EVENT_READ_READY``, ``READ_COMPLETE``, ``EOS``, ``ERROR`` (``vc.lerrno``),
+    ``INACTIVITY_TIMEOUT``, ``ACTIVE_TIMEOUT``; to the write VIO's: ``WRITE_READY``,
+    ``WRITE_COMPLETE``, ``ERROR`` and the timeouts."""
+
+    def __init__(self, options: NetVCOptions | None = None) -> None:
+        super().__init__(ProxyMutex())
+        self.fd = -1
+        self.family = lib.AF_INET
+        self.options = options or NetVCOptions()
+        self.read = NetState(_READ)
+        self.write = NetState(_WRITE)
+        self.read.vio.vc_server = self
+        self.write.vio.vc_server = self
+        self.closed = 0
+        self.recursion = 0
+        self.lerrno = 0
+        self.shutdown_flags = 0
+        self.nh: NetHandler | None = None
+        self.thread: EThread | None = None
+        self.ep = EventIO(EVENTIO_READWRITE_VC, self)
+        self.inactivity_timeout_in = 0.0
+        self.active_timeout_in = 0.0
+        self.next_inactivity_timeout_at = 0.0
+        self.next_activity_timeout_at = 0.0
+        self.in_cop = False
+        self.in_open = False
+        self.connecting = False
+        self.action: Action | None = None
+        self.connect_timeout_event: Any = None
+        self._local_addr: Any = None
+        self._remote_addr: Any = None
+        self.set_handler(self.main_event)
+
+    # ------------------------------------------------------------------ addresses
+
+    def get_local_addr(self) -> Any:
+        """The socket's local address, read once."""
+        if self._local_addr is None and self.fd >= 0:
+            self._local_addr = _sys.getsockname(self.fd)
+        return self._local_addr
+
+    def get_remote_addr(self) -> Any:
+        """The peer's address, read once (``getpeername``)."""
+        if self._remote_addr is None and self.fd >= 0:
+            self._remote_addr = _sys.getpeername(self.fd)
+        return self._remote_addr
+
+    local_addr = property(get_local_addr)
+    remote_addr = property(get_remote_addr)
+
+    # ------------------------------------------------------------------ do_io
+
+    def _check_open(self, call: str) -> None:
+        if self.closed:
+            raise RuntimeError(f"{call}: the VC is closed")
+
+    @staticmethod
+    def _check_nbytes(call: str, nbytes: Any) -> None:
+        if type(nbytes) is not int:
+            raise TypeError(f"{call}: nbytes must be an int, not {type(nbytes).__name__}")
+        if nbytes < 0 or nbytes > INT64_MAX:
+            raise ValueError(f"{call}: nbytes must be in 0..INT64_MAX, got {nbytes}")
+
+    def do_io_read(
+        self, cont: Continuation | None, nbytes: int = INT64_MAX, buf: MIOBuffer | None = None
+    ) -> VIO:
+        """Read up to ``nbytes`` into ``buf`` for ``cont``; ``buf=None`` stops reading."""
+        self._check_open("do_io_read")
+        self._check_nbytes("do_io_read", nbytes)
+        if cont is not None:
+            check_continuation("do_io_read", cont)
+        if buf is not None and not isinstance(buf, MIOBuffer):
+            raise TypeError(f"do_io_read: buf must be an MIOBuffer, not {type(buf).__name__}")
+        s = self.read
+        vio = s.vio
+        vio.op = _READ
+        vio.cont = cont
+        vio.mutex = cont.mutex if cont is not None else self.mutex
+        vio.nbytes = nbytes
+        vio.ndone = 0
+        vio.buffer = buf
+        if buf is not None:
+            s.enabled = False
+            self.reenable(vio)
+        else:
+            self._disable(s)
+        return vio
+
+    def do_io_write(
+        self,
+        cont: Continuation | None,
+        nbytes: int = INT64_MAX,
+        reader: IOBufferReader | None = None,
+    ) -> VIO:
+        """Write ``nbytes`` from ``reader`` for ``cont``; ``reader=None`` stops writing."""
+        self._check_open("do_io_write")
+        self._check_nbytes("do_io_write", nbytes)
+        if cont is not None:
+            check_continuation("do_io_write", cont)
+        if reader is not None:
+            if not isinstance(reader, IOBufferReader):
+                raise TypeError(
+                    f"do_io_write: reader must be an IOBufferReader, not {type(reader).__name__}"
+                )
+            if reader.writer is None:
+                raise ValueError("do_io_write: reader has been deallocated")
+        s = self.write
+        vio = s.vio
+        vio.op = _WRITE
+        vio.cont = cont
+        vio.mutex = cont.mutex if cont is not None else self.mutex
+        vio.nbytes = nbytes
+        vio.ndone = 0
+        vio.buffer = reader
+        if reader is not None:
+            s.enabled = False
+            self.reenable(vio)
+        else:
+            self._disable(s)
+        return vio
+
+    def _disable(self, s: NetState) -> None:
+        s.enabled = False
+        s.in_ready = False
+
+    def _state_of(self, vio: VIO) -> NetState:
+        if vio is self.read.vio:
+            return self.read
+        if vio is self.write.vio:
+            return self.write
+        raise ValueError("reenable: the VIO does not belong to this VC")
+
+    def reenable(self, vio: VIO) -> None:
+        """Let ``vio`` move again (from any thread): bytes already in the socket are processed
+        without waiting for a new edge."""
+        s = self._state_of(vio)
+        if s.enabled or self.closed:
+            return
+        s.enabled = True
+        nh = self.nh
+        if nh is None:
+            return
+        if nh.thread.tid == threading.get_ident():
+            self.rearm_inactivity(nh)
+            if s.triggered:
+                nh.enqueue_ready(self, s)
+        else:
+            nh.enqueue_enable(self, s)  # its thread re-arms the timeout and queues it
+
+    def rearm_inactivity(self, nh: NetHandler) -> None:
+        """Restart the inactivity clock stopped by a disable (VC's thread only)."""
+        if self.inactivity_timeout_in and not self.next_inactivity_timeout_at:
+            self.next_inactivity_timeout_at = nh.now + self.inactivity_timeout_in
+
+    def reenable_re(self, vio: VIO) -> None:
+        """Re-enable and, on the VC's thread, process the VIO at once (ATS's reenable_re)."""
+        self.reenable(vio)
+        nh = self.nh
+        if nh is not None and nh.thread.tid == threading.get_ident() and not self.closed:
+            s = self._state_of(vio)
+            if s.enabled and s.triggered:
+                if s is self.read:
+                    self.net_read_io(nh)
+                else:
+                    self.write_to_net(nh)
+
+    def do_io_close(self, alerrno: int = -1) -> None:
+        """Close: no event is delivered after this call. The fd is closed at once when no
+        handler of this VC is on the stack, else when the outermost one returns; from
+        another thread, on the VC's thread's next pass."""
+        if self.closed:
+            return
+        nh = self.nh
+        if nh is not None and nh.thread.tid != threading.get_ident():
+            # From another thread: hold the VIOs' mutexes (re-entrant if the caller has them),
+            # which the net thread holds while it delivers an event, so that no event is
+            # delivered after this call returns and no VIO changes under the net thread.
+            held = []
+            try:
+                for s in (self.read, self.write):
+                    m = s.vio.mutex
+                    if m is not None and m not in held:
+                        m.lock()
+                        held.append(m)
+                self._close_locked(alerrno, nh, False)
+            finally:
+                for m in reversed(held):
+                    m.unlock()
+            return
+        self._close_locked(alerrno, nh, self.recursion == 0)
+
+    def _close_locked(self, alerrno: int, nh: NetHandler | None, close_inline: bool) -> None:
+        if self.closed:
+            return
+        self.read.enabled = False
+        self.write.enabled = False
+        for s in (self.read, self.write):
+            vio = s.vio
+            vio.op = _NONE
+            vio.nbytes = 0
+            vio.buffer = None
+        if alerrno not in (0, -1):
+            self.lerrno = alerrno
+        # Mark closed last: another thread that sees it set sees a quiet VC.
+        self.closed = 1 if alerrno == -1 else -1
+        if close_inline:
+            if nh is not None:
+                nh.free_netevent(self)
+            else:
+                self.free()
+        elif nh is not None and nh.thread.tid != threading.get_ident():
+            nh.enqueue_enable(self, self.read)  # freed on its own thread's next pass
+
+    def do_io_shutdown(self, howto: int) -> None:
+        """Shut one or both directions down; no event is sent. ``ValueError`` for a bad howto."""
+        self._check_open("do_io_shutdown")
+        if howto not in (IO_SHUTDOWN_READ, IO_SHUTDOWN_WRITE, IO_SHUTDOWN_READWRITE):
+            raise ValueError(f"do_io_shutdown: howto must be an IO_SHUTDOWN_* value, got {howto}")
+        how = {IO_SHUTDOWN_READ: lib.SHUT_RD, IO_SHUTDOWN_WRITE: lib.SHUT_WR}.get(
+            howto, lib.SHUT_RDWR
+        )
+        try:
+            _sys.shutdown(self.fd, how)
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise
+        if howto in (IO_SHUTDOWN_READ, IO_SHUTDOWN_READWRITE):
+            self._disable(self.read)
+            self.read.vio.buffer = None
+            self.read.vio.nbytes = 0
+            self.read.vio.cont = None
+            self.shutdown_flags |= NET_VC_SHUTDOWN_READ
+        if howto in (IO_SHUTDOWN_WRITE, IO_SHUTDOWN_READWRITE):
+            self._disable(self.write)
+            self.write.vio.buffer = None
+            self.write.vio.nbytes = 0
+            self.write.vio.cont = None
+            self.shutdown_flags |= NET_VC_SHUTDOWN_WRITE
+
+    # ------------------------------------------------------------------ timeouts
+
+    @staticmethod
+    def _check_timeout(call: str, seconds: Any) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise TypeError(f"{call}: timeout must be a number of seconds")
+        if not seconds >= 0:
+            raise ValueError(f"{call}: timeout must be >= 0, got {seconds}")
+
+    def _now(self) -> float:
+        nh = self.nh
+        if nh is not None:
+            return nh.clock()
+        thread = self.thread
+        return thread.clock() if thread is not None else 0.0
+
+    def set_inactivity_timeout(self, seconds: float) -> None:
+        """``VC_EVENT_INACTIVITY_TIMEOUT`` after ``seconds`` with no byte moved (0: none)."""
+        self._check_timeout("set_inactivity_timeout", seconds)
+        self.inactivity_timeout_in = seconds
+        self.next_inactivity_timeout_at = self._now() + seconds if seconds else 0.0
+
+    def set_active_timeout(self, seconds: float) -> None:
+        """``VC_EVENT_ACTIVE_TIMEOUT`` ``seconds`` from now, whatever the activity (0: none)."""
+        self._check_timeout("set_active_timeout", seconds)
+        self.active_timeout_in = seconds
+        self.next_activity_timeout_at = self._now() + seconds if seconds else 0.0
+
+    def cancel_inactivity_timeout(self) -> None:
+        self.inactivity_timeout_in = 0.0
+        self.next_inactivity_timeout_at = 0.0
+
+    def cancel_active_timeout(self) -> None:
+        self.active_timeout_in = 0.0
+        self.next_activity_timeout_at = 0.0
+
+    # ------------------------------------------------------------------ signals
+
+    def _deliver(self, s: NetState, event: int) -> None:
+        vio = s.vio
+        cont = vio.cont
+        if cont is not None and vio.mutex is cont.mutex:
+            try:
+                cont.handle_event(event, vio)
+            except Exception:
+                log.exception("handler of %r raised on event %d: closing the VC", self, event)
+                self.do_io_close()
+        elif event in (VC_EVENT_EOS, VC_EVENT_ERROR, VC_EVENT_INACTIVITY_TIMEOUT,
+                       VC_EVENT_ACTIVE_TIMEOUT):  # fmt: skip
+            self.closed = 1  # nobody to tell: close it
+
+    def _signal_and_update(self, s: NetState, event: int) -> int:
+        self.recursion += 1
+        try:
+            self._deliver(s, event)
+        finally:
+            self.recursion -= 1
+        if self.recursion == 0 and self.closed:
+            nh = self.nh
+            if nh is not None:
+                nh.free_netevent(self)
+            else:
+                self.free()
+            return EVENT_DONE
+        return EVENT_CONT
+
+    def _signal_done(self, s: NetState, event: int, nh: NetHandler) -> int:
+        s.enabled = False
+        if self._signal_and_update(s, event) == EVENT_DONE:
+            return EVENT_DONE
+        if not s.enabled:
+            s.in_ready = False
+        return EVENT_CONT
+
+    def _signal_error(self, s: NetState, err: int, nh: NetHandler) -> int:
+        self.lerrno = err
+        return self._signal_done(s, VC_EVENT_ERROR, nh)
+
+    def _reschedule(self, s: NetState, nh: NetHandler) -> None:
+        if s.triggered and s.enabled:
+            nh.enqueue_ready(self, s)
+        else:
+            s.in_ready = False
+
+    def io_pending(self) -> bool:
+        """True while a read or write VIO has bytes to do (enabled or held back)."""
+        r = self.read.vio
+        w = self.write.vio
+        return (r.op == _READ and r.nbytes > r.ndone) or (w.op == _WRITE and w.nbytes > w.ndone)
+
+    def _read_disable(self) -> None:
+        # The inactivity clock stops only when no VIO has work left: a VIO held back by
+        # back-pressure or by an empty write buffer is idle, and may time out.
+        if not self.write.enabled and not self.io_pending():
+            self.next_inactivity_timeout_at = 0.0
+        self._disable(self.read)
+
+    def _write_disable(self) -> None:
+        if not self.read.enabled and not self.io_pending():
+            self.next_inactivity_timeout_at = 0.0
+        self._disable(self.write)
+
+    # ------------------------------------------------------------------ read path
+
+    def net_read_io(self, nh: NetHandler) -> None:
+        """Read what the socket has into the read VIO's buffer and signal the continuation.
+
+        Called by the NetHandler for a VC that is enabled and triggered.
+        """
+        s = self.read
+        vio = s.vio
+        if not s.enabled or vio.op != _READ:
+            self._read_disable()
+            return
+        m = vio.mutex
+        if not m.try_lock():
+            self._reschedule(s, nh)
+            return
+        try:
+            self._net_read_locked(nh, s, vio, m)
+        finally:
+            m.unlock()
+
+    def _net_read_locked(self, nh: NetHandler, s: NetState, vio: VIO, m: ProxyMutex) -> None:
+        stats = nh.stats
+        if s.pending_error:
+            err, s.pending_error = s.pending_error, 0
+            s.triggered = False
+            if err == _ECONNRESET:
+                self._signal_done(s, VC_EVENT_EOS, nh)
+            else:
+                self._signal_error(s, err, nh)
+            return
+        ntodo = vio.nbytes - vio.ndone
+        if ntodo <= 0:
+            self._read_disable()
+            return
+        buf: MIOBuffer = vio.buffer
+        quota = nh.max_read_per_pass
+        total = 0
+        last = 1
+        while True:
+            block = buf.writable_block_if_room()
+            if block is None:
+                break
+            toread = len(block.data) - block.end
+            if toread > ntodo - total:
+                toread = ntodo - total
+            if toread > quota - total:
+                toread = quota - total
+            if toread <= 0:
+                break
+            r = nh.read_fill(self.fd, block.cdata, block.end, toread)
+            last = nh.last[0]
+            stats[st.CALLS_TO_READ] += 1
+            if r > 0:
+                buf.fill(r)
+                total += r
+            if last <= 0:
+                break
+        if total:
+            vio.ndone += total
+            stats[st.READ_BYTES] += total
+            if self.inactivity_timeout_in:
+                self.next_inactivity_timeout_at = nh.now + self.inactivity_timeout_in
+            if last < 0 and last != _AGAIN:
+                s.pending_error = -last  # deliver the data first, the error next pass
+            elif last == _AGAIN:
+                s.triggered = False
+            # last == 0 (EOF): keep triggered, the next read sees EOF again and signals EOS.
+            if vio.nbytes - vio.ndone <= 0:
+                self._signal_done(s, VC_EVENT_READ_COMPLETE, nh)
+                return
+            if self._signal_and_update(s, VC_EVENT_READ_READY) != EVENT_CONT:
+                return
+            if vio.mutex is not m:
+                self._reschedule(s, nh)
+                return
+            if (
+                vio.nbytes - vio.ndone <= 0
+                or not s.enabled
+                or vio.op != _READ
+                or vio.buffer is None
+                or vio.buffer.writable_block_if_room() is None
+            ):
+                self._read_disable()
+                return
+            if s.pending_error or last == 0:
+                s.triggered = True
+            self._reschedule(s, nh)
+            return
+        if last == _AGAIN:
+            stats[st.CALLS_TO_READ_NODATA] += 1
+            s.triggered = False
+            s.in_ready = False
+            return
+        if last == 0 or last == -_ECONNRESET:
+            s.triggered = False
+            self._signal_done(s, VC_EVENT_EOS, nh)
+            return
+        if last < 0:
+            s.triggered = False
+            self._signal_error(s, -last, nh)
+            return
+        # No room in the buffer (back-pressure) or nothing to do: wait for reenable.
+        self._read_disable()
+
+    # ------------------------------------------------------------------ write path
+
+    def write_to_net(self, nh: NetHandler) -> None:
+        """Write what the write VIO's reader holds to the socket and signal the continuation.
+
+        Called by the NetHandler for a VC that is enabled and triggered.
+        """
+        if self.connecting:
+            self.connect_complete(nh)
+            return
+        s = self.write
+        vio = s.vio
+        if not s.enabled or vio.op != _WRITE:
+            self._write_disable()
+            return
+        m = vio.mutex
+        if not m.try_lock():
+            self._reschedule(s, nh)
+            return
+        try:
+            self._write_locked(nh, s, vio, m)
+        finally:
+            m.unlock()
+
+    def _write_locked(self, nh: NetHandler, s: NetState, vio: VIO, m: ProxyMutex) -> None:
+        ntodo = vio.nbytes - vio.ndone
+        if ntodo <= 0:
+            self._write_disable()
+            return
+        reader: IOBufferReader = vio.buffer
+        towrite = reader.read_avail()
+        if towrite > ntodo:
+            towrite = ntodo
+        signalled = False
+        if towrite != ntodo and not reader.writer.high_water():
+            if self._signal_and_update(s, VC_EVENT_WRITE_READY) != EVENT_CONT:
+                return
+            if not s.enabled or vio.op != _WRITE or vio.buffer is None:
+                self._write_disable()
+                return
+            ntodo = vio.nbytes - vio.ndone
+            if ntodo <= 0:
+                self._write_disable()
+                return
+            signalled = True
+            reader = vio.buffer
+            towrite = reader.read_avail()
+            if towrite > ntodo:
+                towrite = ntodo
+        if towrite <= 0:
+            self._write_disable()
+            return
+        total, last = self.load_buffer_and_write(nh, towrite, reader)
+        stats = nh.stats
+        stats[st.CALLS_TO_WRITE] += 1
+        if total > 0:
+            reader.consume(total)
+            vio.ndone += total
+            stats[st.WRITE_BYTES] += total
+            if self.inactivity_timeout_in:
+                self.next_inactivity_timeout_at = nh.now + self.inactivity_timeout_in
+        else:
+            stats[st.CALLS_TO_WRITE_NODATA] += 1
+        if last < 0:
+            s.triggered = False
+            if last == _AGAIN:
+                s.in_ready = False
+                return
+            self._signal_error(s, -last, nh)
+            return
+        if vio.nbytes - vio.ndone <= 0:
+            self._signal_done(s, VC_EVENT_WRITE_COMPLETE, nh)
+            return
+        if not signalled or not reader.writer.high_water():
+            if self._signal_and_update(s, VC_EVENT_WRITE_READY) != EVENT_CONT:
+                return
+            if vio.mutex is not m:
+                self._reschedule(s, nh)
+                return
+        if vio.op != _WRITE or vio.buffer is None or not vio.buffer.read_avail():
+            self._write_disable()
+            return
+        self._reschedule(s, nh)
+
+    def load_buffer_and_write(
+        self, nh: NetHandler, towrite: int, reader: IOBufferReader
+    ) -> tuple[int, int]:
+        """Write up to ``towrite`` bytes of ``reader``'s blocks in one native call (writev of
+        at most 64 blocks, repeated until done or EAGAIN). Returns ``(written, last)``."""
+        bases = nh.iov_bases
+        offs = nh.iov_offs
+        lens = nh.iov_lens
+        n = 0
+        left = towrite
+        for block, start, end in reader.readable_blocks():
+            k = end - start
+            if k > left:
+                k = left
+            if n == 0 and k == left:
+                # The common case: everything to write sits in one block.
+                return nh.write_block(self.fd, block.cdata, start, k), nh.last[0]
+            bases[n] = block.cdata
+            offs[n] = start
+            lens[n] = k
+            n += 1
+            left -= k
+            if left <= 0 or n == _IOV_MAX:
+                break
+        total = nh.writev_blocks(self.fd, bases, offs, lens, n)
+        return total, nh.last[0]
+
+    # ------------------------------------------------------------------ connect
+
+    def connect_up(self, nh: NetHandler, address: Any) -> None:
+        """Open the socket, register it, then ``connect()`` (in that order: with edge trigger,
+        the connect's writable edge could otherwise come before the registration). The
+        result reaches ``self.action``'s continuation from ``connect_complete``."""
+        action = self.action
+        assert action is not None
+        try:
+            self.fd = _sys.socket(self.family, lib.SOCK_STREAM)
+            self.options.apply(self.fd, self.family)
+            if self.options.local_address is not None:
+                _sys.bind(self.fd, self.options.local_address)
+            nh.start_io(self)
+            self.connecting = True
+            _sys.connect(self.fd, address)
+        except OSError as exc:
+            self.connect_failed(nh, exc.errno or errno.EIO)
+            return
+        self._remote_addr = address
+        nh.start_cop(self)
+        timeout = self.options.connect_timeout
+        if timeout is None:
+            timeout = nh.config.connect_timeout
+        if timeout:
+            self.connect_timeout_event = nh.thread.schedule_in(
+                Continuation(self.mutex, self._connect_timed_out), timeout
+            )
+
+    def _connect_timed_out(self, event: int, e: Any) -> None:
+        self.connect_timeout_event = None
+        if self.connecting and not self.closed:
+            self.connect_failed(self.nh, errno.ETIMEDOUT)  # type: ignore[arg-type]
+
+    def connect_complete(self, nh: NetHandler) -> None:
+        """First write edge of a connecting socket: read ``SO_ERROR`` and report the result."""
+        err = _sys.so_error(self.fd)
+        if err:
+            self.connect_failed(nh, err)
+            return
+        self.connecting = False
+        self._cancel_connect_timeout()
+        action = self.action
+        assert action is not None
+        cont = action.continuation
+        m = action.mutex
+        if not m.try_lock():  # retry on the next pass
+            self.connecting = True
+            nh.enqueue_ready(self, self.write)
+            return
+        try:
+            if action.cancelled:
+                self.do_io_close()
+                return
+            self.recursion += 1
+            try:
+                cont.handle_event(NET_EVENT_OPEN, self)  # type: ignore[union-attr]
+            except Exception:
+                log.exception("NET_EVENT_OPEN handler raised: closing the VC")
+                self.do_io_close()
+            finally:
+                self.recursion -= 1
+        finally:
+            m.unlock()
+        if self.closed:
+            if self.recursion == 0:
+                nh.free_netevent(self)
+            return
+        # The connect's write edge is the socket's first: keep it for a write VIO.
+        self._reschedule(self.write, nh)
+        self._reschedule(self.read, nh)
+
+    def connect_failed(self, nh: NetHandler | None, err: int) -> None:
+        """Report ``NET_EVENT_OPEN_FAILED`` with ``-err`` (unless cancelled) and free the VC."""
+        self.connecting = False
+        self._cancel_connect_timeout()
+        self.lerrno = err
+        if nh is not None:
+            nh.stats[st.CONNECT_FAILURES] += 1
+        action = self.action
+        if action is not None and not action.cancelled:
+            m = action.mutex
+            with m:  # connect results are rare: waiting for the mutex is fine here
+                if not action.cancelled:
+                    try:
+                        action.continuation.handle_event(  # type: ignore[union-attr]
+                            NET_EVENT_OPEN_FAILED, -err
+                        )
+                    except Exception:
+                        log.exception("NET_EVENT_OPEN_FAILED handler raised")
+        self.closed = 1
+        if nh is not None and self.nh is not None:
+            nh.free_netevent(self)
+        else:
+            self.free()
+
+    def _cancel_connect_timeout(self) -> None:
+        ev, self.connect_timeout_event = self.connect_timeout_event, None
+        if ev is not None:
+            ev.cancelled = True  # we run on the VC's thread: no lock needed to stop it
+
+    # ------------------------------------------------------------------ events
+
+    def accept_event(self, event: int, e: Any) -> int:
+        """Start IO on the calling net thread and hand the VC to the accept continuation
+        (``NET_EVENT_ACCEPT``)."""
+        from ats_cffi.net.codes import NET_EVENT_ACCEPT
+        from ats_cffi.net.nethandler import get_net_handler
+
+        nh = get_net_handler(e.ethread if e is not None else None)
+        try:
+            nh.start_io(self)
+        except OSError:
+            log.exception("accept_event: start_io failed")
+            self.free()
+            return EVENT_DONE
+        self.mutex = ProxyMutex()
+        self.set_handler(self.main_event)
+        nh.start_cop(self)
+        if nh.config.default_inactivity_timeout and not self.inactivity_timeout_in:
+            pass  # applied lazily by the InactivityCop to VCs with pending I/O
+        action = self.action
+        if action is not None and not action.cancelled:
+            cont = action.continuation
+            with action.mutex:  # type: ignore[union-attr]
+                if not action.cancelled:
+                    self.recursion += 1
+                    try:
+                        cont.handle_event(NET_EVENT_ACCEPT, self)  # type: ignore[union-attr]
+                    except Exception:
+                        log.exception("NET_EVENT_ACCEPT handler raised: closing the VC")
+                        self.do_io_close()
+                    finally:
+                        self.recursion -= 1
+        else:
+            self.do_io_close()
+        if self.closed and self.recursion == 0 and self.nh is not None:
+            nh.free_netevent(self)
+        return EVENT_DONE
+
+    def main_event(self, event: int, e: Any) -> int:
+        """Timeouts from the InactivityCop: to the reader, then (if it did not re-arm the
+        timeout and does not also own the write VIO) to the writer."""
+        if event not in (VC_EVENT_INACTIVITY_TIMEOUT, VC_EVENT_ACTIVE_TIMEOUT):
+            return EVENT_DONE
+        nh = self.nh
+        if nh is None:
+            return EVENT_DONE
+        rm = self.read.vio.mutex if self.read.vio.op == _READ else None
+        wm = self.write.vio.mutex if self.write.vio.op == _WRITE else None
+        locked = []
+        try:
+            for m in (rm, wm):
+                if m is not None:
+                    if not m.try_lock():
+                        return EVENT_CONT  # try again on the next cop run
+                    locked.append(m)
+            if self.closed:
+                nh.free_netevent(self)
+                return EVENT_DONE
+            inactivity = event == VC_EVENT_INACTIVITY_TIMEOUT
+            if inactivity:
+                self.next_inactivity_timeout_at = 0.0
+                nh.stats[st.INACTIVITY_TIMEOUTS] += 1
+            else:
+                self.next_activity_timeout_at = 0.0
+                nh.stats[st.ACTIVE_TIMEOUTS] += 1
+            reader_cont = None
+            writer_cont = self.write.vio.cont
+            if self.read.vio.op == _READ and not self.shutdown_flags & NET_VC_SHUTDOWN_READ:
+                reader_cont = self.read.vio.cont
+                if self._signal_and_update(self.read, event) == EVENT_DONE:
+                    return EVENT_DONE
+            if inactivity:
+                rearmed = self.next_inactivity_timeout_at
+            else:
+                rearmed = self.next_activity_timeout_at
+            if (
+                not rearmed
+                and not self.closed
+                and self.write.vio.op == _WRITE
+                and not self.shutdown_flags & NET_VC_SHUTDOWN_WRITE
+                and reader_cont is not self.write.vio.cont
+                and writer_cont is self.write.vio.cont
+            ):
+                self._signal_and_update(self.write, event)
+            return EVENT_DONE
+        finally:
+            for m in locked:
+                m.unlock()
+
+    # ------------------------------------------------------------------ freeing
+
+    def free(self) -> None:
+        """Close the fd and drop the VIOs (ATS's free_thread). Idempotent."""
+        self.ep.stop()
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            try:
+                _sys.close(fd)
+            except OSError:
+                log.exception("close of fd %d failed", fd)
+        for s in (self.read, self.write):
+            s.enabled = False
+            s.triggered = False
+            s.in_ready = False
+            vio = s.vio
+            vio.cont = None
+            vio.buffer = None
+            vio.op = _NONE
+        self._cancel_connect_timeout()
+        self.action = None
+
+    def __repr__(self) -> str:
+        return f"<UnixNetVConnection fd={self.fd} closed={self.closed}>"
+
+
+__all__ = [
+    "NET_VC_SHUTDOWN_READ",
+    "NET_VC_SHUTDOWN_WRITE",
+    "NetState",
+    "NetVCOptions",
+    "UnixNetVConnection",
+    "READ_WRITE",
+]

@@ -1,0 +1,67 @@
+"""PollDescriptor (one epoll fd and its result arrays) and PollCont (the poll step)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ats_cffi.eventsystem.continuation import Continuation
+from ats_cffi.eventsystem.mutex import ProxyMutex
+from ats_cffi.sys import Epoll
+
+if TYPE_CHECKING:
+    from ats_cffi.net.eventio import EventIO
+
+#: Events taken from the kernel per epoll_wait (ATS's POLL_DESCRIPTOR_SIZE is larger; one
+#: pass handles at most this many, the rest come on the next pass).
+POLL_DESCRIPTOR_SIZE = 1024
+
+
+class PollDescriptor:
+    """One epoll instance with preallocated result arrays, and the token → EventIO map.
+
+    Tokens are 64-bit integers handed out once per registration and never reused, so an
+    event for a closed-and-reused fd number can never reach the new owner.
+    """
+
+    __slots__ = ("epoll", "ios", "result", "_next_token")
+
+    def __init__(self, size: int = POLL_DESCRIPTOR_SIZE) -> None:
+        self.epoll = Epoll(size)
+        self.ios: dict[int, EventIO] = {}
+        self.result = 0
+        self._next_token = 1
+
+    def register(self, eio: EventIO) -> int:
+        token = self._next_token
+        self._next_token = token + 1
+        self.ios[token] = eio
+        return token
+
+    def unregister(self, token: int) -> None:
+        self.ios.pop(token, None)
+
+    def close(self) -> None:
+        self.ios.clear()
+        self.epoll.close()
+
+
+class PollCont(Continuation):
+    """The continuation that waits on a thread's PollDescriptor (ATS's PollCont)."""
+
+    def __init__(self, mutex: ProxyMutex | None, poll_timeout: int = 10) -> None:
+        super().__init__(mutex)
+        self.poll_descriptor = PollDescriptor()
+        self.poll_timeout = poll_timeout
+        self.set_handler(self.poll_event)
+
+    def do_poll(self, timeout_ms: int) -> int:
+        """``epoll_wait`` up to ``timeout_ms``; the results stay in the descriptor."""
+        pd = self.poll_descriptor
+        pd.result = n = pd.epoll.wait(timeout_ms)
+        return n
+
+    def poll_event(self, event: int, data: Any) -> int:
+        return self.do_poll(self.poll_timeout)
+
+    def close(self) -> None:
+        self.poll_descriptor.close()

@@ -1,0 +1,220 @@
+"""UnixNetProcessor (the ``net_processor`` singleton): starts the net threads, opens
+outgoing connections (``connect_re``/``connect_s``) and listeners (``accept``)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from typing import Any
+
+from ats_cffi._native import lib
+from ats_cffi.eventsystem.continuation import Continuation, check_continuation
+from ats_cffi.eventsystem.ethread import REGULAR, EThread, this_ethread
+from ats_cffi.eventsystem.event import Action
+from ats_cffi.eventsystem.mutex import ProxyMutex
+from ats_cffi.eventsystem.processor import ET_NET, EventProcessor, event_processor
+from ats_cffi.net import nethandler as _nh_mod
+from ats_cffi.net.accept import AcceptOptions, NetAccept
+from ats_cffi.net.codes import EVENTIO_READ, NET_EVENT_OPEN
+from ats_cffi.net.config import net_config
+from ats_cffi.net.nethandler import InactivityCop, NetHandler, get_net_handler
+from ats_cffi.net.netvc import NetVCOptions, UnixNetVConnection
+from ats_cffi.net.throttle import change_net_connections_throttle
+
+#: Slot of each net thread's PollCont (the NetHandler's is nethandler.NET_HANDLER_SLOT).
+POLL_CONT_SLOT: int | None = None
+
+
+def initialize_thread_for_net(thread: EThread) -> None:
+    """Make ``thread`` a net thread (runs on it): NetHandler + PollCont, the NetHandler as
+    the poll step, the thread's eventfd as an ``EVENTIO_ASYNC_SIGNAL`` EventIO, and the
+    InactivityCop every ``inactivity_check_frequency`` seconds."""
+    nh = NetHandler(thread)
+    thread.slots[_nh_mod.NET_HANDLER_SLOT] = nh  # type: ignore[index]
+    thread.slots[POLL_CONT_SLOT] = nh.poll_cont  # type: ignore[index]
+    old, thread.tail_cb = thread.tail_cb, nh
+    if old is not None:
+        old.close()
+    assert thread.evfd is not None
+    nh.signal_io.start(nh.pd, thread.evfd.fd, EVENTIO_READ)
+    thread.schedule_imm(nh)
+    nh.cop = InactivityCop(nh)
+    thread.schedule_every(nh.cop, net_config.inactivity_check_frequency)
+
+
+def _parse_address(call: str, addr: Any) -> tuple[int, tuple]:
+    if not isinstance(addr, tuple) or len(addr) not in (2, 4):
+        raise TypeError(f"{call}: addr must be a (host, port) tuple, not {addr!r}")
+    host, port = addr[0], addr[1]
+    if not isinstance(host, str):
+        raise TypeError(f"{call}: host must be a str, not {type(host).__name__}")
+    if type(port) is not int or not 0 < port <= 65535:
+        raise ValueError(f"{call}: port must be in 1..65535, got {port!r}")
+    family = lib.AF_INET6 if ":" in host else lib.AF_INET
+    return family, addr
+
+
+class ConnectAction(Action):
+    """What ``connect_re`` returns: ``cancel()`` stops the callback and closes the
+    connection if it is not yet open."""
+
+    def __init__(self, cont: Continuation, vc: UnixNetVConnection) -> None:
+        super().__init__(cont)
+        self.vc = vc
+
+    def _cancelled_locked(self) -> None:
+        vc = self.vc
+        if (vc.connecting or vc.nh is None) and not vc.closed:
+            vc.do_io_close()
+
+
+class UnixNetProcessor:
+    """ATS's UnixNetProcessor. ``start`` must run before any other call."""
+
+    def __init__(self) -> None:
+        self.event_processor: EventProcessor = event_processor
+        self.netthreads: list[EThread] = []
+        self.n_netthreads = 0
+        self._lock = threading.Lock()
+        self.accepts: list[NetAccept] = []
+
+    @property
+    def started(self) -> bool:
+        return bool(self.netthreads) and all(t.is_alive for t in self.netthreads)
+
+    def start(self, n_net_threads: int = 1, processor: EventProcessor | None = None) -> None:
+        """Start ``n_net_threads`` net threads (the seed's order: slots, threads, per-thread
+        init, connections throttle). ``RuntimeError`` if the event processor already runs."""
+        global POLL_CONT_SLOT
+        ep = processor or event_processor
+        if ep.n_threads_for_type(ET_NET):
+            raise RuntimeError("start: the event processor is already running; start the net "
+                               "processor first (it starts the event threads)")  # fmt: skip
+        self.event_processor = ep
+        _nh_mod.NET_HANDLER_SLOT = ep.allocate(None)
+        POLL_CONT_SLOT = ep.allocate(None)
+        ep.schedule_spawn(initialize_thread_for_net, ET_NET)
+        ep.start(n_net_threads)
+        self.netthreads = ep.threads(ET_NET)
+        self.n_netthreads = len(self.netthreads)
+        change_net_connections_throttle()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Cancel every listener, stop the event processor (closing every VC, epoll fd and
+        eventfd) and forget the threads."""
+        for na in list(self.accepts):
+            na.action.cancel()
+        self.accepts.clear()
+        try:
+            self.event_processor.shutdown(timeout)
+        finally:
+            self.netthreads = []
+            self.n_netthreads = 0
+
+    # ------------------------------------------------------------------ connect
+
+    def connect_re(
+        self, cont: Continuation, addr: tuple, options: NetVCOptions | None = None
+    ) -> Action:
+        """Open a connection to ``addr`` for ``cont``, on a net thread.
+
+        ``cont`` receives ``NET_EVENT_OPEN`` with the VC once the connect completed, or
+        ``NET_EVENT_OPEN_FAILED`` with ``-errno`` (``-ECONNREFUSED``, ``-ETIMEDOUT`` after
+        the connect timeout, ...). The events always come from a net thread, never from
+        inside this call. ``Action.cancel()`` stops them.
+        """
+        check_continuation("connect_re", cont)
+        family, address = _parse_address("connect_re", addr)
+        opts = options if options is not None else NetVCOptions(
+            sockopt_flags=net_config.sock_option_flag_out,
+            recv_bufsize=net_config.sock_recv_buffer_size_out,
+            send_bufsize=net_config.sock_send_buffer_size_out,
+        )  # fmt: skip
+        if not isinstance(opts, NetVCOptions):
+            raise TypeError("connect_re: options must be NetVCOptions")
+        opts.validate("connect_re")
+        if not self.netthreads:
+            raise RuntimeError("connect_re: net_processor is not started")
+        vc = UnixNetVConnection(opts)
+        vc.family = family
+        vc.mutex = cont.mutex
+        action = ConnectAction(cont, vc)
+        vc.action = action
+        thread = self.event_processor.assign_thread(ET_NET)
+
+        def start(event: int, e: Any) -> None:
+            if action.cancelled:
+                vc.free()
+                return
+            vc.connect_up(get_net_handler(e.ethread), address)
+
+        thread.schedule_imm_signal(Continuation(cont.mutex, start))
+        return action
+
+    def connect_s(
+        self, addr: tuple, timeout: float = 30.0, options: NetVCOptions | None = None
+    ) -> UnixNetVConnection:
+        """Connect and wait (blocking the calling thread, never an event thread).
+
+        Returns the open VC; raises ``OSError`` with the connect's errno, ``TimeoutError``
+        after ``timeout`` seconds, ``RuntimeError`` on an event thread.
+        """
+        t = this_ethread()
+        if t is not None and t.tt == REGULAR:
+            raise RuntimeError("connect_s: would block an event thread; use connect_re there")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ValueError(f"connect_s: timeout must be a number > 0, got {timeout!r}")
+        opts = options if options is not None else NetVCOptions()
+        opts.connect_timeout = timeout
+        done = threading.Event()
+        result: list[tuple[int, Any]] = []
+
+        def handler(event: int, data: Any) -> None:
+            result.append((event, data))
+            done.set()
+
+        cont = Continuation(ProxyMutex(), handler)
+        action = self.connect_re(cont, addr, opts)
+        if not done.wait(timeout + 5.0):
+            action.cancel()
+            raise TimeoutError(f"connect_s: no answer from {addr!r} within {timeout} s")
+        event, data = result[0]
+        if event == NET_EVENT_OPEN:
+            return data
+        err = -data if isinstance(data, int) and data < 0 else errno.EIO
+        if err == errno.ETIMEDOUT:
+            raise TimeoutError(err, f"connect_s: {os.strerror(err)}")
+        raise OSError(err, f"connect_s: {os.strerror(err)}")
+
+    # ------------------------------------------------------------------ accept
+
+    def accept(self, cont: Continuation, opt: AcceptOptions | None = None) -> Action:
+        """Listen as ``opt`` says and hand each connection to ``cont`` (``NET_EVENT_ACCEPT``
+        with the VC, on its net thread). ``OSError`` naming ``bind`` for a port in use."""
+        return self.main_accept(cont, None, opt)
+
+    def main_accept(
+        self, cont: Continuation, fd: int | None, opt: AcceptOptions | None = None
+    ) -> Action:
+        """As ``accept``, on an already listening socket ``fd`` when given."""
+        check_continuation("main_accept", cont)
+        opt = opt if opt is not None else AcceptOptions()
+        if not isinstance(opt, AcceptOptions):
+            raise TypeError("main_accept: opt must be AcceptOptions")
+        opt.validate("main_accept")
+        if not self.netthreads:
+            raise RuntimeError("main_accept: net_processor is not started")
+        na = NetAccept(cont, opt)
+        na.do_listen(fd)
+        try:
+            na.init_accept_per_thread(self.event_processor.threads(opt.etype), get_net_handler)
+        except BaseException:
+            na.close_listener()
+            raise
+        self.accepts.append(na)
+        return na.action
+
+
+#: The process-wide net processor (ATS's ``netProcessor``).
+net_processor = UnixNetProcessor()

@@ -1,0 +1,108 @@
+"""Net statistics ``proxy.process.net.*``: per-thread counters without locks, summed on read.
+
+Each NetHandler (and each accept thread) owns a :class:`StatBlock`, a plain list of ints it
+alone writes; readers sum the live blocks plus what retired blocks left behind.
+"""
+
+from __future__ import annotations
+
+import threading
+
+STAT_NAMES: tuple[str, ...] = (
+    "proxy.process.net.connections_currently_open",
+    "proxy.process.net.accepts_currently_open",
+    "proxy.process.net.calls_to_read",
+    "proxy.process.net.calls_to_read_nodata",
+    "proxy.process.net.calls_to_write",
+    "proxy.process.net.calls_to_write_nodata",
+    "proxy.process.net.read_bytes",
+    "proxy.process.net.write_bytes",
+    "proxy.process.net.net_handler_run",
+    "proxy.process.net.inactivity_cop_lock_acquire_failure",
+    "proxy.process.net.default_inactivity_timeout_applied",
+    "proxy.process.net.connections_throttled_in",
+    "proxy.process.net.connections_throttled_out",
+    "proxy.process.tcp.total_accepts",
+    "proxy.process.net.accepts_throttle_backoff",
+    "proxy.process.net.connect_failures",
+    "proxy.process.net.inactivity_timeouts",
+    "proxy.process.net.active_timeouts",
+)
+
+(
+    CONNECTIONS_CURRENTLY_OPEN,
+    ACCEPTS_CURRENTLY_OPEN,
+    CALLS_TO_READ,
+    CALLS_TO_READ_NODATA,
+    CALLS_TO_WRITE,
+    CALLS_TO_WRITE_NODATA,
+    READ_BYTES,
+    WRITE_BYTES,
+    NET_HANDLER_RUN,
+    INACTIVITY_COP_LOCK_ACQUIRE_FAILURE,
+    DEFAULT_INACTIVITY_TIMEOUT_APPLIED,
+    CONNECTIONS_THROTTLED_IN,
+    CONNECTIONS_THROTTLED_OUT,
+    TOTAL_ACCEPTS,
+    ACCEPTS_THROTTLE_BACKOFF,
+    CONNECT_FAILURES,
+    INACTIVITY_TIMEOUTS,
+    ACTIVE_TIMEOUTS,
+) = range(len(STAT_NAMES))
+
+_INDEX = {name: i for i, name in enumerate(STAT_NAMES)}
+
+StatBlock = list  # a list of len(STAT_NAMES) ints, written by one thread only
+
+
+class NetStats:
+    """The registry of stat blocks."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._blocks: list[StatBlock] = []
+        self._retired = [0] * len(STAT_NAMES)
+
+    def new_block(self) -> StatBlock:
+        block = [0] * len(STAT_NAMES)
+        with self._lock:
+            self._blocks.append(block)
+        return block
+
+    def retire(self, block: StatBlock) -> None:
+        """Stop tracking ``block``, keeping its counts in the totals."""
+        with self._lock:
+            for i, b in enumerate(self._blocks):
+                if b is block:
+                    del self._blocks[i]
+                    break
+            else:
+                return
+            for i, v in enumerate(block):
+                self._retired[i] += v
+
+    def get(self, name: str) -> int:
+        """The sum of a stat over every thread. ``KeyError`` for an unknown name."""
+        i = _INDEX.get(name)
+        if i is None:
+            raise KeyError(f"unknown stat {name!r}")
+        with self._lock:
+            return self._retired[i] + sum(b[i] for b in self._blocks)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            totals = list(self._retired)
+            for b in self._blocks:
+                for i, v in enumerate(b):
+                    totals[i] += v
+        return dict(zip(STAT_NAMES, totals))
+
+    def reset(self) -> None:
+        """Zero every counter (tests and benchmarks)."""
+        with self._lock:
+            self._retired = [0] * len(STAT_NAMES)
+            for b in self._blocks:
+                b[:] = [0] * len(STAT_NAMES)
+
+
+net_stats = NetStats()

@@ -1,0 +1,307 @@
+"""Echo macro benchmark: ats_cffi vs asyncio vs uvloop against one C load generator.
+
+    python perf/echo_bench.py [--duration 5] [--rounds 3] [--quick] [-o results.json]
+
+Builds perf/loadgen.c with ``cc -O2`` into perf/out/, then for each case (1 KiB and
+100 KiB messages x 10 and 100 connections) runs the three servers of perf/servers.py
+interleaved (A B C A B C ...), each against a fresh loadgen run: closed loop, one message
+in flight per connection. With 2+ CPUs the server is pinned to one CPU and the client
+(and this driver) to another. Per run it measures round trips/s (from the client) and the
+server's CPU time (utime+stime of all its threads, /proc/PID/stat) over the client's
+measured window, divided by round trips. The table shows medians over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+LOADGEN_SRC = HERE / "loadgen.c"
+LOADGEN = OUT / "loadgen"
+SERVERS_PY = HERE / "servers.py"
+SERVERS = ("ats", "asyncio", "uvloop")
+CASES = [(1024, 10), (1024, 100), (102400, 10), (102400, 100)]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SATURATED = 0.95  # client CPU / wall above this: the client core was the bottleneck
+
+
+def build_loadgen() -> Path:
+    OUT.mkdir(exist_ok=True)
+    if LOADGEN.exists() and LOADGEN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
+        return LOADGEN
+    cc = os.environ.get("CC") or shutil.which("cc") or "gcc"
+    cmd = [cc, "-O2", "-Wall", "-Wextra", "-o", str(LOADGEN), str(LOADGEN_SRC)]
+    print("+", " ".join(cmd), file=sys.stderr)
+    subprocess.run(cmd, check=True)
+    return LOADGEN
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of ``pid`` (fields 14 and 15 of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def pin(cpu: int | None):
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+def start_server(name: str, cpu: int | None, wm: int = 0) -> tuple[subprocess.Popen, int]:
+    p = subprocess.Popen(
+        [sys.executable, str(SERVERS_PY), name, "--port", "0", "--water-mark", str(wm)],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=pin(cpu),
+    )
+    # readline in a thread so that a server that never gets ready cannot hang the run
+    line: list[str] = []
+    t = threading.Thread(target=lambda: line.append(p.stdout.readline()), daemon=True)
+    t.start()
+    t.join(20)
+    if not line or not line[0].startswith("READY "):
+        p.kill()
+        p.wait()
+        raise RuntimeError(f"server {name} did not start (got {line!r})")
+    return p, int(line[0].split()[1])
+
+
+def stop_server(p: subprocess.Popen) -> None:
+    p.terminate()
+    try:
+        p.wait(10)
+    except subprocess.TimeoutExpired:
+        print("  server did not exit on SIGTERM; killed", file=sys.stderr)
+        p.kill()
+        p.wait()
+
+
+def run_one(
+    name: str, msg: int, conns: int, duration: float, warmup: float, cpus: tuple, wm: int = 0
+) -> dict:
+    server, port = start_server(name, cpus[0], wm)
+    try:
+        client = subprocess.Popen(
+            [
+                str(LOADGEN),
+                "127.0.0.1",
+                str(port),
+                str(conns),
+                str(msg),
+                str(duration),
+                str(warmup),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=pin(cpus[1]),
+        )
+        cpu0 = cpu1 = None
+        other_err = []
+        # loadgen writes MEASURE / DONE on stderr at the edges of its counted window
+        for line in client.stderr:
+            if line == "MEASURE\n":
+                cpu0 = proc_cpu_seconds(server.pid)
+            elif line == "DONE\n":
+                cpu1 = proc_cpu_seconds(server.pid)
+            else:
+                other_err.append(line)
+        out, _ = client.communicate(timeout=duration + warmup + 30)
+        rc = client.returncode
+    finally:
+        stop_server(server)
+    res = json.loads(out) if out.strip() else {"round_trips": 0, "seconds": 0, "errors": -1}
+    rts = res["round_trips"]
+    secs = res["seconds"] or float("nan")
+    srv_cpu = (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else float("nan")
+    return {
+        "server": name,
+        "msg_size": msg,
+        "conns": conns,
+        "round_trips": rts,
+        "seconds": res["seconds"],
+        "errors": res["errors"],
+        "client_rc": rc,
+        "client_stderr": "".join(other_err),
+        "rt_per_s": rts / secs,
+        "server_cpu_s": srv_cpu,
+        "server_cpu_us_per_rt": srv_cpu / rts * 1e6 if rts else float("nan"),
+        "server_cpu_frac": srv_cpu / secs,
+        "client_cpu_frac": res.get("cpu_seconds", float("nan")) / secs,
+    }
+
+
+def fmt_ratio(x: float) -> str:
+    return f"{x:.2f}x" if x == x else "-"
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    rows = []
+    for msg, conns in CASES:
+        for name in SERVERS:
+            rs = [
+                r
+                for r in runs
+                if r["server"] == name and (r["msg_size"], r["conns"]) == (msg, conns)
+            ]
+            if not rs:
+                continue
+            rows.append(
+                {
+                    "msg_size": msg,
+                    "conns": conns,
+                    "server": name,
+                    "n": len(rs),
+                    "rt_per_s": statistics.median(r["rt_per_s"] for r in rs),
+                    "server_cpu_us_per_rt": statistics.median(
+                        r["server_cpu_us_per_rt"] for r in rs
+                    ),
+                    "server_cpu_frac": statistics.median(r["server_cpu_frac"] for r in rs),
+                    "client_cpu_frac": statistics.median(r["client_cpu_frac"] for r in rs),
+                    "errors": sum(max(r["errors"], 0) for r in rs)
+                    + sum(1 for r in rs if r["client_rc"] != 0),
+                }
+            )
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    by = {(r["msg_size"], r["conns"], r["server"]): r for r in rows}
+    lines = [
+        "| case | server | rt/s | server µs CPU/rt | server CPU | client CPU "
+        "| rt/s vs asyncio | rt/s vs uvloop | CPU/rt vs asyncio | CPU/rt vs uvloop |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    saturated = False
+    for r in rows:
+        case = f"{r['msg_size'] // 1024} KiB x {r['conns']}"
+        ratios = ["", "", "", ""]
+        if r["server"] == "ats":
+            a = by.get((r["msg_size"], r["conns"], "asyncio"))
+            u = by.get((r["msg_size"], r["conns"], "uvloop"))
+            nan = float("nan")
+            ratios = [
+                fmt_ratio(r["rt_per_s"] / a["rt_per_s"] if a else nan),
+                fmt_ratio(r["rt_per_s"] / u["rt_per_s"] if u else nan),
+                fmt_ratio(r["server_cpu_us_per_rt"] / a["server_cpu_us_per_rt"] if a else nan),
+                fmt_ratio(r["server_cpu_us_per_rt"] / u["server_cpu_us_per_rt"] if u else nan),
+            ]
+        client = f"{r['client_cpu_frac']:.0%}"
+        if r["client_cpu_frac"] >= SATURATED:
+            client += " (sat.)"
+            saturated = True
+        err = f" ({r['errors']} errors)" if r["errors"] else ""
+        lines.append(
+            f"| {case} | {r['server']}{err} | {r['rt_per_s']:,.0f} "
+            f"| {r['server_cpu_us_per_rt']:.1f} | {r['server_cpu_frac']:.0%} | {client} | "
+            + " | ".join(ratios)
+            + " |"
+        )
+    lines.append("")
+    lines.append(
+        "rt/s: median round trips per second over the rounds; server µs CPU/rt: the server "
+        "process's user+system CPU over the measured window / round trips (lower is better). "
+        "CPU ratios < 1 mean ats_cffi spends less CPU per round trip."
+    )
+    if saturated:
+        lines.append(
+            "(sat.): the client's core was >= 95% busy, so rt/s there is bounded by the load "
+            "generator too; compare CPU/rt rather than rt/s for those rows."
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
+    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per run")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per case")
+    p.add_argument("--quick", action="store_true", help="1 round of 1.5 s runs (smoke test)")
+    p.add_argument(
+        "--ats-water-mark",
+        type=int,
+        default=0,
+        help="MIOBuffer water mark of the ats echo (default 0, as the API default)",
+    )
+    p.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset")
+    p.add_argument("-o", "--output", help="write all runs and the summary as JSON")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup, args.rounds = 1.5, 0.5, 1
+    servers = [s for s in args.servers.split(",") if s]
+    for s in servers:
+        if s not in SERVERS:
+            p.error(f"unknown server {s!r}")
+
+    build_loadgen()
+    avail = sorted(os.sched_getaffinity(0))
+    cpus: tuple = (avail[0], avail[1]) if len(avail) >= 2 else (None, None)
+    if cpus[1] is not None:
+        os.sched_setaffinity(0, {cpus[1]})  # keep this driver off the server's CPU
+        print(f"server on CPU {cpus[0]}, client on CPU {cpus[1]}", file=sys.stderr)
+    else:
+        print("one CPU only: not pinning; client and server share it", file=sys.stderr)
+
+    runs = []
+    load0 = os.getloadavg()
+    t0 = time.monotonic()
+    for msg, conns in CASES:
+        for rnd in range(args.rounds):
+            for name in servers:
+                r = run_one(name, msg, conns, args.duration, args.warmup, cpus, args.ats_water_mark)
+                runs.append(r)
+                print(
+                    f"  {msg:>6} B x {conns:>3}  round {rnd + 1}  {name:<7} "
+                    f"{r['rt_per_s']:>10,.0f} rt/s  {r['server_cpu_us_per_rt']:6.1f} µs/rt  "
+                    f"client CPU {r['client_cpu_frac']:.0%}"
+                    + (
+                        f"  ERRORS {r['errors']} rc={r['client_rc']}"
+                        if r["errors"] or r["client_rc"]
+                        else ""
+                    ),
+                    file=sys.stderr,
+                )
+                if r["client_stderr"]:
+                    print("  loadgen: " + r["client_stderr"].strip(), file=sys.stderr)
+    rows = summarize(runs)
+    load1 = os.getloadavg()
+    impl = f"{platform.python_implementation()} {platform.python_version()}"
+    print(
+        f"\n{len(runs)} runs in {time.monotonic() - t0:.0f} s, {impl}, {len(avail)} CPUs, "
+        f"load average {load0[0]:.2f} before, {load1[0]:.2f} after\n"
+    )
+    print(table(rows))
+    if args.output:
+        meta = {
+            "python": sys.version,
+            "platform": platform.platform(),
+            "cpus": len(avail),
+            "pinned": {"server": cpus[0], "client": cpus[1]},
+            "duration": args.duration,
+            "warmup": args.warmup,
+            "rounds": args.rounds,
+            "ats_water_mark": args.ats_water_mark,
+            "loadavg_before": load0,
+            "loadavg_after": load1,
+        }
+        with open(args.output, "w") as f:
+            json.dump({"meta": meta, "summary": rows, "runs": runs}, f, indent=1)
+    return 1 if any(r["errors"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

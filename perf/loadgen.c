@@ -1,0 +1,240 @@
+/*
+ * loadgen.c: closed-loop TCP echo load generator (epoll, non-blocking).
+ *
+ *   loadgen HOST PORT CONNS MSG_SIZE DURATION_S [WARMUP_S]
+ *
+ * HOST must be 127.0.0.1 (this tool only talks to loopback). Each connection
+ * sends MSG_SIZE bytes, waits for exactly MSG_SIZE bytes back, checks them
+ * against the pattern it sent, and repeats: one message in flight per
+ * connection. Round trips completed during the WARMUP_S seconds are not
+ * counted; then it counts for DURATION_S seconds and prints one JSON line:
+ *   {"round_trips": N, "seconds": S, "errors": E, "conns": C, "msg_size": M,
+ *    "cpu_seconds": U}
+ * where cpu_seconds is this process's user+system CPU during the counted
+ * window. "errors" counts connections lost or wrong bytes received; any
+ * error ends the run with exit status 1.
+ *
+ * Before printing, it writes "MEASURE\n" to stderr at the start of the
+ * counted window and "DONE\n" at its end, so that a driver can sample the
+ * server's CPU time over the same window.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+struct conn {
+  int fd;
+  size_t sent;  /* bytes of the current message written */
+  size_t recvd; /* bytes of the current echo read */
+  uint8_t seq;  /* pattern offset of the current message */
+};
+
+static size_t msg_size;
+static uint8_t *pattern; /* 2 * msg_size + 256 bytes: pattern[i] = i & 0xff */
+static uint8_t *rbuf;
+static long errors;
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static double cpu_now(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
+         ru.ru_stime.tv_usec / 1e6;
+}
+
+static void die(const char *what) {
+  perror(what);
+  exit(2);
+}
+
+/* Write as much of the current message as the socket takes. -1 on error. */
+static int do_send(struct conn *c) {
+  while (c->sent < msg_size) {
+    ssize_t n = send(c->fd, pattern + c->seq + c->sent, msg_size - c->sent,
+                     MSG_NOSIGNAL);
+    if (n > 0) {
+      c->sent += (size_t)n;
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      return 0;
+    } else {
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* Read the echo until EAGAIN. Returns 1 when a round trip completed, 0 when
+ * more is needed, -1 on error (EOF, reset, too many or wrong bytes). */
+static int do_recv(struct conn *c) {
+  for (;;) {
+    size_t want = msg_size - c->recvd;
+    if (want == 0)
+      return 1;
+    /* never read past the message: a correct echo server sends no more */
+    ssize_t n = recv(c->fd, rbuf, want, 0);
+    if (n > 0) {
+      if (c->recvd + (size_t)n > c->sent)
+        return -1; /* echoed bytes we have not sent */
+      if (memcmp(rbuf, pattern + c->seq + c->recvd, (size_t)n) != 0)
+        return -1;
+      c->recvd += (size_t)n;
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      return 0;
+    } else {
+      return -1;
+    }
+  }
+}
+
+int main(int argc, char **argv) {
+  if (argc < 6 || argc > 7) {
+    fprintf(stderr,
+            "usage: %s 127.0.0.1 PORT CONNS MSG_SIZE DURATION_S [WARMUP_S]\n",
+            argv[0]);
+    return 2;
+  }
+  if (strcmp(argv[1], "127.0.0.1") != 0) {
+    fprintf(stderr, "loadgen: only 127.0.0.1 is allowed\n");
+    return 2;
+  }
+  int port = atoi(argv[2]);
+  int nconns = atoi(argv[3]);
+  msg_size = (size_t)atol(argv[4]);
+  double duration = atof(argv[5]);
+  double warmup = argc > 6 ? atof(argv[6]) : 1.0;
+  if (port <= 0 || port > 65535 || nconns <= 0 || msg_size == 0 ||
+      duration <= 0 || warmup < 0) {
+    fprintf(stderr, "loadgen: bad arguments\n");
+    return 2;
+  }
+
+  pattern = malloc(msg_size + 256);
+  rbuf = malloc(msg_size);
+  struct conn *conns = calloc((size_t)nconns, sizeof *conns);
+  struct epoll_event *evs = calloc((size_t)nconns, sizeof *evs);
+  if (!pattern || !rbuf || !conns || !evs)
+    die("malloc");
+  for (size_t i = 0; i < msg_size + 256; i++)
+    pattern[i] = (uint8_t)i;
+
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  if (ep < 0)
+    die("epoll_create1");
+  struct sockaddr_in sa = {0};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons((uint16_t)port);
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+
+  /* Connect blocking (simple, loopback), then switch to non-blocking. */
+  for (int i = 0; i < nconns; i++) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+      die("socket");
+    int one = 1;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0)
+      die("setsockopt TCP_NODELAY");
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+      die("connect");
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+      die("fcntl O_NONBLOCK");
+    conns[i].fd = fd;
+    conns[i].seq = (uint8_t)i;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLET,
+                             .data.ptr = &conns[i]};
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0)
+      die("epoll_ctl");
+  }
+
+  /* Start every connection's first message. */
+  for (int i = 0; i < nconns; i++)
+    if (do_send(&conns[i]) < 0)
+      die("send");
+
+  long rts = 0;
+  int measuring = warmup == 0;
+  double t_start = now(), t_measure = t_start, cpu_measure = cpu_now();
+  double t_end = t_start + warmup + duration;
+  if (measuring)
+    fputs("MEASURE\n", stderr);
+  while (!errors) {
+    double t = now();
+    if (!measuring && t >= t_start + warmup) {
+      measuring = 1;
+      rts = 0;
+      t_measure = t;
+      cpu_measure = cpu_now();
+      fputs("MEASURE\n", stderr);
+    }
+    if (t >= t_end)
+      break;
+    int n = epoll_wait(ep, evs, nconns, 50);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      die("epoll_wait");
+    }
+    for (int k = 0; k < n; k++) {
+      struct conn *c = evs[k].data.ptr;
+      if (evs[k].events & EPOLLOUT && c->sent < msg_size) {
+        if (do_send(c) < 0) {
+          errors++;
+          break;
+        }
+      }
+      /* Loop: a completed round trip starts the next message, whose echo
+       * may already be readable with no further edge. */
+      for (;;) {
+        int r = do_recv(c);
+        if (r < 0) {
+          errors++;
+          break;
+        }
+        if (r == 0)
+          break;
+        rts++;
+        c->seq = (uint8_t)(c->seq + 1);
+        c->sent = c->recvd = 0;
+        if (do_send(c) < 0) {
+          errors++;
+          break;
+        }
+      }
+      if (errors)
+        break;
+    }
+  }
+  double t_stop = now(), cpu_stop = cpu_now();
+  fputs("DONE\n", stderr);
+  fflush(stderr);
+  printf("{\"round_trips\": %ld, \"seconds\": %.6f, \"errors\": %ld, "
+         "\"conns\": %d, \"msg_size\": %zu, \"cpu_seconds\": %.6f}\n",
+         rts, t_stop - t_measure, errors, nconns, msg_size,
+         cpu_stop - cpu_measure);
+  fflush(stdout);
+  for (int i = 0; i < nconns; i++)
+    close(conns[i].fd);
+  close(ep);
+  return errors ? 1 : 0;
+}

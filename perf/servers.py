@@ -1,0 +1,137 @@
+"""Echo servers for perf/echo_bench.py: ats_cffi, asyncio and uvloop.
+
+    python perf/servers.py {ats,asyncio,uvloop} [--port P]
+
+Listens on 127.0.0.1:P (0: any free port), prints ``READY <port>`` on stdout once
+listening, echoes every byte back, and exits cleanly on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import threading
+
+HOST = "127.0.0.1"
+
+
+def ready(port: int) -> None:
+    print(f"READY {port}", flush=True)
+
+
+# -- ats_cffi -----------------------------------------------------------------------------
+
+
+def run_ats(port: int, water_mark: int = 0) -> None:
+    from ats_cffi.eventsystem import INT64_MAX, Continuation, EventCode, MIOBuffer, ProxyMutex
+    from ats_cffi.net import AcceptOptions, net_processor
+    from ats_cffi.net.codes import NET_EVENT_ACCEPT
+
+    read_ready = EventCode.VC_EVENT_READ_READY
+    write_ready = EventCode.VC_EVENT_WRITE_READY
+    eos = EventCode.VC_EVENT_EOS
+    error = EventCode.VC_EVENT_ERROR
+
+    class Echo(Continuation):
+        """Reads into a buffer whose reader is the write VIO's: every read is written back.
+
+        Reading pauses while more than ``water_mark`` bytes wait to be written (0: at
+        each full 32 KiB block), as in /tmp/echo_smoke.py and the API default.
+        """
+
+        __slots__ = ("vc", "buf", "rvio", "wvio")
+
+        def __init__(self, vc) -> None:
+            super().__init__(ProxyMutex())
+            self.vc = vc
+            self.buf = MIOBuffer(32768, water_mark)
+            reader = self.buf.alloc_reader()
+            self.set_handler(self.on_event)
+            self.rvio = vc.do_io_read(self, INT64_MAX, self.buf)
+            self.wvio = vc.do_io_write(self, INT64_MAX, reader)
+
+        def on_event(self, event: int, vio) -> None:
+            if event == read_ready:
+                self.wvio.reenable()
+            elif event == write_ready:
+                self.rvio.reenable()
+            elif event == eos or event == error:
+                self.vc.do_io_close()
+
+    class Acceptor(Continuation):
+        def __init__(self) -> None:
+            super().__init__(ProxyMutex())
+            self.set_handler(self.on_event)
+
+        def on_event(self, event: int, vc) -> None:
+            if event == NET_EVENT_ACCEPT:
+                Echo(vc)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    net_processor.start(1)
+    action = net_processor.accept(Acceptor(), AcceptOptions(local_address=HOST, port=port))
+    ready(action.na.port)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        action.cancel()
+        net_processor.shutdown()
+
+
+# -- asyncio / uvloop ---------------------------------------------------------------------
+
+
+class EchoProtocol(asyncio.Protocol):
+    __slots__ = ("transport",)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+async def serve_asyncio(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = await loop.create_server(EchoProtocol, HOST, port)
+    ready(server.sockets[0].getsockname()[1])
+    await stop.wait()
+    server.close()
+    await server.wait_closed()
+
+
+def run_asyncio(port: int, water_mark: int = 0) -> None:
+    asyncio.run(serve_asyncio(port))
+
+
+def run_uvloop(port: int, water_mark: int = 0) -> None:
+    import uvloop
+
+    uvloop.run(serve_asyncio(port))
+
+
+SERVERS = {"ats": run_ats, "asyncio": run_asyncio, "uvloop": run_uvloop}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("server", choices=sorted(SERVERS))
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument(
+        "--water-mark", type=int, default=0, help="ats only: MIOBuffer water mark (bytes)"
+    )
+    args = p.parse_args(argv)
+    SERVERS[args.server](args.port, args.water_mark)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

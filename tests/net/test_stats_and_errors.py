@@ -1,0 +1,166 @@
+"""Stats that match reality, and bad input that raises a clear error (DESIGN.md section 10)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ats_cffi.eventsystem import INT64_MAX, VIO, Continuation, MIOBuffer, ProxyMutex
+from ats_cffi.net import net_stats
+from ats_cffi.net.codes import IO_SHUTDOWN_READ
+from tests.net.conftest import OPEN, Echo, client, recv_exactly, wait_until
+
+READ_BYTES = "proxy.process.net.read_bytes"
+WRITE_BYTES = "proxy.process.net.write_bytes"
+TOTAL_ACCEPTS = "proxy.process.tcp.total_accepts"
+
+
+def test_connections_currently_open_follows_the_clients_up_and_back_to_zero(listen):
+    _, acceptor, port = listen(on_vc=Echo)
+    n = 8
+    clients = [client(port) for _ in range(n)]
+    try:
+        acceptor.wait(n)
+        assert wait_until(lambda: net_stats.get(OPEN) == n)
+        time.sleep(0.1)
+        assert net_stats.get(OPEN) == n
+        assert net_stats.get(TOTAL_ACCEPTS) == n
+        for s in clients[: n // 2]:
+            s.close()
+        assert wait_until(lambda: net_stats.get(OPEN) == n - n // 2)
+    finally:
+        for s in clients:
+            s.close()
+    assert wait_until(lambda: net_stats.get(OPEN) == 0)
+    time.sleep(0.1)
+    assert net_stats.get(OPEN) == 0
+
+
+def test_read_and_write_bytes_count_exactly_the_bytes_of_an_echo_exchange(listen):
+    _, acceptor, port = listen(on_vc=Echo)
+    payload = random.Random(3).randbytes(200_000)
+    with client(port) as c:
+        sender = threading.Thread(target=c.sendall, args=(payload,))
+        sender.start()
+        try:
+            echoed = recv_exactly(c, len(payload))
+        finally:
+            sender.join(5.0)
+    assert echoed == payload
+    assert wait_until(lambda: net_stats.get(OPEN) == 0)
+    assert net_stats.get(READ_BYTES) == len(payload)
+    assert net_stats.get(WRITE_BYTES) == len(payload)
+
+
+class Idle(Continuation):
+    def __init__(self) -> None:
+        super().__init__(ProxyMutex(), lambda event, data: None)
+
+
+def _dead_reader() -> Any:
+    r = MIOBuffer().alloc_reader()
+    r.dealloc()
+    return r
+
+
+BAD_CALLS: list[tuple[str, Callable[[Any, Continuation], Any], type[Exception], str]] = [
+    ("do_io_read-negative-nbytes",
+     lambda vc, c: vc.do_io_read(c, -1, MIOBuffer()), ValueError, "do_io_read"),
+    ("do_io_read-nbytes-above-int64-max",
+     lambda vc, c: vc.do_io_read(c, INT64_MAX + 1, MIOBuffer()), ValueError, "do_io_read"),
+    ("do_io_read-float-nbytes",
+     lambda vc, c: vc.do_io_read(c, 1.5, MIOBuffer()), TypeError, "do_io_read"),
+    ("do_io_write-negative-nbytes",
+     lambda vc, c: vc.do_io_write(c, -5, MIOBuffer().alloc_reader()), ValueError, "do_io_write"),
+    ("do_io_read-buf-not-an-MIOBuffer",
+     lambda vc, c: vc.do_io_read(c, 10, bytearray(10)), TypeError, "MIOBuffer"),
+    ("do_io_read-given-a-reader",
+     lambda vc, c: vc.do_io_read(c, 10, MIOBuffer().alloc_reader()), TypeError, "MIOBuffer"),
+    ("do_io_write-given-a-buffer",
+     lambda vc, c: vc.do_io_write(c, 10, MIOBuffer()), TypeError, "IOBufferReader"),
+    ("do_io_write-deallocated-reader",
+     lambda vc, c: vc.do_io_write(c, 10, _dead_reader()), ValueError, "deallocated"),
+    ("do_io_read-cont-not-a-continuation",
+     lambda vc, c: vc.do_io_read(object(), 10, MIOBuffer()), TypeError, "Continuation"),
+    ("do_io_write-cont-a-plain-function",
+     lambda vc, c: vc.do_io_write(lambda e, d: None, 10, MIOBuffer().alloc_reader()),
+     TypeError, "Continuation"),
+    ("do_io_shutdown-howto-out-of-range",
+     lambda vc, c: vc.do_io_shutdown(7), ValueError, "howto"),
+    ("do_io_shutdown-howto-negative",
+     lambda vc, c: vc.do_io_shutdown(-1), ValueError, "howto"),
+    ("do_io_shutdown-howto-a-string",
+     lambda vc, c: vc.do_io_shutdown("read"), ValueError, "howto"),
+    ("set_inactivity_timeout-negative",
+     lambda vc, c: vc.set_inactivity_timeout(-1), ValueError, "set_inactivity_timeout"),
+    ("set_inactivity_timeout-nan",
+     lambda vc, c: vc.set_inactivity_timeout(float("nan")), ValueError, "set_inactivity_timeout"),
+    ("set_active_timeout-negative",
+     lambda vc, c: vc.set_active_timeout(-0.5), ValueError, "set_active_timeout"),
+    ("set_active_timeout-a-string",
+     lambda vc, c: vc.set_active_timeout("1"), TypeError, "set_active_timeout"),
+    ("reenable-a-vio-of-no-vc",
+     lambda vc, c: vc.reenable(VIO()), ValueError, "reenable"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("call", "exc", "needle"), [b[1:] for b in BAD_CALLS],
+                         ids=[b[0] for b in BAD_CALLS])  # fmt: skip
+def test_bad_argument_raises_a_clear_error_and_leaves_the_vc_working(
+    listen, call: Callable[[Any, Continuation], Any], exc: type[Exception], needle: str
+):
+    _, acceptor, port = listen()
+    with client(port) as c:
+        acceptor.wait()
+        vc = acceptor.vcs[0]
+        cont = Idle()
+        with cont.mutex:
+            with pytest.raises(exc, match=needle):
+                call(vc, cont)
+            assert not vc.closed and vc.fd >= 0
+            assert vc.inactivity_timeout_in == 0 and vc.active_timeout_in == 0
+            Echo(vc, cont.mutex)  # the VC still works after the refused call
+        c.sendall(b"after")
+        assert recv_exactly(c, 5) == b"after"
+    assert wait_until(lambda: net_stats.get(OPEN) == 0)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda vc, c: vc.do_io_read(c, 10, MIOBuffer()),
+        lambda vc, c: vc.do_io_write(c, 10, MIOBuffer().alloc_reader()),
+        lambda vc, c: vc.do_io_shutdown(IO_SHUTDOWN_READ),
+    ],
+    ids=["do_io_read", "do_io_write", "do_io_shutdown"],
+)
+def test_io_on_a_closed_vc_raises_runtime_error_naming_the_call(listen, call):
+    _, acceptor, port = listen()
+    with client(port) as c:
+        acceptor.wait()
+        vc = acceptor.vcs[0]
+        cont = Idle()
+        with cont.mutex:
+            vc.do_io_close()
+            with pytest.raises(RuntimeError, match="closed"):
+                call(vc, cont)
+        assert c.recv(1) == b""
+    assert wait_until(lambda: net_stats.get(OPEN) == 0)
+
+
+def test_close_twice_is_harmless(listen):
+    _, acceptor, port = listen()
+    with client(port) as c:
+        acceptor.wait()
+        vc = acceptor.vcs[0]
+        vc.do_io_close()
+        vc.do_io_close()
+        assert c.recv(1) == b""
+    assert wait_until(lambda: net_stats.get(OPEN) == 0)
+    time.sleep(0.05)
+    assert net_stats.get(OPEN) == 0
