@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 from ats_cffi._native import lib
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
@@ -44,6 +45,7 @@ def initialize_thread_for_net(thread: EThread) -> None:
 
 
 def _parse_address(call: str, addr: Any) -> tuple[int, tuple]:
+    """``(family, addr)`` for a numeric address; family 0 for a host name."""
     if not isinstance(addr, tuple) or len(addr) not in (2, 4):
         raise TypeError(f"{call}: addr must be a (host, port) tuple, not {addr!r}")
     host, port = addr[0], addr[1]
@@ -51,8 +53,28 @@ def _parse_address(call: str, addr: Any) -> tuple[int, tuple]:
         raise TypeError(f"{call}: host must be a str, not {type(host).__name__}")
     if type(port) is not int or not 0 < port <= 65535:
         raise ValueError(f"{call}: port must be in 1..65535, got {port!r}")
-    family = lib.AF_INET6 if ":" in host else lib.AF_INET
-    return family, addr
+    for family in (lib.AF_INET, lib.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return family, addr
+        except OSError:
+            pass
+    if not host or len(host) > 253:
+        raise ValueError(f"{call}: not an IP address or host name: {host!r}")
+    return 0, addr
+
+
+class HostResolver(Protocol):
+    """What ``connect_re`` needs to accept host names (the DNS layer provides it)."""
+
+    def connect_by_name(
+        self,
+        processor: UnixNetProcessor,
+        cont: Continuation,
+        host: str,
+        port: int,
+        options: NetVCOptions | None,
+    ) -> Action: ...
 
 
 class ConnectAction(Action):
@@ -78,6 +100,8 @@ class UnixNetProcessor:
         self.n_netthreads = 0
         self._lock = threading.Lock()
         self.accepts: list[NetAccept] = []
+        #: Resolves host names for connect_re (set by the DNS layer when it starts).
+        self.host_resolver: HostResolver | None = None
 
     @property
     def started(self) -> bool:
@@ -122,10 +146,18 @@ class UnixNetProcessor:
         ``cont`` receives ``NET_EVENT_OPEN`` with the VC once the connect completed, or
         ``NET_EVENT_OPEN_FAILED`` with ``-errno`` (``-ECONNREFUSED``, ``-ETIMEDOUT`` after
         the connect timeout, ...). The events always come from a net thread, never from
-        inside this call. ``Action.cancel()`` stops them.
+        inside this call. ``Action.cancel()`` stops them. A host name is resolved through
+        ``host_resolver`` (the DNS processor, once started).
         """
         check_continuation("connect_re", cont)
         family, address = _parse_address("connect_re", addr)
+        if family == 0:
+            resolver = self.host_resolver
+            if resolver is None:
+                raise ValueError(
+                    f"connect_re: {address[0]!r} is a host name; start dns_processor to resolve it"
+                )
+            return resolver.connect_by_name(self, cont, address[0], address[1], options)
         opts = options if options is not None else NetVCOptions(
             sockopt_flags=net_config.sock_option_flag_out,
             recv_bufsize=net_config.sock_recv_buffer_size_out,
