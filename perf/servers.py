@@ -1,6 +1,7 @@
 """Echo servers for perf/echo_bench.py: ats_cffi, asyncio and uvloop.
 
     python perf/servers.py {ats,asyncio,uvloop} [--port P]
+    python perf/servers.py ats [--net-threads N] [--accept-threads N] [--reuseport]
 
 Listens on 127.0.0.1:P (0: any free port), prints ``READY <port>`` on stdout once
 listening, echoes every byte back, and exits cleanly on SIGTERM or SIGINT.
@@ -24,7 +25,15 @@ def ready(port: int) -> None:
 # -- ats_cffi -----------------------------------------------------------------------------
 
 
-def run_ats(port: int, water_mark: int = 0) -> None:
+def run_ats(
+    port: int,
+    water_mark: int = 0,
+    net_threads: int = 1,
+    accept_threads: int | None = None,
+    reuseport: bool = False,
+) -> None:
+    """``accept_threads`` None: the ``proxy.config.accept_threads`` record (1); 0: accept on
+    every net thread (EPOLLEXCLUSIVE, or one socket per thread with ``reuseport``)."""
     from ats_cffi.eventsystem import INT64_MAX, Continuation, EventCode, MIOBuffer, ProxyMutex
     from ats_cffi.net import AcceptOptions, net_processor
     from ats_cffi.net.codes import NET_EVENT_ACCEPT
@@ -72,8 +81,11 @@ def run_ats(port: int, water_mark: int = 0) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    net_processor.start(1)
-    action = net_processor.accept(Acceptor(), AcceptOptions(local_address=HOST, port=port))
+    net_processor.start(net_threads)
+    opt = AcceptOptions(
+        local_address=HOST, port=port, accept_threads=accept_threads, reuseport=reuseport
+    )
+    action = net_processor.accept(Acceptor(), opt)
     ready(action.na.port)
     try:
         while not stop.wait(0.5):
@@ -128,8 +140,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--water-mark", type=int, default=0, help="ats only: MIOBuffer water mark (bytes)"
     )
+    p.add_argument("--net-threads", type=int, default=1, help="ats only: net threads")
+    p.add_argument(
+        "--accept-threads",
+        type=int,
+        default=None,
+        help="ats only: dedicated accept threads (0: accept on the net threads)",
+    )
+    p.add_argument(
+        "--reuseport",
+        action="store_true",
+        help="ats only, with --accept-threads 0: one SO_REUSEPORT listen socket per net thread",
+    )
     args = p.parse_args(argv)
-    SERVERS[args.server](args.port, args.water_mark)
+    if args.server == "ats":
+        run_ats(args.port, args.water_mark, args.net_threads, args.accept_threads, args.reuseport)
+    else:
+        SERVERS[args.server](args.port, args.water_mark)
     return 0
 
 

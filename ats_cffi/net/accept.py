@@ -1,30 +1,59 @@
-"""NetAccept: a listen socket and the loop that turns its connections into VCs.
+"""NetAccept: a listen socket and the loops that turn its connections into VCs.
 
-This module holds the per-thread accept mode (the listen socket in every net thread's epoll
-with ``EPOLLEXCLUSIVE``, accepted inline by ``accept_fast_event``); the dedicated accept
-threads mode and throttling build on it.
+Three ways to accept (chosen by ``AcceptOptions``):
+
+- ``accept_threads > 0`` — ``init_accept_loop``: that many dedicated threads block in
+  ``accept4`` (``do_blocking_accept``); each new VC is handed round-robin to a net thread
+  with ``schedule_imm_signal``, whose ``accept_event`` starts its IO there.
+- ``accept_threads == 0`` — ``init_accept_per_thread``: the listen socket is in every net
+  thread's epoll with ``EPOLLEXCLUSIVE`` (the kernel wakes one thread per connection) and is
+  accepted on inline by ``accept_fast_event``; with ``reuseport``, each net thread gets a
+  listen socket of its own (``SO_REUSEPORT``), and the kernel spreads connections.
+- ``frequent_accept=False`` — ``init_accept``: one net thread polls the listen socket on
+  every loop pass.
+
+An accept pass takes at most ``additional_accepts + 1`` connections and then re-schedules
+itself: with edge trigger the listen socket will not report the same edge again, so
+stopping early without re-scheduling would strand the backlog.
+
+Errors (``accept_error_seriousness``): ECONNABORTED is ignored; EAGAIN/ECONNRESET/EPIPE/EINTR
+are transient (try again); EMFILE/ENFILE/ENOBUFS/ENOMEM are resource errors (log once, back
+off ``throttle_delay`` ms: never a busy loop); anything else is fatal (``EVENT_ERROR`` with
+``-errno`` to the accept continuation, and this listener stops).
+
+Throttling: when ``check_net_throttle`` says the process holds too many connections (or an
+fd comes within the emergency headroom of ``RLIMIT_NOFILE``), a new connection gets the
+optional ``throttle_message`` and is closed at once, counted in ``connections_throttled_in``.
+``backdoor`` listeners are exempt from the connections throttle.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
+import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ats_cffi import sys as _sys
 from ats_cffi._native import lib
+from ats_cffi.eventsystem.codes import EVENT_ERROR, EVENT_IMMEDIATE
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
 from ats_cffi.eventsystem.event import Action
-from ats_cffi.eventsystem.processor import ET_NET, run_on_threads
+from ats_cffi.eventsystem.processor import ET_NET, EventProcessor, run_on_threads
 from ats_cffi.net import stats as st
 from ats_cffi.net.codes import EVENTIO_NETACCEPT, EVENTIO_READ
 from ats_cffi.net.config import SOCK_OPT_NO_DELAY, net_config
 from ats_cffi.net.eventio import EventIO
 from ats_cffi.net.netvc import NetVCOptions, UnixNetVConnection
+from ats_cffi.net.stats import net_stats
+from ats_cffi.net.throttle import check_emergency_throttle, check_net_throttle
 
 if TYPE_CHECKING:
+    from ats_cffi.eventsystem.ethread import EThread
     from ats_cffi.net.nethandler import NetHandler
 
 log = logging.getLogger("ats.iocore_net_accept")
@@ -32,10 +61,39 @@ log = logging.getLogger("ats.iocore_net_accept")
 #: Most connections one native accept call takes (bounded by the helper's scratch array).
 ACCEPT_BATCH = 64
 
+_IGNORE = 2
+_TRANSIENT = 1
+_RESOURCE = 0
+_FATAL = -1
+
+_SERIOUSNESS = {
+    errno.ECONNABORTED: _IGNORE,
+    errno.EAGAIN: _TRANSIENT,
+    errno.ECONNRESET: _TRANSIENT,
+    errno.EPIPE: _TRANSIENT,
+    errno.EINTR: _TRANSIENT,
+    errno.EPROTO: _TRANSIENT,
+    errno.EMFILE: _RESOURCE,
+    errno.ENFILE: _RESOURCE,
+    errno.ENOBUFS: _RESOURCE,
+    errno.ENOMEM: _RESOURCE,
+}
+
+
+def accept_error_seriousness(err: int) -> int:
+    """ATS's classes: 2 ignore, 1 transient (retry), 0 resource (back off), -1 fatal."""
+    return _SERIOUSNESS.get(err, _FATAL)
+
 
 @dataclass
 class AcceptOptions:
-    """Where and how to listen (ATS's NetProcessor::AcceptOptions)."""
+    """Where and how to listen (ATS's NetProcessor::AcceptOptions).
+
+    ``local_address`` None listens on all addresses of ``ip_family`` (or only loopback with
+    ``localhost_only``). ``accept_threads``/``defer_accept``/``backlog`` None take the
+    ``proxy.config.accept_threads`` / ``net.defer_accept`` / ``net.listen_backlog`` records.
+    ``throttle_message`` is sent to a connection refused by the throttle before it is closed.
+    """
 
     port: int = 0
     local_address: str | None = None
@@ -54,6 +112,7 @@ class AcceptOptions:
     etype: int = ET_NET
     backlog: int | None = None
     reuseport: bool = False
+    throttle_message: bytes | None = None
 
     def validate(self, call: str) -> None:
         if type(self.port) is not int:
@@ -73,13 +132,31 @@ class AcceptOptions:
             v = getattr(self, name)
             if v is not None and (type(v) is not int or v < 0):
                 raise ValueError(f"{call}: AcceptOptions.{name} must be None or an int >= 0")
+        if self.throttle_message is not None and not isinstance(self.throttle_message, bytes):
+            raise TypeError(f"{call}: AcceptOptions.throttle_message must be bytes or None")
+        if self.f_inbound_transparent:
+            raise ValueError(f"{call}: AcceptOptions.f_inbound_transparent is not supported")
+
+    def family(self) -> int:
+        if self.local_address is not None and ":" in self.local_address:
+            return lib.AF_INET6
+        return self.ip_family
 
     def bind_address(self) -> tuple[str, int]:
         if self.local_address is not None:
             return (self.local_address, self.port)
+        v6 = self.family() == lib.AF_INET6
         if self.localhost_only:
-            return ("::1" if self.ip_family == lib.AF_INET6 else "127.0.0.1", self.port)
-        return ("::" if self.ip_family == lib.AF_INET6 else "0.0.0.0", self.port)
+            return ("::1" if v6 else "127.0.0.1", self.port)
+        return ("::" if v6 else "0.0.0.0", self.port)
+
+    def n_accept_threads(self) -> int:
+        n = self.accept_threads
+        return net_config.accept_threads if n is None else n
+
+    def defer_seconds(self) -> int:
+        d = self.defer_accept
+        return net_config.defer_accept if d is None else d
 
     def vc_options(self) -> NetVCOptions:
         return NetVCOptions(
@@ -91,12 +168,10 @@ class AcceptOptions:
         )
 
 
-def open_listen_socket(opt: AcceptOptions) -> int:
-    """A bound, listening, non-blocking socket for ``opt``. Raises ``OSError`` naming the
-    failing call (``bind`` for a port in use); closes the socket on failure."""
-    family = opt.ip_family
-    if opt.local_address is not None and ":" in opt.local_address:
-        family = lib.AF_INET6
+def open_listen_socket(opt: AcceptOptions, port: int | None = None) -> int:
+    """A bound, listening, non-blocking socket for ``opt`` (on ``port`` if given). Raises
+    ``OSError`` naming the failing call (``bind`` for a port in use); closes it on failure."""
+    family = opt.family()
     fd = _sys.socket(family, lib.SOCK_STREAM)
     try:
         _sys.setsockopt_int(fd, lib.SOL_SOCKET, lib.SO_REUSEADDR, 1)
@@ -104,12 +179,13 @@ def open_listen_socket(opt: AcceptOptions) -> int:
             _sys.setsockopt_int(fd, lib.SOL_SOCKET, lib.SO_REUSEPORT, 1)
         if family == lib.AF_INET6:
             _sys.setsockopt_int(fd, lib.IPPROTO_IPV6, lib.IPV6_V6ONLY, 1)
-        defer = opt.defer_accept if opt.defer_accept is not None else 0
+        defer = opt.defer_seconds()
         if defer:
             _sys.setsockopt_int(fd, lib.IPPROTO_TCP, lib.TCP_DEFER_ACCEPT, defer)
         if opt.recv_bufsize:
             _sys.setsockopt_int(fd, lib.SOL_SOCKET, lib.SO_RCVBUF, opt.recv_bufsize)
-        _sys.bind(fd, opt.bind_address())
+        host, p = opt.bind_address()
+        _sys.bind(fd, (host, p if port is None else port))
         backlog = opt.backlog if opt.backlog is not None else net_config.listen_backlog
         _sys.listen(fd, backlog if backlog > 0 else 4096)
     except BaseException:
@@ -119,27 +195,43 @@ def open_listen_socket(opt: AcceptOptions) -> int:
 
 
 class NetAccept(Continuation):
-    """One listener: its socket, the accept continuation (``action``) and the accept loop.
+    """One listener: its socket(s), the accept continuation (``action``) and its loops.
 
     ``NET_EVENT_ACCEPT`` reaches the accept continuation on the net thread the new VC runs
-    on, with that continuation's mutex held.
+    on, with that continuation's mutex held; a fatal accept error reaches it as
+    ``EVENT_ERROR`` with ``-errno``.
     """
 
-    def __init__(self, cont: Continuation, opt: AcceptOptions) -> None:
+    def __init__(self, cont: Continuation, opt: AcceptOptions, processor: Any = None) -> None:
         super().__init__()
         check_continuation("accept", cont)
         self.opt = opt
+        self.processor = processor
         self.action = AcceptAction(cont, self)
-        self.server_fd = -1
-        self.family = lib.AF_INET
+        self.server_fds: list[int] = []
+        self.family = opt.family()
         self.vc_options = opt.vc_options()
+        self.defer = opt.defer_seconds() > 0
         self._fd_lock = threading.Lock()
         self._ios: list[EventIO] = []
+        self._accept_threads: list[EThread] = []
+        self._periodic: Any = None
+        self._resource_logged = 0.0
+        self.stats = net_stats.new_block()
+        self.stats[st.ACCEPTS_CURRENTLY_OPEN] += 1
         self.n_accepted = 0
+
+    # ------------------------------------------------------------------ the socket
+
+    @property
+    def server_fd(self) -> int:
+        fds = self.server_fds
+        return fds[0] if fds else -1
 
     @property
     def local_addr(self) -> Any:
-        return _sys.getsockname(self.server_fd) if self.server_fd >= 0 else None
+        fd = self.server_fd
+        return _sys.getsockname(fd) if fd >= 0 else None
 
     @property
     def port(self) -> int:
@@ -147,71 +239,244 @@ class NetAccept(Continuation):
         return addr[1] if addr else 0
 
     def do_listen(self, fd: int | None = None) -> None:
-        """Use ``fd`` (already listening) or open the socket of ``opt``."""
-        self.server_fd = fd if fd is not None else open_listen_socket(self.opt)
-        self.family = _sys.getsockopt_int(self.server_fd, lib.SOL_SOCKET, lib.SO_DOMAIN)
+        """Use ``fd`` (already listening) or open the socket ``opt`` describes."""
+        if fd is not None:
+            _sys.check_fd("main_accept", fd)
+            self.family = _sys.getsockopt_int(fd, lib.SOL_SOCKET, lib.SO_DOMAIN)
+            # The accept passes on net threads must never block (init_accept_loop, whose
+            # dedicated threads do block, clears this again).
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        self.server_fds.append(fd if fd is not None else open_listen_socket(self.opt))
 
-    def init_accept_per_thread(self, threads: list[Any], get_nh: Any) -> None:
-        """Register the listen socket in each net thread's epoll (``EPOLLEXCLUSIVE``: one
-        thread is woken per connection); each accepts inline in ``accept_fast_event``."""
+    # ------------------------------------------------------------------ the three modes
 
-        def register(thread: Any) -> None:
+    def init_accept_loop(self, ep: EventProcessor, n_threads: int) -> None:
+        """Start ``n_threads`` dedicated threads blocking in accept4 on the listen socket."""
+        fd = self.server_fd
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+        for i in range(n_threads):
+            port = self.port
+            cont = Continuation(handler=self.accept_loop_event)
+            self._accept_threads.append(ep.spawn_thread(cont, f"[ACCEPT {i}:{port}]"))
+
+    def init_accept_per_thread(self, threads: list[EThread], get_nh: Any) -> None:
+        """Register the listen socket in each net thread's epoll; with ``reuseport``, give
+        each thread a socket of its own on the same port first."""
+        fds = [self.server_fd] * len(threads)
+        if self.opt.reuseport:
+            port = self.port
+            for _ in threads[1:]:
+                self.server_fds.append(open_listen_socket(self.opt, port))
+            fds = list(self.server_fds)
+        plan = dict(zip(threads, fds))
+        extra = 0 if self.opt.reuseport else lib.EPOLLEXCLUSIVE
+
+        def register(thread: EThread) -> None:
             nh = get_nh(thread)
             eio = EventIO(EVENTIO_NETACCEPT, self)
-            eio.start(nh.pd, self.server_fd, EVENTIO_READ, lib.EPOLLEXCLUSIVE)
-            self._ios.append(eio)
+            eio.start(nh.pd, plan[thread], EVENTIO_READ, extra)
+            with self._fd_lock:
+                self._ios.append(eio)
 
         run_on_threads(threads, register, "accept")
 
-    def accept_fast_event(self, nh: NetHandler) -> None:
-        """Accept until EAGAIN (or ``additional_accepts + 1`` connections, then re-schedule
-        this pass: the listen socket will not report the same edge again)."""
+    def init_accept(self, thread: EThread) -> None:
+        """Poll the listen socket on every loop pass of ``thread`` (``frequent_accept=False``)."""
+        nh_cont = Continuation(handler=lambda ev, e: self.accept_fast_event(e.ethread.tail_cb))
+        self._periodic = thread.schedule_every(nh_cont, -1)
+
+    # ------------------------------------------------------------------ per-thread pass
+
+    def accept_fast_event(self, nh: NetHandler, fd: int | None = None) -> None:
+        """Accept on ``fd`` (default: the first listen socket) until EAGAIN, or take
+        ``additional_accepts + 1`` connections and re-schedule this pass."""
         if self.action.cancelled:
             return
         limit = net_config.additional_accepts
         budget = limit + 1 if limit >= 0 else -1
         with self._fd_lock:
-            while budget != 0 and self.server_fd >= 0:
+            if fd is None:
+                fd = self.server_fd
+            if fd < 0 or fd not in self.server_fds:
+                return
+            while budget != 0:
                 count = ACCEPT_BATCH if budget < 0 else min(budget, ACCEPT_BATCH)
-                fds, err = _sys.accept_batch(self.server_fd, count)
-                for fd in fds:
-                    self._new_vc(nh, fd)
+                fds, err = _sys.accept_batch(fd, count)
+                for cfd in fds:
+                    self._accept_one(nh, cfd, nh.stats)
                 if budget > 0:
                     budget -= len(fds)
-                if err == errno.EAGAIN:
+                if err == 0:
+                    continue  # the batch was full: more may be waiting
+                seriousness = accept_error_seriousness(err)
+                if seriousness == _TRANSIENT and err == errno.EAGAIN:
+                    return  # the backlog is empty: the next connection brings a new edge
+                if seriousness in (_IGNORE, _TRANSIENT):
+                    continue
+                if seriousness == _RESOURCE:
+                    self._resource_error(err, nh.stats)
+                    self._retry_later(nh, fd, net_config.throttle_delay / 1000.0)
                     return
-                if err and err != errno.ECONNABORTED:
-                    log.warning("accept4 on fd %d: %s", self.server_fd, errno.errorcode.get(err))
-                    return
+                self._fatal(err)
+                return
         if budget == 0 and not self.action.cancelled:
-            nh.thread.schedule_imm(Continuation(handler=lambda ev, e: self.accept_fast_event(nh)))
+            self._retry_later(nh, fd, 0.0)
 
-    def _new_vc(self, nh: NetHandler, fd: int) -> None:
-        nh.stats[st.TOTAL_ACCEPTS] += 1
+    def _retry_later(self, nh: NetHandler, fd: int, delay: float) -> None:
+        cont = Continuation(handler=lambda ev, e: self.accept_fast_event(nh, fd))
+        if delay > 0:
+            nh.thread.schedule_in(cont, delay)
+        else:
+            nh.thread.schedule_imm(cont)
+
+    def _accept_one(self, nh: NetHandler, fd: int, stats: list[int]) -> None:
+        if self._throttled(fd, stats):
+            return
+        vc = self._make_vc(fd, stats)
+        vc.accept_event(EVENT_IMMEDIATE, _OnThread(nh.thread))
+
+    # ------------------------------------------------------------------ accept threads
+
+    def accept_loop_event(self, event: int, e: Any) -> None:
+        """Body of a dedicated accept thread."""
+        stats = net_stats.new_block()
+        try:
+            self.do_blocking_accept(e.ethread, stats)
+        finally:
+            net_stats.retire(stats)
+
+    def do_blocking_accept(self, thread: EThread, stats: list[int]) -> None:
+        """Block in accept4 until cancelled; hand each VC to a net thread."""
+        fd = self.server_fd
+        ep = self.processor.event_processor if self.processor is not None else None
+        while not self.action.cancelled:
+            try:
+                r = _sys.accept4(fd)
+            except OSError as exc:
+                if self.action.cancelled:
+                    return
+                err = exc.errno or errno.EIO
+                seriousness = accept_error_seriousness(err)
+                if seriousness == _IGNORE:
+                    continue
+                if seriousness == _TRANSIENT:
+                    continue
+                if seriousness == _RESOURCE:
+                    self._resource_error(err, stats)
+                    time.sleep(net_config.throttle_delay / 1000.0)  # a dedicated thread
+                    continue
+                self._fatal(err)
+                return
+            if r is None:
+                continue  # spurious wake-up of a blocking accept
+            cfd, _addr = r
+            if self._throttled(cfd, stats):
+                continue
+            vc = self._make_vc(cfd, stats)
+            vc._remote_addr = _addr
+            target = ep.assign_thread(self.opt.etype) if ep is not None else None
+            if target is None:
+                _sys.close(cfd)
+                return
+            vc.set_handler(vc.accept_event)
+            target.schedule_imm_signal(vc)
+
+    # ------------------------------------------------------------------ shared pieces
+
+    def _throttled(self, fd: int, stats: list[int]) -> bool:
+        """Refuse ``fd`` when the process is throttled; True if it was closed."""
+        emergency = check_emergency_throttle(fd)
+        if not emergency and (self.opt.backdoor or not check_net_throttle()):
+            return False
+        msg = self.opt.throttle_message
+        if msg:
+            try:
+                _sys.write(fd, msg)
+            except OSError:
+                pass  # best effort: the peer may be gone already
+        _sys.close(fd)
+        stats[st.CONNECTIONS_THROTTLED_IN] += 1
+        return True
+
+    def _make_vc(self, fd: int, stats: list[int]) -> UnixNetVConnection:
+        stats[st.TOTAL_ACCEPTS] += 1
+        # Counted open here, where the fd is born, so that the throttle sees connections
+        # still on their way to a net thread.
+        stats[st.CONNECTIONS_CURRENTLY_OPEN] += 1
         vc = UnixNetVConnection(self.vc_options)
+        vc.counted_open = True
         vc.fd = fd
         vc.family = self.family
         vc.action = self.action
+        if self.defer:
+            # TCP_DEFER_ACCEPT: the data arrived before the socket could report an edge.
+            vc.read.triggered = True
         try:
             self.vc_options.apply(fd, self.family)
         except OSError:
             log.exception("setting socket options on accepted fd %d", fd)
         self.n_accepted += 1
-        vc.accept_event(0, _OnThread(nh.thread))
+        return vc
+
+    def _resource_error(self, err: int, stats: list[int]) -> None:
+        stats[st.ACCEPTS_THROTTLE_BACKOFF] += 1
+        now = time.monotonic()
+        if now - self._resource_logged > 60.0:
+            self._resource_logged = now
+            log.warning(
+                "accept on port %d: %s; backing off %d ms",
+                self.port,
+                os.strerror(err),
+                net_config.throttle_delay,
+            )
+
+    def _fatal(self, err: int) -> None:
+        log.error("accept on port %d failed: %s; the listener stops", self.port, os.strerror(err))
+        action = self.action
+        if action.cancelled:
+            return
+        with action.mutex:  # type: ignore[union-attr]
+            if not action.cancelled:
+                try:
+                    action.continuation.handle_event(EVENT_ERROR, -err)  # type: ignore[union-attr]
+                except Exception:
+                    log.exception("EVENT_ERROR handler of the accept continuation raised")
+
+    # ------------------------------------------------------------------ stopping
 
     def close_listener(self) -> None:
-        """Unregister and close the listen socket (any thread); idempotent."""
+        """Stop every loop, join the accept threads and close the listen socket(s).
+        Any thread but an accept thread of this listener; idempotent."""
+        with self._fd_lock:
+            fds = list(self.server_fds)
+        for fd in fds:
+            try:
+                _sys.shutdown(fd, lib.SHUT_RDWR)  # wakes accept threads blocked in accept4
+            except OSError:
+                pass
+        for t in self._accept_threads:
+            if not t.join(10.0):
+                log.error("accept thread %s did not stop", t.name)
+        self._accept_threads.clear()
+        periodic, self._periodic = self._periodic, None
+        if periodic is not None:
+            periodic.cancel()
         with self._fd_lock:
             for eio in self._ios:
                 eio.stop()
             self._ios.clear()
-            fd, self.server_fd = self.server_fd, -1
-        if fd >= 0:
+            fds, self.server_fds = self.server_fds, []
+            for fd in fds:
+                _sys.close(fd)
+            if fds:
+                self.stats[st.ACCEPTS_CURRENTLY_OPEN] -= 1
+        if self.processor is not None:
             try:
-                _sys.shutdown(fd, lib.SHUT_RDWR)
-            except OSError:
+                self.processor.accepts.remove(self)
+            except ValueError:
                 pass
-            _sys.close(fd)
 
 
 class _OnThread:
@@ -224,8 +489,8 @@ class _OnThread:
 
 
 class AcceptAction(Action):
-    """What ``accept``/``main_accept`` return: ``cancel()`` stops accepting and closes the
-    listen socket before it returns."""
+    """What ``accept``/``main_accept`` return: ``cancel()`` stops accepting, joins the accept
+    threads and closes the listen socket(s) before it returns."""
 
     def __init__(self, cont: Continuation, na: NetAccept) -> None:
         super().__init__(cont)

@@ -38,7 +38,10 @@ RECORDS: tuple[Record, ...] = (
            "ms; back-off after a resource error on accept"),
     Record("proxy.config.net.additional_accepts", "additional_accepts", -1, int, -1,
            "accepts per pass after the first (-1: until EAGAIN)"),
-    Record("proxy.config.net.defer_accept", "defer_accept", 1, int, 0,
+    # ATS defaults to 1 s for its HTTP ports, whose clients speak first. A library listener
+    # may serve protocols where the server speaks first, which TCP_DEFER_ACCEPT would
+    # delay, so it is off unless asked for (AcceptOptions.defer_accept or this record).
+    Record("proxy.config.net.defer_accept", "defer_accept", 0, int, 0,
            "s; TCP_DEFER_ACCEPT on listen sockets (0: off)"),
     Record("proxy.config.net.listen_backlog", "listen_backlog", -1, int, -1,
            "listen() backlog (-1: the kernel's somaxconn)"),

@@ -260,7 +260,7 @@ class NetHandler(Continuation):
                 eio.data.trigger()
                 eio.refresh(EVENTIO_READ)
             elif t is EVENTIO_NETACCEPT:
-                eio.data.accept_fast_event(self)
+                eio.data.accept_fast_event(self, eio.fd)
 
     # ------------------------------------------------------------------ VC life
 
@@ -271,7 +271,9 @@ class NetHandler(Continuation):
         vc.ep.start(self.pd, vc.fd, READ_WRITE)
         self.open_list.add(vc)
         vc.in_open = True
-        self.stats[st.CONNECTIONS_CURRENTLY_OPEN] += 1
+        if not vc.counted_open:
+            vc.counted_open = True
+            self.stats[st.CONNECTIONS_CURRENTLY_OPEN] += 1
 
     def start_cop(self, vc: UnixNetVConnection) -> None:
         """Put ``vc`` under the InactivityCop (from its next refill on)."""
@@ -284,6 +286,8 @@ class NetHandler(Continuation):
         if vc.in_open:
             self.open_list.discard(vc)
             vc.in_open = False
+        if vc.counted_open:
+            vc.counted_open = False
             self.stats[st.CONNECTIONS_CURRENTLY_OPEN] -= 1
         if vc.in_cop:
             self.cop_list.discard(vc)

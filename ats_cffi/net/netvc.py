@@ -177,6 +177,9 @@ class UnixNetVConnection(Continuation):
         self.next_activity_timeout_at = 0.0
         self.in_cop = False
         self.in_open = False
+        # Counted in connections_currently_open (by the accept path at accept time, or by
+        # start_io); uncounted exactly once, by free_netevent.
+        self.counted_open = False
         self.connecting = False
         self.action: Action | None = None
         self.connect_timeout_event: Any = None
@@ -822,13 +825,12 @@ class UnixNetVConnection(Continuation):
             nh.start_io(self)
         except OSError:
             log.exception("accept_event: start_io failed")
-            self.free()
+            self.closed = 1
+            nh.free_netevent(self)
             return EVENT_DONE
         self.mutex = ProxyMutex()
         self.set_handler(self.main_event)
         nh.start_cop(self)
-        if nh.config.default_inactivity_timeout and not self.inactivity_timeout_in:
-            pass  # applied lazily by the InactivityCop to VCs with pending I/O
         action = self.action
         if action is not None and not action.cancelled:
             cont = action.continuation

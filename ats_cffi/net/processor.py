@@ -229,7 +229,13 @@ class UnixNetProcessor:
     def main_accept(
         self, cont: Continuation, fd: int | None, opt: AcceptOptions | None = None
     ) -> Action:
-        """As ``accept``, on an already listening socket ``fd`` when given."""
+        """As ``accept``, on an already listening socket ``fd`` when given.
+
+        The mode follows ``opt``: dedicated accept threads (``accept_threads > 0``, default
+        the ``proxy.config.accept_threads`` record), accept on every net thread
+        (``accept_threads == 0``, one socket per thread with ``reuseport``), or a periodic
+        accept on one net thread (``frequent_accept=False``).
+        """
         check_continuation("main_accept", cont)
         opt = opt if opt is not None else AcceptOptions()
         if not isinstance(opt, AcceptOptions):
@@ -237,10 +243,17 @@ class UnixNetProcessor:
         opt.validate("main_accept")
         if not self.netthreads:
             raise RuntimeError("main_accept: net_processor is not started")
-        na = NetAccept(cont, opt)
-        na.do_listen(fd)
+        na = NetAccept(cont, opt, self)
         try:
-            na.init_accept_per_thread(self.event_processor.threads(opt.etype), get_net_handler)
+            na.do_listen(fd)
+            threads = self.event_processor.threads(opt.etype)
+            n_accept_threads = opt.n_accept_threads()
+            if not opt.frequent_accept:
+                na.init_accept(threads[0])
+            elif n_accept_threads > 0:
+                na.init_accept_loop(self.event_processor, n_accept_threads)
+            else:
+                na.init_accept_per_thread(threads, get_net_handler)
         except BaseException:
             na.close_listener()
             raise

@@ -89,6 +89,15 @@ class NetStats:
         with self._lock:
             return self._retired[i] + sum(b[i] for b in self._blocks)
 
+    def sum_unlocked(self, index: int) -> int:
+        """The sum of stat ``index`` without taking the registry lock (hot paths: the
+        throttle check per accept). Blocks may come and go meanwhile; the value is as
+        fresh as any per-thread counter read."""
+        total = self._retired[index]
+        for b in tuple(self._blocks):
+            total += b[index]
+        return total
+
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             totals = list(self._retired)

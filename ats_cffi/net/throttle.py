@@ -7,7 +7,7 @@ import resource
 from enum import IntEnum
 
 from ats_cffi.net.config import net_config
-from ats_cffi.net.stats import CONNECTIONS_CURRENTLY_OPEN, STAT_NAMES, net_stats
+from ats_cffi.net.stats import CONNECTIONS_CURRENTLY_OPEN, net_stats
 
 #: fds kept free for logs, config reloads and the like (ATS's THROTTLE_FD_HEADROOM).
 THROTTLE_FD_HEADROOM = 128 + 64
@@ -20,18 +20,20 @@ class ThrottleType(IntEnum):
     CONNECT = 1
 
 
-_OPEN_NAME = STAT_NAMES[CONNECTIONS_CURRENTLY_OPEN]
-
 #: The effective limit (set by change_net_connections_throttle; 0: off).
 net_connections_throttle = 0
+#: fd number at and above which a new connection is closed at once (0: no limit). Read from
+#: RLIMIT_NOFILE by change_net_connections_throttle, not per accept (a syscall each).
+_emergency_fd = 0
 
 
 def change_net_connections_throttle() -> int:
     """Derive the effective limit from ``connections_throttle`` and ``RLIMIT_NOFILE`` minus a
     headroom; returns it."""
-    global net_connections_throttle
+    global net_connections_throttle, _emergency_fd
     configured = net_config.connections_throttle
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _emergency_fd = soft - EMERGENCY_FD_HEADROOM if soft != resource.RLIM_INFINITY else 0
     fd_limit = soft - THROTTLE_FD_HEADROOM if soft != resource.RLIM_INFINITY else 0
     if configured <= 0:
         net_connections_throttle = 0
@@ -47,12 +49,10 @@ def check_net_throttle(t: ThrottleType = ThrottleType.ACCEPT) -> bool:
     limit = net_connections_throttle
     if limit <= 0:
         return False
-    return net_stats.get(_OPEN_NAME) * 1.1 >= limit
+    return net_stats.sum_unlocked(CONNECTIONS_CURRENTLY_OPEN) * 1.1 >= limit
 
 
 def check_emergency_throttle(fd: int) -> bool:
-    """True when ``fd`` is so close to ``RLIMIT_NOFILE`` that it must be closed at once."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return False
-    return fd >= soft - EMERGENCY_FD_HEADROOM
+    """True when ``fd`` is so close to ``RLIMIT_NOFILE`` (as read by the last
+    ``change_net_connections_throttle``) that it must be closed at once."""
+    return 0 < _emergency_fd <= fd

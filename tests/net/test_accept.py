@@ -1,0 +1,284 @@
+"""NetAccept: the three accept modes under concurrent clients, per-pass limits, throttling,
+TCP_DEFER_ACCEPT, IPv6, cancel."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from ats_cffi._native import lib
+from ats_cffi.eventsystem import Continuation, EventCode, ProxyMutex, this_ethread
+from ats_cffi.net import AcceptOptions, net_stats
+from ats_cffi.net.accept import accept_error_seriousness
+from tests.net.conftest import OPEN, Echo, client, recv_exactly, wait_until
+
+THROTTLED = "proxy.process.net.connections_throttled_in"
+
+
+class CountingEcho(Echo):
+    """An Echo that records which net thread runs it."""
+
+    threads: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def __init__(self, vc: Any) -> None:
+        super().__init__(vc)
+        with CountingEcho.lock:
+            CountingEcho.threads[this_ethread().name] += 1
+
+
+def echo_round(port: int, i: int, host: str = "127.0.0.1") -> bool:
+    payload = f"client {i:05d} ".encode() * 7
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(payload)
+        return recv_exactly(s, len(payload)) == payload
+
+
+MODES = {
+    "accept_threads=2": dict(accept_threads=2),
+    "per_thread": dict(accept_threads=0),
+    "per_thread_reuseport": dict(accept_threads=0, reuseport=True),
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_each_accept_mode_serves_2000_concurrent_clients_spread_over_the_net_threads(
+    net, listen, mode: str
+) -> None:
+    CountingEcho.threads = Counter()
+    _, acceptor, port = listen(on_vc=CountingEcho, **MODES[mode])
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda i: echo_round(port, i), range(2000)))
+    assert results.count(True) == 2000
+    assert wait_until(lambda: sum(CountingEcho.threads.values()) == 2000)
+    assert len(acceptor.vcs) == 2000
+    # Both net threads got connections.
+    assert len(CountingEcho.threads) == 2, CountingEcho.threads
+    assert min(CountingEcho.threads.values()) >= 20, CountingEcho.threads
+    assert net_stats.get("proxy.process.tcp.total_accepts") == 2000
+    assert wait_until(lambda: net_stats.get(OPEN) == 0)
+
+
+def test_a_backlog_of_200_is_fully_accepted_with_one_additional_accept_per_pass(
+    start_net,
+) -> None:
+    net = start_net(1, **{"proxy.config.net.additional_accepts": 1})
+    from tests.net.conftest import Acceptor
+
+    acceptor = Acceptor()
+    action = net.accept(acceptor, AcceptOptions(local_address="127.0.0.1", accept_threads=0))
+    port = action.na.port
+    release = threading.Event()
+    # Hold the only net thread, so that the 200 connections pile up behind one edge.
+    net.netthreads[0].schedule_imm(Continuation(ProxyMutex(), lambda ev, e: release.wait(10)))
+    clients = []
+    try:
+        for _ in range(200):
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(("127.0.0.1", port))
+            clients.append(c)
+        time.sleep(0.1)
+        release.set()
+        acceptor.wait(200, timeout=10)
+        assert len(acceptor.vcs) == 200
+    finally:
+        release.set()
+        for vc in acceptor.vcs:
+            vc.do_io_close()
+        for c in clients:
+            c.close()
+        action.cancel()
+
+
+@pytest.mark.parametrize("mode", ["accept_threads=2", "per_thread"])
+def test_throttle_holds_the_limit_and_sends_the_message_then_serves_again(
+    start_net, mode: str
+) -> None:
+    net = start_net(2, **{"proxy.config.net.connections_throttle": 50})
+    from tests.net.conftest import Acceptor
+
+    acceptor = Acceptor(on_vc=Echo)
+    opts = AcceptOptions(local_address="127.0.0.1", throttle_message=b"busy\r\n", **MODES[mode])
+    action = net.accept(acceptor, opts)
+    port = action.na.port
+    backdoor = Acceptor(on_vc=Echo)
+    bd_action = net.accept(backdoor, AcceptOptions(local_address="127.0.0.1", backdoor=True))
+    holders: list[socket.socket] = []
+    peak = [0]
+    stop_sampling = threading.Event()
+
+    def sample() -> None:
+        while not stop_sampling.is_set():
+            peak[0] = max(peak[0], net_stats.get(OPEN))
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        for _ in range(200):
+            holders.append(client(port))
+        # A client is either held (echo works) or got the message and was closed.
+        served = refused = 0
+        for h in holders:
+            h.settimeout(2)
+            try:
+                h.sendall(b"ping")
+                got = h.recv(16)
+            except (ConnectionResetError, BrokenPipeError):
+                got = b""
+            if got == b"ping":
+                served += 1
+            else:
+                assert got in (b"busy\r\n", b""), got
+                refused += 1
+        assert served + refused == 200
+        assert 0 < served <= 50
+        assert net_stats.get(THROTTLED) == refused
+        assert peak[0] <= 50
+        # The backdoor listener is exempt while the throttle is on.
+        with client(bd_action.na.port) as b:
+            b.sendall(b"backdoor")
+            assert recv_exactly(b, 8) == b"backdoor"
+    finally:
+        stop_sampling.set()
+        sampler.join()
+        for h in holders:
+            h.close()
+    # After the holders leave, new clients are served again.
+    assert wait_until(lambda: net_stats.get(OPEN) == 0)
+    assert echo_round(port, 1)
+    action.cancel()
+    bd_action.cancel()
+
+
+def test_defer_accept_is_set_on_the_listen_socket_and_a_request_sent_with_the_connect_is_answered(
+    net, listen
+) -> None:
+    action, acceptor, port = listen(on_vc=Echo, defer_accept=2, accept_threads=0)
+    got = lib.TCP_DEFER_ACCEPT
+    from ats_cffi import sys as s
+
+    assert s.getsockopt_int(action.na.server_fd, lib.IPPROTO_TCP, got) >= 2
+    with client(port) as c:
+        c.sendall(b"request sent with the connect")
+        assert recv_exactly(c, 29) == b"request sent with the connect"
+    acceptor.wait()
+    assert acceptor.vcs[0].read.vio.ndone == 29
+
+
+def test_ipv6_loopback_listener_serves_clients(net, listen) -> None:
+    _, _, port = listen(on_vc=Echo, local_address="::1")
+    assert echo_round(port, 6, host="::1")
+
+
+def test_localhost_only_binds_the_loopback_address(net, listen) -> None:
+    action, _, port = listen(on_vc=Echo, local_address=None, localhost_only=True)
+    assert action.na.local_addr == ("127.0.0.1", port)
+    assert echo_round(port, 7)
+
+
+@pytest.mark.parametrize("mode", list(MODES) + ["periodic"])
+def test_cancel_stops_accepting_closes_the_socket_and_joins_accept_threads(net, mode: str) -> None:
+    from tests.net.conftest import Acceptor
+
+    opts = dict(MODES.get(mode, {}))
+    if mode == "periodic":
+        opts["frequent_accept"] = False
+    acceptor = Acceptor(on_vc=Echo)
+    action = net.accept(acceptor, AcceptOptions(local_address="127.0.0.1", **opts))
+    port = action.na.port
+    assert echo_round(port, 1)
+    threads_before = {t.name for t in threading.enumerate()}
+    accept_threads = {n for n in threads_before if n.startswith("[ACCEPT")}
+    assert len(accept_threads) == (2 if mode == "accept_threads=2" else 0)
+    action.cancel()
+    assert not any(t.name.startswith("[ACCEPT") for t in threading.enumerate())
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+    assert action.na.server_fds == []
+    assert net_stats.get("proxy.process.net.accepts_currently_open") == 0
+
+
+def test_accept_on_an_already_listening_socket_with_main_accept(net) -> None:
+    from tests.net.conftest import Acceptor
+
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(16)
+    fd = ls.detach()
+    acceptor = Acceptor(on_vc=Echo)
+    action = net.main_accept(acceptor, fd, AcceptOptions(accept_threads=0))
+    try:
+        assert echo_round(action.na.port, 3)
+    finally:
+        action.cancel()
+
+
+def test_a_port_in_use_raises_oserror_naming_bind(net) -> None:
+    from tests.net.conftest import Acceptor
+
+    first = net.accept(Acceptor(), AcceptOptions(local_address="127.0.0.1"))
+    try:
+        with pytest.raises(OSError, match="bind") as info:
+            net.accept(Acceptor(), AcceptOptions(local_address="127.0.0.1", port=first.na.port))
+        assert info.value.errno == 98  # EADDRINUSE
+    finally:
+        first.cancel()
+
+
+@pytest.mark.parametrize(
+    ("opts", "exc", "match"),
+    [
+        (dict(port=70000), ValueError, "port"),
+        (dict(port="80"), TypeError, "port"),
+        (dict(accept_threads=-1), ValueError, "accept_threads"),
+        (dict(ip_family=99), ValueError, "ip_family"),
+        (dict(throttle_message="text"), TypeError, "throttle_message"),
+        (dict(local_address=1), TypeError, "local_address"),
+    ],
+)
+def test_bad_accept_options_raise_clear_errors(net, opts: dict, exc: type, match: str) -> None:
+    from tests.net.conftest import Acceptor
+
+    with pytest.raises(exc, match=match):
+        net.accept(Acceptor(), AcceptOptions(**opts))
+
+
+def test_accept_error_seriousness_classes_follow_ats() -> None:
+    import errno
+
+    assert accept_error_seriousness(errno.ECONNABORTED) == 2
+    for e in (errno.EAGAIN, errno.ECONNRESET, errno.EPIPE):
+        assert accept_error_seriousness(e) == 1
+    for e in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+        assert accept_error_seriousness(e) == 0
+    for e in (errno.EBADF, errno.EINVAL, errno.ENOTSOCK):
+        assert accept_error_seriousness(e) == -1
+
+
+def test_fatal_accept_error_reaches_the_accept_continuation_as_event_error(net) -> None:
+    got: list[tuple[int, Any]] = []
+    done = threading.Event()
+
+    def handler(event: int, data: Any) -> None:
+        got.append((event, data))
+        done.set()
+
+    cont = Continuation(ProxyMutex(), handler)
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    # Not listening: accept4 fails with EINVAL, a fatal error.
+    fd = ls.detach()
+    action = net.main_accept(cont, fd, AcceptOptions(accept_threads=1))
+    try:
+        assert done.wait(5)
+        assert got[0] == (EventCode.EVENT_ERROR, -22)
+    finally:
+        action.cancel()
