@@ -91,17 +91,23 @@ static int ats_accept_batch(int fd, int flags, int *fds, int max, int *last_err)
     return n;
 }
 
-/* Read into base[off, off+len) until it is full, EOF, EAGAIN or an error.
+/* Read into base[off, off+len) until it is full, EOF, EAGAIN or an error, or,
+ * with stop_short, after the first read that returns less than it asked for.
  * Returns the bytes read; *last is the result of the last read(): > 0 when
- * the space was filled (more may be waiting), 0 for EOF, -errno otherwise. */
-static ssize_t ats_read_fill(int fd, char *base, size_t off, size_t len, ssize_t *last)
+ * data was read (the space filled, or a short read with stop_short), 0 for
+ * EOF, -errno otherwise. */
+static ssize_t ats_read_fill(int fd, char *base, size_t off, size_t len, int stop_short,
+                             ssize_t *last)
 {
     size_t done = 0;
     ssize_t r = 1;
     while (done < len) {
-        r = read(fd, base + off + done, len - done);
+        size_t want = len - done;
+        r = read(fd, base + off + done, want);
         if (r > 0) {
             done += (size_t)r;
+            if (stop_short && (size_t)r < want)
+                break;
         } else if (r < 0 && errno == EINTR) {
             continue;
         } else {

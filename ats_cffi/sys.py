@@ -545,7 +545,7 @@ def read_fill(fd: int, base: Any, offset: int, length: int) -> tuple[int, int]:
     """
     _check_span("read", base, offset, length)
     s = _scratch
-    n = lib.ats_read_fill(fd, base, offset, length, s.last)
+    n = lib.ats_read_fill(fd, base, offset, length, 0, s.last)
     last = s.last[0]
     if last < 0 and last != AGAIN and n == 0:
         raise _oserror("read", -last)

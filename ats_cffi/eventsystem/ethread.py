@@ -114,6 +114,8 @@ class EThread:
         self.tid: int | None = None
         self.slots: list[Any] = []
         self.signal_count = 0
+        #: Seconds before an event whose mutex was busy is tried again.
+        self.retry_delay = DELAY_FOR_RETRY
         self.evfd: EventFD | None = None
         self.tail_cb: TailHandler | None = None
         self._ext: list[Event] = []
@@ -246,7 +248,7 @@ class EThread:
         m = e.mutex
         if m is not None and not m.try_lock():
             if e.period >= 0:  # an every-pass event is simply tried on the next pass
-                e.timeout_at = self.clock() + DELAY_FOR_RETRY
+                e.timeout_at = self.clock() + self.retry_delay
                 e.seq = next(self._seq)
                 heapq.heappush(self._heap, (e.timeout_at, e.seq, e))
             return

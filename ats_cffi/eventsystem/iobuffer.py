@@ -447,6 +447,12 @@ class IOBufferReader:
             raise self._dead()
         w.dealloc_reader(self)
 
+    def first_block(self) -> tuple[IOBufferBlock, int]:
+        """``(block, offset)`` of the next unread byte (ATS's ``start()``): the block's bytes
+        ``offset..block.end`` are readable. Nothing is consumed."""
+        b = self._first()
+        return b, self._off
+
     def readable_blocks(self) -> Iterator[tuple[IOBufferBlock, int, int]]:
         """Yield ``(block, start, end)`` for each non-empty run of unread bytes, in order.
 

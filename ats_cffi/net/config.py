@@ -21,23 +21,27 @@ class Record:
     kind: type
     minimum: float
     doc: str
+    #: Read on each use, so a change takes effect at once; else when threads or
+    #: listeners start.
+    dynamic: bool = False
 
 
 RECORDS: tuple[Record, ...] = (
     Record("proxy.config.net.poll_timeout", "poll_timeout", 10, int, 0,
-           "ms; longest epoll_wait when no timer is due sooner"),
+           "ms; longest epoll_wait when no timer is due sooner", dynamic=True),
     Record("proxy.config.net.inactivity_check_frequency", "inactivity_check_frequency", 1, float,
            0.001, "s; period of each thread's InactivityCop"),
     Record("proxy.config.net.default_inactivity_timeout", "default_inactivity_timeout", 86400,
-           float, 0, "s; applied by the cop to VCs with pending I/O and no timeout (0: none)"),
+           float, 0, "s; applied by the cop to VCs with pending I/O and no timeout (0: none)",
+           dynamic=True),
     Record("proxy.config.net.retry_delay", "retry_delay", 10, int, 0,
-           "ms; delay before retrying an event whose mutex was busy"),
+           "ms; delay before retrying an event whose mutex was busy (read at thread start)"),
     Record("proxy.config.net.connections_throttle", "connections_throttle", 30000, int, 0,
-           "open connections above which accepts are throttled (0: off)"),
+           "open connections above which accepts are throttled (0: off)", dynamic=True),
     Record("proxy.config.net.throttle_delay", "throttle_delay", 50, int, 0,
-           "ms; back-off after a resource error on accept"),
+           "ms; back-off after a resource error on accept", dynamic=True),
     Record("proxy.config.net.additional_accepts", "additional_accepts", -1, int, -1,
-           "accepts per pass after the first (-1: until EAGAIN)"),
+           "accepts per pass after the first (-1: until EAGAIN)", dynamic=True),
     # ATS defaults to 1 s for its HTTP ports, whose clients speak first. A library listener
     # may serve protocols where the server speaks first, which TCP_DEFER_ACCEPT would
     # delay, so it is off unless asked for (AcceptOptions.defer_accept or this record).
@@ -52,13 +56,13 @@ RECORDS: tuple[Record, ...] = (
     Record("proxy.config.net.sock_option_flag_in", "sock_option_flag_in", 1, int, 0,
            "socket option bits of accepted sockets (1: TCP_NODELAY, 2: SO_KEEPALIVE, 4: linger)"),
     Record("proxy.config.net.sock_recv_buffer_size_out", "sock_recv_buffer_size_out", 0, int, 0,
-           "SO_RCVBUF of outgoing sockets"),
+           "SO_RCVBUF of outgoing sockets", dynamic=True),
     Record("proxy.config.net.sock_send_buffer_size_out", "sock_send_buffer_size_out", 0, int, 0,
-           "SO_SNDBUF of outgoing sockets"),
+           "SO_SNDBUF of outgoing sockets", dynamic=True),
     Record("proxy.config.net.sock_option_flag_out", "sock_option_flag_out", 1, int, 0,
-           "socket option bits of outgoing sockets"),
+           "socket option bits of outgoing sockets", dynamic=True),
     Record("proxy.config.net.connect_timeout", "connect_timeout", 30, float, 0,
-           "s; default connect timeout of connect_re (0: none)"),
+           "s; default connect timeout of connect_re (0: none)", dynamic=True),
     Record("proxy.config.accept_threads", "accept_threads", 1, int, 0,
            "dedicated accept threads per listener (0: accept on the net threads)"),
     Record("proxy.config.net.max_read_per_pass", "max_read_per_pass", 262144, int, 1,
@@ -95,12 +99,19 @@ class NetConfig:
             raise KeyError(f"unknown record {key!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{r.key}: expected a number, got {type(value).__name__}")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{r.key}: expected a finite number, got {value}")
         if r.kind is int and value != int(value):
             raise ValueError(f"{r.key}: expected an integer, got {value}")
         if value < r.minimum:
             raise ValueError(f"{r.key}: must be >= {r.minimum}, got {value}")
         with self._lock:
             object.__setattr__(self, r.attr, r.kind(value))
+
+    @staticmethod
+    def dynamic_keys() -> frozenset[str]:
+        """The records that take effect on their next use (safe to reload live)."""
+        return frozenset(r.key for r in RECORDS if r.dynamic)
 
     def items(self) -> list[tuple[str, Any]]:
         return [(r.key, getattr(self, r.attr)) for r in RECORDS]

@@ -55,6 +55,7 @@ cop_log = logging.getLogger("ats.inactivity_cop")
 
 _READ_BITS = lib.EPOLLIN | lib.EPOLLERR | lib.EPOLLHUP | lib.EPOLLRDHUP | lib.EPOLLPRI
 _WRITE_BITS = lib.EPOLLOUT | lib.EPOLLERR | lib.EPOLLHUP
+_HUP_BITS = lib.EPOLLRDHUP | lib.EPOLLHUP | lib.EPOLLERR
 _IOV_MAX = 64
 
 #: The EventProcessor slot holding each net thread's NetHandler (set by the processor).
@@ -107,8 +108,8 @@ class NetHandler(Continuation):
 
     # ------------------------------------------------------------------ native I/O
 
-    def read_fill(self, fd: int, base: Any, off: int, n: int) -> int:
-        return self._read_fill(fd, base, off, n, self.last)
+    def read_fill(self, fd: int, base: Any, off: int, n: int, stop_short: int) -> int:
+        return self._read_fill(fd, base, off, n, stop_short, self.last)
 
     def write_block(self, fd: int, base: Any, off: int, n: int) -> int:
         return self._write_all(fd, base, off, n, self.last)
@@ -243,6 +244,8 @@ class NetHandler(Continuation):
                 if flags & _READ_BITS:
                     s = vc.read
                     s.triggered = True
+                    if flags & _HUP_BITS:
+                        s.hup = True  # a short read no longer proves the socket drained
                     if not s.in_ready:
                         s.in_ready = True
                         rl.append(vc)
@@ -268,7 +271,7 @@ class NetHandler(Continuation):
         """Register ``vc``'s socket (once, for its life) and count it open."""
         vc.nh = self
         vc.thread = self.thread
-        vc.ep.start(self.pd, vc.fd, READ_WRITE)
+        vc.ep.start(self.pd, vc.fd, READ_WRITE, lib.EPOLLRDHUP)
         self.open_list.add(vc)
         vc.in_open = True
         if not vc.counted_open:

@@ -78,6 +78,11 @@ _IOV_MAX = 64
 NET_VC_SHUTDOWN_READ = 1
 NET_VC_SHUTDOWN_WRITE = 2
 
+# Events that close a VC whose VIO has no continuation to tell.
+_CLOSING_EVENTS = frozenset(
+    (VC_EVENT_EOS, VC_EVENT_ERROR, VC_EVENT_INACTIVITY_TIMEOUT, VC_EVENT_ACTIVE_TIMEOUT)
+)
+
 
 @dataclass
 class NetVCOptions:
@@ -135,7 +140,7 @@ class NetVCOptions:
 class NetState:
     """One direction of a VC: its VIO and the edge-trigger flags (see the module doc)."""
 
-    __slots__ = ("vio", "enabled", "triggered", "in_ready", "in_enabled", "pending_error")
+    __slots__ = ("vio", "enabled", "triggered", "in_ready", "in_enabled", "pending_error", "hup")
 
     def __init__(self, op: VIOOp) -> None:
         self.vio = VIO(op)
@@ -147,6 +152,9 @@ class NetState:
         # An error seen after data in the same read: delivered on the next pass, after
         # the data (nothing received is dropped).
         self.pending_error = 0
+        # The kernel reported a hang-up (EPOLLRDHUP/HUP/ERR) with a read edge: from then on
+        # only EOF, an error or EAGAIN ends a read (see net_read_io on short reads).
+        self.hup = False
 
 
 class UnixNetVConnection(Continuation):
@@ -431,23 +439,21 @@ class UnixNetVConnection(Continuation):
 
     # ------------------------------------------------------------------ signals
 
-    def _deliver(self, s: NetState, event: int) -> None:
+    def _signal_and_update(self, s: NetState, event: int) -> int:
+        """Deliver ``event`` to the VIO's continuation; free the VC if it was closed and no
+        other signal of it is on the stack. EVENT_DONE when the VC is gone."""
         vio = s.vio
         cont = vio.cont
-        if cont is not None and vio.mutex is cont.mutex:
-            try:
-                cont.handle_event(event, vio)
-            except Exception:
-                log.exception("handler of %r raised on event %d: closing the VC", self, event)
-                self.do_io_close()
-        elif event in (VC_EVENT_EOS, VC_EVENT_ERROR, VC_EVENT_INACTIVITY_TIMEOUT,
-                       VC_EVENT_ACTIVE_TIMEOUT):  # fmt: skip
-            self.closed = 1  # nobody to tell: close it
-
-    def _signal_and_update(self, s: NetState, event: int) -> int:
         self.recursion += 1
         try:
-            self._deliver(s, event)
+            if cont is not None and vio.mutex is cont.mutex:
+                try:
+                    cont.handle_event(event, vio)
+                except Exception:
+                    log.exception("handler of %r raised on event %d: closing the VC", self, event)
+                    self.do_io_close()
+            elif event in _CLOSING_EVENTS:
+                self.closed = 1  # nobody to tell: close it
         finally:
             self.recursion -= 1
         if self.recursion == 0 and self.closed:
@@ -545,12 +551,20 @@ class UnixNetVConnection(Continuation):
                 toread = quota - total
             if toread <= 0:
                 break
-            r = nh.read_fill(self.fd, block.cdata, block.end, toread)
+            r = nh.read_fill(self.fd, block.cdata, block.end, toread, not s.hup)
             last = nh.last[0]
             stats[st.CALLS_TO_READ] += 1
             if r > 0:
                 buf.fill(r)
                 total += r
+                if r < toread and not s.hup:
+                    # A short read took everything the socket held: with EPOLLET, Linux
+                    # reports a new edge for every arrival on a TCP socket, so this counts
+                    # as drained without a second read() just to see EAGAIN (libuv does the
+                    # same). Not when a hang-up was reported: data and FIN can share one
+                    # edge, and then only reading on to EOF reveals the FIN.
+                    last = _AGAIN
+                    break
             if last <= 0:
                 break
         if total:
@@ -689,6 +703,10 @@ class UnixNetVConnection(Continuation):
     ) -> tuple[int, int]:
         """Write up to ``towrite`` bytes of ``reader``'s blocks in one native call (writev of
         at most 64 blocks, repeated until done or EAGAIN). Returns ``(written, last)``."""
+        block, start = reader.first_block()
+        if block.end - start >= towrite:
+            # The common case: everything to write sits in one block.
+            return nh.write_block(self.fd, block.cdata, start, towrite), nh.last[0]
         bases = nh.iov_bases
         offs = nh.iov_offs
         lens = nh.iov_lens
@@ -698,9 +716,6 @@ class UnixNetVConnection(Continuation):
             k = end - start
             if k > left:
                 k = left
-            if n == 0 and k == left:
-                # The common case: everything to write sits in one block.
-                return nh.write_block(self.fd, block.cdata, start, k), nh.last[0]
             bases[n] = block.cdata
             offs[n] = start
             lens[n] = k

@@ -32,6 +32,7 @@ def initialize_thread_for_net(thread: EThread) -> None:
     the poll step, the thread's eventfd as an ``EVENTIO_ASYNC_SIGNAL`` EventIO, and the
     InactivityCop every ``inactivity_check_frequency`` seconds."""
     nh = NetHandler(thread)
+    thread.retry_delay = net_config.retry_delay / 1000.0
     thread.slots[_nh_mod.NET_HANDLER_SLOT] = nh  # type: ignore[index]
     thread.slots[POLL_CONT_SLOT] = nh.poll_cont  # type: ignore[index]
     old, thread.tail_cb = thread.tail_cb, nh
@@ -173,7 +174,11 @@ class UnixNetProcessor:
         vc.mutex = cont.mutex
         action = ConnectAction(cont, vc)
         vc.action = action
-        thread = self.event_processor.assign_thread(ET_NET)
+        # On a net thread, stay there (as ATS): a proxy's two sides then share one thread
+        # and talk without cross-thread wake-ups.
+        thread = this_ethread()
+        if thread is None or thread not in self.netthreads:
+            thread = self.event_processor.assign_thread(ET_NET)
 
         def start(event: int, e: Any) -> None:
             if action.cancelled:

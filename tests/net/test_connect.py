@@ -239,3 +239,23 @@ def test_connect_re_reports_a_vc_that_can_be_read_until_eos(net, listen) -> None
     net.connect_re(opener, ("127.0.0.1", port))
     assert eos.wait(5)
     assert bytes(got) == b"greeting"
+
+
+def test_connect_re_from_a_net_thread_stays_on_that_thread(net, listen) -> None:
+    _, _, port = listen()
+    rec = Recorder()
+    seen: list[Any] = []
+
+    def on_thread(event: int, e: Any) -> None:
+        seen.append(e.ethread)
+        net.connect_re(rec, ("127.0.0.1", port))
+
+    for thread in net.netthreads:
+        rec.got.clear()
+        rec.events.clear()
+        thread.schedule_imm(Continuation(ProxyMutex(), on_thread))
+        assert rec.got.wait(5)
+        event, vc = rec.events[0]
+        assert event == NET_EVENT_OPEN
+        assert vc.thread is thread
+        vc.do_io_close()

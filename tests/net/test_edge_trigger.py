@@ -298,3 +298,47 @@ def test_reenable_from_another_thread_is_processed_promptly_and_exactly_once(qui
         assert sink.events[before:] == [VC_EVENT_READ_READY]
         assert bytes(sink.data) == payload
         assert latency < 0.3, f"the net thread was not woken: {latency:.3f} s"
+
+
+def test_data_and_fin_behind_one_edge_give_the_data_then_eos(one_net_thread) -> None:
+    # A short read normally proves the socket drained; with the FIN already queued behind
+    # the same edge it does not, and only EPOLLRDHUP tells. Hold the only net thread so the
+    # data and the FIN arrive together.
+    events: list[int] = []
+    got = bytearray()
+    done = threading.Event()
+
+    def on_vc(vc: Any) -> None:
+        buf = MIOBuffer(4096)
+        reader = buf.alloc_reader()
+
+        def handle(event: int, vio: Any) -> None:
+            events.append(event)
+            got.extend(reader.read())
+            if event == VC_EVENT_EOS:
+                vc.do_io_close()
+                done.set()
+            else:
+                vio.reenable()
+
+        vc.do_io_read(Continuation(ProxyMutex(), handle), INT64_MAX, buf)
+
+    acceptor = Acceptor(on_vc)
+    opts = AcceptOptions(local_address="127.0.0.1", accept_threads=0)
+    action = one_net_thread.accept(acceptor, opts)
+    port = action.na.port
+    with client(port) as c:
+        acceptor.wait()
+        release = threading.Event()
+        one_net_thread.netthreads[0].schedule_imm(
+            Continuation(ProxyMutex(), lambda ev, e: release.wait(5))
+        )
+        time.sleep(0.05)
+        c.sendall(b"last words")
+        c.shutdown(socket.SHUT_WR)
+        time.sleep(0.05)
+        release.set()
+        assert done.wait(5), f"no EOS after the data; events {events}"
+    action.cancel()
+    assert bytes(got) == b"last words"
+    assert events[-1] == VC_EVENT_EOS

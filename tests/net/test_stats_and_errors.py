@@ -164,3 +164,21 @@ def test_close_twice_is_harmless(listen):
     assert wait_until(lambda: net_stats.get(OPEN) == 0)
     time.sleep(0.05)
     assert net_stats.get(OPEN) == 0
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_config_records_reject_non_finite_values_naming_the_key(value: float) -> None:
+    from ats_cffi.net import net_config
+
+    with pytest.raises(ValueError, match="proxy.config.net.connect_timeout"):
+        net_config.set("proxy.config.net.connect_timeout", value)
+    with pytest.raises(ValueError, match="proxy.config.net.poll_timeout"):
+        net_config.set("proxy.config.net.poll_timeout", value)
+
+
+def test_dynamic_records_are_marked() -> None:
+    from ats_cffi.net import net_config
+
+    keys = net_config.dynamic_keys()
+    assert "proxy.config.net.connections_throttle" in keys
+    assert "proxy.config.accept_threads" not in keys
