@@ -1,0 +1,327 @@
+"""The http service: an HTTP/1.1 keep-alive server parsing with httptools.
+
+Routes: ``GET /`` answers ``Hello, World!``; ``GET /_stats`` the stats as JSON;
+``GET /metrics`` the same in Prometheus text format (the stats listener of ``--stats`` has
+only the last two). ``HEAD`` is served like ``GET`` without the body; other methods get 405,
+unknown paths 404, malformed requests 400 and a close.
+
+A session parses what its read VIO brings in and writes the responses in order into its
+write buffer (pipelined requests included). It stops parsing while more than
+``WATER_MARK`` bytes of responses wait for a client that does not read them; the read VIO
+then stops at its own buffer's water mark, so a pipelining client cannot grow memory.
+
+Closing: after the last response (``Connection: close``, HTTP/1.0 without keep-alive, an
+error, or a graceful stop) the session shuts its write side and keeps reading for at most
+``LINGER`` seconds, discarding, before it closes: closing with unread bytes in the socket
+would send a reset that can destroy the response before the client read it.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httptools
+
+from ats_cffi.apps.service import BLOCK_SIZE, WATER_MARK, Service, Session
+from ats_cffi.apps.stats import collect, render_json, render_prometheus
+from ats_cffi.eventsystem import INT64_MAX, EventCode, MIOBuffer
+from ats_cffi.net import UnixNetVConnection
+from ats_cffi.net.codes import IO_SHUTDOWN_WRITE
+
+log = logging.getLogger("ats.apps.http")
+
+_READ_READY = EventCode.VC_EVENT_READ_READY
+_WRITE_READY = EventCode.VC_EVENT_WRITE_READY
+_WRITE_COMPLETE = EventCode.VC_EVENT_WRITE_COMPLETE
+_EOS = EventCode.VC_EVENT_EOS
+
+#: Longest request target accepted (414 beyond).
+MAX_URL = 8192
+#: Seconds a closing session keeps draining the client's bytes before it closes.
+LINGER = 2.0
+
+TOTAL = "proxy.process.http.total_client_connections"
+CURRENT = "proxy.process.http.current_client_connections"
+REQUESTS = "proxy.process.http.incoming_requests"
+R2XX = "proxy.process.http.2xx_responses"
+R4XX = "proxy.process.http.4xx_responses"
+R400 = "proxy.process.http.400_responses"
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    414: "URI Too Long",
+    500: "Internal Server Error",
+}
+
+#: A route: (service) -> (status, content type, body).
+Route = Callable[["HttpService"], tuple[int, str, bytes]]
+
+_TEXT = "text/plain; charset=utf-8"
+
+
+def hello(service: HttpService) -> tuple[int, str, bytes]:
+    return 200, _TEXT, b"Hello, World!"
+
+
+def stats_json(service: HttpService) -> tuple[int, str, bytes]:
+    values = collect(service.stats_source.stats)
+    return 200, "application/json", render_json(values, service.stats_source.name, service.worker)
+
+
+def stats_prometheus(service: HttpService) -> tuple[int, str, bytes]:
+    values = collect(service.stats_source.stats)
+    return 200, "text/plain; version=0.0.4; charset=utf-8", render_prometheus(values)
+
+
+STATS_ROUTES: dict[bytes, Route] = {b"/_stats": stats_json, b"/metrics": stats_prometheus}
+HTTP_ROUTES: dict[bytes, Route] = {b"/": hello, **STATS_ROUTES}
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def http_date() -> bytes:
+    """The ``Date`` header's value, formatted once per second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, email.utils.formatdate(now, usegmt=True).encode())
+    return _date_cache[1]
+
+
+class HttpSession(Session):
+    """One client connection: parse, answer in order, keep alive or close (module doc)."""
+
+    def __init__(self, service: HttpService, vc: UnixNetVConnection) -> None:
+        super().__init__(service)
+        self.vc = vc
+        self.rbuf = MIOBuffer(BLOCK_SIZE)
+        self.rreader = self.rbuf.alloc_reader()
+        self.wbuf = MIOBuffer(BLOCK_SIZE, WATER_MARK)
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = bytearray()
+        self.url_too_long = False
+        #: A request has begun and not completed (the session is not idle).
+        self.in_request = False
+        #: No more requests: flush, then linger-close.
+        self.closing = False
+        self.lingering = False
+        #: The client half-closed (EOS): what it sent is answered, then the session closes.
+        self.peer_eos = False
+        self.closed = False
+        self.set_handler(self.handle)
+        if service.inactivity_timeout:
+            vc.set_inactivity_timeout(service.inactivity_timeout)
+        service.stats.incr(TOTAL)
+        service.stats.incr(CURRENT)
+        service.add_session(self)
+        with self.mutex:  # type: ignore[union-attr]
+            self.rvio = vc.do_io_read(self, INT64_MAX, self.rbuf)
+            self.wvio = vc.do_io_write(self, INT64_MAX, self.wbuf.alloc_reader())
+
+    # ------------------------------------------------------------------ events
+
+    def handle(self, event: int, vio: Any) -> None:
+        if self.closed:
+            return
+        if event == _READ_READY:
+            if self.lingering:
+                self.rreader.consume(self.rreader.read_avail())
+                self.rvio.reenable()
+            else:
+                self.pump()
+        elif event == _WRITE_READY:
+            if not self.closing and self.rreader.read_avail():
+                self.pump()  # parsing was paused for a client slow to read its responses
+            if not self.peer_eos:
+                self.rvio.reenable()
+        elif event == _WRITE_COMPLETE:
+            self.linger()
+        elif event == _EOS:
+            if self.lingering:
+                self.close()
+            else:  # the client half-closed: answer what it sent, then close
+                self.peer_eos = True
+                self.pump()
+        else:  # VC_EVENT_ERROR, INACTIVITY_TIMEOUT, ACTIVE_TIMEOUT
+            self.close()
+
+    def pump(self) -> None:
+        """Feed the parser what has been read (block by block, pausing while the client
+        lags behind on responses) and send what it produced."""
+        reader = self.rreader
+        wbuf = self.wbuf
+        while not self.closing and reader.read_avail() and not wbuf.high_water():
+            view = reader.readable_views()[0]
+            n = len(view)
+            try:
+                self.parser.feed_data(view)
+            except httptools.HttpParserUpgrade:
+                self.closing = True  # the request was answered; we speak no other protocol
+            except httptools.HttpParserCallbackError:
+                log.exception("http: answering a request failed")
+                self.respond(500, _TEXT, b"Internal Server Error\n", keep_alive=False, head=False)
+            except httptools.HttpParserError as exc:
+                log.debug("http: bad request from %r: %s", self.vc, exc)
+                self.respond(400, _TEXT, b"Bad Request\n", keep_alive=False, head=False)
+            finally:
+                view.release()
+            reader.consume(n)
+        if self.closing or (self.peer_eos and not reader.read_avail()):
+            self.finish()
+        elif wbuf.max_read_avail():
+            self.wvio.reenable()
+
+    # ------------------------------------------------------------------ httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self.in_request = True
+        self.url.clear()
+        self.url_too_long = False
+
+    def on_url(self, url: bytes) -> None:
+        if len(self.url) + len(url) > MAX_URL:
+            self.url_too_long = True
+        else:
+            self.url += url
+
+    def on_message_complete(self) -> None:
+        self.in_request = False
+        service: HttpService = self.service  # type: ignore[assignment]
+        service.stats.incr(REQUESTS)
+        parser = self.parser
+        method = parser.get_method()
+        keep_alive = parser.should_keep_alive() and not service.draining
+        head = method == b"HEAD"
+        allow = b""
+        if self.url_too_long:
+            status, ctype, body = 414, _TEXT, b"URI Too Long\n"
+            keep_alive = False
+        else:
+            route = service.routes.get(bytes(self.url).split(b"?", 1)[0])
+            if route is None:
+                status, ctype, body = 404, _TEXT, b"Not Found\n"
+            elif method not in (b"GET", b"HEAD"):
+                status, ctype, body = 405, _TEXT, b"Method Not Allowed\n"
+                allow = b"Allow: GET, HEAD\r\n"
+            else:
+                status, ctype, body = route(service)
+        http10_keep_alive = keep_alive and parser.get_http_version() == "1.0"
+        self.respond(status, ctype, body, keep_alive, head, allow, http10_keep_alive)
+
+    # ------------------------------------------------------------------ responses
+
+    def respond(
+        self,
+        status: int,
+        ctype: str,
+        body: bytes,
+        keep_alive: bool,
+        head: bool,
+        extra: bytes = b"",
+        http10_keep_alive: bool = False,
+    ) -> None:
+        """Queue one response; after one that does not keep alive, no more are parsed."""
+        stats = self.service.stats
+        if 200 <= status < 300:
+            stats.incr(R2XX)
+        elif 400 <= status < 500:
+            stats.incr(R4XX)
+            if status == 400:
+                stats.incr(R400)
+        if keep_alive:
+            conn = b"Connection: keep-alive\r\n" if http10_keep_alive else b""
+        else:
+            conn = b"Connection: close\r\n"
+            self.closing = True
+        head_bytes = b"".join(
+            (
+                b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status].encode()),
+                b"Server: ats-cffi\r\nDate: ",
+                http_date(),
+                b"\r\nContent-Type: ",
+                ctype.encode(),
+                b"\r\nContent-Length: %d\r\n" % len(body),
+                extra,
+                conn,
+                b"\r\n",
+            )
+        )
+        self.wbuf.write(head_bytes if head else head_bytes + body)
+
+    # ------------------------------------------------------------------ closing
+
+    def finish(self) -> None:
+        """No more requests: end the write VIO at what is queued, then linger-close."""
+        self.closing = True
+        if self.lingering:
+            return
+        self.wvio.done()
+        if self.wvio.ntodo() <= 0:
+            self.linger()
+        else:
+            self.wvio.reenable()
+
+    def linger(self) -> None:
+        """All responses are sent: shut the write side, discard input for ``LINGER`` s."""
+        if self.lingering:
+            return
+        self.lingering = True
+        if self.peer_eos:
+            self.close()
+            return
+        try:
+            self.vc.do_io_shutdown(IO_SHUTDOWN_WRITE)
+        except OSError:
+            self.close()
+            return
+        self.rreader.consume(self.rreader.read_avail())
+        self.vc.set_active_timeout(LINGER)
+        self.rvio.reenable()
+
+    def on_drain(self) -> None:
+        """Graceful stop: an idle session closes now; a busy one after its response."""
+        if self.closed or self.closing:
+            return
+        if not self.in_request and not self.rreader.read_avail() and not self.wbuf.max_read_avail():
+            self.close()
+        # else: on_message_complete sees service.draining and answers Connection: close
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.vc.do_io_close()
+            self.service.stats.incr(CURRENT, -1)
+            self.service.remove_session(self)
+
+
+class HttpService(Service):
+    """``ats-cffi http`` (``routes=HTTP_ROUTES``) or the ``--stats`` listener
+    (``routes=STATS_ROUTES``, reporting ``stats_source``'s counters)."""
+
+    name = "http"
+    stat_names = (TOTAL, CURRENT, REQUESTS, R2XX, R4XX, R400)
+
+    def __init__(
+        self,
+        routes: dict[bytes, Route] = HTTP_ROUTES,
+        inactivity_timeout: float = 0.0,
+        worker: int | None = None,
+        stats_source: Service | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(inactivity_timeout, worker)
+        self.routes = routes
+        if name is not None:
+            self.name = name
+        #: The service whose counters the stats pages show (this one by default).
+        self.stats_source: Service = stats_source if stats_source is not None else self
+
+    def start_session(self, vc: UnixNetVConnection) -> None:
+        HttpSession(self, vc)

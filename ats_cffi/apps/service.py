@@ -1,0 +1,146 @@
+"""Service: the accept continuation every app service derives from, and its listener.
+
+A service receives ``NET_EVENT_ACCEPT`` from ``net_processor.accept`` (on the net thread the
+new VC runs on, with the service's mutex held) and starts one session per connection.
+Sessions register themselves so that a graceful stop can visit them (``drain``).
+
+Lock order: a session's mutex before the service's registry lock, never the reverse.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from ats_cffi.apps.stats import AppStats
+from ats_cffi.eventsystem import Action, Continuation, ProxyMutex
+from ats_cffi.net import AcceptOptions, UnixNetVConnection, net_config, net_processor
+from ats_cffi.net.codes import NET_EVENT_ACCEPT
+
+log = logging.getLogger("ats.apps")
+
+#: Block size of the sessions' MIOBuffers.
+BLOCK_SIZE = 32 * 1024
+#: Bytes a session lets wait in one direction before it stops reading from the source (the
+#: MIOBuffer water mark): memory per direction stays under about this plus two blocks.
+WATER_MARK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ListenSpec:
+    """Where one listener listens and how it accepts."""
+
+    host: str
+    port: int
+    accept_threads: int
+    defer_accept: int
+    reuseport: bool = False
+    backdoor: bool = False
+
+    def accept_options(self) -> AcceptOptions:
+        """The AcceptOptions of this listener; socket options from the ``*_in`` records, as
+        ATS's proxy ports take them."""
+        return AcceptOptions(
+            port=self.port,
+            local_address=self.host,
+            accept_threads=self.accept_threads,
+            defer_accept=self.defer_accept,
+            reuseport=self.reuseport,
+            backdoor=self.backdoor,
+            sockopt_flags=net_config.sock_option_flag_in,
+            recv_bufsize=net_config.sock_recv_buffer_size_in,
+            send_bufsize=net_config.sock_send_buffer_size_in,
+        )
+
+
+def format_hostport(host: str, port: int) -> str:
+    """``127.0.0.1:80`` or ``[::1]:80``."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Session(Continuation):
+    """One connection's state machine. Subclasses drive VIOs in ``handle_event``."""
+
+    def __init__(self, service: Service) -> None:
+        super().__init__(ProxyMutex())
+        self.service = service
+
+    def on_drain(self) -> None:
+        """The process is stopping (called with this session's mutex held): finish soon."""
+
+
+class Service(Continuation):
+    """An accept continuation: one session per accepted connection.
+
+    ``name`` is the service's name on the command line; ``stats`` its counters;
+    ``inactivity_timeout`` (s, 0 for none) is what sessions set on their VCs.
+    """
+
+    name = "service"
+    #: Names of the service's own counters (``proxy.process.*``).
+    stat_names: tuple[str, ...] = ()
+
+    def __init__(self, inactivity_timeout: float = 0.0, worker: int | None = None) -> None:
+        super().__init__(ProxyMutex())
+        self.inactivity_timeout = inactivity_timeout
+        self.worker = worker
+        self.stats = AppStats(self.stat_names)
+        self.draining = False
+        self.action: Action | None = None
+        self._sessions: set[Session] = set()
+        self._sessions_lock = threading.Lock()
+        self.set_handler(self.accept_event)
+
+    # ------------------------------------------------------------------ accept
+
+    def listen(self, spec: ListenSpec) -> int:
+        """Start accepting as ``spec`` says; returns the port (the real one for port 0).
+        ``OSError`` naming ``bind`` when the port is in use."""
+        self.action = net_processor.accept(self, spec.accept_options())
+        return self.action.na.port  # type: ignore[attr-defined]
+
+    def stop_accepting(self) -> None:
+        """Close the listener: no ``NET_EVENT_ACCEPT`` after this returns."""
+        if self.action is not None:
+            self.action.cancel()
+
+    def accept_event(self, event: int, data: Any) -> None:
+        if event != NET_EVENT_ACCEPT:
+            log.error("%s: accept failed (event %d, %r)", self.name, event, data)
+            return
+        vc: UnixNetVConnection = data
+        if self.draining:
+            vc.do_io_close()
+            return
+        try:
+            self.start_session(vc)
+        except Exception:
+            log.exception("%s: could not start a session", self.name)
+            vc.do_io_close()
+
+    def start_session(self, vc: UnixNetVConnection) -> None:
+        """Run one session on ``vc`` (on its net thread)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ sessions
+
+    def add_session(self, session: Session) -> None:
+        with self._sessions_lock:
+            self._sessions.add(session)
+
+    def remove_session(self, session: Session) -> None:
+        with self._sessions_lock:
+            self._sessions.discard(session)
+
+    def sessions(self) -> list[Session]:
+        with self._sessions_lock:
+            return list(self._sessions)
+
+    def drain(self) -> None:
+        """Graceful stop (any thread, after ``stop_accepting``): tell every session."""
+        self.draining = True
+        for session in self.sessions():
+            with session.mutex:  # type: ignore[union-attr]
+                session.on_drain()

@@ -1,0 +1,102 @@
+"""The stats page: net and service counters as JSON (``/_stats``) or Prometheus text
+(``/metrics``), the one-line summary printed at exit, and the counters of the services.
+
+The JSON follows ATS's stats_over_http plugin: ``{"global": {"proxy.process...": n}}``, plus
+which service, process and worker answered (with ``--workers`` each worker counts its own).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterable, Mapping
+
+from ats_cffi.net import net_stats
+
+#: Stats that go up and down; every other stat only grows (a Prometheus counter).
+_GAUGE_MARKERS = ("currently_open", ".current_")
+
+
+class AppStats:
+    """Counters of one service (``proxy.process.<area>.*``), written from any net thread."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self._lock = threading.Lock()
+        self._values = dict.fromkeys(names, 0)
+
+    def incr(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to ``name``. ``KeyError`` for a name this service does not count."""
+        with self._lock:
+            self._values[name] += n
+
+    def get(self, name: str) -> int:
+        with self._lock:
+            return self._values[name]
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._values)
+
+
+def is_gauge(name: str) -> bool:
+    """True for stats that can go down (connections open now), False for counters."""
+    return any(m in name for m in _GAUGE_MARKERS)
+
+
+def collect(app: AppStats | None = None) -> dict[str, int]:
+    """The net stats (``proxy.process.net.*``, ``proxy.process.tcp.*``) and ``app``'s."""
+    values = net_stats.snapshot()
+    if app is not None:
+        values.update(app.snapshot())
+    return values
+
+
+def render_json(values: Mapping[str, int], service: str, worker: int | None = None) -> bytes:
+    """``values`` as the ``/_stats`` JSON document (UTF-8, newline-terminated)."""
+    doc = {
+        "service": service,
+        "pid": os.getpid(),
+        "worker": worker,
+        "global": dict(values),
+    }
+    return (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode()
+
+
+def prometheus_name(name: str) -> str:
+    """``proxy.process.net.read_bytes`` → ``proxy_process_net_read_bytes``."""
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+
+
+def render_prometheus(values: Mapping[str, int]) -> bytes:
+    """``values`` in the Prometheus text exposition format (version 0.0.4)."""
+    lines = []
+    for name, value in values.items():
+        metric = prometheus_name(name)
+        lines.append(f"# TYPE {metric} {'gauge' if is_gauge(name) else 'counter'}")
+        lines.append(f"{metric} {value}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+#: The stats the exit summary shows, by their last name component, in this order.
+SUMMARY_NET_STATS = (
+    "proxy.process.tcp.total_accepts",
+    "proxy.process.net.connections_currently_open",
+    "proxy.process.net.read_bytes",
+    "proxy.process.net.write_bytes",
+    "proxy.process.net.connections_throttled_in",
+    "proxy.process.net.inactivity_timeouts",
+    "proxy.process.net.connect_failures",
+)
+
+
+def summary_fields(values: Mapping[str, int], app_names: Iterable[str] = ()) -> list[str]:
+    """``short_name=value`` for the summary's net stats and then the service's stats."""
+    names = [n for n in SUMMARY_NET_STATS if n in values]
+    names += [n for n in app_names if n in values and n not in names]
+    return [f"{n.rsplit('.', 1)[-1]}={values[n]}" for n in names]
+
+
+def summary_line(service: str, fields: Iterable[str]) -> str:
+    """The line printed when the command stops: ``ats-cffi SERVICE stopped: k=v ...``."""
+    return f"ats-cffi {service} stopped: " + " ".join(fields)

@@ -1,0 +1,205 @@
+"""The tunnel service: an L4 reverse proxy (ATS's blind tunnel).
+
+Each accepted client is joined to a new upstream connection (``connect_re``). Bytes flow both
+ways through one MIOBuffer per direction: the source VC's read VIO fills it, the sink VC's
+write VIO drains it. The buffers have a water mark (``WATER_MARK``), so a sink that lags
+stops the reads from its source: a slow reader on one side slows the writer on the other
+and memory stays bounded. A half-close is carried across: the source's EOS ends the sink's
+write VIO at what is buffered, and once that is flushed the sink is shut down for writing
+(``do_io_shutdown``). When both directions are finished, or on any error or timeout, both
+connections are closed. A failed upstream connect closes the client.
+
+Both VCs' VIOs share the session's mutex, which every event holds: the two directions,
+possibly on two net threads, never run the session at the same time.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from ats_cffi.apps.service import BLOCK_SIZE, WATER_MARK, Service, Session
+from ats_cffi.eventsystem import INT64_MAX, VIO, Action, EventCode, MIOBuffer
+from ats_cffi.net import UnixNetVConnection, net_processor
+from ats_cffi.net.codes import IO_SHUTDOWN_WRITE, NET_EVENT_OPEN, NET_EVENT_OPEN_FAILED
+
+log = logging.getLogger("ats.apps.tunnel")
+
+_READ_READY = EventCode.VC_EVENT_READ_READY
+_WRITE_READY = EventCode.VC_EVENT_WRITE_READY
+_WRITE_COMPLETE = EventCode.VC_EVENT_WRITE_COMPLETE
+_EOS = EventCode.VC_EVENT_EOS
+
+TOTAL = "proxy.process.tunnel.total_client_connections_blind_tcp"
+CURRENT = "proxy.process.tunnel.current_client_connections_blind_tcp"
+CONNECT_FAILURES = "proxy.process.tunnel.upstream_connect_failures"
+
+
+def is_numeric_host(host: str) -> bool:
+    """True for an IPv4 or IPv6 address literal."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return True
+        except OSError:
+            pass
+    return False
+
+
+def start_name_resolution(host: str, start: bool = True) -> Callable[[], None] | None:
+    """Make ``connect_re`` able to reach ``host`` (after ``net_processor.start``).
+
+    A numeric address needs nothing (returns None). A host name needs the DNS layer: start
+    ``ats_cffi.dns.dns_processor`` and return its ``stop``, to call before the net processor
+    shuts down (``start=False`` only checks that the layer exists). Without it, raise
+    ``ValueError``.
+    """
+    if is_numeric_host(host):
+        return None
+    try:
+        from ats_cffi.dns import dns_processor  # type: ignore[import-not-found, attr-defined]
+    except ImportError:
+        raise ValueError(
+            f"host name {host!r} needs the DNS layer (ats_cffi.dns), which this install "
+            "lacks: use a numeric address"
+        ) from None
+    if not start:
+        return None
+    dns_processor.start()
+    return dns_processor.stop
+
+
+class TunnelSession(Session):
+    """One client joined to one upstream connection (see the module doc)."""
+
+    def __init__(self, service: TunnelService, client: UnixNetVConnection) -> None:
+        super().__init__(service)
+        self.client = client
+        self.server: UnixNetVConnection | None = None
+        self.closed = False
+        self.c2s = MIOBuffer(BLOCK_SIZE, WATER_MARK)
+        self.s2c = MIOBuffer(BLOCK_SIZE, WATER_MARK)
+        self.c_read: VIO | None = None
+        self.c_write: VIO | None = None
+        self.s_read: VIO | None = None
+        self.s_write: VIO | None = None
+        #: Directions whose sink has been flushed and shut down for writing.
+        self.c2s_done = False
+        self.s2c_done = False
+        self.connect_action: Action | None = None
+        service.stats.incr(TOTAL)
+        service.stats.incr(CURRENT)
+        service.add_session(self)
+        self.set_handler(self.state_connecting)
+        with self.mutex:  # type: ignore[union-attr]
+            # The result is delivered with this mutex held: not before we have the action.
+            try:
+                self.connect_action = net_processor.connect_re(self, service.upstream)
+            except (OSError, ValueError, RuntimeError) as exc:
+                log.warning("tunnel: cannot connect to %r: %s", service.upstream, exc)
+                service.stats.incr(CONNECT_FAILURES)
+                self.close()
+
+    # ------------------------------------------------------------------ states
+
+    def state_connecting(self, event: int, data: Any) -> None:
+        """``NET_EVENT_OPEN`` starts both directions; ``NET_EVENT_OPEN_FAILED`` closes."""
+        self.connect_action = None
+        if event == NET_EVENT_OPEN:
+            server: UnixNetVConnection = data
+            self.server = server
+            if self.closed:  # stopped while connecting
+                server.do_io_close()
+                return
+            timeout = self.service.inactivity_timeout  # type: ignore[attr-defined]
+            if timeout:
+                self.client.set_inactivity_timeout(timeout)
+                server.set_inactivity_timeout(timeout)
+            self.set_handler(self.state_tunnel)
+            client = self.client
+            self.c_read = client.do_io_read(self, INT64_MAX, self.c2s)
+            self.s_write = server.do_io_write(self, INT64_MAX, self.c2s.alloc_reader())
+            self.s_read = server.do_io_read(self, INT64_MAX, self.s2c)
+            self.c_write = client.do_io_write(self, INT64_MAX, self.s2c.alloc_reader())
+        elif event == NET_EVENT_OPEN_FAILED:
+            log.info("tunnel: connect to %r failed: errno %d", self.service.upstream, -data)  # type: ignore[attr-defined]
+            self.service.stats.incr(CONNECT_FAILURES)
+            self.close()
+
+    def state_tunnel(self, event: int, vio: VIO) -> None:
+        """Move bytes: data in wakes the other side's writer, room out wakes the reader."""
+        if self.closed:
+            return
+        if event == _READ_READY:
+            (self.s_write if vio is self.c_read else self.c_write).reenable()  # type: ignore[union-attr]
+        elif event == _WRITE_READY:
+            (self.c_read if vio is self.s_write else self.s_read).reenable()  # type: ignore[union-attr]
+        elif event == _EOS:
+            self.source_done(vio)
+        elif event == _WRITE_COMPLETE:
+            self.sink_done(vio)
+        else:  # VC_EVENT_ERROR, INACTIVITY_TIMEOUT, ACTIVE_TIMEOUT: give up both sides
+            self.close()
+
+    # ------------------------------------------------------------------ half-close
+
+    def source_done(self, read_vio: VIO) -> None:
+        """The source half-closed: end the sink's write at what is buffered."""
+        sink = self.s_write if read_vio is self.c_read else self.c_write
+        assert sink is not None
+        sink.done()
+        if sink.ntodo() <= 0:
+            self.sink_done(sink)
+        else:
+            sink.reenable()
+
+    def sink_done(self, write_vio: VIO) -> None:
+        """Everything of one direction is written: pass the half-close on."""
+        if write_vio is self.s_write:
+            self.c2s_done = True
+            vc = self.server
+        else:
+            self.s2c_done = True
+            vc = self.client
+        assert vc is not None
+        try:
+            vc.do_io_shutdown(IO_SHUTDOWN_WRITE)
+        except OSError as exc:
+            log.debug("tunnel: shutdown of %r: %s", vc, exc)
+        if self.c2s_done and self.s2c_done:
+            self.close()
+
+    def close(self) -> None:
+        """Close both connections (with the session's mutex held)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.connect_action is not None:
+            self.connect_action.cancel()
+            self.connect_action = None
+        self.client.do_io_close()
+        if self.server is not None:
+            self.server.do_io_close()
+        self.service.stats.incr(CURRENT, -1)
+        self.service.remove_session(self)
+
+
+class TunnelService(Service):
+    """``ats-cffi tunnel``: ``upstream`` is the ``(host, port)`` every client is joined to."""
+
+    name = "tunnel"
+    stat_names = (TOTAL, CURRENT, CONNECT_FAILURES)
+
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        inactivity_timeout: float = 0.0,
+        worker: int | None = None,
+    ) -> None:
+        super().__init__(inactivity_timeout, worker)
+        self.upstream = upstream
+
+    def start_session(self, vc: UnixNetVConnection) -> None:
+        TunnelSession(self, vc)

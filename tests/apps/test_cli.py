@@ -1,0 +1,182 @@
+"""The command line: entry points, one-line errors with exit status 2, a port in use (1),
+records files (TOML, YAML) and their reload on SIGHUP."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ats_cffi.apps import cli as cli_module
+from ats_cffi.apps.config import ConfigError, load_records, parse_records
+from ats_cffi.net import net_config
+
+from .conftest import REPO, get_json, wait_for
+
+
+@pytest.fixture(autouse=True)
+def _reset_records():
+    yield
+    net_config.reset()
+
+
+def _run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ats_cffi", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _status(args: list[str]) -> int:
+    """``main(args)``'s exit status, whether returned or raised (argparse exits)."""
+    try:
+        return cli_module.main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+def test_python_dash_m_and_the_console_script_show_the_services() -> None:
+    out = _run("--help")
+    assert out.returncode == 0
+    assert "{echo,tunnel,http}" in out.stdout
+    script = shutil.which("ats-cffi", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("the ats-cffi script is not installed next to this python")
+    out = subprocess.run([script, "tunnel", "--help"], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0 and "--upstream" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "required"),
+        (["ftp"], "invalid choice"),
+        (["echo", "--listen", "nohostport"], "HOST:PORT"),
+        (["echo", "--listen", "127.0.0.1:70000"], "port out of range"),
+        (["echo", "--listen", "::1:80"], "[::1]:PORT"),
+        (["http", "--workers", "0"], "must be >= 1"),
+        (["http", "--inactivity-timeout", "0"], "must be > 0"),
+        (["http", "--net-threads", "two"], "expected int"),
+        (["http", "--bogus"], "unrecognized arguments"),
+        (["tunnel", "--listen", "127.0.0.1:0"], "--upstream"),
+        (["tunnel", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:0"], "--upstream"),
+    ],
+)
+def test_bad_options_give_one_line_and_status_2(capsys, args, message) -> None:
+    assert _status(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ats-cffi: error:") and message in err[0]
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("bad.toml", "proxy.config.net.nosuch = 1\n", "unknown record 'proxy.config.net.nosuch'"),
+        ("bad.toml", '"proxy.config.net.poll_timeout" = "fast"\n', "expected a number"),
+        ("bad.toml", "[proxy.config.net]\nconnections_throttle = -3\n", "connections_throttle"),
+        ("bad.toml", "proxy.config.net = [1\n", "not valid TOML"),
+        ("bad.yaml", "proxy.config.net.poll_timeout: [1, 2]\n", "expected a number"),
+        ("bad.yaml", "- just\n- a list\n", "mapping"),
+        ("missing.toml", None, "cannot read"),
+    ],
+)
+def test_bad_config_files_give_one_line_and_status_2(tmp_path, capsys, name, text, message):
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    assert _status(["echo", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ats-cffi: error:") and message in err[0], err
+
+
+def test_records_files_flat_nested_and_ats_records_yaml_are_read_alike(tmp_path) -> None:
+    want = {
+        "proxy.config.net.connections_throttle": 100,
+        "proxy.config.accept_threads": 0,
+        "proxy.config.net.default_inactivity_timeout": 1.5,
+    }
+    flat = tmp_path / "flat.toml"
+    flat.write_text(
+        '"proxy.config.net.connections_throttle" = 100\n'
+        '"proxy.config.accept_threads" = 0\n'
+        '"proxy.config.net.default_inactivity_timeout" = 1.5\n'
+    )
+    nested = tmp_path / "nested.toml"
+    nested.write_text(
+        "[proxy.config]\naccept_threads = 0\n"
+        "[proxy.config.net]\nconnections_throttle = 100\ndefault_inactivity_timeout = 1.5\n"
+    )
+    ats = tmp_path / "records.yaml"
+    ats.write_text(
+        "records:\n  accept_threads: 0\n  net:\n"
+        "    connections_throttle: 100\n    default_inactivity_timeout: 1.5\n"
+    )
+    for path in (flat, nested, ats):
+        assert load_records(path) == want
+    assert parse_records(tmp_path / "flat.toml") == want
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_records(empty) == {}
+    with pytest.raises(ConfigError):
+        load_records(tmp_path / "nope.toml")
+
+
+def test_command_line_options_win_over_the_file(tmp_path) -> None:
+    path = tmp_path / "records.toml"
+    path.write_text(
+        "[proxy.config.net]\nconnections_throttle = 100\ndefer_accept = 3\npoll_timeout = 7\n"
+    )
+    settings = cli_module.parse_args(
+        ["echo", "--config", str(path), "--connections-throttle", "9", "--inactivity-timeout", "2"]
+    )
+    cli_module.configure_records(settings)
+    assert net_config.connections_throttle == 9
+    assert net_config.defer_accept == 3
+    assert net_config.poll_timeout == 7
+    assert net_config.inactivity_check_frequency == 0.5  # a quarter of the timeout
+    settings = cli_module.parse_args(["echo"])
+    cli_module.configure_records(settings)
+    assert net_config.defer_accept == 0  # the command's own default
+    assert net_config.connections_throttle == 30000  # ATS's
+
+
+def test_a_port_in_use_is_a_clear_error_with_status_1(cli) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        for extra in ([], ["--workers", "2"]):
+            c = cli("echo", "--listen", f"127.0.0.1:{port}", *extra)
+            assert c.wait(20) == 1
+            err = c.stderr().strip().splitlines()
+            assert err == [
+                f"ats-cffi: error: cannot listen on 127.0.0.1:{port}: address already in use"
+            ]
+            assert c.rest_of_output() == []
+
+
+def test_sighup_reloads_the_dynamic_records_of_the_config_file(cli, tmp_path) -> None:
+    path = tmp_path / "records.toml"
+    path.write_text("[proxy.config.net]\ndefault_inactivity_timeout = 100\n")
+    srv = cli("http", "--listen", "127.0.0.1:0", "--config", str(path)).wait_listening()
+    path.write_text(
+        "[proxy.config.net]\ndefault_inactivity_timeout = 200\nmax_read_per_pass = 4096\n"
+    )
+    srv.signal(signal.SIGHUP)
+    wait_for(lambda: "SIGHUP: reloaded" in srv.stderr())
+    err = srv.stderr()
+    assert "(proxy.config.net.default_inactivity_timeout)" in err
+    assert "max_read_per_pass changed; it takes effect after a restart" in err
+    path.write_text("this is not toml")
+    srv.signal(signal.SIGHUP)
+    wait_for(lambda: "keeping the records in force" in srv.stderr())
+    assert get_json(srv.port)["service"] == "http"  # still serving
+    srv.signal(signal.SIGTERM)
+    assert srv.wait(10) == 0

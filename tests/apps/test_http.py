@@ -1,0 +1,185 @@
+"""``ats-cffi http``: keep-alive with real clients (http.client, curl), the stats page in
+JSON and Prometheus form, errors, pipelining."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from .conftest import connect, get_json
+
+HELLO = b"Hello, World!"
+
+
+def _read_response(s: socket.socket) -> tuple[bytes, bytes]:
+    """One response (status line + headers, body by Content-Length) from a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, f"connection closed mid-response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    n = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < n:
+        chunk = s.recv(65536)
+        assert chunk
+        body += chunk
+    assert len(body) == n, "more bytes than one response"
+    return head, body
+
+
+def test_keep_alive_requests_and_stats_that_match_them(cli) -> None:
+    srv = cli("http", "--listen", "127.0.0.1:0").wait_listening()
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+    try:
+        first_sock = None
+        for _ in range(3):
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            assert resp.status == 200
+            assert resp.getheader("Content-Type").startswith("text/plain")
+            assert resp.read() == HELLO
+            first_sock = first_sock or conn.sock
+            assert conn.sock is first_sock  # the same connection each time: keep-alive
+        conn.request("GET", "/_stats?x=1")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert resp.getheader("Content-Type") == "application/json"
+        doc = json.loads(resp.read())
+        assert conn.sock is first_sock
+    finally:
+        conn.close()
+    g = doc["global"]
+    assert doc["service"] == "http" and doc["pid"] == srv.pid
+    assert g["proxy.process.tcp.total_accepts"] == 1
+    assert g["proxy.process.net.connections_currently_open"] == 1
+    assert g["proxy.process.http.total_client_connections"] == 1
+    assert g["proxy.process.http.current_client_connections"] == 1
+    assert g["proxy.process.http.incoming_requests"] == 4  # the stats request included
+    assert g["proxy.process.http.2xx_responses"] == 3  # counted once its answer is made
+    assert g["proxy.process.http.400_responses"] == 0
+    assert g["proxy.process.net.read_bytes"] > 0 and g["proxy.process.net.write_bytes"] > 0
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_reuses_the_connection_and_reads_the_metrics(cli) -> None:
+    srv = cli("http", "--listen", "127.0.0.1:0").wait_listening()
+    base = f"http://127.0.0.1:{srv.port}"
+    out = subprocess.run(
+        ["curl", "-sS", "-v", f"{base}/", f"{base}/", f"{base}/metrics"],
+        capture_output=True,
+        timeout=20,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(HELLO + HELLO)
+    assert b"Re-using existing connection" in out.stderr
+    metrics = out.stdout[2 * len(HELLO) :].decode()
+    values = {}
+    types = {}
+    for line in metrics.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            types[name] = kind
+        else:
+            name, value = line.split()
+            assert name in types, f"{name} has no TYPE line before it"
+            values[name] = int(value)
+    assert types["proxy_process_net_connections_currently_open"] == "gauge"
+    assert types["proxy_process_net_read_bytes"] == "counter"
+    assert values["proxy_process_tcp_total_accepts"] == 1
+    assert values["proxy_process_http_incoming_requests"] == 3
+    assert values["proxy_process_http_2xx_responses"] == 2
+
+
+def test_garbage_gets_400_and_a_close(cli) -> None:
+    srv = cli("http", "--listen", "127.0.0.1:0").wait_listening()
+    with connect(srv.port) as s:
+        s.sendall(b"GARBAGE\r\n\r\nmore garbage after it")
+        head, body = _read_response(s)
+        assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        assert b"\r\nConnection: close" in head
+        assert s.recv(100) == b""  # closed after the answer
+    g = get_json(srv.port)["global"]
+    assert g["proxy.process.http.400_responses"] == 1
+
+
+def _split(data: bytes, bodiless: set[int]) -> list[tuple[bytes, bytes]]:
+    """Cut a stream of responses; those at the indexes in ``bodiless`` answer a HEAD."""
+    out = []
+    while data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        n = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        if len(out) in bodiless:
+            n = 0
+        out.append((head, data[:n]))
+        data = data[n:]
+    return out
+
+
+def test_pipelined_requests_are_answered_in_order(cli) -> None:
+    srv = cli("http", "--listen", "127.0.0.1:0").wait_listening()
+    with connect(srv.port) as s:
+        s.sendall(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"GET /nowhere HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    (h1, b1), (h2, b2), (h3, _), (h4, _), (h5, b5) = _split(data, bodiless={1})
+    assert h1.startswith(b"HTTP/1.1 200 OK") and b1 == HELLO
+    # HEAD: the GET's headers (Content-Length included), no body.
+    assert h2.startswith(b"HTTP/1.1 200 OK") and b"Content-Length: 13" in h2 and b2 == b""
+    assert h3.startswith(b"HTTP/1.1 404 Not Found")
+    assert h4.startswith(b"HTTP/1.1 405 Method Not Allowed") and b"Allow: GET, HEAD" in h4
+    assert h5.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in h5 and b5 == HELLO
+
+
+def test_http10_closes_unless_keep_alive_is_asked(cli) -> None:
+    srv = cli("http", "--listen", "127.0.0.1:0").wait_listening()
+    with connect(srv.port) as s:
+        s.sendall(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        head, body = _read_response(s)
+        assert b"Connection: keep-alive" in head and body == HELLO
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        head, body = _read_response(s)
+        assert b"Connection: close" in head and body == HELLO
+        assert s.recv(100) == b""
+
+
+def test_a_half_closed_client_still_gets_its_answer(cli) -> None:
+    srv = cli("http", "--listen", "127.0.0.1:0").wait_listening()
+    with connect(srv.port) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        head, body = _read_response(s)
+        assert body == HELLO
+        assert s.recv(100) == b""
+
+
+def test_a_pipelining_client_that_reads_late_gets_every_answer(cli) -> None:
+    srv = cli("http", "--listen", "127.0.0.1:0").wait_listening()
+    n = 5000
+    requests = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * (n - 1)
+    requests += b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    with connect(srv.port, timeout=10) as s:
+        sender = threading.Thread(target=s.sendall, args=(requests,))
+        sender.start()
+        time.sleep(0.3)  # the server stops parsing while its answers wait for us
+        data = bytearray()
+        while chunk := s.recv(1 << 20):
+            data += chunk
+        sender.join(10)
+    assert data.count(b"HTTP/1.1 200 OK\r\n") == n
+    assert data.endswith(HELLO)
