@@ -163,6 +163,33 @@ class UnixNetVConnection(Continuation):
     ``INACTIVITY_TIMEOUT``, ``ACTIVE_TIMEOUT``; to the write VIO's: ``WRITE_READY``,
     ``WRITE_COMPLETE``, ``ERROR`` and the timeouts."""
 
+    __slots__ = (
+        "fd",
+        "family",
+        "options",
+        "read",
+        "write",
+        "closed",
+        "recursion",
+        "lerrno",
+        "shutdown_flags",
+        "nh",
+        "thread",
+        "ep",
+        "inactivity_timeout_in",
+        "active_timeout_in",
+        "next_inactivity_timeout_at",
+        "next_activity_timeout_at",
+        "in_cop",
+        "in_open",
+        "counted_open",
+        "connecting",
+        "action",
+        "connect_timeout_event",
+        "_local_addr",
+        "_remote_addr",
+    )
+
     def __init__(self, options: NetVCOptions | None = None) -> None:
         super().__init__(ProxyMutex())
         self.fd = -1
