@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import queue
-import shutil
 import signal
 import statistics
 import subprocess
@@ -33,14 +32,12 @@ import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-OUT = HERE / "out"
+from _common import HERE, OUT, SATURATED, build_c, fmt_ratio, pin, pin_cpus, proc_cpu_times
+
 GEN_SRC = HERE / "acceptgen.c"
 GEN = OUT / "acceptgen"
 HOST = "127.0.0.1"
 BACKLOG = 4096  # the same listen backlog for every server (ats's default, somaxconn here)
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-SATURATED = 0.95  # client CPU / wall above this: the client core was the bottleneck
 
 #: name -> serve arguments. ats_thr1: 1 dedicated accept thread + 1 net thread; ats_pt1:
 #: accept on the (one) net thread; ats_pt2_rp: 2 net threads, one SO_REUSEPORT socket each.
@@ -154,22 +151,7 @@ def serve_main(argv: list[str]) -> int:
 
 
 def build_gen() -> Path:
-    OUT.mkdir(exist_ok=True)
-    if GEN.exists() and GEN.stat().st_mtime >= GEN_SRC.stat().st_mtime:
-        return GEN
-    cc = os.environ.get("CC") or shutil.which("cc") or "gcc"
-    cmd = [cc, "-O2", "-Wall", "-Wextra", "-o", str(GEN), str(GEN_SRC)]
-    print("+", " ".join(cmd), file=sys.stderr)
-    subprocess.run(cmd, check=True)
-    return GEN
-
-
-def proc_cpu_seconds(pid: int) -> tuple[float, float]:
-    """(utime, stime) of every thread of ``pid`` (fields 14 and 15 of /proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+    return build_c(GEN_SRC, GEN)
 
 
 def listen_drops() -> int:
@@ -186,10 +168,6 @@ def time_wait_count() -> int:
     """Sockets in TIME_WAIT on 127.0.0.1 (state 06 in /proc/net/tcp)."""
     with open("/proc/net/tcp") as f:
         return sum(1 for line in f if line.split()[3:4] == ["06"])
-
-
-def pin(cpu: int | None):
-    return None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
 
 
 class Server:
@@ -224,7 +202,7 @@ class Server:
 
     def sample(self, sig: int = signal.SIGUSR1) -> tuple[dict, tuple[float, float]]:
         """The server's counts (asked for with ``sig``) and its (user, system) CPU so far."""
-        cpu = proc_cpu_seconds(self.p.pid)
+        cpu = proc_cpu_times(self.p.pid)
         self.p.send_signal(sig)
         line = self._line(10)
         if not line.startswith("COUNT "):
@@ -343,10 +321,6 @@ def summarize(runs: list[dict], names: list[str]) -> list[dict]:
     return rows
 
 
-def fmt_ratio(x: float) -> str:
-    return f"{x:.2f}x" if x == x else "-"
-
-
 def table(rows: list[dict], args: argparse.Namespace) -> str:
     by = {r["server"]: r for r in rows}
     refs = [n for n in REFS if n in by]
@@ -427,13 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown server {s!r} (one of {', '.join(CONFIGS)})")
 
     build_gen()
-    avail = sorted(os.sched_getaffinity(0))
-    cpus: tuple = (avail[0], avail[1]) if len(avail) >= 2 else (None, None)
-    if cpus[1] is not None:
-        os.sched_setaffinity(0, {cpus[1]})  # keep this driver off the server's CPU
-        print(f"server on CPU {cpus[0]}, client on CPU {cpus[1]}", file=sys.stderr)
-    else:
-        print("one CPU only: not pinning; client and server share it", file=sys.stderr)
+    avail, cpus = pin_cpus()
 
     runs = []
     load0 = os.getloadavg()

@@ -17,77 +17,49 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-OUT = HERE / "out"
+from _common import (
+    HERE,
+    OUT,
+    SATURATED,
+    build_c,
+    fmt_ratio,
+    pin,
+    pin_cpus,
+    proc_cpu_seconds,
+    start_ready,
+    stop_process,
+)
+from servers import ATS_WATER_MARK
+
 LOADGEN_SRC = HERE / "loadgen.c"
 LOADGEN = OUT / "loadgen"
 SERVERS_PY = HERE / "servers.py"
 SERVERS = ("ats", "asyncio", "uvloop")
 CASES = [(1024, 10), (1024, 100), (102400, 10), (102400, 100)]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-SATURATED = 0.95  # client CPU / wall above this: the client core was the bottleneck
 
 
 def build_loadgen() -> Path:
-    OUT.mkdir(exist_ok=True)
-    if LOADGEN.exists() and LOADGEN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
-        return LOADGEN
-    cc = os.environ.get("CC") or shutil.which("cc") or "gcc"
-    cmd = [cc, "-O2", "-Wall", "-Wextra", "-o", str(LOADGEN), str(LOADGEN_SRC)]
-    print("+", " ".join(cmd), file=sys.stderr)
-    subprocess.run(cmd, check=True)
-    return LOADGEN
+    return build_c(LOADGEN_SRC, LOADGEN)
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of ``pid`` (fields 14 and 15 of /proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def pin(cpu: int | None):
-    if cpu is None:
-        return None
-    return lambda: os.sched_setaffinity(0, {cpu})
+def ready_port(line: str) -> int | None:
+    """The port of servers.py's ``READY <port>`` line."""
+    return int(line.split()[1]) if line.startswith("READY ") else None
 
 
 def start_server(name: str, cpu: int | None, wm: int = 0) -> tuple[subprocess.Popen, int]:
-    p = subprocess.Popen(
-        [sys.executable, str(SERVERS_PY), name, "--port", "0", "--water-mark", str(wm)],
-        stdout=subprocess.PIPE,
-        text=True,
-        preexec_fn=pin(cpu),
-    )
-    # readline in a thread so that a server that never gets ready cannot hang the run
-    line: list[str] = []
-    t = threading.Thread(target=lambda: line.append(p.stdout.readline()), daemon=True)
-    t.start()
-    t.join(20)
-    if not line or not line[0].startswith("READY "):
-        p.kill()
-        p.wait()
-        raise RuntimeError(f"server {name} did not start (got {line!r})")
-    return p, int(line[0].split()[1])
+    cmd = [sys.executable, str(SERVERS_PY), name, "--port", "0", "--water-mark", str(wm)]
+    return start_ready(cmd, cpu, ready_port)
 
 
 def stop_server(p: subprocess.Popen) -> None:
-    p.terminate()
-    try:
-        p.wait(10)
-    except subprocess.TimeoutExpired:
-        print("  server did not exit on SIGTERM; killed", file=sys.stderr)
-        p.kill()
-        p.wait()
+    stop_process(p)
 
 
 def run_one(
@@ -143,10 +115,6 @@ def run_one(
         "server_cpu_frac": srv_cpu / secs,
         "client_cpu_frac": res.get("cpu_seconds", float("nan")) / secs,
     }
-
-
-def fmt_ratio(x: float) -> str:
-    return f"{x:.2f}x" if x == x else "-"
 
 
 def summarize(runs: list[dict]) -> list[dict]:
@@ -234,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--ats-water-mark",
         type=int,
-        default=0,
-        help="MIOBuffer water mark of the ats echo (default 0, as the API default)",
+        default=ATS_WATER_MARK,
+        help="MIOBuffer water mark of the ats echo (default: servers.py ATS_WATER_MARK)",
     )
     p.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset")
     p.add_argument("-o", "--output", help="write all runs and the summary as JSON")
@@ -248,13 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown server {s!r}")
 
     build_loadgen()
-    avail = sorted(os.sched_getaffinity(0))
-    cpus: tuple = (avail[0], avail[1]) if len(avail) >= 2 else (None, None)
-    if cpus[1] is not None:
-        os.sched_setaffinity(0, {cpus[1]})  # keep this driver off the server's CPU
-        print(f"server on CPU {cpus[0]}, client on CPU {cpus[1]}", file=sys.stderr)
-    else:
-        print("one CPU only: not pinning; client and server share it", file=sys.stderr)
+    avail, cpus = pin_cpus()
 
     runs = []
     load0 = os.getloadavg()

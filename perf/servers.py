@@ -2,6 +2,7 @@
 
     python perf/servers.py {ats,asyncio,uvloop} [--port P]
     python perf/servers.py ats [--net-threads N] [--accept-threads N] [--reuseport]
+    python perf/servers.py {ats,asyncio,uvloop} --backlog N
 
 Listens on 127.0.0.1:P (0: any free port), prints ``READY <port>`` on stdout once
 listening, echoes every byte back, and exits cleanly on SIGTERM or SIGINT.
@@ -25,17 +26,16 @@ def ready(port: int) -> None:
 # -- ats_cffi -----------------------------------------------------------------------------
 
 
-def run_ats(
-    port: int,
-    water_mark: int = 0,
-    net_threads: int = 1,
-    accept_threads: int | None = None,
-    reuseport: bool = False,
-) -> None:
-    """``accept_threads`` None: the ``proxy.config.accept_threads`` record (1); 0: accept on
-    every net thread (EPOLLEXCLUSIVE, or one socket per thread with ``reuseport``)."""
+#: The ats echo's read-buffer water mark: reading pauses while more than this many bytes
+#: wait to be written back. asyncio's Protocol reads up to 256 KiB per call and buffers
+#: writes without a bound; 128 KiB keeps the ats echo bounded while letting a 100 KiB
+#: message move in one read/write cycle instead of one per 32 KiB block.
+ATS_WATER_MARK = 131072
+
+
+def ats_echo_acceptor(water_mark: int = ATS_WATER_MARK):
+    """An accept continuation that starts an ats_cffi echo on every connection it gets."""
     from ats_cffi.eventsystem import INT64_MAX, Continuation, EventCode, MIOBuffer, ProxyMutex
-    from ats_cffi.net import AcceptOptions, net_processor
     from ats_cffi.net.codes import NET_EVENT_ACCEPT
 
     read_ready = EventCode.VC_EVENT_READ_READY
@@ -47,7 +47,7 @@ def run_ats(
         """Reads into a buffer whose reader is the write VIO's: every read is written back.
 
         Reading pauses while more than ``water_mark`` bytes wait to be written (0: at
-        each full 32 KiB block), as in /tmp/echo_smoke.py and the API default.
+        each full 32 KiB block).
         """
 
         __slots__ = ("vc", "buf", "rvio", "wvio")
@@ -78,14 +78,34 @@ def run_ats(
             if event == NET_EVENT_ACCEPT:
                 Echo(vc)
 
+    return Acceptor()
+
+
+def run_ats(
+    port: int,
+    water_mark: int = ATS_WATER_MARK,
+    net_threads: int = 1,
+    accept_threads: int | None = None,
+    reuseport: bool = False,
+    backlog: int | None = None,
+) -> None:
+    """``accept_threads`` None: the ``proxy.config.accept_threads`` record (1); 0: accept on
+    every net thread (EPOLLEXCLUSIVE, or one socket per thread with ``reuseport``).
+    ``backlog`` None: the ``proxy.config.net.listen_backlog`` record (somaxconn)."""
+    from ats_cffi.net import AcceptOptions, net_processor
+
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     net_processor.start(net_threads)
     opt = AcceptOptions(
-        local_address=HOST, port=port, accept_threads=accept_threads, reuseport=reuseport
+        local_address=HOST,
+        port=port,
+        accept_threads=accept_threads,
+        reuseport=reuseport,
+        backlog=backlog,
     )
-    action = net_processor.accept(Acceptor(), opt)
+    action = net_processor.accept(ats_echo_acceptor(water_mark), opt)
     ready(action.na.port)
     try:
         while not stop.wait(0.5):
@@ -108,26 +128,27 @@ class EchoProtocol(asyncio.Protocol):
         self.transport.write(data)
 
 
-async def serve_asyncio(port: int) -> None:
+async def serve_asyncio(port: int, backlog: int | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = await loop.create_server(EchoProtocol, HOST, port)
+    kw = {} if backlog is None else {"backlog": backlog}
+    server = await loop.create_server(EchoProtocol, HOST, port, **kw)
     ready(server.sockets[0].getsockname()[1])
     await stop.wait()
     server.close()
     await server.wait_closed()
 
 
-def run_asyncio(port: int, water_mark: int = 0) -> None:
-    asyncio.run(serve_asyncio(port))
+def run_asyncio(port: int, water_mark: int = 0, backlog: int | None = None) -> None:
+    asyncio.run(serve_asyncio(port, backlog))
 
 
-def run_uvloop(port: int, water_mark: int = 0) -> None:
+def run_uvloop(port: int, water_mark: int = 0, backlog: int | None = None) -> None:
     import uvloop
 
-    uvloop.run(serve_asyncio(port))
+    uvloop.run(serve_asyncio(port, backlog))
 
 
 SERVERS = {"ats": run_ats, "asyncio": run_asyncio, "uvloop": run_uvloop}
@@ -138,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("server", choices=sorted(SERVERS))
     p.add_argument("--port", type=int, default=0)
     p.add_argument(
-        "--water-mark", type=int, default=0, help="ats only: MIOBuffer water mark (bytes)"
+        "--water-mark",
+        type=int,
+        default=ATS_WATER_MARK,
+        help="ats only: MIOBuffer water mark (bytes)",
     )
     p.add_argument("--net-threads", type=int, default=1, help="ats only: net threads")
     p.add_argument(
@@ -152,11 +176,24 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="ats only, with --accept-threads 0: one SO_REUSEPORT listen socket per net thread",
     )
+    p.add_argument(
+        "--backlog",
+        type=int,
+        default=None,
+        help="listen backlog (default: asyncio's 100; ats: the listen_backlog record)",
+    )
     args = p.parse_args(argv)
     if args.server == "ats":
-        run_ats(args.port, args.water_mark, args.net_threads, args.accept_threads, args.reuseport)
+        run_ats(
+            args.port,
+            args.water_mark,
+            args.net_threads,
+            args.accept_threads,
+            args.reuseport,
+            args.backlog,
+        )
     else:
-        SERVERS[args.server](args.port, args.water_mark)
+        SERVERS[args.server](args.port, args.water_mark, args.backlog)
     return 0
 
 

@@ -1,0 +1,532 @@
+"""ats_cffi vs asyncio vs uvloop, side by side: echo, HTTP hello, accept rate, idle connections.
+
+    python perf/compare_peers.py [--quick] [-o out.json] [--md out.md] [--rounds N]
+                                 [--cases echo,http,accept,idle]
+
+One interleaved session (ats asyncio uvloop, ats asyncio uvloop, ...: every case of a round,
+then the next round), with the server pinned to the first CPU and the clients (and this
+driver) to the second. It builds what it needs: the C load generators of perf/ (``cc -O2``)
+and ``wrk`` (``apt-get install -y wrk`` when it is missing). Cases:
+
+- echo (perf/servers.py vs perf/loadgen.c, as echo_bench.py): 1, 10 and 100 KiB messages x
+  10 and 100 connections, one message in flight per connection. Throughput: round trips/s.
+- http: ``python -m ats_cffi http`` vs the same server logic on asyncio and on uvloop
+  (perf/http_peers.py), all parsing with httptools; ``wrk -c 100 -t 1 -d N`` on ``GET /``
+  (keep-alive, ``Hello, World!``) after a 1 s unmeasured wrk run. Throughput: requests/s.
+- accept: connect+close, as accept_bench.py (acceptgen ``wait`` mode, 100 connects in flight;
+  ats = ``--accept-ats``, default ``ats_thr1``: the default accept thread + 1 net thread).
+  Throughput: the server's own accepts/s.
+- idle (echo and http servers): 10,000 client connections opened from the client CPU and left
+  idle. Reported: the server's VmRSS growth / 10,000 (KiB per connection; VmRSS is read before
+  the connections and after the idle window) and the server's CPU over the idle window (5 s,
+  summed from /proc/PID/task/*/schedstat) as % of a core. ats runs with its default
+  InactivityCop (every ``inactivity_check_frequency`` = 1 s, default inactivity timeout 1 day).
+
+Per case and server: the median over the rounds of throughput and of the server's CPU per
+operation (its utime+stime over the client's measured window / operations), and the ratios of
+ats_cffi to asyncio and to uvloop. A client core >= 95% busy is flagged ``(sat.)``: that
+case's throughput is bounded by the load generator too. Markdown table on stdout (and
+``--md``), everything in ``-o`` JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import accept_bench
+import echo_bench
+from _common import (
+    HERE,
+    SATURATED,
+    fmt_ratio,
+    pin,
+    pin_cpus,
+    proc_cpu_seconds,
+    proc_fd_count,
+    proc_rss_kib,
+    proc_runtime_ns,
+    raise_nofile,
+    start_ready,
+    stop_process,
+)
+
+HOST = "127.0.0.1"
+SERVERS = ("ats", "asyncio", "uvloop")
+REFS = ("asyncio", "uvloop")
+KIB = 1024
+ECHO_CASES = [(m * KIB, c) for m in (1, 10, 100) for c in (10, 100)]
+WRK_CONNS = 100
+WRK_LUA = HERE / "wrk_report.lua"
+HTTP_PEERS = HERE / "http_peers.py"
+IDLE_CONNS = 10_000
+BACKLOG = 4096
+LINGER0 = struct.pack("ii", 1, 0)
+
+
+# -- the idle client (a child process: ``compare_peers.py idle-client PORT N``) -----------
+
+
+def idle_client_main(argv: list[str]) -> int:
+    """Open N connections to 127.0.0.1:PORT (blocking connects, one at a time), print
+    ``CONNECTED N``, hold them until stdin closes, then exit (SO_LINGER 0: each close sends
+    a reset and leaves no TIME_WAIT)."""
+    port, n = int(argv[0]), int(argv[1])
+    raise_nofile(n + 64)
+    socks = []
+    deadline = time.monotonic() + 60
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
+            s.settimeout(10)
+            s.connect((HOST, port))
+            if time.monotonic() > deadline:
+                raise TimeoutError("60 s")
+    except OSError as e:
+        print(f"FAILED after {len(socks) - 1} connections: {e!r}", flush=True)
+        return 1
+    print(f"CONNECTED {len(socks)}", flush=True)
+    sys.stdin.read()
+    return 0
+
+
+# -- servers ------------------------------------------------------------------------------
+
+
+def _port_after(prefix: str) -> Callable[[str], int | None]:
+    def parse(line: str) -> int | None:
+        if line.startswith(prefix):
+            return int(line.strip().rsplit(":", 1)[1] if ":" in line else line.split()[1])
+        return None
+
+    return parse
+
+
+def start_http(name: str, cpu: int | None, log) -> tuple[subprocess.Popen, int]:
+    if name == "ats":
+        cmd = [sys.executable, "-m", "ats_cffi", "http", "--listen", f"{HOST}:0"]
+        cmd += ["--drain-timeout", "1"]
+        return start_ready(cmd, cpu, _port_after("ats-cffi http listening on "), stderr=log)
+    cmd = [sys.executable, str(HTTP_PEERS), name, "--backlog", str(BACKLOG)]
+    return start_ready(cmd, cpu, _port_after("READY "), stderr=log)
+
+
+def start_echo(name: str, cpu: int | None, log) -> tuple[subprocess.Popen, int]:
+    cmd = [sys.executable, str(echo_bench.SERVERS_PY), name, "--port", "0"]
+    cmd += ["--backlog", str(BACKLOG)]
+    return start_ready(cmd, cpu, echo_bench.ready_port, stderr=log)
+
+
+def _log_text(log) -> str:
+    log.seek(0)
+    return log.read().decode(errors="replace")[-2000:]
+
+
+# -- wrk ----------------------------------------------------------------------------------
+
+
+def ensure_wrk() -> str:
+    """The path of wrk; installs Debian's package (as root) when it is missing."""
+    path = shutil.which("wrk")
+    if path:
+        return path
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "wrk"]
+    print("+ " + " ".join(install), file=sys.stderr)
+    if subprocess.run(install, env=env).returncode != 0:
+        print("+ apt-get update", file=sys.stderr)
+        subprocess.run(["apt-get", "update"], env=env, check=True)
+        subprocess.run(install, env=env, check=True)
+    path = shutil.which("wrk")
+    if not path:
+        raise RuntimeError("wrk is not on PATH after apt-get install wrk")
+    return path
+
+
+def run_wrk(wrk: str, port: int, seconds: int, cpu: int | None) -> tuple[dict, float, float]:
+    """One wrk run: (its WRK_JSON report, its own CPU seconds, wall seconds)."""
+    cmd = [wrk, "-c", str(WRK_CONNS), "-t", "1", "-d", f"{seconds}s", "-s", str(WRK_LUA)]
+    cmd.append(f"http://{HOST}:{port}/")
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=pin(cpu))
+    out = p.stdout.read()  # type: ignore[union-attr]
+    _, status, ru = os.wait4(p.pid, 0)  # its own rusage: the client's CPU
+    p.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.monotonic() - t0
+    p.stdout.close()  # type: ignore[union-attr]
+    report = next((json.loads(x[9:]) for x in out.splitlines() if x.startswith("WRK_JSON ")), None)
+    if p.returncode != 0 or report is None:
+        raise RuntimeError(f"wrk failed (rc {p.returncode}): {out[-500:]!r}")
+    return report, ru.ru_utime + ru.ru_stime, wall
+
+
+# -- one run of each kind: every one returns a record with the same keys ------------------
+
+
+def record(case: str, server: str, value: float, cpu: float, client: float, **extra) -> dict:
+    return {
+        "case": case,
+        "server": server,
+        "value": value,
+        "cpu": cpu,
+        "client_cpu_frac": client,
+        "errors": 0,
+        **extra,
+    }
+
+
+def run_echo(case: str, name: str, a: argparse.Namespace, cpus, msg: int, conns: int) -> dict:
+    r = echo_bench.run_one(name, msg, conns, a.echo_duration, a.echo_warmup, cpus)
+    errors = max(r["errors"], 0) + (r["client_rc"] != 0)
+    rec = record(case, name, r["rt_per_s"], r["server_cpu_us_per_rt"], r["client_cpu_frac"], raw=r)
+    rec["errors"] = errors
+    rec["server_cpu_frac"] = r["server_cpu_frac"]
+    return rec
+
+
+def run_http(case: str, name: str, a: argparse.Namespace, cpus) -> dict:
+    with tempfile.TemporaryFile() as log:
+        server, port = start_http(name, cpus[0], log)
+        try:
+            if a.http_warmup > 0:
+                run_wrk(a.wrk, port, a.http_warmup, cpus[1])
+            cpu0 = proc_cpu_seconds(server.pid)
+            rep, client_cpu, wall = run_wrk(a.wrk, port, a.http_duration, cpus[1])
+            cpu1 = proc_cpu_seconds(server.pid)
+        except Exception as e:
+            raise RuntimeError(f"{e}; server stderr: {_log_text(log)!r}") from e
+        finally:
+            stop_process(server)
+    n = rep["requests"]
+    secs = rep["duration_us"] / 1e6
+    rec = record(
+        case,
+        name,
+        n / secs,
+        (cpu1 - cpu0) / n * 1e6 if n else float("nan"),
+        client_cpu / wall,
+        raw=rep,
+    )
+    rec["errors"] = sum(rep[k] for k in ("connect", "read", "write", "status", "timeout"))
+    rec["server_cpu_frac"] = (cpu1 - cpu0) / wall
+    return rec
+
+
+def run_accept(case: str, name: str, a: argparse.Namespace, cpus) -> dict:
+    config = a.accept_ats if name == "ats" else name
+    ns = argparse.Namespace(
+        concurrency=100, duration=a.accept_duration, warmup=a.accept_warmup, mode="wait"
+    )
+    r = accept_bench.run_one(config, ns, cpus)
+    rec = record(
+        case,
+        name,
+        r["accepts_per_s"],
+        r["server_cpu_us_per_accept"],
+        r["client_cpu_frac"],
+        config=config,
+        raw=r,
+    )
+    rec["errors"] = max(r["errors"], 0) + (r["client_rc"] not in (0, None) and r["errors"] == 0)
+    rec["server_cpu_frac"] = r["server_cpu_frac"]
+    return rec
+
+
+def run_idle(case: str, name: str, a: argparse.Namespace, cpus, app: str) -> dict:
+    n = a.idle_conns
+    start = start_http if app == "http" else start_echo
+    with tempfile.TemporaryFile() as log:
+        server, port = start(name, cpus[0], log)
+        client = None
+        try:
+            time.sleep(0.5)
+            rss0, fd0 = proc_rss_kib(server.pid), proc_fd_count(server.pid)
+            client = subprocess.Popen(
+                [sys.executable, __file__, "idle-client", str(port), str(n)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                preexec_fn=pin(cpus[1]),
+            )
+            line = client.stdout.readline()  # type: ignore[union-attr]
+            if not line.startswith("CONNECTED "):
+                raise RuntimeError(f"idle client: {line.strip() or 'exited'}")
+            deadline = time.monotonic() + 60
+            while (fds := proc_fd_count(server.pid)) < fd0 + n:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"server holds {fds - fd0} of {n} connections after 60 s")
+                time.sleep(0.2)
+            time.sleep(1.0)  # let the server finish setting up the last sessions
+            rss1 = proc_rss_kib(server.pid)
+            ns0, t0 = proc_runtime_ns(server.pid), time.monotonic()
+            time.sleep(a.idle_window)
+            ns1, t1 = proc_runtime_ns(server.pid), time.monotonic()
+            rss2 = proc_rss_kib(server.pid)
+            fds_end = proc_fd_count(server.pid) - fd0
+        except Exception as e:
+            raise RuntimeError(f"{e}; server stderr: {_log_text(log)!r}") from e
+        finally:
+            if client is not None:
+                client.stdin.close()  # type: ignore[union-attr]
+                client.wait(30)
+            stop_process(server)
+    rec = record(
+        case,
+        name,
+        (rss2 - rss0) / n,
+        (ns1 - ns0) / 1e9 / (t1 - t0),
+        float("nan"),
+        rss_before_kib=rss0,
+        rss_connected_kib=rss1,
+        rss_after_kib=rss2,
+        conns=n,
+        conns_open_at_end=fds_end,
+        window_s=t1 - t0,
+    )
+    rec["errors"] = int(fds_end < n)  # the server closed some of the idle connections
+    return rec
+
+
+# -- the session --------------------------------------------------------------------------
+
+
+def plan(a: argparse.Namespace) -> list[tuple[str, str, Callable[..., dict], tuple]]:
+    """(case name, unit, run function, its extra args) in session order."""
+    cases = []
+    if "echo" in a.cases:
+        for msg, conns in ECHO_CASES:
+            name = f"echo {msg // KIB} KiB x {conns}"
+            cases.append((name, "rt/s", run_echo, (msg, conns)))
+    if "http" in a.cases:
+        cases.append((f"http hello, wrk -c {WRK_CONNS}", "req/s", run_http, ()))
+    if "accept" in a.cases:
+        cases.append(("accept, connect+close", "acc/s", run_accept, ()))
+    if "idle" in a.cases:
+        for app in ("echo", "http"):
+            cases.append((f"idle {a.idle_conns:,} conns, {app}", "KiB/conn", run_idle, (app,)))
+    return cases
+
+
+def summarize(runs: list[dict], cases: list[tuple]) -> list[dict]:
+    rows = []
+    for case, unit, _, _ in cases:
+        row: dict = {"case": case, "unit": unit, "idle": unit == "KiB/conn"}
+        for s in SERVERS:
+            rs = [r for r in runs if r["case"] == case and r["server"] == s and "error" not in r]
+            failed = sum(1 for r in runs if r["case"] == case and r["server"] == s and "error" in r)
+            if not rs:
+                row[s] = None if not failed else {"failed": failed}
+                continue
+            row[s] = {
+                "n": len(rs),
+                "value": statistics.median(r["value"] for r in rs),
+                "value_min": min(r["value"] for r in rs),
+                "value_max": max(r["value"] for r in rs),
+                "cpu": statistics.median(r["cpu"] for r in rs),
+                "client_cpu_frac": statistics.median(r["client_cpu_frac"] for r in rs),
+                "errors": sum(r["errors"] for r in rs),
+                "failed": failed,
+            }
+        ats = row["ats"]
+        for ref in REFS:
+            other = row[ref]
+            ok = ats and other and "value" in ats and "value" in other
+            row[f"value_vs_{ref}"] = ats["value"] / other["value"] if ok else None
+            row[f"cpu_vs_{ref}"] = ats["cpu"] / other["cpu"] if ok and other["cpu"] else None
+        rows.append(row)
+    return rows
+
+
+def _cell_value(v: dict | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    if "value" not in v:
+        return f"failed x{v['failed']}"
+    text = f"{v['value']:.1f}" if unit == "KiB/conn" else f"{v['value']:,.0f}"
+    return text + (f" ({v['errors']} err)" if v["errors"] else "")
+
+
+def _cell_cpu(v: dict | None, idle: bool) -> str:
+    if not v or "cpu" not in v:
+        return "-"
+    return f"{v['cpu']:.2%}" if idle else f"{v['cpu']:.1f} µs"
+
+
+def _cell_client(row: dict) -> tuple[str, bool]:
+    parts, sat = [], False
+    for s in SERVERS:
+        v = row[s]
+        c = v.get("client_cpu_frac", float("nan")) if v else float("nan")
+        if c != c:
+            parts.append("-")
+        else:
+            parts.append(f"{c:.0%}" + ("*" if c >= SATURATED else ""))
+            sat |= c >= SATURATED
+    return " / ".join(parts), sat
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| case (unit) | ats_cffi | asyncio | uvloop | ats/asyncio | ats/uvloop "
+        "| ats_cffi CPU/op | asyncio CPU/op | uvloop CPU/op | ats/asyncio | ats/uvloop "
+        "| client CPU ats/asyncio/uvloop |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    saturated = []
+    for row in rows:
+        client, sat = _cell_client(row)
+        if sat:
+            saturated.append(row["case"])
+        cells = [f"{row['case']} ({row['unit']})"]
+        cells += [_cell_value(row[s], row["unit"]) for s in SERVERS]
+        cells += [fmt_ratio(row[f"value_vs_{r}"] or float("nan")) for r in REFS]
+        cells += [_cell_cpu(row[s], row["idle"]) for s in SERVERS]
+        cells += [fmt_ratio(row[f"cpu_vs_{r}"] or float("nan")) for r in REFS]
+        cells.append(client if not row["idle"] else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Throughput: median over the rounds (rt/s: echo round trips; req/s: wrk requests; "
+        "acc/s: the server's own accept count). CPU/op: the server process's user+system CPU "
+        "over the client's measured window / operations. ats/asyncio, ats/uvloop: ats_cffi's "
+        "value divided by the peer's: > 1 is better for throughput, < 1 is better for CPU/op. "
+        "Idle rows: KiB/conn is the server's VmRSS growth per idle connection and CPU/op is "
+        "the server's CPU while they sit idle, as a share of one core; < 1 is better for both "
+        "(a ratio is `-` when the peer's value is 0: asyncio and uvloop run no timer then).",
+    ]
+    if saturated:
+        lines.append(
+            "`*`: the client's core was >= 95% busy (the client core was the limit), so "
+            "throughput there is bounded by the load generator too; compare CPU/op for: "
+            + "; ".join(saturated)
+            + "."
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["idle-client"]:
+        return idle_client_main(argv[1:])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="1 round of short runs (~2 min)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--cases", default="echo,http,accept,idle", help="comma-separated subset")
+    p.add_argument("--accept-ats", default="ats_thr1", choices=[c for c in accept_bench.CONFIGS])
+    p.add_argument("--idle-conns", type=int, default=IDLE_CONNS)
+    p.add_argument("--idle-rounds", type=int, default=2, help="rounds with the idle cases")
+    p.add_argument("-o", "--output", help="write the summary and every run as JSON")
+    p.add_argument("--md", help="also write the Markdown report here")
+    a = p.parse_args(argv)
+    a.cases = set(a.cases.split(","))
+    if a.cases - {"echo", "http", "accept", "idle"}:
+        p.error(f"unknown case(s) {sorted(a.cases - {'echo', 'http', 'accept', 'idle'})}")
+    a.echo_duration, a.echo_warmup = 2.0, 0.5
+    a.http_duration, a.http_warmup = 3, 1
+    a.accept_duration, a.accept_warmup = 3.0, 0.5
+    a.idle_window = 5.0
+    if a.quick:
+        a.rounds, a.idle_rounds = 1, 1
+        a.echo_duration, a.echo_warmup = 1.0, 0.3
+        a.http_duration = 2
+        a.accept_duration = 2.0
+        a.idle_window = 3.0
+
+    echo_bench.build_loadgen()
+    accept_bench.build_gen()
+    a.wrk = ensure_wrk() if "http" in a.cases else None
+    raise_nofile(a.idle_conns + 1024 if "idle" in a.cases else 0)  # the children inherit it
+    avail, cpus = pin_cpus()
+    cases = plan(a)
+    runs: list[dict] = []
+    load0 = os.getloadavg()
+    t0 = time.monotonic()
+    for rnd in range(a.rounds):
+        for case, unit, func, extra in cases:
+            if func is run_idle and rnd >= a.idle_rounds:
+                continue
+            for s in SERVERS:
+                try:
+                    r = func(case, s, a, cpus, *extra)
+                except Exception as e:  # one failed run must not lose the session
+                    r = {"case": case, "server": s, "error": str(e)}
+                r["round"] = rnd + 1
+                runs.append(r)
+                if "error" in r:
+                    msg = f"FAILED: {r['error']}"
+                elif unit == "KiB/conn":
+                    msg = (
+                        f"{r['value']:8.2f} KiB/conn  idle CPU {r['cpu']:.2%}  "
+                        f"RSS {r['rss_before_kib']:,} -> {r['rss_after_kib']:,} KiB"
+                    )
+                else:
+                    msg = (
+                        f"{r['value']:>10,.0f} {unit}  {r['cpu']:6.1f} µs/op  "
+                        f"server CPU {r.get('server_cpu_frac', float('nan')):.0%}  "
+                        f"client CPU {r['client_cpu_frac']:.0%}"
+                    )
+                    if r["errors"]:
+                        msg += f"  ERRORS {r['errors']}"
+                print(
+                    f"  [{time.monotonic() - t0:4.0f} s] round {rnd + 1}  {case:<26} {s:<8}" + msg,
+                    file=sys.stderr,
+                )
+    rows = summarize(runs, cases)
+    load1 = os.getloadavg()
+    impl = f"{platform.python_implementation()} {platform.python_version()}"
+    cmd = "python perf/compare_peers.py " + shlex.join(argv)
+    head = (
+        f"`{cmd.strip()}`: {len(runs)} runs in {time.monotonic() - t0:.0f} s, {impl}, "
+        f"{len(avail)} CPUs (server on CPU {cpus[0]}, clients on CPU {cpus[1]}), "
+        f"{a.rounds} round(s), load average {load0[0]:.2f} before, {load1[0]:.2f} after."
+    )
+    report = head + "\n\n" + table(rows)
+    print("\n" + report)
+    if a.md:
+        Path(a.md).write_text(report + "\n")
+    if a.output:
+        meta = {
+            "command": cmd.strip(),
+            "python": sys.version,
+            "platform": platform.platform(),
+            "cpus": len(avail),
+            "pinned": {"server": cpus[0], "client": cpus[1]},
+            "rounds": a.rounds,
+            "idle_rounds": a.idle_rounds,
+            "echo": {"duration": a.echo_duration, "warmup": a.echo_warmup},
+            "http": {"duration": a.http_duration, "warmup": a.http_warmup, "conns": WRK_CONNS},
+            "accept": {
+                "duration": a.accept_duration,
+                "warmup": a.accept_warmup,
+                "ats": a.accept_ats,
+            },
+            "idle": {"conns": a.idle_conns, "window": a.idle_window},
+            "loadavg_before": load0,
+            "loadavg_after": load1,
+            "wall_seconds": time.monotonic() - t0,
+        }
+        with open(a.output, "w") as f:
+            json.dump({"meta": meta, "summary": rows, "runs": runs}, f, indent=1)
+    bad = any(
+        v and (v.get("errors") or v.get("failed")) for row in rows for v in map(row.get, SERVERS)
+    )
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
