@@ -63,7 +63,13 @@ def stop_server(p: subprocess.Popen) -> None:
 
 
 def run_one(
-    name: str, msg: int, conns: int, duration: float, warmup: float, cpus: tuple, wm: int = 0
+    name: str,
+    msg: int,
+    conns: int,
+    duration: float,
+    warmup: float,
+    cpus: tuple,
+    wm: int = ATS_WATER_MARK,
 ) -> dict:
     server, port = start_server(name, cpus[0], wm)
     try:
