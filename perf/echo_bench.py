@@ -53,7 +53,9 @@ def ready_port(line: str) -> int | None:
     return int(line.split()[1]) if line.startswith("READY ") else None
 
 
-def start_server(name: str, cpu: int | None, wm: int = 0) -> tuple[subprocess.Popen, int]:
+def start_server(
+    name: str, cpu: int | None, wm: int = ATS_WATER_MARK
+) -> tuple[subprocess.Popen, int]:
     cmd = [sys.executable, str(SERVERS_PY), name, "--port", "0", "--water-mark", str(wm)]
     return start_ready(cmd, cpu, ready_port)
 
