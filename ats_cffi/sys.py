@@ -38,6 +38,7 @@ __all__ = [
     "getpeername",
     "getsockname",
     "getsockopt_int",
+    "ip_family",
     "listen",
     "read",
     "read_fill",
@@ -326,6 +327,17 @@ def _make(s: _Scratch, call: str, family: int, address: Any) -> None:
         if r == -_errno.EINVAL:
             raise ValueError(f"{call}: not a numeric address for this family: {address!r}")
         raise _oserror(call, -r)
+
+
+def ip_family(host: str) -> int:
+    """``AF_INET``/``AF_INET6`` when ``host`` is a numeric address of that family, else 0."""
+    for family in (_socket.AF_INET, _socket.AF_INET6):
+        try:
+            _socket.inet_pton(family, host)
+            return int(family)
+        except (OSError, ValueError):
+            pass
+    return 0
 
 
 def _family(fd: int, call: str) -> int:

@@ -16,10 +16,11 @@ Where ats_cffi differs from ATS, the record says so:
 
 from __future__ import annotations
 
-import socket
-import threading
 from dataclasses import dataclass
 from typing import Any
+
+from ats_cffi.net.config import RecordStore
+from ats_cffi.sys import ip_family
 
 #: Most name servers a handler talks to (ATS's MAX_NAMED).
 MAX_NAMED = 32
@@ -66,9 +67,6 @@ RECORDS: tuple[Record, ...] = (
            "s; longest time an answer is cached, whatever its TTL (0: no cache)"),
 )  # fmt: skip
 
-_BY_KEY = {r.key: r for r in RECORDS}
-_BY_ATTR = {r.attr: r for r in RECORDS}
-
 
 def parse_nameservers(value: Any, key: str = "proxy.config.dns.nameservers") -> tuple:
     """``((ip, port), ...)`` from ATS's text form (``"1.2.3.4 [::1]:5353, 10.0.0.1:53"``,
@@ -93,7 +91,7 @@ def parse_nameservers(value: Any, key: str = "proxy.config.dns.nameservers") -> 
         if not isinstance(item, (list, tuple)) or len(item) != 2:
             raise TypeError(f"{key}: each name server must be an (ip, port) pair, not {item!r}")
         host, port = item
-        if not isinstance(host, str) or not _is_ip(host):
+        if not isinstance(host, str) or not ip_family(host):
             raise ValueError(f"{key}: not a numeric IP address: {host!r}")
         if type(port) is not int or not 0 < port <= 65535:
             raise ValueError(f"{key}: port must be in 1..65535, got {port!r}")
@@ -126,66 +124,27 @@ def _port(text: str, token: str, key: str) -> int:
     return int(text)
 
 
-def _is_ip(host: str) -> bool:
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-            return True
-        except OSError:
-            pass
-    return False
+class DNSConfig(RecordStore):
+    """The live values of the DNS records."""
 
+    records = RECORDS
 
-class DNSConfig:
-    """The live values of the DNS records. Thread-safe to read; ``set`` validates."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.reset()
-
-    def reset(self) -> None:
-        """Back to the defaults."""
-        for r in RECORDS:
-            object.__setattr__(self, r.attr, r.default)
-
-    def get(self, key: str) -> Any:
-        r = _BY_KEY.get(key)
-        if r is None:
-            raise KeyError(f"unknown record {key!r}")
-        return getattr(self, r.attr)
-
-    def set(self, key: str, value: Any) -> None:
-        """Set a record: ``KeyError`` for an unknown key, ``TypeError``/``ValueError`` for a bad
-        value (each naming the key)."""
-        r = _BY_KEY.get(key) or _BY_ATTR.get(key)
-        if r is None:
-            raise KeyError(f"unknown record {key!r}")
+    def _coerce(self, r: Record, value: Any) -> Any:
         if r.kind == "nameservers":
-            value = parse_nameservers(value, r.key)
-        elif r.kind == "str":
+            return parse_nameservers(value, r.key)
+        if r.kind == "str":
             if not isinstance(value, str):
                 raise TypeError(f"{r.key}: expected a str, got {type(value).__name__}")
-        else:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{r.key}: expected a number, got {type(value).__name__}")
-            if value != value:
-                raise ValueError(f"{r.key}: must not be NaN")
-            if r.kind == "int" and value != int(value):
-                raise ValueError(f"{r.key}: expected an integer, got {value}")
-            if not r.minimum <= value <= r.maximum:
-                raise ValueError(f"{r.key}: must be in {r.minimum}..{r.maximum}, got {value}")
-            value = int(value) if r.kind == "int" else float(value)
-        with self._lock:
-            object.__setattr__(self, r.attr, value)
-
-    def items(self) -> list[tuple[str, Any]]:
-        return [(r.key, getattr(self, r.attr)) for r in RECORDS]
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _BY_ATTR:
-            self.set(name, value)
-        else:
-            object.__setattr__(self, name, value)
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{r.key}: expected a number, got {type(value).__name__}")
+        if value != value:
+            raise ValueError(f"{r.key}: must not be NaN")
+        if r.kind == "int" and value != int(value):
+            raise ValueError(f"{r.key}: expected an integer, got {value}")
+        if not r.minimum <= value <= r.maximum:
+            raise ValueError(f"{r.key}: must be in {r.minimum}..{r.maximum}, got {value}")
+        return int(value) if r.kind == "int" else float(value)
 
 
 dns_config = DNSConfig()

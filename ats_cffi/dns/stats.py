@@ -6,7 +6,7 @@ takes no lock; readers sum the live blocks plus what stopped handlers left behin
 
 from __future__ import annotations
 
-import threading
+from ats_cffi.net.stats import StatRegistry
 
 STAT_NAMES: tuple[str, ...] = (
     # Questions sent to name servers (one per question, whatever its tries).
@@ -57,62 +57,12 @@ STAT_NAMES: tuple[str, ...] = (
     CACHE_MISSES,
 ) = range(len(STAT_NAMES))
 
-_INDEX = {name: i for i, name in enumerate(STAT_NAMES)}
 
-StatBlock = list  # len(STAT_NAMES) ints, written by one thread only
-
-
-class DNSStats:
-    """The registry of the handlers' stat blocks."""
+class DNSStats(StatRegistry):
+    """The DNS layer's stats ``proxy.process.dns.*``; ``in_flight`` is a volatile gauge."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._blocks: list[StatBlock] = []
-        self._retired = [0] * len(STAT_NAMES)
-
-    def new_block(self) -> StatBlock:
-        block = [0] * len(STAT_NAMES)
-        with self._lock:
-            self._blocks.append(block)
-        return block
-
-    def retire(self, block: StatBlock) -> None:
-        """Stop tracking ``block``, keeping its counts (gauges excepted) in the totals."""
-        with self._lock:
-            for i, b in enumerate(self._blocks):
-                if b is block:
-                    del self._blocks[i]
-                    break
-            else:
-                return
-            for i, v in enumerate(block):
-                if i != IN_FLIGHT:
-                    self._retired[i] += v
-
-    def get(self, name: str) -> int:
-        """The sum of a stat over every handler. ``KeyError`` for an unknown name."""
-        i = _INDEX.get(name)
-        if i is None:
-            raise KeyError(f"unknown stat {name!r}")
-        with self._lock:
-            return self._retired[i] + sum(b[i] for b in self._blocks)
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            totals = list(self._retired)
-            for b in self._blocks:
-                for i, v in enumerate(b):
-                    totals[i] += v
-        return dict(zip(STAT_NAMES, totals))
-
-    def reset(self) -> None:
-        """Zero every counter (tests and benchmarks); the in-flight gauge keeps its value."""
-        with self._lock:
-            self._retired = [0] * len(STAT_NAMES)
-            for b in self._blocks:
-                for i in range(len(b)):
-                    if i != IN_FLIGHT:
-                        b[i] = 0
+        super().__init__(STAT_NAMES, volatile=(IN_FLIGHT,))
 
 
 dns_stats = DNSStats()

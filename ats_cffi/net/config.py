@@ -69,24 +69,39 @@ RECORDS: tuple[Record, ...] = (
            "bytes a VC may read in one NetHandler pass before yielding to the others"),
 )  # fmt: skip
 
-_BY_KEY = {r.key: r for r in RECORDS}
-_BY_ATTR = {r.attr: r for r in RECORDS}
 
+class RecordStore:
+    """The live values of a table of records (``records``, each with ``key``, ``attr`` and a
+    ``default``): read with ``get(key)`` or as attributes, change with ``set(key or attr,
+    value)``. Subclasses say how a value is checked (``_coerce``). Thread-safe to read."""
 
-class NetConfig:
-    """The live values of the net records. Thread-safe to read; ``set`` validates."""
+    records: tuple[Any, ...] = ()
+    _by_key: dict[str, Any] = {}
+    _by_attr: dict[str, Any] = {}
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        cls._by_key = {r.key: r for r in cls.records}
+        cls._by_attr = {r.attr: r for r in cls.records}
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        object.__setattr__(self, "_lock", threading.Lock())
         self.reset()
 
+    def _default(self, r: Any) -> Any:
+        return r.default
+
+    def _coerce(self, r: Any, value: Any) -> Any:
+        """The value to store for record ``r``; ``TypeError``/``ValueError`` naming ``r.key``."""
+        raise NotImplementedError
+
     def reset(self) -> None:
-        """Back to ATS's defaults."""
-        for r in RECORDS:
-            object.__setattr__(self, r.attr, r.kind(r.default))
+        """Back to the defaults."""
+        for r in self.records:
+            object.__setattr__(self, r.attr, self._default(r))
 
     def get(self, key: str) -> Any:
-        r = _BY_KEY.get(key)
+        r = self._by_key.get(key)
         if r is None:
             raise KeyError(f"unknown record {key!r}")
         return getattr(self, r.attr)
@@ -94,9 +109,32 @@ class NetConfig:
     def set(self, key: str, value: Any) -> None:
         """Set a record: ``KeyError`` for an unknown key, ``TypeError``/``ValueError`` for a bad
         value (each naming the key)."""
-        r = _BY_KEY.get(key) or _BY_ATTR.get(key)
+        r = self._by_key.get(key) or self._by_attr.get(key)
         if r is None:
             raise KeyError(f"unknown record {key!r}")
+        value = self._coerce(r, value)
+        with self._lock:  # type: ignore[attr-defined]
+            object.__setattr__(self, r.attr, value)
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(r.key, getattr(self, r.attr)) for r in self.records]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._by_attr:
+            self.set(name, value)
+        else:
+            object.__setattr__(self, name, value)
+
+
+class NetConfig(RecordStore):
+    """The live values of the net records (ATS's defaults)."""
+
+    records = RECORDS
+
+    def _default(self, r: Record) -> Any:
+        return r.kind(r.default)
+
+    def _coerce(self, r: Record, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{r.key}: expected a number, got {type(value).__name__}")
         if value != value or value in (float("inf"), float("-inf")):
@@ -105,22 +143,12 @@ class NetConfig:
             raise ValueError(f"{r.key}: expected an integer, got {value}")
         if value < r.minimum:
             raise ValueError(f"{r.key}: must be >= {r.minimum}, got {value}")
-        with self._lock:
-            object.__setattr__(self, r.attr, r.kind(value))
+        return r.kind(value)
 
     @staticmethod
     def dynamic_keys() -> frozenset[str]:
         """The records that take effect on their next use (safe to reload live)."""
         return frozenset(r.key for r in RECORDS if r.dynamic)
-
-    def items(self) -> list[tuple[str, Any]]:
-        return [(r.key, getattr(self, r.attr)) for r in RECORDS]
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _BY_ATTR:
-            self.set(name, value)
-        else:
-            object.__setattr__(self, name, value)
 
 
 net_config = NetConfig()

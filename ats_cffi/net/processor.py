@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import threading
 from typing import Any, Protocol
 
-from ats_cffi._native import lib
+from ats_cffi import sys as _sys
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
 from ats_cffi.eventsystem.ethread import REGULAR, EThread, this_ethread
 from ats_cffi.eventsystem.event import Action
@@ -54,12 +53,9 @@ def _parse_address(call: str, addr: Any) -> tuple[int, tuple]:
         raise TypeError(f"{call}: host must be a str, not {type(host).__name__}")
     if type(port) is not int or not 0 < port <= 65535:
         raise ValueError(f"{call}: port must be in 1..65535, got {port!r}")
-    for family in (lib.AF_INET, lib.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-            return family, addr
-        except OSError:
-            pass
+    family = _sys.ip_family(host)
+    if family:
+        return family, addr
     if not host or len(host) > 253:
         raise ValueError(f"{call}: not an IP address or host name: {host!r}")
     return 0, addr

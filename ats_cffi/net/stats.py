@@ -50,27 +50,32 @@ STAT_NAMES: tuple[str, ...] = (
     ACTIVE_TIMEOUTS,
 ) = range(len(STAT_NAMES))
 
-_INDEX = {name: i for i, name in enumerate(STAT_NAMES)}
-
 StatBlock = list  # a list of len(STAT_NAMES) ints, written by one thread only
 
 
-class NetStats:
-    """The registry of stat blocks."""
+class StatRegistry:
+    """The registry of one layer's stat blocks (``names``: the stat keys, in index order).
 
-    def __init__(self) -> None:
+    Stats in ``volatile`` are gauges of a block's own work (e.g. questions in flight): a
+    retired block's value is dropped and ``reset`` keeps them.
+    """
+
+    def __init__(self, names: tuple[str, ...], volatile: tuple[int, ...] = ()) -> None:
+        self.names = names
+        self._index = {name: i for i, name in enumerate(names)}
+        self._volatile = frozenset(volatile)
         self._lock = threading.Lock()
         self._blocks: list[StatBlock] = []
-        self._retired = [0] * len(STAT_NAMES)
+        self._retired = [0] * len(names)
 
     def new_block(self) -> StatBlock:
-        block = [0] * len(STAT_NAMES)
+        block = [0] * len(self.names)
         with self._lock:
             self._blocks.append(block)
         return block
 
     def retire(self, block: StatBlock) -> None:
-        """Stop tracking ``block``, keeping its counts in the totals."""
+        """Stop tracking ``block``, keeping its counts (volatile gauges excepted)."""
         with self._lock:
             for i, b in enumerate(self._blocks):
                 if b is block:
@@ -79,11 +84,12 @@ class NetStats:
             else:
                 return
             for i, v in enumerate(block):
-                self._retired[i] += v
+                if i not in self._volatile:
+                    self._retired[i] += v
 
     def get(self, name: str) -> int:
-        """The sum of a stat over every thread. ``KeyError`` for an unknown name."""
-        i = _INDEX.get(name)
+        """The sum of a stat over every block. ``KeyError`` for an unknown name."""
+        i = self._index.get(name)
         if i is None:
             raise KeyError(f"unknown stat {name!r}")
         with self._lock:
@@ -104,14 +110,23 @@ class NetStats:
             for b in self._blocks:
                 for i, v in enumerate(b):
                     totals[i] += v
-        return dict(zip(STAT_NAMES, totals))
+        return dict(zip(self.names, totals))
 
     def reset(self) -> None:
-        """Zero every counter (tests and benchmarks)."""
+        """Zero every counter (tests and benchmarks); volatile gauges keep their values."""
         with self._lock:
-            self._retired = [0] * len(STAT_NAMES)
+            self._retired = [0] * len(self.names)
             for b in self._blocks:
-                b[:] = [0] * len(STAT_NAMES)
+                for i in range(len(b)):
+                    if i not in self._volatile:
+                        b[i] = 0
+
+
+class NetStats(StatRegistry):
+    """The net layer's stats ``proxy.process.net.*``."""
+
+    def __init__(self) -> None:
+        super().__init__(STAT_NAMES)
 
 
 net_stats = NetStats()
