@@ -27,10 +27,11 @@ class EchoSession(Session):
     """Reads into ``buf`` and writes ``buf`` back. Closes on EOS (once flushed), error or
     timeout."""
 
+    current_stat = CURRENT
+
     def __init__(self, service: EchoService, vc: UnixNetVConnection) -> None:
         super().__init__(service)
         self.vc = vc
-        self.closed = False
         buf = MIOBuffer(BLOCK_SIZE, WATER_MARK)
         reader = buf.alloc_reader()
         self.set_handler(self.handle)
@@ -61,13 +62,6 @@ class EchoSession(Session):
             self.close()
         else:  # VC_EVENT_ERROR, INACTIVITY_TIMEOUT, ACTIVE_TIMEOUT
             self.close()
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.vc.do_io_close()
-            self.service.stats.incr(CURRENT, -1)
-            self.service.remove_session(self)
 
 
 class EchoService(Service):

@@ -98,6 +98,8 @@ def http_date() -> bytes:
 class HttpSession(Session):
     """One client connection: parse, answer in order, keep alive or close (module doc)."""
 
+    current_stat = CURRENT
+
     def __init__(self, service: HttpService, vc: UnixNetVConnection) -> None:
         super().__init__(service)
         self.vc = vc
@@ -114,7 +116,6 @@ class HttpSession(Session):
         self.lingering = False
         #: The client half-closed (EOS): what it sent is answered, then the session closes.
         self.peer_eos = False
-        self.closed = False
         self.set_handler(self.handle)
         if service.inactivity_timeout:
             vc.set_inactivity_timeout(service.inactivity_timeout)
@@ -292,13 +293,6 @@ class HttpSession(Session):
         if not self.in_request and not self.rreader.read_avail() and not self.wbuf.max_read_avail():
             self.close()
         # else: on_message_complete sees service.draining and answers Connection: close
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.vc.do_io_close()
-            self.service.stats.incr(CURRENT, -1)
-            self.service.remove_session(self)
 
 
 class HttpService(Service):

@@ -63,12 +63,26 @@ def format_hostport(host: str, port: int) -> str:
 class Session(Continuation):
     """One connection's state machine. Subclasses drive VIOs in ``handle_event``."""
 
+    #: The service's gauge of open sessions, lowered by ``close`` ("" for none).
+    current_stat = ""
+
     def __init__(self, service: Service) -> None:
         super().__init__(ProxyMutex())
         self.service = service
+        self.vc: Any = None
+        self.closed = False
 
     def on_drain(self) -> None:
         """The process is stopping (called with this session's mutex held): finish soon."""
+
+    def close(self) -> None:
+        """Close the connection once, lower the gauge and forget the session."""
+        if not self.closed:
+            self.closed = True
+            self.vc.do_io_close()
+            if self.current_stat:
+                self.service.stats.incr(self.current_stat, -1)
+            self.service.remove_session(self)
 
 
 class Service(Continuation):

@@ -78,7 +78,6 @@ class TunnelSession(Session):
         super().__init__(service)
         self.client = client
         self.server: UnixNetVConnection | None = None
-        self.closed = False
         self.c2s = MIOBuffer(BLOCK_SIZE, WATER_MARK)
         self.s2c = MIOBuffer(BLOCK_SIZE, WATER_MARK)
         self.c_read: VIO | None = None
