@@ -24,7 +24,6 @@ from ats_cffi._native import ffi, lib
 
 __all__ = [
     "AGAIN",
-    "EOF_OR_ERROR",
     "IN_PROGRESS",
     "Address",
     "Epoll",
@@ -58,8 +57,6 @@ __all__ = [
 AGAIN: int = -_errno.EAGAIN
 #: Returned by :func:`connect` on a non-blocking socket whose connect is under way.
 IN_PROGRESS: int = -_errno.EINPROGRESS
-#: Value of ``last`` from :func:`read_fill` for end of file.
-EOF_OR_ERROR: int = 0
 
 _EINTR = _errno.EINTR
 _EAGAIN = _errno.EAGAIN
@@ -667,7 +664,3 @@ def writev_blocks(fd: int, bases: Any, offsets: Any, lengths: Any, count: int) -
     if last < 0 and last != AGAIN and n == 0:
         raise _oserror("writev", -last)
     return n, last
-
-
-# Keep the stdlib constant names handy for callers that mix both worlds.
-SOL_SOCKET = _socket.SOL_SOCKET
