@@ -31,8 +31,9 @@ from ats_cffi.apps.config import (
     validate_records,
 )
 from ats_cffi.apps.runner import SERVICES, Settings, StartError, UsageError, serve
-from ats_cffi.apps.tunnel import is_numeric_host, start_name_resolution
+from ats_cffi.apps.tunnel import start_name_resolution
 from ats_cffi.net import net_config
+from ats_cffi.sys import ip_family
 
 PROG = "ats-cffi"
 
@@ -169,7 +170,7 @@ def build_parser() -> ArgumentParser:
 
 def _listen_host(host: str, option: str) -> str:
     """A listen address as a numeric IP (``localhost`` and other names resolved once)."""
-    if is_numeric_host(host):
+    if ip_family(host):
         return host
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)

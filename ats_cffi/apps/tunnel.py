@@ -16,7 +16,6 @@ possibly on two net threads, never run the session at the same time.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +23,7 @@ from ats_cffi.apps.service import BLOCK_SIZE, WATER_MARK, Service, Session
 from ats_cffi.eventsystem import INT64_MAX, VIO, Action, EventCode, MIOBuffer
 from ats_cffi.net import UnixNetVConnection, net_processor
 from ats_cffi.net.codes import IO_SHUTDOWN_WRITE, NET_EVENT_OPEN, NET_EVENT_OPEN_FAILED
+from ats_cffi.sys import ip_family
 
 log = logging.getLogger("ats.apps.tunnel")
 
@@ -37,17 +37,6 @@ CURRENT = "proxy.process.tunnel.current_client_connections_blind_tcp"
 CONNECT_FAILURES = "proxy.process.tunnel.upstream_connect_failures"
 
 
-def is_numeric_host(host: str) -> bool:
-    """True for an IPv4 or IPv6 address literal."""
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-            return True
-        except OSError:
-            pass
-    return False
-
-
 def start_name_resolution(host: str, start: bool = True) -> Callable[[], None] | None:
     """Make ``connect_re`` able to reach ``host`` (after ``net_processor.start``).
 
@@ -56,7 +45,7 @@ def start_name_resolution(host: str, start: bool = True) -> Callable[[], None] |
     shuts down (``start=False`` only checks that the layer exists). Without it, raise
     ``ValueError``.
     """
-    if is_numeric_host(host):
+    if ip_family(host):
         return None
     try:
         from ats_cffi.dns import dns_processor  # type: ignore[import-not-found, attr-defined]

@@ -31,7 +31,6 @@ import errno
 import logging
 import os
 import secrets
-import socket
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -51,6 +50,7 @@ from ats_cffi.dns.stats import dns_stats
 from ats_cffi.eventsystem.codes import EVENT_DONE
 from ats_cffi.eventsystem.continuation import Continuation
 from ats_cffi.eventsystem.mutex import ProxyMutex
+from ats_cffi.sys import ip_family
 
 if TYPE_CHECKING:
     from ats_cffi.dns.processor import DNSProcessor
@@ -69,16 +69,6 @@ _RCODE_ERRORS = {
     dns.rcode.FORMERR: DNSError.FORMERR,
     dns.rcode.NOTIMP: DNSError.NOTIMP,
 }
-
-
-def _literal_family(name: str) -> int:
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, name)
-            return family
-        except OSError:
-            pass
-    return 0
 
 
 class DNSHandler(Continuation):
@@ -168,7 +158,7 @@ class DNSHandler(Continuation):
             self.post(lookup, HostEnt.failure(name, family, DNSError.SHUTDOWN))
             return
         if lookup.family_index == 0:
-            lit = _literal_family(name)
+            lit = ip_family(name)
             if lit:
                 if lit in lookup.families:
                     self.post(lookup, HostEnt(name, lit, (name,), 0, source=SOURCE_LITERAL))

@@ -11,16 +11,9 @@ import socket
 from collections.abc import Iterable
 
 from ats_cffi.dns.config import DOMAIN_SERVICE_PORT, MAX_NAMED, NameServer
+from ats_cffi.sys import ip_family
 
 log = logging.getLogger("ats.dns")
-
-
-def _is_family(host: str, family: int) -> bool:
-    try:
-        socket.inet_pton(family, host)
-        return True
-    except OSError:
-        return False
 
 
 def normalize_name(name: str) -> str:
@@ -41,7 +34,7 @@ def parse_resolv_conf(text: str) -> tuple[NameServer, ...]:
         if len(fields) < 2 or fields[0] != "nameserver":
             continue
         host = fields[1]
-        if _is_family(host, socket.AF_INET) or _is_family(host, socket.AF_INET6):
+        if ip_family(host):
             out.append((host, DOMAIN_SERVICE_PORT))
         else:
             log.debug("resolv.conf: ignoring name server %r", host)
@@ -73,9 +66,10 @@ class HostsFile:
             if len(fields) < 2:
                 continue
             addr = fields[0]
-            if _is_family(addr, socket.AF_INET):
+            family = ip_family(addr)
+            if family == socket.AF_INET:
                 table = self.v4
-            elif _is_family(addr, socket.AF_INET6):
+            elif family == socket.AF_INET6:
                 table = self.v6
             else:
                 continue
