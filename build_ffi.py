@@ -21,4 +21,13 @@ ffibuilder.set_source(
 )
 
 if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)
+    # A quick in-place build. cffi writes its generated C file under the module's dotted
+    # path inside tmpdir: with the default tmpdir (".") that path is ats_cffi/_native.c,
+    # the helpers' source itself, so build under build/ and copy the extension in.
+    import shutil
+
+    built = Path(ffibuilder.compile(tmpdir=str(HERE / "build" / "cffi"), verbose=True))
+    for old in (HERE / "ats_cffi").glob("_native*.so"):
+        old.unlink()  # one extension in the package: the import picks no stale one
+    shutil.copy2(built, HERE / "ats_cffi" / built.name)
+    print(f"copied {built.name} into ats_cffi/")

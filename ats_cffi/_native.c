@@ -277,3 +277,203 @@ static int ats_sockaddr_parse(const struct sockaddr_storage *ss, socklen_t len, 
     }
     return -EAFNOSUPPORT;
 }
+
+/* ---------------------------------------------------------------------------
+ * Native splice: the byte path of a blind tunnel (ATS's OneWayTunnel without a
+ * Python continuation per transfer).  A pipe moves bytes from src_fd to dst_fd
+ * through a buffer owned by Python; an end is one spliced fd, registered in
+ * epoll with ATS_SPLICE_TAG | (address of its end) as its data, so that
+ * ats_net_wait pumps its pipes without returning the event to Python.  Python
+ * hears of an end only when something needs it (see ATS_SPLICE_* below).
+ * ------------------------------------------------------------------------- */
+
+#define ATS_SPLICE_TAG (1ULL << 63)
+
+/* Pump status bits. */
+#define ATS_SPLICE_MOVED 1u /* bytes moved */
+#define ATS_SPLICE_MORE 2u  /* stopped at the budget with work left: pump again */
+#define ATS_SPLICE_DONE 4u  /* a pipe finished: source EOF, all written, dst shut */
+#define ATS_SPLICE_ERROR 8u /* a pipe failed: err holds the errno */
+
+/* Per-thread counters the pumps add to (indices of ats_net_wait's counters). */
+#define ATS_CTR_READS 0
+#define ATS_CTR_READ_BYTES 1
+#define ATS_CTR_WRITES 2
+#define ATS_CTR_WRITE_BYTES 3
+
+struct ats_splice_end;
+
+struct ats_pipe {
+    int src_fd;
+    int dst_fd;
+    char *buf;
+    size_t cap;
+    size_t head; /* first byte not yet written */
+    size_t tail; /* one past the last byte read */
+    size_t budget; /* bytes read per pump at most */
+    int src_ready; /* an edge was seen on src and no EAGAIN since */
+    int dst_ready;
+    int src_hup;   /* the peer hung up: a short read no longer means drained */
+    int src_eof;
+    int done;      /* finished or failed: the pump does nothing more */
+    int err;       /* errno of the failure, 0 if none */
+    int err_on_dst;
+    uint64_t nread;
+    uint64_t nwritten;
+    struct ats_splice_end *src_end;
+    struct ats_splice_end *dst_end;
+};
+
+struct ats_splice_end {
+    uint64_t token;        /* the EventIO token Python knows this end by */
+    struct ats_pipe *in;   /* the pipe reading this fd, or NULL */
+    struct ats_pipe *out;  /* the pipe writing this fd, or NULL */
+    uint64_t activity;     /* bumped when bytes move on this fd (the InactivityCop) */
+    uint32_t status;       /* status bits not yet taken by Python */
+    int queued;            /* already in this pass's notify list */
+};
+
+static void ats_pipe_fail(struct ats_pipe *p, int err, int on_dst)
+{
+    p->err = err;
+    p->err_on_dst = on_dst;
+    p->done = 1;
+}
+
+/* Move bytes src -> dst until both sides would block, the buffer is full and dst
+ * blocks, the source ended, or budget bytes were read.  Returns status bits. */
+static uint32_t ats_pipe_pump(struct ats_pipe *p, uint64_t *ctr)
+{
+    uint32_t st = 0;
+    size_t got = 0;
+    if (p->done)
+        return 0;
+    for (;;) {
+        int progress = 0;
+        if (p->tail > p->head && p->dst_ready) {
+            size_t want = p->tail - p->head;
+            ssize_t r = send(p->dst_fd, p->buf + p->head, want, MSG_NOSIGNAL);
+            ctr[ATS_CTR_WRITES]++;
+            if (r > 0) {
+                p->head += (size_t)r;
+                p->nwritten += (uint64_t)r;
+                ctr[ATS_CTR_WRITE_BYTES] += (uint64_t)r;
+                p->dst_end->activity++;
+                st |= ATS_SPLICE_MOVED;
+                progress = 1;
+                if (p->head == p->tail)
+                    p->head = p->tail = 0;
+                else
+                    p->dst_ready = 0; /* short write: the socket buffer is full */
+            } else if (r < 0 && errno == EINTR) {
+                continue;
+            } else if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                p->dst_ready = 0;
+            } else {
+                ats_pipe_fail(p, r < 0 ? errno : EIO, 1);
+                return st | ATS_SPLICE_ERROR;
+            }
+        }
+        if (p->src_eof) {
+            if (p->tail == p->head) {
+                /* Everything the source sent is written: pass the half-close on. */
+                if (shutdown(p->dst_fd, SHUT_WR) < 0 && errno != ENOTCONN) {
+                    ats_pipe_fail(p, errno, 1);
+                    return st | ATS_SPLICE_ERROR;
+                }
+                p->done = 1;
+                return st | ATS_SPLICE_DONE;
+            }
+        } else if (p->src_ready && p->tail < p->cap) {
+            if (got >= p->budget)
+                return st | ATS_SPLICE_MORE;
+            if (p->head > 0) { /* compact: the unwritten bytes to the front */
+                memmove(p->buf, p->buf + p->head, p->tail - p->head);
+                p->tail -= p->head;
+                p->head = 0;
+            }
+            size_t want = p->cap - p->tail;
+            ssize_t r = read(p->src_fd, p->buf + p->tail, want);
+            ctr[ATS_CTR_READS]++;
+            if (r > 0) {
+                p->tail += (size_t)r;
+                p->nread += (uint64_t)r;
+                got += (size_t)r;
+                ctr[ATS_CTR_READ_BYTES] += (uint64_t)r;
+                p->src_end->activity++;
+                st |= ATS_SPLICE_MOVED;
+                progress = 1;
+                if ((size_t)r < want && !p->src_hup)
+                    p->src_ready = 0; /* a short read drained the socket */
+            } else if (r == 0) {
+                p->src_eof = 1;
+                progress = 1;
+            } else if (errno == EINTR) {
+                continue;
+            } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                p->src_ready = 0;
+            } else {
+                ats_pipe_fail(p, errno, 0);
+                return st | ATS_SPLICE_ERROR;
+            }
+        }
+        if (!progress)
+            return st;
+    }
+}
+
+/* An epoll event (or, with mask 0, a kick from Python) on a spliced fd: note
+ * the readiness and pump the pipes through it.  Returns status bits. */
+static uint32_t ats_splice_end_event(struct ats_splice_end *end, uint32_t mask, uint64_t *ctr)
+{
+    uint32_t st = 0;
+    struct ats_pipe *in = end->in;
+    struct ats_pipe *out = end->out;
+    if (in != NULL && (mask & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP | EPOLLPRI))) {
+        in->src_ready = 1;
+        if (mask & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+            in->src_hup = 1;
+    }
+    if (out != NULL && (mask & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+        out->dst_ready = 1;
+    if (in != NULL)
+        st |= ats_pipe_pump(in, ctr);
+    if (out != NULL && out != in)
+        st |= ats_pipe_pump(out, ctr);
+    return st;
+}
+
+/* epoll_wait for a NetHandler pass.  Events of spliced fds are handled here;
+ * the others are unpacked into tokens/masks (the return value counts them).
+ * The tokens of ends that need Python (status other than MOVED) go to notify,
+ * *nnotify of them, each once per pass; their bits accumulate in end->status. */
+static int ats_net_wait(int epfd, struct epoll_event *evs, int maxevents, int timeout,
+                        uint64_t *tokens, uint32_t *masks, uint64_t *notify, int *nnotify,
+                        uint64_t *ctr)
+{
+    int n = epoll_wait(epfd, evs, maxevents, timeout);
+    int k = 0, m = 0;
+    *nnotify = 0;
+    if (n < 0)
+        return -errno;
+    for (int i = 0; i < n; i++) {
+        uint64_t d = evs[i].data.u64;
+        if (d & ATS_SPLICE_TAG) {
+            struct ats_splice_end *end = (struct ats_splice_end *)(uintptr_t)(d & ~ATS_SPLICE_TAG);
+            uint32_t st = ats_splice_end_event(end, evs[i].events, ctr) & ~ATS_SPLICE_MOVED;
+            if (st) {
+                end->status |= st;
+                if (!end->queued) {
+                    end->queued = 1;
+                    notify[m++] = end->token;
+                }
+            }
+        } else {
+            tokens[k] = d;
+            masks[k] = evs[i].events;
+            k++;
+        }
+    }
+    *nnotify = m;
+    return k;
+}

@@ -122,3 +122,46 @@ int ats_sockaddr_make(int family, const char *host, int port, uint32_t flowinfo,
                       uint32_t scope_id, struct sockaddr_storage *ss, socklen_t *len);
 int ats_sockaddr_parse(const struct sockaddr_storage *ss, socklen_t len, char *host,
                        size_t hostlen, int *port, uint32_t *flowinfo, uint32_t *scope_id);
+
+/* Native splice (see _native.c): the byte path of a blind tunnel. */
+#define ATS_SPLICE_MOVED ...
+#define ATS_SPLICE_MORE ...
+#define ATS_SPLICE_DONE ...
+#define ATS_SPLICE_ERROR ...
+#define ATS_CTR_READS ...
+#define ATS_CTR_READ_BYTES ...
+#define ATS_CTR_WRITES ...
+#define ATS_CTR_WRITE_BYTES ...
+struct ats_splice_end;
+struct ats_pipe {
+    int src_fd;
+    int dst_fd;
+    char *buf;
+    size_t cap;
+    size_t head;
+    size_t tail;
+    size_t budget;
+    int src_ready;
+    int dst_ready;
+    int src_hup;
+    int src_eof;
+    int done;
+    int err;
+    int err_on_dst;
+    uint64_t nread;
+    uint64_t nwritten;
+    struct ats_splice_end *src_end;
+    struct ats_splice_end *dst_end;
+};
+struct ats_splice_end {
+    uint64_t token;
+    struct ats_pipe *in;
+    struct ats_pipe *out;
+    uint64_t activity;
+    uint32_t status;
+    int queued;
+};
+uint32_t ats_splice_end_event(struct ats_splice_end *end, uint32_t mask, uint64_t *ctr);
+int ats_net_wait(int epfd, struct epoll_event *evs, int maxevents, int timeout,
+                 uint64_t *tokens, uint32_t *masks, uint64_t *notify, int *nnotify,
+                 uint64_t *ctr);

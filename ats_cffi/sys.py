@@ -168,6 +168,29 @@ class Epoll:
             if n != -_EINTR:
                 raise _oserror("epoll_wait", -n)
 
+    def wait_net(self, timeout_ms: int, notify: Any, nnotify: Any, counters: Any) -> int:
+        """``wait`` for a NetHandler pass (``ats_net_wait``): events whose token has bit 63
+        set belong to spliced fds (``ats_cffi.net.splice``) and are handled natively, not
+        returned. The tokens of the spliced ends that need Python go to ``notify``
+        (``nnotify[0]`` of them); the native pumps add to ``counters`` (``uint64_t[4]``).
+        Returns the number of the other events, in ``tokens``/``masks`` as for ``wait``."""
+        while True:
+            n = lib.ats_net_wait(
+                self._fd,
+                self._evs,
+                self.max_events,
+                timeout_ms,
+                self._tokens_c,
+                self._masks_c,
+                notify,
+                nnotify,
+                counters,
+            )
+            if n >= 0:
+                return n
+            if n != -_EINTR:
+                raise _oserror("epoll_wait", -n)
+
     def close(self) -> None:
         """Close the epoll fd; a second call does nothing."""
         fd, self._fd = self._fd, -1

@@ -1,6 +1,6 @@
 """Echo servers for perf/echo_bench.py: ats_cffi, asyncio and uvloop.
 
-    python perf/servers.py {ats,asyncio,uvloop} [--port P]
+    python perf/servers.py {ats,ats_splice,asyncio,uvloop} [--port P]
     python perf/servers.py ats [--net-threads N] [--accept-threads N] [--reuseport]
     python perf/servers.py {ats,asyncio,uvloop} --backlog N
 
@@ -81,6 +81,27 @@ def ats_echo_acceptor(water_mark: int = ATS_WATER_MARK):
     return Acceptor()
 
 
+def ats_splice_acceptor():
+    """An accept continuation that splices every connection to itself (net/splice.py): the
+    echo's bytes move natively; the Python side sees only the end of each connection."""
+    from ats_cffi.eventsystem import Continuation, EventCode, ProxyMutex
+    from ats_cffi.net.codes import NET_EVENT_ACCEPT
+    from ats_cffi.net.splice import Splice
+
+    class Acceptor(Continuation):
+        def __init__(self) -> None:
+            super().__init__(ProxyMutex())
+            self.set_handler(self.on_event)
+
+        def on_event(self, event: int, data) -> None:
+            if event == NET_EVENT_ACCEPT:
+                Splice(self, data)
+            elif event in (EventCode.VC_EVENT_EOS, EventCode.VC_EVENT_ERROR):
+                data.close()
+
+    return Acceptor()
+
+
 def run_ats(
     port: int,
     water_mark: int = ATS_WATER_MARK,
@@ -88,8 +109,10 @@ def run_ats(
     accept_threads: int | None = None,
     reuseport: bool = False,
     backlog: int | None = None,
+    splice: bool = False,
 ) -> None:
-    """``accept_threads`` None: the ``proxy.config.accept_threads`` record (1); 0: accept on
+    """``splice``: the native echo (``ats_splice_acceptor``) instead of the VIO one.
+    ``accept_threads`` None: the ``proxy.config.accept_threads`` record (1); 0: accept on
     every net thread (EPOLLEXCLUSIVE, or one socket per thread with ``reuseport``).
     ``backlog`` None: the ``proxy.config.net.listen_backlog`` record (somaxconn)."""
     from ats_cffi.net import AcceptOptions, net_processor
@@ -105,7 +128,8 @@ def run_ats(
         reuseport=reuseport,
         backlog=backlog,
     )
-    action = net_processor.accept(ats_echo_acceptor(water_mark), opt)
+    acceptor = ats_splice_acceptor() if splice else ats_echo_acceptor(water_mark)
+    action = net_processor.accept(acceptor, opt)
     ready(action.na.port)
     try:
         while not stop.wait(0.5):
@@ -151,7 +175,7 @@ def run_uvloop(port: int, water_mark: int = 0, backlog: int | None = None) -> No
     uvloop.run(serve_asyncio(port, backlog))
 
 
-SERVERS = {"ats": run_ats, "asyncio": run_asyncio, "uvloop": run_uvloop}
+SERVERS = {"ats": run_ats, "ats_splice": run_ats, "asyncio": run_asyncio, "uvloop": run_uvloop}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         help="listen backlog (default: asyncio's 100; ats: the listen_backlog record)",
     )
     args = p.parse_args(argv)
-    if args.server == "ats":
+    if args.server in ("ats", "ats_splice"):
         run_ats(
             args.port,
             args.water_mark,
@@ -191,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             args.accept_threads,
             args.reuseport,
             args.backlog,
+            splice=args.server == "ats_splice",
         )
     else:
         SERVERS[args.server](args.port, args.water_mark, args.backlog)

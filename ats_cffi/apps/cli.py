@@ -1,7 +1,7 @@
 """The ``ats-cffi`` command (also ``python -m ats_cffi``): echo, tunnel and http services.
 
-    ats-cffi echo   [--listen HOST:PORT]                    (default 127.0.0.1:7007)
-    ats-cffi tunnel --listen HOST:PORT --upstream HOST:PORT
+    ats-cffi echo   [--listen HOST:PORT] [--vio]            (default 127.0.0.1:7007)
+    ats-cffi tunnel --listen HOST:PORT --upstream HOST:PORT [--vio]
     ats-cffi http   [--listen HOST:PORT]                    (default 127.0.0.1:8080)
 
 Once listening it prints ``ats-cffi SERVICE listening on HOST:PORT`` per listener. SIGTERM or
@@ -162,6 +162,10 @@ def build_parser() -> ArgumentParser:
     tunnel.add_argument("--listen", type=parse_hostport, required=True, metavar="HOST:PORT")
     tunnel.add_argument("--upstream", type=parse_hostport, required=True, metavar="HOST:PORT",
                         help="where every connection is forwarded")  # fmt: skip
+    for sp in (echo, tunnel):
+        sp.add_argument("--vio", action="store_true",
+                        help="move the bytes through VIOs and a Python continuation instead "
+                        "of the native splice (slower)")  # fmt: skip
     http = sub.add_parser("http", parents=[common], help="HTTP/1.1 server with a stats page")
     http.add_argument("--listen", type=parse_hostport, default=("127.0.0.1", 8080),
                       metavar="HOST:PORT", help="default 127.0.0.1:8080")  # fmt: skip
@@ -208,6 +212,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         config=args.config,
         log_level=args.log_level,
         cli_records=cli_records,
+        vio=getattr(args, "vio", False),
     )
 
 

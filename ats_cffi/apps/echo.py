@@ -1,9 +1,13 @@
 """The echo service: every byte a client sends comes back to it.
 
-One MIOBuffer per connection is both the read VIO's buffer and the write VIO's source, so
-reading stops (back-pressure) while more than ``WATER_MARK`` bytes wait to go back to a
-client that does not read. After the client's half-close (EOS) the rest is written back
-and the connection closed.
+By default each connection is spliced to itself (``ats_cffi.net.splice``): its bytes move
+natively, through a ``WATER_MARK``-byte buffer whose filling stops the reads (back-pressure)
+while the client does not read. After the client's half-close everything is written back,
+the write side is shut down, and the connection closed.
+
+With ``native=False`` (``ats-cffi echo --vio``) the bytes go through VIOs and a Python
+continuation instead: one MIOBuffer per connection is both the read VIO's buffer and the
+write VIO's source, with the same water mark, EOS handling and timeouts.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 from ats_cffi.apps.service import BLOCK_SIZE, WATER_MARK, Service, Session
 from ats_cffi.eventsystem import INT64_MAX, EventCode, MIOBuffer
 from ats_cffi.net import UnixNetVConnection
+from ats_cffi.net.splice import Splice
 
 _READ_READY = EventCode.VC_EVENT_READ_READY
 _WRITE_READY = EventCode.VC_EVENT_WRITE_READY
@@ -23,17 +28,15 @@ TOTAL = "proxy.process.echo.total_client_connections"
 CURRENT = "proxy.process.echo.current_client_connections"
 
 
-class EchoSession(Session):
-    """Reads into ``buf`` and writes ``buf`` back. Closes on EOS (once flushed), error or
-    timeout."""
+class BaseEchoSession(Session):
+    """What both kinds of echo session do: count, set the timeout, register, then ``start``
+    moving bytes (with the session's mutex held)."""
 
     current_stat = CURRENT
 
     def __init__(self, service: EchoService, vc: UnixNetVConnection) -> None:
         super().__init__(service)
         self.vc = vc
-        buf = MIOBuffer(BLOCK_SIZE, WATER_MARK)
-        reader = buf.alloc_reader()
         self.set_handler(self.handle)
         if service.inactivity_timeout:
             vc.set_inactivity_timeout(service.inactivity_timeout)
@@ -41,8 +44,24 @@ class EchoSession(Session):
         service.stats.incr(CURRENT)
         service.add_session(self)
         with self.mutex:  # type: ignore[union-attr]
-            self.rvio = vc.do_io_read(self, INT64_MAX, buf)
-            self.wvio = vc.do_io_write(self, INT64_MAX, reader)
+            self.start(vc)
+
+    def start(self, vc: UnixNetVConnection) -> None:
+        raise NotImplementedError
+
+    def handle(self, event: int, data: Any) -> None:
+        raise NotImplementedError
+
+
+class EchoSession(BaseEchoSession):
+    """Reads into ``buf`` and writes ``buf`` back. Closes on EOS (once flushed), error or
+    timeout."""
+
+    def start(self, vc: UnixNetVConnection) -> None:
+        buf = MIOBuffer(BLOCK_SIZE, WATER_MARK)
+        reader = buf.alloc_reader()
+        self.rvio = vc.do_io_read(self, INT64_MAX, buf)
+        self.wvio = vc.do_io_write(self, INT64_MAX, reader)
 
     def handle(self, event: int, vio: Any) -> None:
         if self.closed:
@@ -64,11 +83,31 @@ class EchoSession(Session):
             self.close()
 
 
+class SplicedEchoSession(BaseEchoSession):
+    """The connection spliced to itself: Python hears only of its end (EOS once every byte
+    was echoed and the half-close passed back, an error, or a timeout), and closes."""
+
+    def start(self, vc: UnixNetVConnection) -> None:
+        self.splice = Splice(self, vc, buffer_size=WATER_MARK)
+
+    def handle(self, event: int, splice: Any) -> None:
+        self.close()  # VC_EVENT_EOS, ERROR, INACTIVITY_TIMEOUT, ACTIVE_TIMEOUT
+
+
 class EchoService(Service):
-    """``ats-cffi echo``."""
+    """``ats-cffi echo``: spliced sessions, or VIO ones with ``native=False``."""
 
     name = "echo"
     stat_names = (TOTAL, CURRENT)
 
+    def __init__(
+        self, inactivity_timeout: float = 0.0, worker: int | None = None, native: bool = True
+    ) -> None:
+        super().__init__(inactivity_timeout, worker)
+        self.native = native
+
     def start_session(self, vc: UnixNetVConnection) -> None:
-        EchoSession(self, vc)
+        if self.native:
+            SplicedEchoSession(self, vc)
+        else:
+            EchoSession(self, vc)

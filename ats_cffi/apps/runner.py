@@ -58,6 +58,8 @@ class Settings:
     drain_timeout: float = 10.0
     config: str | None = None
     log_level: str = "info"
+    #: echo/tunnel: move bytes through VIOs and Python continuations, not the native splice.
+    vio: bool = False
     #: Records set by command-line options (they win over the file, also on SIGHUP).
     cli_records: dict[str, Any] = field(default_factory=dict)
 
@@ -144,10 +146,10 @@ def build_services(settings: Settings, worker: int | None) -> list[Service]:
     timeout = settings.inactivity_timeout
     main: Service
     if settings.service == "echo":
-        main = EchoService(timeout, worker)
+        main = EchoService(timeout, worker, native=not settings.vio)
     elif settings.service == "tunnel":
         assert settings.upstream is not None
-        main = TunnelService(settings.upstream, timeout, worker)
+        main = TunnelService(settings.upstream, timeout, worker, native=not settings.vio)
     else:
         main = HttpService(inactivity_timeout=timeout, worker=worker)
     services = [main]

@@ -11,6 +11,12 @@ connections are closed. A failed upstream connect closes the client.
 
 Both VCs' VIOs share the session's mutex, which every event holds: the two directions,
 possibly on two net threads, never run the session at the same time.
+
+By default (``native=True``) the two connections are spliced instead (``ats_cffi.net.splice``,
+when both are on one net thread, as ``connect_re`` arranges): the same buffers, water mark,
+back-pressure and half-close rules, but the bytes move natively and the session hears only
+of the end (both directions finished, an error or a timeout). ``ats-cffi tunnel --vio``
+keeps the VIO path.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from ats_cffi.apps.service import BLOCK_SIZE, WATER_MARK, Service, Session
 from ats_cffi.eventsystem import INT64_MAX, VIO, Action, EventCode, MIOBuffer
 from ats_cffi.net import UnixNetVConnection, net_processor
 from ats_cffi.net.codes import IO_SHUTDOWN_WRITE, NET_EVENT_OPEN, NET_EVENT_OPEN_FAILED
+from ats_cffi.net.splice import Splice
 from ats_cffi.sys import ip_family
 
 log = logging.getLogger("ats.apps.tunnel")
@@ -77,6 +84,7 @@ class TunnelSession(Session):
         self.c2s_done = False
         self.s2c_done = False
         self.connect_action: Action | None = None
+        self.splice: Splice | None = None
         service.stats.incr(TOTAL)
         service.stats.incr(CURRENT)
         service.add_session(self)
@@ -105,8 +113,12 @@ class TunnelSession(Session):
             if timeout:
                 self.client.set_inactivity_timeout(timeout)
                 server.set_inactivity_timeout(timeout)
-            self.set_handler(self.state_tunnel)
             client = self.client
+            if self.service.native and server.nh is client.nh:  # type: ignore[attr-defined]
+                self.set_handler(self.state_spliced)
+                self.splice = Splice(self, client, server, buffer_size=WATER_MARK)
+                return
+            self.set_handler(self.state_tunnel)
             self.c_read = client.do_io_read(self, INT64_MAX, self.c2s)
             self.s_write = server.do_io_write(self, INT64_MAX, self.c2s.alloc_reader())
             self.s_read = server.do_io_read(self, INT64_MAX, self.s2c)
@@ -115,6 +127,10 @@ class TunnelSession(Session):
             log.info("tunnel: connect to %r failed: errno %d", self.service.upstream, -data)  # type: ignore[attr-defined]
             self.service.stats.incr(CONNECT_FAILURES)
             self.close()
+
+    def state_spliced(self, event: int, splice: Splice) -> None:
+        """The splice ended: both directions finished (EOS), an error, or a timeout."""
+        self.close()
 
     def state_tunnel(self, event: int, vio: VIO) -> None:
         """Move bytes: data in wakes the other side's writer, room out wakes the reader."""
@@ -185,9 +201,11 @@ class TunnelService(Service):
         upstream: tuple[str, int],
         inactivity_timeout: float = 0.0,
         worker: int | None = None,
+        native: bool = True,
     ) -> None:
         super().__init__(inactivity_timeout, worker)
         self.upstream = upstream
+        self.native = native
 
     def start_session(self, vc: UnixNetVConnection) -> None:
         TunnelSession(self, vc)

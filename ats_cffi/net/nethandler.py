@@ -49,6 +49,7 @@ from ats_cffi.net.stats import net_stats
 
 if TYPE_CHECKING:
     from ats_cffi.net.netvc import NetState, UnixNetVConnection
+    from ats_cffi.net.splice import SpliceEnd
 
 log = logging.getLogger("ats.iocore_net")
 cop_log = logging.getLogger("ats.inactivity_cop")
@@ -90,6 +91,8 @@ class NetHandler(Continuation):
         self.read_enable_list: list[UnixNetVConnection] = []
         self.write_enable_list: list[UnixNetVConnection] = []
         self._enable_lock = threading.Lock()
+        #: Spliced ends to pump (or whose status to take) on the next pass (net/splice.py).
+        self.splice_ready: list[SpliceEnd] = []
         self.open_list: set[UnixNetVConnection] = set()
         self.cop_list: set[UnixNetVConnection] = set()
         self.now = self.clock()
@@ -204,13 +207,49 @@ class NetHandler(Continuation):
                 elif s.triggered and (s.enabled or vc.connecting):
                     vc.write_to_net(self)
 
+    # ------------------------------------------------------------------ spliced ends
+
+    def splice_kick(self, end: SpliceEnd) -> None:
+        """Pump ``end`` (and take its status) on the next pass (own thread only)."""
+        if not end.in_ready:
+            end.in_ready = True
+            self.splice_ready.append(end)
+
+    def splice_notify(self, m: int) -> None:
+        """Take the status of the ``m`` spliced ends the native pass reported."""
+        ios = self.pd.ios
+        notify = self.pd.notify
+        for i in range(m):
+            eio = ios.get(notify[i])
+            end = eio.data.splice_end if eio is not None else None
+            if end is not None:
+                end.splice.take(end)
+
+    def process_splice_ready(self) -> None:
+        ends, self.splice_ready = self.splice_ready, []
+        for end in ends:
+            end.in_ready = False
+            if end.vc.splice_end is end:
+                end.splice.pump(end)
+
+    def fold_splice_counters(self) -> None:
+        """Add the native pumps' reads and writes to this thread's net stats."""
+        c = self.pd.counters_c
+        if c[0] or c[2]:
+            stats = self.stats
+            stats[st.CALLS_TO_READ] += c[0]
+            stats[st.READ_BYTES] += c[1]
+            stats[st.CALLS_TO_WRITE] += c[2]
+            stats[st.WRITE_BYTES] += c[3]
+            c[0] = c[1] = c[2] = c[3] = 0
+
     # ------------------------------------------------------------------ the pass
 
     def wait_for_activity(self, timeout_ms: int) -> None:
         """One pass of the net loop (see the module doc); the EThread's poll step."""
         self.stats[st.NET_HANDLER_RUN] += 1
         self.process_enabled_list()
-        if self.read_ready_list or self.write_ready_list:
+        if self.read_ready_list or self.write_ready_list or self.splice_ready:
             timeout_ms = 0
         elif timeout_ms > self.config.poll_timeout:
             timeout_ms = self.config.poll_timeout
@@ -218,7 +257,12 @@ class NetHandler(Continuation):
         self.now = self.clock()
         if n:
             self.dispatch(n)
+        m = self.pd.nnotify_c[0]
+        if m:
+            self.splice_notify(m)
         self.process_ready_list()
+        if self.splice_ready:
+            self.process_splice_ready()
 
     def dispatch(self, n: int) -> None:
         pd = self.pd
@@ -312,6 +356,7 @@ class NetHandler(Continuation):
         for vc in list(self.open_list):
             vc.closed = vc.closed or 1
             self.free_netevent(vc)
+        self.fold_splice_counters()
         self.signal_io.stop()
         self.poll_cont.close()
         net_stats.retire(self.stats)
@@ -342,6 +387,7 @@ class InactivityCop(Continuation):
         stats = nh.stats
         cop = nh.cop_list
         default = nh.config.default_inactivity_timeout
+        nh.fold_splice_counters()
         while cop:
             vc = cop.pop()
             vc.in_cop = False
@@ -355,6 +401,12 @@ class InactivityCop(Continuation):
                     if vc.recursion == 0:
                         nh.free_netevent(vc)
                     continue
+                end = vc.splice_end
+                if end is not None and end.c.activity != end.seen_activity:
+                    # Bytes moved natively since the last run: the VC was active.
+                    end.seen_activity = end.c.activity
+                    if vc.inactivity_timeout_in:
+                        vc.next_inactivity_timeout_at = now + vc.inactivity_timeout_in
                 if not vc.next_inactivity_timeout_at and default > 0 and vc.io_pending():
                     cop_log.debug("vc %r: applying the default inactivity timeout %s", vc, default)
                     vc.inactivity_timeout_in = default

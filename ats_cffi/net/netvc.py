@@ -188,6 +188,7 @@ class UnixNetVConnection(Continuation):
         "connect_timeout_event",
         "_local_addr",
         "_remote_addr",
+        "splice_end",
     )
 
     def __init__(self, options: NetVCOptions | None = None) -> None:
@@ -220,6 +221,8 @@ class UnixNetVConnection(Continuation):
         self.connect_timeout_event: Any = None
         self._local_addr: Any = None
         self._remote_addr: Any = None
+        #: Set while the VC's bytes move natively (net/splice.py): its SpliceEnd.
+        self.splice_end: Any = None
         self.set_handler(self.main_event)
 
     # ------------------------------------------------------------------ addresses
@@ -392,6 +395,8 @@ class UnixNetVConnection(Continuation):
             vio.buffer = None
         if alerrno not in (0, -1):
             self.lerrno = alerrno
+        if self.splice_end is not None:
+            self.splice_end.splice.vc_freed(self)  # its pipes stop touching this fd now
         # Mark closed last: another thread that sees it set sees a quiet VC.
         self.closed = 1 if alerrno == -1 else -1
         if close_inline:
@@ -948,6 +953,9 @@ class UnixNetVConnection(Continuation):
     def free(self) -> None:
         """Close the fd and drop the VIOs (ATS's free_thread). Idempotent."""
         self.ep.stop()
+        end, self.splice_end = self.splice_end, None
+        if end is not None:
+            end.splice.vc_freed(self)
         fd, self.fd = self.fd, -1
         if fd >= 0:
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ats_cffi._native import ffi
 from ats_cffi.eventsystem.continuation import Continuation
 from ats_cffi.eventsystem.mutex import ProxyMutex
 from ats_cffi.sys import Epoll
@@ -23,13 +24,29 @@ class PollDescriptor:
     event for a closed-and-reused fd number can never reach the new owner.
     """
 
-    __slots__ = ("epoll", "ios", "result", "_next_token")
+    __slots__ = (
+        "epoll",
+        "ios",
+        "result",
+        "_next_token",
+        "notify_c",
+        "notify",
+        "nnotify_c",
+        "counters_c",
+    )
 
     def __init__(self, size: int = POLL_DESCRIPTOR_SIZE) -> None:
         self.epoll = Epoll(size)
         self.ios: dict[int, EventIO] = {}
         self.result = 0
         self._next_token = 1
+        # The spliced ends' side of a pass (net/splice.py): the tokens of the ends that need
+        # Python, their count, and the native pumps' counters (reads, read bytes, writes,
+        # written bytes) until the NetHandler adds them to its stats.
+        self.notify_c = ffi.new("uint64_t[]", size)
+        self.notify = memoryview(ffi.buffer(self.notify_c)).cast("B").cast("Q")
+        self.nnotify_c = ffi.new("int *")
+        self.counters_c = ffi.new("uint64_t[4]")
 
     def register(self, eio: EventIO) -> int:
         token = self._next_token
@@ -55,9 +72,10 @@ class PollCont(Continuation):
         self.set_handler(self.poll_event)
 
     def do_poll(self, timeout_ms: int) -> int:
-        """``epoll_wait`` up to ``timeout_ms``; the results stay in the descriptor."""
+        """``epoll_wait`` up to ``timeout_ms``; the results stay in the descriptor. Spliced
+        fds are pumped natively; their ends that need Python are in ``pd.notify``."""
         pd = self.poll_descriptor
-        pd.result = n = pd.epoll.wait(timeout_ms)
+        pd.result = n = pd.epoll.wait_net(timeout_ms, pd.notify_c, pd.nnotify_c, pd.counters_c)
         return n
 
     def poll_event(self, event: int, data: Any) -> int:

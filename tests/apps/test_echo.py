@@ -11,15 +11,19 @@ import pytest
 
 from .conftest import connect, get_json, recv_exactly, wait_for
 
+#: The native splice (default) and the VIO path (``--vio``) must behave alike.
+MODES = pytest.mark.parametrize("mode", [[], ["--vio"]], ids=["splice", "vio"])
+
 
 @pytest.mark.parametrize(
     "options",
     [
         [],
+        ["--vio"],
         ["--accept-threads", "0", "--net-threads", "2"],
         ["--accept-threads", "2", "--net-threads", "3", "--defer-accept", "1"],
     ],
-    ids=["defaults", "accept-on-net-threads", "accept-threads-defer"],
+    ids=["defaults", "vio", "accept-on-net-threads", "accept-threads-defer"],
 )
 def test_echo_sends_back_what_each_client_sends(cli, options) -> None:
     srv = cli("echo", "--listen", "127.0.0.1:0", *options).wait_listening()
@@ -36,8 +40,9 @@ def test_echo_sends_back_what_each_client_sends(cli, options) -> None:
             s.close()
 
 
-def test_echo_flushes_everything_after_a_half_close_then_closes(cli) -> None:
-    srv = cli("echo", "--listen", "127.0.0.1:0").wait_listening()
+@MODES
+def test_echo_flushes_everything_after_a_half_close_then_closes(cli, mode) -> None:
+    srv = cli("echo", "--listen", "127.0.0.1:0", *mode).wait_listening()
     payload = os.urandom(3 << 20)
     with connect(srv.port) as s:
         s.sendall(payload[: 1 << 20])
@@ -49,8 +54,10 @@ def test_echo_flushes_everything_after_a_half_close_then_closes(cli) -> None:
     assert bytes(got) == payload
 
 
-def test_echo_stats_listener_counts_what_the_clients_did(cli) -> None:
-    srv = cli("echo", "--listen", "127.0.0.1:0", "--stats", "127.0.0.1:0").wait_listening(2)
+@MODES
+def test_echo_stats_listener_counts_what_the_clients_did(cli, mode) -> None:
+    srv = cli("echo", "--listen", "127.0.0.1:0", "--stats", "127.0.0.1:0", *mode)
+    srv.wait_listening(2)
     port, stats_port = srv.ports["echo"], srv.ports["stats"]
     for n in (10, 200, 3000):
         with connect(port) as s:

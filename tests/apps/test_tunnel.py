@@ -21,6 +21,9 @@ from .conftest import connect, get_json, wait_for
 
 MiB = 1 << 20
 
+#: The native splice (default) and the VIO path (``--vio``) must behave alike.
+MODES = pytest.mark.parametrize("mode", [[], ["--vio"]], ids=["splice", "vio"])
+
 
 def _tunnel_to(cli, upstream_port: int, *extra: str):
     return cli(
@@ -31,10 +34,11 @@ def _tunnel_to(cli, upstream_port: int, *extra: str):
     ).wait_listening(1 + ("--stats" in extra))  # fmt: skip
 
 
-def test_100_mib_round_trip_through_the_tunnel_to_an_echo_with_a_half_close(cli) -> None:
-    echo = cli("echo", "--listen", "127.0.0.1:0").wait_listening()
+@MODES
+def test_100_mib_round_trip_through_the_tunnel_to_an_echo_with_a_half_close(cli, mode) -> None:
+    echo = cli("echo", "--listen", "127.0.0.1:0", *mode).wait_listening()
     # Two net threads: a client and its upstream connection may live on different threads.
-    tunnel = _tunnel_to(cli, echo.port, "--net-threads", "2")
+    tunnel = _tunnel_to(cli, echo.port, "--net-threads", "2", *mode)
     total = 100 * MiB
     sent_digest = hashlib.sha256()
     errors: list[BaseException] = []
@@ -100,7 +104,10 @@ class _Upstream:
         assert not self.errors, self.errors
 
 
-def test_slow_client_keeps_the_tunnel_memory_bounded_while_upstream_sends_200_mib(cli) -> None:
+@MODES
+def test_slow_client_keeps_the_tunnel_memory_bounded_while_upstream_sends_200_mib(
+    cli, mode
+) -> None:
     total = 200 * MiB
     block = memoryview(random.Random(5).randbytes(MiB))
     sent = [0]
@@ -112,7 +119,7 @@ def test_slow_client_keeps_the_tunnel_memory_bounded_while_upstream_sends_200_mi
 
     upstream = _Upstream(send_200_mib)
     try:
-        tunnel = _tunnel_to(cli, upstream.port)
+        tunnel = _tunnel_to(cli, upstream.port, *mode)
         with connect(tunnel.port, timeout=20) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
             baseline = tunnel.rss_kib()
@@ -137,7 +144,8 @@ def test_slow_client_keeps_the_tunnel_memory_bounded_while_upstream_sends_200_mi
     assert peak - baseline < 48 * 1024, f"RSS grew from {baseline} KiB to a peak of {peak} KiB"
 
 
-def test_a_half_close_from_the_upstream_reaches_the_client_and_back(cli) -> None:
+@MODES
+def test_a_half_close_from_the_upstream_reaches_the_client_and_back(cli, mode) -> None:
     received = bytearray()
 
     def server_speaks_first(conn: socket.socket) -> None:
@@ -148,7 +156,7 @@ def test_a_half_close_from_the_upstream_reaches_the_client_and_back(cli) -> None
 
     upstream = _Upstream(server_speaks_first)
     try:
-        tunnel = _tunnel_to(cli, upstream.port)
+        tunnel = _tunnel_to(cli, upstream.port, *mode)
         with connect(tunnel.port) as s:
             greeting = b""
             while chunk := s.recv(100):

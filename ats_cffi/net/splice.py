@@ -1,0 +1,286 @@
+"""Splice: a blind tunnel whose bytes move natively (ATS's OneWayTunnel, pumped in C).
+
+``Splice(cont, a, b)`` joins two VCs of one net thread: what ``a`` sends is written to ``b``
+and what ``b`` sends to ``a``. ``Splice(cont, a)`` joins ``a`` to itself: an echo. Each
+direction is a *pipe* (``struct ats_pipe``): a buffer of ``buffer_size`` bytes that the
+source's reads fill and the sink's writes drain. Reading stops while the buffer is full
+(back-pressure: memory stays bounded by a slow sink) and resumes when the sink takes bytes.
+
+Why native. With a Python continuation, every transfer costs a READ_READY and a
+WRITE_READY event, two VIO re-enables and two mutex round trips (DESIGN.md section 5); a
+tunnel needs none of that logic per transfer. So each spliced socket's epoll registration
+carries the address of its *end* (``struct ats_splice_end``, token bit 63 set), and the
+NetHandler's one native call per pass (``ats_net_wait``) pumps the pipes of the ends that
+became ready: read until EAGAIN or the buffer is full, write until EAGAIN, as the Python
+path would, without returning to Python. Edge-trigger rules are the VC's: readiness is kept
+per pipe side until EAGAIN (or a short read without a hang-up) clears it.
+
+Python hears of an end only when a pipe stopped at its per-pass budget
+(``proxy.config.net.max_read_per_pass``: pumped again on the next pass, so one flooding
+client cannot starve the others), finished, or failed. ATS's machinery stays in charge of
+everything else: the VCs stay open VCs of their NetHandler (stats, ``connections_currently
+_open``, shutdown); their read and write VIOs belong to the splice, so the InactivityCop's
+timeouts (``set_inactivity_timeout``, ``default_inactivity_timeout``, active timeouts) reach
+it (activity is counted natively per end and read by the cop); the pumps' reads and writes
+are added to ``proxy.process.net.*`` at each cop run and when a splice stops.
+
+Events to ``cont`` (with its mutex held, ``data`` the Splice):
+
+- ``VC_EVENT_EOS``: every direction ended normally: its source reached EOF, every byte was
+  written to the sink, and the sink was shut down for writing (the half-close passed on);
+- ``VC_EVENT_ERROR``: a read or write failed (``splice.lerrno``, ``splice.error_vc``); no
+  byte moves any more;
+- ``VC_EVENT_INACTIVITY_TIMEOUT`` / ``VC_EVENT_ACTIVE_TIMEOUT``: from the cop, for either VC.
+
+The usual answer to each is ``splice.close()``, which closes both VCs. Closing one of the
+VCs directly (``do_io_close``) stops the splice too. Once spliced, a VC's VIOs must not be
+used; bytes already read into a VIO's buffer before the splice are not carried over.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from ats_cffi._native import ffi, lib
+from ats_cffi.eventsystem.codes import (
+    EVENT_DONE,
+    VC_EVENT_ACTIVE_TIMEOUT,
+    VC_EVENT_EOS,
+    VC_EVENT_ERROR,
+    VC_EVENT_INACTIVITY_TIMEOUT,
+)
+from ats_cffi.eventsystem.continuation import Continuation, check_continuation
+from ats_cffi.eventsystem.vio import INT64_MAX
+from ats_cffi.net.eventio import READ_WRITE
+from ats_cffi.net.netvc import UnixNetVConnection
+
+log = logging.getLogger("ats.iocore_net")
+
+#: Bit 63 of an epoll token: the rest is the address of a ``struct ats_splice_end``.
+SPLICE_TAG = 1 << 63
+
+MIN_BUFFER_SIZE = 1024
+MAX_BUFFER_SIZE = 64 << 20
+DEFAULT_BUFFER_SIZE = 65536
+
+_MORE = lib.ATS_SPLICE_MORE
+_DONE = lib.ATS_SPLICE_DONE
+_ERROR = lib.ATS_SPLICE_ERROR
+_REG_EVENTS = READ_WRITE | lib.EPOLLET | lib.EPOLLRDHUP
+
+
+class SpliceEnd:
+    """One spliced VC: its native end and what Python tracks of it."""
+
+    __slots__ = ("vc", "c", "splice", "seen_activity", "in_ready")
+
+    def __init__(self, vc: UnixNetVConnection, splice: Splice) -> None:
+        self.vc = vc
+        self.c = ffi.new("struct ats_splice_end *")
+        self.c.token = vc.ep.token
+        self.splice = splice
+        self.seen_activity = 0
+        self.in_ready = False  # on the NetHandler's splice_ready list
+
+
+class Splice(Continuation):
+    """Joins ``a`` to ``b`` (or ``a`` to itself) natively; see the module doc.
+
+    Create it on the VCs' net thread, in a handler (``cont``'s mutex held). ``ValueError`` /
+    ``TypeError`` name a bad argument; ``RuntimeError`` if the VCs are closed, not on this
+    net thread, not on the same one, still connecting, or already spliced.
+    """
+
+    def __init__(
+        self,
+        cont: Continuation,
+        a: UnixNetVConnection,
+        b: UnixNetVConnection | None = None,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+    ) -> None:
+        check_continuation("Splice", cont)
+        vcs = [a] if b is None or b is a else [a, b]
+        for name, vc in zip(("a", "b"), vcs):
+            if not isinstance(vc, UnixNetVConnection):
+                raise TypeError(f"Splice: {name} must be a UnixNetVConnection")
+        if type(buffer_size) is not int:
+            raise TypeError("Splice: buffer_size must be an int")
+        if not MIN_BUFFER_SIZE <= buffer_size <= MAX_BUFFER_SIZE:
+            raise ValueError(
+                f"Splice: buffer_size must be in {MIN_BUFFER_SIZE}..{MAX_BUFFER_SIZE}, "
+                f"got {buffer_size}"
+            )
+        nh = a.nh
+        for name, vc in zip(("a", "b"), vcs):
+            if vc.closed or vc.fd < 0:
+                raise RuntimeError(f"Splice: {name} is closed")
+            if vc.nh is None or vc.connecting:
+                raise RuntimeError(f"Splice: {name} is not connected on a net thread")
+            if vc.nh is not nh:
+                raise RuntimeError("Splice: a and b are on different net threads")
+            if vc.splice_end is not None:
+                raise RuntimeError(f"Splice: {name} is already spliced")
+        assert nh is not None
+        if nh.thread.tid != threading.get_ident():
+            raise RuntimeError("Splice: must be created on the VCs' net thread")
+        super().__init__(cont.mutex)
+        self.cont = cont
+        self.nh = nh
+        self.vcs = vcs
+        self.lerrno = 0
+        self.error_vc: UnixNetVConnection | None = None
+        self.stopped = False
+        self.closed = False
+        #: An event for ``cont`` that could not be delivered yet (its mutex was busy).
+        self.pending_event = 0
+        self.set_handler(self.vc_event)
+        self.ends = [SpliceEnd(vc, self) for vc in vcs]
+        # Pipes: a -> b and b -> a, or a -> a. Python owns all native memory; the ends and
+        # the VCs keep it alive while the sockets are registered.
+        self._bufs = []
+        self.pipes = []
+        for src, dst in self._pipe_ends():
+            p = ffi.new("struct ats_pipe *")
+            buf = ffi.new("char[]", buffer_size)
+            self._bufs.append(buf)
+            p.src_fd = src.vc.fd
+            p.dst_fd = dst.vc.fd
+            p.buf = buf
+            p.cap = buffer_size
+            p.budget = nh.max_read_per_pass
+            rs = src.vc.read
+            p.src_ready = rs.triggered
+            p.src_hup = rs.hup
+            p.dst_ready = dst.vc.write.triggered
+            if rs.pending_error:  # seen by the VC's last read, after its data
+                p.err = rs.pending_error
+                p.done = 1
+                src.c.status |= _ERROR
+            p.src_end = src.c
+            p.dst_end = dst.c
+            setattr(src.c, "in", p)  # a Python keyword as a C field name
+            dst.c.out = p
+            self.pipes.append(p)
+        for end in self.ends:
+            vc = end.vc
+            vc.do_io_read(self, INT64_MAX, None)
+            vc.do_io_write(self, INT64_MAX, None)
+            vc.read.pending_error = 0
+            vc.splice_end = end
+        for end in self.ends:
+            vc = end.vc
+            tag = SPLICE_TAG | int(ffi.cast("uintptr_t", end.c))
+            # EPOLL_CTL_MOD also re-arms the edges: readiness pending now is reported on the
+            # next pass, to the native side.
+            nh.pd.epoll.modify(vc.fd, _REG_EVENTS, tag)
+            nh.splice_kick(end)
+
+    # ------------------------------------------------------------------ the NetHandler side
+
+    def pump(self, end: SpliceEnd) -> None:
+        """Pump ``end``'s pipes (its turn on the ready list) and take its status."""
+        if not self.stopped:
+            end.c.status |= lib.ats_splice_end_event(end.c, 0, self.nh.pd.counters_c)
+        self.take(end)
+
+    def take(self, end: SpliceEnd) -> None:
+        """Act on the status bits the native side left on ``end`` (NetHandler thread)."""
+        c = end.c
+        status = c.status
+        c.status = 0
+        c.queued = 0
+        if self.stopped:
+            if self.pending_event:
+                self.deliver(self.pending_event, end)
+            return
+        if status & _ERROR:
+            for p, e in zip(self.pipes, self._pipe_ends()):
+                if p.err:
+                    self.lerrno = p.err
+                    self.error_vc = e[1].vc if p.err_on_dst else e[0].vc
+                    break
+            self.stop()
+            self.deliver(VC_EVENT_ERROR, end)
+        elif status & _DONE and all(p.done for p in self.pipes):
+            self.stop()
+            self.deliver(VC_EVENT_EOS, end)
+        elif status & _MORE:
+            self.nh.splice_kick(end)
+
+    def _pipe_ends(self) -> list[tuple[SpliceEnd, SpliceEnd]]:
+        e = self.ends
+        return [(e[0], e[0])] if len(e) == 1 else [(e[0], e[1]), (e[1], e[0])]
+
+    def deliver(self, event: int, end: SpliceEnd) -> None:
+        """Tell ``cont`` (try-lock; on failure, again on the next pass)."""
+        m = self.mutex
+        assert m is not None
+        if not m.try_lock():
+            self.pending_event = event
+            self.nh.splice_kick(end)
+            return
+        self.pending_event = 0
+        try:
+            if not self.closed:
+                self.tell(event)
+        finally:
+            m.unlock()
+
+    def tell(self, event: int) -> None:
+        try:
+            self.cont.handle_event(event, self)
+        except Exception:
+            log.exception("handler of %r raised on event %d: closing the splice", self, event)
+            self.close()
+
+    def vc_event(self, event: int, vio: Any) -> int:
+        """Events of the VCs' VIOs: the InactivityCop's timeouts (mutex held)."""
+        if event in (VC_EVENT_INACTIVITY_TIMEOUT, VC_EVENT_ACTIVE_TIMEOUT) and not self.closed:
+            self.tell(event)
+        return EVENT_DONE
+
+    # ------------------------------------------------------------------ life
+
+    def stop(self) -> None:
+        """Stop moving bytes (the VCs stay open). Idempotent."""
+        if self.stopped:
+            return
+        self.stopped = True
+        for p in self.pipes:
+            p.done = 1
+        self.sync()
+
+    def sync(self) -> None:
+        """Bring the VIOs' ``ndone`` and the thread's net stats up to date."""
+        for p, (src, dst) in zip(self.pipes, self._pipe_ends()):
+            src.vc.read.vio.ndone = p.nread
+            dst.vc.write.vio.ndone = p.nwritten
+        self.nh.fold_splice_counters()
+
+    def transferred(self) -> tuple[int, ...]:
+        """Bytes written so far per direction: ``(a->b, b->a)``, or ``(a->a,)``."""
+        return tuple(p.nwritten for p in self.pipes)
+
+    def vc_freed(self, vc: UnixNetVConnection) -> None:
+        """``vc`` is being freed (closed by anyone): no pipe may touch its fd again."""
+        for p in self.pipes:
+            p.done = 1
+        self.stopped = True
+
+    def close(self) -> None:
+        """Stop and close both VCs (with ``cont``'s mutex held, or on the net thread)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.stop()
+        for vc in self.vcs:
+            vc.do_io_close()
+
+    def __repr__(self) -> str:
+        fds = ",".join(str(vc.fd) for vc in self.vcs)
+        return f"<Splice fds={fds} moved={self.transferred()} stopped={self.stopped}>"
+
+
+__all__ = ["DEFAULT_BUFFER_SIZE", "SPLICE_TAG", "Splice", "SpliceEnd"]
