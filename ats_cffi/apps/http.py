@@ -22,6 +22,7 @@ import email.utils
 import logging
 import time
 from collections.abc import Callable
+from time import time as _time
 from typing import Any
 
 import httptools
@@ -64,10 +65,14 @@ _REASONS = {
 Route = Callable[["HttpService"], tuple[int, str, bytes]]
 
 _TEXT = "text/plain; charset=utf-8"
+_QMARK = ord("?")
+
+
+_HELLO = (200, _TEXT, b"Hello, World!")
 
 
 def hello(service: HttpService) -> tuple[int, str, bytes]:
-    return 200, _TEXT, b"Hello, World!"
+    return _HELLO
 
 
 def stats_json(service: HttpService) -> tuple[int, str, bytes]:
@@ -95,8 +100,55 @@ def http_date() -> bytes:
     return _date_cache[1]
 
 
+def response_head(
+    status: int, ctype: str, length: int, date: bytes, extra: bytes = b"", conn: bytes = b""
+) -> bytes:
+    """Status line and headers of a response (``extra`` and ``conn``: whole header lines)."""
+    return b"".join(
+        (
+            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status].encode()),
+            b"Server: ats-cffi\r\nDate: ",
+            date,
+            b"\r\nContent-Type: ",
+            ctype.encode(),
+            b"\r\nContent-Length: %d\r\n" % length,
+            extra,
+            conn,
+            b"\r\n",
+        )
+    )
+
+
+#: ``(start, end, GET response, HEAD response)``: the hello route's responses kept alive
+#: over HTTP/1.1, valid while ``start <= time.time() < end`` (one second: the Date), so that
+#: the common response costs one write.
+_hello_cache: tuple[float, float, bytes, bytes] = (0.0, 0.0, b"", b"")
+
+
+def hello_responses(now: float) -> tuple[float, float, bytes, bytes]:
+    """The hello route's keep-alive responses for the second of ``now`` (``_hello_cache``)."""
+    global _hello_cache
+    second = int(now)
+    status, ctype, body = _HELLO
+    date = email.utils.formatdate(second, usegmt=True).encode()
+    head = response_head(status, ctype, len(body), date)
+    cache = _hello_cache = (float(second), float(second + 1), head + body, head)
+    return cache
+
+
+# The session counts on the thread it runs on (AppStats), by index.
+_STAT_NAMES = (TOTAL, CURRENT, REQUESTS, R2XX, R4XX, R400)
+_I_TOTAL, _I_CURRENT, _I_REQUESTS, _I_2XX, _I_4XX, _I_400 = range(len(_STAT_NAMES))
+
+
 class HttpSession(Session):
-    """One client connection: parse, answer in order, keep alive or close (module doc)."""
+    """One client connection: parse, answer in order, keep alive or close (module doc).
+
+    The write VIO's ``nbytes`` is the count of response bytes queued so far (``queued``):
+    the VC writes them and signals ``WRITE_COMPLETE`` once, instead of ``WRITE_READY``
+    before and after every write of an open-ended VIO; the next response raises ``nbytes``
+    and re-enables it. ``queued - wvio.ndone`` is what waits in the write buffer.
+    """
 
     current_stat = CURRENT
 
@@ -107,8 +159,11 @@ class HttpSession(Session):
         self.rreader = self.rbuf.alloc_reader()
         self.wbuf = MIOBuffer(BLOCK_SIZE, WATER_MARK)
         self.parser = httptools.HttpRequestParser(self)
-        self.url = bytearray()
+        #: The request target (bytes from the parser; joined only when it comes in pieces).
+        self.url = b""
         self.url_too_long = False
+        #: Response bytes written into ``wbuf`` since the session began.
+        self.queued = 0
         #: A request has begun and not completed (the session is not idle).
         self.in_request = False
         #: No more requests: flush, then linger-close.
@@ -119,12 +174,13 @@ class HttpSession(Session):
         self.set_handler(self.handle)
         if service.inactivity_timeout:
             vc.set_inactivity_timeout(service.inactivity_timeout)
-        service.stats.incr(TOTAL)
-        service.stats.incr(CURRENT)
+        counts = service.stats.per_thread.counts
+        counts[_I_TOTAL] += 1
+        counts[_I_CURRENT] += 1
         service.add_session(self)
         with self.mutex:  # type: ignore[union-attr]
             self.rvio = vc.do_io_read(self, INT64_MAX, self.rbuf)
-            self.wvio = vc.do_io_write(self, INT64_MAX, self.wbuf.alloc_reader())
+            self.wvio = vc.do_io_write(self, 0, self.wbuf.alloc_reader())
 
     # ------------------------------------------------------------------ events
 
@@ -137,13 +193,20 @@ class HttpSession(Session):
                 self.rvio.reenable()
             else:
                 self.pump()
-        elif event == _WRITE_READY:
-            if not self.closing and self.rreader.read_avail():
-                self.pump()  # parsing was paused for a client slow to read its responses
-            if not self.peer_eos:
-                self.rvio.reenable()
-        elif event == _WRITE_COMPLETE:
-            self.linger()
+        elif event == _WRITE_COMPLETE or event == _WRITE_READY:
+            # Responses went out (all of them, or some for a client slow to read them).
+            if self.closing:
+                if event == _WRITE_COMPLETE:
+                    self.linger()
+            else:
+                unread = self.rreader.read_avail()
+                if unread:
+                    # Parsing was paused while the responses waited: resume it. The read VIO
+                    # stops only while the read buffer holds unread bytes (back-pressure):
+                    # once parsing made room, let it read again.
+                    self.pump()
+                    if not self.peer_eos and self.rreader.read_avail() < unread:
+                        self.vc.reenable(self.rvio)
         elif event == _EOS:
             if self.lingering:
                 self.close()
@@ -157,12 +220,13 @@ class HttpSession(Session):
         """Feed the parser what has been read (block by block, pausing while the client
         lags behind on responses) and send what it produced."""
         reader = self.rreader
-        wbuf = self.wbuf
-        while not self.closing and reader.read_avail() and not wbuf.high_water():
-            view = reader.readable_views()[0]
-            n = len(view)
+        wvio = self.wvio
+        avail = reader.read_avail()
+        while avail and not self.closing and self.queued - wvio.ndone <= WATER_MARK:
+            block, off = reader.first_block()
+            end = block.end
             try:
-                self.parser.feed_data(view)
+                self.parser.feed_data(block.view[off:end])
             except httptools.HttpParserUpgrade:
                 self.closing = True  # the request was answered; we speak no other protocol
             except httptools.HttpParserCallbackError:
@@ -171,31 +235,35 @@ class HttpSession(Session):
             except httptools.HttpParserError as exc:
                 log.debug("http: bad request from %r: %s", self.vc, exc)
                 self.respond(400, _TEXT, b"Bad Request\n", keep_alive=False, head=False)
-            finally:
-                view.release()
-            reader.consume(n)
-        if self.closing or (self.peer_eos and not reader.read_avail()):
+            reader.consume(end - off)
+            avail -= end - off
+        if self.closing or (self.peer_eos and not avail):
             self.finish()
-        elif wbuf.max_read_avail():
-            self.wvio.reenable()
+        elif wvio.nbytes != self.queued:
+            wvio.nbytes = self.queued
+            self.vc.reenable(wvio)
 
     # ------------------------------------------------------------------ httptools callbacks
 
     def on_message_begin(self) -> None:
         self.in_request = True
-        self.url.clear()
+        self.url = b""
         self.url_too_long = False
 
     def on_url(self, url: bytes) -> None:
-        if len(self.url) + len(url) > MAX_URL:
-            self.url_too_long = True
+        if self.url or len(url) > MAX_URL:
+            if len(self.url) + len(url) > MAX_URL:
+                self.url_too_long = True
+            else:
+                self.url += url
         else:
-            self.url += url
+            self.url = url
 
     def on_message_complete(self) -> None:
         self.in_request = False
         service: HttpService = self.service  # type: ignore[assignment]
-        service.stats.incr(REQUESTS)
+        counts = service.stats.per_thread.counts
+        counts[_I_REQUESTS] += 1
         parser = self.parser
         method = parser.get_method()
         keep_alive = parser.should_keep_alive() and not service.draining
@@ -205,12 +273,24 @@ class HttpSession(Session):
             status, ctype, body = 414, _TEXT, b"URI Too Long\n"
             keep_alive = False
         else:
-            route = service.routes.get(bytes(self.url).split(b"?", 1)[0])
+            url = self.url
+            if _QMARK in url:  # (an int operand: much cheaper than b"?")
+                url = url.split(b"?", 1)[0]
+            route = service.routes.get(url)
             if route is None:
                 status, ctype, body = 404, _TEXT, b"Not Found\n"
-            elif method not in (b"GET", b"HEAD"):
+            elif method != b"GET" and not head:
                 status, ctype, body = 405, _TEXT, b"Method Not Allowed\n"
                 allow = b"Allow: GET, HEAD\r\n"
+            elif route is hello and keep_alive and parser.get_http_version() != "1.0":
+                # The common response, whole from the per-second cache.
+                counts[_I_2XX] += 1
+                cache = _hello_cache
+                now = _time()
+                if now >= cache[1] or now < cache[0]:
+                    cache = hello_responses(now)
+                self.queued += self.wbuf.write(cache[3] if head else cache[2])
+                return
             else:
                 status, ctype, body = route(service)
         http10_keep_alive = keep_alive and parser.get_http_version() == "1.0"
@@ -229,32 +309,20 @@ class HttpSession(Session):
         http10_keep_alive: bool = False,
     ) -> None:
         """Queue one response; after one that does not keep alive, no more are parsed."""
-        stats = self.service.stats
+        counts = self.service.stats.per_thread.counts
         if 200 <= status < 300:
-            stats.incr(R2XX)
+            counts[_I_2XX] += 1
         elif 400 <= status < 500:
-            stats.incr(R4XX)
+            counts[_I_4XX] += 1
             if status == 400:
-                stats.incr(R400)
+                counts[_I_400] += 1
         if keep_alive:
             conn = b"Connection: keep-alive\r\n" if http10_keep_alive else b""
         else:
             conn = b"Connection: close\r\n"
             self.closing = True
-        head_bytes = b"".join(
-            (
-                b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status].encode()),
-                b"Server: ats-cffi\r\nDate: ",
-                http_date(),
-                b"\r\nContent-Type: ",
-                ctype.encode(),
-                b"\r\nContent-Length: %d\r\n" % len(body),
-                extra,
-                conn,
-                b"\r\n",
-            )
-        )
-        self.wbuf.write(head_bytes if head else head_bytes + body)
+        head_bytes = response_head(status, ctype, len(body), http_date(), extra, conn)
+        self.queued += self.wbuf.write(head_bytes if head else head_bytes + body)
 
     # ------------------------------------------------------------------ closing
 
@@ -263,11 +331,12 @@ class HttpSession(Session):
         self.closing = True
         if self.lingering:
             return
-        self.wvio.done()
-        if self.wvio.ntodo() <= 0:
+        wvio = self.wvio
+        wvio.nbytes = self.queued
+        if wvio.ntodo() <= 0:
             self.linger()
         else:
-            self.wvio.reenable()
+            wvio.reenable()
 
     def linger(self) -> None:
         """All responses are sent: shut the write side, discard input for ``LINGER`` s."""
@@ -300,7 +369,7 @@ class HttpService(Service):
     (``routes=STATS_ROUTES``, reporting ``stats_source``'s counters)."""
 
     name = "http"
-    stat_names = (TOTAL, CURRENT, REQUESTS, R2XX, R4XX, R400)
+    stat_names = _STAT_NAMES  # sessions count by position in it (the _I_* indexes)
 
     def __init__(
         self,

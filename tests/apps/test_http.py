@@ -183,3 +183,183 @@ def test_a_pipelining_client_that_reads_late_gets_every_answer(cli) -> None:
         sender.join(10)
     assert data.count(b"HTTP/1.1 200 OK\r\n") == n
     assert data.endswith(HELLO)
+
+
+def test_url_in_pieces_query_strings_and_targets_too_long(cli) -> None:
+    srv = cli("http", "--listen", "127.0.0.1:0").wait_listening()
+    with connect(srv.port) as s:
+        # The target arrives in two segments: the parser reports it in two pieces.
+        s.sendall(b"GET /_st")
+        time.sleep(0.2)
+        s.sendall(b"ats?x=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        head, body = _read_response(s)
+        assert head.startswith(b"HTTP/1.1 200 OK") and json.loads(body)["service"] == "http"
+        s.sendall(b"GET /?a=b HTTP/1.1\r\nHost: a\r\n\r\n")
+        head, body = _read_response(s)
+        assert head.startswith(b"HTTP/1.1 200 OK") and body == HELLO
+        s.sendall(b"HEAD /?a=b HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += s.recv(65536)
+        assert data.startswith(b"HTTP/1.1 200 OK") and b"Content-Length: 13\r\n" in data
+        assert data.endswith(b"\r\n\r\n")  # HEAD: no body
+    for pieces in ([b"/" + b"a" * 9000], [b"/" + b"a" * 5000, b"b" * 5000]):
+        with connect(srv.port) as s:
+            s.sendall(b"GET " + pieces[0])
+            for piece in pieces[1:]:
+                time.sleep(0.2)
+                s.sendall(piece)
+            s.sendall(b" HTTP/1.1\r\nHost: a\r\n\r\n")
+            head, body = _read_response(s)
+            assert head.startswith(b"HTTP/1.1 414 URI Too Long")
+            assert b"\r\nConnection: close" in head
+            assert s.recv(100) == b""
+
+
+# ---------------------------------------------------------------------- in process
+
+
+def test_app_stats_add_up_the_counts_of_every_thread() -> None:
+    from ats_cffi.apps.stats import AppStats
+
+    stats = AppStats(("a", "b"))
+    stats.incr("a")
+    stats.incr("b", 5)
+
+    def count() -> None:
+        for _ in range(10_000):
+            stats.incr("a")
+        stats.incr("b", -1)  # a gauge may go down in a thread other than the one it rose in
+
+    threads = [threading.Thread(target=count) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # The threads are gone; what they counted stays.
+    assert stats.snapshot() == {"a": 40_001, "b": 1}
+    assert stats.get("a") == 40_001
+    assert stats.per_thread.counts[stats.index("a")] == 1  # this thread's own block
+    with pytest.raises(KeyError):
+        stats.incr("c")
+
+
+def test_the_cached_hello_response_is_the_one_respond_would_build() -> None:
+    import email.utils
+
+    from ats_cffi.apps import http as app
+
+    now = 1_700_000_000.25
+    start, end, get, head = app.hello_responses(now)
+    assert (start, end) == (1_700_000_000, 1_700_000_001)
+    date = email.utils.formatdate(1_700_000_000, usegmt=True).encode()
+    expected = (
+        b"HTTP/1.1 200 OK\r\nServer: ats-cffi\r\nDate: " + date + b"\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 13\r\n\r\n"
+    )
+    assert head == expected and get == expected + HELLO
+    assert app.response_head(200, app._TEXT, 13, date) == expected
+    # The next second has its own Date.
+    later = app.hello_responses(now + 1)[2]
+    assert later != get and email.utils.formatdate(now + 1, usegmt=True).encode() in later
+
+
+class _FakeVC:
+    """Enough of a UnixNetVConnection for a session driven by hand."""
+
+    def __init__(self) -> None:
+        from ats_cffi.eventsystem import VIO, VIOOp
+
+        self.rvio, self.wvio = VIO(VIOOp.READ), VIO(VIOOp.WRITE)
+        self.reenabled: list[object] = []
+        self.shut = False
+        self.closed = False
+
+    def set_inactivity_timeout(self, t: float) -> None:
+        pass
+
+    def set_active_timeout(self, t: float) -> None:
+        pass
+
+    def do_io_read(self, cont, nbytes, buf):  # type: ignore[no-untyped-def]
+        v = self.rvio
+        v.cont, v.nbytes, v.buffer, v.vc_server, v.mutex = cont, nbytes, buf, self, cont.mutex
+        return v
+
+    def do_io_write(self, cont, nbytes, reader):  # type: ignore[no-untyped-def]
+        v = self.wvio
+        v.cont, v.nbytes, v.buffer, v.vc_server, v.mutex = cont, nbytes, reader, self, cont.mutex
+        return v
+
+    def reenable(self, vio) -> None:  # type: ignore[no-untyped-def]
+        self.reenabled.append(vio)
+
+    def do_io_shutdown(self, how: int) -> None:
+        self.shut = True
+
+    def do_io_close(self) -> None:
+        self.closed = True
+
+    def send(self, n: int) -> bytes:
+        """The VC writes ``n`` bytes of the write VIO's reader to the net."""
+        reader = self.wvio.buffer
+        out = reader.read(n)
+        self.wvio.ndone += len(out)
+        return out
+
+
+def test_the_write_vio_covers_the_responses_queued_and_back_pressure_resumes() -> None:
+    from ats_cffi.apps import http as app
+    from ats_cffi.apps.service import WATER_MARK
+    from ats_cffi.eventsystem import EventCode
+
+    service = app.HttpService()
+    vc = _FakeVC()
+    session = app.HttpSession(service, vc)  # type: ignore[arg-type]
+    assert vc.wvio.nbytes == 0  # nothing to write yet
+    get = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+
+    session.rbuf.write(get)
+    session.handle_event(EventCode.VC_EVENT_READ_READY, vc.rvio)
+    # One response queued: the write VIO ends there and was re-enabled.
+    assert vc.reenabled == [vc.wvio] and vc.wvio.ntodo() == session.wbuf.max_read_avail() > 0
+    out = vc.send(vc.wvio.ntodo())
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(HELLO)
+    session.handle_event(EventCode.VC_EVENT_WRITE_COMPLETE, vc.wvio)
+    assert not session.closing and not session.lingering and not vc.shut  # kept alive
+
+    # A client that pipelines more than the water mark's worth of responses and reads none.
+    n = 5000
+    session.rbuf.write(get * n)
+    vc.reenabled.clear()
+    session.handle_event(EventCode.VC_EVENT_READ_READY, vc.rvio)
+    # Parsing paused (between two read blocks) once the responses passed the water mark.
+    assert session.rreader.read_avail() > 0 and vc.wvio.ntodo() > WATER_MARK
+    assert vc.reenabled == [vc.wvio]
+    sent = bytearray()
+    resumed = 0
+    while vc.wvio.ntodo():
+        sent += vc.send(20_000)
+        vc.reenabled.clear()
+        event = EventCode.VC_EVENT_WRITE_READY
+        if not vc.wvio.ntodo():
+            event = EventCode.VC_EVENT_WRITE_COMPLETE
+        unread = session.rreader.read_avail()
+        session.handle_event(event, vc.wvio)
+        # Once the client caught up, parsing resumes (more responses: the write VIO grows)
+        # and the read VIO, stopped by its full buffer, is re-enabled.
+        parsed = session.rreader.read_avail() < unread
+        assert (vc.rvio in vc.reenabled) == parsed == (vc.wvio in vc.reenabled)
+        resumed += parsed
+    assert resumed > 1
+    answered = sent.count(b"HTTP/1.1 200 OK\r\n")
+    assert answered == n and not session.rreader.read_avail()
+    assert service.stats.get(app.REQUESTS) == n + 1 == service.stats.get(app.R2XX)
+
+    # Connection: close: the write VIO ends after it, then the session lingers.
+    session.rbuf.write(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    session.handle_event(EventCode.VC_EVENT_READ_READY, vc.rvio)
+    assert session.closing and not session.lingering
+    assert b"Connection: close" in vc.send(vc.wvio.ntodo())
+    session.handle_event(EventCode.VC_EVENT_WRITE_COMPLETE, vc.wvio)
+    assert session.lingering and vc.shut
