@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import signal
 import sys
-import threading
 
 HOST = "127.0.0.1"
 
@@ -81,9 +80,10 @@ def ats_echo_acceptor(water_mark: int = ATS_WATER_MARK):
     return Acceptor()
 
 
-def ats_splice_acceptor():
+def ats_splice_acceptor(buffer_size: int = ATS_WATER_MARK):
     """An accept continuation that splices every connection to itself (net/splice.py): the
-    echo's bytes move natively; the Python side sees only the end of each connection."""
+    echo's bytes move natively through a ``buffer_size``-byte buffer (the same bound as the
+    VIO echo's water mark); the Python side sees only the end of each connection."""
     from ats_cffi.eventsystem import Continuation, EventCode, ProxyMutex
     from ats_cffi.net.codes import NET_EVENT_ACCEPT
     from ats_cffi.net.splice import Splice
@@ -95,7 +95,7 @@ def ats_splice_acceptor():
 
         def on_event(self, event: int, data) -> None:
             if event == NET_EVENT_ACCEPT:
-                Splice(self, data)
+                Splice(self, data, buffer_size=buffer_size)
             elif event in (EventCode.VC_EVENT_EOS, EventCode.VC_EVENT_ERROR):
                 data.close()
 
@@ -117,9 +117,11 @@ def run_ats(
     ``backlog`` None: the ``proxy.config.net.listen_backlog`` record (somaxconn)."""
     from ats_cffi.net import AcceptOptions, net_processor
 
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    # Blocked before the net threads exist (they inherit the mask), then taken by sigwait:
+    # a handler calling Event.set() while this thread sits in Event.wait() can deadlock on
+    # the event's own lock.
+    sigs = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
     net_processor.start(net_threads)
     opt = AcceptOptions(
         local_address=HOST,
@@ -128,12 +130,11 @@ def run_ats(
         reuseport=reuseport,
         backlog=backlog,
     )
-    acceptor = ats_splice_acceptor() if splice else ats_echo_acceptor(water_mark)
+    acceptor = ats_splice_acceptor(water_mark) if splice else ats_echo_acceptor(water_mark)
     action = net_processor.accept(acceptor, opt)
     ready(action.na.port)
     try:
-        while not stop.wait(0.5):
-            pass
+        signal.sigwait(sigs)
     finally:
         action.cancel()
         net_processor.shutdown()
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "--water-mark",
         type=int,
         default=ATS_WATER_MARK,
-        help="ats only: MIOBuffer water mark (bytes)",
+        help="ats: MIOBuffer water mark; ats_splice: splice buffer size (bytes)",
     )
     p.add_argument("--net-threads", type=int, default=1, help="ats only: net threads")
     p.add_argument(
