@@ -27,7 +27,11 @@ if __name__ == "__main__":
     import shutil
 
     built = Path(ffibuilder.compile(tmpdir=str(HERE / "build" / "cffi"), verbose=True))
+    target = HERE / "ats_cffi" / built.name
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.copy2(built, tmp)
+    tmp.replace(target)  # atomic: a process importing meanwhile sees the old or the new one
     for old in (HERE / "ats_cffi").glob("_native*.so"):
-        old.unlink()  # one extension in the package: the import picks no stale one
-    shutil.copy2(built, HERE / "ats_cffi" / built.name)
+        if old != target:
+            old.unlink()  # one extension in the package: the import picks no stale one
     print(f"copied {built.name} into ats_cffi/")

@@ -31,6 +31,7 @@ from ats_cffi.eventsystem import (
 from ats_cffi.net import (
     AcceptOptions,
     NetVCOptions,
+    Splice,
     UnixNetProcessor,
     UnixNetVConnection,
     net_config,
@@ -51,7 +52,7 @@ __all__ = [
     "IO_SHUTDOWN_READWRITE", "IO_SHUTDOWN_WRITE", "VIO", "AcceptOptions", "Action",
     "Continuation", "EThread", "Event", "EventCode", "EventProcessor", "HandlerReturn",
     "HostEnt", "IOBufferReader", "MIOBuffer", "NetEventCode", "NetVCOptions", "ProxyMutex",
-    "UnixNetProcessor", "UnixNetVConnection", "VIOOp", "dns_config", "dns_processor",
+    "Splice", "UnixNetProcessor", "UnixNetVConnection", "VIOOp", "dns_config", "dns_processor",
     "dns_stats", "event_processor", "net_config", "net_processor", "net_stats", "this_ethread",
     "__version__",
 ]  # fmt: skip

@@ -5,6 +5,7 @@
  * section 9).  They keep no state, never block longer than the syscall they
  * wrap, and report failure as -errno so that EAGAIN is a return value. */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <stdint.h>
@@ -281,10 +282,12 @@ static int ats_sockaddr_parse(const struct sockaddr_storage *ss, socklen_t len, 
 /* ---------------------------------------------------------------------------
  * Native splice: the byte path of a blind tunnel (ATS's OneWayTunnel without a
  * Python continuation per transfer).  A pipe moves bytes from src_fd to dst_fd
- * through a buffer owned by Python; an end is one spliced fd, registered in
+ * through a buffer; an end is one spliced fd, registered in
  * epoll with ATS_SPLICE_TAG | (address of its end) as its data, so that
  * ats_net_wait pumps its pipes without returning the event to Python.  Python
- * hears of an end only when something needs it (see ATS_SPLICE_* below).
+ * hears of an end only when something needs it (see ATS_SPLICE_* below).  The
+ * pipe and end structs are Python's (ffi.new); a pipe's buffer is allocated
+ * here at its first read and freed when Python releases the pipe.
  * ------------------------------------------------------------------------- */
 
 #define ATS_SPLICE_TAG (1ULL << 63)
@@ -306,7 +309,7 @@ struct ats_splice_end;
 struct ats_pipe {
     int src_fd;
     int dst_fd;
-    char *buf;
+    char *buf;     /* cap bytes, malloc'ed at the first read, freed by ats_pipe_release */
     size_t cap;
     size_t head; /* first byte not yet written */
     size_t tail; /* one past the last byte read */
@@ -387,6 +390,13 @@ static uint32_t ats_pipe_pump(struct ats_pipe *p, uint64_t *ctr)
         } else if (p->src_ready && p->tail < p->cap) {
             if (got >= p->budget)
                 return st | ATS_SPLICE_MORE;
+            if (p->buf == NULL) { /* first bytes: an idle splice holds no buffer */
+                p->buf = malloc(p->cap);
+                if (p->buf == NULL) {
+                    ats_pipe_fail(p, ENOMEM, 0);
+                    return st | ATS_SPLICE_ERROR;
+                }
+            }
             if (p->head > 0) { /* compact: the unwritten bytes to the front */
                 memmove(p->buf, p->buf + p->head, p->tail - p->head);
                 p->tail -= p->head;
@@ -420,6 +430,13 @@ static uint32_t ats_pipe_pump(struct ats_pipe *p, uint64_t *ctr)
         if (!progress)
             return st;
     }
+}
+
+/* Free a pipe's buffer (its owner is gone: no pump can run on it any more). */
+static void ats_pipe_release(struct ats_pipe *p)
+{
+    free(p->buf);
+    p->buf = NULL;
 }
 
 /* An epoll event (or, with mask 0, a kick from Python) on a spliced fd: note

@@ -161,6 +161,7 @@ struct ats_splice_end {
     uint32_t status;
     int queued;
 };
+void ats_pipe_release(struct ats_pipe *p);
 uint32_t ats_splice_end_event(struct ats_splice_end *end, uint32_t mask, uint64_t *ctr);
 int ats_net_wait(int epfd, struct epoll_event *evs, int maxevents, int timeout,
                  uint64_t *tokens, uint32_t *masks, uint64_t *notify, int *nnotify,

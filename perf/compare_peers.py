@@ -10,17 +10,23 @@ and ``wrk`` (``apt-get install -y wrk`` when it is missing). Cases:
 
 - echo (perf/servers.py vs perf/loadgen.c, as echo_bench.py): 1, 10 and 100 KiB messages x
   10 and 100 connections, one message in flight per connection. Throughput: round trips/s.
+  ats_cffi runs twice, each with a row of its own: ``ats``, a Python continuation moving
+  the bytes through VIOs and an MIOBuffer (the API every ats_cffi app codes against), and
+  ``ats_splice`` (rows marked ``, splice``), the connection spliced to itself
+  (``ats_cffi.net.splice``: the bytes are pumped natively inside the NetHandler's pass, as
+  ``ats-cffi echo`` and ``tunnel`` do by default).
 - http: ``python -m ats_cffi http`` vs the same server logic on asyncio and on uvloop
   (perf/http_peers.py), all parsing with httptools; ``wrk -c 100 -t 1 -d N`` on ``GET /``
   (keep-alive, ``Hello, World!``) after a 1 s unmeasured wrk run. Throughput: requests/s.
 - accept: connect+close, as accept_bench.py (acceptgen ``wait`` mode, 100 connects in flight;
   ats = ``--accept-ats``, default ``ats_thr1``: the default accept thread + 1 net thread).
   Throughput: the server's own accepts/s.
-- idle (echo and http servers): 10,000 client connections opened from the client CPU and left
-  idle. Reported: the server's VmRSS growth / 10,000 (KiB per connection; VmRSS is read before
-  the connections and after the idle window) and the server's CPU over the idle window (5 s,
-  summed from /proc/PID/task/*/schedstat) as % of a core. ats runs with its default
-  InactivityCop (every ``inactivity_check_frequency`` = 1 s, default inactivity timeout 1 day).
+- idle (echo servers, both ats echos, and http servers): 10,000 client connections opened
+  from the client CPU and left idle. Reported: the server's VmRSS growth / 10,000 (KiB per
+  connection; VmRSS is read before the connections and after the idle window) and the
+  server's CPU over the idle window (5 s, summed from /proc/PID/task/*/schedstat) as % of a
+  core. ats runs with its default InactivityCop (every ``inactivity_check_frequency`` = 1 s,
+  default inactivity timeout 1 day).
 
 Per case and server: the median over the rounds of throughput and of the server's CPU per
 operation (its utime+stime over the client's measured window / operations), and the ratios of
@@ -67,6 +73,9 @@ from _common import (
 HOST = "127.0.0.1"
 SERVERS = ("ats", "asyncio", "uvloop")
 REFS = ("asyncio", "uvloop")
+#: The echo cases also run the spliced ats echo (``servers.py ats_splice``): a row of its own.
+ECHO_SERVERS = ("ats", "ats_splice", "asyncio", "uvloop")
+SUBJECT_LABEL = {"ats": "", "ats_splice": ", splice"}
 KIB = 1024
 ECHO_CASES = [(m * KIB, c) for m in (1, 10, 100) for c in (10, 100)]
 WRK_CONNS = 100
@@ -305,51 +314,64 @@ def run_idle(case: str, name: str, a: argparse.Namespace, cpus, app: str) -> dic
 # -- the session --------------------------------------------------------------------------
 
 
-def plan(a: argparse.Namespace) -> list[tuple[str, str, Callable[..., dict], tuple]]:
-    """(case name, unit, run function, its extra args) in session order."""
-    cases = []
+Case = tuple[str, str, Callable[..., dict], tuple, tuple[str, ...]]
+
+
+def plan(a: argparse.Namespace) -> list[Case]:
+    """(case name, unit, run function, its extra args, servers) in session order."""
+    cases: list[Case] = []
     if "echo" in a.cases:
         for msg, conns in ECHO_CASES:
             name = f"echo {msg // KIB} KiB x {conns}"
-            cases.append((name, "rt/s", run_echo, (msg, conns)))
+            cases.append((name, "rt/s", run_echo, (msg, conns), ECHO_SERVERS))
     if "http" in a.cases:
-        cases.append((f"http hello, wrk -c {WRK_CONNS}", "req/s", run_http, ()))
+        cases.append((f"http hello, wrk -c {WRK_CONNS}", "req/s", run_http, (), SERVERS))
     if "accept" in a.cases:
-        cases.append(("accept, connect+close", "acc/s", run_accept, ()))
+        cases.append(("accept, connect+close", "acc/s", run_accept, (), SERVERS))
     if "idle" in a.cases:
         for app in ("echo", "http"):
-            cases.append((f"idle {a.idle_conns:,} conns, {app}", "KiB/conn", run_idle, (app,)))
+            servers = ECHO_SERVERS if app == "echo" else SERVERS
+            name = f"idle {a.idle_conns:,} conns, {app}"
+            cases.append((name, "KiB/conn", run_idle, (app,), servers))
     return cases
 
 
-def summarize(runs: list[dict], cases: list[tuple]) -> list[dict]:
+def summarize(runs: list[dict], cases: list[Case]) -> list[dict]:
+    """One row per case and ats server (``ats``, and ``ats_splice`` where it ran): the
+    row's ``ats`` entry is that server's figures, beside the same peers' ones."""
     rows = []
-    for case, unit, _, _ in cases:
-        row: dict = {"case": case, "unit": unit, "idle": unit == "KiB/conn"}
-        for s in SERVERS:
-            rs = [r for r in runs if r["case"] == case and r["server"] == s and "error" not in r]
-            failed = sum(1 for r in runs if r["case"] == case and r["server"] == s and "error" in r)
-            if not rs:
-                row[s] = None if not failed else {"failed": failed}
-                continue
-            row[s] = {
-                "n": len(rs),
-                "value": statistics.median(r["value"] for r in rs),
-                "value_min": min(r["value"] for r in rs),
-                "value_max": max(r["value"] for r in rs),
-                "cpu": statistics.median(r["cpu"] for r in rs),
-                "client_cpu_frac": statistics.median(r["client_cpu_frac"] for r in rs),
-                "errors": sum(r["errors"] for r in rs),
-                "failed": failed,
-            }
-        ats = row["ats"]
-        for ref in REFS:
-            other = row[ref]
-            ok = ats and other and "value" in ats and "value" in other
-            row[f"value_vs_{ref}"] = ats["value"] / other["value"] if ok else None
-            row[f"cpu_vs_{ref}"] = ats["cpu"] / other["cpu"] if ok and other["cpu"] else None
-        rows.append(row)
+    for case, unit, _, _, servers in cases:
+        for subject in (s for s in servers if s in SUBJECT_LABEL):
+            rows.append(_row(runs, case + SUBJECT_LABEL[subject], case, unit, subject))
     return rows
+
+
+def _row(runs: list[dict], label: str, case: str, unit: str, subject: str) -> dict:
+    row: dict = {"case": label, "unit": unit, "idle": unit == "KiB/conn", "subject": subject}
+    for s in SERVERS:
+        s_run = subject if s == "ats" else s
+        rs = [r for r in runs if r["case"] == case and r["server"] == s_run and "error" not in r]
+        failed = sum(1 for r in runs if r["case"] == case and r["server"] == s_run and "error" in r)
+        if not rs:
+            row[s] = None if not failed else {"failed": failed}
+            continue
+        row[s] = {
+            "n": len(rs),
+            "value": statistics.median(r["value"] for r in rs),
+            "value_min": min(r["value"] for r in rs),
+            "value_max": max(r["value"] for r in rs),
+            "cpu": statistics.median(r["cpu"] for r in rs),
+            "client_cpu_frac": statistics.median(r["client_cpu_frac"] for r in rs),
+            "errors": sum(r["errors"] for r in rs),
+            "failed": failed,
+        }
+    ats = row["ats"]
+    for ref in REFS:
+        other = row[ref]
+        ok = ats and other and "value" in ats and "value" in other
+        row[f"value_vs_{ref}"] = ats["value"] / other["value"] if ok else None
+        row[f"cpu_vs_{ref}"] = ats["cpu"] / other["cpu"] if ok and other["cpu"] else None
+    return row
 
 
 def _cell_value(v: dict | None, unit: str) -> str:
@@ -457,10 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()
     t0 = time.monotonic()
     for rnd in range(a.rounds):
-        for case, unit, func, extra in cases:
+        for case, unit, func, extra, servers in cases:
             if func is run_idle and rnd >= a.idle_rounds:
                 continue
-            for s in SERVERS:
+            for s in servers:
                 try:
                     r = func(case, s, a, cpus, *extra)
                 except Exception as e:  # one failed run must not lose the session
@@ -483,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
                     if r["errors"]:
                         msg += f"  ERRORS {r['errors']}"
                 print(
-                    f"  [{time.monotonic() - t0:4.0f} s] round {rnd + 1}  {case:<26} {s:<8}" + msg,
+                    f"  [{time.monotonic() - t0:4.0f} s] round {rnd + 1}  {case:<26} {s:<11}" + msg,
                     file=sys.stderr,
                 )
     rows = summarize(runs, cases)

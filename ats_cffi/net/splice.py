@@ -137,17 +137,16 @@ class Splice(Continuation):
         self.pending_event = 0
         self.set_handler(self.vc_event)
         self.ends = [SpliceEnd(vc, self) for vc in vcs]
-        # Pipes: a -> b and b -> a, or a -> a. Python owns all native memory; the ends and
-        # the VCs keep it alive while the sockets are registered.
-        self._bufs = []
+        # Pipes: a -> b and b -> a, or a -> a. The structs are Python's: the ends and the
+        # VCs keep them alive while the sockets are registered, and only the net thread
+        # drops the last reference (free_netevent), never during a pump. A pipe's buffer is
+        # allocated natively at its first read (an idle splice costs no buffer memory) and
+        # freed with the struct.
         self.pipes = []
         for src, dst in self._pipe_ends():
-            p = ffi.new("struct ats_pipe *")
-            buf = ffi.new("char[]", buffer_size)
-            self._bufs.append(buf)
+            p = ffi.gc(ffi.new("struct ats_pipe *"), lib.ats_pipe_release)
             p.src_fd = src.vc.fd
             p.dst_fd = dst.vc.fd
-            p.buf = buf
             p.cap = buffer_size
             p.budget = nh.max_read_per_pass
             rs = src.vc.read
