@@ -29,7 +29,7 @@ import httptools
 
 from ats_cffi.apps.service import BLOCK_SIZE, WATER_MARK, Service, Session
 from ats_cffi.apps.stats import collect, render_json, render_prometheus
-from ats_cffi.eventsystem import INT64_MAX, EventCode, MIOBuffer
+from ats_cffi.eventsystem import INT64_MAX, VIO, EventCode, MIOBuffer
 from ats_cffi.net import UnixNetVConnection
 from ats_cffi.net.codes import IO_SHUTDOWN_WRITE
 
@@ -147,7 +147,9 @@ class HttpSession(Session):
     The write VIO's ``nbytes`` is the count of response bytes queued so far (``queued``):
     the VC writes them and signals ``WRITE_COMPLETE`` once, instead of ``WRITE_READY``
     before and after every write of an open-ended VIO; the next response raises ``nbytes``
-    and re-enables it. ``queued - wvio.ndone`` is what waits in the write buffer.
+    and re-enables it. ``queued - wvio.ndone`` is what waits in the write buffer. The write
+    buffer and VIO are made at the first response (``open_write``): a connection that never
+    sent a request holds neither.
     """
 
     current_stat = CURRENT
@@ -157,8 +159,10 @@ class HttpSession(Session):
         self.vc = vc
         self.rbuf = MIOBuffer(BLOCK_SIZE)
         self.rreader = self.rbuf.alloc_reader()
-        self.wbuf = MIOBuffer(BLOCK_SIZE, WATER_MARK)
-        self.parser = httptools.HttpRequestParser(self)
+        self.wbuf: MIOBuffer | None = None
+        self.wvio: VIO | None = None
+        #: Made at the first bytes read (an idle connection holds no parser).
+        self.parser: httptools.HttpRequestParser | None = None
         #: The request target (bytes from the parser; joined only when it comes in pieces).
         self.url = b""
         self.url_too_long = False
@@ -180,7 +184,12 @@ class HttpSession(Session):
         service.add_session(self)
         with self.mutex:  # type: ignore[union-attr]
             self.rvio = vc.do_io_read(self, INT64_MAX, self.rbuf)
-            self.wvio = vc.do_io_write(self, 0, self.wbuf.alloc_reader())
+
+    def open_write(self) -> MIOBuffer:
+        """The response buffer and the write VIO over it (``nbytes`` 0 until a pump)."""
+        wbuf = self.wbuf = MIOBuffer(BLOCK_SIZE, WATER_MARK)
+        self.wvio = self.vc.do_io_write(self, 0, wbuf.alloc_reader())
+        return wbuf
 
     # ------------------------------------------------------------------ events
 
@@ -222,11 +231,16 @@ class HttpSession(Session):
         reader = self.rreader
         wvio = self.wvio
         avail = reader.read_avail()
-        while avail and not self.closing and self.queued - wvio.ndone <= WATER_MARK:
+        parser = self.parser
+        if parser is None and avail:
+            parser = self.parser = httptools.HttpRequestParser(self)
+        while (
+            avail and not self.closing and (wvio is None or self.queued - wvio.ndone <= WATER_MARK)
+        ):
             block, off = reader.first_block()
             end = block.end
             try:
-                self.parser.feed_data(block.view[off:end])
+                parser.feed_data(block.view[off:end])  # type: ignore[union-attr]
             except httptools.HttpParserUpgrade:
                 self.closing = True  # the request was answered; we speak no other protocol
             except httptools.HttpParserCallbackError:
@@ -237,9 +251,10 @@ class HttpSession(Session):
                 self.respond(400, _TEXT, b"Bad Request\n", keep_alive=False, head=False)
             reader.consume(end - off)
             avail -= end - off
+            wvio = self.wvio  # made by the first response
         if self.closing or (self.peer_eos and not avail):
             self.finish()
-        elif wvio.nbytes != self.queued:
+        elif wvio is not None and wvio.nbytes != self.queued:
             wvio.nbytes = self.queued
             self.vc.reenable(wvio)
 
@@ -265,6 +280,7 @@ class HttpSession(Session):
         counts = service.stats.per_thread.counts
         counts[_I_REQUESTS] += 1
         parser = self.parser
+        assert parser is not None  # this is its own callback
         method = parser.get_method()
         keep_alive = parser.should_keep_alive() and not service.draining
         head = method == b"HEAD"
@@ -289,7 +305,8 @@ class HttpSession(Session):
                 now = _time()
                 if now >= cache[1] or now < cache[0]:
                     cache = hello_responses(now)
-                self.queued += self.wbuf.write(cache[3] if head else cache[2])
+                wbuf = self.wbuf if self.wbuf is not None else self.open_write()
+                self.queued += wbuf.write(cache[3] if head else cache[2])
                 return
             else:
                 status, ctype, body = route(service)
@@ -322,7 +339,8 @@ class HttpSession(Session):
             conn = b"Connection: close\r\n"
             self.closing = True
         head_bytes = response_head(status, ctype, len(body), http_date(), extra, conn)
-        self.queued += self.wbuf.write(head_bytes if head else head_bytes + body)
+        wbuf = self.wbuf if self.wbuf is not None else self.open_write()
+        self.queued += wbuf.write(head_bytes if head else head_bytes + body)
 
     # ------------------------------------------------------------------ closing
 
@@ -332,6 +350,9 @@ class HttpSession(Session):
         if self.lingering:
             return
         wvio = self.wvio
+        if wvio is None:  # nothing was ever answered
+            self.linger()
+            return
         wvio.nbytes = self.queued
         if wvio.ntodo() <= 0:
             self.linger()
@@ -359,7 +380,12 @@ class HttpSession(Session):
         """Graceful stop: an idle session closes now; a busy one after its response."""
         if self.closed or self.closing:
             return
-        if not self.in_request and not self.rreader.read_avail() and not self.wbuf.max_read_avail():
+        wbuf = self.wbuf
+        if (
+            not self.in_request
+            and not self.rreader.read_avail()
+            and (wbuf is None or not wbuf.max_read_avail())
+        ):
             self.close()
         # else: on_message_complete sees service.draining and answers Connection: close
 
