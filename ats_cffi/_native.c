@@ -2,8 +2,10 @@
  *
  * Each helper exists because the loop it holds would otherwise cross from
  * Python into C once per syscall or once per struct field (DESIGN.md
- * section 9).  They keep no state, never block longer than the syscall they
- * wrap, and report failure as -errno so that EAGAIN is a return value. */
+ * section 9).  They keep no state of their own (the splice's pipes and ends,
+ * at the end of this file, are structs Python allocates and owns), never block
+ * longer than the syscall they wrap, and report failure as -errno (or a status
+ * bit) so that EAGAIN is a return value. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
