@@ -60,6 +60,9 @@ IN_PROGRESS: int = -_errno.EINPROGRESS
 
 _EINTR = _errno.EINTR
 _EAGAIN = _errno.EAGAIN
+_CTL_ADD = lib.EPOLL_CTL_ADD
+_CTL_MOD = lib.EPOLL_CTL_MOD
+_CTL_DEL = lib.EPOLL_CTL_DEL
 
 Address = tuple[str, int] | tuple[str, int, int, int] | str
 
@@ -88,7 +91,8 @@ def _check_size(call: str, name: str, value: Any) -> None:
 
 def check_fd(call: str, fd: Any) -> None:
     """Raise ``TypeError`` unless ``fd`` is an int (a negative one fails later as EBADF)."""
-    _check_int(call, "fd", fd)
+    if type(fd) is not int:
+        raise TypeError(f"{call}: fd must be an int, not {type(fd).__name__}")
 
 
 # --------------------------------------------------------------------------- epoll
@@ -101,9 +105,26 @@ class Epoll:
     ``i < n`` are the token given at registration and the event mask: plain
     memoryviews, so reading them costs no cffi access per field.
     Raises ``OSError`` naming ``epoll_create1``/``epoll_ctl``/``epoll_wait``.
+
+    ``add_deferred`` queues an ``EPOLL_CTL_ADD`` that is issued at the start of the next
+    ``wait``/``wait_net`` (or by ``flush``): nothing can observe the epoll set before then,
+    and an ADD reports readiness that is already pending (with ``EPOLLET`` too), so no event
+    is lost; an fd removed (``delete``/``drop``) before that costs no syscall at all. While
+    an ADD is queued, ``modify`` edits it and ``delete`` drops it. A queued ADD that fails
+    when issued is recorded in ``failed`` as ``(fd, token, errno)`` for the caller to take.
     """
 
-    __slots__ = ("_fd", "max_events", "_evs", "_tokens_c", "_masks_c", "tokens", "masks")
+    __slots__ = (
+        "_fd",
+        "max_events",
+        "_evs",
+        "_tokens_c",
+        "_masks_c",
+        "tokens",
+        "masks",
+        "_pending",
+        "failed",
+    )
 
     def __init__(self, max_events: int = 1024) -> None:
         _check_int("Epoll", "max_events", max_events)
@@ -120,6 +141,9 @@ class Epoll:
         self._masks_c = ffi.new("uint32_t[]", max_events)
         self.tokens = memoryview(ffi.buffer(self._tokens_c)).cast("B").cast("Q")
         self.masks = memoryview(ffi.buffer(self._masks_c)).cast("B").cast("I")
+        # fd -> (events, token, token given to add_deferred): the queued ADDs.
+        self._pending: dict[int, tuple[int, int, int]] = {}
+        self.failed: list[tuple[int, int, int]] = []
 
     @property
     def fd(self) -> int:
@@ -134,6 +158,17 @@ class Epoll:
         """``epoll_ctl(op, fd)`` with ``events`` and a 64-bit ``token`` (default: ``fd``)."""
         if token is None:
             token = fd
+        pending = self._pending
+        if pending and type(fd) is int and fd in pending:
+            if op == _CTL_MOD:
+                _check_int("epoll_ctl", "events", events)
+                _check_int("epoll_ctl", "token", token)
+                pending[fd] = (events, token, pending[fd][2])
+                return
+            if op == _CTL_DEL:
+                del pending[fd]
+                return
+            raise _oserror("epoll_ctl", _errno.EEXIST)
         try:
             r = lib.ats_epoll_ctl(self._fd, op, fd, events, token)
         except (TypeError, OverflowError) as exc:
@@ -143,19 +178,57 @@ class Epoll:
 
     def add(self, fd: int, events: int, token: int | None = None) -> None:
         """Register ``fd`` (``EPOLL_CTL_ADD``)."""
-        self.ctl(lib.EPOLL_CTL_ADD, fd, events, token)
+        self.ctl(_CTL_ADD, fd, events, token)
+
+    def add_deferred(self, fd: int, events: int, token: int) -> None:
+        """Queue the registration of ``fd`` for the next ``wait`` (see the class doc).
+        ``OSError`` (EEXIST) if an ADD of ``fd`` is already queued, EBADF once closed."""
+        if type(fd) is not int or type(events) is not int or type(token) is not int:
+            check_fd("epoll_ctl", fd)
+            _check_int("epoll_ctl", "events", events)
+            _check_int("epoll_ctl", "token", token)
+        if self._fd < 0:
+            raise _oserror("epoll_ctl", _errno.EBADF)
+        if fd in self._pending:
+            raise _oserror("epoll_ctl", _errno.EEXIST)
+        self._pending[fd] = (events, token, token)
 
     def modify(self, fd: int, events: int, token: int | None = None) -> None:
         """Change or re-arm ``fd`` (``EPOLL_CTL_MOD``): with edge trigger, a MOD with the
         same mask reports readiness that is already pending once more."""
-        self.ctl(lib.EPOLL_CTL_MOD, fd, events, token)
+        self.ctl(_CTL_MOD, fd, events, token)
 
     def delete(self, fd: int) -> None:
         """Unregister ``fd`` (``EPOLL_CTL_DEL``)."""
-        self.ctl(lib.EPOLL_CTL_DEL, fd, 0, 0)
+        self.ctl(_CTL_DEL, fd, 0, 0)
+
+    def drop(self, fd: int) -> None:
+        """Forget ``fd``, which the caller is about to close: its queued ADD (if any) is
+        dropped, and no syscall is made, since closing an fd's last reference removes it
+        from every epoll set (an fd shared with a ``dup`` needs ``delete`` instead)."""
+        if self._pending:
+            self._pending.pop(fd, None)
+
+    def flush(self) -> int:
+        """Issue the queued ADDs now; returns how many failed (recorded in ``failed``)."""
+        pending = self._pending
+        if not pending:
+            return 0
+        self._pending = {}
+        ctl = lib.ats_epoll_ctl
+        epfd = self._fd
+        nfailed = 0
+        for fd, (events, token, token0) in pending.items():
+            r = ctl(epfd, _CTL_ADD, fd, events, token)
+            if r < 0:
+                self.failed.append((fd, token0, -r))
+                nfailed += 1
+        return nfailed
 
     def wait(self, timeout_ms: int = -1) -> int:
         """Wait up to ``timeout_ms`` (-1: forever, 0: poll) and return the number of events."""
+        if self._pending:
+            self.flush()
         while True:
             try:
                 n = lib.ats_epoll_wait(
@@ -174,6 +247,8 @@ class Epoll:
         returned. The tokens of the spliced ends that need Python go to ``notify``
         (``nnotify[0]`` of them); the native pumps add to ``counters`` (``uint64_t[4]``).
         Returns the number of the other events, in ``tokens``/``masks`` as for ``wait``."""
+        if self._pending:
+            self.flush()
         while True:
             n = lib.ats_net_wait(
                 self._fd,
@@ -192,7 +267,8 @@ class Epoll:
                 raise _oserror("epoll_wait", -n)
 
     def close(self) -> None:
-        """Close the epoll fd; a second call does nothing."""
+        """Close the epoll fd (queued ADDs are dropped); a second call does nothing."""
+        self._pending = {}
         fd, self._fd = self._fd, -1
         if fd >= 0:
             lib.close(fd)
@@ -307,6 +383,7 @@ class _Scratch(threading.local):
 
 
 _scratch = _Scratch()
+_lib_close = lib.close
 
 
 def _parse(s: _Scratch, call: str) -> Address:
@@ -444,8 +521,9 @@ def getsockopt_int(fd: int, level: int, option: int) -> int:
 
 
 def setsockopt_int(fd: int, level: int, option: int, value: int) -> None:
-    check_fd("setsockopt", fd)
-    _check_int("setsockopt", "value", value)
+    if type(fd) is not int or type(value) is not int:
+        check_fd("setsockopt", fd)
+        _check_int("setsockopt", "value", value)
     s = _scratch
     s.intval[0] = value
     if lib.setsockopt(fd, level, option, s.intval, ffi.sizeof("int")) < 0:
@@ -477,8 +555,9 @@ def shutdown(fd: int, how: int) -> None:
 
 def close(fd: int) -> None:
     """Close ``fd``. Not retried on EINTR: on Linux the fd is released anyway."""
-    check_fd("close", fd)
-    if lib.close(fd) < 0:
+    if type(fd) is not int:
+        check_fd("close", fd)
+    if _lib_close(fd) < 0:
         err = ffi.errno
         if err != _EINTR:
             raise _oserror("close", err)
@@ -515,7 +594,8 @@ def accept_batch(fd: int, max_count: int, flags: int = ACCEPT_FLAGS) -> tuple[li
     (``EAGAIN`` for an empty backlog, 0 when ``max_count`` was reached, or a real
     error such as ``EMFILE`` that the caller classifies).
     """
-    _check_int("accept4", "max_count", max_count)
+    if type(max_count) is not int:
+        _check_int("accept4", "max_count", max_count)
     if max_count <= 0 or max_count > 256:
         raise ValueError(f"accept4: max_count must be in 1..256, got {max_count}")
     s = _scratch

@@ -529,3 +529,76 @@ def test_read_fill_returns_an_error_after_data_instead_of_losing_the_bytes(liste
         pass
     finally:
         s.close(fd)
+
+
+# ------------------------------------------------------------------ deferred ADD
+
+
+def test_a_deferred_add_is_issued_by_the_next_wait_and_reports_what_arrived_before(
+    ep, pair
+) -> None:
+    a, b = pair
+    ep.add_deferred(a.fileno(), ET_RW, 11)
+    b.send(b"early")  # before the registration reaches the kernel
+    got = events_of(ep, 1000)
+    assert got.keys() == {11}
+    assert got[11] & lib.EPOLLIN and got[11] & lib.EPOLLOUT
+    assert events_of(ep) == {}  # edge-triggered from then on
+    b.send(b"later")
+    assert events_of(ep, 1000).keys() == {11}
+
+
+def test_delete_or_drop_of_a_deferred_add_makes_no_registration(ep, pair) -> None:
+    a, b = pair
+    ep.add_deferred(a.fileno(), ET_RW, 1)
+    ep.delete(a.fileno())
+    ep.add_deferred(b.fileno(), ET_RW, 2)
+    ep.drop(b.fileno())
+    a.send(b"x")
+    b.send(b"y")
+    assert events_of(ep, 20) == {}
+    assert ep.failed == []
+    # Nothing reached the kernel: a plain ADD of the same fds is no EEXIST.
+    ep.add(a.fileno(), ET_RW, 3)
+    ep.add(b.fileno(), ET_RW, 4)
+    assert events_of(ep, 1000).keys() == {3, 4}
+
+
+def test_modify_of_a_deferred_add_changes_what_is_registered(ep, pair) -> None:
+    a, b = pair
+    ep.add_deferred(a.fileno(), lib.EPOLLOUT | lib.EPOLLET, 5)
+    ep.modify(a.fileno(), lib.EPOLLIN | lib.EPOLLET, (1 << 63) | 6)
+    assert events_of(ep) == {}  # EPOLLOUT is no longer asked for
+    b.send(b"x")
+    assert events_of(ep, 1000) == {(1 << 63) | 6: lib.EPOLLIN}
+
+
+def test_a_deferred_add_that_fails_is_recorded_not_raised(ep, pair) -> None:
+    a, _ = pair
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    ep.add_deferred(r, ET_RW, 7)  # closed by the time it is issued
+    ep.add_deferred(a.fileno(), ET_RW, 8)
+    assert events_of(ep, 1000).keys() == {8}
+    assert ep.failed == [(r, 7, errno.EBADF)]
+
+
+def test_deferred_add_rejects_duplicates_wrong_types_and_a_closed_epoll(ep, pair) -> None:
+    a, _ = pair
+    ep.add_deferred(a.fileno(), ET_RW, 1)
+    with pytest.raises(OSError, match="epoll_ctl") as ei:
+        ep.add_deferred(a.fileno(), ET_RW, 2)
+    assert ei.value.errno == errno.EEXIST
+    with pytest.raises(OSError, match="epoll_ctl") as ei:
+        ep.add(a.fileno(), ET_RW, 2)
+    assert ei.value.errno == errno.EEXIST
+    with pytest.raises(TypeError, match="epoll_ctl: fd"):
+        ep.add_deferred("3", ET_RW, 1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="epoll_ctl: token"):
+        ep.add_deferred(a.fileno() + 100, ET_RW, None)  # type: ignore[arg-type]
+    e = s.Epoll(1)
+    e.close()
+    with pytest.raises(OSError, match="epoll_ctl") as ei:
+        e.add_deferred(a.fileno(), ET_RW, 1)
+    assert ei.value.errno == errno.EBADF

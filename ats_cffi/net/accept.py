@@ -2,9 +2,10 @@
 
 Three ways to accept (chosen by ``AcceptOptions``):
 
-- ``accept_threads > 0`` — ``init_accept_loop``: that many dedicated threads block in
-  ``accept4`` (``do_blocking_accept``); each new VC is handed round-robin to a net thread
-  with ``schedule_imm_signal``, whose ``accept_event`` starts its IO there.
+- ``accept_threads > 0`` — ``init_accept_loop``: that many dedicated threads accept
+  (``do_blocking_accept``: the whole backlog per native call, blocking in ``poll`` while it
+  is empty); each new VC is assigned round-robin to a net thread, and each thread gets its
+  share of a batch with one ``schedule_imm_signal``, whose handler starts their IO there.
 - ``accept_threads == 0`` — ``init_accept_per_thread``: the listen socket is in every net
   thread's epoll with ``EPOLLEXCLUSIVE`` (the kernel wakes one thread per connection) and is
   accepted on inline by ``accept_fast_event``; with ``reuseport``, each net thread gets a
@@ -21,6 +22,13 @@ are transient (try again); EMFILE/ENFILE/ENOBUFS/ENOMEM are resource errors (log
 off ``throttle_delay`` ms: never a busy loop); anything else is fatal (``EVENT_ERROR`` with
 ``-errno`` to the accept continuation, and this listener stops).
 
+Per accepted connection, the net thread's work is ``start_vcs`` (ATS's acceptEvent): start
+IO, then ``NET_EVENT_ACCEPT`` to the accept continuation with its mutex held. The epoll
+registration is deferred to the thread's next ``epoll_wait`` (``EventIO.start(defer=True)``),
+so a connection the continuation closes at once costs neither ``EPOLL_CTL_ADD`` nor ``DEL``;
+one that lives is registered before anything could wait for its edges, and the ADD reports
+readiness already pending, so no edge is lost.
+
 Throttling: when ``check_net_throttle`` says the process holds too many connections (or an
 fd comes within the emergency headroom of ``RLIMIT_NOFILE``), a new connection gets the
 optional ``throttle_message`` and is closed at once, counted in ``connections_throttled_in``.
@@ -33,24 +41,25 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ats_cffi import sys as _sys
-from ats_cffi._native import lib
-from ats_cffi.eventsystem.codes import EVENT_ERROR, EVENT_IMMEDIATE
+from ats_cffi._native import ffi, lib
+from ats_cffi.eventsystem.codes import EVENT_ERROR
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
 from ats_cffi.eventsystem.event import Action
 from ats_cffi.eventsystem.processor import ET_NET, EventProcessor, run_on_threads
 from ats_cffi.net import stats as st
-from ats_cffi.net.codes import EVENTIO_NETACCEPT, EVENTIO_READ
+from ats_cffi.net.codes import EVENTIO_NETACCEPT, EVENTIO_READ, NET_EVENT_ACCEPT
 from ats_cffi.net.config import SOCK_OPT_NO_DELAY, net_config
 from ats_cffi.net.eventio import EventIO
 from ats_cffi.net.netvc import NetVCOptions, UnixNetVConnection
 from ats_cffi.net.stats import net_stats
-from ats_cffi.net.throttle import check_emergency_throttle, check_net_throttle
+from ats_cffi.net.throttle import batch_may_throttle, check_emergency_throttle, check_net_throttle
 
 if TYPE_CHECKING:
     from ats_cffi.eventsystem.ethread import EThread
@@ -60,6 +69,17 @@ log = logging.getLogger("ats.iocore_net_accept")
 
 #: Most connections one native accept call takes (bounded by the helper's scratch array).
 ACCEPT_BATCH = 64
+
+_EAGAIN = errno.EAGAIN
+_TOTAL_ACCEPTS = st.TOTAL_ACCEPTS
+_CONNECTIONS_CURRENTLY_OPEN = st.CONNECTIONS_CURRENTLY_OPEN
+# TCP_NODELAY on each accepted socket, the one option of the default NetVCOptions: set with
+# one cffi call from a value made once (read-only, so shared by every thread).
+_NODELAY_VALUE = ffi.new("int *", 1)
+_INT_SIZE = ffi.sizeof("int")
+_setsockopt = lib.setsockopt
+_IPPROTO_TCP = lib.IPPROTO_TCP
+_TCP_NODELAY = lib.TCP_NODELAY
 
 _IGNORE = 2
 _TRANSIENT = 1
@@ -243,8 +263,7 @@ class NetAccept(Continuation):
         if fd is not None:
             _sys.check_fd("main_accept", fd)
             self.family = _sys.getsockopt_int(fd, lib.SOL_SOCKET, lib.SO_DOMAIN)
-            # The accept passes on net threads must never block (init_accept_loop, whose
-            # dedicated threads do block, clears this again).
+            # Accepts are non-blocking in every mode (accept threads wait in poll).
             flags = fcntl.fcntl(fd, fcntl.F_GETFL)
             fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
         self.server_fds.append(fd if fd is not None else open_listen_socket(self.opt))
@@ -252,10 +271,8 @@ class NetAccept(Continuation):
     # ------------------------------------------------------------------ the three modes
 
     def init_accept_loop(self, ep: EventProcessor, n_threads: int) -> None:
-        """Start ``n_threads`` dedicated threads blocking in accept4 on the listen socket."""
-        fd = self.server_fd
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+        """Start ``n_threads`` dedicated accept threads on the listen socket (which stays
+        non-blocking: they block in ``poll`` while the backlog is empty)."""
         for i in range(n_threads):
             port = self.port
             cont = Continuation(handler=self.accept_loop_event)
@@ -304,15 +321,15 @@ class NetAccept(Continuation):
             while budget != 0:
                 count = ACCEPT_BATCH if budget < 0 else min(budget, ACCEPT_BATCH)
                 fds, err = _sys.accept_batch(fd, count)
-                for cfd in fds:
-                    self._accept_one(nh, cfd, nh.stats)
+                if fds:
+                    self.start_vcs(nh, self._make_vcs(fds, nh.stats))
                 if budget > 0:
                     budget -= len(fds)
                 if err == 0:
                     continue  # the batch was full: more may be waiting
-                seriousness = accept_error_seriousness(err)
-                if seriousness == _TRANSIENT and err == errno.EAGAIN:
+                if err == _EAGAIN:
                     return  # the backlog is empty: the next connection brings a new edge
+                seriousness = accept_error_seriousness(err)
                 if seriousness in (_IGNORE, _TRANSIENT):
                     continue
                 if seriousness == _RESOURCE:
@@ -331,11 +348,49 @@ class NetAccept(Continuation):
         else:
             nh.thread.schedule_imm(cont)
 
-    def _accept_one(self, nh: NetHandler, fd: int, stats: list[int]) -> None:
-        if self._throttled(fd, stats):
-            return
-        vc = self._make_vc(fd, stats)
-        vc.accept_event(EVENT_IMMEDIATE, _OnThread(nh.thread))
+    def start_vcs(self, nh: NetHandler, vcs: list[UnixNetVConnection]) -> None:
+        """Start the new ``vcs`` on ``nh``'s thread (the calling one) and hand each to the
+        accept continuation (``NET_EVENT_ACCEPT``, its mutex held), as ATS's acceptEvent.
+
+        The epoll registration of each is deferred to the thread's next ``epoll_wait``
+        (``NetHandler.start_io(defer=True)``): a VC the continuation closes at once (or before
+        that wait) never costs an ``epoll_ctl``, and one that lives is registered before any
+        wait could miss its edges (the ADD reports readiness already pending)."""
+        action = self.action
+        start_io = nh.start_io
+        free = nh.free_netevent
+        for vc in vcs:
+            try:
+                start_io(vc, True)
+            except OSError:
+                log.exception("accept: start_io failed")
+                vc.closed = 1
+                free(vc)
+                continue
+            # start_io put it on the open list: under the InactivityCop from now on.
+            if action.cancelled:
+                vc.do_io_close()
+            else:
+                m = action.mutex
+                m.lock()  # type: ignore[union-attr]
+                try:
+                    if action.cancelled:
+                        vc.do_io_close()
+                    else:
+                        vc.recursion += 1
+                        try:
+                            action.continuation.handle_event(  # type: ignore[union-attr]
+                                NET_EVENT_ACCEPT, vc
+                            )
+                        except Exception:
+                            log.exception("NET_EVENT_ACCEPT handler raised: closing the VC")
+                            vc.do_io_close()
+                        finally:
+                            vc.recursion -= 1
+                finally:
+                    m.unlock()  # type: ignore[union-attr]
+            if vc.closed and vc.recursion == 0 and vc.nh is not None:
+                free(vc)
 
     # ------------------------------------------------------------------ accept threads
 
@@ -348,40 +403,62 @@ class NetAccept(Continuation):
             net_stats.retire(stats)
 
     def do_blocking_accept(self, thread: EThread, stats: list[int]) -> None:
-        """Block in accept4 until cancelled; hand each VC to a net thread."""
+        """Until cancelled: take the whole backlog (up to ``ACCEPT_BATCH``) in one native
+        call, hand the new VCs to the net threads (round-robin, one event per thread per
+        batch), and block in ``poll`` while the backlog is empty. The listen socket stays
+        non-blocking; ``close_listener``'s shutdown wakes the ``poll``."""
         fd = self.server_fd
         ep = self.processor.event_processor if self.processor is not None else None
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        wait = poller.poll
         while not self.action.cancelled:
-            try:
-                r = _sys.accept4(fd)
-            except OSError as exc:
-                if self.action.cancelled:
-                    return
-                err = exc.errno or errno.EIO
-                seriousness = accept_error_seriousness(err)
-                if seriousness == _IGNORE:
-                    continue
-                if seriousness == _TRANSIENT:
-                    continue
-                if seriousness == _RESOURCE:
-                    self._resource_error(err, stats)
-                    time.sleep(net_config.throttle_delay / 1000.0)  # a dedicated thread
-                    continue
-                self._fatal(err)
+            fds, err = _sys.accept_batch(fd, ACCEPT_BATCH)
+            if fds and not self._hand_off(self._make_vcs(fds, stats), ep):
                 return
-            if r is None:
-                continue  # spurious wake-up of a blocking accept
-            cfd, _addr = r
-            if self._throttled(cfd, stats):
+            if err == 0:
+                continue  # the batch was full: more may be waiting
+            if err == _EAGAIN:
+                try:
+                    wait()
+                except InterruptedError:
+                    pass
                 continue
-            vc = self._make_vc(cfd, stats)
-            vc._remote_addr = _addr
-            target = ep.assign_thread(self.opt.etype) if ep is not None else None
-            if target is None:
-                _sys.close(cfd)
+            if self.action.cancelled:
                 return
-            vc.set_handler(vc.accept_event)
-            target.schedule_imm_signal(vc)
+            seriousness = accept_error_seriousness(err)
+            if seriousness == _IGNORE or seriousness == _TRANSIENT:
+                continue
+            if seriousness == _RESOURCE:
+                self._resource_error(err, stats)
+                time.sleep(net_config.throttle_delay / 1000.0)  # a dedicated thread
+                continue
+            self._fatal(err)
+            return
+
+    def _hand_off(self, vcs: list[UnixNetVConnection], ep: EventProcessor | None) -> bool:
+        """Assign each VC round-robin to a net thread and wake each chosen thread once with
+        its share (``schedule_imm_signal``; ``start_vcs`` runs there). False (VCs closed) if
+        there is no net thread to give them to."""
+        if not vcs:
+            return True
+        etype = self.opt.etype
+        shares: dict[EThread, list[UnixNetVConnection]] = {}
+        for vc in vcs:
+            target = ep.assign_thread(etype) if ep is not None else None
+            if target is None:
+                for v in vcs:
+                    v.closed = 1
+                    v.free()
+                return False
+            share = shares.get(target)
+            if share is None:
+                shares[target] = [vc]
+            else:
+                share.append(vc)
+        for target, share in shares.items():
+            target.schedule_imm_signal(_AcceptShare(self, share))
+        return True
 
     # ------------------------------------------------------------------ shared pieces
 
@@ -400,25 +477,55 @@ class NetAccept(Continuation):
         stats[st.CONNECTIONS_THROTTLED_IN] += 1
         return True
 
-    def _make_vc(self, fd: int, stats: list[int]) -> UnixNetVConnection:
-        stats[st.TOTAL_ACCEPTS] += 1
+    def _make_vcs(self, fds: list[int], stats: list[int]) -> list[UnixNetVConnection]:
+        """VCs for the accepted ``fds`` (any thread), after the throttle: a refused fd is
+        closed and counted in ``connections_throttled_in``."""
         # Counted open here, where the fd is born, so that the throttle sees connections
         # still on their way to a net thread.
-        stats[st.CONNECTIONS_CURRENTLY_OPEN] += 1
-        vc = UnixNetVConnection(self.vc_options)
-        vc.counted_open = True
-        vc.fd = fd
-        vc.family = self.family
-        vc.action = self.action
-        if self.defer:
-            # TCP_DEFER_ACCEPT: the data arrived before the socket could report an edge.
-            vc.read.triggered = True
-        try:
-            self.vc_options.apply(fd, self.family)
-        except OSError:
-            log.exception("setting socket options on accepted fd %d", fd)
-        self.n_accepted += 1
-        return vc
+        if batch_may_throttle(fds, self.opt.backdoor):
+            kept = []
+            for fd in fds:  # one by one: each one taken counts against the next
+                if not self._throttled(fd, stats):
+                    stats[_CONNECTIONS_CURRENTLY_OPEN] += 1
+                    kept.append(fd)
+            fds = kept
+        else:
+            stats[_CONNECTIONS_CURRENTLY_OPEN] += len(fds)
+        n = len(fds)
+        stats[_TOTAL_ACCEPTS] += n
+        self.n_accepted += n
+        options = self.vc_options
+        family = self.family
+        action = self.action
+        defer = self.defer
+        nodelay_only = (
+            options.sockopt_flags == SOCK_OPT_NO_DELAY
+            and not options.recv_bufsize
+            and not options.send_bufsize
+            and not options.packet_tos
+            and not options.packet_mark
+        )
+        vcs = []
+        for fd in fds:
+            vc = UnixNetVConnection(options)
+            vc.counted_open = True
+            vc.fd = fd
+            vc.family = family
+            vc.action = action
+            if defer:
+                # TCP_DEFER_ACCEPT: the data arrived before the socket could report an edge.
+                vc.read.triggered = True
+            if nodelay_only:
+                if _setsockopt(fd, _IPPROTO_TCP, _TCP_NODELAY, _NODELAY_VALUE, _INT_SIZE) < 0:
+                    log.error("setsockopt(TCP_NODELAY) on accepted fd %d: %s", fd,
+                              os.strerror(ffi.errno))  # fmt: skip
+            else:
+                try:
+                    options.apply(fd, family)
+                except OSError:
+                    log.exception("setting socket options on accepted fd %d", fd)
+            vcs.append(vc)
+        return vcs
 
     def _resource_error(self, err: int, stats: list[int]) -> None:
         stats[st.ACCEPTS_THROTTLE_BACKOFF] += 1
@@ -479,13 +586,19 @@ class NetAccept(Continuation):
                 pass
 
 
-class _OnThread:
-    """The ``Event``-like argument of an inline ``accept_event``: only its thread matters."""
+class _AcceptShare(Continuation):
+    """One net thread's share of a batch from an accept thread: ``start_vcs`` there."""
 
-    __slots__ = ("ethread",)
+    def __init__(self, na: NetAccept, vcs: list[UnixNetVConnection]) -> None:
+        super().__init__(None, self.start)
+        self.na = na
+        self.vcs = vcs
 
-    def __init__(self, thread: Any) -> None:
-        self.ethread = thread
+    def start(self, event: int, e: Any) -> None:
+        from ats_cffi.net.nethandler import get_net_handler
+
+        vcs, self.vcs = self.vcs, []
+        self.na.start_vcs(get_net_handler(e.ethread), vcs)
 
 
 class AcceptAction(Action):

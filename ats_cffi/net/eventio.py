@@ -42,14 +42,25 @@ class EventIO:
     def active(self) -> bool:
         return self.pd is not None
 
-    def start(self, pd: PollDescriptor, fd: int, events: int, extra: int = 0) -> None:
+    def start(
+        self, pd: PollDescriptor, fd: int, events: int, extra: int = 0, defer: bool = False
+    ) -> None:
         """Register ``fd`` edge-triggered for ``events`` (plus raw ``extra`` epoll bits, e.g.
-        ``EPOLLEXCLUSIVE``). Raises ``OSError`` naming ``epoll_ctl``."""
+        ``EPOLLEXCLUSIVE``). Raises ``OSError`` naming ``epoll_ctl``.
+
+        ``defer``: queue the ``EPOLL_CTL_ADD`` until the thread's next ``epoll_wait``
+        (``Epoll.add_deferred``), so that an fd stopped before then (a connection the acceptor
+        closes inside ``NET_EVENT_ACCEPT``) costs no ``epoll_ctl`` at all. Nothing is lost:
+        the ADD reports readiness that is already pending. A queued ADD that fails reaches
+        ``PollDescriptor.take_failed``."""
         if self.pd is not None:
             raise RuntimeError("EventIO.start: already started")
         token = pd.register(self)
         try:
-            pd.epoll.add(fd, events | _EPOLLET | extra, token)
+            if defer:
+                pd.epoll.add_deferred(fd, events | _EPOLLET | extra, token)
+            else:
+                pd.epoll.add(fd, events | _EPOLLET | extra, token)
         except BaseException:
             pd.unregister(token)
             raise
@@ -76,17 +87,26 @@ class EventIO:
             return
         pd.epoll.modify(self.fd, self.events | _EPOLLET, self.token)
 
-    def stop(self) -> None:
-        """Remove the registration; a second call does nothing. The fd stays open."""
+    def stop(self, closing: bool = False) -> None:
+        """Remove the registration; a second call does nothing. The fd stays open.
+
+        ``closing``: the caller closes the fd right after (its only reference), which removes
+        it from the epoll set: no ``EPOLL_CTL_DEL`` is made. Events the kernel queued before
+        cannot reach anyone either way: the token is unregistered now and never reused."""
         pd, self.pd = self.pd, None
         if pd is None:
             return
-        pd.unregister(self.token)
-        if self.fd >= 0 and not pd.epoll.closed:
-            try:
-                pd.epoll.delete(self.fd)
-            except OSError:
-                pass  # already closed or never added: nothing to remove
+        pd.ios.pop(self.token, None)
+        fd = self.fd
+        if fd >= 0:
+            ep = pd.epoll
+            if closing:
+                ep.drop(fd)
+            elif not ep.closed:
+                try:
+                    ep.delete(fd)
+                except OSError:
+                    pass  # already closed or never added: nothing to remove
 
     def __repr__(self) -> str:
         return f"<EventIO {self.type.name} fd={self.fd} events={self.events:#x}>"

@@ -22,6 +22,7 @@ Everything here runs on the handler's own thread; other threads reach it only th
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,7 @@ cop_log = logging.getLogger("ats.inactivity_cop")
 _READ_BITS = lib.EPOLLIN | lib.EPOLLERR | lib.EPOLLHUP | lib.EPOLLRDHUP | lib.EPOLLPRI
 _WRITE_BITS = lib.EPOLLOUT | lib.EPOLLERR | lib.EPOLLHUP
 _HUP_BITS = lib.EPOLLRDHUP | lib.EPOLLHUP | lib.EPOLLERR
+_RDHUP = lib.EPOLLRDHUP
 _IOV_MAX = 64
 
 #: The EventProcessor slot holding each net thread's NetHandler (set by the processor).
@@ -311,16 +313,36 @@ class NetHandler(Continuation):
 
     # ------------------------------------------------------------------ VC life
 
-    def start_io(self, vc: UnixNetVConnection) -> None:
-        """Register ``vc``'s socket (once, for its life) and count it open."""
+    def start_io(self, vc: UnixNetVConnection, defer: bool = False) -> None:
+        """Register ``vc``'s socket (once, for its life) and count it open.
+
+        ``defer`` (the accept path): the ``EPOLL_CTL_ADD`` waits for this thread's next
+        ``epoll_wait`` (``EventIO.start``), so that a VC closed before then never reaches the
+        kernel's epoll set; if that ADD fails, ``start_io_failed`` tells the VC."""
         vc.nh = self
         vc.thread = self.thread
-        vc.ep.start(self.pd, vc.fd, READ_WRITE, lib.EPOLLRDHUP)
+        vc.ep.start(self.pd, vc.fd, READ_WRITE, _RDHUP, defer)
         self.open_list.add(vc)
         vc.in_open = True
         if not vc.counted_open:
             vc.counted_open = True
             self.stats[st.CONNECTIONS_CURRENTLY_OPEN] += 1
+
+    def start_io_failed(self, vc: UnixNetVConnection, err: int) -> None:
+        """The deferred registration of ``vc`` failed (ENOMEM, ENOSPC): no edge will ever be
+        reported, so its read VIO gets ``VC_EVENT_ERROR`` with ``err`` when it is (or once
+        it gets) enabled, and its writes go on until EAGAIN, then the timeouts apply."""
+        log.error("epoll_ctl(ADD) of fd %d failed: %s", vc.fd, os.strerror(err))
+        if vc.closed:
+            return
+        vc.lerrno = err
+        vc.read.pending_error = err
+        vc.read.triggered = True
+        vc.write.triggered = True
+        if vc.read.enabled:
+            self.enqueue_ready(vc, vc.read)
+        if vc.write.enabled:
+            self.enqueue_ready(vc, vc.write)
 
     def start_cop(self, vc: UnixNetVConnection) -> None:
         """Put ``vc`` under the InactivityCop (from its next refill on)."""
@@ -345,6 +367,12 @@ class NetHandler(Continuation):
         vc.next_activity_timeout_at = 0.0
         vc.inactivity_timeout_in = 0.0
         vc.active_timeout_in = 0.0
+        # free() closes the fd right after: that removes it from the epoll set (or drops its
+        # deferred registration), no EPOLL_CTL_DEL needed. Except for a spliced VC: its
+        # registration carries the address of a struct Python is about to free, and the
+        # kernel drops it only when the last reference to the socket goes (a child between
+        # fork and exec may hold one): it is deleted for sure.
+        vc.ep.stop(vc.splice_end is None)
         vc.free()
 
     close_net_vc = free_netevent

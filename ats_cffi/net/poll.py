@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 from ats_cffi._native import ffi
 from ats_cffi.eventsystem.continuation import Continuation
 from ats_cffi.eventsystem.mutex import ProxyMutex
+from ats_cffi.net.codes import EVENTIO_READWRITE_VC
 from ats_cffi.sys import Epoll
 
 if TYPE_CHECKING:
     from ats_cffi.net.eventio import EventIO
+
+log = logging.getLogger("ats.iocore_net")
 
 #: Events taken from the kernel per epoll_wait (ATS's POLL_DESCRIPTOR_SIZE is larger; one
 #: pass handles at most this many, the rest come on the next pass).
@@ -57,6 +62,17 @@ class PollDescriptor:
     def unregister(self, token: int) -> None:
         self.ios.pop(token, None)
 
+    def take_failed(self) -> list[tuple[EventIO, int]]:
+        """The registrations whose deferred ``EPOLL_CTL_ADD`` failed at the last wait, with
+        the errno, still registered here (``EventIO.start(defer=True)``)."""
+        failed, self.epoll.failed = self.epoll.failed, []
+        out = []
+        for _fd, token, err in failed:
+            eio = self.ios.get(token)
+            if eio is not None:
+                out.append((eio, err))
+        return out
+
     def close(self) -> None:
         self.ios.clear()
         self.epoll.close()
@@ -75,8 +91,22 @@ class PollCont(Continuation):
         """``epoll_wait`` up to ``timeout_ms``; the results stay in the descriptor. Spliced
         fds are pumped natively; their ends that need Python are in ``pd.notify``."""
         pd = self.poll_descriptor
-        pd.result = n = pd.epoll.wait_net(timeout_ms, pd.notify_c, pd.nnotify_c, pd.counters_c)
+        ep = pd.epoll
+        pd.result = n = ep.wait_net(timeout_ms, pd.notify_c, pd.nnotify_c, pd.counters_c)
+        if ep.failed:
+            self.registrations_failed()
         return n
+
+    def registrations_failed(self) -> None:
+        """Deferred registrations that failed (ENOMEM, ENOSPC: rare): each VC hears of it
+        through its NetHandler (``start_io_failed``); anything else is logged."""
+        for eio, err in self.poll_descriptor.take_failed():
+            data = eio.data
+            nh = getattr(data, "nh", None)
+            if eio.type is EVENTIO_READWRITE_VC and nh is not None:
+                nh.start_io_failed(data, err)
+            else:
+                log.error("epoll_ctl(ADD) of %r failed: %s", eio, os.strerror(err))
 
     def poll_event(self, event: int, data: Any) -> int:
         return self.do_poll(self.poll_timeout)

@@ -56,3 +56,19 @@ def check_emergency_throttle(fd: int) -> bool:
     """True when ``fd`` is so close to ``RLIMIT_NOFILE`` (as read by the last
     ``change_net_connections_throttle``) that it must be closed at once."""
     return 0 < _emergency_fd <= fd
+
+
+def batch_may_throttle(fds: list[int], exempt: bool = False) -> bool:
+    """False when none of the just-accepted ``fds`` can be refused, checked once for the
+    batch: no fd reaches the emergency headroom, and (unless ``exempt``, a backdoor
+    listener) the open connections plus the whole batch stay under the throttle. True: check
+    each fd (``check_emergency_throttle`` / ``check_net_throttle``)."""
+    e = _emergency_fd
+    if e > 0 and max(fds) >= e:
+        return True
+    if exempt:
+        return False
+    limit = net_connections_throttle
+    if limit <= 0:
+        return False
+    return (net_stats.sum_unlocked(CONNECTIONS_CURRENTLY_OPEN) + len(fds)) * 1.1 >= limit

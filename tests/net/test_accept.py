@@ -282,3 +282,36 @@ def test_fatal_accept_error_reaches_the_accept_continuation_as_event_error(net) 
         assert got[0] == (EventCode.EVENT_ERROR, -22)
     finally:
         action.cancel()
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_vc_closed_inside_net_event_accept_never_reaches_epoll(net, listen, mode) -> None:
+    from ats_cffi.net.nethandler import get_net_handler
+
+    _, acceptor, port = listen(on_vc=lambda vc: vc.do_io_close(), **MODES[mode])
+    for _ in range(20):
+        with client(port) as c:
+            c.settimeout(5)
+            assert c.recv(1) == b""  # closed by the server
+    acceptor.wait(20)
+    assert wait_until(lambda: net_stats.get(OPEN) == 0)
+    for t in net.netthreads:
+        pd = get_net_handler(t).pd
+        # Only the thread's own registrations (eventfd, listen sockets) are left.
+        assert all(eio.type.name != "EVENTIO_READWRITE_VC" for eio in pd.ios.values())
+        assert not pd.epoll._pending
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_bytes_sent_before_the_vc_is_registered_are_read(net, listen, mode) -> None:
+    """The client sends with the connect; the acceptor asks to read only later, from
+    another event: the deferred registration must still report the bytes."""
+
+    def later(vc: Any) -> None:
+        vc.thread.schedule_in(Continuation(vc.mutex, lambda ev, e: Echo(vc)), 0.05)
+
+    _, _, port = listen(on_vc=later, **MODES[mode])
+    for i in range(10):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            c.sendall(b"hello %d" % i)
+            assert recv_exactly(c, 7) == b"hello %d" % i
