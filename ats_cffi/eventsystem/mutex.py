@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from types import TracebackType
 
 _get_ident = threading.get_ident
+_RLock = threading.RLock  # the C ``_thread.RLock``: it tracks its owner and depth itself
+
+# ``_thread.RLock``'s repr: "<locked _thread.RLock object owner=140… count=2 at 0x…>".
+_OWNER_COUNT = re.compile(r"owner=(\d+) count=(\d+)")
 
 
 class ProxyMutex:
@@ -15,45 +20,62 @@ class ProxyMutex:
     ``nthread_holding`` its recursion depth. Use ``with mutex:`` for scoped locking
     (blocking), or ``try_lock()``/``unlock()`` where blocking is not allowed (every
     event-loop path: a net thread must never wait for another thread's lock).
+
+    The holder and the depth are the RLock's own (it keeps both, in C): taking and
+    releasing the mutex does no bookkeeping in Python, which is what makes the
+    ``try_lock``/``unlock`` pair of every event delivery cheap. ``held_by_me`` asks the
+    RLock directly; ``thread_holding``/``nthread_holding`` (diagnostics: nothing on an
+    event path reads them) read its state from its repr.
     """
 
-    __slots__ = ("_lock", "thread_holding", "nthread_holding", "__weakref__")
+    __slots__ = ("_lock", "__weakref__")
 
     def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self.thread_holding: int | None = None
-        self.nthread_holding = 0
+        # No bound methods cached per mutex: looking ``acquire`` up on the C lock is as fast
+        # as calling a stored one, and an idle connection keeps two mutexes.
+        self._lock = _RLock()
 
     def try_lock(self) -> bool:
         """Take the lock if that needs no wait; True on success (also when already held)."""
-        if self._lock.acquire(False):
-            self.thread_holding = _get_ident()
-            self.nthread_holding += 1
-            return True
-        return False
+        return self._lock.acquire(False)
 
     def lock(self, timeout: float = -1) -> bool:
         """Take the lock, waiting up to ``timeout`` seconds (-1: forever)."""
-        if self._lock.acquire(True, timeout):
-            self.thread_holding = _get_ident()
-            self.nthread_holding += 1
-            return True
-        return False
+        return self._lock.acquire(True, timeout)
 
     def unlock(self) -> None:
         """Release one level. Raises ``RuntimeError`` if this thread does not hold it."""
-        if self.thread_holding != _get_ident():
-            raise RuntimeError("ProxyMutex.unlock: the calling thread does not hold the mutex")
-        self.nthread_holding -= 1
-        if self.nthread_holding == 0:
-            self.thread_holding = None
-        self._lock.release()
+        try:
+            self._lock.release()
+        except RuntimeError:
+            raise RuntimeError(
+                "ProxyMutex.unlock: the calling thread does not hold the mutex"
+            ) from None
 
     def held_by_me(self) -> bool:
-        return self.thread_holding == _get_ident()
+        """True if the calling thread holds the mutex."""
+        return self._lock._is_owned()
+
+    def _owner_count(self) -> tuple[int, int]:
+        mo = _OWNER_COUNT.search(repr(self._lock))
+        if mo is None:  # pragma: no cover - an RLock without CPython's repr
+            return (_get_ident(), 1) if self._lock._is_owned() else (0, 0)
+        count = int(mo[2])
+        return (int(mo[1]) if count else 0), count
+
+    @property
+    def thread_holding(self) -> int | None:
+        """Ident of the thread holding the mutex, None when it is free (a snapshot)."""
+        owner, count = self._owner_count()
+        return owner if count else None
+
+    @property
+    def nthread_holding(self) -> int:
+        """How many times the holder has taken the mutex (0 when free; a snapshot)."""
+        return self._owner_count()[1]
 
     def __enter__(self) -> ProxyMutex:
-        self.lock()
+        self._lock.acquire()
         return self
 
     def __exit__(
@@ -65,4 +87,5 @@ class ProxyMutex:
         self.unlock()
 
     def __repr__(self) -> str:
-        return f"<ProxyMutex holder={self.thread_holding} depth={self.nthread_holding}>"
+        owner, count = self._owner_count()
+        return f"<ProxyMutex holder={owner if count else None} depth={count}>"

@@ -74,6 +74,27 @@ _NONE = VIOOp.NONE
 _AGAIN = _sys.AGAIN
 _ECONNRESET = errno.ECONNRESET
 _IOV_MAX = 64
+_get_ident = threading.get_ident
+# The native helpers behind NetHandler.read_fill/write_block, called directly on the hot
+# paths (one Python frame less per read and per write); their out-parameter is nh.last.
+_read_fill = lib.ats_read_fill
+_write_all = lib.ats_write_all
+_CALLS_TO_READ = st.CALLS_TO_READ
+_CALLS_TO_READ_NODATA = st.CALLS_TO_READ_NODATA
+_READ_BYTES = st.READ_BYTES
+_CALLS_TO_WRITE = st.CALLS_TO_WRITE
+_CALLS_TO_WRITE_NODATA = st.CALLS_TO_WRITE_NODATA
+_WRITE_BYTES = st.WRITE_BYTES
+
+
+def _high_water(w: Any) -> bool:
+    """``w.high_water()`` (MIOBuffer ``w``), without its extra call for the usual one reader:
+    once per write event."""
+    rs = w._readers
+    if len(rs) == 1:
+        return w._written - rs[0]._pos > w._water_mark  # type: ignore[no-any-return]
+    return w.high_water()  # type: ignore[no-any-return]
+
 
 NET_VC_SHUTDOWN_READ = 1
 NET_VC_SHUTDOWN_WRITE = 2
@@ -327,16 +348,23 @@ class UnixNetVConnection(Continuation):
     def reenable(self, vio: VIO) -> None:
         """Let ``vio`` move again (from any thread): bytes already in the socket are processed
         without waiting for a new edge."""
-        s = self._state_of(vio)
+        # Called for nearly every event (the continuation's answer to it): _state_of and
+        # rearm_inactivity are inlined.
+        s = self.read
+        if vio is not s.vio:
+            s = self.write
+            if vio is not s.vio:
+                raise ValueError("reenable: the VIO does not belong to this VC")
         if s.enabled or self.closed:
             return
         s.enabled = True
         nh = self.nh
         if nh is None:
             return
-        if nh.thread.tid == threading.get_ident():
-            self.rearm_inactivity(nh)
-            if s.triggered:
+        if nh.thread.tid == _get_ident():
+            if self.inactivity_timeout_in and not self.next_inactivity_timeout_at:
+                self.next_inactivity_timeout_at = nh.now + self.inactivity_timeout_in
+            if s.triggered and not s.in_ready:
                 nh.enqueue_ready(self, s)
         else:
             nh.enqueue_enable(self, s)  # its thread re-arms the timeout and queues it
@@ -350,7 +378,7 @@ class UnixNetVConnection(Continuation):
         """Re-enable and, on the VC's thread, process the VIO at once (ATS's reenable_re)."""
         self.reenable(vio)
         nh = self.nh
-        if nh is not None and nh.thread.tid == threading.get_ident() and not self.closed:
+        if nh is not None and nh.thread.tid == _get_ident() and not self.closed:
             s = self._state_of(vio)
             if s.enabled and s.triggered:
                 if s is self.read:
@@ -365,7 +393,7 @@ class UnixNetVConnection(Continuation):
         if self.closed:
             return
         nh = self.nh
-        if nh is not None and nh.thread.tid != threading.get_ident():
+        if nh is not None and nh.thread.tid != _get_ident():
             # From another thread: hold the VIOs' mutexes (re-entrant if the caller has them),
             # which the net thread holds while it delivers an event, so that no event is
             # delivered after this call returns and no VIO changes under the net thread.
@@ -404,7 +432,7 @@ class UnixNetVConnection(Continuation):
                 nh.free_netevent(self)
             else:
                 self.free()
-        elif nh is not None and nh.thread.tid != threading.get_ident():
+        elif nh is not None and nh.thread.tid != _get_ident():
             nh.enqueue_enable(self, self.read)  # freed on its own thread's next pass
 
     def do_io_shutdown(self, howto: int) -> None:
@@ -524,14 +552,20 @@ class UnixNetVConnection(Continuation):
     def _read_disable(self) -> None:
         # The inactivity clock stops only when no VIO has work left: a VIO held back by
         # back-pressure or by an empty write buffer is idle, and may time out.
+        s = self.read
         if not self.write.enabled and not self.io_pending():
             self.next_inactivity_timeout_at = 0.0
-        self._disable(self.read)
+        s.enabled = False
+        s.in_ready = False
 
     def _write_disable(self) -> None:
+        # Called after nearly every write (the reader is empty): io_pending only when the
+        # read side is disabled too.
+        s = self.write
         if not self.read.enabled and not self.io_pending():
             self.next_inactivity_timeout_at = 0.0
-        self._disable(self.write)
+        s.enabled = False
+        s.in_ready = False
 
     # ------------------------------------------------------------------ read path
 
@@ -540,6 +574,9 @@ class UnixNetVConnection(Continuation):
 
         Called by the NetHandler for a VC that is enabled and triggered.
         """
+        # The hottest path of the net layer (once per read event): the buffer's fill and
+        # writable_block_if_room (while the tail block has room), the native call's wrapper
+        # and the locked body are inlined.
         s = self.read
         vio = s.vio
         if not s.enabled or vio.op != _READ:
@@ -550,101 +587,117 @@ class UnixNetVConnection(Continuation):
             self._reschedule(s, nh)
             return
         try:
-            self._net_read_locked(nh, s, vio, m)
-        finally:
-            m.unlock()
-
-    def _net_read_locked(self, nh: NetHandler, s: NetState, vio: VIO, m: ProxyMutex) -> None:
-        stats = nh.stats
-        if s.pending_error:
-            err, s.pending_error = s.pending_error, 0
-            s.triggered = False
-            if err == _ECONNRESET:
-                self._signal_done(s, VC_EVENT_EOS, nh)
-            else:
-                self._signal_error(s, err, nh)
-            return
-        ntodo = vio.nbytes - vio.ndone
-        if ntodo <= 0:
-            self._read_disable()
-            return
-        buf: MIOBuffer = vio.buffer
-        quota = nh.max_read_per_pass
-        total = 0
-        last = 1
-        while True:
-            block = buf.writable_block_if_room()
-            if block is None:
-                break
-            toread = len(block.data) - block.end
-            if toread > ntodo - total:
-                toread = ntodo - total
-            if toread > quota - total:
-                toread = quota - total
-            if toread <= 0:
-                break
-            r = nh.read_fill(self.fd, block.cdata, block.end, toread, not s.hup)
-            last = nh.last[0]
-            stats[st.CALLS_TO_READ] += 1
-            if r > 0:
-                buf.fill(r)
-                total += r
-                if r < toread and not s.hup:
-                    # A short read took everything the socket held: with EPOLLET, Linux
-                    # reports a new edge for every arrival on a TCP socket, so this counts
-                    # as drained without a second read() just to see EAGAIN (libuv does the
-                    # same). Not when a hang-up was reported: data and FIN can share one
-                    # edge, and then only reading on to EOF reveals the FIN.
-                    last = _AGAIN
-                    break
-            if last <= 0:
-                break
-        if total:
-            vio.ndone += total
-            stats[st.READ_BYTES] += total
-            if self.inactivity_timeout_in:
-                self.next_inactivity_timeout_at = nh.now + self.inactivity_timeout_in
-            if last < 0 and last != _AGAIN:
-                s.pending_error = -last  # deliver the data first, the error next pass
-            elif last == _AGAIN:
+            if s.pending_error:
+                err, s.pending_error = s.pending_error, 0
                 s.triggered = False
-            # last == 0 (EOF): keep triggered, the next read sees EOF again and signals EOS.
-            if vio.nbytes - vio.ndone <= 0:
-                self._signal_done(s, VC_EVENT_READ_COMPLETE, nh)
+                if err == _ECONNRESET:
+                    self._signal_done(s, VC_EVENT_EOS, nh)
+                else:
+                    self._signal_error(s, err, nh)
                 return
-            if self._signal_and_update(s, VC_EVENT_READ_READY) != EVENT_CONT:
-                return
-            if vio.mutex is not m:
-                self._reschedule(s, nh)
-                return
-            if (
-                vio.nbytes - vio.ndone <= 0
-                or not s.enabled
-                or vio.op != _READ
-                or vio.buffer is None
-                or vio.buffer.writable_block_if_room() is None
-            ):
+            limit = vio.nbytes - vio.ndone
+            if limit <= 0:
                 self._read_disable()
                 return
-            if s.pending_error or last == 0:
-                s.triggered = True
-            self._reschedule(s, nh)
-            return
-        if last == _AGAIN:
-            stats[st.CALLS_TO_READ_NODATA] += 1
-            s.triggered = False
-            s.in_ready = False
-            return
-        if last == 0 or last == -_ECONNRESET:
-            s.triggered = False
-            self._signal_done(s, VC_EVENT_EOS, nh)
-            return
-        if last < 0:
-            s.triggered = False
-            self._signal_error(s, -last, nh)
-            return
-        # No room in the buffer (back-pressure) or nothing to do: wait for reenable.
-        self._read_disable()
+            quota = nh.max_read_per_pass
+            if limit > quota:
+                limit = quota
+            buf: MIOBuffer = vio.buffer
+            stats = nh.stats
+            fd = self.fd
+            lastp = nh.last
+            stop_short = not s.hup
+            total = 0
+            last = 1
+            t = buf._tail
+            while True:
+                end = t.end
+                room = t.size - end
+                if not room:
+                    t = buf.writable_block_if_room()  # type: ignore[assignment]
+                    if t is None:
+                        break
+                    end = t.end
+                    room = t.size - end
+                toread = limit - total
+                if toread > room:
+                    toread = room
+                if toread <= 0:
+                    break
+                c = t._cdata
+                if c is None:
+                    c = t.cdata
+                r = _read_fill(fd, c, end, toread, stop_short, lastp)
+                last = lastp[0]
+                stats[_CALLS_TO_READ] += 1
+                if r > 0:
+                    # buf.fill(r): the native call wrote r <= toread bytes at t.end.
+                    t.end = end + r
+                    buf._written += r
+                    total += r
+                    if r < toread and stop_short:
+                        # A short read took everything the socket held: with EPOLLET, Linux
+                        # reports a new edge for every arrival on a TCP socket, so this
+                        # counts as drained without a second read() just to see EAGAIN
+                        # (libuv does the same). Not when a hang-up was reported: data and
+                        # FIN can share one edge, and then only reading on to EOF reveals
+                        # the FIN.
+                        last = _AGAIN
+                        break
+                if last <= 0:
+                    break
+            if total:
+                vio.ndone += total
+                stats[_READ_BYTES] += total
+                if self.inactivity_timeout_in:
+                    self.next_inactivity_timeout_at = nh.now + self.inactivity_timeout_in
+                if last == _AGAIN:
+                    s.triggered = False
+                elif last < 0:
+                    s.pending_error = -last  # deliver the data first, the error next pass
+                # last == 0 (EOF): keep triggered, the next read sees EOF again: EOS.
+                if vio.nbytes - vio.ndone <= 0:
+                    self._signal_done(s, VC_EVENT_READ_COMPLETE, nh)
+                    return
+                if self._signal_and_update(s, VC_EVENT_READ_READY) != EVENT_CONT:
+                    return
+                if vio.mutex is not m:
+                    self._reschedule(s, nh)
+                    return
+                buf = vio.buffer  # type: ignore[assignment]
+                if (
+                    vio.nbytes - vio.ndone <= 0
+                    or not s.enabled
+                    or vio.op != _READ
+                    or buf is None
+                    or (buf._tail.end == buf._tail.size and buf.writable_block_if_room() is None)
+                ):
+                    self._read_disable()
+                    return
+                if s.pending_error or last == 0:
+                    s.triggered = True
+                if s.triggered:
+                    nh.enqueue_ready(self, s)
+                else:
+                    s.in_ready = False
+                return
+            if last == _AGAIN:
+                stats[_CALLS_TO_READ_NODATA] += 1
+                s.triggered = False
+                s.in_ready = False
+                return
+            if last == 0 or last == -_ECONNRESET:
+                s.triggered = False
+                self._signal_done(s, VC_EVENT_EOS, nh)
+                return
+            if last < 0:
+                s.triggered = False
+                self._signal_error(s, -last, nh)
+                return
+            # No room in the buffer (back-pressure) or nothing to do: wait for reenable.
+            self._read_disable()
+        finally:
+            m.unlock()
 
     # ------------------------------------------------------------------ write path
 
@@ -653,6 +706,8 @@ class UnixNetVConnection(Continuation):
 
         Called by the NetHandler for a VC that is enabled and triggered.
         """
+        # Once per write event: the locked body, the one-block write and the reader's
+        # read_avail/consume are inlined.
         if self.connecting:
             self.connect_complete(nh)
             return
@@ -666,78 +721,100 @@ class UnixNetVConnection(Continuation):
             self._reschedule(s, nh)
             return
         try:
-            self._write_locked(nh, s, vio, m)
-        finally:
-            m.unlock()
-
-    def _write_locked(self, nh: NetHandler, s: NetState, vio: VIO, m: ProxyMutex) -> None:
-        ntodo = vio.nbytes - vio.ndone
-        if ntodo <= 0:
-            self._write_disable()
-            return
-        reader: IOBufferReader = vio.buffer
-        towrite = reader.read_avail()
-        if towrite > ntodo:
-            towrite = ntodo
-        signalled = False
-        if towrite != ntodo and not reader.writer.high_water():
-            if self._signal_and_update(s, VC_EVENT_WRITE_READY) != EVENT_CONT:
-                return
-            if not s.enabled or vio.op != _WRITE or vio.buffer is None:
-                self._write_disable()
-                return
             ntodo = vio.nbytes - vio.ndone
             if ntodo <= 0:
                 self._write_disable()
                 return
-            signalled = True
-            reader = vio.buffer
-            towrite = reader.read_avail()
+            reader: IOBufferReader = vio.buffer  # type: ignore[assignment]
+            w = reader.writer
+            if w is None:
+                reader.read_avail()  # raises: the reader was deallocated
+            towrite = w._written - reader._pos  # type: ignore[union-attr]
             if towrite > ntodo:
                 towrite = ntodo
-        if towrite <= 0:
-            self._write_disable()
-            return
-        total, last = self.load_buffer_and_write(nh, towrite, reader)
-        stats = nh.stats
-        stats[st.CALLS_TO_WRITE] += 1
-        if total > 0:
-            reader.consume(total)
-            vio.ndone += total
-            stats[st.WRITE_BYTES] += total
-            if self.inactivity_timeout_in:
-                self.next_inactivity_timeout_at = nh.now + self.inactivity_timeout_in
-        else:
-            stats[st.CALLS_TO_WRITE_NODATA] += 1
-        if last < 0:
-            s.triggered = False
-            if last == _AGAIN:
-                s.in_ready = False
+            signalled = False
+            # WRITE_READY before the write while the VIO wants more than the buffer holds
+            # and the buffer has room for it.
+            if towrite != ntodo and not _high_water(w):
+                if self._signal_and_update(s, VC_EVENT_WRITE_READY) != EVENT_CONT:
+                    return
+                if not s.enabled or vio.op != _WRITE or vio.buffer is None:
+                    self._write_disable()
+                    return
+                ntodo = vio.nbytes - vio.ndone
+                if ntodo <= 0:
+                    self._write_disable()
+                    return
+                signalled = True
+                reader = vio.buffer  # type: ignore[assignment]
+                towrite = reader.read_avail()
+                if towrite > ntodo:
+                    towrite = ntodo
+                w = reader.writer
+            if towrite <= 0:
+                self._write_disable()
                 return
-            self._signal_error(s, -last, nh)
-            return
-        if vio.nbytes - vio.ndone <= 0:
-            self._signal_done(s, VC_EVENT_WRITE_COMPLETE, nh)
-            return
-        if not signalled or not reader.writer.high_water():
-            if self._signal_and_update(s, VC_EVENT_WRITE_READY) != EVENT_CONT:
+            b = reader._block
+            start = reader._off
+            if b.end - start >= towrite:
+                # The common case: everything to write sits in the reader's current block.
+                c = b._cdata
+                if c is None:
+                    c = b.cdata
+                total = _write_all(self.fd, c, start, towrite, nh.last)
+                last = nh.last[0]
+                if total > 0:
+                    # reader.consume(total), unchecked: it was read_avail.
+                    reader._pos += total
+                    reader._off = off = start + total
+                    if off >= b.end and b.next is not None:
+                        reader._advance(0)  # step onto the next block (drop this one)
+            else:
+                total, last = self.load_buffer_and_write(nh, towrite, reader)
+                if total > 0:
+                    reader._advance(total)
+            stats = nh.stats
+            stats[_CALLS_TO_WRITE] += 1
+            if total > 0:
+                vio.ndone += total
+                stats[_WRITE_BYTES] += total
+                if self.inactivity_timeout_in:
+                    self.next_inactivity_timeout_at = nh.now + self.inactivity_timeout_in
+            else:
+                stats[_CALLS_TO_WRITE_NODATA] += 1
+            if last < 0:
+                s.triggered = False
+                if last == _AGAIN:
+                    s.in_ready = False
+                    return
+                self._signal_error(s, -last, nh)
                 return
-            if vio.mutex is not m:
-                self._reschedule(s, nh)
+            if vio.nbytes - vio.ndone <= 0:
+                self._signal_done(s, VC_EVENT_WRITE_COMPLETE, nh)
                 return
-        if vio.op != _WRITE or vio.buffer is None or not vio.buffer.read_avail():
-            self._write_disable()
-            return
-        self._reschedule(s, nh)
+            if not signalled or not _high_water(w):
+                if self._signal_and_update(s, VC_EVENT_WRITE_READY) != EVENT_CONT:
+                    return
+                if vio.mutex is not m:
+                    self._reschedule(s, nh)
+                    return
+            reader = vio.buffer  # type: ignore[assignment]
+            if vio.op != _WRITE or reader is None or not reader.read_avail():
+                self._write_disable()
+                return
+            self._reschedule(s, nh)
+        finally:
+            m.unlock()
 
     def load_buffer_and_write(
         self, nh: NetHandler, towrite: int, reader: IOBufferReader
     ) -> tuple[int, int]:
         """Write up to ``towrite`` bytes of ``reader``'s blocks in one native call (writev of
-        at most 64 blocks, repeated until done or EAGAIN). Returns ``(written, last)``."""
+        at most 64 blocks, repeated until done or EAGAIN). Returns ``(written, last)``.
+        Nothing is consumed."""
         block, start = reader.first_block()
         if block.end - start >= towrite:
-            # The common case: everything to write sits in one block.
+            # Everything to write sits in one block.
             return nh.write_block(self.fd, block.cdata, start, towrite), nh.last[0]
         bases = nh.iov_bases
         offs = nh.iov_offs
@@ -860,42 +937,6 @@ class UnixNetVConnection(Continuation):
             ev.cancelled = True  # we run on the VC's thread: no lock needed to stop it
 
     # ------------------------------------------------------------------ events
-
-    def accept_event(self, event: int, e: Any) -> int:
-        """Start IO on the calling net thread and hand the VC to the accept continuation
-        (``NET_EVENT_ACCEPT``)."""
-        from ats_cffi.net.codes import NET_EVENT_ACCEPT
-        from ats_cffi.net.nethandler import get_net_handler
-
-        nh = get_net_handler(e.ethread if e is not None else None)
-        try:
-            nh.start_io(self)
-        except OSError:
-            log.exception("accept_event: start_io failed")
-            self.closed = 1
-            nh.free_netevent(self)
-            return EVENT_DONE
-        self.mutex = ProxyMutex()
-        self.set_handler(self.main_event)
-        nh.start_cop(self)
-        action = self.action
-        if action is not None and not action.cancelled:
-            cont = action.continuation
-            with action.mutex:  # type: ignore[union-attr]
-                if not action.cancelled:
-                    self.recursion += 1
-                    try:
-                        cont.handle_event(NET_EVENT_ACCEPT, self)  # type: ignore[union-attr]
-                    except Exception:
-                        log.exception("NET_EVENT_ACCEPT handler raised: closing the VC")
-                        self.do_io_close()
-                    finally:
-                        self.recursion -= 1
-        else:
-            self.do_io_close()
-        if self.closed and self.recursion == 0 and self.nh is not None:
-            nh.free_netevent(self)
-        return EVENT_DONE
 
     def main_event(self, event: int, e: Any) -> int:
         """Timeouts from the InactivityCop: to the reader, then (if it did not re-arm the

@@ -612,3 +612,75 @@ def test_writable_block_if_room_stops_at_the_water_mark_when_the_tail_is_full() 
     r.consume(5)  # 3 unread <= 4: a new block may be added
     nxt = buf.writable_block_if_room()
     assert nxt is not None and nxt is not first and nxt.write_avail() == 8
+
+
+# -- the net layer's fast paths (first_block, _advance, write into the block's view) -------
+
+
+def test_block_size_is_its_data_length_and_write_avail_uses_it() -> None:
+    buf = MIOBuffer(16)
+    blk = buf.writable_block()
+    assert blk.size == len(blk.data) == 16
+    buf.write(b"abc")
+    assert blk.write_avail() == 13 and blk.read_avail() == 3
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_write_fast_path_copies_into_the_tail_block_and_across_blocks(kind) -> None:
+    buf = MIOBuffer(8)
+    r = buf.alloc_reader()
+    assert buf.write(kind(b"0123")) == 4  # fits: the one-slice fast path
+    assert buf.write(kind(b"456789ABCDEFGHIJ")) == 16  # spans three blocks
+    assert buf.write(kind(b"")) == 0
+    assert r.read_avail() == 20
+    assert unread(r) == b"0123456789ABCDEFGHIJ"
+
+
+def test_first_block_steps_off_an_exhausted_block_onto_the_next() -> None:
+    buf = MIOBuffer(4)
+    r = buf.alloc_reader()
+    buf.write(b"abcdef")
+    block, off = r.first_block()
+    assert bytes(block.data[off : block.end]) == b"abcd"
+    r.consume(4)
+    block2, off2 = r.first_block()
+    assert block2 is not block and bytes(block2.data[off2 : block2.end]) == b"ef"
+    assert r._block is block2  # the finished block is no longer pinned by the reader
+    r.consume(2)
+    tail, off3 = r.first_block()  # exhausted tail: stays on it
+    assert tail is block2 and off3 == tail.end == 2
+
+
+@pytest.mark.parametrize("steps", [[0], [3], [4], [5], [4, 4], [1, 6, 3], [12]])
+def test_advance_moves_the_reader_exactly_as_consume(steps) -> None:
+    data = bytes(range(12))
+    a_buf, b_buf = MIOBuffer(4), MIOBuffer(4)
+    a, b = a_buf.alloc_reader(), b_buf.alloc_reader()
+    a_buf.write(data)
+    b_buf.write(data)
+    for n in steps:
+        a.consume(n)
+        b._advance(n)
+        assert (a._pos, a._off, a.read_avail(), chain_length(a)) == (
+            b._pos,
+            b._off,
+            b.read_avail(),
+            chain_length(b),
+        )
+        assert unread(a) == unread(b)
+
+
+def test_high_water_with_one_and_with_several_readers() -> None:
+    buf = MIOBuffer(8, water_mark=3)
+    r1 = buf.alloc_reader()
+    buf.write(b"abcd")
+    assert buf.high_water()  # 4 > 3
+    r1.consume(1)
+    assert not buf.high_water()
+    r2 = r1.clone()
+    r1.consume(3)
+    assert not buf.high_water()  # r2 has 3
+    buf.write(b"e")
+    assert buf.high_water()  # r2 has 4
+    r2.dealloc()
+    assert not buf.high_water()  # r1 has 1

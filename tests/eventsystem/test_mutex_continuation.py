@@ -82,6 +82,71 @@ def test_with_block_releases_the_mutex_when_the_body_raises() -> None:
     assert m.thread_holding is None and m.nthread_holding == 0
 
 
+def test_holder_and_depth_are_the_locks_own_whatever_way_it_was_taken(held) -> None:
+    # try_lock/unlock keep no bookkeeping of their own: holder and depth come from the lock,
+    # so they agree with it after any mix of lock, try_lock, with and unlock.
+    m = ProxyMutex()
+    me = threading.get_ident()
+    assert repr(m) == "<ProxyMutex holder=None depth=0>"
+    assert m.try_lock() and m.lock(timeout=0.1)
+    with m:
+        assert (m.thread_holding, m.nthread_holding) == (me, 3)
+        assert repr(m) == f"<ProxyMutex holder={me} depth=3>"
+    m.unlock()
+    assert (m.thread_holding, m.nthread_holding, m.held_by_me()) == (me, 1, True)
+    m.unlock()
+    assert (m.thread_holding, m.nthread_holding, m.held_by_me()) == (None, 0, False)
+    # Held by another thread: seen from here, not held by me.
+    assert repr(held.mutex) == f"<ProxyMutex holder={held.thread.ident} depth=1>"
+    assert not held.mutex.held_by_me()
+
+
+def test_a_failed_unlock_leaves_a_reentrant_holders_depth_alone() -> None:
+    m = ProxyMutex()
+    assert m.try_lock() and m.try_lock()
+    seen: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            m.unlock()
+        except RuntimeError as exc:
+            seen.append(exc)
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(WAIT)
+    assert len(seen) == 1 and "does not hold" in str(seen[0])
+    assert m.nthread_holding == 2
+    m.unlock()
+    m.unlock()
+    assert m.thread_holding is None
+
+
+def test_a_subclass_overriding_try_lock_and_unlock_is_used() -> None:
+    calls: list[str] = []
+
+    class Traced(ProxyMutex):
+        def try_lock(self) -> bool:
+            calls.append("try_lock")
+            return super().try_lock()
+
+        def unlock(self) -> None:
+            calls.append("unlock")
+            super().unlock()
+
+        def held_by_me(self) -> bool:
+            calls.append("held_by_me")
+            return super().held_by_me()
+
+    m = Traced()
+    assert m.try_lock() and m.held_by_me()
+    m.unlock()
+    with m:
+        pass
+    assert calls == ["try_lock", "held_by_me", "unlock", "unlock"]
+    assert m.thread_holding is None
+
+
 # ----------------------------------------------------------------------- Continuation
 
 
