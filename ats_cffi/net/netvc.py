@@ -75,6 +75,7 @@ _AGAIN = _sys.AGAIN
 _ECONNRESET = errno.ECONNRESET
 _IOV_MAX = 64
 _get_ident = threading.get_ident
+_AF_INET = lib.AF_INET
 # The native helpers behind NetHandler.read_fill/write_block, called directly on the hot
 # paths (one Python frame less per read and per write); their out-parameter is nh.last.
 _read_fill = lib.ats_read_fill
@@ -163,9 +164,8 @@ class NetState:
 
     __slots__ = ("vio", "enabled", "triggered", "in_ready", "in_enabled", "pending_error", "hup")
 
-    def __init__(self, op: VIOOp) -> None:
-        self.vio = VIO(op)
-        self.vio.op = _NONE
+    def __init__(self) -> None:
+        self.vio = VIO(_NONE)  # do_io_read/do_io_write set its op
         self.enabled = False
         self.triggered = False
         self.in_ready = False
@@ -213,14 +213,17 @@ class UnixNetVConnection(Continuation):
     )
 
     def __init__(self, options: NetVCOptions | None = None) -> None:
-        super().__init__(ProxyMutex())
+        # Continuation.__init__ and set_handler, inlined (a VC is made per accept): their
+        # checks cannot fail here.
+        self.mutex = ProxyMutex()
+        self.handler = self.main_event
         self.fd = -1
-        self.family = lib.AF_INET
+        self.family = _AF_INET
         self.options = options or NetVCOptions()
-        self.read = NetState(_READ)
-        self.write = NetState(_WRITE)
-        self.read.vio.vc_server = self
-        self.write.vio.vc_server = self
+        self.read = r = NetState()
+        self.write = w = NetState()
+        r.vio.vc_server = self
+        w.vio.vc_server = self
         self.closed = 0
         self.recursion = 0
         self.lerrno = 0
@@ -244,7 +247,6 @@ class UnixNetVConnection(Continuation):
         self._remote_addr: Any = None
         #: Set while the VC's bytes move natively (net/splice.py): its SpliceEnd.
         self.splice_end: Any = None
-        self.set_handler(self.main_event)
 
     # ------------------------------------------------------------------ addresses
 
