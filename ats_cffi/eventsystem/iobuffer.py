@@ -26,6 +26,8 @@ from typing import Any
 __all__ = ["DEFAULT_BLOCK_SIZE", "IOBufferBlock", "IOBufferReader", "MIOBuffer"]
 
 DEFAULT_BLOCK_SIZE = 32768
+_EMPTY = bytearray()
+_EMPTY_VIEW = memoryview(_EMPTY)
 
 
 class IOBufferBlock:
@@ -43,16 +45,22 @@ class IOBufferBlock:
 
         Raises ValueError for a negative size, TypeError for a non-integer one.
         """
-        self.data = bytearray(size)
         #: ``len(data)``: blocks never change size.
         self.size = size
         self.start = 0
         self.end = 0
         self.next: IOBufferBlock | None = None
+        self._cdata: Any = None
+        if size == 0 and type(size) is int:
+            # The empty block every MIOBuffer starts its chain with holds no byte: all of
+            # them share one empty array and view (an idle connection's buffers cost less).
+            self.data = _EMPTY
+            self.view = _EMPTY_VIEW
+            return
+        self.data = bytearray(size)
         # One memoryview per block, sliced for views instead of re-exporting the bytearray
         # on every call.
         self.view = memoryview(self.data)
-        self._cdata: Any = None
 
     @property
     def cdata(self) -> Any:
