@@ -335,6 +335,9 @@ class NetHandler(Continuation):
         log.error("epoll_ctl(ADD) of fd %d failed: %s", vc.fd, os.strerror(err))
         if vc.closed:
             return
+        if vc.splice_end is not None:
+            vc.splice_end.splice.fail(vc, err)
+            return
         vc.lerrno = err
         vc.read.pending_error = err
         vc.read.triggered = True

@@ -252,11 +252,24 @@ class Splice(Continuation):
         self.sync()
 
     def sync(self) -> None:
-        """Bring the VIOs' ``ndone`` and the thread's net stats up to date."""
+        """Bring the VIOs' ``ndone`` and (on the net thread, whose counters they are) the
+        thread's net stats up to date."""
         for p, (src, dst) in zip(self.pipes, self._pipe_ends()):
             src.vc.read.vio.ndone = p.nread
             dst.vc.write.vio.ndone = p.nwritten
-        self.nh.fold_splice_counters()
+        nh = self.nh
+        if nh.thread.tid == threading.get_ident():
+            nh.fold_splice_counters()
+
+    def fail(self, vc: UnixNetVConnection, err: int) -> None:
+        """``vc`` can move no byte any more (its epoll registration failed): stop and tell
+        ``cont`` ``VC_EVENT_ERROR`` (net thread)."""
+        if self.stopped:
+            return
+        self.lerrno = err
+        self.error_vc = vc
+        self.stop()
+        self.deliver(VC_EVENT_ERROR, vc.splice_end)
 
     def transferred(self) -> tuple[int, ...]:
         """Bytes written so far per direction: ``(a->b, b->a)``, or ``(a->a,)``."""

@@ -356,3 +356,59 @@ def test_splice_off_the_net_thread_is_refused(one_net_thread: Any, listen: Any) 
         with pytest.raises(RuntimeError, match="net thread"):
             Splice(owner, vcs[0])
         vcs[0].do_io_close()
+
+
+def _fail_registration(vc: Any, err: int) -> None:
+    """What ``Epoll.flush`` does when the deferred EPOLL_CTL_ADD of ``vc`` fails (ENOMEM
+    cannot be provoked on demand): the queued ADD is gone, the failure recorded."""
+    ep = vc.nh.pd.epoll
+    assert ep._pending.pop(vc.fd, None) is not None  # queued in NET_EVENT_ACCEPT
+    ep.failed.append((vc.fd, vc.ep.token, err))
+
+
+def test_a_failed_registration_of_a_spliced_vc_is_an_error(
+    one_net_thread: Any, listen: Any
+) -> None:
+    owner = Owner()
+
+    def on_vc(vc: Any) -> None:
+        with owner.mutex:  # type: ignore[union-attr]
+            owner.splices.append(Splice(owner, vc))  # its MOD edits the queued ADD
+            _fail_registration(vc, errno.ENOMEM)
+
+    _, acc, port = listen(on_vc)
+    with client(port) as c:
+        acc.wait()
+        assert wait_until(lambda: owner.events)
+        event, sp = owner.events[0]
+        assert event == VC_EVENT_ERROR and sp.lerrno == errno.ENOMEM
+        assert c.recv(10) == b""  # the owner closed it
+    assert wait_until(lambda: net_stats.get(OPEN) == 0)
+
+
+def test_a_failed_registration_is_an_error_to_the_reader(one_net_thread: Any, listen: Any) -> None:
+    from ats_cffi.eventsystem import INT64_MAX, MIOBuffer
+
+    events: list[tuple[int, int]] = []
+    got = threading.Event()
+
+    class Reader(Continuation):
+        def __init__(self, vc: Any) -> None:
+            super().__init__(ProxyMutex())
+            self.vc = vc
+            self.set_handler(self.handle)
+            vc.do_io_read(self, INT64_MAX, MIOBuffer(4096))
+            _fail_registration(vc, errno.ENOMEM)
+
+        def handle(self, event: int, vio: Any) -> None:
+            events.append((event, self.vc.lerrno))
+            self.vc.do_io_close()
+            got.set()
+
+    _, acc, port = listen(Reader)
+    with client(port) as c:
+        acc.wait()
+        assert got.wait(5)
+        assert events == [(VC_EVENT_ERROR, errno.ENOMEM)]
+        assert c.recv(10) == b""
+    assert wait_until(lambda: net_stats.get(OPEN) == 0)
