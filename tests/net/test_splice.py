@@ -412,3 +412,66 @@ def test_a_failed_registration_is_an_error_to_the_reader(one_net_thread: Any, li
         assert events == [(VC_EVENT_ERROR, errno.ENOMEM)]
         assert c.recv(10) == b""
     assert wait_until(lambda: net_stats.get(OPEN) == 0)
+
+
+def test_many_clients_with_bad_peers_lose_no_byte_and_leak_nothing(
+    one_net_thread: Any, listen: Any
+) -> None:
+    """60 echo clients at once (bounded: each sends at most 256 KiB, the test 20 s): a third
+    half-close and must get every byte back then EOF, a third read everything and close, a
+    third reset the connection mid-stream. The server stays up and every VC is freed."""
+    import random
+
+    owner = Owner(buffer_size=8192)
+    _, acc, port = listen(owner.on_vc)
+    rng = random.Random(11)
+    failures: list[str] = []
+
+    def run(i: int) -> None:
+        kind = i % 3
+        data = payload_of(rng.randint(1, 256 * 1024), seed=i)
+        try:
+            with client(port, timeout=20) as c:
+                if kind == 2:  # a bad peer: some bytes (they fit the buffers), then RST
+                    c.sendall(data[:16384])
+                    time.sleep(0.01)
+                    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
+                got = bytearray()
+                errors: list[BaseException] = []
+
+                def reader() -> None:
+                    try:
+                        while len(got) < len(data):
+                            b = c.recv(65536)
+                            if not b:
+                                return
+                            got.extend(b)
+                    except OSError as exc:
+                        errors.append(exc)
+
+                t = threading.Thread(target=reader)
+                t.start()
+                c.sendall(data)
+                if kind == 0:
+                    c.shutdown(socket.SHUT_WR)
+                t.join(20)
+                if errors or bytes(got) != data:
+                    failures.append(f"client {i}: {len(got)} of {len(data)} bytes, {errors}")
+                elif kind == 0 and c.recv(1) != b"":
+                    failures.append(f"client {i}: no EOF after the echo")
+        except OSError as exc:
+            failures.append(f"client {i}: {exc!r}")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(60)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    assert failures == []
+    assert owner.errors == []
+    # Every splice ended (EOS, or ERROR for the resets; the "read and close" clients end
+    # with EOS or a reset too) and was closed by its owner.
+    assert wait_until(lambda: net_stats.get(OPEN) == 0, timeout=10)
+    assert len(owner.events) == 60
