@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ats_cffi import sys as _sys
-from ats_cffi._native import lib
+from ats_cffi._native import ffi, lib
 from ats_cffi.eventsystem.codes import (
     EVENT_CONT,
     EVENT_DONE,
@@ -75,6 +76,7 @@ _AGAIN = _sys.AGAIN
 _ECONNRESET = errno.ECONNRESET
 _IOV_MAX = 64
 _get_ident = threading.get_ident
+_lib_close = lib.close
 _AF_INET = lib.AF_INET
 # The native helpers behind NetHandler.read_fill/write_block, called directly on the hot
 # paths (one Python frame less per read and per write); their out-parameter is nh.last.
@@ -416,13 +418,17 @@ class UnixNetVConnection(Continuation):
     def _close_locked(self, alerrno: int, nh: NetHandler | None, close_inline: bool) -> None:
         if self.closed:
             return
-        self.read.enabled = False
-        self.write.enabled = False
-        for s in (self.read, self.write):
-            vio = s.vio
-            vio.op = _NONE
-            vio.nbytes = 0
-            vio.buffer = None
+        r = self.read
+        w = self.write
+        r.enabled = w.enabled = False
+        vio = r.vio
+        vio.op = _NONE
+        vio.nbytes = 0
+        vio.buffer = None
+        vio = w.vio
+        vio.op = _NONE
+        vio.nbytes = 0
+        vio.buffer = None
         if alerrno not in (0, -1):
             self.lerrno = alerrno
         if self.splice_end is not None:
@@ -994,26 +1000,31 @@ class UnixNetVConnection(Continuation):
     # ------------------------------------------------------------------ freeing
 
     def free(self) -> None:
-        """Close the fd and drop the VIOs (ATS's free_thread). Idempotent."""
-        self.ep.stop()
-        end, self.splice_end = self.splice_end, None
+        """Close the fd and drop the VIOs (ATS's free_thread). Idempotent. Once per
+        connection, so its steps are written out."""
+        if self.ep.pd is not None:
+            self.ep.stop()
+        end = self.splice_end
         if end is not None:
+            self.splice_end = None
             end.splice.vc_freed(self)
-        fd, self.fd = self.fd, -1
+        fd = self.fd
         if fd >= 0:
-            try:
-                _sys.close(fd)
-            except OSError:
-                log.exception("close of fd %d failed", fd)
-        for s in (self.read, self.write):
-            s.enabled = False
-            s.triggered = False
-            s.in_ready = False
-            vio = s.vio
-            vio.cont = None
-            vio.buffer = None
-            vio.op = _NONE
-        self._cancel_connect_timeout()
+            self.fd = -1
+            if _lib_close(fd) < 0 and ffi.errno != errno.EINTR:
+                log.error("close of fd %d failed: %s", fd, os.strerror(ffi.errno))
+        r = self.read
+        r.enabled = r.triggered = r.in_ready = False
+        vio = r.vio
+        vio.cont = vio.buffer = None
+        vio.op = _NONE
+        w = self.write
+        w.enabled = w.triggered = w.in_ready = False
+        vio = w.vio
+        vio.cont = vio.buffer = None
+        vio.op = _NONE
+        if self.connect_timeout_event is not None:
+            self._cancel_connect_timeout()
         self.action = None
 
     def __repr__(self) -> str:
