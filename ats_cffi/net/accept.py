@@ -5,7 +5,8 @@ Three ways to accept (chosen by ``AcceptOptions``):
 - ``accept_threads > 0`` — ``init_accept_loop``: that many dedicated threads accept
   (``do_blocking_accept``: the whole backlog per native call, blocking in ``poll`` while it
   is empty); each new VC is assigned round-robin to a net thread, and each thread gets its
-  share of a batch with one ``schedule_imm_signal``, whose handler starts their IO there.
+  share of a batch through its inbox: one ``schedule_imm_signal``, whose handler starts
+  their IO there, while none is pending (later batches join the pending one).
 - ``accept_threads == 0`` — ``init_accept_per_thread``: the listen socket is in every net
   thread's epoll with ``EPOLLEXCLUSIVE`` (the kernel wakes one thread per connection) and is
   accepted on inline by ``accept_fast_event``; with ``reuseport``, each net thread gets a
@@ -52,6 +53,7 @@ from ats_cffi._native import ffi, lib
 from ats_cffi.eventsystem.codes import EVENT_ERROR
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
 from ats_cffi.eventsystem.event import Action
+from ats_cffi.eventsystem.mutex import ProxyMutex
 from ats_cffi.eventsystem.processor import ET_NET, EventProcessor, run_on_threads
 from ats_cffi.net import stats as st
 from ats_cffi.net.codes import EVENTIO_NETACCEPT, EVENTIO_READ, NET_EVENT_ACCEPT
@@ -240,6 +242,8 @@ class NetAccept(Continuation):
         self.stats = net_stats.new_block()
         self.stats[st.ACCEPTS_CURRENTLY_OPEN] += 1
         self.n_accepted = 0
+        #: Accept threads' hand-off per net thread (``_AcceptInbox``), made on first use.
+        self._inboxes: dict[EThread, _AcceptInbox] = {}
 
     # ------------------------------------------------------------------ the socket
 
@@ -404,8 +408,8 @@ class NetAccept(Continuation):
 
     def do_blocking_accept(self, thread: EThread, stats: list[int]) -> None:
         """Until cancelled: take the whole backlog (up to ``ACCEPT_BATCH``) in one native
-        call, hand the new VCs to the net threads (round-robin, one event per thread per
-        batch), and block in ``poll`` while the backlog is empty. The listen socket stays
+        call, hand the new VCs to the net threads (round-robin, through each thread's inbox)
+        and block in ``poll`` while the backlog is empty. The listen socket stays
         non-blocking; ``close_listener``'s shutdown wakes the ``poll``."""
         fd = self.server_fd
         ep = self.processor.event_processor if self.processor is not None else None
@@ -437,9 +441,9 @@ class NetAccept(Continuation):
             return
 
     def _hand_off(self, vcs: list[UnixNetVConnection], ep: EventProcessor | None) -> bool:
-        """Assign each VC round-robin to a net thread and wake each chosen thread once with
-        its share (``schedule_imm_signal``; ``start_vcs`` runs there). False (VCs closed) if
-        there is no net thread to give them to."""
+        """Assign each VC round-robin to a net thread and put each chosen thread's share in
+        its inbox (``_AcceptInbox``; ``start_vcs`` runs there). False (VCs closed) if there
+        is no net thread to give them to."""
         if not vcs:
             return True
         etype = self.opt.etype
@@ -456,8 +460,12 @@ class NetAccept(Continuation):
                 shares[target] = [vc]
             else:
                 share.append(vc)
+        inboxes = self._inboxes
         for target, share in shares.items():
-            target.schedule_imm_signal(_AcceptShare(self, share))
+            inbox = inboxes.get(target)
+            if inbox is None:
+                inbox = inboxes.setdefault(target, _AcceptInbox(self, target))
+            inbox.add(share)
         return True
 
     # ------------------------------------------------------------------ shared pieces
@@ -586,19 +594,36 @@ class NetAccept(Continuation):
                 pass
 
 
-class _AcceptShare(Continuation):
-    """One net thread's share of a batch from an accept thread: ``start_vcs`` there."""
+class _AcceptInbox(Continuation):
+    """The VCs the accept threads have for one net thread, started there (``start_vcs``) by
+    one event: while that event is pending, later batches join it instead of scheduling
+    (and waking the thread) again. One per listener and net thread, made once."""
 
-    def __init__(self, na: NetAccept, vcs: list[UnixNetVConnection]) -> None:
-        super().__init__(None, self.start)
+    def __init__(self, na: NetAccept, thread: EThread) -> None:
+        super().__init__(ProxyMutex(), self.start)
         self.na = na
-        self.vcs = vcs
+        self.thread = thread
+        self.vcs: list[UnixNetVConnection] = []
+        self.lock = threading.Lock()
+        self.scheduled = False
+
+    def add(self, vcs: list[UnixNetVConnection]) -> None:
+        """From an accept thread: queue ``vcs``; schedule the event unless it is pending."""
+        with self.lock:
+            self.vcs += vcs
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.thread.schedule_imm_signal(self)
 
     def start(self, event: int, e: Any) -> None:
         from ats_cffi.net.nethandler import get_net_handler
 
-        vcs, self.vcs = self.vcs, []
-        self.na.start_vcs(get_net_handler(e.ethread), vcs)
+        with self.lock:
+            vcs, self.vcs = self.vcs, []
+            self.scheduled = False
+        if vcs:
+            self.na.start_vcs(get_net_handler(e.ethread), vcs)
 
 
 class AcceptAction(Action):
