@@ -5,15 +5,20 @@ One pass (``wait_for_activity``, installed as the EThread's poll step):
 
 1. ``process_enabled_list``: VCs re-enabled (or closed) from other threads move to the ready
    lists if ``enabled and triggered``, or are freed if ``closed``;
-2. ``epoll_wait``: timeout 0 when a ready list is non-empty, else as long as the EThread
-   allows (its next timer; its eventfd wakes it for cross-thread work);
+2. ``epoll_wait`` (``ats_net_wait``, after the deferred registrations are issued): timeout 0
+   when a ready list is non-empty, else as long as the EThread allows (its next timer; its
+   eventfd wakes it for cross-thread work). Events of spliced sockets (net/splice.py) are
+   pumped natively inside that call; only the ends that need Python come back
+   (``splice_notify``);
 3. dispatch each result by its EventIO type: READWRITE_VC sets ``triggered`` and queues the
    VC on the ready lists (and takes it off the cop list: it is active); DNS_CONNECTION
    triggers the connection and refreshes its edge; ASYNC_SIGNAL drains the eventfd;
    NETACCEPT runs the listener's accept pass;
 4. ``process_ready_list``: each queued VC once — closed → freed; ``enabled and triggered`` →
    ``net_read_io`` / ``write_to_net``. A VC that is still triggered after its turn is queued
-   for the *next* pass, so one flooding VC cannot starve the others.
+   for the *next* pass, so one flooding VC cannot starve the others. Then the spliced ends
+   that stopped at their read budget (or wait to deliver an event) get their turn
+   (``process_splice_ready``).
 
 Everything here runs on the handler's own thread; other threads reach it only through
 ``enqueue_enable`` (a locked list and the thread's eventfd).
