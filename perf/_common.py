@@ -6,6 +6,7 @@ reading a process's CPU time and memory from /proc, and formatting ratios.
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 import shutil
@@ -146,6 +147,15 @@ def raise_nofile(need: int = 0) -> int:
     if hard != resource.RLIM_INFINITY and hard < need:
         raise RuntimeError(f"RLIMIT_NOFILE hard limit {hard} < {need} (see ulimit -Hn)")
     return hard
+
+
+def parse_servers(p: argparse.ArgumentParser, text: str, known: Sequence[str]) -> list[str]:
+    """The ``--servers`` list (comma-separated); ``p.error`` for a name not in ``known``."""
+    names = [s for s in text.split(",") if s]
+    for s in names:
+        if s not in known:
+            p.error(f"unknown server {s!r} (one of {', '.join(known)})")
+    return names
 
 
 def fmt_ratio(x: float) -> str:

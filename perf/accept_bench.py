@@ -32,7 +32,17 @@ import threading
 import time
 from pathlib import Path
 
-from _common import HERE, OUT, SATURATED, build_c, fmt_ratio, pin, pin_cpus, proc_cpu_times
+from _common import (
+    HERE,
+    OUT,
+    SATURATED,
+    build_c,
+    fmt_ratio,
+    parse_servers,
+    pin,
+    pin_cpus,
+    proc_cpu_times,
+)
 
 GEN_SRC = HERE / "acceptgen.c"
 GEN = OUT / "acceptgen"
@@ -395,10 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.warmup, args.rounds = 3.0, 0.5, 3
-    names = [s for s in args.servers.split(",") if s]
-    for s in names:
-        if s not in CONFIGS:
-            p.error(f"unknown server {s!r} (one of {', '.join(CONFIGS)})")
+    names = parse_servers(p, args.servers, list(CONFIGS))
 
     build_gen()
     avail, cpus = pin_cpus()

@@ -29,6 +29,7 @@ from _common import (
     SATURATED,
     build_c,
     fmt_ratio,
+    parse_servers,
     pin,
     pin_cpus,
     proc_cpu_seconds,
@@ -218,10 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.warmup, args.rounds = 1.5, 0.5, 1
-    servers = [s for s in args.servers.split(",") if s]
-    for s in servers:
-        if s not in SERVERS:
-            p.error(f"unknown server {s!r}")
+    servers = parse_servers(p, args.servers, SERVERS)
 
     build_loadgen()
     avail, cpus = pin_cpus()

@@ -372,27 +372,15 @@ class NetAccept(Continuation):
                 free(vc)
                 continue
             # start_io put it on the open list: under the InactivityCop from now on.
-            if action.cancelled:
-                vc.do_io_close()
-            else:
-                m = action.mutex
-                m.lock()  # type: ignore[union-attr]
-                try:
-                    if action.cancelled:
-                        vc.do_io_close()
-                    else:
-                        vc.recursion += 1
-                        try:
-                            action.continuation.handle_event(  # type: ignore[union-attr]
-                                NET_EVENT_ACCEPT, vc
-                            )
-                        except Exception:
-                            log.exception("NET_EVENT_ACCEPT handler raised: closing the VC")
-                            vc.do_io_close()
-                        finally:
-                            vc.recursion -= 1
-                finally:
-                    m.unlock()  # type: ignore[union-attr]
+            m = action.mutex
+            m.lock()  # type: ignore[union-attr]
+            try:
+                if action.cancelled:
+                    vc.do_io_close()
+                else:
+                    vc.signal_action(action.continuation, NET_EVENT_ACCEPT)  # type: ignore[arg-type]
+            finally:
+                m.unlock()  # type: ignore[union-attr]
             if vc.closed and vc.recursion == 0 and vc.nh is not None:
                 free(vc)
 

@@ -290,20 +290,7 @@ class UnixNetVConnection(Continuation):
             check_continuation("do_io_read", cont)
         if buf is not None and not isinstance(buf, MIOBuffer):
             raise TypeError(f"do_io_read: buf must be an MIOBuffer, not {type(buf).__name__}")
-        s = self.read
-        vio = s.vio
-        vio.op = _READ
-        vio.cont = cont
-        vio.mutex = cont.mutex if cont is not None else self.mutex
-        vio.nbytes = nbytes
-        vio.ndone = 0
-        vio.buffer = buf
-        if buf is not None:
-            s.enabled = False
-            self.reenable(vio)
-        else:
-            self._disable(s)
-        return vio
+        return self._start_vio(self.read, _READ, cont, nbytes, buf)
 
     def do_io_write(
         self,
@@ -323,15 +310,20 @@ class UnixNetVConnection(Continuation):
                 )
             if reader.writer is None:
                 raise ValueError("do_io_write: reader has been deallocated")
-        s = self.write
+        return self._start_vio(self.write, _WRITE, cont, nbytes, reader)
+
+    def _start_vio(
+        self, s: NetState, op: VIOOp, cont: Continuation | None, nbytes: int, buffer: Any
+    ) -> VIO:
+        """Set up ``s``'s VIO for a checked do_io call; a ``buffer`` starts it moving."""
         vio = s.vio
-        vio.op = _WRITE
+        vio.op = op
         vio.cont = cont
         vio.mutex = cont.mutex if cont is not None else self.mutex
         vio.nbytes = nbytes
         vio.ndone = 0
-        vio.buffer = reader
-        if reader is not None:
+        vio.buffer = buffer
+        if buffer is not None:
             s.enabled = False
             self.reenable(vio)
         else:
@@ -877,6 +869,19 @@ class UnixNetVConnection(Continuation):
         if self.connecting and not self.closed:
             self.connect_failed(self.nh, errno.ETIMEDOUT)  # type: ignore[arg-type]
 
+    def signal_action(self, cont: Continuation, event: int) -> None:
+        """Hand this VC to the continuation of its accept or connect (``NET_EVENT_ACCEPT`` /
+        ``NET_EVENT_OPEN``), whose mutex the caller holds. A handler that raises gets the VC
+        closed; the caller frees it once no handler of it is on the stack."""
+        self.recursion += 1
+        try:
+            cont.handle_event(event, self)
+        except Exception:
+            log.exception("handler of event %d raised: closing the VC", event)
+            self.do_io_close()
+        finally:
+            self.recursion -= 1
+
     def connect_complete(self, nh: NetHandler) -> None:
         """First write edge of a connecting socket: read ``SO_ERROR`` and report the result."""
         err = _sys.so_error(self.fd)
@@ -897,14 +902,7 @@ class UnixNetVConnection(Continuation):
             if action.cancelled:
                 self.do_io_close()
                 return
-            self.recursion += 1
-            try:
-                cont.handle_event(NET_EVENT_OPEN, self)  # type: ignore[union-attr]
-            except Exception:
-                log.exception("NET_EVENT_OPEN handler raised: closing the VC")
-                self.do_io_close()
-            finally:
-                self.recursion -= 1
+            self.signal_action(cont, NET_EVENT_OPEN)  # type: ignore[arg-type]
         finally:
             m.unlock()
         if self.closed:

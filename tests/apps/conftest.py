@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from tests.net.conftest import recv_exactly  # noqa: F401  (the app tests import it from here)
+
 REPO = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(r"^ats-cffi (\w+) listening on (?:\[([^\]]+)\]|([^:]+)):(\d+)$")
 SUMMARY = re.compile(r"^ats-cffi (\w+) stopped: (.*)$")
@@ -214,16 +216,6 @@ def wait_for(pred: Callable[[], Any], timeout: float = 5.0, interval: float = 0.
 
 def connect(port: int, timeout: float = 5.0) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=timeout)
-
-
-def recv_exactly(s: socket.socket, n: int) -> bytes:
-    out = bytearray()
-    while len(out) < n:
-        b = s.recv(n - len(out))
-        if not b:
-            break
-        out += b
-    return bytes(out)
 
 
 def port_refuses(port: int) -> bool:

@@ -130,13 +130,20 @@ def payload_of(n: int, seed: int = 7) -> bytes:
 class Echo(Continuation):
     """Writes back whatever it reads; closes on EOS/ERROR."""
 
-    def __init__(self, vc: Any, mutex: ProxyMutex | None = None) -> None:
+    def __init__(
+        self,
+        vc: Any,
+        mutex: ProxyMutex | None = None,
+        block_size: int = 4096,
+        water_mark: int = 0,
+    ) -> None:
         super().__init__(mutex or ProxyMutex())
         self.vc = vc
-        self.buf = MIOBuffer(4096)
+        self.buf = MIOBuffer(block_size, water_mark)
         self.set_handler(self.handle)
-        self.rvio = vc.do_io_read(self, INT64_MAX, self.buf)
-        self.wvio = vc.do_io_write(self, INT64_MAX, self.buf.alloc_reader())
+        with self.mutex:  # type: ignore[union-attr]
+            self.rvio = vc.do_io_read(self, INT64_MAX, self.buf)
+            self.wvio = vc.do_io_write(self, INT64_MAX, self.buf.alloc_reader())
 
     def handle(self, event: int, vio: Any) -> None:
         if event == VC_EVENT_READ_READY:

@@ -18,7 +18,7 @@ from ats_cffi.eventsystem.codes import (
     VC_EVENT_WRITE_READY,
 )
 from ats_cffi.net import net_stats
-from tests.net.conftest import OPEN, client, payload_of, recv_exactly, wait_until
+from tests.net.conftest import OPEN, Echo, client, payload_of, recv_exactly, wait_until
 
 CALLS_TO_READ = "proxy.process.net.calls_to_read"
 CALLS_TO_WRITE = "proxy.process.net.calls_to_write"
@@ -43,20 +43,14 @@ class TracedMutex(ProxyMutex):
         super().unlock()
 
 
-class CheckingEcho(Continuation):
+class CheckingEcho(Echo):
     """An echo over one small-block buffer (reads and writes cross block boundaries) that
     checks, on every event, that the VIO's mutex is held by the delivering thread."""
 
     def __init__(self, vc: Any, block_size: int, water_mark: int, mutex: ProxyMutex) -> None:
-        super().__init__(mutex)
-        self.vc = vc
-        self.buf = MIOBuffer(block_size, water_mark)
         self.events: list[int] = []
         self.violations: list[str] = []
-        self.set_handler(self.handle)
-        with mutex:
-            self.rvio = vc.do_io_read(self, INT64_MAX, self.buf)
-            self.wvio = vc.do_io_write(self, INT64_MAX, self.buf.alloc_reader())
+        super().__init__(vc, mutex, block_size, water_mark)
 
     def handle(self, event: int, vio: Any) -> None:
         self.events.append(event)
@@ -65,12 +59,7 @@ class CheckingEcho(Continuation):
             self.violations.append(f"event {event}: {m!r} not held by the delivering thread")
         if m.thread_holding != threading.get_ident():
             self.violations.append(f"event {event}: holder {m.thread_holding}")
-        if event == VC_EVENT_READ_READY:
-            self.wvio.reenable()
-        elif event == VC_EVENT_WRITE_READY:
-            self.rvio.reenable()
-        elif event in (VC_EVENT_EOS, VC_EVENT_ERROR):
-            self.vc.do_io_close()
+        super().handle(event, vio)
 
 
 @pytest.mark.parametrize(
