@@ -39,6 +39,7 @@ def ats_echo_acceptor(water_mark: int = ATS_WATER_MARK):
 
     read_ready = EventCode.VC_EVENT_READ_READY
     write_ready = EventCode.VC_EVENT_WRITE_READY
+    write_complete = EventCode.VC_EVENT_WRITE_COMPLETE
     eos = EventCode.VC_EVENT_EOS
     error = EventCode.VC_EVENT_ERROR
 
@@ -46,7 +47,9 @@ def ats_echo_acceptor(water_mark: int = ATS_WATER_MARK):
         """Reads into a buffer whose reader is the write VIO's: every read is written back.
 
         Reading pauses while more than ``water_mark`` bytes wait to be written (0: at
-        each full 32 KiB block).
+        each full 32 KiB block). The write VIO's ``nbytes`` follows the read VIO's
+        ``ndone``, so each write ends in one ``WRITE_COMPLETE`` (which resumes reading)
+        rather than a ``WRITE_READY`` before and after it (as ``ats-cffi echo --vio``).
         """
 
         __slots__ = ("vc", "buf", "rvio", "wvio")
@@ -58,12 +61,14 @@ def ats_echo_acceptor(water_mark: int = ATS_WATER_MARK):
             reader = self.buf.alloc_reader()
             self.set_handler(self.on_event)
             self.rvio = vc.do_io_read(self, INT64_MAX, self.buf)
-            self.wvio = vc.do_io_write(self, INT64_MAX, reader)
+            self.wvio = vc.do_io_write(self, 0, reader)
 
         def on_event(self, event: int, vio) -> None:
             if event == read_ready:
-                self.wvio.reenable()
-            elif event == write_ready:
+                wvio = self.wvio
+                wvio.nbytes = self.rvio.ndone
+                wvio.reenable()
+            elif event == write_complete or event == write_ready:
                 self.rvio.reenable()
             elif event == eos or event == error:
                 self.vc.do_io_close()

@@ -55,30 +55,44 @@ class BaseEchoSession(Session):
 
 class EchoSession(BaseEchoSession):
     """Reads into ``buf`` and writes ``buf`` back. Closes on EOS (once flushed), error or
-    timeout."""
+    timeout.
+
+    The write VIO's ``nbytes`` follows the read VIO's ``ndone`` (every byte read is to be
+    written back): each write ends in one ``WRITE_COMPLETE``, which re-enables the read
+    (stopped at the water mark while the client did not read), instead of the
+    ``WRITE_READY`` before and after each write of an open-ended write VIO.
+    """
 
     def start(self, vc: UnixNetVConnection) -> None:
         buf = MIOBuffer(BLOCK_SIZE, WATER_MARK)
         reader = buf.alloc_reader()
+        self.peer_eos = False
         self.rvio = vc.do_io_read(self, INT64_MAX, buf)
-        self.wvio = vc.do_io_write(self, INT64_MAX, reader)
+        self.wvio = vc.do_io_write(self, 0, reader)
 
     def handle(self, event: int, vio: Any) -> None:
         if self.closed:
             return
         if event == _READ_READY:
-            self.wvio.reenable()
+            wvio = self.wvio
+            wvio.nbytes = self.rvio.ndone
+            wvio.reenable()
+        elif event == _WRITE_COMPLETE:
+            if self.peer_eos:
+                self.close()
+            else:
+                self.rvio.reenable()
         elif event == _WRITE_READY:
             self.rvio.reenable()
         elif event == _EOS:
             # The client half-closed: send back what is still buffered, then close.
-            self.wvio.done()
-            if self.wvio.ntodo() <= 0:
+            self.peer_eos = True
+            wvio = self.wvio
+            wvio.nbytes = self.rvio.ndone
+            if wvio.ntodo() <= 0:
                 self.close()
             else:
-                self.wvio.reenable()
-        elif event == _WRITE_COMPLETE:
-            self.close()
+                wvio.reenable()
         else:  # VC_EVENT_ERROR, INACTIVITY_TIMEOUT, ACTIVE_TIMEOUT
             self.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 
 import pytest
@@ -52,6 +53,25 @@ def test_echo_flushes_everything_after_a_half_close_then_closes(cli, mode) -> No
         while chunk := s.recv(1 << 20):
             got += chunk
     assert bytes(got) == payload
+
+
+@MODES
+def test_echo_returns_every_byte_to_a_client_that_reads_late(cli, mode) -> None:
+    # The client sends 8 MiB from a thread and starts reading only later: once the kernel's
+    # buffers fill, the server stops reading at its water mark, then resumes as the client
+    # drains the echo (each write's completion re-enables the read); every byte must come
+    # back in order.
+    srv = cli("echo", "--listen", "127.0.0.1:0", *mode).wait_listening()
+    payload = os.urandom(8 << 20)
+    with connect(srv.port, timeout=20) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        sender = threading.Thread(target=s.sendall, args=(payload,), daemon=True)
+        sender.start()
+        time.sleep(0.3)
+        got = recv_exactly(s, len(payload))
+        sender.join(10)
+        assert not sender.is_alive()
+    assert got == payload
 
 
 @MODES
