@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import _thread
 import re
 import threading
 from types import TracebackType
 
 _get_ident = threading.get_ident
-_RLock = threading.RLock  # the C ``_thread.RLock``: it tracks its owner and depth itself
+# The C RLock itself (``threading.RLock`` is a Python function returning one; a mutex is
+# made per connection, twice): it tracks its owner and depth itself.
+_RLock = _thread.RLock
 
 # ``_thread.RLock``'s repr: "<locked _thread.RLock object owner=140… count=2 at 0x…>".
 _OWNER_COUNT = re.compile(r"owner=(\d+) count=(\d+)")
