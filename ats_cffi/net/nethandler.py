@@ -26,6 +26,7 @@ Everything here runs on the handler's own thread; other threads reach it only th
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -189,6 +190,8 @@ class NetHandler(Continuation):
                     self.enqueue_ready(vc, vc.write)
 
     def process_ready_list(self) -> None:
+        # A VC whose turn raises (a bug, or a continuation that broke its buffers) is closed
+        # on its own: the VCs after it on the list still get theirs.
         rl = self.read_ready_list
         if rl:
             self.read_ready_list = []
@@ -197,10 +200,13 @@ class NetHandler(Continuation):
                 if not s.in_ready:
                     continue
                 s.in_ready = False
-                if vc.closed:
-                    self.free_netevent(vc)
-                elif s.enabled and s.triggered:
-                    vc.net_read_io(self)
+                try:
+                    if vc.closed:
+                        self.free_netevent(vc)
+                    elif s.enabled and s.triggered:
+                        vc.net_read_io(self)
+                except Exception:
+                    self.vc_failed(vc)
         wl = self.write_ready_list
         if wl:
             self.write_ready_list = []
@@ -209,10 +215,24 @@ class NetHandler(Continuation):
                 if not s.in_ready:
                     continue
                 s.in_ready = False
-                if vc.closed:
-                    self.free_netevent(vc)
-                elif s.triggered and (s.enabled or vc.connecting):
-                    vc.write_to_net(self)
+                try:
+                    if vc.closed:
+                        self.free_netevent(vc)
+                    elif s.triggered and (s.enabled or vc.connecting):
+                        vc.write_to_net(self)
+                except Exception:
+                    self.vc_failed(vc)
+
+    def vc_failed(self, vc: UnixNetVConnection) -> None:
+        """``vc``'s turn raised: log it and close the VC (its fd is freed)."""
+        log.exception("net loop: processing %r raised: closing it", vc)
+        try:
+            if vc.closed:
+                self.free_netevent(vc)
+            else:
+                vc.do_io_close(errno.EIO)
+        except Exception:
+            log.exception("net loop: closing %r raised", vc)
 
     # ------------------------------------------------------------------ spliced ends
 

@@ -102,10 +102,24 @@ def _high_water(w: Any) -> bool:
 NET_VC_SHUTDOWN_READ = 1
 NET_VC_SHUTDOWN_WRITE = 2
 
+#: The largest value of a C ``int`` socket option.
+_INT_MAX = 2**31 - 1
+
 # Events that close a VC whose VIO has no continuation to tell.
 _CLOSING_EVENTS = frozenset(
     (VC_EVENT_EOS, VC_EVENT_ERROR, VC_EVENT_INACTIVITY_TIMEOUT, VC_EVENT_ACTIVE_TIMEOUT)
 )
+
+
+def _tell_open_failed(action: Action, err: int) -> None:
+    """``NET_EVENT_OPEN_FAILED`` with ``-err`` to the connect's continuation, unless the
+    connect was cancelled (the caller holds the action's mutex)."""
+    if action.cancelled:
+        return
+    try:
+        action.continuation.handle_event(NET_EVENT_OPEN_FAILED, -err)  # type: ignore[union-attr]
+    except Exception:
+        log.exception("NET_EVENT_OPEN_FAILED handler raised")
 
 
 @dataclass
@@ -127,17 +141,45 @@ class NetVCOptions:
     connect_timeout: float | None = None
     local_address: tuple[str, int] | None = None
 
-    def validate(self, call: str) -> None:
+    def validate(self, call: str, family: int | None = None) -> None:
+        """``TypeError``/``ValueError`` naming ``call`` and the option for a bad value;
+        ``family`` (of the address to connect to): ``local_address`` must be of it."""
         for name in ("sockopt_flags", "recv_bufsize", "send_bufsize", "linger_seconds",
                      "packet_tos", "packet_mark"):  # fmt: skip
             v = getattr(self, name)
             if type(v) is not int:
                 raise TypeError(f"{call}: NetVCOptions.{name} must be an int")
-            if v < 0:
-                raise ValueError(f"{call}: NetVCOptions.{name} must be >= 0, got {v}")
+            if not 0 <= v <= _INT_MAX:  # a C int for setsockopt
+                raise ValueError(f"{call}: NetVCOptions.{name} must be in 0..{_INT_MAX}, got {v}")
         ct = self.connect_timeout
         if ct is not None and (isinstance(ct, bool) or not isinstance(ct, (int, float)) or ct < 0):
             raise ValueError(f"{call}: NetVCOptions.connect_timeout must be a number >= 0")
+        la = self.local_address
+        if la is not None:
+            if (
+                not isinstance(la, tuple)
+                or len(la) not in (2, 4)
+                or not isinstance(la[0], str)
+                or type(la[1]) is not int
+            ):
+                raise TypeError(
+                    f"{call}: NetVCOptions.local_address must be a (host, port) tuple, not {la!r}"
+                )
+            if not 0 <= la[1] <= 65535:
+                raise ValueError(
+                    f"{call}: NetVCOptions.local_address port must be in 0..65535, got {la[1]}"
+                )
+            la_family = _sys.ip_family(la[0]) if "\0" not in la[0] else 0
+            if not la_family:
+                raise ValueError(
+                    f"{call}: NetVCOptions.local_address must be a numeric IP address, "
+                    f"not {la[0]!r}"
+                )
+            if family is not None and la_family != family:
+                raise ValueError(
+                    f"{call}: NetVCOptions.local_address {la[0]!r} is not of the family of "
+                    "the address to connect to"
+                )
 
     def apply(self, fd: int, family: int) -> None:
         """Set the options on ``fd``. Raises ``OSError`` naming ``setsockopt``."""
@@ -464,11 +506,17 @@ class UnixNetVConnection(Continuation):
     # ------------------------------------------------------------------ timeouts
 
     @staticmethod
-    def _check_timeout(call: str, seconds: Any) -> None:
+    def _check_timeout(call: str, seconds: Any) -> float:
+        """``seconds`` as a float, or ``TypeError``/``ValueError`` naming ``call``."""
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
             raise TypeError(f"{call}: timeout must be a number of seconds")
-        if not seconds >= 0:
+        try:
+            value = float(seconds)
+        except OverflowError:
+            raise ValueError(f"{call}: timeout is too large") from None
+        if not value >= 0:
             raise ValueError(f"{call}: timeout must be >= 0, got {seconds}")
+        return value
 
     def _now(self) -> float:
         nh = self.nh
@@ -479,13 +527,13 @@ class UnixNetVConnection(Continuation):
 
     def set_inactivity_timeout(self, seconds: float) -> None:
         """``VC_EVENT_INACTIVITY_TIMEOUT`` after ``seconds`` with no byte moved (0: none)."""
-        self._check_timeout("set_inactivity_timeout", seconds)
+        seconds = self._check_timeout("set_inactivity_timeout", seconds)
         self.inactivity_timeout_in = seconds
         self.next_inactivity_timeout_at = self._now() + seconds if seconds else 0.0
 
     def set_active_timeout(self, seconds: float) -> None:
         """``VC_EVENT_ACTIVE_TIMEOUT`` ``seconds`` from now, whatever the activity (0: none)."""
-        self._check_timeout("set_active_timeout", seconds)
+        seconds = self._check_timeout("set_active_timeout", seconds)
         self.active_timeout_in = seconds
         self.next_activity_timeout_at = self._now() + seconds if seconds else 0.0
 
@@ -727,8 +775,10 @@ class UnixNetVConnection(Continuation):
                 return
             reader: IOBufferReader = vio.buffer  # type: ignore[assignment]
             w = reader.writer
-            if w is None:
-                reader.read_avail()  # raises: the reader was deallocated
+            if w is None:  # the continuation deallocated the reader of a live write VIO
+                log.error("%r: the write VIO's reader was deallocated: VC_EVENT_ERROR", self)
+                self._signal_error(s, errno.EINVAL, nh)
+                return
             towrite = w._written - reader._pos  # type: ignore[union-attr]
             if towrite > ntodo:
                 towrite = ntodo
@@ -737,6 +787,9 @@ class UnixNetVConnection(Continuation):
             # and the buffer has room for it.
             if towrite != ntodo and not _high_water(w):
                 if self._signal_and_update(s, VC_EVENT_WRITE_READY) != EVENT_CONT:
+                    return
+                if vio.mutex is not m:  # handed to another continuation: take its mutex
+                    self._reschedule(s, nh)
                     return
                 if not s.enabled or vio.op != _WRITE or vio.buffer is None:
                     self._write_disable()
@@ -854,6 +907,10 @@ class UnixNetVConnection(Continuation):
         except OSError as exc:
             self.connect_failed(nh, exc.errno or errno.EIO)
             return
+        except Exception:  # options changed after connect_re checked them, say
+            log.exception("connect_re: setting up the socket failed")
+            self.connect_failed(nh, errno.EINVAL)
+            return
         self._remote_addr = address
         nh.start_cop(self)
         timeout = self.options.connect_timeout
@@ -923,14 +980,21 @@ class UnixNetVConnection(Continuation):
         action = self.action
         if action is not None and not action.cancelled:
             m = action.mutex
-            with m:  # connect results are rare: waiting for the mutex is fine here
-                if not action.cancelled:
-                    try:
-                        action.continuation.handle_event(  # type: ignore[union-attr]
-                            NET_EVENT_OPEN_FAILED, -err
-                        )
-                    except Exception:
-                        log.exception("NET_EVENT_OPEN_FAILED handler raised")
+            if m.try_lock():
+                try:
+                    _tell_open_failed(action, err)
+                finally:
+                    m.unlock()
+            elif nh is not None:
+                # Another thread holds the continuation's mutex: a net thread never waits
+                # for one. An event tells it instead; the thread delivers it with the mutex
+                # held, retrying while it is busy.
+                nh.thread.schedule_imm(
+                    Continuation(m, lambda event, e: _tell_open_failed(action, err))
+                )
+            else:
+                with m:
+                    _tell_open_failed(action, err)
         self.closed = 1
         if nh is not None and self.nh is not None:
             nh.free_netevent(self)

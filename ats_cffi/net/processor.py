@@ -162,7 +162,7 @@ class UnixNetProcessor:
         )  # fmt: skip
         if not isinstance(opts, NetVCOptions):
             raise TypeError("connect_re: options must be NetVCOptions")
-        opts.validate("connect_re")
+        opts.validate("connect_re", family)
         if not self.netthreads:
             raise RuntimeError("connect_re: net_processor is not started")
         vc = UnixNetVConnection(opts)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ from ats_cffi.eventsystem import Continuation, EventCode, MIOBuffer, ProxyMutex
 from ats_cffi.net import NetVCOptions, net_stats
 from ats_cffi.net.codes import NET_EVENT_OPEN, NET_EVENT_OPEN_FAILED
 
-from .conftest import OPEN
+from .conftest import OPEN, wait_until
 
 
 class Recorder(Continuation):
@@ -74,10 +76,10 @@ def test_connect_re_to_a_closed_port_fails_with_econnrefused(net) -> None:
     assert net_stats.get("proxy.process.net.connect_failures") == 1
 
 
-@pytest.fixture
-def stalled_port():
-    """A listener whose backlog is full and that never accepts: a connect to it stays
-    pending (the kernel drops the SYNs)."""
+@contextlib.contextmanager
+def full_backlog() -> Iterator[tuple[socket.socket, int]]:
+    """``(listener, port)``: a listener whose backlog is full and that never accepts, so a
+    connect to it stays pending (the kernel drops the SYNs)."""
     ls = socket.socket()
     ls.bind(("127.0.0.1", 0))
     ls.listen(0)
@@ -89,11 +91,17 @@ def stalled_port():
             f.setblocking(False)
             f.connect_ex(("127.0.0.1", port))
             fillers.append(f)
-        yield port
+        yield ls, port
     finally:
         for f in fillers:
             f.close()
         ls.close()
+
+
+@pytest.fixture
+def stalled_port() -> Iterator[int]:
+    with full_backlog() as (_, port):
+        yield port
 
 
 def test_connect_that_cannot_complete_times_out(net, stalled_port) -> None:
@@ -259,3 +267,64 @@ def test_connect_re_from_a_net_thread_stays_on_that_thread(net, listen) -> None:
         assert event == NET_EVENT_OPEN
         assert vc.thread is thread
         vc.do_io_close()
+
+
+@pytest.mark.parametrize(
+    ("opts", "exc", "match"),
+    [
+        (NetVCOptions(local_address=("::1", 0)), ValueError, "local_address '::1' is not of"),
+        (NetVCOptions(local_address=("127.0.0.1", 70000)), ValueError, "local_address port"),
+        (NetVCOptions(local_address="127.0.0.1"), TypeError, "local_address must be a"),
+        (NetVCOptions(local_address=("127.0.0.1\0x", 0)), ValueError, "numeric IP address"),
+        (NetVCOptions(local_address=("localhost", 0)), ValueError, "numeric IP address"),
+        (NetVCOptions(recv_bufsize=2**31), ValueError, "recv_bufsize must be in 0..2147483647"),
+        (NetVCOptions(linger_seconds=-1), ValueError, "linger_seconds must be in"),
+    ],
+)
+def test_connect_re_rejects_bad_options_before_opening_anything(
+    net, opts: NetVCOptions, exc: type, match: str
+) -> None:
+    # These used to fail on the net thread after the socket was made: the fd leaked and the
+    # continuation never heard back.
+    rec = Recorder()
+    with pytest.raises(exc, match=f"connect_re: NetVCOptions.*{match}"):
+        net.connect_re(rec, ("127.0.0.1", closed_port()), opts)
+    assert rec.events == []
+    assert net_stats.get(OPEN) == 0
+
+
+def test_connect_re_binds_a_good_local_address(net, listen) -> None:
+    _, acceptor, port = listen()
+    vc = net.connect_s(("127.0.0.1", port), timeout=5, options=NetVCOptions(
+        local_address=("127.0.0.1", 0)))  # fmt: skip
+    try:
+        assert vc.get_local_addr()[0] == "127.0.0.1"
+        acceptor.wait()
+    finally:
+        vc.do_io_close()
+
+
+def test_a_connect_failure_waits_for_a_busy_mutex_without_blocking_the_net_thread(net) -> None:
+    # The connect fails on the net thread (a reset to a SYN retransmitted after the listener
+    # closed) while another thread holds the continuation's mutex: the net thread must go on
+    # serving its other events, and the failure must arrive once the mutex is free.
+    with full_backlog() as (ls, port):
+        rec = Recorder()
+        action = net.connect_re(rec, ("127.0.0.1", port), NetVCOptions(connect_timeout=10))
+        assert wait_until(lambda: action.vc.connecting or rec.events, 2)
+        if rec.events:
+            pytest.skip("the kernel completed the connect despite the full backlog")
+        thread = action.vc.thread
+        with rec.mutex:
+            ls.close()  # the next SYN retransmit (about 1 s) gets a reset
+            deadline = time.monotonic() + 4
+            while action.vc.connecting and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert not action.vc.connecting, "the connect did not fail within 4 s"
+            ran = threading.Event()
+            thread.schedule_imm_signal(Continuation(ProxyMutex(), lambda e, d: ran.set()))
+            assert ran.wait(2), "the net thread waited for the continuation's mutex"
+            assert rec.events == []  # not delivered without the mutex
+        assert rec.got.wait(2)
+        assert rec.events == [(NET_EVENT_OPEN_FAILED, -errno.ECONNREFUSED)]
+    assert wait_until(lambda: net_stats.get(OPEN) == 0, 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import random
 import threading
 import time
@@ -11,9 +12,10 @@ from typing import Any
 import pytest
 
 from ats_cffi.eventsystem import INT64_MAX, VIO, Continuation, MIOBuffer, ProxyMutex
-from ats_cffi.net import net_stats
+from ats_cffi.eventsystem.codes import VC_EVENT_ERROR
+from ats_cffi.net import AcceptOptions, UnixNetVConnection, net_stats
 from ats_cffi.net.codes import IO_SHUTDOWN_READ
-from tests.net.conftest import OPEN, Echo, client, recv_exactly, wait_until
+from tests.net.conftest import OPEN, Acceptor, Echo, client, recv_exactly, wait_until
 
 READ_BYTES = "proxy.process.net.read_bytes"
 WRITE_BYTES = "proxy.process.net.write_bytes"
@@ -102,6 +104,10 @@ BAD_CALLS: list[tuple[str, Callable[[Any, Continuation], Any], type[Exception], 
      lambda vc, c: vc.set_inactivity_timeout(float("nan")), ValueError, "set_inactivity_timeout"),
     ("set_active_timeout-negative",
      lambda vc, c: vc.set_active_timeout(-0.5), ValueError, "set_active_timeout"),
+    ("set_inactivity_timeout-too-large",
+     lambda vc, c: vc.set_inactivity_timeout(10**400), ValueError, "set_inactivity_timeout"),
+    ("set_active_timeout-too-large",
+     lambda vc, c: vc.set_active_timeout(10**400), ValueError, "set_active_timeout"),
     ("set_active_timeout-a-string",
      lambda vc, c: vc.set_active_timeout("1"), TypeError, "set_active_timeout"),
     ("reenable-a-vio-of-no-vc",
@@ -182,3 +188,75 @@ def test_dynamic_records_are_marked() -> None:
     keys = net_config.dynamic_keys()
     assert "proxy.config.net.connections_throttle" in keys
     assert "proxy.config.accept_threads" not in keys
+
+
+def test_a_write_vio_whose_reader_was_deallocated_gets_an_error_event(listen):
+    # Misuse: the continuation frees the reader under its live write VIO. It hears
+    # VC_EVENT_ERROR (EINVAL) instead of an exception escaping into the net loop.
+    _, acceptor, port = listen()
+    events: list[int] = []
+    with client(port) as c:
+        acceptor.wait()
+        vc = acceptor.vcs[0]
+        cont = Continuation(ProxyMutex(), lambda e, vio: events.append(e))
+        buf = MIOBuffer(4096)
+        reader = buf.alloc_reader()
+        with cont.mutex:
+            reader.dealloc()
+            vc.do_io_write(cont, 10, buf.alloc_reader())  # a live reader: accepted...
+            vc.write.vio.buffer = reader  # ...then swapped for the dead one, as a bug would
+            buf.write(b"0123456789")
+            vc.write.vio.reenable()
+        assert wait_until(lambda: events)
+        assert events == [VC_EVENT_ERROR] and vc.lerrno == errno.EINVAL
+        with cont.mutex:
+            vc.do_io_close()
+        assert c.recv(1) == b""
+    assert wait_until(lambda: net_stats.get(OPEN) == 0)
+
+
+def test_a_vc_whose_turn_raises_is_closed_and_the_others_keep_going(one_net_thread, monkeypatch):
+    # If processing one VC raises (a bug), that VC is closed and the VCs after it in the same
+    # pass still get their turn: none is left marked ready on no list.
+    acceptor = Acceptor()
+    action = one_net_thread.accept(acceptor, AcceptOptions(local_address="127.0.0.1"))
+    port = action.na.port
+    with client(port) as a, client(port) as b:
+        acceptor.wait(2)
+        for vc in acceptor.vcs:
+            Echo(vc)
+        original = UnixNetVConnection.net_read_io
+        raised: list[Any] = []
+
+        def first_one_raises(vc: Any, nh: Any) -> None:
+            if armed.is_set() and not raised:
+                raised.append(vc)
+                raise RuntimeError("injected")
+            original(vc, nh)
+
+        monkeypatch.setattr(UnixNetVConnection, "net_read_io", first_one_raises)
+        armed = threading.Event()
+        held = threading.Event()
+        thread = acceptor.vcs[0].thread
+
+        def hold(event: int, e: Any) -> None:
+            held.set()
+            time.sleep(0.3)  # both clients' bytes arrive meanwhile: one pass sees both
+
+        thread.schedule_imm_signal(Continuation(ProxyMutex(), hold))
+        assert held.wait(2)
+        armed.set()
+        a.sendall(b"from a")
+        b.sendall(b"from b")
+        assert wait_until(lambda: raised)
+        failed, ok = (a, b) if raised[0] is acceptor.vcs[0] else (b, a)
+        want = b"from a" if ok is a else b"from b"
+        assert recv_exactly(ok, len(want)) == want
+        try:  # closed, with its bytes unread: a reset or an EOF
+            assert failed.recv(16) == b""
+        except ConnectionResetError:
+            pass
+        ok.sendall(b"again")
+        assert recv_exactly(ok, 5) == b"again"
+    action.cancel()
+    assert wait_until(lambda: net_stats.get(OPEN) == 0)

@@ -145,3 +145,45 @@ def test_responses_that_fill_blocks_exactly_or_span_them_arrive_whole(listen, re
     (r,) = responders
     assert r.completes >= 4
     assert r.wvio.ndone == 13 * len(reply) or r.vc.closed
+
+
+def test_a_write_vio_handed_over_in_write_ready_reaches_the_new_owner_under_its_mutex(
+    listen,
+) -> None:
+    # The WRITE_READY sent before a write hands the VIO to another continuation (do_io_write
+    # on the VC's thread): the events that follow must be delivered with the new owner's
+    # mutex held, not the old one's.
+    seen: list[tuple[int, bool]] = []
+
+    class Second(Continuation):
+        def __init__(self) -> None:
+            super().__init__(ProxyMutex())
+            self.set_handler(lambda e, vio: seen.append((e, self.mutex.held_by_me())))
+
+    second = Second()
+
+    class First(Continuation):
+        def __init__(self, vc: Any) -> None:
+            super().__init__(ProxyMutex())
+            self.vc = vc
+            self.buf = MIOBuffer(4096, 4096)
+            self.reader = self.buf.alloc_reader()
+            self.buf.write(b"hello")
+            self.set_handler(self.handle)
+            with self.mutex:  # wants more than it holds: WRITE_READY comes before the write
+                vc.do_io_write(self, 1000, self.reader)
+
+        def handle(self, event: int, vio: Any) -> None:
+            if event == VC_EVENT_WRITE_READY and vio.cont is self:
+                self.vc.do_io_write(second, 5, self.reader)
+
+    firsts: list[First] = []
+    _, acceptor, port = listen(on_vc=lambda vc: firsts.append(First(vc)))
+    with client(port) as c:
+        acceptor.wait()
+        assert recv_exactly(c, 5) == b"hello"
+        assert wait_until(lambda: seen)
+        assert seen == [(VC_EVENT_WRITE_COMPLETE, True)]
+        with second.mutex:
+            firsts[0].vc.do_io_close()
+    assert wait_until(lambda: net_stats.get(OPEN) == 0)
