@@ -78,9 +78,21 @@ def _type_error(call: str, exc: Exception) -> TypeError:
     return TypeError(f"{call}: {exc}")
 
 
-def _check_int(call: str, name: str, value: Any) -> None:
+# The ranges of a C ``int`` (fds, levels, options, flags, ...) and of a ``uint32_t``.
+_INT_MIN = -(2**31)
+_INT_MAX = 2**31 - 1
+_C_INT = (_INT_MIN, _INT_MAX)
+_UINT32 = (0, 2**32 - 1)
+_INT_SIZE = ffi.sizeof("int")
+
+
+def _check_int(call: str, name: str, value: Any, bounds: tuple[int, int] | None = None) -> None:
+    """``TypeError`` unless ``value`` is an int (not a bool); with ``bounds`` (``lo, hi``),
+    ``ValueError`` unless ``lo <= value <= hi`` (``_C_INT`` for a C ``int`` argument)."""
     if type(value) is not int:
         raise TypeError(f"{call}: {name} must be an int, not {type(value).__name__}")
+    if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        raise ValueError(f"{call}: {name} must be in {bounds[0]}..{bounds[1]}, got {value}")
 
 
 def _check_size(call: str, name: str, value: Any) -> None:
@@ -90,9 +102,26 @@ def _check_size(call: str, name: str, value: Any) -> None:
 
 
 def check_fd(call: str, fd: Any) -> None:
-    """Raise ``TypeError`` unless ``fd`` is an int (a negative one fails later as EBADF)."""
+    """Raise ``TypeError`` unless ``fd`` is an int, ``ValueError`` unless it fits in a C
+    ``int`` (a negative one fails later as EBADF)."""
     if type(fd) is not int:
         raise TypeError(f"{call}: fd must be an int, not {type(fd).__name__}")
+    if not -0x80000000 <= fd <= 0x7FFFFFFF:  # _INT_MIN.._INT_MAX, as constants
+        raise ValueError(f"{call}: fd must be in {_INT_MIN}..{_INT_MAX}, got {fd}")
+
+
+def _arg_error(call: str, exc: Exception, **args: Any) -> Exception:
+    """The error to raise after cffi rejected one of ``args`` (C ``int`` arguments) with
+    ``exc``: the ``TypeError``/``ValueError`` of the first one that is not an int in the C
+    ``int`` range, naming it, else ``exc`` as a ``TypeError`` naming ``call``. The calls made
+    per event check nothing up front and call this only on failure, so the checks cost
+    nothing when the arguments are good."""
+    for name, value in args.items():
+        try:
+            _check_int(call, name, value, _C_INT)
+        except (TypeError, ValueError) as err:
+            return err
+    return _type_error(call, exc)
 
 
 # --------------------------------------------------------------------------- epoll
@@ -399,10 +428,15 @@ def _parse(s: _Scratch, call: str) -> Address:
 
 
 def _make(s: _Scratch, call: str, family: int, address: Any) -> None:
+    """Fill ``s.ss``/``s.len`` with ``address`` for ``family``: ``TypeError``/``ValueError``
+    naming ``call`` for a bad address (the host goes to C as a NUL-terminated string, so a
+    NUL in it, which would cut it short, is a ``ValueError``; so is a non-ASCII host)."""
     if family == lib.AF_UNIX:
         if not isinstance(address, (str, bytes)):
             raise TypeError(f"{call}: an AF_UNIX address must be a path, not {address!r}")
         host = os.fsencode(address)
+        if b"\0" in host:
+            raise ValueError(f"{call}: an AF_UNIX path must not contain a NUL: {address!r}")
         port = flow = scope = 0
     else:
         if not isinstance(address, tuple) or len(address) not in (2, 4):
@@ -411,9 +445,14 @@ def _make(s: _Scratch, call: str, family: int, address: Any) -> None:
         flow, scope = (address[2], address[3]) if len(address) == 4 else (0, 0)
         if not isinstance(host, str):
             raise TypeError(f"{call}: host must be a str, not {type(host).__name__}")
-        _check_int(call, "port", port)
-        if not 0 <= port <= 65535:
-            raise ValueError(f"{call}: port must be in 0..65535, got {port}")
+        _check_int(call, "port", port, (0, 65535))
+        if len(address) == 4:
+            _check_int(call, "flow", flow, _UINT32)
+            _check_int(call, "scope", scope, _UINT32)
+        if "\0" in host:
+            raise ValueError(f"{call}: host must not contain a NUL character: {host!r}")
+        if not host.isascii():  # cannot be a numeric address
+            raise ValueError(f"{call}: not a numeric address for this family: {address!r}")
         if host == "" or host == "localhost":
             host = "127.0.0.1" if family == lib.AF_INET else ("::1" if host else "::")
             if family == lib.AF_INET and address[0] == "":
@@ -451,7 +490,7 @@ def _family(fd: int, call: str) -> int:
 def socket(family: int = lib.AF_INET, type: int = lib.SOCK_STREAM, proto: int = 0) -> int:
     """A new socket fd, non-blocking and close-on-exec."""
     for name, v in (("family", family), ("type", type), ("proto", proto)):
-        _check_int("socket", name, v)
+        _check_int("socket", name, v, _C_INT)
     fd = lib.socket(family, type | lib.SOCK_NONBLOCK | lib.SOCK_CLOEXEC, proto)
     if fd < 0:
         raise _oserror("socket", ffi.errno)
@@ -469,7 +508,7 @@ def bind(fd: int, address: Address) -> None:
 
 def listen(fd: int, backlog: int = 1024) -> None:
     check_fd("listen", fd)
-    _check_int("listen", "backlog", backlog)
+    _check_int("listen", "backlog", backlog, _C_INT)
     if lib.listen(fd, backlog) < 0:
         raise _oserror("listen", ffi.errno)
 
@@ -512,8 +551,10 @@ def getpeername(fd: int) -> Address:
 
 def getsockopt_int(fd: int, level: int, option: int) -> int:
     check_fd("getsockopt", fd)
+    _check_int("getsockopt", "level", level, _C_INT)
+    _check_int("getsockopt", "option", option, _C_INT)
     s = _scratch
-    s.len[0] = ffi.sizeof("int")
+    s.len[0] = _INT_SIZE
     s.intval[0] = 0
     if lib.getsockopt(fd, level, option, s.intval, s.len) < 0:
         raise _oserror("getsockopt", ffi.errno)
@@ -525,15 +566,21 @@ def setsockopt_int(fd: int, level: int, option: int, value: int) -> None:
         check_fd("setsockopt", fd)
         _check_int("setsockopt", "value", value)
     s = _scratch
-    s.intval[0] = value
-    if lib.setsockopt(fd, level, option, s.intval, ffi.sizeof("int")) < 0:
+    try:
+        s.intval[0] = value
+        r = lib.setsockopt(fd, level, option, s.intval, _INT_SIZE)
+    except (TypeError, OverflowError) as exc:
+        raise _arg_error(
+            "setsockopt", exc, fd=fd, level=level, option=option, value=value
+        ) from None
+    if r < 0:
         raise _oserror("setsockopt", ffi.errno)
 
 
 def setsockopt_linger(fd: int, on: bool, seconds: int) -> None:
     """Set ``SO_LINGER``; ``on`` with 0 seconds makes ``close()`` send a reset."""
     check_fd("setsockopt", fd)
-    _check_size("setsockopt(SO_LINGER)", "seconds", seconds)
+    _check_int("setsockopt(SO_LINGER)", "seconds", seconds, (0, _INT_MAX))
     lg = ffi.new("int[2]", [1 if on else 0, seconds])
     if lib.setsockopt(fd, lib.SOL_SOCKET, lib.SO_LINGER, lg, ffi.sizeof("int[2]")) < 0:
         raise _oserror("setsockopt(SO_LINGER)", ffi.errno)
@@ -541,7 +588,10 @@ def setsockopt_linger(fd: int, on: bool, seconds: int) -> None:
 
 def so_error(fd: int) -> int:
     """The pending socket error (``SO_ERROR``), cleared by reading it; 0 for none."""
-    r = lib.ats_so_error(fd)
+    try:
+        r = lib.ats_so_error(fd)
+    except (TypeError, OverflowError) as exc:
+        raise _arg_error("getsockopt(SO_ERROR)", exc, fd=fd) from None
     if r < 0:
         raise _oserror("getsockopt(SO_ERROR)", -r)
     return r
@@ -549,7 +599,11 @@ def so_error(fd: int) -> int:
 
 def shutdown(fd: int, how: int) -> None:
     check_fd("shutdown", fd)
-    if lib.shutdown(fd, how) < 0:
+    try:
+        r = lib.shutdown(fd, how)
+    except (TypeError, OverflowError) as exc:
+        raise _arg_error("shutdown", exc, how=how) from None
+    if r < 0:
         raise _oserror("shutdown", ffi.errno)
 
 
@@ -557,7 +611,11 @@ def close(fd: int) -> None:
     """Close ``fd``. Not retried on EINTR: on Linux the fd is released anyway."""
     if type(fd) is not int:
         check_fd("close", fd)
-    if _lib_close(fd) < 0:
+    try:
+        r = _lib_close(fd)
+    except OverflowError as exc:
+        raise _arg_error("close", exc, fd=fd) from None
+    if r < 0:
         err = ffi.errno
         if err != _EINTR:
             raise _oserror("close", err)
@@ -574,7 +632,7 @@ def accept4(fd: int, flags: int = ACCEPT_FLAGS) -> tuple[int, Address] | None:
         try:
             r = lib.ats_accept4(fd, flags, s.ss, s.len)
         except (TypeError, OverflowError) as exc:
-            raise _type_error("accept4", exc) from None
+            raise _arg_error("accept4", exc, fd=fd, flags=flags) from None
         if r >= 0:
             try:
                 return r, _parse(s, "accept4")
@@ -602,7 +660,7 @@ def accept_batch(fd: int, max_count: int, flags: int = ACCEPT_FLAGS) -> tuple[li
     try:
         n = lib.ats_accept_batch(fd, flags, s.fds, max_count, s.err)
     except (TypeError, OverflowError) as exc:
-        raise _type_error("accept4", exc) from None
+        raise _arg_error("accept4", exc, fd=fd, flags=flags) from None
     return ffi.unpack(s.fds, n), s.err[0]
 
 
@@ -626,7 +684,7 @@ def read_into(fd: int, buffer: Any, nbytes: int | None = None) -> int:
         try:
             r = lib.read(fd, cbuf, size)
         except (TypeError, OverflowError) as exc:
-            raise _type_error("read", exc) from None
+            raise _arg_error("read", exc, fd=fd) from None
         if r >= 0:
             return r
         err = ffi.errno
@@ -649,15 +707,26 @@ def read(fd: int, nbytes: int) -> bytes | int:
 def read_fill(fd: int, base: Any, offset: int, length: int) -> tuple[int, int]:
     """Hot path: read into ``base[offset:offset+length]`` until full, EOF or EAGAIN.
 
-    ``base`` is a cdata pointer the caller made once. Returns ``(nread, last)``:
+    ``base`` is the writable destination: a cdata ``char[]`` the caller made once, with
+    ``ffi.new("char[]", n)`` or ``ffi.from_buffer(buf, require_writable=True)`` (nothing is
+    allocated per call; a cdata over read-only memory, from ``ffi.from_buffer(bytes)``,
+    cannot be told apart and must not be passed), or a writable bytes-like object
+    (``bytearray``, a writable ``memoryview``), wrapped for C on every call. ``bytes``, a
+    read-only ``memoryview`` or anything else raise ``TypeError``.
+
+    Returns ``(nread, last)``:
     ``last > 0`` means the space was filled (more may be waiting), 0 means EOF,
     :data:`AGAIN` means the socket is drained. An error raises ``OSError`` when nothing was
     read; after ``n > 0`` bytes it is returned as ``last = -errno`` so the bytes are not lost.
     ``ValueError`` when ``offset``/``length`` fall outside ``base``.
     """
-    _check_span("read", base, offset, length)
+    check_fd("read", fd)
+    base = _span_base("read", base, offset, length, True)
     s = _scratch
-    n = lib.ats_read_fill(fd, base, offset, length, 0, s.last)
+    try:
+        n = lib.ats_read_fill(fd, base, offset, length, 0, s.last)
+    except TypeError as exc:  # a cdata array of another type than char
+        raise TypeError(f"read: base must be a char array: {exc}") from None
     last = s.last[0]
     if last < 0 and last != AGAIN and n == 0:
         raise _oserror("read", -last)
@@ -665,6 +734,22 @@ def read_fill(fd: int, base: Any, offset: int, length: int) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------- writes
+
+
+def _span_base(call: str, base: Any, offset: int, length: int, writable: bool) -> Any:
+    """``base`` as a cdata for C, a bytes-like object wrapped with ``ffi.from_buffer``
+    (``writable``: which must be writable), after checking the span ``offset``/``length``."""
+    if not isinstance(base, ffi.CData):
+        try:
+            base = ffi.from_buffer(base, require_writable=writable)
+        except (TypeError, BufferError) as exc:
+            kind = "a writable" if writable else "a"
+            raise TypeError(
+                f"{call}: base must be a cdata char array (ffi.new/ffi.from_buffer) or {kind} "
+                f"bytes-like object, not {type(base).__name__}: {exc}"
+            ) from None
+    _check_span(call, base, offset, length)
+    return base
 
 
 def _check_span(call: str, base: Any, offset: int, length: int) -> None:
@@ -688,7 +773,7 @@ def write(fd: int, data: Any) -> int:
         try:
             r = lib.send(fd, cbuf, len(cbuf), lib.MSG_NOSIGNAL)
         except (TypeError, OverflowError) as exc:
-            raise _type_error("write", exc) from None
+            raise _arg_error("write", exc, fd=fd) from None
         if r >= 0:
             return r
         err = ffi.errno
@@ -708,12 +793,18 @@ def write(fd: int, data: Any) -> int:
 def write_block(fd: int, base: Any, offset: int, length: int) -> tuple[int, int]:
     """Hot path: write ``base[offset:offset+length]`` until done or EAGAIN: ``(n, last)``.
 
+    ``base`` is a cdata ``char[]`` the caller made once (``ffi.new``/``ffi.from_buffer``:
+    nothing is allocated per call) or any bytes-like object, wrapped for C on every call.
     ``last > 0``: all written; :data:`AGAIN`: the socket is full; ``-errno`` after a partial
     write (an error with nothing written raises ``OSError``).
     """
-    _check_span("write", base, offset, length)
+    check_fd("write", fd)
+    base = _span_base("write", base, offset, length, False)
     s = _scratch
-    n = lib.ats_write_all(fd, base, offset, length, s.last)
+    try:
+        n = lib.ats_write_all(fd, base, offset, length, s.last)
+    except TypeError as exc:  # a cdata array of another type than char
+        raise TypeError(f"write: base must be a char array: {exc}") from None
     last = s.last[0]
     if last < 0 and last != AGAIN and n == 0:
         raise _oserror("write", -last)
@@ -722,9 +813,15 @@ def write_block(fd: int, base: Any, offset: int, length: int) -> tuple[int, int]
 
 def writev(fd: int, buffers: Sequence[Any]) -> int:
     """``writev()`` a sequence of bytes-like objects once: the count written or :data:`AGAIN`."""
-    if isinstance(buffers, (bytes, bytearray, memoryview, str)):
-        raise TypeError("writev: buffers must be a sequence of bytes-like objects")
-    n = len(buffers)
+    try:
+        n = len(buffers)
+    except TypeError:
+        n = -1
+    if n < 0 or isinstance(buffers, (bytes, bytearray, memoryview, str)):
+        raise TypeError(
+            "writev: buffers must be a sequence of bytes-like objects, "
+            f"not {type(buffers).__name__}"
+        )
     if n == 0:
         return 0
     iov = ffi.new("struct iovec[]", n)
@@ -741,7 +838,7 @@ def writev(fd: int, buffers: Sequence[Any]) -> int:
         try:
             r = lib.writev(fd, iov, n)
         except (TypeError, OverflowError) as exc:
-            raise _type_error("writev", exc) from None
+            raise _arg_error("writev", exc, fd=fd) from None
         if r >= 0:
             return r
         err = ffi.errno

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 import threading
 import time
 
@@ -47,3 +48,28 @@ def no_leaks(request: pytest.FixtureRequest):
             details.append(str(fd))
     assert not extra_fds, f"{request.node.name} leaked fds: {details}"
     assert not extra_threads, f"{request.node.name} leaked threads: {extra_threads}"
+
+
+# Plain sockets shared by the sys-layer tests (tests/test_sys*.py).
+
+
+@pytest.fixture
+def pair():
+    """A connected pair of non-blocking AF_UNIX stream sockets."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+@pytest.fixture
+def listener():
+    """A non-blocking listening socket on 127.0.0.1 (any free port)."""
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(64)
+    ls.setblocking(False)
+    yield ls
+    ls.close()

@@ -17,29 +17,9 @@ ET_RW = lib.EPOLLIN | lib.EPOLLOUT | lib.EPOLLET
 
 
 @pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
-@pytest.fixture
 def ep():
     with s.Epoll(16) as e:
         yield e
-
-
-@pytest.fixture
-def listener():
-    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    ls.bind(("127.0.0.1", 0))
-    ls.listen(64)
-    ls.setblocking(False)
-    yield ls
-    ls.close()
 
 
 def events_of(ep: s.Epoll, timeout_ms: int = 0) -> dict[int, int]:
