@@ -64,7 +64,7 @@ class EchoSession(BaseEchoSession):
     """
 
     def start(self, vc: UnixNetVConnection) -> None:
-        buf = MIOBuffer(BLOCK_SIZE, WATER_MARK)
+        buf = self.buf = MIOBuffer(BLOCK_SIZE, WATER_MARK)
         reader = buf.alloc_reader()
         self.peer_eos = False
         self.rvio = vc.do_io_read(self, INT64_MAX, buf)
@@ -96,16 +96,24 @@ class EchoSession(BaseEchoSession):
         else:  # VC_EVENT_ERROR, INACTIVITY_TIMEOUT, ACTIVE_TIMEOUT
             self.close()
 
+    def release(self) -> None:
+        super().release()
+        self.buf.dealloc_all_readers()
+
 
 class SplicedEchoSession(BaseEchoSession):
     """The connection spliced to itself: Python hears only of its end (EOS once every byte
     was echoed and the half-close passed back, an error, or a timeout), and closes."""
 
     def start(self, vc: UnixNetVConnection) -> None:
-        self.splice = Splice(self, vc, buffer_size=WATER_MARK)
+        self.splice: Splice | None = Splice(self, vc, buffer_size=WATER_MARK)
 
     def handle(self, event: int, splice: Any) -> None:
         self.close()  # VC_EVENT_EOS, ERROR, INACTIVITY_TIMEOUT, ACTIVE_TIMEOUT
+
+    def release(self) -> None:
+        super().release()
+        self.splice = None  # it holds the session (its continuation)
 
 
 class EchoService(Service):

@@ -214,7 +214,7 @@ class HttpSession(Session):
                     # stops only while the read buffer holds unread bytes (back-pressure):
                     # once parsing made room, let it read again.
                     self.pump()
-                    if not self.peer_eos and self.rreader.read_avail() < unread:
+                    if not self.closed and not self.peer_eos and self.rreader.read_avail() < unread:
                         self.vc.reenable(self.rvio)
         elif event == _EOS:
             if self.lingering:
@@ -375,6 +375,13 @@ class HttpSession(Session):
         self.rreader.consume(self.rreader.read_avail())
         self.vc.set_active_timeout(LINGER)
         self.rvio.reenable()
+
+    def release(self) -> None:
+        super().release()
+        self.rbuf.dealloc_all_readers()
+        if self.wbuf is not None:
+            self.wbuf.dealloc_all_readers()
+        self.parser = None  # it holds the session (its callbacks)
 
     def on_drain(self) -> None:
         """Graceful stop: an idle session closes now; a busy one after its response."""

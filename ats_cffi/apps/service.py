@@ -60,6 +60,10 @@ def format_hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _closed_handler(event: int, data: Any) -> None:
+    """A closed session's handler: events that still come (none should) are ignored."""
+
+
 class Session(Continuation):
     """One connection's state machine. Subclasses drive VIOs in ``handle_event``."""
 
@@ -83,6 +87,14 @@ class Session(Continuation):
             if self.current_stat:
                 self.service.stats.incr(self.current_stat, -1)
             self.service.remove_session(self)
+            self.release()
+
+    def release(self) -> None:
+        """After the close: drop what ties the session to itself (its handler, a bound
+        method; subclasses: the buffers and their readers), so that reference counting frees
+        it and its buffers at once, not the cyclic collector some time later (ATS frees a
+        session's buffers when it closes). Nothing of the session is used after this."""
+        self.handler = _closed_handler
 
 
 class Service(Continuation):

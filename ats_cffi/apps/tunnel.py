@@ -188,6 +188,13 @@ class TunnelSession(Session):
             self.server.do_io_close()
         self.service.stats.incr(CURRENT, -1)
         self.service.remove_session(self)
+        self.release()
+
+    def release(self) -> None:
+        super().release()
+        self.c2s.dealloc_all_readers()
+        self.s2c.dealloc_all_readers()
+        self.splice = None  # it holds the session (its continuation)
 
 
 class TunnelService(Service):

@@ -1069,7 +1069,7 @@ class UnixNetVConnection(Continuation):
         end = self.splice_end
         if end is not None:
             self.splice_end = None
-            end.splice.vc_freed(self)
+            end.splice.vc_released(self)
         fd = self.fd
         if fd >= 0:
             self.fd = -1

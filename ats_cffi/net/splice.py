@@ -71,6 +71,11 @@ _ERROR = lib.ATS_SPLICE_ERROR
 _REG_EVENTS = READ_WRITE | lib.EPOLLET | lib.EPOLLRDHUP
 
 
+def _freed_handler(event: int, data: Any) -> int:
+    """A splice whose VCs are all freed gets no VIO event; ignore one if it came."""
+    return EVENT_DONE
+
+
 class SpliceEnd:
     """One spliced VC: its native end and what Python tracks of it."""
 
@@ -276,10 +281,21 @@ class Splice(Continuation):
         return tuple(p.nwritten for p in self.pipes)
 
     def vc_freed(self, vc: UnixNetVConnection) -> None:
-        """``vc`` is being freed (closed by anyone): no pipe may touch its fd again."""
+        """``vc`` is being closed (by anyone): no pipe may touch its fd again."""
         for p in self.pipes:
             p.done = 1
         self.stopped = True
+
+    def vc_released(self, vc: UnixNetVConnection) -> None:
+        """``vc.free()`` (net thread) has unhooked ``vc``. Once no VC of the splice is hooked,
+        nothing reaches the splice any more: its own reference cycles (ends, handler) are
+        cut, so that it and its native pipe buffers are freed as soon as its owner lets go,
+        not by the cyclic collector some time later."""
+        self.vc_freed(vc)
+        if all(v.splice_end is None for v in self.vcs):
+            self.handler = _freed_handler
+            for end in self.ends:
+                end.splice = None  # type: ignore[assignment]
 
     def close(self) -> None:
         """Stop and close both VCs (with ``cont``'s mutex held, or on the net thread)."""
