@@ -242,13 +242,17 @@ class HttpSession(Session):
             try:
                 parser.feed_data(block.view[off:end])  # type: ignore[union-attr]
             except httptools.HttpParserUpgrade:
-                self.closing = True  # the request was answered; we speak no other protocol
+                self.closing = True  # answered with a close: we speak no other protocol
             except httptools.HttpParserCallbackError:
                 log.exception("http: answering a request failed")
-                self.respond(500, _TEXT, b"Internal Server Error\n", keep_alive=False, head=False)
+                if not self.closing:
+                    self.respond(500, _TEXT, b"Internal Server Error\n", False, False)
             except httptools.HttpParserError as exc:
-                log.debug("http: bad request from %r: %s", self.vc, exc)
-                self.respond(400, _TEXT, b"Bad Request\n", keep_alive=False, head=False)
+                # After a response that closes, what follows is not answered (httptools
+                # rejects data after "Connection: close"): it is discarded while lingering.
+                if not self.closing:
+                    log.debug("http: bad request from %r: %s", self.vc, exc)
+                    self.respond(400, _TEXT, b"Bad Request\n", keep_alive=False, head=False)
             reader.consume(end - off)
             avail -= end - off
             wvio = self.wvio  # made by the first response
@@ -276,13 +280,19 @@ class HttpSession(Session):
 
     def on_message_complete(self) -> None:
         self.in_request = False
+        if self.closing:
+            return  # a request after one answered with a close (same read): not answered
         service: HttpService = self.service  # type: ignore[assignment]
         counts = service.stats.per_thread.counts
         counts[_I_REQUESTS] += 1
         parser = self.parser
         assert parser is not None  # this is its own callback
         method = parser.get_method()
-        keep_alive = parser.should_keep_alive() and not service.draining
+        # An Upgrade (or CONNECT) request is answered over HTTP/1.1, then the connection
+        # closes: the bytes after it would be another protocol's.
+        keep_alive = (
+            parser.should_keep_alive() and not service.draining and not parser.should_upgrade()
+        )
         head = method == b"HEAD"
         allow = b""
         if self.url_too_long:

@@ -146,6 +146,31 @@ def test_pipelined_requests_are_answered_in_order(cli) -> None:
     assert h5.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in h5 and b5 == HELLO
 
 
+@pytest.mark.parametrize(
+    ("first", "status"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", b"200 OK"),
+        (b"GET / HTTP/1.0\r\n\r\n", b"200 OK"),
+        (b"GET /" + b"u" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", b"414 URI Too Long"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n", b"200 OK"),
+        (b"CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: a\r\n\r\n", b"404 Not Found"),
+    ],
+    ids=["connection-close", "http10", "uri-too-long", "upgrade", "connect"],
+)
+def test_nothing_is_answered_after_a_response_that_closes(cli, first: bytes, status: bytes):
+    # The bytes after the request come in the same read: another request, or junk.
+    srv = cli("http", "--listen", "127.0.0.1:0").wait_listening()
+    for after in (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"x"):
+        with connect(srv.port) as s:
+            s.sendall(first + after)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        assert data.count(b"HTTP/1.1 ") == 1, data
+        assert data.startswith(b"HTTP/1.1 " + status) and b"\r\nConnection: close\r\n" in data
+    assert get_json(srv.port)["global"]["proxy.process.http.400_responses"] == 0
+
+
 def test_http10_closes_unless_keep_alive_is_asked(cli) -> None:
     srv = cli("http", "--listen", "127.0.0.1:0").wait_listening()
     with connect(srv.port) as s:
