@@ -228,6 +228,8 @@ def serve(
                 real_port = service.listen(spec)
             except OSError as exc:
                 raise listen_error(host, port, exc) from None
+            except ValueError as exc:  # an option (or record) out of what the socket takes
+                raise UsageError(f"listening on {host}:{port}: {exc}") from None
             bound.append((name, host, real_port))
         if report is not None:
             report({"ready": bound})

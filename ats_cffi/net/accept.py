@@ -57,7 +57,12 @@ from ats_cffi.eventsystem.mutex import ProxyMutex
 from ats_cffi.eventsystem.processor import ET_NET, EventProcessor, run_on_threads
 from ats_cffi.net import stats as st
 from ats_cffi.net.codes import EVENTIO_NETACCEPT, EVENTIO_READ, NET_EVENT_ACCEPT
-from ats_cffi.net.config import SOCK_OPT_NO_DELAY, net_config
+from ats_cffi.net.config import (
+    INT_RECORD_MAX,
+    MAX_ACCEPT_THREADS,
+    SOCK_OPT_NO_DELAY,
+    net_config,
+)
 from ats_cffi.net.eventio import EventIO
 from ats_cffi.net.netvc import NetVCOptions, UnixNetVConnection
 from ats_cffi.net.stats import net_stats
@@ -148,12 +153,15 @@ class AcceptOptions:
         for name in ("recv_bufsize", "send_bufsize", "sockopt_flags", "packet_mark",
                      "packet_tos"):  # fmt: skip
             v = getattr(self, name)
-            if type(v) is not int or v < 0:
-                raise ValueError(f"{call}: AcceptOptions.{name} must be an int >= 0")
+            if type(v) is not int or not 0 <= v <= INT_RECORD_MAX:
+                raise ValueError(
+                    f"{call}: AcceptOptions.{name} must be an int in 0..{INT_RECORD_MAX}"
+                )
         for name in ("accept_threads", "defer_accept", "backlog"):
             v = getattr(self, name)
-            if v is not None and (type(v) is not int or v < 0):
-                raise ValueError(f"{call}: AcceptOptions.{name} must be None or an int >= 0")
+            hi = MAX_ACCEPT_THREADS if name == "accept_threads" else INT_RECORD_MAX
+            if v is not None and (type(v) is not int or not 0 <= v <= hi):
+                raise ValueError(f"{call}: AcceptOptions.{name} must be None or an int in 0..{hi}")
         if self.throttle_message is not None and not isinstance(self.throttle_message, bytes):
             raise TypeError(f"{call}: AcceptOptions.throttle_message must be bytes or None")
         if self.f_inbound_transparent:
@@ -238,6 +246,8 @@ class NetAccept(Continuation):
         self._ios: list[EventIO] = []
         self._accept_threads: list[EThread] = []
         self._periodic: Any = None
+        #: ``(NetHandler, fd)`` of the accept passes scheduled to run again (``_retry_later``).
+        self._retries: set[tuple[NetHandler, int]] = set()
         self._resource_logged = 0.0
         self.stats = net_stats.new_block()
         self.stats[st.ACCEPTS_CURRENTLY_OPEN] += 1
@@ -312,41 +322,63 @@ class NetAccept(Continuation):
 
     def accept_fast_event(self, nh: NetHandler, fd: int | None = None) -> None:
         """Accept on ``fd`` (default: the first listen socket) until EAGAIN, or take
-        ``additional_accepts + 1`` connections and re-schedule this pass."""
+        ``additional_accepts + 1`` connections and re-schedule this pass.
+
+        The fd lock is held around each ``accept4`` batch only (``close_listener`` cannot
+        close the fd under it), never while the continuation runs: its handler may cancel
+        the accept (``close_listener`` takes the lock) from this very pass."""
         if self.action.cancelled:
             return
+        if fd is None:
+            fd = self.server_fd
+        if (nh, fd) in self._retries:
+            return  # backing off (or the budget was spent): the scheduled retry accepts
+        periodic = self._periodic is not None
         limit = net_config.additional_accepts
         budget = limit + 1 if limit >= 0 else -1
-        with self._fd_lock:
-            if fd is None:
-                fd = self.server_fd
-            if fd < 0 or fd not in self.server_fds:
-                return
-            while budget != 0:
-                count = ACCEPT_BATCH if budget < 0 else min(budget, ACCEPT_BATCH)
+        while budget != 0:
+            count = ACCEPT_BATCH if budget < 0 else min(budget, ACCEPT_BATCH)
+            with self._fd_lock:
+                if fd < 0 or fd not in self.server_fds:
+                    return  # closed (cancelled) meanwhile
                 fds, err = _sys.accept_batch(fd, count)
-                if fds:
-                    self.start_vcs(nh, self._make_vcs(fds, nh.stats))
-                if budget > 0:
-                    budget -= len(fds)
-                if err == 0:
-                    continue  # the batch was full: more may be waiting
-                if err == _EAGAIN:
-                    return  # the backlog is empty: the next connection brings a new edge
-                seriousness = accept_error_seriousness(err)
-                if seriousness in (_IGNORE, _TRANSIENT):
-                    continue
-                if seriousness == _RESOURCE:
-                    self._resource_error(err, nh.stats)
-                    self._retry_later(nh, fd, net_config.throttle_delay / 1000.0)
+            if fds:
+                self.start_vcs(nh, self._make_vcs(fds, nh.stats))
+                if self.action.cancelled:
                     return
-                self._fatal(err)
+            if budget > 0:
+                budget -= len(fds)
+            if err == 0:
+                continue  # the batch was full: more may be waiting
+            if err == _EAGAIN:
+                return  # the backlog is empty: the next connection brings a new edge
+            seriousness = accept_error_seriousness(err)
+            if seriousness in (_IGNORE, _TRANSIENT):
+                continue
+            if seriousness == _RESOURCE:
+                self._resource_error(err, nh.stats)
+                self._retry_later(nh, fd, net_config.throttle_delay / 1000.0)
                 return
-        if budget == 0 and not self.action.cancelled:
-            self._retry_later(nh, fd, 0.0)
+            self._fatal(err)
+            return
+        if not periodic and not self.action.cancelled:
+            self._retry_later(nh, fd, 0.0)  # the budget is spent: the rest on the next pass
 
     def _retry_later(self, nh: NetHandler, fd: int, delay: float) -> None:
-        cont = Continuation(handler=lambda ev, e: self.accept_fast_event(nh, fd))
+        """Run the accept pass of ``fd`` on ``nh`` again after ``delay`` s. One retry at most
+        is pending per socket and thread: until it runs, the passes that new connections
+        (or the periodic mode) bring return at once, so a back-off stays a back-off however
+        many connections come meanwhile."""
+        key = (nh, fd)
+        if key in self._retries:
+            return
+        self._retries.add(key)
+
+        def retry(event: int, e: Any) -> None:
+            self._retries.discard(key)
+            self.accept_fast_event(nh, fd)
+
+        cont = Continuation(handler=retry)
         if delay > 0:
             nh.thread.schedule_in(cont, delay)
         else:
@@ -550,8 +582,8 @@ class NetAccept(Continuation):
     # ------------------------------------------------------------------ stopping
 
     def close_listener(self) -> None:
-        """Stop every loop, join the accept threads and close the listen socket(s).
-        Any thread but an accept thread of this listener; idempotent."""
+        """Stop every loop, join the accept threads (but the calling one) and close the listen
+        socket(s). Any thread, the accept continuation's handler included; idempotent."""
         with self._fd_lock:
             fds = list(self.server_fds)
         for fd in fds:
@@ -559,7 +591,10 @@ class NetAccept(Continuation):
                 _sys.shutdown(fd, lib.SHUT_RDWR)  # wakes accept threads blocked in accept4
             except OSError:
                 pass
+        me = threading.get_ident()
         for t in self._accept_threads:
+            if t.tid == me:
+                continue  # called by this accept thread (from EVENT_ERROR): it ends on return
             if not t.join(10.0):
                 log.error("accept thread %s did not stop", t.name)
         self._accept_threads.clear()

@@ -12,6 +12,12 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+#: The largest value of an integer record (each ends up in a C ``int``: a socket option,
+#: a backlog, a timeout in ms).
+INT_RECORD_MAX = 2**31 - 1
+#: The most dedicated accept threads a listener may have.
+MAX_ACCEPT_THREADS = 1024
+
 
 @dataclass(frozen=True)
 class Record:
@@ -24,6 +30,8 @@ class Record:
     #: Read on each use, so a change takes effect at once; else when threads or
     #: listeners start.
     dynamic: bool = False
+    #: The largest value (None: ``INT_RECORD_MAX`` for an int record, no bound for a float).
+    maximum: float | None = None
 
 
 RECORDS: tuple[Record, ...] = (
@@ -64,7 +72,8 @@ RECORDS: tuple[Record, ...] = (
     Record("proxy.config.net.connect_timeout", "connect_timeout", 30, float, 0,
            "s; default connect timeout of connect_re (0: none)", dynamic=True),
     Record("proxy.config.accept_threads", "accept_threads", 1, int, 0,
-           "dedicated accept threads per listener (0: accept on the net threads)"),
+           "dedicated accept threads per listener (0: accept on the net threads)",
+           maximum=MAX_ACCEPT_THREADS),
     Record("proxy.config.net.max_read_per_pass", "max_read_per_pass", 262144, int, 1,
            "bytes a VC may read in one NetHandler pass before yielding to the others"),
 )  # fmt: skip
@@ -143,6 +152,9 @@ class NetConfig(RecordStore):
             raise ValueError(f"{r.key}: expected an integer, got {value}")
         if value < r.minimum:
             raise ValueError(f"{r.key}: must be >= {r.minimum}, got {value}")
+        hi = r.maximum if r.maximum is not None else INT_RECORD_MAX if r.kind is int else None
+        if hi is not None and value > hi:
+            raise ValueError(f"{r.key}: must be <= {hi}, got {value}")
         return r.kind(value)
 
     @staticmethod

@@ -69,6 +69,8 @@ def test_python_dash_m_and_the_console_script_show_the_services() -> None:
         (["http", "--bogus"], "unrecognized arguments"),
         (["tunnel", "--listen", "127.0.0.1:0"], "--upstream"),
         (["tunnel", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:0"], "--upstream"),
+        (["echo", "--defer-accept", "10000000000"], "defer_accept: must be <= 2147483647"),
+        (["echo", "--accept-threads", "100000"], "accept_threads: must be <= 1024"),
     ],
 )
 def test_bad_options_give_one_line_and_status_2(capsys, args, message) -> None:
@@ -83,6 +85,7 @@ def test_bad_options_give_one_line_and_status_2(capsys, args, message) -> None:
         ("bad.toml", "proxy.config.net.nosuch = 1\n", "unknown record 'proxy.config.net.nosuch'"),
         ("bad.toml", '"proxy.config.net.poll_timeout" = "fast"\n', "expected a number"),
         ("bad.toml", "[proxy.config.net]\nconnections_throttle = -3\n", "connections_throttle"),
+        ("big.toml", "[proxy.config.net]\nlisten_backlog = 10000000000\n", "must be <= 2147483647"),
         ("bad.toml", "proxy.config.net = [1\n", "not valid TOML"),
         ("bad.yaml", "proxy.config.net.poll_timeout: [1, 2]\n", "expected a number"),
         ("bad.yaml", "- just\n- a list\n", "mapping"),

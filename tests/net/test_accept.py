@@ -206,6 +206,70 @@ def test_cancel_stops_accepting_closes_the_socket_and_joins_accept_threads(net, 
     assert net_stats.get("proxy.process.net.accepts_currently_open") == 0
 
 
+@pytest.mark.parametrize("mode", list(MODES) + ["periodic"])
+def test_the_accept_continuation_can_cancel_its_accept_from_its_handler(net, mode: str) -> None:
+    # "Take one connection, then stop listening": the cancel runs inside the accept pass. It
+    # used to deadlock the net thread on the listener's fd lock in every mode but the
+    # accept threads'.
+    opts = dict(MODES.get(mode, {}))
+    if mode == "periodic":
+        opts["frequent_accept"] = False
+    holder: dict[str, Any] = {}
+    handled = threading.Event()
+
+    def on_accept(event: int, vc: Any) -> None:
+        vc.do_io_close()
+        while "action" not in holder:  # the accept call may not have returned yet
+            time.sleep(0.001)
+        holder["action"].cancel()
+        holder["thread"] = this_ethread()
+        handled.set()
+
+    cont = Continuation(ProxyMutex(), on_accept)
+    holder["action"] = action = net.accept(cont, AcceptOptions(local_address="127.0.0.1", **opts))
+    port = action.na.port
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        assert handled.wait(5), "the handler did not return from cancel()"
+    ran = threading.Event()
+    holder["thread"].schedule_imm_signal(Continuation(ProxyMutex(), lambda e, d: ran.set()))
+    assert ran.wait(5), "the net thread is stuck"
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+    assert action.na.server_fds == []
+
+
+@pytest.mark.parametrize("accept_threads", [0, 1])
+def test_the_accept_continuation_can_cancel_its_accept_on_event_error(
+    net, accept_threads: int
+) -> None:
+    # EVENT_ERROR comes on the thread that accepts: a net thread (inside the accept pass) or
+    # an accept thread (which cancel() used to try to join: RuntimeError, listener left open).
+    holder: dict[str, Any] = {}
+    errors: list[BaseException] = []
+    handled = threading.Event()
+
+    def on_error(event: int, data: Any) -> None:
+        while "action" not in holder:
+            time.sleep(0.001)
+        try:
+            holder["action"].cancel()
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+        handled.set()
+
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    fd = ls.detach()  # not listening: accept4 fails with EINVAL, a fatal error
+    cont = Continuation(ProxyMutex(), on_error)
+    holder["action"] = action = net.main_accept(
+        cont, fd, AcceptOptions(accept_threads=accept_threads)
+    )
+    assert handled.wait(5), "the handler did not return from cancel()"
+    assert errors == []
+    assert wait_until(lambda: not any(t.name.startswith("[ACCEPT") for t in threading.enumerate()))
+    assert action.na.server_fds == []
+
+
 def test_accept_on_an_already_listening_socket_with_main_accept(net) -> None:
     from tests.net.conftest import Acceptor
 
@@ -239,6 +303,9 @@ def test_a_port_in_use_raises_oserror_naming_bind(net) -> None:
         (dict(port=70000), ValueError, "port"),
         (dict(port="80"), TypeError, "port"),
         (dict(accept_threads=-1), ValueError, "accept_threads"),
+        (dict(accept_threads=5000), ValueError, "accept_threads must be None or an int in"),
+        (dict(backlog=2**31), ValueError, "backlog"),
+        (dict(recv_bufsize=2**31), ValueError, "recv_bufsize"),
         (dict(ip_family=99), ValueError, "ip_family"),
         (dict(throttle_message="text"), TypeError, "throttle_message"),
         (dict(local_address=1), TypeError, "local_address"),

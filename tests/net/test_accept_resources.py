@@ -17,7 +17,7 @@ SERVER = r"""
 import os, resource, signal, sys, threading
 resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
 from ats_cffi.eventsystem import Continuation, ProxyMutex
-from ats_cffi.net import AcceptOptions, net_processor
+from ats_cffi.net import AcceptOptions, net_processor, net_stats
 from tests.net.conftest import Echo
 
 class Acceptor(Continuation):
@@ -26,7 +26,12 @@ class Acceptor(Continuation):
 
 net_processor.start(1)
 action = net_processor.accept(
-    Acceptor(), AcceptOptions(local_address="127.0.0.1", accept_threads=int(sys.argv[1]))
+    Acceptor(),
+    AcceptOptions(
+        local_address="127.0.0.1",
+        accept_threads=int(sys.argv[1]),
+        frequent_accept=sys.argv[2] == "frequent",
+    ),
 )
 filler = []
 stop = threading.Event()
@@ -44,6 +49,10 @@ def free(*_):
         os.close(filler.pop())
     print("FREE", flush=True)
 
+def backoffs(*_):
+    print("BACKOFF", net_stats.get("proxy.process.net.accepts_throttle_backoff"), flush=True)
+
+signal.signal(signal.SIGWINCH, backoffs)
 signal.signal(signal.SIGUSR1, fill)
 signal.signal(signal.SIGUSR2, free)
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -73,13 +82,19 @@ def read_line(proc: subprocess.Popen, prefix: str, timeout: float = 10) -> str:
     raise AssertionError(f"server never printed {prefix!r}")
 
 
-@pytest.mark.parametrize("accept_threads", [0, 1], ids=["per_thread", "accept_thread"])
+@pytest.mark.parametrize(
+    ("accept_threads", "mode"),
+    [(0, "frequent"), (1, "frequent"), (0, "periodic")],
+    ids=["per_thread", "accept_thread", "periodic"],
+)
 def test_out_of_fds_the_server_backs_off_without_spinning_and_serves_again(
-    accept_threads: int,
+    accept_threads: int, mode: str
 ) -> None:
+    # periodic (frequent_accept=False): the accept pass runs on every loop pass; it used to
+    # start one more retry timer chain on each, so the passes multiplied over time.
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(accept_threads)],
+        [sys.executable, "-c", SERVER, str(accept_threads), mode],
         stdout=subprocess.PIPE,
         text=True,
         cwd=root,
@@ -96,12 +111,18 @@ def test_out_of_fds_the_server_backs_off_without_spinning_and_serves_again(
             c = socket.create_connection(("127.0.0.1", port), timeout=5)
             c.sendall(b"%05d" % i)
             clients.append(c)
-        time.sleep(0.2)
+        time.sleep(0.5)
         cpu0 = cpu_seconds(proc.pid)
+        proc.send_signal(signal.SIGWINCH)
+        backoffs0 = int(read_line(proc, "BACKOFF").split()[1])
         time.sleep(1.0)
         used = cpu_seconds(proc.pid) - cpu0
+        proc.send_signal(signal.SIGWINCH)
+        backoffs = int(read_line(proc, "BACKOFF").split()[1]) - backoffs0
         # A loop retrying accept4 on EMFILE without a pause would burn the whole second.
         assert used < 0.3, f"server used {used:.2f} s of CPU in 1 s while out of fds"
+        # One accept attempt per throttle_delay (50 ms): about 20 in the second.
+        assert backoffs <= 40, f"{backoffs} accept attempts in 1 s while out of fds"
         assert proc.poll() is None, "the server died while out of fds"
         proc.send_signal(signal.SIGUSR2)
         read_line(proc, "FREE")
