@@ -77,8 +77,11 @@ def _child(settings: Settings, index: int, wfd: int) -> int:
 
     def report(msg: dict[str, Any]) -> None:
         data = (json.dumps(msg) + "\n").encode()
-        while data:
-            data = data[os.write(wfd, data) :]
+        try:
+            while data:
+                data = data[os.write(wfd, data) :]
+        except BrokenPipeError:
+            pass  # the parent is gone (killed): nobody to tell; the worker stops on its own
 
     try:
         return serve(settings, worker=index, report=report)

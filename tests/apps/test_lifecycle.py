@@ -128,3 +128,21 @@ def test_a_worker_that_dies_stops_the_others(cli) -> None:
     os.kill(w1, signal.SIGKILL)
     assert srv.wait(15) == 1
     assert not alive(w2)
+
+
+def test_workers_whose_parent_is_killed_stop_without_a_traceback(cli) -> None:
+    # Their last report goes to the dead parent's pipe: that used to end each worker with a
+    # BrokenPipeError traceback ("worker N failed").
+    srv = cli("echo", "--listen", "127.0.0.1:0", "--workers", "2", "--drain-timeout", "1")
+    srv.wait_listening()
+    workers = descendants(srv.pid)
+    assert len(workers) == 2
+    os.kill(srv.pid, signal.SIGKILL)
+    srv.wait(10)
+    deadline = time.monotonic() + 15
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(w) for w in workers)
+    err = srv.stderr()
+    assert "the parent process is gone" in err
+    assert "Traceback" not in err and "failed" not in err, err
