@@ -1029,6 +1029,11 @@ class UnixNetVConnection(Continuation):
                 nh.free_netevent(self)
                 return EVENT_DONE
             inactivity = event == VC_EVENT_INACTIVITY_TIMEOUT
+            # The cop saw the deadline pass under the VC's mutex; a continuation holding its
+            # own (another thread) may have re-armed or cancelled it since: check again.
+            due = self.next_inactivity_timeout_at if inactivity else self.next_activity_timeout_at
+            if not due or due >= nh.now:
+                return EVENT_DONE
             if inactivity:
                 self.next_inactivity_timeout_at = 0.0
                 nh.stats[st.INACTIVITY_TIMEOUTS] += 1
