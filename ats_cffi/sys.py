@@ -720,13 +720,14 @@ def read_fill(fd: int, base: Any, offset: int, length: int) -> tuple[int, int]:
     read; after ``n > 0`` bytes it is returned as ``last = -errno`` so the bytes are not lost.
     ``ValueError`` when ``offset``/``length`` fall outside ``base``.
     """
-    check_fd("read", fd)
-    base = _span_base("read", base, offset, length, True)
+    if not isinstance(base, _CData):  # the common case (a cdata made once) pays this test
+        base = _span_base("read", base, True)
+    _check_span("read", base, offset, length)
     s = _scratch
     try:
         n = lib.ats_read_fill(fd, base, offset, length, 0, s.last)
-    except TypeError as exc:  # a cdata array of another type than char
-        raise TypeError(f"read: base must be a char array: {exc}") from None
+    except (TypeError, OverflowError) as exc:  # a bad fd, or a cdata array of another type
+        raise _span_error("read", exc, fd) from None
     last = s.last[0]
     if last < 0 and last != AGAIN and n == 0:
         raise _oserror("read", -last)
@@ -736,20 +737,30 @@ def read_fill(fd: int, base: Any, offset: int, length: int) -> tuple[int, int]:
 # ------------------------------------------------------------------------- writes
 
 
-def _span_base(call: str, base: Any, offset: int, length: int, writable: bool) -> Any:
-    """``base`` as a cdata for C, a bytes-like object wrapped with ``ffi.from_buffer``
-    (``writable``: which must be writable), after checking the span ``offset``/``length``."""
-    if not isinstance(base, ffi.CData):
-        try:
-            base = ffi.from_buffer(base, require_writable=writable)
-        except (TypeError, BufferError) as exc:
-            kind = "a writable" if writable else "a"
-            raise TypeError(
-                f"{call}: base must be a cdata char array (ffi.new/ffi.from_buffer) or {kind} "
-                f"bytes-like object, not {type(base).__name__}: {exc}"
-            ) from None
-    _check_span(call, base, offset, length)
-    return base
+_CData = ffi.CData
+
+
+def _span_base(call: str, base: Any, writable: bool) -> Any:
+    """A bytes-like ``base`` as a cdata for C, wrapped with ``ffi.from_buffer``
+    (``writable``: it must be writable)."""
+    try:
+        return ffi.from_buffer(base, require_writable=writable)
+    except (TypeError, BufferError) as exc:
+        kind = "a writable" if writable else "a"
+        raise TypeError(
+            f"{call}: base must be a cdata char array (ffi.new/ffi.from_buffer) or {kind} "
+            f"bytes-like object, not {type(base).__name__}: {exc}"
+        ) from None
+
+
+def _span_error(call: str, exc: Exception, fd: Any) -> Exception:
+    """The error to raise after cffi rejected a read_fill/write_block call: a bad ``fd``
+    named, else ``base`` not a char array."""
+    try:
+        check_fd(call, fd)
+    except (TypeError, ValueError) as err:
+        return err
+    return TypeError(f"{call}: base must be a char array: {exc}")
 
 
 def _check_span(call: str, base: Any, offset: int, length: int) -> None:
@@ -798,13 +809,14 @@ def write_block(fd: int, base: Any, offset: int, length: int) -> tuple[int, int]
     ``last > 0``: all written; :data:`AGAIN`: the socket is full; ``-errno`` after a partial
     write (an error with nothing written raises ``OSError``).
     """
-    check_fd("write", fd)
-    base = _span_base("write", base, offset, length, False)
+    if not isinstance(base, _CData):
+        base = _span_base("write", base, False)
+    _check_span("write", base, offset, length)
     s = _scratch
     try:
         n = lib.ats_write_all(fd, base, offset, length, s.last)
-    except TypeError as exc:  # a cdata array of another type than char
-        raise TypeError(f"write: base must be a char array: {exc}") from None
+    except (TypeError, OverflowError) as exc:  # a bad fd, or a cdata array of another type
+        raise _span_error("write", exc, fd) from None
     last = s.last[0]
     if last < 0 and last != AGAIN and n == 0:
         raise _oserror("write", -last)
