@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from ats_cffi.eventsystem.codes import EVENT_IMMEDIATE, EVENT_INTERVAL
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
-from ats_cffi.eventsystem.event import Event
+from ats_cffi.eventsystem.event import Event, check_number
 from ats_cffi.sys import Epoll, EventFD
 
 log = logging.getLogger("ats.iocore_thread")
@@ -87,13 +87,6 @@ class DefaultTailHandler:
         self.epoll.close()
 
 
-def _check_time(call: str, name: str, value: Any) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{call}: {name} must be a number, not {type(value).__name__}")
-    if value != value:  # NaN
-        raise ValueError(f"{call}: {name} must not be NaN")
-
-
 class EThread:
     """An event thread: regular (runs the loop) or dedicated (runs one event, e.g. an
     accept loop). Scheduling methods may be called from any thread."""
@@ -118,13 +111,16 @@ class EThread:
         self.retry_delay = DELAY_FOR_RETRY
         self.evfd: EventFD | None = None
         self.tail_cb: TailHandler | None = None
-        self._ext: list[Event] = []
+        self._ext: list[tuple[int, Event]] = []
         self._ext_lock = threading.Lock()
         self._ready: deque[tuple[int, Event]] = deque()
         self._heap: list[tuple[float, int, Event]] = []
         self._every_pass: list[tuple[int, Event]] = []
         self._seq = itertools.count(1)
         self._stop = False
+        #: The thread ended (or was joined without running): nothing can be queued on it.
+        self._released = False
+        self._dropped = False
         self._os_thread: threading.Thread | None = None
         self._started = threading.Event()
         self._start_error: BaseException | None = None
@@ -165,7 +161,7 @@ class EThread:
     ) -> Event:
         """Run ``cont`` ``delay`` seconds from now. ``ValueError`` for a negative delay."""
         check_continuation("schedule_in", cont)
-        _check_time("schedule_in", "delay", delay)
+        delay = check_number("schedule_in", "delay", delay)
         if delay < 0:
             raise ValueError(f"schedule_in: delay must be >= 0, got {delay}")
         e = Event(cont, callback_event, cookie, timeout_at=self.clock() + delay)
@@ -181,7 +177,7 @@ class EThread:
     ) -> Event:
         """Run ``cont`` when the thread's clock reaches ``atime``."""
         check_continuation("schedule_at", cont)
-        _check_time("schedule_at", "atime", atime)
+        atime = check_number("schedule_at", "atime", atime)
         if atime < 0:
             raise ValueError(f"schedule_at: atime must be >= 0, got {atime}")
         e = Event(cont, callback_event, cookie, timeout_at=max(atime, 1e-9))
@@ -197,7 +193,7 @@ class EThread:
     ) -> Event:
         """Run ``cont`` every ``period`` seconds; a negative period means every loop pass."""
         check_continuation("schedule_every", cont)
-        _check_time("schedule_every", "period", period)
+        period = check_number("schedule_every", "period", period)
         if period == 0:
             raise ValueError("schedule_every: period must not be 0")
         at = self.clock() + period if period > 0 else 0.0
@@ -215,7 +211,16 @@ class EThread:
             self._enqueue_local(e)
             return
         with self._ext_lock:
-            self._ext.append(e)
+            if self._released:
+                # The loop is gone: the event could never run. Dropped, not queued (it used
+                # to pile up); not an error, as a thread may stop while others schedule.
+                if not self._dropped:
+                    self._dropped = True
+                    log.warning("%s has stopped: events scheduled onto it are dropped", self.name)
+                return
+            # With its seq: a later re-schedule (or a second one of the same event) makes
+            # this entry stale, so the event runs once, at its latest time.
+            self._ext.append((e.seq, e))
             if signal or len(self._ext) == 1:
                 self._write_signal_locked()
 
@@ -274,8 +279,9 @@ class EThread:
             with self._ext_lock:
                 batch, self._ext = self._ext, []
             enqueue = self._enqueue_local
-            for e in batch:
-                enqueue(e)
+            for seq, e in batch:
+                if e.seq == seq:
+                    enqueue(e)
         ready = self._ready
         heap = self._heap
         if heap:
@@ -377,6 +383,9 @@ class EThread:
                     # here is a bug in the loop or its poll step. Log it and keep the thread
                     # (and every connection on it) alive.
                     log.exception("%s: error in the event loop pass", self.name)
+                except BaseException as exc:  # SystemExit/KeyboardInterrupt from a handler
+                    log.critical("%s: the event loop ends: %r", self.name, exc)
+                    raise
         finally:
             self._release()
 
@@ -401,6 +410,8 @@ class EThread:
             tail.close()
         with self._ext_lock:
             evfd, self.evfd = self.evfd, None
+            self._released = True  # schedule() refuses from now on
+            self._ext.clear()
         if evfd is not None:
             evfd.close()
         self.slots = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from ats_cffi.eventsystem.codes import EVENT_NONE
@@ -11,13 +12,34 @@ from ats_cffi.eventsystem.mutex import ProxyMutex
 if TYPE_CHECKING:
     from ats_cffi.eventsystem.ethread import EThread
 
+_REGULAR = "REGULAR"  # EThread.tt of a thread that runs the loop (ethread.REGULAR)
+
+
+def check_number(call: str, name: str, value: Any) -> float:
+    """``value`` (a time or period) as a float: ``TypeError`` unless it is a number (not a
+    bool), ``ValueError`` if it is NaN (it would break the timer heap's ordering). An int
+    too large for a float is +-inf: a deadline that never comes."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{call}: {name} must be a number, not {type(value).__name__}")
+    try:
+        f = float(value)
+    except OverflowError:
+        f = math.inf if value > 0 else -math.inf
+    if f != f:
+        raise ValueError(f"{call}: {name} must not be NaN")
+    return f
+
 
 class Action:
     """What ``connect_re``, ``main_accept`` and the schedulers return.
 
-    ``cancel()`` guarantees no callback into ``continuation`` once it returns: it takes
-    the continuation's mutex (re-entrant), which every delivery holds, and marks the
-    action cancelled. Callable from any thread; a second call does nothing.
+    ``cancel()`` marks the action cancelled under the continuation's mutex (re-entrant),
+    which every delivery holds: once it returns, no callback into ``continuation`` starts.
+    Called with that mutex held (as ATS requires) or from a plain thread, it also means
+    none is running. On an event thread whose continuation's mutex another thread holds,
+    it does not wait (two event threads cancelling each other's events would deadlock): a
+    delivery already running there finishes. Callable from any thread; a second call does
+    nothing.
     """
 
     __slots__ = ("continuation", "mutex", "cancelled", "__weakref__")
@@ -32,9 +54,22 @@ class Action:
         if m is None:
             self.cancelled = True
             return
-        with m:
+        if not m.try_lock():
+            from ats_cffi.eventsystem.ethread import this_ethread
+
+            thread = this_ethread()
+            if thread is not None and thread.tt == _REGULAR:
+                # An event thread never waits for another thread's lock (class doc). The
+                # hook runs from an event, which the thread delivers with the mutex held.
+                self.cancelled = True
+                thread.schedule_imm(Continuation(m, lambda event, e: self._cancelled_locked()))
+                return
+            m.lock()
+        try:
             self.cancelled = True
             self._cancelled_locked()
+        finally:
+            m.unlock()
 
     def _cancelled_locked(self) -> None:
         """Hook for subclasses: runs under the mutex right after the action is cancelled."""
@@ -74,17 +109,17 @@ class Event(Action):
 
     def schedule_in(self, delay: float, callback_event: int | None = None) -> None:
         """Re-schedule this event ``delay`` seconds from now."""
-        self._check_delay("schedule_in", delay)
+        delay = self._check_delay("schedule_in", delay)
         t = self._thread("schedule_in")
         self._reschedule(t.clock() + delay, 0.0, callback_event)
 
     def schedule_at(self, atime: float, callback_event: int | None = None) -> None:
-        self._check_delay("schedule_at", atime, "atime")
+        atime = self._check_delay("schedule_at", atime, "atime")
         self._reschedule(atime, 0.0, callback_event)
 
     def schedule_every(self, period: float, callback_event: int | None = None) -> None:
         """Make this event periodic (``period`` < 0: every loop pass)."""
-        self._check_number("schedule_every", period)
+        period = check_number("schedule_every", "period", period)
         if period == 0:
             raise ValueError("schedule_every: period must not be 0")
         t = self._thread("schedule_every")
@@ -97,18 +132,11 @@ class Event(Action):
         return self.ethread
 
     @staticmethod
-    def _check_number(call: str, value: float, name: str = "period") -> None:
-        # As EThread's checks: a NaN deadline would break the timer heap's ordering.
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise TypeError(f"{call}: {name} must be a number, not {type(value).__name__}")
-        if value != value:
-            raise ValueError(f"{call}: {name} must not be NaN")
-
-    @staticmethod
-    def _check_delay(call: str, delay: float, name: str = "delay") -> None:
-        Event._check_number(call, delay, name)
-        if delay < 0:
+    def _check_delay(call: str, delay: Any, name: str = "delay") -> float:
+        d = check_number(call, name, delay)
+        if d < 0:
             raise ValueError(f"{call}: {name} must be >= 0, got {delay}")
+        return d
 
     def _reschedule(self, at: float, period: float, callback_event: int | None) -> None:
         t = self._thread("schedule")

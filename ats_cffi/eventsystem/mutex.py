@@ -8,6 +8,7 @@ import threading
 from types import TracebackType
 
 _get_ident = threading.get_ident
+_TIMEOUT_MAX = threading.TIMEOUT_MAX
 # The C RLock itself (``threading.RLock`` is a Python function returning one; a mutex is
 # made per connection, twice): it tracks its owner and depth itself.
 _RLock = _thread.RLock
@@ -43,7 +44,18 @@ class ProxyMutex:
         return self._lock.acquire(False)
 
     def lock(self, timeout: float = -1) -> bool:
-        """Take the lock, waiting up to ``timeout`` seconds (-1: forever)."""
+        """Take the lock, waiting up to ``timeout`` seconds (-1, or more than the OS can
+        wait, inf included: forever); True once taken. ``TypeError``/``ValueError`` for a
+        timeout that is not a number, NaN, or negative but -1."""
+        if timeout != -1:
+            if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+                raise TypeError(
+                    f"ProxyMutex.lock: timeout must be a number, not {type(timeout).__name__}"
+                )
+            if not timeout >= 0:
+                raise ValueError(f"ProxyMutex.lock: timeout must be >= 0 or -1, got {timeout}")
+            if timeout >= _TIMEOUT_MAX:
+                timeout = -1
         return self._lock.acquire(True, timeout)
 
     def unlock(self) -> None:

@@ -816,3 +816,102 @@ def test_every_pass_events_run_often_on_an_idle_thread() -> None:
         ev.cancel()
     finally:
         ep.shutdown()
+
+
+# ----------------------------------------------------------------- found by review
+
+
+@pytest.mark.parametrize("how", ["thread.schedule_at", "thread.schedule_in", "event.schedule_in"])
+def test_a_deadline_too_large_for_a_float_is_never_and_the_loop_does_not_spin(
+    one, caplog, how: str
+) -> None:
+    # 10**400 was stored as an int; every pass then failed converting it (OverflowError
+    # logged ~100,000 times a second, a core busy) before its poll step.
+    rec = Recorder()
+    if how == "thread.schedule_at":
+        e = one.schedule_at(rec, 10**400)
+    elif how == "thread.schedule_in":
+        e = one.schedule_in(rec, 10**400)
+    else:
+        e = one.schedule_in(rec, 5.0)
+        e.schedule_in(10**400)
+    assert e.timeout_at == math.inf
+    soon = Recorder()
+    one.schedule_in(soon, 0.05)
+    with caplog.at_level(logging.ERROR):
+        assert soon.wait_count(1)
+        time.sleep(0.1)
+    assert "error in the event loop pass" not in caplog.text
+    assert rec.count == 0
+    e.cancel()
+
+
+@pytest.mark.parametrize("how", ["reschedule", "cancel-reschedule", "schedule_imm-twice"])
+def test_an_event_rescheduled_from_another_thread_runs_once(one, how: str) -> None:
+    # The cross-thread queue held the bare event: each (re)schedule put one more copy there,
+    # and each copy ran.
+    rec = Recorder()
+    e = one.schedule_in(rec, 0.5)
+    if how == "reschedule":
+        e.schedule_in(0.05)
+    elif how == "cancel-reschedule":
+        e.cancel()
+        e.schedule_in(0.05)
+    else:
+        e.schedule_imm()
+        e.schedule_imm()
+    assert rec.wait_count(1)
+    time.sleep(0.7)  # past the first deadline too
+    assert rec.count == 1
+
+
+def test_cancel_on_an_event_thread_does_not_wait_for_a_mutex_held_elsewhere(one) -> None:
+    # cancel() took the event's mutex with a blocking lock: a handler cancelling an event
+    # whose mutex another thread held stalled its event thread (and two event threads
+    # cancelling each other's events deadlocked).
+    m = ProxyMutex()
+    target = Recorder()
+    target.mutex = m
+    victim = one.schedule_in(target, 0.3)
+    holder = HeldElsewhere(m)
+    took: list[float] = []
+
+    def cancel_it(event: int, e: Event) -> None:
+        t0 = time.monotonic()
+        victim.cancel()
+        took.append(time.monotonic() - t0)
+
+    try:
+        one.schedule_imm(Continuation(handler=cancel_it))
+        assert wait_until(lambda: took)
+        assert took[0] < 0.2
+        assert victim.cancelled
+    finally:
+        holder.release()
+    time.sleep(0.5)
+    assert target.count == 0  # cancelled: never delivered, before or after the release
+
+
+def test_events_scheduled_onto_a_stopped_thread_are_dropped_not_queued(one) -> None:
+    one.stop()
+    assert one.join(WAIT)
+    for _ in range(100):
+        one.schedule_imm(Continuation(handler=noop))
+    assert one._ext == []
+
+
+@pytest.mark.parametrize(
+    ("timeout", "exc"),
+    [(True, TypeError), ("1", TypeError), (None, TypeError), (float("nan"), ValueError),
+     (-2, ValueError)],
+)  # fmt: skip
+def test_mutex_lock_rejects_a_bad_timeout(timeout: Any, exc: type) -> None:
+    with pytest.raises(exc, match="ProxyMutex.lock: timeout"):
+        ProxyMutex().lock(timeout)
+
+
+@pytest.mark.parametrize("timeout", [math.inf, 1e300, 10**400], ids=["inf", "1e300", "10**400"])
+def test_mutex_lock_with_a_timeout_beyond_what_the_os_waits_means_forever(timeout: Any) -> None:
+    m = ProxyMutex()
+    assert m.lock(timeout)
+    m.unlock()
