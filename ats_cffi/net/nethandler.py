@@ -3,6 +3,9 @@ InactivityCop that closes idle connections.
 
 One pass (``wait_for_activity``, installed as the EThread's poll step):
 
+0. the VCs and spliced ends whose continuation's mutex was busy (another thread held it)
+   go back on the ready lists once ``net.retry_delay`` has passed (``retry_later``);
+   until then the wait is bounded by that time, and nothing spins on the lock;
 1. ``process_enabled_list``: VCs re-enabled (or closed) from other threads move to the ready
    lists if ``enabled and triggered``, or are freed if ``closed``;
 2. ``epoll_wait`` (``ats_net_wait``, after the deferred registrations are issued): timeout 0
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import threading
 from typing import TYPE_CHECKING, Any
@@ -101,6 +105,11 @@ class NetHandler(Continuation):
         self._enable_lock = threading.Lock()
         #: Spliced ends to pump (or whose status to take) on the next pass (net/splice.py).
         self.splice_ready: list[SpliceEnd] = []
+        #: VC sides and spliced ends whose continuation's mutex another thread held: their
+        #: turn comes again ``retry_delay`` ms later (``retry_later``), not on the next pass.
+        self.retry_states: list[tuple[UnixNetVConnection, NetState]] = []
+        self.retry_ends: list[SpliceEnd] = []
+        self.retry_due = 0.0
         self.open_list: set[UnixNetVConnection] = set()
         self.cop_list: set[UnixNetVConnection] = set()
         self.now = self.clock()
@@ -161,6 +170,35 @@ class NetHandler(Continuation):
                 else:
                     self.write_enable_list.append(vc)
         self.thread.signal()
+
+    def retry_later(self, vc: UnixNetVConnection, s: NetState) -> None:
+        """``vc``'s side ``s`` could not take its VIO's mutex (another thread holds it): give
+        it its turn again after ``net.retry_delay`` (DESIGN.md section 4). Queued on the
+        ready list instead, it would make every pass a non-blocking one while the mutex is
+        held: a net thread spinning on a lock. Until then it counts as queued (``in_ready``),
+        so new edges and re-enables do not queue it again."""
+        s.in_ready = True
+        if not self.retry_states and not self.retry_ends:
+            self.retry_due = self.clock() + self.config.retry_delay / 1000.0
+        self.retry_states.append((vc, s))
+
+    def splice_retry_later(self, end: SpliceEnd) -> None:
+        """As ``retry_later``, for a spliced end whose owner's mutex is busy."""
+        end.in_ready = True
+        if not self.retry_states and not self.retry_ends:
+            self.retry_due = self.clock() + self.config.retry_delay / 1000.0
+        self.retry_ends.append(end)
+
+    def process_retries(self) -> None:
+        """The retries are due: back on the ready lists (once per pass, ``wait_for_activity``)."""
+        states, self.retry_states = self.retry_states, []
+        ends, self.retry_ends = self.retry_ends, []
+        for vc, s in states:
+            s.in_ready = False
+            self.enqueue_ready(vc, s)  # its turn checks what it still has to do
+        for end in ends:
+            end.in_ready = False
+            self.splice_kick(end)
 
     def process_enabled_list(self) -> None:
         if not self.read_enable_list and not self.write_enable_list:
@@ -275,6 +313,12 @@ class NetHandler(Continuation):
     def wait_for_activity(self, timeout_ms: int) -> None:
         """One pass of the net loop (see the module doc); the EThread's poll step."""
         self.stats[st.NET_HANDLER_RUN] += 1
+        if self.retry_states or self.retry_ends:
+            wait_ms = (self.retry_due - self.clock()) * 1000.0
+            if wait_ms <= 0:
+                self.process_retries()
+            elif timeout_ms > wait_ms:
+                timeout_ms = math.ceil(wait_ms)
         self.process_enabled_list()
         if self.read_ready_list or self.write_ready_list or self.splice_ready:
             timeout_ms = 0

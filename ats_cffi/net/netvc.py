@@ -632,7 +632,7 @@ class UnixNetVConnection(Continuation):
             return
         m = vio.mutex
         if not m.try_lock():
-            self._reschedule(s, nh)
+            nh.retry_later(self, s)
             return
         try:
             if s.pending_error:
@@ -766,7 +766,7 @@ class UnixNetVConnection(Continuation):
             return
         m = vio.mutex
         if not m.try_lock():
-            self._reschedule(s, nh)
+            nh.retry_later(self, s)
             return
         try:
             ntodo = vio.nbytes - vio.ndone
@@ -951,9 +951,9 @@ class UnixNetVConnection(Continuation):
         assert action is not None
         cont = action.continuation
         m = action.mutex
-        if not m.try_lock():  # retry on the next pass
+        if not m.try_lock():  # another thread holds it: retry after net.retry_delay
             self.connecting = True
-            nh.enqueue_ready(self, self.write)
+            nh.retry_later(self, self.write)
             return
         try:
             if action.cancelled:

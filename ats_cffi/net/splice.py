@@ -218,12 +218,12 @@ class Splice(Continuation):
         return [(e[0], e[0])] if len(e) == 1 else [(e[0], e[1]), (e[1], e[0])]
 
     def deliver(self, event: int, end: SpliceEnd) -> None:
-        """Tell ``cont`` (try-lock; on failure, again on the next pass)."""
+        """Tell ``cont`` (try-lock; on failure, again after ``net.retry_delay``)."""
         m = self.mutex
         assert m is not None
         if not m.try_lock():
             self.pending_event = event
-            self.nh.splice_kick(end)
+            self.nh.splice_retry_later(end)
             return
         self.pending_event = 0
         try:

@@ -29,7 +29,15 @@ from ats_cffi.net import (
     net_stats,
 )
 from ats_cffi.net.codes import EVENTIO_DNS_CONNECTION, EVENTIO_READ
-from tests.net.conftest import Acceptor, Echo, client, payload_of, recv_exactly, wait_until
+from tests.net.conftest import (
+    OPEN,
+    Acceptor,
+    Echo,
+    client,
+    payload_of,
+    recv_exactly,
+    wait_until,
+)
 
 
 class Sink(Continuation):
@@ -342,3 +350,52 @@ def test_data_and_fin_behind_one_edge_give_the_data_then_eos(one_net_thread) -> 
     action.cancel()
     assert bytes(got) == b"last words"
     assert events[-1] == VC_EVENT_EOS
+
+
+@pytest.mark.parametrize("spliced", [False, True], ids=["vio", "splice"])
+def test_a_mutex_held_elsewhere_is_retried_after_the_retry_delay_not_spun_on(
+    one_net_thread, spliced: bool
+) -> None:
+    # Another thread holds the continuation's mutex while bytes (or the splice's EOS) wait
+    # for it: the net thread must retry every net.retry_delay (10 ms), not queue the VC for
+    # the very next pass, which made every pass non-blocking (a core spinning on the lock).
+    from ats_cffi.net.splice import Splice
+
+    conts: list[Any] = []
+    events: list[int] = []
+
+    def on_vc(vc: Any) -> None:
+        if spliced:
+            owner = Continuation(ProxyMutex(), lambda e, d: events.append(e))
+            with owner.mutex:
+                Splice(owner, vc)
+            conts.append(owner)
+        else:
+            conts.append(Sink(vc))
+
+    acceptor = Acceptor(on_vc)
+    action = one_net_thread.accept(acceptor, AcceptOptions(local_address="127.0.0.1"))
+    with client(action.na.port) as c:
+        acceptor.wait()
+        owner = conts[0]
+        runs = net_stats.get("proxy.process.net.net_handler_run")
+        with owner.mutex:  # this thread holds it while the peer sends and half-closes
+            c.sendall(b"hello")
+            if spliced:
+                assert recv_exactly(c, 5) == b"hello"  # the bytes move natively
+                c.shutdown(socket.SHUT_WR)  # the EOS needs the owner's mutex
+            time.sleep(0.5)
+            passes = net_stats.get("proxy.process.net.net_handler_run") - runs
+        # ~50 retries and the idle polls; a spin made hundreds of thousands of passes.
+        assert passes < 1000, f"{passes} NetHandler passes in 0.5 s while the mutex was held"
+        if spliced:
+            assert wait_until(lambda: events == [VC_EVENT_EOS])
+            with owner.mutex:
+                owner.splice = None
+                acceptor.vcs[0].do_io_close()
+        else:
+            assert wait_until(lambda: bytes(owner.data) == b"hello")
+            with owner.mutex:
+                owner.vc.do_io_close()
+    action.cancel()
+    assert wait_until(lambda: net_stats.get(OPEN) == 0)
