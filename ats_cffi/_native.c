@@ -355,6 +355,11 @@ static uint32_t ats_pipe_pump(struct ats_pipe *p, uint64_t *ctr)
         return 0;
     for (;;) {
         int progress = 0;
+        /* Python stops a pipe (a close, possibly from another thread) by setting done:
+         * look again before each syscall, so that at most the one in progress moves
+         * bytes after the close returned. */
+        if (*(volatile int *)&p->done)
+            return st;
         if (p->tail > p->head && p->dst_ready) {
             size_t want = p->tail - p->head;
             ssize_t r = send(p->dst_fd, p->buf + p->head, want, MSG_NOSIGNAL);

@@ -33,8 +33,13 @@ Events to ``cont`` (with its mutex held, ``data`` the Splice):
 - ``VC_EVENT_INACTIVITY_TIMEOUT`` / ``VC_EVENT_ACTIVE_TIMEOUT``: from the cop, for either VC.
 
 The usual answer to each is ``splice.close()``, which closes both VCs. Closing one of the
-VCs directly (``do_io_close``) stops the splice too. Once spliced, a VC's VIOs must not be
-used; bytes already read into a VIO's buffer before the splice are not carried over.
+VCs directly (``do_io_close``) stops the splice too. From the net thread (the events above,
+or any handler of it), a close stops the pumps at once. From another thread, the pump does
+not take the owner's mutex: it sees the close before its next read or write, but one
+already in progress on the net thread completes (at most a buffer's worth, or what the
+socket takes). Once spliced, a VC's VIOs must not be used; bytes already read into a VIO's
+buffer before the splice stay in that buffer, the caller's to send on (they are not carried
+over).
 """
 
 from __future__ import annotations
