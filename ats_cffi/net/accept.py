@@ -598,6 +598,8 @@ class NetAccept(Continuation):
             if not t.join(10.0):
                 log.error("accept thread %s did not stop", t.name)
         self._accept_threads.clear()
+        for inbox in list(self._inboxes.values()):
+            inbox.drop()
         periodic, self._periodic = self._periodic, None
         if periodic is not None:
             periodic.cancel()
@@ -638,6 +640,20 @@ class _AcceptInbox(Continuation):
                 return
             self.scheduled = True
         self.thread.schedule_imm_signal(self)
+
+    def drop(self) -> None:
+        """The listener closed (the accept is cancelled): close the VCs not yet started
+        here, as ``start_vcs`` would. Left queued, they would leak if the net thread
+        stopped before running the event (net_processor.shutdown right after a connect)."""
+        with self.lock:
+            vcs, self.vcs = self.vcs, []
+        stats = self.na.stats
+        for vc in vcs:
+            if vc.counted_open:
+                vc.counted_open = False
+                stats[st.CONNECTIONS_CURRENTLY_OPEN] -= 1
+            vc.closed = 1
+            vc.free()
 
     def start(self, event: int, e: Any) -> None:
         from ats_cffi.net.nethandler import get_net_handler

@@ -382,3 +382,26 @@ def test_bytes_sent_before_the_vc_is_registered_are_read(net, listen, mode) -> N
         with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
             c.sendall(b"hello %d" % i)
             assert recv_exactly(c, 7) == b"hello %d" % i
+
+
+def test_shutdown_right_after_connects_leaves_no_accepted_fd_open() -> None:
+    # The accept thread hands each batch to its net thread through an event; a shutdown
+    # that stopped the net thread before it ran that event left the batch's fds open.
+    # (The suite's guard counts the fds after the test.)
+    from ats_cffi.net import net_processor
+
+    for _ in range(30):
+        net_processor.start(1)
+        try:
+            cont = Continuation(ProxyMutex(), lambda event, vc: None)
+            action = net_processor.accept(
+                cont, AcceptOptions(local_address="127.0.0.1", accept_threads=1)
+            )
+            clients = [
+                socket.create_connection(("127.0.0.1", action.na.port), timeout=5)
+                for _ in range(20)
+            ]
+        finally:
+            net_processor.shutdown()
+        for c in clients:
+            c.close()
