@@ -62,7 +62,8 @@ class Action:
                 # An event thread never waits for another thread's lock (class doc). The
                 # hook runs from an event, which the thread delivers with the mutex held.
                 self.cancelled = True
-                thread.schedule_imm(Continuation(m, lambda event, e: self._cancelled_locked()))
+                if type(self)._cancelled_locked is not Action._cancelled_locked:
+                    thread.schedule_imm(Continuation(m, lambda event, e: self._cancelled_locked()))
                 return
             m.lock()
         try:

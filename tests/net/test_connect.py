@@ -328,3 +328,42 @@ def test_a_connect_failure_waits_for_a_busy_mutex_without_blocking_the_net_threa
         assert rec.got.wait(2)
         assert rec.events == [(NET_EVENT_OPEN_FAILED, -errno.ECONNREFUSED)]
     assert wait_until(lambda: net_stats.get(OPEN) == 0, 2)
+
+
+def test_cancel_from_an_event_thread_while_the_mutex_is_busy_closes_the_connect_later(
+    net, stalled_port
+) -> None:
+    # On an event thread, cancel() does not wait for a mutex another thread holds: it marks
+    # the connect cancelled at once and closes the socket once the mutex is free.
+    rec = Recorder()
+    action = net.connect_re(rec, ("127.0.0.1", stalled_port), NetVCOptions(connect_timeout=5))
+    assert wait_until(lambda: action.vc.connecting or rec.events, 2)
+    if rec.events:
+        pytest.skip("the kernel completed the connect despite the full backlog")
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with rec.mutex:
+            taken.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert taken.wait(5)
+    took: list[float] = []
+
+    def cancel_it(event: int, e: Any) -> None:
+        t0 = time.monotonic()
+        action.cancel()
+        took.append(time.monotonic() - t0)
+
+    net.netthreads[0].schedule_imm(Continuation(ProxyMutex(), cancel_it))
+    try:
+        assert wait_until(lambda: took, 2)
+        assert took[0] < 0.2 and action.cancelled
+        assert net_stats.get(OPEN) == 1  # closed only once the mutex is free
+    finally:
+        release.set()
+        holder.join(5)
+    assert wait_until(lambda: net_stats.get(OPEN) == 0, 2)
+    assert rec.events == []
