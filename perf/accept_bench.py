@@ -1,6 +1,6 @@
 """Accept macro benchmark: ats_cffi accept modes vs asyncio vs uvloop, connect+close load.
 
-    python perf/accept_bench.py [--duration 5] [--rounds 3] [--quick] [-o results.json]
+    python perf/accept_bench.py [--duration 5] [--rounds 5] [--quick] [-o results.json]
     python perf/accept_bench.py serve {ats,asyncio,uvloop} [--net-threads N]
         [--accept-threads N] [--reuseport]            # one server alone
 
