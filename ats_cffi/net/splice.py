@@ -39,7 +39,9 @@ not take the owner's mutex: it sees the close before its next read or write, but
 already in progress on the net thread completes (at most a buffer's worth, or what the
 socket takes). Once spliced, a VC's VIOs must not be used; bytes already read into a VIO's
 buffer before the splice stay in that buffer, the caller's to send on (they are not carried
-over).
+over). A VC shut down before the splice (``do_io_shutdown``) stays so: a pipe writing to a
+shut write side fails at its first write (``VC_EVENT_ERROR``, EPIPE), and a shut read side
+reads EOF at once (its direction ends, passing the half-close on).
 """
 
 from __future__ import annotations
