@@ -176,7 +176,9 @@ class NetHandler(Continuation):
         it its turn again after ``net.retry_delay`` (DESIGN.md section 4). Queued on the
         ready list instead, it would make every pass a non-blocking one while the mutex is
         held: a net thread spinning on a lock. Until then it counts as queued (``in_ready``),
-        so new edges and re-enables do not queue it again."""
+        so new edges and re-enables do not queue it again. A thread that re-takes the mutex
+        back to back, with no gap, starves the VC for as long as it does so (each retry finds
+        the mutex busy): hold a continuation's mutex briefly, as in ATS."""
         s.in_ready = True
         if not self.retry_states and not self.retry_ends:
             self.retry_due = self.clock() + self.config.retry_delay / 1000.0
