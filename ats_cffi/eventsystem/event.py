@@ -12,8 +12,6 @@ from ats_cffi.eventsystem.mutex import ProxyMutex
 if TYPE_CHECKING:
     from ats_cffi.eventsystem.ethread import EThread
 
-_REGULAR = "REGULAR"  # EThread.tt of a thread that runs the loop (ethread.REGULAR)
-
 
 def check_number(call: str, name: str, value: Any) -> float:
     """``value`` (a time or period) as a float: ``TypeError`` unless it is a number (not a
@@ -55,10 +53,10 @@ class Action:
             self.cancelled = True
             return
         if not m.try_lock():
-            from ats_cffi.eventsystem.ethread import this_ethread
+            from ats_cffi.eventsystem.ethread import REGULAR, this_ethread
 
             thread = this_ethread()
-            if thread is not None and thread.tt == _REGULAR:
+            if thread is not None and thread.tt == REGULAR:
                 # An event thread never waits for another thread's lock (class doc). The
                 # hook runs from an event, which the thread delivers with the mutex held.
                 self.cancelled = True

@@ -180,16 +180,19 @@ class NetHandler(Continuation):
         back to back, with no gap, starves the VC for as long as it does so (each retry finds
         the mutex busy): hold a continuation's mutex briefly, as in ATS."""
         s.in_ready = True
-        if not self.retry_states and not self.retry_ends:
-            self.retry_due = self.clock() + self.config.retry_delay / 1000.0
+        self._start_retry_delay()
         self.retry_states.append((vc, s))
 
     def splice_retry_later(self, end: SpliceEnd) -> None:
         """As ``retry_later``, for a spliced end whose owner's mutex is busy."""
         end.in_ready = True
+        self._start_retry_delay()
+        self.retry_ends.append(end)
+
+    def _start_retry_delay(self) -> None:
+        """The first retry of a batch sets when they all come due."""
         if not self.retry_states and not self.retry_ends:
             self.retry_due = self.clock() + self.config.retry_delay / 1000.0
-        self.retry_ends.append(end)
 
     def process_retries(self) -> None:
         """The retries are due: back on the ready lists (once per pass, ``wait_for_activity``)."""

@@ -60,7 +60,12 @@ from ats_cffi.net.codes import (
     NET_EVENT_OPEN,
     NET_EVENT_OPEN_FAILED,
 )
-from ats_cffi.net.config import SOCK_OPT_KEEP_ALIVE, SOCK_OPT_LINGER_ON, SOCK_OPT_NO_DELAY
+from ats_cffi.net.config import (
+    INT_RECORD_MAX,
+    SOCK_OPT_KEEP_ALIVE,
+    SOCK_OPT_LINGER_ON,
+    SOCK_OPT_NO_DELAY,
+)
 from ats_cffi.net.eventio import READ_WRITE, EventIO
 
 if TYPE_CHECKING:
@@ -101,9 +106,6 @@ def _high_water(w: Any) -> bool:
 
 NET_VC_SHUTDOWN_READ = 1
 NET_VC_SHUTDOWN_WRITE = 2
-
-#: The largest value of a C ``int`` socket option.
-_INT_MAX = 2**31 - 1
 
 # Events that close a VC whose VIO has no continuation to tell.
 _CLOSING_EVENTS = frozenset(
@@ -149,8 +151,10 @@ class NetVCOptions:
             v = getattr(self, name)
             if type(v) is not int:
                 raise TypeError(f"{call}: NetVCOptions.{name} must be an int")
-            if not 0 <= v <= _INT_MAX:  # a C int for setsockopt
-                raise ValueError(f"{call}: NetVCOptions.{name} must be in 0..{_INT_MAX}, got {v}")
+            if not 0 <= v <= INT_RECORD_MAX:  # a C int for setsockopt
+                raise ValueError(
+                    f"{call}: NetVCOptions.{name} must be in 0..{INT_RECORD_MAX}, got {v}"
+                )
         ct = self.connect_timeout
         if ct is not None and (isinstance(ct, bool) or not isinstance(ct, (int, float)) or ct < 0):
             raise ValueError(f"{call}: NetVCOptions.connect_timeout must be a number >= 0")
