@@ -47,6 +47,7 @@ from ats_cffi.eventsystem.codes import (
     VC_EVENT_WRITE_READY,
 )
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
+from ats_cffi.eventsystem.ethread import REGULAR, this_ethread
 from ats_cffi.eventsystem.event import Action
 from ats_cffi.eventsystem.iobuffer import IOBufferReader, MIOBuffer
 from ats_cffi.eventsystem.mutex import ProxyMutex
@@ -431,21 +432,29 @@ class UnixNetVConnection(Continuation):
     def do_io_close(self, alerrno: int = -1) -> None:
         """Close: no event is delivered after this call. The fd is closed at once when no
         handler of this VC is on the stack, else when the outermost one returns; from
-        another thread, on the VC's thread's next pass."""
+        another thread, on the VC's thread's next pass.
+
+        From another thread, the call takes the VIOs' mutexes first (re-entrant: the caller
+        may hold them), so that no delivery is under way either. Except on an event thread:
+        it never waits for a mutex another thread holds (two net threads closing each
+        other's VCs from their handlers would deadlock), so a delivery under way there
+        finishes; no other starts (``_signal_and_update`` sees the VC closed)."""
         if self.closed:
             return
         nh = self.nh
         if nh is not None and nh.thread.tid != _get_ident():
-            # From another thread: hold the VIOs' mutexes (re-entrant if the caller has them),
-            # which the net thread holds while it delivers an event, so that no event is
-            # delivered after this call returns and no VIO changes under the net thread.
-            held = []
+            held: list[ProxyMutex] = []
             try:
                 for s in (self.read, self.write):
                     m = s.vio.mutex
-                    if m is not None and m not in held:
+                    if m is None or m in held:
+                        continue
+                    if not m.try_lock():
+                        thread = this_ethread()
+                        if thread is not None and thread.tt == REGULAR:
+                            continue  # do not wait (doc): close without it
                         m.lock()
-                        held.append(m)
+                    held.append(m)
                 self._close_locked(alerrno, nh, False)
             finally:
                 for m in reversed(held):
@@ -558,7 +567,9 @@ class UnixNetVConnection(Continuation):
         cont = vio.cont
         self.recursion += 1
         try:
-            if cont is not None and vio.mutex is cont.mutex:
+            if self.closed:
+                pass  # closed up the stack, or by another thread: nothing more is delivered
+            elif cont is not None and vio.mutex is cont.mutex:
                 try:
                     cont.handle_event(event, vio)
                 except Exception:

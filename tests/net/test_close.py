@@ -347,3 +347,73 @@ def test_handler_that_raises_gets_its_vc_closed_and_the_net_thread_carries_on(li
     with client(port) as good:
         good.sendall(b"still alive")
         assert recv_exactly(good, 11) == b"still alive"
+
+
+class CloseOther(Continuation):
+    """Reads its VC without consuming; at its first ``READ_READY`` it meets the other
+    ``CloseOther`` at ``barrier`` and closes the other one's VC (a VC of another net thread,
+    whose mutex that thread holds at the same moment)."""
+
+    def __init__(self, vc: Any, barrier: threading.Barrier) -> None:
+        super().__init__(ProxyMutex())
+        self.vc = vc
+        self.barrier = barrier
+        self.other: CloseOther | None = None
+        self.closed_other = threading.Event()
+        self.events: list[int] = []
+        self.buf = MIOBuffer(4096)
+        self.buf.alloc_reader()
+        self.set_handler(self.handle)
+
+    def start(self) -> None:
+        with self.mutex:
+            self.vc.do_io_read(self, INT64_MAX, self.buf)
+
+    def handle(self, event: int, vio: Any) -> None:
+        self.events.append(event)
+        if event == VC_EVENT_READ_READY and not self.closed_other.is_set():
+            try:
+                self.barrier.wait(2.0)
+            except threading.BrokenBarrierError:
+                return
+            assert self.other is not None
+            self.other.vc.do_io_close()
+            self.closed_other.set()
+
+
+def test_two_net_threads_closing_each_others_vc_from_handlers_do_not_deadlock(listen):
+    # Each handler holds its own mutex and closes a VC whose mutex the other net thread
+    # holds: waiting for it would deadlock both threads (DESIGN 4: a net thread never waits
+    # for another thread's lock).
+    _, acceptor, port = listen()
+    clients = [client(port) for _ in range(6)]
+    try:
+        acceptor.wait(6)
+        by_thread: dict[Any, Any] = {}
+        for vc in acceptor.vcs:
+            by_thread.setdefault(vc.nh, vc)
+        assert len(by_thread) == 2, "the accepted VCs are spread over both net threads"
+        vc1, vc2 = by_thread.values()
+        barrier = threading.Barrier(2)
+        a, b = CloseOther(vc1, barrier), CloseOther(vc2, barrier)
+        a.other, b.other = b, a
+        a.start()
+        b.start()
+        s1 = clients[acceptor.vcs.index(vc1)]
+        s2 = clients[acceptor.vcs.index(vc2)]
+        s1.sendall(b"x")
+        s2.sendall(b"y")
+        assert a.closed_other.wait(5.0) and b.closed_other.wait(5.0), "a net thread hung"
+        assert wait_until(lambda: vc1.fd == -1 and vc2.fd == -1, timeout=2.0)
+        assert peer_sees_close(s1) and peer_sees_close(s2)
+        n1, n2 = len(a.events), len(b.events)
+        s1.sendall(b"more")  # a closed VC delivers nothing
+        time.sleep(0.1)
+        assert (len(a.events), len(b.events)) == (n1, n2)
+        # Both net threads still serve: the remaining VCs are closed from here.
+        for vc in acceptor.vcs:
+            vc.do_io_close()
+        assert wait_until(lambda: net_stats.get(OPEN) == 0, timeout=2.0)
+    finally:
+        for s in clients:
+            s.close()
