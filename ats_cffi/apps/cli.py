@@ -109,7 +109,8 @@ def build_parser() -> ArgumentParser:
         "--inactivity-timeout",
         type=_number(float, 0, strict=True),
         metavar="S",
-        help="close a connection after S seconds without traffic",
+        help="close a connection after S seconds without traffic (http and the --stats "
+        "listener: default 120, as ATS's keep_alive_no_activity_timeout_in)",
     )
     g.add_argument(
         "--connections-throttle",

@@ -44,6 +44,11 @@ _EOS = EventCode.VC_EVENT_EOS
 MAX_URL = 8192
 #: Seconds a closing session keeps draining the client's bytes before it closes.
 LINGER = 2.0
+#: Seconds a connection may go without traffic when no other inactivity timeout is given
+#: (``--inactivity-timeout``): ATS's ``proxy.config.http.keep_alive_no_activity_timeout_in``
+#: default. Without it, idle or stalled clients would hold their connections for a day
+#: (``proxy.config.net.default_inactivity_timeout``), up to the connections throttle.
+KEEP_ALIVE_TIMEOUT = 120.0
 
 TOTAL = "proxy.process.http.total_client_connections"
 CURRENT = "proxy.process.http.current_client_connections"
@@ -417,7 +422,7 @@ class HttpService(Service):
     def __init__(
         self,
         routes: dict[bytes, Route] = HTTP_ROUTES,
-        inactivity_timeout: float = 0.0,
+        inactivity_timeout: float = KEEP_ALIVE_TIMEOUT,
         worker: int | None = None,
         stats_source: Service | None = None,
         name: str | None = None,

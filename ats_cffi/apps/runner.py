@@ -23,7 +23,7 @@ from typing import Any
 
 from ats_cffi.apps.config import ConfigError, reload_records
 from ats_cffi.apps.echo import EchoService
-from ats_cffi.apps.http import STATS_ROUTES, HttpService
+from ats_cffi.apps.http import KEEP_ALIVE_TIMEOUT, STATS_ROUTES, HttpService
 from ats_cffi.apps.service import ListenSpec, Service, format_hostport
 from ats_cffi.apps.stats import collect, summary_fields, summary_line
 from ats_cffi.apps.tunnel import TunnelService, start_name_resolution
@@ -144,6 +144,7 @@ class Signals:
 def build_services(settings: Settings, worker: int | None) -> list[Service]:
     """The service of ``settings`` and, with ``--stats``, its stats listener."""
     timeout = settings.inactivity_timeout
+    http_timeout = timeout or KEEP_ALIVE_TIMEOUT  # 0: none given
     main: Service
     if settings.service == "echo":
         main = EchoService(timeout, worker, native=not settings.vio)
@@ -151,10 +152,12 @@ def build_services(settings: Settings, worker: int | None) -> list[Service]:
         assert settings.upstream is not None
         main = TunnelService(settings.upstream, timeout, worker, native=not settings.vio)
     else:
-        main = HttpService(inactivity_timeout=timeout, worker=worker)
+        main = HttpService(inactivity_timeout=http_timeout, worker=worker)
     services = [main]
     if settings.stats is not None:
-        services.append(HttpService(STATS_ROUTES, timeout, worker, stats_source=main, name="stats"))
+        services.append(
+            HttpService(STATS_ROUTES, http_timeout, worker, stats_source=main, name="stats")
+        )
     return services
 
 

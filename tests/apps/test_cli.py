@@ -183,3 +183,18 @@ def test_sighup_reloads_the_dynamic_records_of_the_config_file(cli, tmp_path) ->
     assert get_json(srv.port)["service"] == "http"  # still serving
     srv.signal(signal.SIGTERM)
     assert srv.wait(10) == 0
+
+
+def test_http_idle_connections_time_out_after_atss_keep_alive_default() -> None:
+    from ats_cffi.apps.http import KEEP_ALIVE_TIMEOUT
+    from ats_cffi.apps.runner import build_services
+
+    def timeouts(*argv: str) -> list[float]:
+        services = build_services(cli_module.parse_args(list(argv)), None)
+        return [s.inactivity_timeout for s in services]
+
+    assert KEEP_ALIVE_TIMEOUT == 120.0  # proxy.config.http.keep_alive_no_activity_timeout_in
+    assert timeouts("http", "--stats", "127.0.0.1:0") == [120.0, 120.0]
+    assert timeouts("http", "--inactivity-timeout", "3") == [3.0]
+    # echo keeps no timeout of its own (the net default applies); its stats listener is HTTP.
+    assert timeouts("echo", "--stats", "127.0.0.1:0") == [0.0, 120.0]
