@@ -1,4 +1,4 @@
-"""HostCache: the process-wide cache of good answers, bounded in size and by their TTL."""
+"""HostCache: the process-wide cache of answers, bounded in size and by their TTL."""
 
 from __future__ import annotations
 
@@ -8,15 +8,22 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from ats_cffi.dns.codes import DNSError
 from ats_cffi.dns.hostent import SOURCE_CACHE, HostEnt
+
+#: Failures that are answers about the name (RFC 2308 negative answers), cacheable with the
+#: negative TTL of their SOA. Timeouts and server failures say nothing about it.
+NEGATIVE_ERRORS = (DNSError.NXDOMAIN, DNSError.NODATA)
 
 Clock = Callable[[], float]
 
 
 class HostCache:
-    """``(name, family)`` → the last good ``HostEnt``, least recently used first out.
+    """``(name, family)`` → the last ``HostEnt`` answered, least recently used first out.
 
-    An answer stays ``min(its TTL, ttl_max)`` seconds; a TTL of 0 is not cached. Failures
+    An answer stays ``min(its TTL, ttl_max)`` seconds; a TTL of 0 is not cached. Negative
+    answers (NXDOMAIN, NODATA) are answers too: they stay for their SOA's negative TTL (RFC
+    2308), and one without an SOA has TTL 0. Other failures (timeouts, server failures)
     are never cached. ``capacity`` 0 turns the cache off. Any thread may call it (one lock);
     ``clock`` is injectable so tests of expiry need not sleep.
     """
@@ -44,9 +51,9 @@ class HostCache:
         return ent.with_source(SOURCE_CACHE, max(1, math.ceil(left)))
 
     def put(self, ent: HostEnt) -> None:
-        """Keep a good ``ent`` for ``min(ent.ttl, ttl_max)`` seconds."""
+        """Keep ``ent``, good or negative, for ``min(ent.ttl, ttl_max)`` seconds."""
         ttl = min(float(ent.ttl), self.ttl_max)
-        if not ent.good or ttl <= 0 or self.capacity <= 0:
+        if ttl <= 0 or self.capacity <= 0 or not (ent.good or ent.error in NEGATIVE_ERRORS):
             return
         key = (ent.name, ent.family)
         with self._lock:

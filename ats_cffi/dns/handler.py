@@ -22,7 +22,8 @@ A question's life:
    the handler's primary moves on (failover); after ``retries`` retries the lookup fails
    with the last reason.
 5. ``finish`` answers every waiter with ``DNS_EVENT_LOOKUP`` and a HostEnt, caches a good
-   answer, and lets questions waiting for a free in-flight slot go.
+   or negative answer (NXDOMAIN, NODATA: for their SOA's negative TTL, RFC 2308), and lets
+   questions waiting for a free in-flight slot go.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.rcode
+import dns.rdatatype
 
 from ats_cffi import sys as _sys
 from ats_cffi.dns import stats as st
@@ -314,11 +316,8 @@ class DNSHandler(Continuation):
             entry.timeout.cancel()
             entry.timeout = None
         if ent is not None:
-            if ent.good:
-                self.stats[st.LOOKUP_SUCCESSES] += 1
-                self.processor.cache.put(ent)
-            else:
-                self.stats[st.LOOKUP_FAILURES] += 1
+            self.stats[st.LOOKUP_SUCCESSES if ent.good else st.LOOKUP_FAILURES] += 1
+            self.processor.cache.put(ent)  # it keeps good and negative answers only
             log.debug("%s for %r: %r", "SUCCESS" if ent.good else "FAIL", entry, ent)
             for lookup in entry.waiters:
                 self.answer(lookup, ent)
@@ -502,8 +501,7 @@ class DNSHandler(Continuation):
         if rcode == dns.rcode.NOERROR:
             self.dns_result(entry, self.addresses(entry, msg), retry=False)
         elif rcode == dns.rcode.NXDOMAIN:
-            self.dns_result(entry, HostEnt.failure(entry.name, entry.family, DNSError.NXDOMAIN),
-                            retry=False)  # fmt: skip
+            self.dns_result(entry, self.negative(entry, msg, DNSError.NXDOMAIN), retry=False)
         else:
             entry.last_error = _RCODE_ERRORS.get(rcode, DNSError.BAD_ANSWER)
             self.failover(conn.num)
@@ -517,10 +515,32 @@ class DNSHandler(Continuation):
         except dns.exception.DNSException:
             return HostEnt.failure(entry.name, entry.family, DNSError.BAD_ANSWER)
         if chain.answer is None or not len(chain.answer):
-            return HostEnt.failure(entry.name, entry.family, DNSError.NODATA)
+            return DNSHandler.negative(entry, msg, DNSError.NODATA, chain)
         addrs = tuple(rd.address for rd in chain.answer)  # type: ignore[attr-defined]
         aliases = tuple(rrset[0].target.to_text().rstrip(".").lower() for rrset in chain.cnames)
         return HostEnt(entry.name, entry.family, addrs, int(chain.minimum_ttl), aliases=aliases)
+
+    @staticmethod
+    def negative(
+        entry: DNSEntry,
+        msg: dns.message.Message,
+        error: DNSError,
+        chain: dns.message.ChainingResult | None = None,
+    ) -> HostEnt:
+        """The HostEnt of a negative answer (NXDOMAIN, NODATA). Its TTL is the negative TTL
+        (RFC 2308: the SOA's own TTL or its ``minimum``, whichever is smaller, and no more
+        than the CNAME chain's), or 0 without an SOA in the authority section: such an
+        answer is not to be cached."""
+        ttl = 0
+        if any(rrset.rdtype == dns.rdatatype.SOA for rrset in msg.authority):
+            if chain is None:
+                try:
+                    chain = msg.resolve_chaining()
+                except dns.exception.DNSException:
+                    chain = None
+            if chain is not None:
+                ttl = max(0, int(chain.minimum_ttl))
+        return HostEnt.failure(entry.name, entry.family, error, ttl)
 
     # ------------------------------------------------------------------ life
 

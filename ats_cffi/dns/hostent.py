@@ -20,7 +20,9 @@ class HostEnt:
 
     ``addrs`` are numeric addresses of ``family`` (``AF_INET`` or ``AF_INET6``), in the
     order the server (or hosts file) gave them; ``ttl`` is the seconds they stay valid (the
-    smallest TTL of the answer and its CNAME chain; for a cache hit, what is left of it).
+    smallest TTL of the answer and its CNAME chain; for a cache hit, what is left of it; for
+    a negative answer, NXDOMAIN or NODATA, the negative TTL of its SOA (RFC 2308), 0 when
+    it had none).
     ``aliases`` are the CNAME owners met on the way. ``error`` is None when ``good``.
     ``source`` is ``"dns"``, ``"cache"``, ``"hosts"`` or ``"literal"`` (the name was an
     IP address).
@@ -46,8 +48,8 @@ class HostEnt:
         return replace(self, source=source, ttl=self.ttl if ttl is None else ttl)
 
     @classmethod
-    def failure(cls, name: str, family: int, error: DNSError) -> HostEnt:
-        return cls(name, family, error=error)
+    def failure(cls, name: str, family: int, error: DNSError, ttl: int = 0) -> HostEnt:
+        return cls(name, family, ttl=ttl, error=error)
 
     def __repr__(self) -> str:
         fam = {socket.AF_INET: "A", socket.AF_INET6: "AAAA"}.get(self.family, str(self.family))

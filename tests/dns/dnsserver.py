@@ -27,7 +27,8 @@ class FakeDNSServer:
     counts, never answers); ``"hold"`` (keeps the UDP answers until ``release()``);
     ``"truncate"`` (UDP answers carry TC and no records; TCP answers are whole);
     ``"servfail"``. ``inject(query, reply)`` returns datagrams sent before each UDP answer.
-    ``tcp=False``: no TCP listener (connects to the port are refused).
+    ``tcp=False``: no TCP listener (connects to the port are refused). ``soa=(ttl, minimum)``:
+    negative answers carry an SOA in their authority section (without it, none).
     """
 
     def __init__(
@@ -37,8 +38,10 @@ class FakeDNSServer:
         ttl: int = 300,
         inject: Inject | None = None,
         tcp: bool = True,
+        soa: tuple[int, int] | None = None,
     ) -> None:
         self.records = {k.lower(): v for k, v in (records or {}).items()}
+        self.soa = soa
         self.mode = mode
         self.ttl = ttl
         self.inject = inject
@@ -182,7 +185,7 @@ class FakeDNSServer:
             if rec is None:
                 if seen == 0:
                     r.set_rcode(dns.rcode.NXDOMAIN)
-                return r
+                return self._negative(r)
             cname = rec.get("CNAME")
             if cname is not None and rr.rdtype != dns.rdatatype.CNAME:
                 target = dns.name.from_text(cname)
@@ -190,13 +193,26 @@ class FakeDNSServer:
                 owner, name, seen = target, cname.lower(), seen + 1
                 continue
             addrs = rec.get(dns.rdatatype.to_text(rr.rdtype), [])
-            if addrs:
-                r.answer.append(
-                    dns.rrset.from_text(
-                        owner, self.ttl, "IN", dns.rdatatype.to_text(rr.rdtype), *addrs
-                    )  # fmt: skip
-                )
+            if not addrs:
+                return self._negative(r)  # NODATA
+            r.answer.append(
+                dns.rrset.from_text(
+                    owner, self.ttl, "IN", dns.rdatatype.to_text(rr.rdtype), *addrs
+                )  # fmt: skip
+            )
             return r
+
+    def _negative(self, r: dns.message.Message) -> dns.message.Message:
+        """With ``soa=(ttl, minimum)``: the SOA of ``test.`` in the authority section of a
+        negative answer, which makes it cacheable (RFC 2308)."""
+        if self.soa is not None:
+            ttl, minimum = self.soa
+            r.authority.append(
+                dns.rrset.from_text(
+                    "test.", ttl, "IN", "SOA", f"ns.test. admin.test. 1 3600 600 86400 {minimum}"
+                )
+            )
+        return r
 
 
 def _recv_exactly(conn: socket.socket, n: int) -> bytes:

@@ -155,11 +155,58 @@ def test_answers_with_ttl_zero_or_a_zero_cache_are_not_cached(dns_server, start_
     assert server.total_queries == 2
 
 
-def test_failures_are_not_cached(dns_server, start_dns) -> None:
+def test_negative_answers_without_an_soa_are_not_cached(dns_server, start_dns) -> None:
     server = dns_server(RECORDS)
     start_dns(server)
     assert lookup("nope.test").error is DNSError.NXDOMAIN
     assert lookup("nope.test").error is DNSError.NXDOMAIN
+    assert server.total_queries == 2
+
+
+def test_negative_answers_are_cached_for_the_soa_negative_ttl(dns_server, start_dns) -> None:
+    # RFC 2308: min(the SOA's TTL, its minimum): here 30 s, under the SOA's own 300 s.
+    server = dns_server(RECORDS, soa=(300, 30))
+    start_dns(server, n_threads=2)
+    first = lookup("nope.test")
+    assert first.error is DNSError.NXDOMAIN and first.source == "dns" and first.ttl == 30
+    nodata = lookup("v6only.test")  # a name without A records
+    assert nodata.error is DNSError.NODATA and nodata.source == "dns" and nodata.ttl == 30
+    assert server.total_queries == 2
+    for _ in range(3):  # whichever thread's handler answers, the cache is shared
+        ent = lookup("nope.test")
+        assert ent.error is DNSError.NXDOMAIN and ent.source == "cache" and 0 < ent.ttl <= 30
+        assert ent.is_name_error()
+        ent = lookup("v6only.test")
+        assert ent.error is DNSError.NODATA and ent.source == "cache"
+    assert server.total_queries == 2
+    assert stat("cache_hits") == 6
+    # The name's other family is another question, and a good answer.
+    assert lookup("v6only.test", socket.AF_INET6).addrs == ("2001:db8::66",)
+    assert server.total_queries == 3
+
+
+def test_negative_ttl_is_capped_and_an_soa_ttl_of_zero_is_not_cached(dns_server, start_dns) -> None:
+    clock = [1000.0]
+    server = dns_server({"zero.test": {"A": ["10.0.0.1"]}}, soa=(300, 300))
+    start_dns(server, cache_ttl_max=60.0)
+    dns_processor.cache.clock = lambda: clock[0]
+    assert lookup("nope.test").ttl == 300  # as the server said
+    assert lookup("nope.test").source == "cache"
+    clock[0] += 61  # past cache_ttl_max
+    assert lookup("nope.test").source == "dns"
+    assert server.total_queries == 2
+    server.soa = (0, 300)  # min(0, 300): not to be cached
+    clock[0] += 61
+    assert lookup("nope.test").ttl == 0
+    assert lookup("nope.test").source == "dns"
+    assert server.total_queries == 4
+
+
+def test_server_failures_are_not_cached(dns_server, start_dns) -> None:
+    server = dns_server(RECORDS, mode="servfail", soa=(300, 300))
+    start_dns(server, retries=0)
+    assert lookup("www.test").error is DNSError.SERVFAIL
+    assert lookup("www.test").error is DNSError.SERVFAIL
     assert server.total_queries == 2
 
 
