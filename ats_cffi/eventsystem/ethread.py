@@ -57,6 +57,13 @@ def this_ethread() -> EThread | None:
     return getattr(_tls, "ethread", None)
 
 
+def on_event_thread() -> bool:
+    """True when a REGULAR EThread runs the calling code: it must never block (nor wait for
+    a lock another thread holds)."""
+    t = this_ethread()
+    return t is not None and t.tt == REGULAR
+
+
 class TailHandler(Protocol):
     """The poll step of an EThread (ATS's ``tail_cb``)."""
 

@@ -47,7 +47,7 @@ from ats_cffi.eventsystem.codes import (
     VC_EVENT_WRITE_READY,
 )
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
-from ats_cffi.eventsystem.ethread import REGULAR, this_ethread
+from ats_cffi.eventsystem.ethread import on_event_thread
 from ats_cffi.eventsystem.event import Action
 from ats_cffi.eventsystem.iobuffer import IOBufferReader, MIOBuffer
 from ats_cffi.eventsystem.mutex import ProxyMutex
@@ -450,8 +450,7 @@ class UnixNetVConnection(Continuation):
                     if m is None or m in held:
                         continue
                     if not m.try_lock():
-                        thread = this_ethread()
-                        if thread is not None and thread.tt == REGULAR:
+                        if on_event_thread():
                             continue  # do not wait (doc): close without it
                         m.lock()
                     held.append(m)

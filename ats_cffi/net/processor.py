@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from ats_cffi import sys as _sys
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
-from ats_cffi.eventsystem.ethread import REGULAR, EThread, this_ethread
+from ats_cffi.eventsystem.ethread import EThread, on_event_thread, this_ethread
 from ats_cffi.eventsystem.event import Action
 from ats_cffi.eventsystem.mutex import ProxyMutex
 from ats_cffi.eventsystem.processor import ET_NET, EventProcessor, event_processor
@@ -193,8 +193,7 @@ class UnixNetProcessor:
         Returns the open VC; raises ``OSError`` with the connect's errno, ``TimeoutError``
         after ``timeout`` seconds, ``RuntimeError`` on an event thread.
         """
-        t = this_ethread()
-        if t is not None and t.tt == REGULAR:
+        if on_event_thread():
             raise RuntimeError("connect_s: would block an event thread; use connect_re there")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise ValueError(f"connect_s: timeout must be a number > 0, got {timeout!r}")
