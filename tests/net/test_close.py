@@ -399,8 +399,10 @@ def test_two_net_threads_closing_each_others_vc_from_handlers_do_not_deadlock(li
         a.other, b.other = b, a
         a.start()
         b.start()
-        s1 = clients[acceptor.vcs.index(vc1)]
-        s2 = clients[acceptor.vcs.index(vc2)]
+        # The net threads hand over their VCs in any order: pair them by port.
+        by_port = {s.getsockname()[1]: s for s in clients}
+        s1 = by_port[vc1.get_remote_addr()[1]]
+        s2 = by_port[vc2.get_remote_addr()[1]]
         s1.sendall(b"x")
         s2.sendall(b"y")
         assert a.closed_other.wait(5.0) and b.closed_other.wait(5.0), "a net thread hung"
