@@ -5,6 +5,10 @@ Routes: ``GET /`` answers ``Hello, World!``; ``GET /_stats`` the stats as JSON;
 only the last two). ``HEAD`` is served like ``GET`` without the body; other methods get 405,
 unknown paths 404, malformed requests 400 and a close.
 
+Limits: a request head (request line and headers) over ``MAX_HEAD`` bytes gets 431 (414 when
+the target alone is too long) and a body over ``MAX_BODY`` bytes 413, both with a close and
+without reading the rest, so that a client cannot keep one request going forever.
+
 A session parses what its read VIO brings in and writes the responses in order into its
 write buffer (pipelined requests included). It stops parsing while more than
 ``WATER_MARK`` bytes of responses wait for a client that does not read them; the read VIO
@@ -42,6 +46,13 @@ _EOS = EventCode.VC_EVENT_EOS
 
 #: Longest request target accepted (414 beyond).
 MAX_URL = 8192
+#: Most bytes a request head may take: ATS's ``proxy.config.http.request_header_max_size``
+#: default. Counted by read block from the block where the request began, so a head may
+#: be refused up to one block (``BLOCK_SIZE``) early when requests were pipelined before it.
+MAX_HEAD = 131072
+#: Most body bytes a request may carry (no route reads one): nginx's default
+#: ``client_max_body_size``. A smaller body is read and discarded.
+MAX_BODY = 1 << 20
 #: Seconds a closing session keeps draining the client's bytes before it closes.
 LINGER = 2.0
 #: Seconds a connection may go without traffic when no other inactivity timeout is given
@@ -62,7 +73,9 @@ _REASONS = {
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
+    413: "Content Too Large",
     414: "URI Too Long",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error",
 }
 
@@ -171,6 +184,10 @@ class HttpSession(Session):
         #: The request target (bytes from the parser; joined only when it comes in pieces).
         self.url = b""
         self.url_too_long = False
+        #: Bytes of the current request's head read so far (MAX_HEAD); -1 once its body
+        #: began (on_body), and the body's bytes are counted in ``body_bytes``.
+        self.head_bytes = 0
+        self.body_bytes = 0
         #: Response bytes written into ``wbuf`` since the session began.
         self.queued = 0
         #: A request has begun and not completed (the session is not idle).
@@ -258,8 +275,14 @@ class HttpSession(Session):
                 if not self.closing:
                     log.debug("http: bad request from %r: %s", self.vc, exc)
                     self.respond(400, _TEXT, b"Bad Request\n", keep_alive=False, head=False)
-            reader.consume(end - off)
-            avail -= end - off
+            n = end - off
+            reader.consume(n)
+            avail -= n
+            if self.in_request and self.head_bytes >= 0 and not self.closing:
+                # A request head spans reads (rare): bound it (the module doc).
+                self.head_bytes += n
+                if self.head_bytes > MAX_HEAD:
+                    self.refuse_head()
             wvio = self.wvio  # made by the first response
         if self.closing or (self.peer_eos and not avail):
             self.finish()
@@ -273,6 +296,7 @@ class HttpSession(Session):
         self.in_request = True
         self.url = b""
         self.url_too_long = False
+        self.head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         if self.url or len(url) > MAX_URL:
@@ -282,6 +306,21 @@ class HttpSession(Session):
                 self.url += url
         else:
             self.url = url
+
+    def on_body(self, body: bytes) -> None:
+        if self.head_bytes >= 0:  # the head is complete: this is the body's first piece
+            self.head_bytes = -1
+            self.body_bytes = 0
+        self.body_bytes += len(body)
+        if self.body_bytes > MAX_BODY and not self.closing:
+            self.respond(413, _TEXT, b"Content Too Large\n", False, False)
+
+    def refuse_head(self) -> None:
+        """The request head outgrew ``MAX_HEAD``: answer with a close (module doc)."""
+        if self.url_too_long:
+            self.respond(414, _TEXT, b"URI Too Long\n", False, False)
+        else:
+            self.respond(431, _TEXT, b"Request Header Fields Too Large\n", False, False)
 
     def on_message_complete(self) -> None:
         self.in_request = False

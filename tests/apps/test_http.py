@@ -241,6 +241,60 @@ def test_url_in_pieces_query_strings_and_targets_too_long(cli) -> None:
             assert s.recv(100) == b""
 
 
+def _refused(s: socket.socket, status: bytes) -> None:
+    """The answer is ``status`` with a close, and then the connection ends."""
+    head, _ = _read_response(s)
+    assert head.startswith(b"HTTP/1.1 " + status), head
+    assert b"\r\nConnection: close" in head
+    s.settimeout(5.0)
+    while s.recv(65536):  # the server discards what was still on its way, then closes
+        pass
+
+
+def test_a_request_head_over_max_head_gets_431_or_414_and_a_close(cli) -> None:
+    from ats_cffi.apps.http import MAX_HEAD
+
+    srv = cli("http", "--listen", "127.0.0.1:0").wait_listening()
+    pad = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 990) for i in range(100))  # ~100 KiB
+    assert len(pad) < MAX_HEAD - 1000
+    with connect(srv.port) as s:  # a big head within the limit is served, kept alive
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n" + pad + b"\r\n")
+        head, body = _read_response(s)
+        assert head.startswith(b"HTTP/1.1 200 OK") and body == HELLO
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert _read_response(s)[1] == HELLO
+    with connect(srv.port) as s:  # headers that never end
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n" + pad + pad)
+        _refused(s, b"431 Request Header Fields Too Large")
+    with connect(srv.port) as s:  # a target that never ends
+        s.sendall(b"GET /" + b"a" * (MAX_HEAD + 1000))
+        _refused(s, b"414 URI Too Long")
+    g = get_json(srv.port)["global"]
+    assert g["proxy.process.http.4xx_responses"] == 2
+
+
+def test_a_body_over_max_body_gets_413_and_a_close(cli) -> None:
+    from ats_cffi.apps.http import MAX_BODY
+
+    srv = cli("http", "--listen", "127.0.0.1:0").wait_listening()
+    with connect(srv.port) as s:  # a small body is read and the connection kept
+        s.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n0123456789")
+        head, _ = _read_response(s)
+        assert head.startswith(b"HTTP/1.1 405 Method Not Allowed")
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert _read_response(s)[1] == HELLO
+    big = MAX_BODY + 200_000
+    with connect(srv.port) as s:  # announced length over the limit: refused on the way
+        s.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % (4 * big))
+        s.sendall(b"b" * big)
+        _refused(s, b"413 Content Too Large")
+    chunk = b"%x\r\n%s\r\n" % (65536, b"c" * 65536)
+    with connect(srv.port) as s:  # a chunked body that never ends
+        s.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        s.sendall(chunk * (big // 65536 + 1))
+        _refused(s, b"413 Content Too Large")
+
+
 # ---------------------------------------------------------------------- in process
 
 
