@@ -47,9 +47,15 @@ _EOS = EventCode.VC_EVENT_EOS
 #: Longest request target accepted (414 beyond).
 MAX_URL = 8192
 #: Most bytes a request head may take: ATS's ``proxy.config.http.request_header_max_size``
-#: default. Counted by read block from the block where the request began, so a head may
-#: be refused up to one block (``BLOCK_SIZE``) early when requests were pipelined before it.
+#: default. Counted from the bytes parsed after the piece (at most one ``BLOCK_SIZE`` block)
+#: where the request began, since the parser does not say where in a piece that is: a head is
+#: refused once more than ``MAX_HEAD`` bytes of it came after that piece, so never before it
+#: exceeds ``MAX_HEAD``.
 MAX_HEAD = 131072
+#: ``head_bytes`` while not counting: the request began in the block being parsed; its body
+#: began (the head is complete).
+_HEAD_BEGUN = -2
+_HEAD_DONE = -1
 #: Most body bytes a request may carry (no route reads one): nginx's default
 #: ``client_max_body_size``. A smaller body is read and discarded.
 MAX_BODY = 1 << 20
@@ -184,9 +190,10 @@ class HttpSession(Session):
         #: The request target (bytes from the parser; joined only when it comes in pieces).
         self.url = b""
         self.url_too_long = False
-        #: Bytes of the current request's head read so far (MAX_HEAD); -1 once its body
-        #: began (on_body), and the body's bytes are counted in ``body_bytes``.
-        self.head_bytes = 0
+        #: Bytes of the current request's head parsed after the piece where it began
+        #: (MAX_HEAD), or _HEAD_BEGUN / _HEAD_DONE; once its body began (on_body), the body's
+        #: bytes are counted in ``body_bytes``.
+        self.head_bytes = _HEAD_DONE
         self.body_bytes = 0
         #: Response bytes written into ``wbuf`` since the session began.
         self.queued = 0
@@ -278,11 +285,14 @@ class HttpSession(Session):
             n = end - off
             reader.consume(n)
             avail -= n
-            if self.in_request and self.head_bytes >= 0 and not self.closing:
-                # A request head spans reads (rare): bound it (the module doc).
-                self.head_bytes += n
-                if self.head_bytes > MAX_HEAD:
-                    self.refuse_head()
+            if self.in_request and not self.closing:
+                # A request spans blocks (rare): bound its head (the module doc).
+                if self.head_bytes >= 0:
+                    self.head_bytes += n
+                    if self.head_bytes > MAX_HEAD:
+                        self.refuse_head()
+                elif self.head_bytes == _HEAD_BEGUN:
+                    self.head_bytes = 0
             wvio = self.wvio  # made by the first response
         if self.closing or (self.peer_eos and not avail):
             self.finish()
@@ -296,7 +306,7 @@ class HttpSession(Session):
         self.in_request = True
         self.url = b""
         self.url_too_long = False
-        self.head_bytes = 0
+        self.head_bytes = _HEAD_BEGUN
 
     def on_url(self, url: bytes) -> None:
         if self.url or len(url) > MAX_URL:
@@ -308,8 +318,8 @@ class HttpSession(Session):
             self.url = url
 
     def on_body(self, body: bytes) -> None:
-        if self.head_bytes >= 0:  # the head is complete: this is the body's first piece
-            self.head_bytes = -1
+        if self.head_bytes != _HEAD_DONE:  # the head is complete: the body's first piece
+            self.head_bytes = _HEAD_DONE
             self.body_bytes = 0
         self.body_bytes += len(body)
         if self.body_bytes > MAX_BODY and not self.closing:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import random
 import re
 import shutil
 import socket
@@ -146,6 +147,81 @@ def test_pipelined_requests_are_answered_in_order(cli) -> None:
     assert h5.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in h5 and b5 == HELLO
 
 
+def _random_requests(rng: random.Random, n: int) -> tuple[list[bytes], list[bytes], set[int]]:
+    """``n`` requests of every kind the server tells apart, the last one closing: (the
+    requests, the status expected for each, the indexes of the HEAD requests)."""
+    out, statuses, heads = [], [], set()
+    for i in range(n - 1):
+        kind = rng.randrange(7)
+        if kind == 0:
+            query = b"q=" + b"v" * rng.randrange(2000)
+            out.append(b"GET /?%s HTTP/1.1\r\nHost: a\r\n\r\n" % query)
+            statuses.append(b"200")
+        elif kind == 1:
+            out.append(b"HEAD /?q=%d HTTP/1.1\r\nHost: a\r\n\r\n" % i)
+            statuses.append(b"200")
+            heads.add(i)
+        elif kind == 2:
+            out.append(b"GET /no/%s HTTP/1.1\r\nHost: a\r\n\r\n" % (b"p" * rng.randrange(3000)))
+            statuses.append(b"404")
+        elif kind == 3:
+            body = rng.randbytes(rng.randrange(1, 5000))
+            out.append(b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            statuses.append(b"405")
+        elif kind == 4:
+            chunks = b"".join(
+                b"%x\r\n%s\r\n" % (k, b"c" * k) for k in (rng.randrange(1, 900) for _ in range(3))
+            )
+            out.append(
+                b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+            )
+            statuses.append(b"405")
+        elif kind == 5:
+            pad = b"".join(b"X-%d: %s\r\n" % (k, b"h" * 500) for k in range(rng.randrange(80)))
+            out.append(b"GET / HTTP/1.1\r\nHost: a\r\n" + pad + b"\r\n")
+            statuses.append(b"200")
+        else:
+            out.append(b"GET /_stats HTTP/1.1\r\nHost: a\r\n\r\n")
+            statuses.append(b"200")
+    out.append(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    statuses.append(b"200")
+    return out, statuses, heads
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_answers_do_not_depend_on_how_the_requests_are_cut(cli, seed: int) -> None:
+    # Pipelined requests of every kind, each cut at random points and sent with pauses, so
+    # that request lines, headers, bodies and chunks span reads (and some requests share
+    # one): each gets its answer, in order.
+    rng = random.Random(seed)
+    requests, statuses, heads = _random_requests(rng, 60)
+    srv = cli("http", "--listen", "127.0.0.1:0").wait_listening()
+
+    def send(s: socket.socket) -> None:
+        for r in requests:
+            cuts = sorted(rng.randrange(1, len(r)) for _ in range(rng.randrange(3)))
+            for a, b in zip([0, *cuts], [*cuts, len(r)]):
+                s.sendall(r[a:b])
+                if rng.random() < 0.7:
+                    time.sleep(0.001)  # (the next piece then comes in a read of its own)
+
+    with connect(srv.port) as s:
+        sender = threading.Thread(target=send, args=(s,))
+        sender.start()
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+        sender.join(10)
+    answers = _split(got, bodiless=heads)
+    assert [h.split(b" ", 2)[1] for h, _ in answers] == statuses
+    hello_bodies = [
+        b
+        for i, (h, b) in enumerate(answers)
+        if h.startswith(b"HTTP/1.1 200 OK") and b"text/plain" in h and i not in heads
+    ]
+    assert hello_bodies and all(b == HELLO for b in hello_bodies)
+
+
 @pytest.mark.parametrize(
     ("first", "status"),
     [
@@ -253,24 +329,29 @@ def _refused(s: socket.socket, status: bytes) -> None:
 
 def test_a_request_head_over_max_head_gets_431_or_414_and_a_close(cli) -> None:
     from ats_cffi.apps.http import MAX_HEAD
+    from ats_cffi.apps.service import BLOCK_SIZE
 
     srv = cli("http", "--listen", "127.0.0.1:0").wait_listening()
     pad = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 990) for i in range(100))  # ~100 KiB
     assert len(pad) < MAX_HEAD - 1000
-    with connect(srv.port) as s:  # a big head within the limit is served, kept alive
-        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n" + pad + b"\r\n")
-        head, body = _read_response(s)
-        assert head.startswith(b"HTTP/1.1 200 OK") and body == HELLO
-        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        assert _read_response(s)[1] == HELLO
-    with connect(srv.port) as s:  # headers that never end
-        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n" + pad + pad)
+    # Past the limit by more than the block where the request began (not counted: MAX_HEAD).
+    endless_pad = pad * ((MAX_HEAD + BLOCK_SIZE) // len(pad) + 1)
+    with connect(srv.port) as s:
+        # Big heads within the limit are served, one after another (each counted alone);
+        # then one with a body; then one that never ends, on the same connection.
+        for _ in range(3):
+            s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n" + pad + b"\r\n")
+            head, body = _read_response(s)
+            assert head.startswith(b"HTTP/1.1 200 OK") and body == HELLO
+        s.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")
+        assert _read_response(s)[0].startswith(b"HTTP/1.1 405")
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n" + endless_pad)
         _refused(s, b"431 Request Header Fields Too Large")
     with connect(srv.port) as s:  # a target that never ends
-        s.sendall(b"GET /" + b"a" * (MAX_HEAD + 1000))
+        s.sendall(b"GET /" + b"a" * (MAX_HEAD + BLOCK_SIZE + 1000))
         _refused(s, b"414 URI Too Long")
     g = get_json(srv.port)["global"]
-    assert g["proxy.process.http.4xx_responses"] == 2
+    assert g["proxy.process.http.4xx_responses"] == 3
 
 
 def test_a_body_over_max_body_gets_413_and_a_close(cli) -> None:
