@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -80,6 +81,8 @@ def _number(kind: type, minimum: float, strict: bool = False) -> Callable[[str],
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if not math.isfinite(value):  # nan would pass every comparison below
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if value < minimum or (strict and value == minimum):
             op = ">" if strict else ">="
             raise argparse.ArgumentTypeError(f"must be {op} {minimum}, got {text}")

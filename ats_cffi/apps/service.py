@@ -10,6 +10,7 @@ Lock order: a session's mutex before the service's registry lock, never the reve
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -110,6 +111,16 @@ class Service(Continuation):
 
     def __init__(self, inactivity_timeout: float = 0.0, worker: int | None = None) -> None:
         super().__init__(ProxyMutex())
+        if isinstance(inactivity_timeout, bool) or not isinstance(inactivity_timeout, (int, float)):
+            raise TypeError(
+                f"{type(self).__name__}: inactivity_timeout must be a number of seconds, "
+                f"not {type(inactivity_timeout).__name__}"
+            )
+        if not 0 <= inactivity_timeout < math.inf:  # (every session would fail to start)
+            raise ValueError(
+                f"{type(self).__name__}: inactivity_timeout must be finite and >= 0, "
+                f"got {inactivity_timeout}"
+            )
         self.inactivity_timeout = inactivity_timeout
         self.worker = worker
         self.stats = AppStats(self.stat_names)

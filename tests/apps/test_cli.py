@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,6 +66,8 @@ def test_python_dash_m_and_the_console_script_show_the_services() -> None:
         (["echo", "--listen", "::1:80"], "[::1]:PORT"),
         (["http", "--workers", "0"], "must be >= 1"),
         (["http", "--inactivity-timeout", "0"], "must be > 0"),
+        (["http", "--inactivity-timeout", "nan"], "expected a finite number, got 'nan'"),
+        (["echo", "--drain-timeout", "inf"], "expected a finite number, got 'inf'"),
         (["http", "--net-threads", "two"], "expected int"),
         (["http", "--bogus"], "unrecognized arguments"),
         (["tunnel", "--listen", "127.0.0.1:0"], "--upstream"),
@@ -198,3 +201,17 @@ def test_http_idle_connections_time_out_after_atss_keep_alive_default() -> None:
     assert timeouts("http", "--inactivity-timeout", "3") == [3.0]
     # echo keeps no timeout of its own (the net default applies); its stats listener is HTTP.
     assert timeouts("echo", "--stats", "127.0.0.1:0") == [0.0, 120.0]
+
+
+@pytest.mark.parametrize(
+    "value, error",
+    [(float("nan"), ValueError), (float("inf"), ValueError), (-1, ValueError), ("5", TypeError)],
+)
+def test_a_service_refuses_a_bad_inactivity_timeout_when_made(value: Any, error: type) -> None:
+    # Not later, at every connection (each session would fail to start).
+    from ats_cffi.apps.echo import EchoService
+    from ats_cffi.apps.http import HttpService
+
+    for cls in (EchoService, HttpService):
+        with pytest.raises(error, match="inactivity_timeout"):
+            cls(inactivity_timeout=value)
