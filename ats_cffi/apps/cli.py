@@ -75,7 +75,14 @@ def parse_hostport(text: str) -> tuple[str, int]:
     return host, port
 
 
-def _number(kind: type, minimum: float, strict: bool = False) -> Callable[[str], Any]:
+#: Most net threads (ATS's MAX_THREADS_IN_EACH_TYPE) and worker processes the options take.
+MAX_NET_THREADS = 3072
+MAX_WORKERS = 1024
+
+
+def _number(
+    kind: type, minimum: float, strict: bool = False, maximum: float | None = None
+) -> Callable[[str], Any]:
     def convert(text: str) -> Any:
         try:
             value = kind(text)
@@ -86,6 +93,8 @@ def _number(kind: type, minimum: float, strict: bool = False) -> Callable[[str],
         if value < minimum or (strict and value == minimum):
             op = ">" if strict else ">="
             raise argparse.ArgumentTypeError(f"must be {op} {minimum}, got {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {text}")
         return value
 
     return convert
@@ -96,7 +105,7 @@ def build_parser() -> ArgumentParser:
     g = common.add_argument_group("common options")
     g.add_argument(
         "--net-threads",
-        type=_number(int, 1),
+        type=_number(int, 1, maximum=MAX_NET_THREADS),
         default=1,
         metavar="N",
         help="net threads (default 1; they share the GIL: scale with --workers)",
@@ -135,7 +144,7 @@ def build_parser() -> ArgumentParser:
     )
     g.add_argument(
         "--workers",
-        type=_number(int, 1),
+        type=_number(int, 1, maximum=MAX_WORKERS),
         default=1,
         metavar="N",
         help="N processes sharing the port(s) with SO_REUSEPORT (default 1)",

@@ -68,6 +68,8 @@ def test_python_dash_m_and_the_console_script_show_the_services() -> None:
         (["http", "--inactivity-timeout", "0"], "must be > 0"),
         (["http", "--inactivity-timeout", "nan"], "expected a finite number, got 'nan'"),
         (["echo", "--drain-timeout", "inf"], "expected a finite number, got 'inf'"),
+        (["echo", "--net-threads", "100000"], "must be <= 3072"),
+        (["echo", "--workers", "5000"], "must be <= 1024"),
         (["http", "--net-threads", "two"], "expected int"),
         (["http", "--bogus"], "unrecognized arguments"),
         (["tunnel", "--listen", "127.0.0.1:0"], "--upstream"),
