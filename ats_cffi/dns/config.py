@@ -12,10 +12,15 @@ Where ats_cffi differs from ATS, the record says so:
   TCP) where ATS defaults to UDP only;
 - ``proxy.config.hostdb.host_file.path`` (ATS's name) defaults to ``/etc/hosts``;
 - ``cache_size`` and ``cache_ttl_max`` are ats_cffi's own (ATS caches in HostDB).
+
+Every number record has a finite range (``Record.minimum``..``Record.maximum``): a value out
+of it, NaN or infinity is a ``ValueError`` naming the key, as is a path record
+(``resolv_conf``, ``host_file_path``) with a NUL character.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +46,15 @@ class Record:
     doc: str
 
 
-_INF = float("inf")
+#: Longest ``lookup_timeout``: one hour (a question is never left unanswered longer).
+MAX_TIMEOUT = 3600.0
+#: Largest value of the count records (``max_dns_in_flight``, ``cache_size``).
+MAX_COUNT = 2**31 - 1
+#: Longest ``cache_ttl_max``: the largest TTL a DNS answer can carry (RFC 2181 §8).
+MAX_TTL = float(2**31 - 1)
 
 RECORDS: tuple[Record, ...] = (
-    Record("proxy.config.dns.lookup_timeout", "lookup_timeout", 20.0, "float", 0.001, _INF,
+    Record("proxy.config.dns.lookup_timeout", "lookup_timeout", 20.0, "float", 0.001, MAX_TIMEOUT,
            "s; wait for an answer before the question is sent again (to the next server)"),
     Record("proxy.config.dns.retries", "retries", 5, "int", 0, 9,
            "times a question is sent again after a timeout or a server failure"),
@@ -55,15 +65,15 @@ RECORDS: tuple[Record, ...] = (
            "file whose 'nameserver' lines are used when nameservers is empty"),
     Record("proxy.config.dns.round_robin_nameservers", "round_robin_nameservers", 1, "int", 0, 1,
            "1: each new question goes to the next server; 0: to the current primary"),
-    Record("proxy.config.dns.max_dns_in_flight", "max_dns_in_flight", 2048, "int", 1, _INF,
+    Record("proxy.config.dns.max_dns_in_flight", "max_dns_in_flight", 2048, "int", 1, MAX_COUNT,
            "questions one handler has on the wire at once; more wait their turn"),
     Record("proxy.config.dns.connection_mode", "connection_mode", 1, "int", 0, 2,
            "0: UDP only, 1: UDP and TCP after a truncated answer, 2: TCP only"),
     Record("proxy.config.hostdb.host_file.path", "host_file_path", "/etc/hosts", "str", 0, 0,
            "hosts file consulted before DNS (empty: none)"),
-    Record("proxy.config.dns.cache_size", "cache_size", 1024, "int", 0, _INF,
+    Record("proxy.config.dns.cache_size", "cache_size", 1024, "int", 0, MAX_COUNT,
            "answers kept in the process-wide cache (0: no cache)"),
-    Record("proxy.config.dns.cache_ttl_max", "cache_ttl_max", 86400.0, "float", 0, _INF,
+    Record("proxy.config.dns.cache_ttl_max", "cache_ttl_max", 86400.0, "float", 0, MAX_TTL,
            "s; longest time an answer is cached, whatever its TTL (0: no cache)"),
 )  # fmt: skip
 
@@ -119,9 +129,19 @@ def _split_host_port(token: str, key: str) -> NameServer:
 
 
 def _port(text: str, token: str, key: str) -> int:
-    if not text.isdigit():
+    # str.isdigit() alone takes "²" and "٥"; a long run of digits is no port either.
+    if not (text.isascii() and text.isdigit()) or len(text) > 5:
         raise ValueError(f"{key}: bad port in {token!r}")
     return int(text)
+
+
+def _show(x: float) -> str:
+    """``x`` for a message: never a 400-digit int (nor str()'s ValueError past 4300 digits)."""
+    if isinstance(x, int) and x.bit_length() > 64:
+        return f"an integer of {x.bit_length()} bits"
+    if isinstance(x, float) and x.is_integer():
+        return str(int(x))
+    return str(x)
 
 
 class DNSConfig(RecordStore):
@@ -135,15 +155,20 @@ class DNSConfig(RecordStore):
         if r.kind == "str":
             if not isinstance(value, str):
                 raise TypeError(f"{r.key}: expected a str, got {type(value).__name__}")
-            return value
+            if "\0" in value:  # a path: open() would fail later, naming neither key nor file
+                raise ValueError(f"{r.key}: path contains a NUL character: {value!r}")
+            return str(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{r.key}: expected a number, got {type(value).__name__}")
-        if value != value:
-            raise ValueError(f"{r.key}: must not be NaN")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{r.key}: expected a finite number, got {value}")
+        # The range first (exact for any int, however large), then the conversions, which
+        # can then neither overflow nor round.
+        if not r.minimum <= value <= r.maximum:
+            lo, hi = _show(r.minimum), _show(r.maximum)
+            raise ValueError(f"{r.key}: must be in {lo}..{hi}, got {_show(value)}")
         if r.kind == "int" and value != int(value):
             raise ValueError(f"{r.key}: expected an integer, got {value}")
-        if not r.minimum <= value <= r.maximum:
-            raise ValueError(f"{r.key}: must be in {r.minimum}..{r.maximum}, got {value}")
         return int(value) if r.kind == "int" else float(value)
 
 

@@ -6,12 +6,10 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import re
 import socket
 import threading
 import time
-
-import dns.exception
-import dns.name
 
 from ats_cffi.dns.cache import Clock, HostCache
 from ats_cffi.dns.codes import DNSConnMode, DNSError
@@ -19,7 +17,7 @@ from ats_cffi.dns.config import DNSConfig, NameServer, dns_config
 from ats_cffi.dns.entry import DNSLookup
 from ats_cffi.dns.handler import DNSHandler
 from ats_cffi.dns.hostent import HostEnt
-from ats_cffi.dns.resolv import HostsFile, normalize_name, read_resolv_conf
+from ats_cffi.dns.resolv import HostsFile, read_resolv_conf
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
 from ats_cffi.eventsystem.ethread import EThread, this_ethread
 from ats_cffi.eventsystem.event import Action
@@ -81,9 +79,13 @@ class DNSProcessor:
         open a DNSHandler with its connections on every net thread of ``processor``
         (default ``net_processor``) and become its ``host_resolver``.
 
-        ``RuntimeError`` if already started, if the net processor is not, or on a net
-        thread; ``OSError`` if a handler cannot be set up.
+        ``TypeError`` if ``processor`` is not a ``UnixNetProcessor``; ``RuntimeError`` if
+        already started, if the net processor is not, or on a net thread; ``OSError`` if a
+        handler cannot be set up.
         """
+        if processor is not None and not isinstance(processor, UnixNetProcessor):
+            raise TypeError(f"dns_processor.start: processor must be a UnixNetProcessor, "
+                            f"not {type(processor).__name__}")  # fmt: skip
         np = processor if processor is not None else net_processor
         with self._lock:
             if self.handlers:
@@ -123,7 +125,10 @@ class DNSProcessor:
     def stop(self, timeout: float = 5.0) -> None:
         """Close every handler: pending lookups get ``DNS_EVENT_LOOKUP`` with
         ``DNSError.SHUTDOWN``, every DNS socket is closed, ``connect_re`` stops taking host
-        names. A second call does nothing. ``RuntimeError`` on a net thread."""
+        names. A second call does nothing. ``RuntimeError`` on a net thread, or when a net
+        thread does not answer within ``timeout`` seconds (a finite number > 0; else
+        ``TypeError``/``ValueError``, before anything is stopped)."""
+        _check_timeout("dns_processor.stop", timeout)
         with self._lock:
             handlers, self.handlers = self.handlers, {}
             self._handler_list = []
@@ -157,17 +162,31 @@ class DNSProcessor:
         ``AF_UNSPEC`` (A, then AAAA if the name has no A). An IP address is answered as
         itself. The returned action's ``cancel()`` stops the event.
 
-        ``TypeError``/``ValueError`` for a bad argument, ``RuntimeError`` when not started.
+        ``name`` is checked here, by :func:`check_host_name`: an IP literal, or a host name
+        of ASCII letters, digits, ``-`` and ``_`` in dot-separated labels of 1..63
+        characters, at most 253 characters, with an optional trailing dot; compared without
+        regard to case. A non-ASCII (internationalized) name is refused: pass its IDNA
+        A-label form (``xn--...``), encoded with the IDNA version you mean (2003 and 2008
+        differ, e.g. on ``ß``). Nothing else (NUL, space, control characters, backslash
+        escapes, ...) is ever sent to a name server.
+
+        ``TypeError``/``ValueError`` naming the argument for a bad one, ``RuntimeError``
+        when not started.
         """
         check_continuation("gethostbyname", cont)
         if not isinstance(name, str):
             raise TypeError(f"gethostbyname: name must be a str, not {type(name).__name__}")
-        families = _FAMILIES.get(family) if isinstance(family, int) else None
+        # bool is an int (False == AF_UNSPEC): refused, like any other non-int.
+        ok = isinstance(family, int) and not isinstance(family, bool)
+        families = _FAMILIES.get(family) if ok else None
         if families is None:
             raise ValueError(f"gethostbyname: family must be AF_INET, AF_INET6 or AF_UNSPEC, "
                              f"got {family!r}")  # fmt: skip
-        key = normalize_name(name)
-        _check_name("gethostbyname", key)
+        key = check_host_name("gethostbyname", "name", name)
+        return self._lookup(cont, key, families)
+
+    def _lookup(self, cont: Continuation, key: str, families: tuple[int, ...]) -> DNSLookup:
+        """``gethostbyname`` for a checked, normalized name."""
         h = self.handler_for(this_ethread())
         lookup = DNSLookup(cont, key, families)
         h.thread.schedule_imm(h, cookie=lookup)
@@ -200,8 +219,16 @@ class DNSProcessor:
         ``NET_EVENT_OPEN_FAILED``); a failed lookup is ``NET_EVENT_OPEN_FAILED`` with
         ``-ETIMEDOUT`` (no name server answered) or ``-EHOSTUNREACH`` (no such host, no
         address, server failure). The returned action cancels either step.
+
+        ``host`` is checked here as ``gethostbyname`` checks its name: ``ValueError``
+        naming ``connect_re`` and the address for one that is not a host name.
         """
         check_continuation("connect_re", cont)
+        if not isinstance(host, str):
+            raise TypeError(f"connect_re: host must be a str, not {type(host).__name__}")
+        if type(port) is not int or not 0 < port <= 65535:
+            raise ValueError(f"connect_re: port must be in 1..65535, got {port!r}")
+        key = check_host_name("connect_re", f"addr ({host!r}, {port})", host)
         if options is not None:
             if not isinstance(options, NetVCOptions):
                 raise TypeError("connect_re: options must be NetVCOptions")
@@ -225,7 +252,7 @@ class DNSProcessor:
                 cont.handle_event(NET_EVENT_OPEN_FAILED, -_errno_of(exc))
 
         lookup_cont = Continuation(cont.mutex, resolved)
-        action.lookup = self.gethostbyname(lookup_cont, host, socket.AF_UNSPEC)
+        action.lookup = self._lookup(lookup_cont, key, _FAMILIES[socket.AF_UNSPEC])
         return action
 
 
@@ -235,23 +262,54 @@ def _errno_of(exc: BaseException) -> int:
     return errno.ENETDOWN if isinstance(exc, RuntimeError) else errno.EINVAL
 
 
-def _check_name(call: str, name: str) -> None:
-    """``ValueError`` unless ``name`` (normalized) can be asked: non-empty, at most 253
-    characters, labels of 1..63 characters (an IP literal always passes)."""
-    if not name:
-        raise ValueError(f"{call}: empty host name")
-    if ":" in name:
+def _check_timeout(call: str, timeout: float) -> None:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{call}: timeout must be a number, not {type(timeout).__name__}")
+    if not 0 < timeout <= threading.TIMEOUT_MAX:  # False for NaN and inf too
+        raise ValueError(f"{call}: timeout must be > 0 and at most threading.TIMEOUT_MAX "
+                         f"seconds, got {timeout!r}")  # fmt: skip
+
+
+#: A host name without its final dot: ASCII letters, digits, "-" and "_" in labels of 1..63.
+_HOST_NAME = re.compile(r"(?:[A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63}")
+_NOT_HOST_CHAR = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def check_host_name(call: str, arg: str, name: str) -> str:
+    """The normalized form (lower case, no trailing dot) of host name ``name``, which must
+    be an IP literal or a host name as ``gethostbyname`` says; else ``ValueError`` naming
+    ``call`` and ``arg``. One pass of a compiled regex over the name."""
+    if name.endswith("."):
+        key = name[:-1]
+        if key.endswith("."):
+            raise ValueError(f"{call}: {arg}: not a valid host name: {name!r} (empty label)")
+    else:
+        key = name
+    if not key:
+        raise ValueError(f"{call}: {arg}: empty host name")
+    if ":" in key:  # only an IPv6 literal has one
         try:
-            socket.inet_pton(socket.AF_INET6, name)
-            return
-        except OSError:
-            raise ValueError(f"{call}: not a host name or IP address: {name!r}") from None
-    try:
-        dns.name.from_text(name + ".")
-    except dns.exception.DNSException as exc:
-        raise ValueError(f"{call}: not a valid host name: {name!r} ({exc})") from None
-    if len(name) > 253:
-        raise ValueError(f"{call}: host name longer than 253 characters")
+            socket.inet_pton(socket.AF_INET6, key)
+        except (OSError, ValueError):
+            raise ValueError(f"{call}: {arg}: not a host name or IP address: {name!r}") from None
+        return key.lower()
+    if len(key) > 253:
+        raise ValueError(f"{call}: {arg}: host name longer than 253 characters")
+    if _HOST_NAME.fullmatch(key) is None:
+        raise ValueError(f"{call}: {arg}: not a valid host name: {name!r} ({_why(key)})")
+    return key.lower()
+
+
+def _why(name: str) -> str:
+    """What is wrong with ``name``, which ``_HOST_NAME`` refused (for the message only)."""
+    if not name.isascii():
+        return "non-ASCII: pass its IDNA form, xn--..."
+    bad = _NOT_HOST_CHAR.search(name)
+    if bad is not None:
+        return f"character {bad.group()!r} is not allowed"
+    if any(len(label) > 63 for label in name.split(".")):
+        return "a label is longer than 63 characters"
+    return "empty label"
 
 
 #: The process-wide DNS processor (ATS's ``dnsProcessor``).
