@@ -42,10 +42,30 @@ class Continuation:
         return h(event, data)
 
 
-def check_continuation(call: str, cont: Any) -> Continuation:
-    """Raise ``TypeError`` naming ``call`` unless ``cont`` is a Continuation; give it a mutex."""
+def check_continuation(call: str, cont: Any, need_handler: bool = False) -> Continuation:
+    """Raise ``TypeError`` naming ``call`` unless ``cont`` is a usable Continuation; give it
+    a mutex if it has none.
+
+    Usable: initialised (its ``__init__`` ran ``Continuation.__init__``), its ``mutex`` a
+    ProxyMutex or None, and (``need_handler``) a handler set unless its class overrides
+    ``handle_event``.
+    Runs on every schedule: the common case is an isinstance and two attribute reads.
+    """
     if not isinstance(cont, Continuation):
         raise TypeError(f"{call}: cont must be a Continuation, not {type(cont).__name__}")
-    if cont.mutex is None:
-        cont.mutex = ProxyMutex()
+    try:
+        m = cont.mutex
+        h = cont.handler
+    except AttributeError:
+        raise TypeError(
+            f"{call}: cont ({type(cont).__name__}) was not initialised: its __init__ must "
+            "call Continuation.__init__"
+        ) from None
+    if m.__class__ is not ProxyMutex:
+        if m is None:
+            cont.mutex = ProxyMutex()
+        elif not isinstance(m, ProxyMutex):
+            raise TypeError(f"{call}: cont.mutex must be a ProxyMutex, not {type(m).__name__}")
+    if h is None and need_handler and type(cont).handle_event is Continuation.handle_event:
+        raise TypeError(f"{call}: cont has no handler (set one with set_handler)")
     return cont

@@ -31,7 +31,8 @@ from typing import Any, Protocol
 
 from ats_cffi.eventsystem.codes import EVENT_IMMEDIATE, EVENT_INTERVAL
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
-from ats_cffi.eventsystem.event import Event, check_number
+from ats_cffi.eventsystem.event import Event, check_callback_event, check_number, new_event
+from ats_cffi.eventsystem.mutex import ProxyMutex
 from ats_cffi.sys import Epoll, EventFD
 
 log = logging.getLogger("ats.iocore_thread")
@@ -49,7 +50,37 @@ EVERY_PASS_MAX_WAIT_MS = 10
 REGULAR = "REGULAR"
 DEDICATED = "DEDICATED"
 
+#: Largest wait a poll step accepts: ``epoll_wait`` takes its timeout as a C int.
+MAX_WAIT_MS = 2**31 - 1
+
+# One sequence for every thread: an event moved from one thread to another gets a number
+# no entry on the first thread can carry, so the entry left there is stale, never run.
+# (Per-thread counters could collide and deliver the moved event twice.)
+_SEQ = itertools.count(1)
+
 Clock = Callable[[], float]
+
+
+def _check_int(call: str, name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{call}: {name} must be an int, not {type(value).__name__}")
+    return value
+
+
+def check_wait_ms(call: str, name: str, value: Any) -> int:
+    """``value`` (a wait in milliseconds for ``epoll_wait``): an int in 0..MAX_WAIT_MS."""
+    _check_int(call, name, value)
+    if not 0 <= value <= MAX_WAIT_MS:
+        raise ValueError(f"{call}: {name} must be between 0 and {MAX_WAIT_MS}, got {value}")
+    return int(value)
+
+
+def check_clock(call: str, clock: Any) -> Clock:
+    """``clock``, once it is callable and its reading is a number that is not NaN."""
+    if not callable(clock):
+        raise TypeError(f"{call}: clock must be callable, not {type(clock).__name__}")
+    check_number(call, "clock()", clock())
+    return clock
 
 
 def this_ethread() -> EThread | None:
@@ -106,6 +137,16 @@ class EThread:
         clock: Clock = time.monotonic,
         name: str | None = None,
     ) -> None:
+        """``ValueError``/``TypeError`` for a ``tt`` other than REGULAR/DEDICATED, a
+        non-int ``etype``/``id``, a ``clock`` that is not callable or reads NaN, or a
+        ``name`` that is not a str."""
+        if tt != REGULAR and tt != DEDICATED:
+            raise ValueError(f"EThread: tt must be REGULAR or DEDICATED, got {tt!r}")
+        _check_int("EThread", "etype", etype)
+        _check_int("EThread", "id", id)
+        check_clock("EThread", clock)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"EThread: name must be a str or None, not {type(name).__name__}")
         self.tt = tt
         self.etype = etype
         self.id = id
@@ -123,7 +164,7 @@ class EThread:
         self._ready: deque[tuple[int, Event]] = deque()
         self._heap: list[tuple[float, int, Event]] = []
         self._every_pass: list[tuple[int, Event]] = []
-        self._seq = itertools.count(1)
+        self._seq = _SEQ
         self._stop = False
         #: The thread ended (or was joined without running): nothing can be queued on it.
         self._released = False
@@ -145,18 +186,22 @@ class EThread:
         self, cont: Continuation, callback_event: int = EVENT_IMMEDIATE, cookie: Any = None
     ) -> Event:
         """Run ``cont`` on this thread as soon as possible; returns the cancellable Event."""
-        check_continuation("schedule_imm", cont)
-        e = Event(cont, callback_event, cookie)
-        self.schedule(e)
+        check_continuation("schedule_imm", cont, True)
+        if type(callback_event) is not int:
+            check_callback_event("schedule_imm", callback_event)
+        e = new_event(cont, callback_event, cookie, 0.0, 0.0)
+        self._schedule(e, False)
         return e
 
     def schedule_imm_signal(
         self, cont: Continuation, callback_event: int = EVENT_IMMEDIATE, cookie: Any = None
     ) -> Event:
         """As ``schedule_imm``, and always wake the thread (writes its eventfd)."""
-        check_continuation("schedule_imm_signal", cont)
-        e = Event(cont, callback_event, cookie)
-        self.schedule(e, signal=True)
+        check_continuation("schedule_imm_signal", cont, True)
+        if type(callback_event) is not int:
+            check_callback_event("schedule_imm_signal", callback_event)
+        e = new_event(cont, callback_event, cookie, 0.0, 0.0)
+        self._schedule(e, True)
         return e
 
     def schedule_in(
@@ -167,12 +212,14 @@ class EThread:
         cookie: Any = None,
     ) -> Event:
         """Run ``cont`` ``delay`` seconds from now. ``ValueError`` for a negative delay."""
-        check_continuation("schedule_in", cont)
+        check_continuation("schedule_in", cont, True)
         delay = check_number("schedule_in", "delay", delay)
         if delay < 0:
             raise ValueError(f"schedule_in: delay must be >= 0, got {delay}")
-        e = Event(cont, callback_event, cookie, timeout_at=self.clock() + delay)
-        self.schedule(e)
+        if type(callback_event) is not int:
+            check_callback_event("schedule_in", callback_event)
+        e = new_event(cont, callback_event, cookie, self.clock() + delay, 0.0)
+        self._schedule(e, False)
         return e
 
     def schedule_at(
@@ -183,12 +230,14 @@ class EThread:
         cookie: Any = None,
     ) -> Event:
         """Run ``cont`` when the thread's clock reaches ``atime``."""
-        check_continuation("schedule_at", cont)
+        check_continuation("schedule_at", cont, True)
         atime = check_number("schedule_at", "atime", atime)
         if atime < 0:
             raise ValueError(f"schedule_at: atime must be >= 0, got {atime}")
-        e = Event(cont, callback_event, cookie, timeout_at=max(atime, 1e-9))
-        self.schedule(e)
+        if type(callback_event) is not int:
+            check_callback_event("schedule_at", callback_event)
+        e = new_event(cont, callback_event, cookie, max(atime, 1e-9), 0.0)
+        self._schedule(e, False)
         return e
 
     def schedule_every(
@@ -199,17 +248,61 @@ class EThread:
         cookie: Any = None,
     ) -> Event:
         """Run ``cont`` every ``period`` seconds; a negative period means every loop pass."""
-        check_continuation("schedule_every", cont)
+        check_continuation("schedule_every", cont, True)
         period = check_number("schedule_every", "period", period)
         if period == 0:
             raise ValueError("schedule_every: period must not be 0")
+        if type(callback_event) is not int:
+            check_callback_event("schedule_every", callback_event)
         at = self.clock() + period if period > 0 else 0.0
-        e = Event(cont, callback_event, cookie, timeout_at=at, period=period)
-        self.schedule(e)
+        e = new_event(cont, callback_event, cookie, at, period)
+        self._schedule(e, False)
         return e
 
     def schedule(self, e: Event, signal: bool = False) -> None:
-        """Queue ``e`` on this thread (locally when called from it, else cross-thread)."""
+        """Queue ``e`` on this thread (locally when called from it, else cross-thread).
+
+        ``TypeError`` unless ``e`` is an Event whose continuation is a Continuation and
+        whose ``callback_event`` is an int and ``timeout_at``/``period`` are numbers;
+        ``ValueError`` for a NaN time. An event still queued on another thread moves here:
+        the entry left there is stale and never runs.
+        """
+        if not isinstance(e, Event):
+            raise TypeError(f"schedule: e must be an Event, not {type(e).__name__}")
+        at = e.timeout_at
+        period = e.period
+        if (
+            at.__class__ is not float
+            or period.__class__ is not float
+            or at != at
+            or period != period
+            or e.mutex is None
+            or e.callback_event.__class__ is not int
+        ):
+            self._check_event(e)
+        self._schedule(e, signal)
+
+    @staticmethod
+    def _check_event(e: Event) -> None:
+        # schedule()'s slow path: anything but floats, a mutex and a plain int code.
+        cont = e.continuation
+        if not isinstance(cont, Continuation):
+            raise TypeError(
+                f"schedule: e.continuation must be a Continuation, not {type(cont).__name__}"
+            )
+        check_continuation("schedule", cont, True)
+        check_callback_event("schedule", e.callback_event, "e.callback_event")
+        at = check_number("schedule", "e.timeout_at", e.timeout_at)
+        period = check_number("schedule", "e.period", e.period)
+        if e.mutex is None:
+            e.mutex = cont.mutex
+        elif not isinstance(e.mutex, ProxyMutex):
+            raise TypeError(f"schedule: e.mutex must be a ProxyMutex, not {type(e.mutex).__name__}")
+        e.timeout_at = at
+        e.period = period
+
+    def _schedule(self, e: Event, signal: bool) -> None:
+        # schedule() for arguments already checked (the schedulers' path).
         if self.tt != REGULAR:
             raise RuntimeError(f"schedule: {self.name} is a dedicated thread and runs no loop")
         e.ethread = self
@@ -281,14 +374,26 @@ class EThread:
                 m.unlock()
 
     def run_pass(self, max_wait_ms: int = MAX_IDLE_WAIT_MS) -> None:
-        """One pass of the loop (see the module docstring)."""
+        """One pass of the loop (see the module docstring), its poll step waiting at most
+        ``max_wait_ms`` (an int, 0..MAX_WAIT_MS: ``TypeError``/``ValueError`` otherwise)."""
+        if max_wait_ms.__class__ is not int or not 0 <= max_wait_ms <= MAX_WAIT_MS:
+            max_wait_ms = check_wait_ms("run_pass", "max_wait_ms", max_wait_ms)
+        self._run_pass(max_wait_ms)
+
+    def _run_pass(self, max_wait_ms: int) -> None:
+        # run_pass without its check: the loop's own call.
         if self._ext:
             with self._ext_lock:
                 batch, self._ext = self._ext, []
             enqueue = self._enqueue_local
             for seq, e in batch:
                 if e.seq == seq:
-                    enqueue(e)
+                    try:
+                        enqueue(e)
+                    except Exception:
+                        # An event whose fields were changed to bad values after it was
+                        # scheduled: dropped alone, not with the rest of the batch.
+                        log.exception("%s: dropped an unschedulable event %r", self.name, e)
         ready = self._ready
         heap = self._heap
         if heap:
@@ -326,7 +431,10 @@ class EThread:
         self.tail_cb.wait_for_activity(timeout)  # type: ignore[union-attr]
 
     def next_timer_ms(self, cap_ms: int) -> int:
-        """Milliseconds until the next timer, capped; 0 when work is queued."""
+        """Milliseconds until the next timer, capped at ``cap_ms`` (an int,
+        0..MAX_WAIT_MS); 0 when work is queued."""
+        if cap_ms.__class__ is not int or not 0 <= cap_ms <= MAX_WAIT_MS:
+            cap_ms = check_wait_ms("next_timer_ms", "cap_ms", cap_ms)
         if self._ready or self._ext:
             return 0
         heap = self._heap
@@ -349,7 +457,20 @@ class EThread:
         init: Callable[[EThread], None] | None = None,
         oneevent: Event | None = None,
     ) -> None:
-        """Start the OS thread; ``init(thread)`` runs on it first. Returns once it ran."""
+        """Start the OS thread; ``init(thread)`` runs on it first. Returns once it ran.
+
+        ``oneevent`` is the Event a DEDICATED thread runs (none for a REGULAR one).
+        ``TypeError`` if ``init`` is not callable or ``oneevent`` is not an Event.
+        """
+        if init is not None and not callable(init):
+            raise TypeError(f"start: init must be callable or None, not {type(init).__name__}")
+        if oneevent is not None:
+            if not isinstance(oneevent, Event):
+                raise TypeError(
+                    f"start: oneevent must be an Event or None, not {type(oneevent).__name__}"
+                )
+            if self.tt != DEDICATED:
+                raise ValueError("start: oneevent is for a DEDICATED thread only")
         if self._os_thread is not None:
             raise RuntimeError(f"start: {self.name} was already started")
         t = threading.Thread(target=self._main, args=(init, oneevent), name=self.name, daemon=True)
@@ -382,9 +503,10 @@ class EThread:
                     except Exception:
                         log.exception("%s: dedicated handler raised", self.name)
                 return
+            run_pass = self._run_pass
             while not self._stop:
                 try:
-                    self.run_pass()
+                    run_pass(MAX_IDLE_WAIT_MS)
                 except Exception:
                     # Handlers' exceptions are caught where they are called; one that gets
                     # here is a bug in the loop or its poll step. Log it and keep the thread
@@ -432,8 +554,20 @@ class EThread:
         return t is not None and t.is_alive()
 
     def get_slot(self, offset: int) -> Any:
-        """The per-thread object allocated at ``offset`` by ``EventProcessor.allocate``."""
-        return self.slots[offset]
+        """The per-thread object allocated at ``offset`` by ``EventProcessor.allocate``.
+
+        ``TypeError`` unless ``offset`` is an int, ``ValueError`` unless it is one of the
+        thread's slots (0 <= offset < number of slots)."""
+        slots = self.slots
+        if offset.__class__ is not int or not 0 <= offset < len(slots):
+            _check_int("get_slot", "offset", offset)
+            if not slots:
+                raise ValueError(f"get_slot: {self.name} has no slots (offset {offset})")
+            if not 0 <= offset < len(slots):
+                raise ValueError(
+                    f"get_slot: offset must be between 0 and {len(slots) - 1}, got {offset}"
+                )
+        return slots[offset]
 
     def __repr__(self) -> str:
         return f"<EThread {self.name} {self.tt}>"

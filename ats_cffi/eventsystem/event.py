@@ -6,7 +6,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from ats_cffi.eventsystem.codes import EVENT_NONE
-from ats_cffi.eventsystem.continuation import Continuation
+from ats_cffi.eventsystem.continuation import Continuation, check_continuation
 from ats_cffi.eventsystem.mutex import ProxyMutex
 
 if TYPE_CHECKING:
@@ -28,6 +28,16 @@ def check_number(call: str, name: str, value: Any) -> float:
     return f
 
 
+def check_callback_event(call: str, value: Any, name: str = "callback_event") -> int:
+    """``value`` (an event code) unless it is not an int (a bool is not): ``TypeError``.
+
+    The schedulers call it only when ``type(value) is not int`` (an ``EventCode`` member
+    passes here), so the common case costs one type test."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{call}: {name} must be an int, not {type(value).__name__}")
+    return value
+
+
 class Action:
     """What ``connect_re``, ``main_accept`` and the schedulers return.
 
@@ -43,6 +53,10 @@ class Action:
     __slots__ = ("continuation", "mutex", "cancelled", "__weakref__")
 
     def __init__(self, cont: Continuation | None = None) -> None:
+        """``TypeError`` unless ``cont`` is a Continuation (given a mutex if it has none)
+        or None."""
+        if cont is not None:
+            check_continuation(type(self).__name__, cont)
         self.continuation = cont
         self.mutex: ProxyMutex | None = cont.mutex if cont is not None else None
         self.cancelled = False
@@ -92,29 +106,37 @@ class Event(Action):
         timeout_at: float = 0.0,
         period: float = 0.0,
     ) -> None:
+        """``TypeError`` unless ``cont`` is a Continuation (it gets a mutex if it has
+        none), ``callback_event`` an int and ``timeout_at``/``period`` numbers;
+        ``ValueError`` for a NaN time."""
+        if cont is None:
+            raise TypeError("Event: cont must be a Continuation, not NoneType")
         super().__init__(cont)
+        if type(callback_event) is not int:
+            check_callback_event("Event", callback_event)
         self.ethread: EThread | None = None
         self.callback_event = callback_event
         self.cookie = cookie
-        self.timeout_at = timeout_at
-        self.period = period
+        self.timeout_at = check_number("Event", "timeout_at", timeout_at)
+        self.period = check_number("Event", "period", period)
         # Bumped by every (re)schedule: a queue entry whose recorded seq differs is stale
         # (the heap and the every-pass list remove lazily).
         self.seq = 0
 
     def schedule_imm(self, callback_event: int | None = None) -> None:
         """Re-schedule this event to run now on its thread (from within its handler)."""
-        self._reschedule(0.0, 0.0, callback_event)
+        self._reschedule("schedule_imm", 0.0, 0.0, callback_event)
 
     def schedule_in(self, delay: float, callback_event: int | None = None) -> None:
         """Re-schedule this event ``delay`` seconds from now."""
         delay = self._check_delay("schedule_in", delay)
         t = self._thread("schedule_in")
-        self._reschedule(t.clock() + delay, 0.0, callback_event)
+        self._reschedule("schedule_in", t.clock() + delay, 0.0, callback_event)
 
     def schedule_at(self, atime: float, callback_event: int | None = None) -> None:
+        """Re-schedule this event for when its thread's clock reaches ``atime``."""
         atime = self._check_delay("schedule_at", atime, "atime")
-        self._reschedule(atime, 0.0, callback_event)
+        self._reschedule("schedule_at", atime, 0.0, callback_event)
 
     def schedule_every(self, period: float, callback_event: int | None = None) -> None:
         """Make this event periodic (``period`` < 0: every loop pass)."""
@@ -123,7 +145,7 @@ class Event(Action):
             raise ValueError("schedule_every: period must not be 0")
         t = self._thread("schedule_every")
         at = t.clock() + period if period > 0 else 0.0
-        self._reschedule(at, period, callback_event)
+        self._reschedule("schedule_every", at, period, callback_event)
 
     def _thread(self, call: str) -> EThread:
         if self.ethread is None:
@@ -137,18 +159,40 @@ class Event(Action):
             raise ValueError(f"{call}: {name} must be >= 0, got {delay}")
         return d
 
-    def _reschedule(self, at: float, period: float, callback_event: int | None) -> None:
-        t = self._thread("schedule")
+    def _reschedule(self, call: str, at: float, period: float, callback_event: int | None) -> None:
+        if callback_event is not None and type(callback_event) is not int:
+            check_callback_event(f"Event.{call}", callback_event)
+        t = self._thread(call)
         if callback_event is not None:
             self.callback_event = callback_event
         self.timeout_at = at
         self.period = period
         self.cancelled = False
-        t.schedule(self)
+        t._schedule(self, False)
 
     def __repr__(self) -> str:
         cont = type(self.continuation).__name__
+        at = self.timeout_at
+        at_s = f"{at:.6f}" if isinstance(at, (int, float)) else repr(at)
         return (
-            f"<Event {cont} event={self.callback_event} at={self.timeout_at:.6f} "
-            f"period={self.period} cancelled={self.cancelled}>"
+            f"<Event {cont} event={self.callback_event!r} at={at_s} "
+            f"period={self.period!r} cancelled={self.cancelled}>"
         )
+
+
+def new_event(
+    cont: Continuation, callback_event: int, cookie: Any, timeout_at: float, period: float
+) -> Event:
+    """An Event from arguments the caller has already checked (the schedulers' fast path:
+    ``Event(...)`` checks them again)."""
+    e = Event.__new__(Event)
+    e.continuation = cont
+    e.mutex = cont.mutex
+    e.cancelled = False
+    e.ethread = None
+    e.callback_event = callback_event
+    e.cookie = cookie
+    e.timeout_at = timeout_at
+    e.period = period
+    e.seq = 0
+    return e

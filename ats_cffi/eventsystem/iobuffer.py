@@ -23,9 +23,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["DEFAULT_BLOCK_SIZE", "IOBufferBlock", "IOBufferReader", "MIOBuffer"]
+__all__ = ["DEFAULT_BLOCK_SIZE", "MAX_BLOCK_SIZE", "IOBufferBlock", "IOBufferReader", "MIOBuffer"]
 
 DEFAULT_BLOCK_SIZE = 32768
+#: Largest block (1 GiB). ATS's largest buffer size index is 2 MiB; bigger blocks are
+#: allowed, up to this bound, well inside the C int the native reads and writes take.
+MAX_BLOCK_SIZE = 2**30
 _EMPTY = bytearray()
 _EMPTY_VIEW = memoryview(_EMPTY)
 
@@ -43,15 +46,23 @@ class IOBufferBlock:
     def __init__(self, size: int) -> None:
         """Allocate a zeroed block of ``size`` bytes, empty.
 
-        Raises ValueError for a negative size, TypeError for a non-integer one.
+        Raises TypeError for a non-integer size (bool included), ValueError for one that is
+        negative or above MAX_BLOCK_SIZE.
         """
+        if size.__class__ is not int:
+            _check_int("IOBufferBlock: size", size)
+            size = int(size)
+        if not 0 <= size <= MAX_BLOCK_SIZE:
+            raise ValueError(
+                f"IOBufferBlock: size must be between 0 and {MAX_BLOCK_SIZE}, got {size}"
+            )
         #: ``len(data)``: blocks never change size.
         self.size = size
         self.start = 0
         self.end = 0
         self.next: IOBufferBlock | None = None
         self._cdata: Any = None
-        if size == 0 and type(size) is int:
+        if size == 0:
             # The empty block every MIOBuffer starts its chain with holds no byte: all of
             # them share one empty array and view (an idle connection's buffers cost less).
             self.data = _EMPTY
@@ -119,11 +130,11 @@ class MIOBuffer:
         """Create an empty buffer whose blocks are ``block_size`` bytes.
 
         Raises TypeError if block_size or water_mark is not an int (bool included),
-        ValueError if block_size <= 0 or water_mark < 0.
+        ValueError if block_size is not in 1..MAX_BLOCK_SIZE or water_mark < 0.
         """
         _check_int("block_size", block_size)
-        if block_size <= 0:
-            raise ValueError(f"block_size must be > 0, got {block_size}")
+        if not 0 < block_size <= MAX_BLOCK_SIZE:
+            raise ValueError(f"block_size must be between 1 and {MAX_BLOCK_SIZE}, got {block_size}")
         self._block_size = block_size
         self._water_mark = 0
         self.water_mark = water_mark
@@ -197,6 +208,8 @@ class MIOBuffer:
                 raise TypeError(
                     f"data must be a bytes-like object, not {type(data).__name__}"
                 ) from None
+            except ValueError as exc:  # a released memoryview
+                raise ValueError(f"MIOBuffer.write: data: {exc}") from None
             if mv.format != "B" or mv.ndim != 1:
                 mv = mv.cast("B")
             n = mv.nbytes
@@ -418,10 +431,14 @@ class IOBufferReader:
         return w._written - self._pos
 
     def is_read_avail_more_than(self, n: int) -> bool:
-        """True if more than ``n`` bytes are available to read."""
+        """True if more than ``n`` bytes are available to read.
+
+        Raises TypeError if n is not an int (bool included)."""
         w = self.writer
         if w is None:
             raise self._dead()
+        if n.__class__ is not int:
+            _check_int("n", n)
         return w._written - self._pos > n
 
     def block_read_avail(self) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -10,7 +12,14 @@ from typing import Any
 
 from ats_cffi.eventsystem.codes import EVENT_IMMEDIATE, EVENT_INTERVAL
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
-from ats_cffi.eventsystem.ethread import DEDICATED, REGULAR, Clock, EThread, this_ethread
+from ats_cffi.eventsystem.ethread import (
+    DEDICATED,
+    REGULAR,
+    Clock,
+    EThread,
+    check_clock,
+    this_ethread,
+)
 from ats_cffi.eventsystem.event import Event
 
 #: The regular event threads. As in ATS, the net threads are the same group.
@@ -18,6 +27,10 @@ ET_CALL = 0
 ET_NET = ET_CALL
 
 MAX_EVENT_TYPES = 16
+#: Most regular event threads of all types together (ATS's MAX_EVENT_THREADS).
+MAX_EVENT_THREADS = 4096
+#: Most regular event threads of one type (ATS's MAX_THREADS_IN_EACH_TYPE).
+MAX_THREADS_IN_EACH_TYPE = 3072
 
 SlotFactory = Callable[[EThread], Any]
 SpawnHook = Callable[[EThread], None]
@@ -33,11 +46,42 @@ class ThreadGroup:
         self.spawn_hooks: list[SpawnHook] = []
         self._next = itertools.count()
 
-    def assign(self) -> EThread:
+    def assign(self, call: str = "assign_thread") -> EThread:
         threads = self.threads
         if not threads:
-            raise RuntimeError(f"assign_thread: no {self.name} threads are running")
+            raise RuntimeError(f"{call}: no {self.name} threads are running")
         return threads[next(self._next) % len(threads)]
+
+
+def _check_thread_callable(call: str, name: str, fn: Any) -> None:
+    """``TypeError`` naming ``call`` and ``name`` unless ``fn`` can be called as
+    ``fn(thread)`` (when its signature can be read)."""
+    if not callable(fn):
+        raise TypeError(f"{call}: {name} must be callable, not {type(fn).__name__}")
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins: nothing to check
+        return
+    try:
+        sig.bind(None)
+    except TypeError as exc:
+        raise TypeError(f"{call}: {name} must accept one argument (the thread): {exc}") from None
+
+
+def _check_timeout(call: str, timeout: Any) -> float | None:
+    """A join timeout: seconds >= 0, or None, -1 or inf (or more than the OS can wait) for
+    no limit, as ``ProxyMutex.lock``; ``TypeError``/``ValueError`` otherwise."""
+    if timeout is None:
+        return None
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+        raise TypeError(f"{call}: timeout must be a number or None, not {type(timeout).__name__}")
+    if timeout == -1:
+        return None
+    if not timeout >= 0:
+        raise ValueError(f"{call}: timeout must be >= 0 or -1, got {timeout}")
+    if timeout >= threading.TIMEOUT_MAX or math.isinf(timeout):
+        return None
+    return float(timeout)
 
 
 def run_on_threads(
@@ -84,7 +128,8 @@ class EventProcessor:
     """
 
     def __init__(self, clock: Clock = time.monotonic) -> None:
-        self.clock = clock
+        """``TypeError``/``ValueError`` if ``clock`` is not callable or reads NaN."""
+        self.clock = check_clock("EventProcessor", clock)
         self._lock = threading.Lock()
         self._reset()
 
@@ -99,8 +144,10 @@ class EventProcessor:
 
     def register_event_type(self, name: str) -> int:
         """A new event type (thread group) named ``name``; the same id for a known name."""
-        if not isinstance(name, str) or not name:
-            raise TypeError("register_event_type: name must be a non-empty str")
+        if not isinstance(name, str):
+            raise TypeError(f"register_event_type: name must be a str, not {type(name).__name__}")
+        if not name:
+            raise ValueError("register_event_type: name must not be empty")
         with self._lock:
             if name in self._type_names:
                 return self._type_names[name]
@@ -116,8 +163,8 @@ class EventProcessor:
 
         Returns the slot's offset for ``EThread.get_slot``. Only before ``start``.
         """
-        if factory is not None and not callable(factory):
-            raise TypeError("allocate: factory must be callable or None")
+        if factory is not None:
+            _check_thread_callable("allocate", "factory", factory)
         with self._lock:
             if self.started:
                 raise RuntimeError("allocate: slots must be allocated before start()")
@@ -127,18 +174,25 @@ class EventProcessor:
     def schedule_spawn(self, hook: SpawnHook, etype: int = ET_CALL) -> None:
         """Run ``hook(thread)`` on every thread of ``etype`` when it starts (on that thread).
 
-        Threads already running get it as an immediate event; returns once they ran it.
+        Threads already running get it as an immediate event; returns once they ran it. If it
+        raises on one of them, it is not kept for later threads and the error is re-raised.
         """
         if not callable(hook):
-            raise TypeError("schedule_spawn: hook must be callable")
+            raise TypeError(f"schedule_spawn: hook must be callable, not {type(hook).__name__}")
         group = self._group("schedule_spawn", etype)
+        _check_thread_callable("schedule_spawn", "hook", hook)
         me = this_ethread()
         if me is not None and me in group.threads:
             raise RuntimeError("schedule_spawn: called on a thread of the group it waits for")
         group.spawn_hooks.append(hook)
         running = [t for t in group.threads if t.is_alive]
         if running:
-            run_on_threads(running, hook, "schedule_spawn")
+            try:
+                run_on_threads(running, hook, "schedule_spawn")
+            except BaseException:
+                # A hook that fails would fail every later thread's start as well.
+                group.spawn_hooks = [h for h in group.spawn_hooks if h is not hook]
+                raise
 
     def _group(self, call: str, etype: int) -> ThreadGroup:
         if type(etype) is not int:
@@ -155,23 +209,59 @@ class EventProcessor:
             hook(t)
 
     def spawn_event_threads(self, etype: int, n_threads: int, name: str | None = None) -> None:
-        """Start ``n_threads`` regular threads of ``etype``; returns once each is initialised."""
-        group = self._group("spawn_event_threads", etype)
+        """Start ``n_threads`` regular threads of ``etype``; returns once each is initialised.
+
+        ``ValueError`` beyond MAX_THREADS_IN_EACH_TYPE threads of one type or
+        MAX_EVENT_THREADS in all (checked before any thread starts). If one fails to start,
+        the threads this call started are stopped before the error is raised.
+        """
+        call = "spawn_event_threads"
+        group = self._group(call, etype)
         if type(n_threads) is not int:
-            raise TypeError("spawn_event_threads: n_threads must be an int")
+            raise TypeError(f"{call}: n_threads must be an int, not {type(n_threads).__name__}")
         if n_threads <= 0:
-            raise ValueError(f"spawn_event_threads: n_threads must be > 0, got {n_threads}")
+            raise ValueError(f"{call}: n_threads must be > 0, got {n_threads}")
+        if name is not None:
+            if not isinstance(name, str):
+                raise TypeError(f"{call}: name must be a str or None, not {type(name).__name__}")
+            if not name:
+                raise ValueError(f"{call}: name must not be empty")
+        in_group = len(group.threads)
+        if n_threads > MAX_THREADS_IN_EACH_TYPE - in_group:
+            raise ValueError(
+                f"{call}: n_threads must be at most {MAX_THREADS_IN_EACH_TYPE - in_group} "
+                f"({in_group} of at most {MAX_THREADS_IN_EACH_TYPE} threads of type {etype} "
+                f"exist), got {n_threads}"
+            )
+        total = sum(len(g.threads) for g in self.groups)
+        if n_threads > MAX_EVENT_THREADS - total:
+            raise ValueError(
+                f"{call}: n_threads must be at most {MAX_EVENT_THREADS - total} ({total} of "
+                f"at most {MAX_EVENT_THREADS} event threads exist), got {n_threads}"
+            )
         with self._lock:
-            self.started = True
-        base = len(group.threads)
-        for i in range(base, base + n_threads):
-            t = EThread(REGULAR, etype, i, self.clock, f"[{name or group.name} {i}]")
-            try:
-                t.start(self._init_thread)
-            except BaseException:
+            was_started, self.started = self.started, True
+        mine: list[EThread] = []
+        try:
+            for i in range(in_group, in_group + n_threads):
+                t = EThread(REGULAR, etype, i, self.clock, f"[{name or group.name} {i}]")
+                try:
+                    t.start(self._init_thread)
+                except BaseException:
+                    t.join()
+                    raise
+                group.threads.append(t)
+                mine.append(t)
+        except BaseException:
+            for t in mine:
+                t.stop()
+            for t in mine:
                 t.join()
-                raise
-            group.threads.append(t)
+            group.threads[:] = [t for t in group.threads if t not in mine]
+            with self._lock:
+                if not was_started and not any(g.threads for g in self.groups):
+                    self.started = False
+            raise
 
     def start(self, n_threads: int = 1) -> None:
         """Start the ``ET_CALL``/``ET_NET`` threads (ATS's ``eventProcessor.start``)."""
@@ -181,8 +271,14 @@ class EventProcessor:
 
     def spawn_thread(self, cont: Continuation, name: str) -> EThread:
         """A dedicated thread that runs ``cont`` once with ``EVENT_IMMEDIATE`` (e.g. a blocking
-        accept loop). It holds no mutex while the handler runs; the handler returns to end it."""
-        check_continuation("spawn_thread", cont)
+        accept loop). It holds no mutex while the handler runs; the handler returns to end it.
+
+        ``TypeError``/``ValueError`` unless ``name`` is a non-empty str."""
+        check_continuation("spawn_thread", cont, True)
+        if not isinstance(name, str):
+            raise TypeError(f"spawn_thread: name must be a str, not {type(name).__name__}")
+        if not name:
+            raise ValueError("spawn_thread: name must not be empty")
         t = EThread(DEDICATED, -1, len(self.dedicated), self.clock, name)
         e = Event(cont, EVENT_IMMEDIATE)
         self.dedicated.append(t)
@@ -205,39 +301,62 @@ class EventProcessor:
         self, cont: Continuation, etype: int = ET_CALL, callback_event: int = EVENT_IMMEDIATE,
         cookie: Any = None,
     ) -> Event:  # fmt: skip
-        return self.assign_thread(etype).schedule_imm(cont, callback_event, cookie)
+        return (
+            self._group("schedule_imm", etype)
+            .assign("schedule_imm")
+            .schedule_imm(cont, callback_event, cookie)
+        )
 
     def schedule_imm_signal(
         self, cont: Continuation, etype: int = ET_CALL, callback_event: int = EVENT_IMMEDIATE,
         cookie: Any = None,
     ) -> Event:  # fmt: skip
-        return self.assign_thread(etype).schedule_imm_signal(cont, callback_event, cookie)
+        return (
+            self._group("schedule_imm_signal", etype)
+            .assign("schedule_imm_signal")
+            .schedule_imm_signal(cont, callback_event, cookie)
+        )
 
     def schedule_in(
         self, cont: Continuation, delay: float, etype: int = ET_CALL,
         callback_event: int = EVENT_INTERVAL, cookie: Any = None,
     ) -> Event:  # fmt: skip
-        return self.assign_thread(etype).schedule_in(cont, delay, callback_event, cookie)
+        return (
+            self._group("schedule_in", etype)
+            .assign("schedule_in")
+            .schedule_in(cont, delay, callback_event, cookie)
+        )
 
     def schedule_at(
         self, cont: Continuation, atime: float, etype: int = ET_CALL,
         callback_event: int = EVENT_INTERVAL, cookie: Any = None,
     ) -> Event:  # fmt: skip
-        return self.assign_thread(etype).schedule_at(cont, atime, callback_event, cookie)
+        return (
+            self._group("schedule_at", etype)
+            .assign("schedule_at")
+            .schedule_at(cont, atime, callback_event, cookie)
+        )
 
     def schedule_every(
         self, cont: Continuation, period: float, etype: int = ET_CALL,
         callback_event: int = EVENT_INTERVAL, cookie: Any = None,
     ) -> Event:  # fmt: skip
-        return self.assign_thread(etype).schedule_every(cont, period, callback_event, cookie)
+        return (
+            self._group("schedule_every", etype)
+            .assign("schedule_every")
+            .schedule_every(cont, period, callback_event, cookie)
+        )
 
     # ---------------------------------------------------------------- shutdown
 
-    def shutdown(self, timeout: float = 5.0) -> None:
+    def shutdown(self, timeout: float | None = 5.0) -> None:
         """Stop and join every thread, close their fds, and reset to a fresh processor.
 
-        Raises ``RuntimeError`` naming the threads that did not end within ``timeout``.
+        ``timeout`` is per thread, in seconds (None, -1 or inf: no limit); it is checked
+        before anything stops. Raises ``RuntimeError`` naming the threads that did not end
+        within it.
         """
+        timeout = _check_timeout("shutdown", timeout)
         me = this_ethread()
         if me is not None and me.tt == REGULAR:
             raise RuntimeError("shutdown: called on an event thread, which cannot join itself")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Any
 
+from .continuation import check_continuation
 from .iobuffer import IOBufferReader, MIOBuffer
 
 __all__ = ["INT64_MAX", "VIO", "VIOOp"]
@@ -45,7 +46,13 @@ class VIO:
     __slots__ = ("op", "cont", "nbytes", "ndone", "buffer", "vc_server", "mutex")
 
     def __init__(self, op: VIOOp | int = VIOOp.NONE) -> None:
-        """An idle VIO for operation ``op``."""
+        """An idle VIO for operation ``op`` (a VIOOp or its int value: ``TypeError`` /
+        ``ValueError`` otherwise)."""
+        if op.__class__ is not VIOOp:
+            if not isinstance(op, int) or isinstance(op, bool):
+                raise TypeError(f"VIO: op must be a VIOOp, not {type(op).__name__}")
+            if op not in VIOOp._value2member_map_:
+                raise ValueError(f"VIO: op must be a VIOOp value, got {op}")
         self.op = op
         self.cont: Any = None
         self.nbytes = 0
@@ -78,8 +85,11 @@ class VIO:
         """Send this operation's events to ``cont`` from now on, and adopt its mutex.
 
         Tells ``vc_server`` first (through its ``set_continuation(vio, cont)``, if it has one).
-        ``cont`` may be None, which clears both the continuation and the mutex.
+        ``cont`` may be None, which clears both the continuation and the mutex. ``TypeError``
+        if it is not a Continuation (one without a mutex is given one, which the VIO adopts).
         """
+        if cont is not None:
+            check_continuation("VIO.set_continuation", cont)
         vc = self.vc_server
         if vc is not None:
             hook = getattr(vc, "set_continuation", None)
@@ -104,10 +114,14 @@ class VIO:
     def set_reader(self, reader: IOBufferReader | None) -> None:
         """Make ``reader`` the buffer of this (write) operation.
 
-        Raises TypeError if reader is not an IOBufferReader or None.
+        Raises TypeError if reader is not an IOBufferReader or None, ValueError if it has
+        been deallocated.
         """
-        if reader is not None and not isinstance(reader, IOBufferReader):
-            raise TypeError(f"reader must be an IOBufferReader, not {type(reader).__name__}")
+        if reader is not None:
+            if not isinstance(reader, IOBufferReader):
+                raise TypeError(f"reader must be an IOBufferReader, not {type(reader).__name__}")
+            if reader.writer is None:
+                raise ValueError("VIO.set_reader: reader has been deallocated")
         self.buffer = reader
 
     def get_writer(self) -> MIOBuffer | None:
@@ -127,16 +141,29 @@ class VIO:
     def reenable(self) -> None:
         """Tell the VConnection that progress may be possible again (``vc_server.reenable``).
 
-        Raises AttributeError if the VIO has no vc_server.
+        Raises AttributeError naming the call if the VIO has no vc_server.
         """
-        self.vc_server.reenable(self)
+        try:
+            self.vc_server.reenable(self)
+        except AttributeError:
+            self._check_vc_server("VIO.reenable")
+            raise
 
     def reenable_re(self) -> None:
         """Like ``reenable``, but the VConnection may do the I/O at once, re-entrantly.
 
-        Raises AttributeError if the VIO has no vc_server.
+        Raises AttributeError naming the call if the VIO has no vc_server.
         """
-        self.vc_server.reenable_re(self)
+        try:
+            self.vc_server.reenable_re(self)
+        except AttributeError:
+            self._check_vc_server("VIO.reenable_re")
+            raise
+
+    def _check_vc_server(self, call: str) -> None:
+        # After an AttributeError (the try costs nothing on the way that works).
+        if self.vc_server is None:
+            raise AttributeError(f"{call}: the VIO has no vc_server") from None
 
     def __repr__(self) -> str:
         op = VIOOp(self.op).name if self.op in VIOOp._value2member_map_ else self.op

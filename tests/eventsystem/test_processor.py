@@ -339,8 +339,10 @@ def test_bad_times_through_the_processor_raise(processor, call, value, error) ->
 
 def test_register_event_type_checks_its_name_and_the_type_limit(processor) -> None:
     ep = processor(start=False)
-    with pytest.raises(TypeError, match="register_event_type: name must be a non-empty str"):
+    with pytest.raises(ValueError, match="register_event_type: name must not be empty"):
         ep.register_event_type("")
+    with pytest.raises(TypeError, match="register_event_type: name must be a str, not int"):
+        ep.register_event_type(5)  # type: ignore[arg-type]
     for i in range(1, MAX_EVENT_TYPES):
         assert ep.register_event_type(f"ET_{i}") == i
     with pytest.raises(ValueError, match=f"at most {MAX_EVENT_TYPES} event types"):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from ats_cffi.eventsystem.continuation import Continuation
 from ats_cffi.eventsystem.iobuffer import MIOBuffer
+from ats_cffi.eventsystem.mutex import ProxyMutex
 from ats_cffi.eventsystem.vio import INT64_MAX, VIO, VIOOp
 
 
@@ -31,9 +33,9 @@ class MinimalVC:
         pass
 
 
-class Cont:
+class Cont(Continuation):
     def __init__(self) -> None:
-        self.mutex = object()
+        super().__init__(ProxyMutex(), lambda event, data: None)
 
 
 def test_op_values_match_ats() -> None:
