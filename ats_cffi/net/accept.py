@@ -43,6 +43,7 @@ import fcntl
 import logging
 import os
 import select
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ _INT_SIZE = ffi.sizeof("int")
 _setsockopt = lib.setsockopt
 _IPPROTO_TCP = lib.IPPROTO_TCP
 _TCP_NODELAY = lib.TCP_NODELAY
+_SO_ACCEPTCONN = socket.SO_ACCEPTCONN  # not in the cdef; the same value on every Linux
 
 _IGNORE = 2
 _TRANSIENT = 1
@@ -146,17 +148,23 @@ class AcceptOptions:
             raise TypeError(f"{call}: AcceptOptions.port must be an int")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"{call}: AcceptOptions.port must be in 0..65535, got {self.port}")
-        if self.ip_family not in (lib.AF_INET, lib.AF_INET6):
+        if type(self.ip_family) is not int or self.ip_family not in (lib.AF_INET, lib.AF_INET6):
             raise ValueError(f"{call}: AcceptOptions.ip_family must be AF_INET or AF_INET6")
         if self.local_address is not None and not isinstance(self.local_address, str):
             raise TypeError(f"{call}: AcceptOptions.local_address must be a str or None")
         for name in ("recv_bufsize", "send_bufsize", "sockopt_flags", "packet_mark",
                      "packet_tos"):  # fmt: skip
             v = getattr(self, name)
-            if type(v) is not int or not 0 <= v <= INT_RECORD_MAX:
-                raise ValueError(
-                    f"{call}: AcceptOptions.{name} must be an int in 0..{INT_RECORD_MAX}"
-                )
+            hi = 255 if name == "packet_tos" else INT_RECORD_MAX  # a byte; else a C int
+            if type(v) is not int or not 0 <= v <= hi:
+                raise ValueError(f"{call}: AcceptOptions.{name} must be an int in 0..{hi}")
+        for name in ("localhost_only", "frequent_accept", "backdoor", "reuseport",
+                     "f_inbound_transparent"):  # fmt: skip
+            v = getattr(self, name)
+            if type(v) is not bool and not (type(v) is int and v in (0, 1)):
+                raise TypeError(f"{call}: AcceptOptions.{name} must be a bool (or 0/1), not {v!r}")
+        if type(self.etype) is not int:
+            raise TypeError(f"{call}: AcceptOptions.etype must be an int")
         for name in ("accept_threads", "defer_accept", "backlog"):
             v = getattr(self, name)
             hi = MAX_ACCEPT_THREADS if name == "accept_threads" else INT_RECORD_MAX
@@ -224,6 +232,26 @@ def open_listen_socket(opt: AcceptOptions, port: int | None = None) -> int:
     return fd
 
 
+def check_listen_fd(call: str, fd: Any) -> int:
+    """The family of ``fd`` if it is a listening TCP socket (``AF_INET``/``AF_INET6``,
+    ``SOCK_STREAM``, ``SO_ACCEPTCONN``); else ``TypeError``/``ValueError``/``OSError`` naming
+    ``fd``. Touches nothing of the socket."""
+    _sys.check_fd(call, fd)
+    try:
+        family = _sys.getsockopt_int(fd, lib.SOL_SOCKET, lib.SO_DOMAIN)
+        stype = _sys.getsockopt_int(fd, lib.SOL_SOCKET, lib.SO_TYPE)
+        listening = _sys.getsockopt_int(fd, lib.SOL_SOCKET, _SO_ACCEPTCONN)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{call}: fd {fd} is not a socket ({exc.strerror})") from None
+    if family not in (lib.AF_INET, lib.AF_INET6):
+        raise ValueError(f"{call}: fd {fd} must be an AF_INET or AF_INET6 socket")
+    if stype != lib.SOCK_STREAM:
+        raise ValueError(f"{call}: fd {fd} must be a SOCK_STREAM (TCP) socket")
+    if not listening:
+        raise ValueError(f"{call}: fd {fd} is not listening (call listen() on it first)")
+    return family
+
+
 class NetAccept(Continuation):
     """One listener: its socket(s), the accept continuation (``action``) and its loops.
 
@@ -249,8 +277,14 @@ class NetAccept(Continuation):
         #: ``(NetHandler, fd)`` of the accept passes scheduled to run again (``_retry_later``).
         self._retries: set[tuple[NetHandler, int]] = set()
         self._resource_logged = 0.0
+        #: Counts of this listener (retired, folded into the totals, when it closes); it is
+        #: in ``accepts_currently_open`` from its first listen socket until it closes.
         self.stats = net_stats.new_block()
-        self.stats[st.ACCEPTS_CURRENTLY_OPEN] += 1
+        self._counted = False
+        #: The fd given to ``main_accept`` (the caller's until the call succeeded) and its
+        #: file status flags before ``do_listen`` made it non-blocking.
+        self.caller_fd: int | None = None
+        self._caller_flags = 0
         self.n_accepted = 0
         #: Accept threads' hand-off per net thread (``_AcceptInbox``), made on first use.
         self._inboxes: dict[EThread, _AcceptInbox] = {}
@@ -275,12 +309,15 @@ class NetAccept(Continuation):
     def do_listen(self, fd: int | None = None) -> None:
         """Use ``fd`` (already listening) or open the socket ``opt`` describes."""
         if fd is not None:
-            _sys.check_fd("main_accept", fd)
-            self.family = _sys.getsockopt_int(fd, lib.SOL_SOCKET, lib.SO_DOMAIN)
+            self.family = check_listen_fd("main_accept", fd)
             # Accepts are non-blocking in every mode (accept threads wait in poll).
             flags = fcntl.fcntl(fd, fcntl.F_GETFL)
             fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+            self.caller_fd, self._caller_flags = fd, flags
         self.server_fds.append(fd if fd is not None else open_listen_socket(self.opt))
+        if not self._counted:
+            self._counted = True
+            self.stats[st.ACCEPTS_CURRENTLY_OPEN] += 1
 
     # ------------------------------------------------------------------ the three modes
 
@@ -581,12 +618,19 @@ class NetAccept(Continuation):
 
     # ------------------------------------------------------------------ stopping
 
-    def close_listener(self) -> None:
+    def close_listener(self, refused: bool = False) -> None:
         """Stop every loop, join the accept threads (but the calling one) and close the listen
-        socket(s). Any thread, the accept continuation's handler included; idempotent."""
+        socket(s). Any thread, the accept continuation's handler included; idempotent.
+
+        ``refused``: ``main_accept`` failed, so the fd it was given is still the caller's: it
+        is handed back open, with its old flags (and not shut down unless accept threads
+        blocked on it must be woken)."""
+        keep = self.caller_fd if refused else None
         with self._fd_lock:
             fds = list(self.server_fds)
         for fd in fds:
+            if fd == keep and not self._accept_threads:
+                continue
             try:
                 _sys.shutdown(fd, lib.SHUT_RDWR)  # wakes accept threads blocked in accept4
             except OSError:
@@ -609,9 +653,17 @@ class NetAccept(Continuation):
             self._ios.clear()
             fds, self.server_fds = self.server_fds, []
             for fd in fds:
+                if fd == keep:
+                    try:
+                        fcntl.fcntl(fd, fcntl.F_SETFL, self._caller_flags)
+                    except OSError:
+                        pass
+                    continue
                 _sys.close(fd)
-            if fds:
+            if self._counted:
+                self._counted = False
                 self.stats[st.ACCEPTS_CURRENTLY_OPEN] -= 1
+        net_stats.retire(self.stats)  # its counts stay in the totals
         if self.processor is not None:
             try:
                 self.processor.accepts.remove(self)

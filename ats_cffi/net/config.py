@@ -8,6 +8,8 @@ thread starts.
 
 from __future__ import annotations
 
+import math
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 INT_RECORD_MAX = 2**31 - 1
 #: The most dedicated accept threads a listener may have.
 MAX_ACCEPT_THREADS = 1024
+_FLOAT_MAX = sys.float_info.max
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ RECORDS: tuple[Record, ...] = (
     Record("proxy.config.net.poll_timeout", "poll_timeout", 10, int, 0,
            "ms; longest epoll_wait when no timer is due sooner", dynamic=True),
     Record("proxy.config.net.inactivity_check_frequency", "inactivity_check_frequency", 1, float,
-           0.001, "s; period of each thread's InactivityCop"),
+           0.001, "s; period of each thread's InactivityCop", maximum=3600),
     Record("proxy.config.net.default_inactivity_timeout", "default_inactivity_timeout", 86400,
            float, 0, "s; applied by the cop to VCs with pending I/O and no timeout (0: none)",
            dynamic=True),
@@ -131,8 +134,10 @@ class RecordStore:
     def __setattr__(self, name: str, value: Any) -> None:
         if name in self._by_attr:
             self.set(name, value)
-        else:
+        elif name.startswith("_"):
             object.__setattr__(self, name, value)
+        else:  # a typo would silently make a record nobody reads
+            raise AttributeError(f"{type(self).__name__}: no record named {name!r}")
 
 
 class NetConfig(RecordStore):
@@ -146,8 +151,10 @@ class NetConfig(RecordStore):
     def _coerce(self, r: Record, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{r.key}: expected a number, got {type(value).__name__}")
-        if value != value or value in (float("inf"), float("-inf")):
+        if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{r.key}: expected a finite number, got {value}")
+        if r.kind is float and not -_FLOAT_MAX <= value <= _FLOAT_MAX:  # an int beyond a float
+            raise ValueError(f"{r.key}: expected a finite number, got an int too large")
         if r.kind is int and value != int(value):
             raise ValueError(f"{r.key}: expected an integer, got {value}")
         if value < r.minimum:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,7 @@ _NONE = VIOOp.NONE
 _AGAIN = _sys.AGAIN
 _ECONNRESET = errno.ECONNRESET
 _IOV_MAX = 64
+_FLOAT_MAX = sys.float_info.max
 _get_ident = threading.get_ident
 _lib_close = lib.close
 _AF_INET = lib.AF_INET
@@ -152,13 +154,20 @@ class NetVCOptions:
             v = getattr(self, name)
             if type(v) is not int:
                 raise TypeError(f"{call}: NetVCOptions.{name} must be an int")
-            if not 0 <= v <= INT_RECORD_MAX:  # a C int for setsockopt
-                raise ValueError(
-                    f"{call}: NetVCOptions.{name} must be in 0..{INT_RECORD_MAX}, got {v}"
-                )
+            hi = 255 if name == "packet_tos" else INT_RECORD_MAX  # a byte; else a C int
+            if not 0 <= v <= hi:
+                raise ValueError(f"{call}: NetVCOptions.{name} must be in 0..{hi}, got {v}")
         ct = self.connect_timeout
-        if ct is not None and (isinstance(ct, bool) or not isinstance(ct, (int, float)) or ct < 0):
-            raise ValueError(f"{call}: NetVCOptions.connect_timeout must be a number >= 0")
+        if ct is not None:
+            if isinstance(ct, bool) or not isinstance(ct, (int, float)):
+                raise TypeError(
+                    f"{call}: NetVCOptions.connect_timeout must be a number or None, "
+                    f"not {type(ct).__name__}"
+                )
+            if not 0 <= ct < _FLOAT_MAX:  # NaN, inf and ints beyond a float fail this
+                raise ValueError(
+                    f"{call}: NetVCOptions.connect_timeout must be a finite number >= 0, got {ct!r}"
+                )
         la = self.local_address
         if la is not None:
             if (
@@ -174,6 +183,16 @@ class NetVCOptions:
                 raise ValueError(
                     f"{call}: NetVCOptions.local_address port must be in 0..65535, got {la[1]}"
                 )
+            for what, v in zip(("flowinfo", "scope_id"), la[2:]):
+                if type(v) is not int:
+                    raise TypeError(
+                        f"{call}: NetVCOptions.local_address {what} must be an int, "
+                        f"not {type(v).__name__}"
+                    )
+                if not 0 <= v <= 0xFFFFFFFF:
+                    raise ValueError(
+                        f"{call}: NetVCOptions.local_address {what} must be in 0..2**32-1, got {v}"
+                    )
             la_family = _sys.ip_family(la[0]) if "\0" not in la[0] else 0
             if not la_family:
                 raise ValueError(
@@ -268,7 +287,15 @@ class UnixNetVConnection(Continuation):
         self.handler = self.main_event
         self.fd = -1
         self.family = _AF_INET
-        self.options = options or NetVCOptions()
+        if type(options) is not NetVCOptions:  # one test per VC: the accept path's case
+            if options is None:
+                options = NetVCOptions()
+            elif not isinstance(options, NetVCOptions):
+                raise TypeError(
+                    "UnixNetVConnection: options must be NetVCOptions or None, "
+                    f"not {type(options).__name__}"
+                )
+        self.options = options
         self.read = r = NetState()
         self.write = w = NetState()
         r.vio.vc_server = self
@@ -438,7 +465,14 @@ class UnixNetVConnection(Continuation):
         may hold them), so that no delivery is under way either. Except on an event thread:
         it never waits for a mutex another thread holds (two net threads closing each
         other's VCs from their handlers would deadlock), so a delivery under way there
-        finishes; no other starts (``_signal_and_update`` sees the VC closed)."""
+        finishes; no other starts (``_signal_and_update`` sees the VC closed).
+
+        ``alerrno``: -1 (a normal close) or an errno >= 0 (an abort; a non-zero one is kept
+        in ``lerrno``). ``TypeError``/``ValueError`` for anything else."""
+        if isinstance(alerrno, bool) or not isinstance(alerrno, int):
+            raise TypeError(f"do_io_close: alerrno must be an int, not {type(alerrno).__name__}")
+        if not -1 <= alerrno <= INT_RECORD_MAX:
+            raise ValueError(f"do_io_close: alerrno must be -1 or an errno, got {alerrno}")
         if self.closed:
             return
         nh = self.nh
@@ -492,8 +526,12 @@ class UnixNetVConnection(Continuation):
     def do_io_shutdown(self, howto: int) -> None:
         """Shut one or both directions down; no event is sent. ``ValueError`` for a bad howto."""
         self._check_open("do_io_shutdown")
-        if howto not in (IO_SHUTDOWN_READ, IO_SHUTDOWN_WRITE, IO_SHUTDOWN_READWRITE):
-            raise ValueError(f"do_io_shutdown: howto must be an IO_SHUTDOWN_* value, got {howto}")
+        if (
+            isinstance(howto, bool)
+            or not isinstance(howto, int)
+            or howto not in (IO_SHUTDOWN_READ, IO_SHUTDOWN_WRITE, IO_SHUTDOWN_READWRITE)
+        ):
+            raise ValueError(f"do_io_shutdown: howto must be an IO_SHUTDOWN_* value, got {howto!r}")
         how = {IO_SHUTDOWN_READ: lib.SHUT_RD, IO_SHUTDOWN_WRITE: lib.SHUT_WR}.get(
             howto, lib.SHUT_RDWR
         )
@@ -519,16 +557,14 @@ class UnixNetVConnection(Continuation):
 
     @staticmethod
     def _check_timeout(call: str, seconds: Any) -> float:
-        """``seconds`` as a float, or ``TypeError``/``ValueError`` naming ``call``."""
+        """``seconds`` as a float, or ``TypeError``/``ValueError`` naming ``call``: a finite
+        number >= 0 (0: no timeout; NaN, inf and ints too large for a float are refused)."""
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
             raise TypeError(f"{call}: timeout must be a number of seconds")
-        try:
-            value = float(seconds)
-        except OverflowError:
-            raise ValueError(f"{call}: timeout is too large") from None
-        if not value >= 0:
-            raise ValueError(f"{call}: timeout must be >= 0, got {seconds}")
-        return value
+        if not 0 <= seconds <= _FLOAT_MAX:
+            what = "an int too large" if isinstance(seconds, int) else seconds
+            raise ValueError(f"{call}: timeout must be a finite number >= 0, got {what}")
+        return float(seconds)
 
     def _now(self) -> float:
         nh = self.nh

@@ -3,24 +3,35 @@ outgoing connections (``connect_re``/``connect_s``) and listeners (``accept``)."
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import logging
 import os
 import threading
 from typing import Any, Protocol
 
 from ats_cffi import sys as _sys
+from ats_cffi._native import lib
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
 from ats_cffi.eventsystem.ethread import EThread, on_event_thread, this_ethread
 from ats_cffi.eventsystem.event import Action
 from ats_cffi.eventsystem.mutex import ProxyMutex
 from ats_cffi.eventsystem.processor import ET_NET, EventProcessor, event_processor
 from ats_cffi.net import nethandler as _nh_mod
-from ats_cffi.net.accept import AcceptOptions, NetAccept
+from ats_cffi.net.accept import AcceptOptions, NetAccept, check_listen_fd
 from ats_cffi.net.codes import EVENTIO_READ, NET_EVENT_OPEN
 from ats_cffi.net.config import net_config
 from ats_cffi.net.nethandler import InactivityCop, NetHandler, get_net_handler
 from ats_cffi.net.netvc import NetVCOptions, UnixNetVConnection
 from ats_cffi.net.throttle import change_net_connections_throttle
+
+log = logging.getLogger("ats.iocore_net")
+
+#: The most net threads ``start`` takes (ATS's MAX_THREADS_IN_EACH_TYPE).
+MAX_NET_THREADS = 3072
+#: The longest a blocking call (``connect_s``, ``shutdown``) may be asked to wait, in s
+#: (below ``threading.TIMEOUT_MAX``, with room for connect_s's margin).
+MAX_WAIT = threading.TIMEOUT_MAX - 3600.0
 
 #: Slot of each net thread's PollCont (the NetHandler's is nethandler.NET_HANDLER_SLOT).
 POLL_CONT_SLOT: int | None = None
@@ -53,8 +64,16 @@ def _parse_address(call: str, addr: Any) -> tuple[int, tuple]:
         raise TypeError(f"{call}: host must be a str, not {type(host).__name__}")
     if type(port) is not int or not 0 < port <= 65535:
         raise ValueError(f"{call}: port must be in 1..65535, got {port!r}")
+    if len(addr) == 4:
+        for name, v in (("flowinfo", addr[2]), ("scope_id", addr[3])):
+            if type(v) is not int:
+                raise TypeError(f"{call}: addr {name} must be an int, not {type(v).__name__}")
+            if not 0 <= v <= 0xFFFFFFFF:
+                raise ValueError(f"{call}: addr {name} must be in 0..2**32-1, got {v}")
     family = _sys.ip_family(host)
     if family:
+        if len(addr) == 4 and family != lib.AF_INET6:
+            raise ValueError(f"{call}: a 4-tuple addr must be an IPv6 address, not {host!r}")
         return family, addr
     if not host or len(host) > 253:
         raise ValueError(f"{call}: not an IP address or host name: {host!r}")
@@ -106,24 +125,67 @@ class UnixNetProcessor:
 
     def start(self, n_net_threads: int = 1, processor: EventProcessor | None = None) -> None:
         """Start ``n_net_threads`` net threads (the seed's order: slots, threads, per-thread
-        init, connections throttle). ``RuntimeError`` if the event processor already runs."""
+        init, connections throttle). ``RuntimeError`` if the event processor already runs.
+
+        The arguments are checked before anything is registered (``TypeError``/``ValueError``
+        naming ``n_net_threads`` or ``processor``: an int in 1..``MAX_NET_THREADS``); if the
+        threads cannot all start (out of fds, say), those that did are stopped and the event
+        processor is left as it was found."""
         global POLL_CONT_SLOT
-        ep = processor or event_processor
+        if processor is not None and not isinstance(processor, EventProcessor):
+            raise TypeError(
+                "start: processor must be an EventProcessor or None, "
+                f"not {type(processor).__name__}"
+            )
+        if type(n_net_threads) is not int:
+            raise TypeError(
+                f"start: n_net_threads must be an int, not {type(n_net_threads).__name__}"
+            )
+        if not 1 <= n_net_threads <= MAX_NET_THREADS:
+            raise ValueError(
+                f"start: n_net_threads must be in 1..{MAX_NET_THREADS}, got {n_net_threads}"
+            )
+        ep = processor if processor is not None else event_processor
         if ep.n_threads_for_type(ET_NET):
             raise RuntimeError("start: the event processor is already running; start the net "
                                "processor first (it starts the event threads)")  # fmt: skip
+        old_slots = (_nh_mod.NET_HANDLER_SLOT, POLL_CONT_SLOT)
+        n_slots = len(ep._slot_factories)
         self.event_processor = ep
-        _nh_mod.NET_HANDLER_SLOT = ep.allocate(None)
-        POLL_CONT_SLOT = ep.allocate(None)
-        ep.schedule_spawn(initialize_thread_for_net, ET_NET)
-        ep.start(n_net_threads)
+        try:
+            _nh_mod.NET_HANDLER_SLOT = ep.allocate(None)
+            POLL_CONT_SLOT = ep.allocate(None)
+            ep.schedule_spawn(initialize_thread_for_net, ET_NET)
+            ep.start(n_net_threads)
+        except BaseException:
+            # Undo: stop the threads that did start (shutdown returns the processor to its
+            # fresh state), else take back the hook and the slots registered above.
+            if ep.started or ep.n_threads_for_type(ET_NET):
+                try:
+                    ep.shutdown()
+                except Exception:
+                    log.exception("start: stopping the threads already started failed")
+            else:
+                hooks = ep.groups[ET_NET].spawn_hooks  # read now: it may be a new list
+                while initialize_thread_for_net in hooks:
+                    hooks.remove(initialize_thread_for_net)
+                del ep._slot_factories[n_slots:]
+            _nh_mod.NET_HANDLER_SLOT, POLL_CONT_SLOT = old_slots
+            self.netthreads = []
+            self.n_netthreads = 0
+            raise
         self.netthreads = ep.threads(ET_NET)
         self.n_netthreads = len(self.netthreads)
         change_net_connections_throttle()
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Cancel every listener, stop the event processor (closing every VC, epoll fd and
-        eventfd) and forget the threads."""
+        eventfd) and forget the threads. ``timeout`` (s, finite, >= 0) bounds the wait for
+        each thread; it is checked before anything stops."""
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"shutdown: timeout must be a number, not {type(timeout).__name__}")
+        if not (0 <= timeout <= MAX_WAIT):
+            raise ValueError(f"shutdown: timeout must be in 0..{MAX_WAIT:.0f} s, got {timeout}")
         for na in list(self.accepts):
             na.action.cancel()
         self.accepts.clear()
@@ -148,6 +210,13 @@ class UnixNetProcessor:
         """
         check_continuation("connect_re", cont)
         family, address = _parse_address("connect_re", addr)
+        if options is not None:
+            if not isinstance(options, NetVCOptions):
+                raise TypeError(
+                    f"connect_re: options must be NetVCOptions or None, "
+                    f"not {type(options).__name__}"
+                )
+            options.validate("connect_re", family or None)
         if family == 0:
             resolver = self.host_resolver
             if resolver is None:
@@ -160,9 +229,6 @@ class UnixNetProcessor:
             recv_bufsize=net_config.sock_recv_buffer_size_out,
             send_bufsize=net_config.sock_send_buffer_size_out,
         )  # fmt: skip
-        if not isinstance(opts, NetVCOptions):
-            raise TypeError("connect_re: options must be NetVCOptions")
-        opts.validate("connect_re", family)
         if not self.netthreads:
             raise RuntimeError("connect_re: net_processor is not started")
         vc = UnixNetVConnection(opts)
@@ -191,13 +257,25 @@ class UnixNetProcessor:
         """Connect and wait (blocking the calling thread, never an event thread).
 
         Returns the open VC; raises ``OSError`` with the connect's errno, ``TimeoutError``
-        after ``timeout`` seconds, ``RuntimeError`` on an event thread.
+        after ``timeout`` seconds (a finite number > 0), ``RuntimeError`` on an event thread.
+        ``options`` is not changed (a copy gets the connect timeout). Whatever ends the wait
+        (an exception included), a connection that opens after it is closed, never leaked.
         """
         if on_event_thread():
             raise RuntimeError("connect_s: would block an event thread; use connect_re there")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ValueError(f"connect_s: timeout must be a number > 0, got {timeout!r}")
-        opts = options if options is not None else NetVCOptions()
+        if options is not None and not isinstance(options, NetVCOptions):
+            raise TypeError(
+                f"connect_s: options must be NetVCOptions or None, not {type(options).__name__}"
+            )
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"connect_s: timeout must be a number, not {type(timeout).__name__}")
+        if not 0 < timeout <= MAX_WAIT:
+            raise ValueError(
+                f"connect_s: timeout must be a finite number in (0, {MAX_WAIT:.0f}] s, "
+                f"got {timeout!r}"
+            )
+        timeout = float(timeout)
+        opts = dataclasses.replace(options) if options is not None else NetVCOptions()
         opts.connect_timeout = timeout
         done = threading.Event()
         result: list[tuple[int, Any]] = []
@@ -208,12 +286,22 @@ class UnixNetProcessor:
 
         cont = Continuation(ProxyMutex(), handler)
         action = self.connect_re(cont, addr, opts)
-        if not done.wait(timeout + 5.0):
-            action.cancel()
+        answered = False
+        try:
+            answered = done.wait(timeout + 5.0)
+        finally:
+            if not answered:
+                # Given up (timed out, or interrupted): no callback starts after cancel();
+                # a VC that opened meanwhile is closed here (none is handed back).
+                action.cancel()
+                for event, data in result:
+                    if event == NET_EVENT_OPEN:
+                        data.do_io_close()
+        if not answered:
             raise TimeoutError(f"connect_s: no answer from {addr!r} within {timeout} s")
         event, data = result[0]
         if event == NET_EVENT_OPEN:
-            return data
+            return data  # type: ignore[no-any-return]
         err = -data if isinstance(data, int) and data < 0 else errno.EIO
         if err == errno.ETIMEDOUT:
             raise TimeoutError(err, f"connect_s: {os.strerror(err)}")
@@ -243,10 +331,19 @@ class UnixNetProcessor:
         opt.validate("main_accept")
         if not self.netthreads:
             raise RuntimeError("main_accept: net_processor is not started")
+        try:
+            threads = self.event_processor.threads(opt.etype)
+        except ValueError:
+            raise ValueError(
+                f"main_accept: AcceptOptions.etype: unknown event type {opt.etype}"
+            ) from None
+        if not threads:
+            raise ValueError(f"main_accept: AcceptOptions.etype {opt.etype} has no threads")
+        if fd is not None:
+            check_listen_fd("main_accept", fd)
         na = NetAccept(cont, opt, self)
         try:
             na.do_listen(fd)
-            threads = self.event_processor.threads(opt.etype)
             n_accept_threads = opt.n_accept_threads()
             if not opt.frequent_accept:
                 na.init_accept(threads[0])
@@ -255,8 +352,9 @@ class UnixNetProcessor:
             else:
                 na.init_accept_per_thread(threads, get_net_handler)
         except BaseException:
-            na.close_listener()
+            na.close_listener(refused=True)  # the caller's fd is handed back open
             raise
+        na.caller_fd = None  # the listener's now: closed when it is cancelled
         self.accepts.append(na)
         return na.action
 

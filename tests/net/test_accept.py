@@ -3,10 +3,12 @@ TCP_DEFER_ACCEPT, IPv6, cancel."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -238,6 +240,25 @@ def test_the_accept_continuation_can_cancel_its_accept_from_its_handler(net, mod
     assert action.na.server_fds == []
 
 
+def _listening_fd() -> tuple[int, Callable[[], None]]:
+    """A listening socket's fd for main_accept, and a function that stops it listening
+    behind the listener's back (``shutdown`` through a dup: accept4 then fails with EINVAL,
+    and the listen socket reports an edge). main_accept refuses an fd that is not
+    listening, so this is how a fatal accept error comes now."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen()
+    fd = ls.detach()
+    dup = socket.socket(fileno=os.dup(fd))
+
+    def stop_listening() -> None:
+        time.sleep(0.05)  # let the accept loops wait on it first
+        dup.shutdown(socket.SHUT_RDWR)
+        dup.close()
+
+    return fd, stop_listening
+
+
 @pytest.mark.parametrize("accept_threads", [0, 1])
 def test_the_accept_continuation_can_cancel_its_accept_on_event_error(
     net, accept_threads: int
@@ -257,13 +278,12 @@ def test_the_accept_continuation_can_cancel_its_accept_on_event_error(
             errors.append(exc)
         handled.set()
 
-    ls = socket.socket()
-    ls.bind(("127.0.0.1", 0))
-    fd = ls.detach()  # not listening: accept4 fails with EINVAL, a fatal error
     cont = Continuation(ProxyMutex(), on_error)
+    fd, stop_listening = _listening_fd()
     holder["action"] = action = net.main_accept(
         cont, fd, AcceptOptions(accept_threads=accept_threads)
     )
+    stop_listening()  # accept4 now fails with EINVAL, a fatal error
     assert handled.wait(5), "the handler did not return from cancel()"
     assert errors == []
     assert wait_until(lambda: not any(t.name.startswith("[ACCEPT") for t in threading.enumerate()))
@@ -339,11 +359,9 @@ def test_fatal_accept_error_reaches_the_accept_continuation_as_event_error(net) 
         done.set()
 
     cont = Continuation(ProxyMutex(), handler)
-    ls = socket.socket()
-    ls.bind(("127.0.0.1", 0))
-    # Not listening: accept4 fails with EINVAL, a fatal error.
-    fd = ls.detach()
+    fd, stop_listening = _listening_fd()
     action = net.main_accept(cont, fd, AcceptOptions(accept_threads=1))
+    stop_listening()  # accept4 now fails with EINVAL, a fatal error
     try:
         assert done.wait(5)
         assert got[0] == (EventCode.EVENT_ERROR, -22)
