@@ -33,6 +33,12 @@ MAX_NET_THREADS = 3072
 #: (below ``threading.TIMEOUT_MAX``, with room for connect_s's margin).
 MAX_WAIT = threading.TIMEOUT_MAX - 3600.0
 
+
+def _shown(x: float) -> str:
+    """``x`` for a message: not the 400 digits of a huge int."""
+    return "an int too large" if isinstance(x, int) and x.bit_length() > 64 else repr(x)
+
+
 #: Slot of each net thread's PollCont (the NetHandler's is nethandler.NET_HANDLER_SLOT).
 POLL_CONT_SLOT: int | None = None
 
@@ -185,7 +191,9 @@ class UnixNetProcessor:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise TypeError(f"shutdown: timeout must be a number, not {type(timeout).__name__}")
         if not (0 <= timeout <= MAX_WAIT):
-            raise ValueError(f"shutdown: timeout must be in 0..{MAX_WAIT:.0f} s, got {timeout}")
+            raise ValueError(
+                f"shutdown: timeout must be in 0..{MAX_WAIT:.0f} s, got {_shown(timeout)}"
+            )
         for na in list(self.accepts):
             na.action.cancel()
         self.accepts.clear()
@@ -272,7 +280,7 @@ class UnixNetProcessor:
         if not 0 < timeout <= MAX_WAIT:
             raise ValueError(
                 f"connect_s: timeout must be a finite number in (0, {MAX_WAIT:.0f}] s, "
-                f"got {timeout!r}"
+                f"got {_shown(timeout)}"
             )
         timeout = float(timeout)
         opts = dataclasses.replace(options) if options is not None else NetVCOptions()
