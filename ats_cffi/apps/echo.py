@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ats_cffi.apps.service import BLOCK_SIZE, WATER_MARK, Service, Session
+from ats_cffi.apps.service import BLOCK_SIZE, WATER_MARK, Service, Session, check_flag
 from ats_cffi.eventsystem import INT64_MAX, EventCode, MIOBuffer
 from ats_cffi.net import UnixNetVConnection
 from ats_cffi.net.splice import Splice
@@ -126,7 +126,7 @@ class EchoService(Service):
         self, inactivity_timeout: float = 0.0, worker: int | None = None, native: bool = True
     ) -> None:
         super().__init__(inactivity_timeout, worker)
-        self.native = native
+        self.native = check_flag("EchoService", "native", native)
 
     def start_session(self, vc: UnixNetVConnection) -> None:
         if self.native:

@@ -477,6 +477,20 @@ class HttpService(Service):
         name: str | None = None,
     ) -> None:
         super().__init__(inactivity_timeout, worker)
+        if not isinstance(routes, dict) or not all(
+            isinstance(path, bytes) and path.startswith(b"/") and callable(route)
+            for path, route in routes.items()
+        ):
+            raise TypeError(
+                "HttpService: routes must be a dict of b'/path' -> route(service) callables"
+            )
+        if stats_source is not None and not isinstance(stats_source, Service):
+            raise TypeError(
+                "HttpService: stats_source must be a Service or None, "
+                f"not {type(stats_source).__name__}"
+            )
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"HttpService: name must be a non-empty str or None, got {name!r}")
         self.routes = routes
         if name is not None:
             self.name = name

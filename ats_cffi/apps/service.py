@@ -61,6 +61,13 @@ def format_hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def check_flag(call: str, name: str, value: Any) -> bool:
+    """``value`` if it is a bool, else ``TypeError`` naming ``call`` and ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{call}: {name} must be a bool, not {type(value).__name__}")
+    return value
+
+
 def _closed_handler(event: int, data: Any) -> None:
     """A closed session's handler: events that still come (none should) are ignored."""
 
@@ -120,6 +127,10 @@ class Service(Continuation):
             raise ValueError(
                 f"{type(self).__name__}: inactivity_timeout must be finite and >= 0, "
                 f"got {inactivity_timeout}"
+            )
+        if worker is not None and (type(worker) is not int or worker < 0):
+            raise (TypeError if type(worker) is not int else ValueError)(
+                f"{type(self).__name__}: worker must be None or an int >= 0, got {worker!r}"
             )
         self.inactivity_timeout = inactivity_timeout
         self.worker = worker

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ats_cffi.apps.service import BLOCK_SIZE, WATER_MARK, Service, Session
+from ats_cffi.apps.service import BLOCK_SIZE, WATER_MARK, Service, Session, check_flag
 from ats_cffi.eventsystem import INT64_MAX, VIO, Action, EventCode, MIOBuffer
 from ats_cffi.net import UnixNetVConnection, net_processor
 from ats_cffi.net.codes import IO_SHUTDOWN_WRITE, NET_EVENT_OPEN, NET_EVENT_OPEN_FAILED
@@ -65,6 +65,27 @@ def start_name_resolution(host: str, start: bool = True) -> Callable[[], None] |
         return None
     dns_processor.start()
     return dns_processor.stop
+
+
+def check_upstream(call: str, upstream: Any) -> tuple[str, int]:
+    """``upstream`` if it is a ``(host, port)`` that ``connect_re`` can take (a numeric
+    address, or a host name when the DNS layer is there); else ``TypeError``/``ValueError``
+    naming ``call``: refused here, not at every connection."""
+    if not isinstance(upstream, tuple) or len(upstream) != 2:
+        raise TypeError(f"{call}: upstream must be a (host, port) tuple, got {upstream!r}")
+    host, port = upstream
+    if not isinstance(host, str):
+        raise TypeError(f"{call}: upstream host must be a str, not {type(host).__name__}")
+    if type(port) is not int or not 0 < port <= 65535:
+        raise ValueError(f"{call}: upstream port must be in 1..65535, got {port!r}")
+    if "\0" in host or not ip_family(host):
+        try:
+            from ats_cffi.dns.processor import check_host_name
+        except ImportError:
+            start_name_resolution(host, start=False)  # raises: no DNS layer
+        else:
+            check_host_name(call, "upstream host", host)
+    return upstream
 
 
 class TunnelSession(Session):
@@ -211,8 +232,8 @@ class TunnelService(Service):
         native: bool = True,
     ) -> None:
         super().__init__(inactivity_timeout, worker)
-        self.upstream = upstream
-        self.native = native
+        self.upstream = check_upstream("TunnelService", upstream)
+        self.native = check_flag("TunnelService", "native", native)
 
     def start_session(self, vc: UnixNetVConnection) -> None:
         TunnelSession(self, vc)

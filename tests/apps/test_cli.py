@@ -3,6 +3,7 @@ records files (TOML, YAML) and their reload on SIGHUP."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import socket
@@ -217,3 +218,27 @@ def test_a_service_refuses_a_bad_inactivity_timeout_when_made(value: Any, error:
     for cls in (EchoService, HttpService):
         with pytest.raises(error, match="inactivity_timeout"):
             cls(inactivity_timeout=value)
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda m: m.echo.EchoService(native="no"), TypeError, "native must be a bool"),
+        (lambda m: m.echo.EchoService(worker=-1), ValueError, "worker must be None or an int"),
+        (lambda m: m.tunnel.TunnelService("127.0.0.1:80"), TypeError, "(host, port) tuple"),
+        (lambda m: m.tunnel.TunnelService(("127.0.0.1", 0)), ValueError, "port must be in"),
+        (lambda m: m.tunnel.TunnelService(("a\0b", 80)), ValueError, "upstream host"),
+        (lambda m: m.tunnel.TunnelService(("", 80)), ValueError, "upstream host"),
+        (lambda m: m.tunnel.TunnelService(("::1", 80), native=1), TypeError, "native"),
+        (lambda m: m.http.HttpService(routes={"/": print}), TypeError, "routes must be"),
+        (lambda m: m.http.HttpService(stats_source="x"), TypeError, "stats_source"),
+    ],
+)
+def test_services_refuse_bad_arguments_when_made(make: Any, error: type, message: str) -> None:
+    # A bad upstream would otherwise fail at every connection, a bad route at every request.
+    import types
+
+    from ats_cffi.apps import echo, http, tunnel
+
+    with pytest.raises(error, match=re.escape(message)):
+        make(types.SimpleNamespace(echo=echo, http=http, tunnel=tunnel))
