@@ -328,8 +328,8 @@ def _refused(s: socket.socket, status: bytes) -> None:
 
 
 def test_a_request_head_over_max_head_gets_431_or_414_and_a_close(cli) -> None:
+    from ats_cffi.apps.http import HTTP_BLOCK_SIZE as BLOCK_SIZE
     from ats_cffi.apps.http import MAX_HEAD
-    from ats_cffi.apps.service import BLOCK_SIZE
 
     srv = cli("http", "--listen", "127.0.0.1:0").wait_listening()
     pad = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 990) for i in range(100))  # ~100 KiB
