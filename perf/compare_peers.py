@@ -19,7 +19,8 @@ and ``wrk`` (``apt-get install -y wrk`` when it is missing). Cases:
   (perf/http_peers.py), all parsing with httptools; ``wrk -c 100 -t 1 -d N`` on ``GET /``
   (keep-alive, ``Hello, World!``) after a 1 s unmeasured wrk run. Throughput: requests/s.
 - accept: connect+close, as accept_bench.py (acceptgen ``wait`` mode, 100 connects in flight;
-  ats = ``--accept-ats``, default ``ats_thr1``: the default accept thread + 1 net thread).
+  ats = ``--accept-ats``, default ``ats_pt1``: accept on the one net thread, as the
+  ``ats-cffi`` command does by default).
   Throughput: the server's own accepts/s.
 - idle (echo servers, both ats echos, and http servers): 10,000 client connections opened
   from the client CPU and left idle. Reported: the server's VmRSS growth / 10,000 (KiB per
@@ -449,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="1 round of short runs (~2 min)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--cases", default="echo,http,accept,idle", help="comma-separated subset")
-    p.add_argument("--accept-ats", default="ats_thr1", choices=[c for c in accept_bench.CONFIGS])
+    p.add_argument("--accept-ats", default="ats_pt1", choices=[c for c in accept_bench.CONFIGS])
     p.add_argument("--idle-conns", type=int, default=IDLE_CONNS)
     p.add_argument("--idle-rounds", type=int, default=2, help="rounds with the idle cases")
     p.add_argument("-o", "--output", help="write the summary and every run as JSON")

@@ -191,6 +191,18 @@ def test_sighup_reloads_the_dynamic_records_of_the_config_file(cli, tmp_path) ->
     assert srv.wait(10) == 0
 
 
+def test_the_command_accepts_on_the_net_threads_unless_asked(cli) -> None:
+    # accept_threads 0 by default (the module doc of cli.py): no dedicated accept thread.
+    def threads(*argv: str) -> int:
+        srv = cli("echo", "--listen", "127.0.0.1:0", *argv).wait_listening()
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+            s.sendall(b"x")
+            assert s.recv(1) == b"x"
+        return len(list(Path(f"/proc/{srv.pid}/task").iterdir()))
+
+    assert threads() == threads("--accept-threads", "1") - 1 == threads("--accept-threads", "0")
+
+
 def test_http_idle_connections_time_out_after_atss_keep_alive_default() -> None:
     from ats_cffi.apps.http import KEEP_ALIVE_TIMEOUT
     from ats_cffi.apps.runner import build_services
