@@ -371,7 +371,9 @@ def test_connect_re_refuses_at_call(
 
 
 def test_connect_re_good_4tuple_and_tos(net: Any, server6: Any):
+    # The largest valid values are taken: the connect opens (connect_s raises otherwise).
     vc = net.connect_s(_addr6(server6, 0, 0), 2, NetVCOptions(packet_tos=255))
+    assert vc.fd >= 0 and vc.get_remote_addr()[0] == "::1"
     vc.do_io_close()
 
 
