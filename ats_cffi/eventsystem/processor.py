@@ -180,7 +180,7 @@ class EventProcessor:
         if not callable(hook):
             raise TypeError(f"schedule_spawn: hook must be callable, not {type(hook).__name__}")
         group = self._group("schedule_spawn", etype)
-        _check_thread_callable("schedule_spawn", "hook", hook)
+        _check_thread_callable("schedule_spawn", "hook", hook)  # (its arity, once etype is known)
         me = this_ethread()
         if me is not None and me in group.threads:
             raise RuntimeError("schedule_spawn: called on a thread of the group it waits for")
@@ -287,7 +287,11 @@ class EventProcessor:
 
     def assign_thread(self, etype: int = ET_CALL) -> EThread:
         """The next thread of ``etype``, round-robin."""
-        return self._group("assign_thread", etype).assign()
+        return self._thread_for("assign_thread", etype)
+
+    def _thread_for(self, call: str, etype: int) -> EThread:
+        """``assign_thread`` for ``call``, whose name its errors carry."""
+        return self._group(call, etype).assign(call)
 
     def threads(self, etype: int = ET_CALL) -> list[EThread]:
         return list(self._group("threads", etype).threads)
@@ -301,50 +305,38 @@ class EventProcessor:
         self, cont: Continuation, etype: int = ET_CALL, callback_event: int = EVENT_IMMEDIATE,
         cookie: Any = None,
     ) -> Event:  # fmt: skip
-        return (
-            self._group("schedule_imm", etype)
-            .assign("schedule_imm")
-            .schedule_imm(cont, callback_event, cookie)
-        )
+        return self._thread_for("schedule_imm", etype).schedule_imm(cont, callback_event, cookie)
 
     def schedule_imm_signal(
         self, cont: Continuation, etype: int = ET_CALL, callback_event: int = EVENT_IMMEDIATE,
         cookie: Any = None,
     ) -> Event:  # fmt: skip
-        return (
-            self._group("schedule_imm_signal", etype)
-            .assign("schedule_imm_signal")
-            .schedule_imm_signal(cont, callback_event, cookie)
+        return self._thread_for("schedule_imm_signal", etype).schedule_imm_signal(
+            cont, callback_event, cookie
         )
 
     def schedule_in(
         self, cont: Continuation, delay: float, etype: int = ET_CALL,
         callback_event: int = EVENT_INTERVAL, cookie: Any = None,
     ) -> Event:  # fmt: skip
-        return (
-            self._group("schedule_in", etype)
-            .assign("schedule_in")
-            .schedule_in(cont, delay, callback_event, cookie)
+        return self._thread_for("schedule_in", etype).schedule_in(
+            cont, delay, callback_event, cookie
         )
 
     def schedule_at(
         self, cont: Continuation, atime: float, etype: int = ET_CALL,
         callback_event: int = EVENT_INTERVAL, cookie: Any = None,
     ) -> Event:  # fmt: skip
-        return (
-            self._group("schedule_at", etype)
-            .assign("schedule_at")
-            .schedule_at(cont, atime, callback_event, cookie)
+        return self._thread_for("schedule_at", etype).schedule_at(
+            cont, atime, callback_event, cookie
         )
 
     def schedule_every(
         self, cont: Continuation, period: float, etype: int = ET_CALL,
         callback_event: int = EVENT_INTERVAL, cookie: Any = None,
     ) -> Event:  # fmt: skip
-        return (
-            self._group("schedule_every", etype)
-            .assign("schedule_every")
-            .schedule_every(cont, period, callback_event, cookie)
+        return self._thread_for("schedule_every", etype).schedule_every(
+            cont, period, callback_event, cookie
         )
 
     # ---------------------------------------------------------------- shutdown

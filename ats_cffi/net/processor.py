@@ -39,6 +39,19 @@ def _shown(x: float) -> str:
     return "an int too large" if isinstance(x, int) and x.bit_length() > 64 else repr(x)
 
 
+def _check_wait(call: str, timeout: Any, zero_ok: bool) -> None:
+    """``TypeError``/``ValueError`` naming ``call`` unless ``timeout`` is a finite number of
+    seconds up to ``MAX_WAIT``, and > 0 (or >= 0 with ``zero_ok``)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{call}: timeout must be a number, not {type(timeout).__name__}")
+    low_ok = 0 <= timeout if zero_ok else 0 < timeout
+    if not (low_ok and timeout <= MAX_WAIT):  # False for NaN and inf too
+        span = f"0..{MAX_WAIT:.0f}" if zero_ok else f"(0, {MAX_WAIT:.0f}]"
+        raise ValueError(
+            f"{call}: timeout must be a finite number in {span} s, got {_shown(timeout)}"
+        )
+
+
 #: Slot of each net thread's PollCont (the NetHandler's is nethandler.NET_HANDLER_SLOT).
 POLL_CONT_SLOT: int | None = None
 
@@ -188,12 +201,7 @@ class UnixNetProcessor:
         """Cancel every listener, stop the event processor (closing every VC, epoll fd and
         eventfd) and forget the threads. ``timeout`` (s, finite, >= 0) bounds the wait for
         each thread; it is checked before anything stops."""
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-            raise TypeError(f"shutdown: timeout must be a number, not {type(timeout).__name__}")
-        if not (0 <= timeout <= MAX_WAIT):
-            raise ValueError(
-                f"shutdown: timeout must be in 0..{MAX_WAIT:.0f} s, got {_shown(timeout)}"
-            )
+        _check_wait("shutdown", timeout, zero_ok=True)
         for na in list(self.accepts):
             na.action.cancel()
         self.accepts.clear()
@@ -275,13 +283,7 @@ class UnixNetProcessor:
             raise TypeError(
                 f"connect_s: options must be NetVCOptions or None, not {type(options).__name__}"
             )
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-            raise TypeError(f"connect_s: timeout must be a number, not {type(timeout).__name__}")
-        if not 0 < timeout <= MAX_WAIT:
-            raise ValueError(
-                f"connect_s: timeout must be a finite number in (0, {MAX_WAIT:.0f}] s, "
-                f"got {_shown(timeout)}"
-            )
+        _check_wait("connect_s", timeout, zero_ok=False)
         timeout = float(timeout)
         opts = dataclasses.replace(options) if options is not None else NetVCOptions()
         opts.connect_timeout = timeout
