@@ -37,6 +37,7 @@ __all__ = [
     "getpeername",
     "getsockname",
     "getsockopt_int",
+    "input_pending",
     "ip_family",
     "listen",
     "read",
@@ -702,6 +703,27 @@ def read(fd: int, nbytes: int) -> bytes | int:
     if r < 0:
         return r
     return bytes(buf[:r])
+
+
+#: One byte for :func:`input_pending` to peek into (what lands there is never read).
+_PEEK = ffi.new("char[1]")
+_PEEK_FLAGS = lib.MSG_PEEK | lib.MSG_DONTWAIT
+
+
+def input_pending(fd: int) -> bool:
+    """True if the socket holds received bytes nobody has read yet (a one-byte
+    ``recv(MSG_PEEK | MSG_DONTWAIT)``, which consumes nothing). False when it holds none,
+    at EOF, and after a reset (``ECONNRESET``: nothing is left to read)."""
+    check_fd("recv", fd)
+    while True:
+        r = lib.recv(fd, _PEEK, 1, _PEEK_FLAGS)
+        if r >= 0:
+            return r > 0
+        err = ffi.errno
+        if err == _EAGAIN or err == _errno.ECONNRESET:
+            return False
+        if err != _EINTR:
+            raise _oserror("recv", err)
 
 
 def read_fill(fd: int, base: Any, offset: int, length: int) -> tuple[int, int]:

@@ -339,6 +339,38 @@ def test_write_to_a_reset_peer_raises_epipe_or_econnreset_not_sigpipe(pair) -> N
     assert "write" in str(info.value)
 
 
+def test_input_pending_peeks_without_consuming(pair) -> None:
+    a, b = pair
+    assert s.input_pending(a.fileno()) is False  # nothing sent yet: EAGAIN, no exception
+    b.send(b"xyz")
+    assert s.input_pending(a.fileno()) is True
+    assert s.input_pending(a.fileno()) is True  # the peek took nothing
+    assert a.recv(10) == b"xyz"
+    assert s.input_pending(a.fileno()) is False
+    b.close()
+    assert s.input_pending(a.fileno()) is False  # EOF: nothing left to read
+
+
+def test_input_pending_is_false_after_a_reset_and_types_are_checked(listener) -> None:
+    client = socket.create_connection(listener.getsockname())
+    accepted = s.accept4(listener.fileno())
+    assert accepted is not None
+    fd, _ = accepted
+    try:
+        client.send(b"q")  # loopback: delivered before send returns
+        assert s.input_pending(fd) is True
+        assert os.read(fd, 1) == b"q"
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # RST
+        assert s.input_pending(fd) is False  # ECONNRESET: nothing is left to read
+        with pytest.raises(TypeError, match="^recv: fd must be an int, not str"):
+            s.input_pending(str(fd))  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="^recv: fd must be in"):
+            s.input_pending(2**40)
+    finally:
+        s.close(fd)
+
+
 # --------------------------------------------------------------- bad input
 
 
@@ -364,6 +396,7 @@ def closed_fd() -> int:
         (lambda fd: s.so_error(fd), "SO_ERROR"),
         (lambda fd: s.getsockopt_int(fd, lib.SOL_SOCKET, lib.SO_TYPE), "getsockopt"),
         (lambda fd: s.read_fill(fd, ffi.from_buffer(bytearray(4)), 0, 4), "read"),
+        (lambda fd: s.input_pending(fd), "recv"),
     ],
 )
 @pytest.mark.parametrize("fd_kind", ["closed", "invalid"])

@@ -17,7 +17,9 @@ then stops at its own buffer's water mark, so a pipelining client cannot grow me
 Closing: after the last response (``Connection: close``, HTTP/1.0 without keep-alive, an
 error, or a graceful stop) the session shuts its write side and keeps reading for at most
 ``LINGER`` seconds, discarding, before it closes: closing with unread bytes in the socket
-would send a reset that can destroy the response before the client read it.
+would send a reset that can destroy the response before the client read it. Except (as
+nginx) when the client asked for the close and left no byte unread: it sends nothing more
+(RFC 9112 section 9.6), so the session closes as soon as the response is written.
 """
 
 from __future__ import annotations
@@ -209,6 +211,9 @@ class HttpSession(Session):
         self.lingering = False
         #: The client half-closed (EOS): what it sent is answered, then the session closes.
         self.peer_eos = False
+        #: The client asked for the close (``Connection: close``, or HTTP/1.0 without
+        #: keep-alive) and has sent nothing after that request so far: no linger (``linger``).
+        self.client_closes = False
         self.set_handler(self.handle)
         if service.inactivity_timeout:
             vc.set_inactivity_timeout(service.inactivity_timeout)
@@ -287,6 +292,7 @@ class HttpSession(Session):
                 if not self.closing:
                     log.debug("http: bad request from %r: %s", self.vc, exc)
                     self.respond(400, _TEXT, b"Bad Request\n", keep_alive=False, head=False)
+                self.client_closes = False  # bytes came after the last request: linger
             n = end - off
             reader.consume(n)
             avail -= n
@@ -349,9 +355,11 @@ class HttpSession(Session):
         method = parser.get_method()
         # An Upgrade (or CONNECT) request is answered over HTTP/1.1, then the connection
         # closes: the bytes after it would be another protocol's.
-        keep_alive = (
-            parser.should_keep_alive() and not service.draining and not parser.should_upgrade()
-        )
+        if parser.should_keep_alive():
+            keep_alive = not service.draining and not parser.should_upgrade()
+        else:  # the client closes: it sends no more (RFC 9112 9.6), unless it upgrades
+            keep_alive = False
+            self.client_closes = not parser.should_upgrade()
         head = method == b"HEAD"
         allow = b""
         if self.url_too_long:
@@ -429,13 +437,25 @@ class HttpSession(Session):
             wvio.reenable()
 
     def linger(self) -> None:
-        """All responses are sent: shut the write side, discard input for ``LINGER`` s."""
+        """All responses are sent: shut the write side, discard input for ``LINGER`` s.
+
+        Not when the client sent EOS, nor (nginx's ``lingering_close on``) when it asked for
+        the close itself and no byte of it is left unread, in the read buffer or in the
+        socket: it will send no more, and closing sends a FIN after the response."""
         if self.lingering:
             return
         self.lingering = True
         if self.peer_eos:
             self.close()
             return
+        if self.client_closes and not self.in_request and not self.rreader.read_avail():
+            try:
+                pending = self.vc.input_pending()
+            except OSError:  # the connection failed: nothing to linger for
+                pending = False
+            if not pending:
+                self.close()
+                return
         try:
             self.vc.do_io_shutdown(IO_SHUTDOWN_WRITE)
         except OSError:

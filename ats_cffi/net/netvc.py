@@ -553,6 +553,14 @@ class UnixNetVConnection(Continuation):
             self.write.vio.cont = None
             self.shutdown_flags |= NET_VC_SHUTDOWN_WRITE
 
+    def input_pending(self) -> bool:
+        """True if the peer sent bytes that are still in the socket, not yet read into the
+        read VIO's buffer. Closing the VC then makes the kernel send a reset instead of a
+        FIN, and a reset can destroy what was written before it, unread by the peer (an
+        application lingers instead: shut the write side, read on, close at EOS)."""
+        self._check_open("input_pending")
+        return _sys.input_pending(self.fd)
+
     # ------------------------------------------------------------------ timeouts
 
     @staticmethod

@@ -269,6 +269,38 @@ def test_a_half_closed_client_still_gets_its_answer(cli) -> None:
         assert s.recv(100) == b""
 
 
+def test_a_client_that_asks_for_the_close_gets_a_fin_without_a_linger(cli) -> None:
+    from ats_cffi.apps.http import LINGER
+
+    current = "proxy.process.http.current_client_connections"
+    srv = cli("http", "--listen", "127.0.0.1:0").wait_listening()
+
+    def open_sessions(want: int) -> int:
+        # The stats request's own connection is one of them; bounded well under LINGER.
+        deadline = time.monotonic() + LINGER / 2
+        while True:
+            n = get_json(srv.port)["global"][current] - 1
+            if n == want or time.monotonic() > deadline:
+                return n
+            time.sleep(0.02)
+
+    with connect(srv.port) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        head, body = _read_response(s)
+        assert b"Connection: close" in head and body == HELLO
+        assert s.recv(100) == b""  # a FIN after the response (no reset)
+        # The session is gone although this client has not closed: no linger.
+        assert open_sessions(0) == 0
+    # Bytes after the request: the session shuts its write side and lingers until the
+    # client's FIN, discarding them.
+    with connect(srv.port) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET /x")
+        head, body = _read_response(s)
+        assert body == HELLO and s.recv(100) == b""
+        assert open_sessions(1) == 1
+    assert open_sessions(0) == 0
+
+
 def test_a_pipelining_client_that_reads_late_gets_every_answer(cli) -> None:
     srv = cli("http", "--listen", "127.0.0.1:0").wait_listening()
     n = 5000
@@ -434,6 +466,8 @@ class _FakeVC:
         self.reenabled: list[object] = []
         self.shut = False
         self.closed = False
+        #: What ``input_pending`` answers: bytes left in the socket.
+        self.pending = False
 
     def set_inactivity_timeout(self, t: float) -> None:
         pass
@@ -459,6 +493,9 @@ class _FakeVC:
 
     def do_io_close(self) -> None:
         self.closed = True
+
+    def input_pending(self) -> bool:
+        return self.pending
 
     def send(self, n: int) -> bytes:
         """The VC writes ``n`` bytes of the write VIO's reader to the net."""
@@ -516,10 +553,67 @@ def test_the_write_vio_covers_the_responses_queued_and_back_pressure_resumes() -
     assert answered == n and not session.rreader.read_avail()
     assert service.stats.get(app.REQUESTS) == n + 1 == service.stats.get(app.R2XX)
 
-    # Connection: close: the write VIO ends after it, then the session lingers.
+    # Connection: close: the write VIO ends after it, then the session closes (the client
+    # asked for it and left nothing unread: test_when_a_closing_session_lingers).
     session.rbuf.write(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     session.handle_event(EventCode.VC_EVENT_READ_READY, vc.rvio)
     assert session.closing and not session.lingering
     assert b"Connection: close" in vc.send(vc.wvio.ntodo())
     session.handle_event(EventCode.VC_EVENT_WRITE_COMPLETE, vc.wvio)
-    assert session.lingering and vc.shut
+    assert session.closed and vc.closed and not vc.shut
+
+
+_CLOSE = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+_BIG_POST = b"POST / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 2000000\r\n\r\n"
+#: A Connection: close request that fills one 4 KiB block (HTTP_BLOCK_SIZE) exactly.
+_CLOSE_4K = _CLOSE[:-2] + b"X-Pad: " + b"p" * (4096 - len(_CLOSE) - 9) + b"\r\n\r\n"
+MAX_BODY = 1 << 20  # ats_cffi.apps.http.MAX_BODY (checked in the test)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "pending", "draining", "lingers"),
+    [
+        (_CLOSE, False, False, False),
+        (b"GET / HTTP/1.0\r\n\r\n", False, False, False),
+        (_CLOSE, True, False, True),  # bytes still in the socket: a close would reset
+        (_CLOSE + b"GET / HTTP/1.1\r\n", False, False, True),  # it sent more in the same read
+        (_CLOSE + b"x", False, False, True),  # junk after it
+        (_CLOSE_4K + b"GET", False, False, True),  # more in the next block, not parsed
+        (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", False, True, True),  # the server closes
+        (b"GET /" + b"u" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", False, False, True),
+        (b"GET / HTTP/1.1\r\nConnection: Upgrade, close\r\nUpgrade: x\r\n\r\n", False, False, True),
+        (_BIG_POST + b"x" * (MAX_BODY + 1), False, False, True),  # 413 mid-request
+    ],
+    ids=[
+        "connection-close",
+        "http10",
+        "bytes-in-socket",
+        "pipelined-after",
+        "junk-after",
+        "next-block",
+        "draining",
+        "uri-too-long",
+        "upgrade",
+        "body-too-large",
+    ],
+)
+def test_when_a_closing_session_lingers(
+    request_bytes: bytes, pending: bool, draining: bool, lingers: bool
+) -> None:
+    # A session lingers (shut the write side, read on, close at EOS or after LINGER) unless
+    # the client asked for the close itself and no byte of it is left unread.
+    from ats_cffi.apps import http as app
+    from ats_cffi.eventsystem import EventCode
+
+    assert app.MAX_BODY == MAX_BODY and len(_CLOSE_4K) == app.HTTP_BLOCK_SIZE
+    service = app.HttpService()
+    service.draining = draining
+    vc = _FakeVC()
+    vc.pending = pending
+    session = app.HttpSession(service, vc)  # type: ignore[arg-type]
+    session.rbuf.write(request_bytes)
+    session.handle_event(EventCode.VC_EVENT_READ_READY, vc.rvio)
+    assert session.closing and b"Connection: close\r\n" in vc.send(vc.wvio.ntodo())
+    session.handle_event(EventCode.VC_EVENT_WRITE_COMPLETE, vc.wvio)
+    assert (session.lingering and vc.shut and not vc.closed) is lingers
+    assert (session.closed and vc.closed and not vc.shut) is not lingers

@@ -470,3 +470,22 @@ def test_vc_call_arguments(net: Any, server: Any):
     finally:
         vc.do_io_close(errno.ECONNRESET)
     assert vc.lerrno == errno.ECONNRESET
+
+
+def test_vc_input_pending_peeks_and_refuses_a_closed_vc(net: Any):
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(4)
+    try:
+        vc = net.connect_s(ls.getsockname(), 2)  # nobody reads it: its bytes stay in the socket
+        peer, _ = ls.accept()
+        with peer:
+            assert vc.input_pending() is False
+            peer.sendall(b"abc")
+            assert vc.input_pending() is True
+            assert vc.input_pending() is True  # a peek: nothing was taken
+            vc.do_io_close()
+            with pytest.raises(RuntimeError, match="input_pending: the VC is closed"):
+                vc.input_pending()
+    finally:
+        ls.close()
