@@ -150,20 +150,30 @@ def response_head(
     )
 
 
-#: ``(start, end, GET response, HEAD response)``: the hello route's responses kept alive
-#: over HTTP/1.1, valid while ``start <= time.time() < end`` (one second: the Date), so that
-#: the common response costs one write.
-_hello_cache: tuple[float, float, bytes, bytes] = (0.0, 0.0, b"", b"")
+#: ``(start, end, GET, HEAD, GET closing, HEAD closing)``: the hello route's HTTP/1.1
+#: responses, kept alive and with ``Connection: close``, valid while
+#: ``start <= time.time() < end`` (one second: the Date), so that the common response costs
+#: one write.
+_HelloCache = tuple[float, float, bytes, bytes, bytes, bytes]
+_hello_cache: _HelloCache = (0.0, 0.0, b"", b"", b"", b"")
 
 
-def hello_responses(now: float) -> tuple[float, float, bytes, bytes]:
-    """The hello route's keep-alive responses for the second of ``now`` (``_hello_cache``)."""
+def hello_responses(now: float) -> _HelloCache:
+    """The hello route's responses for the second of ``now`` (``_hello_cache``)."""
     global _hello_cache
     second = int(now)
     status, ctype, body = _HELLO
     date = email.utils.formatdate(second, usegmt=True).encode()
     head = response_head(status, ctype, len(body), date)
-    cache = _hello_cache = (float(second), float(second + 1), head + body, head)
+    close = response_head(status, ctype, len(body), date, conn=b"Connection: close\r\n")
+    cache = _hello_cache = (
+        float(second),
+        float(second + 1),
+        head + body,
+        head,
+        close + body,
+        close,
+    )
     return cache
 
 
@@ -375,15 +385,21 @@ class HttpSession(Session):
             elif method != b"GET" and not head:
                 status, ctype, body = 405, _TEXT, b"Method Not Allowed\n"
                 allow = b"Allow: GET, HEAD\r\n"
-            elif route is hello and keep_alive and parser.get_http_version() != "1.0":
-                # The common response, whole from the per-second cache.
+            elif route is hello and not (keep_alive and parser.get_http_version() == "1.0"):
+                # The common response, whole from the per-second cache (respond() for an
+                # HTTP/1.0 keep-alive, which says so in a header).
                 counts[_I_2XX] += 1
                 cache = _hello_cache
                 now = _time()
                 if now >= cache[1] or now < cache[0]:
                     cache = hello_responses(now)
+                if keep_alive:
+                    response = cache[3] if head else cache[2]
+                else:
+                    response = cache[5] if head else cache[4]
+                    self.closing = True
                 wbuf = self.wbuf if self.wbuf is not None else self.open_write()
-                self.queued += wbuf.write(cache[3] if head else cache[2])
+                self.queued += wbuf.write(response)
                 return
             else:
                 status, ctype, body = route(service)

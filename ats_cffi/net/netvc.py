@@ -867,6 +867,10 @@ class UnixNetVConnection(Continuation):
                 return
             b = reader._block
             start = reader._off
+            if start >= b.end and b.next is not None:
+                # The reader stands at the end of a block (a new buffer's empty first one,
+                # or one written full): step onto the next.
+                b, start = reader.first_block()
             if b.end - start >= towrite:
                 # The common case: everything to write sits in the reader's current block.
                 c = b._cdata

@@ -442,7 +442,7 @@ def test_the_cached_hello_response_is_the_one_respond_would_build() -> None:
     from ats_cffi.apps import http as app
 
     now = 1_700_000_000.25
-    start, end, get, head = app.hello_responses(now)
+    start, end, get, head, get_close, head_close = app.hello_responses(now)
     assert (start, end) == (1_700_000_000, 1_700_000_001)
     date = email.utils.formatdate(1_700_000_000, usegmt=True).encode()
     expected = (
@@ -451,6 +451,10 @@ def test_the_cached_hello_response_is_the_one_respond_would_build() -> None:
     )
     assert head == expected and get == expected + HELLO
     assert app.response_head(200, app._TEXT, 13, date) == expected
+    closing = expected[:-2] + b"Connection: close\r\n\r\n"
+    assert head_close == closing and get_close == closing + HELLO
+    conn = b"Connection: close\r\n"
+    assert app.response_head(200, app._TEXT, 13, date, conn=conn) == closing
     # The next second has its own Date.
     later = app.hello_responses(now + 1)[2]
     assert later != get and email.utils.formatdate(now + 1, usegmt=True).encode() in later

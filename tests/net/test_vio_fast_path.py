@@ -147,6 +147,32 @@ def test_responses_that_fill_blocks_exactly_or_span_them_arrive_whole(listen, re
     assert r.wvio.ndone == 13 * len(reply) or r.vc.closed
 
 
+def test_a_write_within_one_block_takes_the_one_block_path(listen, monkeypatch) -> None:
+    # A new buffer's reader stands on its empty first block, and a reader that consumed a
+    # block written full stands at its end: the write still goes out of the one block that
+    # holds the bytes (one write()), not through the writev path.
+    from ats_cffi.net.netvc import UnixNetVConnection
+
+    spans: list[int] = []
+    slow = UnixNetVConnection.load_buffer_and_write
+
+    def traced(self: Any, nh: Any, towrite: int, reader: Any) -> Any:
+        spans.append(towrite)
+        return slow(self, nh, towrite, reader)
+
+    monkeypatch.setattr(UnixNetVConnection, "load_buffer_and_write", traced)
+    responders: list[Responder] = []
+    reply = b"r" * 8  # two replies fill a 16-byte block exactly
+    _, acceptor, port = listen(on_vc=lambda vc: responders.append(Responder(vc, reply)))
+    with client(port) as c:
+        acceptor.wait()
+        for _ in range(6):
+            c.sendall(b"q")
+            assert recv_exactly(c, len(reply)) == reply
+    assert wait_until(lambda: net_stats.get(OPEN) == 0)
+    assert responders[0].completes == 6 and spans == []
+
+
 def test_a_write_vio_handed_over_in_write_ready_reaches_the_new_owner_under_its_mutex(
     listen,
 ) -> None:
