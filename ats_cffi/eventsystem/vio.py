@@ -141,29 +141,20 @@ class VIO:
     def reenable(self) -> None:
         """Tell the VConnection that progress may be possible again (``vc_server.reenable``).
 
-        Raises AttributeError naming the call if the VIO has no vc_server.
+        Does nothing when the VIO has no ``vc_server`` (its VConnection was freed), as ATS.
         """
-        try:
-            self.vc_server.reenable(self)
-        except AttributeError:
-            self._check_vc_server("VIO.reenable")
-            raise
+        vc = self.vc_server
+        if vc is not None:
+            vc.reenable(self)
 
     def reenable_re(self) -> None:
         """Like ``reenable``, but the VConnection may do the I/O at once, re-entrantly.
 
-        Raises AttributeError naming the call if the VIO has no vc_server.
+        Does nothing when the VIO has no ``vc_server``, as ATS.
         """
-        try:
-            self.vc_server.reenable_re(self)
-        except AttributeError:
-            self._check_vc_server("VIO.reenable_re")
-            raise
-
-    def _check_vc_server(self, call: str) -> None:
-        # After an AttributeError (the try costs nothing on the way that works).
-        if self.vc_server is None:
-            raise AttributeError(f"{call}: the VIO has no vc_server") from None
+        vc = self.vc_server
+        if vc is not None:
+            vc.reenable_re(self)
 
     def __repr__(self) -> str:
         op = VIOOp(self.op).name if self.op in VIOOp._value2member_map_ else self.op

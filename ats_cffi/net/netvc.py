@@ -227,6 +227,11 @@ class NetVCOptions:
             _sys.setsockopt_int(fd, lib.SOL_SOCKET, lib.SO_MARK, self.packet_mark)
 
 
+def _freed_handler(event: int, data: Any) -> int:
+    """A freed VC's handler: an event that still comes is dropped."""
+    return EVENT_DONE
+
+
 class NetState:
     """One direction of a VC: its VIO and the edge-trigger flags (see the module doc)."""
 
@@ -1067,6 +1072,9 @@ class UnixNetVConnection(Continuation):
         ev, self.connect_timeout_event = self.connect_timeout_event, None
         if ev is not None:
             ev.cancelled = True  # we run on the VC's thread: no lock needed to stop it
+            # A cancelled event stays queued until its time: its continuation must not keep
+            # the VC (its handler was a bound method of it) alive until then.
+            ev.continuation.handler = _freed_handler
 
     # ------------------------------------------------------------------ events
 
@@ -1129,10 +1137,19 @@ class UnixNetVConnection(Continuation):
     # ------------------------------------------------------------------ freeing
 
     def free(self) -> None:
-        """Close the fd and drop the VIOs (ATS's free_thread). Idempotent. Once per
-        connection, so its steps are written out."""
-        if self.ep.pd is not None:
-            self.ep.stop()
+        """Close the fd and drop the VIOs (ATS's free_thread and clear). Idempotent. Once
+        per connection, so its steps are written out.
+
+        It also cuts the VC's reference cycles (its handler, a bound method; its EventIO;
+        its VIOs' ``vc_server``, as ATS's clear), so that reference counting frees it now,
+        not the cyclic collector later (which cost about a tenth of the CPU of a server
+        taking a new connection per request). A VIO kept by its continuation then has no
+        ``vc_server``, and its ``reenable`` does nothing, as in ATS."""
+        ep = self.ep
+        if ep.pd is not None:
+            ep.stop()
+        ep.data = None
+        self.handler = _freed_handler
         end = self.splice_end
         if end is not None:
             self.splice_end = None
@@ -1145,12 +1162,12 @@ class UnixNetVConnection(Continuation):
         r = self.read
         r.enabled = r.triggered = r.in_ready = False
         vio = r.vio
-        vio.cont = vio.buffer = None
+        vio.cont = vio.buffer = vio.vc_server = None
         vio.op = _NONE
         w = self.write
         w.enabled = w.triggered = w.in_ready = False
         vio = w.vio
-        vio.cont = vio.buffer = None
+        vio.cont = vio.buffer = vio.vc_server = None
         vio.op = _NONE
         if self.connect_timeout_event is not None:
             self._cancel_connect_timeout()

@@ -1,5 +1,6 @@
-"""A closed session is freed at once by reference counting, with its buffers (and a splice's
-native pipes): nothing of it waits for the cyclic garbage collector.
+"""A closed session is freed at once by reference counting, with its buffers, its VCs
+(accepted and connected) and a splice's native pipes: nothing of it waits for the cyclic
+garbage collector.
 
 The collector is disabled while each test runs: a session caught in a reference cycle would
 then never be freed, and its weak reference never die."""
@@ -18,18 +19,31 @@ from ats_cffi.apps.echo import EchoService
 from ats_cffi.apps.http import HttpService
 from ats_cffi.apps.service import ListenSpec, Service
 from ats_cffi.apps.tunnel import TunnelService
+from ats_cffi.net import UnixNetVConnection
 from tests.net.conftest import start_net, wait_until  # noqa: F401  (start_net: a fixture)
 
 from .conftest import recv_exactly
 
 
 @pytest.fixture
-def no_gc(start_net: Callable[..., Any]) -> Iterator[None]:  # noqa: F811
+def no_gc(
+    start_net: Callable[..., Any],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[list[weakref.ref]]:
+    """Runs the test without the collector; yields weak references to every VC made."""
     start_net(1)
+    vcs: list[weakref.ref] = []
+    init = UnixNetVConnection.__init__
+
+    def recording_init(self: UnixNetVConnection, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        vcs.append(weakref.ref(self))
+
+    monkeypatch.setattr(UnixNetVConnection, "__init__", recording_init)
     gc.collect()
     gc.disable()
     try:
-        yield
+        yield vcs
     finally:
         gc.enable()
 
@@ -77,9 +91,10 @@ def test_closed_echo_sessions_are_freed_at_once(no_gc, native: bool) -> None:
     for i in range(20):
         echo_round(port, b"x" * 70_000, bool(i % 2), note_splice if native else None)
     assert len(splices) == (20 if native else 0)
-    assert len(refs) == 20
-    assert wait_until(lambda: all_freed(refs) and all_freed(splices)), (
-        f"{sum(r() is not None for r in refs)} sessions still held"
+    assert len(refs) == 20 and len(no_gc) == 20
+    assert wait_until(lambda: all_freed(refs) and all_freed(splices) and all_freed(no_gc)), (
+        f"{sum(r() is not None for r in refs)} sessions, "
+        f"{sum(r() is not None for r in no_gc)} VCs still held"
     )
     service.stop_accepting()
 
@@ -94,9 +109,10 @@ def test_closed_http_sessions_are_freed_at_once(no_gc) -> None:
             assert s.recv(4096).startswith(b"HTTP/1.1 200 OK")
             if i % 3 == 0:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-    assert len(refs) == 20
-    assert wait_until(lambda: all_freed(refs), 8), (
-        f"{sum(r() is not None for r in refs)} sessions still held"
+    assert len(refs) == 20 and len(no_gc) == 20
+    assert wait_until(lambda: all_freed(refs) and all_freed(no_gc), 8), (
+        f"{sum(r() is not None for r in refs)} sessions, "
+        f"{sum(r() is not None for r in no_gc)} VCs still held"
     )
     service.stop_accepting()
 
@@ -109,9 +125,10 @@ def test_closed_tunnel_sessions_are_freed_at_once(no_gc, native: bool) -> None:
     port, refs = serve(service)
     for i in range(10):
         echo_round(port, b"y" * 70_000, reset=bool(i % 2))
-    assert len(refs) == 10
-    assert wait_until(lambda: all_freed(refs) and all_freed(up_refs)), (
-        f"{sum(r() is not None for r in refs)} tunnel sessions still held"
+    assert len(refs) == 10 and len(no_gc) == 30  # accepted, connected, accepted upstream
+    assert wait_until(lambda: all_freed(refs) and all_freed(up_refs) and all_freed(no_gc)), (
+        f"{sum(r() is not None for r in refs)} tunnel sessions, "
+        f"{sum(r() is not None for r in no_gc)} VCs still held"
     )
     service.stop_accepting()
     upstream.stop_accepting()
