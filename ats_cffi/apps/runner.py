@@ -6,11 +6,14 @@ drain, and the process waits until ``proxy.process.net.connections_currently_ope
 the drain timeout has passed (a second signal cuts the wait short); then it prints a one-line
 summary, shuts the net processor down and returns 0. SIGHUP reloads the records file's
 dynamic records.
+
+Once listening, the process tunes CPython's cyclic collector for serving (``tune_gc``).
 """
 
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import select
@@ -201,6 +204,25 @@ def drain_services(services: list[Service], signals: Signals, timeout: float) ->
     return True
 
 
+#: Allocations between two collections of the youngest generation while serving (CPython's
+#: default is 700). A connection's objects are freed by reference counting when it closes,
+#: but with the default a young collection ran every ~12 new connections and found most of
+#: their objects still alive, scanned them, and promoted them until full collections
+#: followed: 3.5 us of the 48 us of server CPU a new connection costs (ats-cffi http,
+#: Connection: close, median of 5 interleaved runs), as much as disabling the collector saved.
+GC_YOUNG_THRESHOLD = 7000
+
+
+def tune_gc() -> None:
+    """Set the cyclic collector up for serving: collect the start-up garbage, freeze what
+    is left (modules, classes, services: long-lived, scanned by no later collection), and
+    collect the young generation every ``GC_YOUNG_THRESHOLD`` allocations."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 def serve(
     settings: Settings,
     worker: int | None = None,
@@ -234,6 +256,7 @@ def serve(
             except ValueError as exc:  # an option (or record) out of what the socket takes
                 raise UsageError(f"listening on {host}:{port}: {exc}") from None
             bound.append((name, host, real_port))
+        tune_gc()
         if report is not None:
             report({"ready": bound})
         else:

@@ -254,3 +254,22 @@ def test_services_refuse_bad_arguments_when_made(make: Any, error: type, message
 
     with pytest.raises(error, match=re.escape(message)):
         make(types.SimpleNamespace(echo=echo, http=http, tunnel=tunnel))
+
+
+def test_serving_tunes_the_cyclic_collector() -> None:
+    # In a child: the freeze and the thresholds are process-wide.
+    code = (
+        "import gc, weakref\n"
+        "from ats_cffi.apps import runner\n"
+        "class Cycle:\n"
+        "    pass\n"
+        "c = Cycle(); c.me = c; dead = weakref.ref(c); del c  # start-up garbage\n"
+        "runner.tune_gc()\n"
+        "print(gc.get_threshold()[0] == runner.GC_YOUNG_THRESHOLD > 700,\n"
+        "      gc.get_freeze_count() > 1000, dead() is None)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    # Thresholds set, what was left frozen, the garbage collected first (not frozen).
+    assert out.stdout.split() == ["True", "True", "True"], out.stderr
