@@ -18,6 +18,9 @@ and ``wrk`` (``apt-get install -y wrk`` when it is missing). Cases:
 - http: ``python -m ats_cffi http`` vs the same server logic on asyncio and on uvloop
   (perf/http_peers.py), all parsing with httptools; ``wrk -c 100 -t 1 -d N`` on ``GET /``
   (keep-alive, ``Hello, World!``) after a 1 s unmeasured wrk run. Throughput: requests/s.
+  Then the same with a new connection per request: ``wrk -c 50 -H 'Connection: close'``
+  (accept, session set-up, one request, the server's close: what a client that does not
+  keep connections alive costs).
 - accept: connect+close, as accept_bench.py (acceptgen ``wait`` mode, 100 connects in flight;
   ats = ``--accept-ats``, default ``ats_pt1``: accept on the one net thread, as the
   ``ats-cffi`` command does by default).
@@ -80,6 +83,8 @@ SUBJECT_LABEL = {"ats": "", "ats_splice": ", splice"}
 KIB = 1024
 ECHO_CASES = [(m * KIB, c) for m in (1, 10, 100) for c in (10, 100)]
 WRK_CONNS = 100
+#: Connections of the new-connection-per-request HTTP case (wrk reconnects after each close).
+WRK_CLOSE_CONNS = 50
 WRK_LUA = HERE / "wrk_report.lua"
 HTTP_PEERS = HERE / "http_peers.py"
 IDLE_CONNS = 10_000
@@ -168,9 +173,15 @@ def ensure_wrk() -> str:
     return path
 
 
-def run_wrk(wrk: str, port: int, seconds: int, cpu: int | None) -> tuple[dict, float, float]:
-    """One wrk run: (its WRK_JSON report, its own CPU seconds, wall seconds)."""
-    cmd = [wrk, "-c", str(WRK_CONNS), "-t", "1", "-d", f"{seconds}s", "-s", str(WRK_LUA)]
+def run_wrk(
+    wrk: str, port: int, seconds: int, cpu: int | None, close: bool = False
+) -> tuple[dict, float, float]:
+    """One wrk run: (its WRK_JSON report, its own CPU seconds, wall seconds). ``close``: a
+    new connection per request (``Connection: close``, ``WRK_CLOSE_CONNS`` connections)."""
+    conns = WRK_CLOSE_CONNS if close else WRK_CONNS
+    cmd = [wrk, "-c", str(conns), "-t", "1", "-d", f"{seconds}s", "-s", str(WRK_LUA)]
+    if close:
+        cmd += ["-H", "Connection: close"]
     cmd.append(f"http://{HOST}:{port}/")
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=pin(cpu))
@@ -209,14 +220,14 @@ def run_echo(case: str, name: str, a: argparse.Namespace, cpus, msg: int, conns:
     return rec
 
 
-def run_http(case: str, name: str, a: argparse.Namespace, cpus) -> dict:
+def run_http(case: str, name: str, a: argparse.Namespace, cpus, close: bool = False) -> dict:
     with tempfile.TemporaryFile() as log:
         server, port = start_http(name, cpus[0], log)
         try:
             if a.http_warmup > 0:
-                run_wrk(a.wrk, port, a.http_warmup, cpus[1])
+                run_wrk(a.wrk, port, a.http_warmup, cpus[1], close)
             cpu0 = proc_cpu_seconds(server.pid)
-            rep, client_cpu, wall = run_wrk(a.wrk, port, a.http_duration, cpus[1])
+            rep, client_cpu, wall = run_wrk(a.wrk, port, a.http_duration, cpus[1], close)
             cpu1 = proc_cpu_seconds(server.pid)
         except Exception as e:
             raise RuntimeError(f"{e}; server stderr: {_log_text(log)!r}") from e
@@ -327,6 +338,8 @@ def plan(a: argparse.Namespace) -> list[Case]:
             cases.append((name, "rt/s", run_echo, (msg, conns), ECHO_SERVERS))
     if "http" in a.cases:
         cases.append((f"http hello, wrk -c {WRK_CONNS}", "req/s", run_http, (), SERVERS))
+        name = f"http hello, new conn. per request, wrk -c {WRK_CLOSE_CONNS}"
+        cases.append((name, "req/s", run_http, (True,), SERVERS))
     if "accept" in a.cases:
         cases.append(("accept, connect+close", "acc/s", run_accept, (), SERVERS))
     if "idle" in a.cases:
@@ -532,7 +545,12 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": a.rounds,
             "idle_rounds": a.idle_rounds,
             "echo": {"duration": a.echo_duration, "warmup": a.echo_warmup},
-            "http": {"duration": a.http_duration, "warmup": a.http_warmup, "conns": WRK_CONNS},
+            "http": {
+                "duration": a.http_duration,
+                "warmup": a.http_warmup,
+                "conns": WRK_CONNS,
+                "close_conns": WRK_CLOSE_CONNS,
+            },
             "accept": {
                 "duration": a.accept_duration,
                 "warmup": a.accept_warmup,
