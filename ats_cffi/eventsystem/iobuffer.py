@@ -142,12 +142,16 @@ class MIOBuffer:
         Raises TypeError if block_size or water_mark is not an int (bool included),
         ValueError if block_size is not in 1..MAX_BLOCK_SIZE or water_mark < 0.
         """
-        _check_int("block_size", block_size)
+        # (Two buffers per connection: the checks cost a call only for what is not an int.)
+        if block_size.__class__ is not int:
+            _check_int("block_size", block_size)
         if not 0 < block_size <= MAX_BLOCK_SIZE:
             raise ValueError(f"block_size must be between 1 and {MAX_BLOCK_SIZE}, got {block_size}")
         self._block_size = block_size
-        self._water_mark = 0
-        self.water_mark = water_mark
+        if water_mark.__class__ is not int or water_mark < 0:
+            self._water_mark = 0
+            self.water_mark = water_mark  # the setter's checks raise
+        self._water_mark = water_mark
         # A zero-size block starts the chain so that readers always have a block to stand on;
         # the first write sees it full and appends a real block after it.
         first = IOBufferBlock(0)
