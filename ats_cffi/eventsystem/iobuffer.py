@@ -356,7 +356,8 @@ class MIOBuffer:
         rs = self._readers
         if not rs:
             return
-        self._retain_from(min(rs, key=_reader_pos))
+        # (A session's two buffers at its close, one reader each: no min() call then.)
+        self._retain_from(rs[0] if len(rs) == 1 else min(rs, key=_reader_pos))
         for r in rs:
             r._detach()
         rs.clear()

@@ -363,8 +363,10 @@ class UnixNetVConnection(Continuation):
         self, cont: Continuation | None, nbytes: int = INT64_MAX, buf: MIOBuffer | None = None
     ) -> VIO:
         """Read up to ``nbytes`` into ``buf`` for ``cont``; ``buf=None`` stops reading."""
-        self._check_open("do_io_read")
-        self._check_nbytes("do_io_read", nbytes)
+        if self.closed:
+            self._check_open("do_io_read")
+        if nbytes.__class__ is not int or not 0 <= nbytes <= INT64_MAX:
+            self._check_nbytes("do_io_read", nbytes)
         if cont is not None:
             check_continuation("do_io_read", cont)
         if buf is not None and not isinstance(buf, MIOBuffer):
@@ -378,8 +380,10 @@ class UnixNetVConnection(Continuation):
         reader: IOBufferReader | None = None,
     ) -> VIO:
         """Write ``nbytes`` from ``reader`` for ``cont``; ``reader=None`` stops writing."""
-        self._check_open("do_io_write")
-        self._check_nbytes("do_io_write", nbytes)
+        if self.closed:
+            self._check_open("do_io_write")
+        if nbytes.__class__ is not int or not 0 <= nbytes <= INT64_MAX:
+            self._check_nbytes("do_io_write", nbytes)
         if cont is not None:
             check_continuation("do_io_write", cont)
         if reader is not None:
@@ -474,7 +478,9 @@ class UnixNetVConnection(Continuation):
 
         ``alerrno``: -1 (a normal close) or an errno >= 0 (an abort; a non-zero one is kept
         in ``lerrno``). ``TypeError``/``ValueError`` for anything else."""
-        if isinstance(alerrno, bool) or not isinstance(alerrno, int):
+        if alerrno.__class__ is not int and (
+            isinstance(alerrno, bool) or not isinstance(alerrno, int)
+        ):
             raise TypeError(f"do_io_close: alerrno must be an int, not {type(alerrno).__name__}")
         if not -1 <= alerrno <= INT_RECORD_MAX:
             raise ValueError(f"do_io_close: alerrno must be -1 or an errno, got {alerrno}")
