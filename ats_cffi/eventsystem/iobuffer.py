@@ -150,7 +150,7 @@ class MIOBuffer:
         self._block_size = block_size
         if water_mark.__class__ is not int or water_mark < 0:
             self._water_mark = 0
-            self.water_mark = water_mark  # the setter's checks raise
+            self.water_mark = water_mark  # the setter raises unless an int subclass >= 0
         self._water_mark = water_mark
         # A zero-size block starts the chain so that readers always have a block to stand on;
         # the first write sees it full and appends a real block after it.
