@@ -49,12 +49,18 @@ def fd_is_open(fd: int) -> bool:
     return True
 
 
-@pytest.fixture
-def server() -> Iterator[tuple[str, int]]:
-    """A plain listening socket on 127.0.0.1 (the connects' peer; nothing accepts)."""
+def listening_socket() -> socket.socket:
+    """A plain listening TCP socket on 127.0.0.1, any free port."""
     ls = socket.socket()
     ls.bind(("127.0.0.1", 0))
     ls.listen(64)
+    return ls
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, int]]:
+    """A plain listening socket on 127.0.0.1 (the connects' peer; nothing accepts)."""
+    ls = listening_socket()
     yield ls.getsockname()
     ls.close()
 
@@ -240,9 +246,7 @@ def test_main_accept_refuses_non_listening_tcp_fd(
 
 
 def test_main_accept_refusal_keeps_callers_fd(net: Any):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen()
+    s = listening_socket()
     try:
         with pytest.raises(ValueError, match="etype"):
             net.main_accept(Recorder(), s.fileno(), AcceptOptions(etype=99))
@@ -260,9 +264,7 @@ def test_main_accept_late_refusal_hands_fd_back(net: Any, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(NetAccept, "init_accept_per_thread", boom)
     n_blocks = len(net_stats._blocks)
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen()
+    s = listening_socket()
     try:
         with pytest.raises(RuntimeError, match="boom"):
             net.main_accept(Recorder(), s.fileno(), AcceptOptions(accept_threads=0))
@@ -274,9 +276,7 @@ def test_main_accept_late_refusal_hands_fd_back(net: Any, monkeypatch: pytest.Mo
 
 
 def test_main_accept_good_fd_still_works(net: Any):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen()
+    s = listening_socket()
     fd = s.detach()  # the listener owns it from now on
     port = socket.socket(fileno=os.dup(fd))
     port_no = port.getsockname()[1]
@@ -473,9 +473,7 @@ def test_vc_call_arguments(net: Any, server: Any):
 
 
 def test_vc_input_pending_peeks_and_refuses_a_closed_vc(net: Any):
-    ls = socket.socket()
-    ls.bind(("127.0.0.1", 0))
-    ls.listen(4)
+    ls = listening_socket()
     try:
         vc = net.connect_s(ls.getsockname(), 2)  # nobody reads it: its bytes stay in the socket
         peer, _ = ls.accept()
