@@ -21,7 +21,7 @@ from ats_cffi.dns.resolv import HostsFile, read_resolv_conf
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
 from ats_cffi.eventsystem.ethread import EThread, this_ethread
 from ats_cffi.eventsystem.event import Action
-from ats_cffi.eventsystem.processor import run_on_threads
+from ats_cffi.eventsystem.processor import check_join_timeout, run_on_threads
 from ats_cffi.net.codes import NET_EVENT_OPEN_FAILED
 from ats_cffi.net.nethandler import get_net_handler
 from ats_cffi.net.netvc import NetVCOptions
@@ -122,13 +122,14 @@ class DNSProcessor:
             np.host_resolver = self
             log.debug("started on %d threads, name servers %s", len(threads), self.servers)
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float | None = 5.0) -> None:
         """Close every handler: pending lookups get ``DNS_EVENT_LOOKUP`` with
         ``DNSError.SHUTDOWN``, every DNS socket is closed, ``connect_re`` stops taking host
         names. A second call does nothing. ``RuntimeError`` on a net thread, or when a net
-        thread does not answer within ``timeout`` seconds (a finite number > 0; else
-        ``TypeError``/``ValueError``, before anything is stopped)."""
-        _check_timeout("dns_processor.stop", timeout)
+        thread does not answer within ``timeout`` seconds (> 0, or None, -1 or inf for no
+        limit, as ``EventProcessor.shutdown``'s; else ``TypeError``/``ValueError``, before
+        anything is stopped). Not 0: the handlers must be closed on their own threads."""
+        timeout = check_join_timeout("dns_processor.stop", timeout, positive=True)
         with self._lock:
             handlers, self.handlers = self.handlers, {}
             self._handler_list = []
@@ -138,7 +139,7 @@ class DNSProcessor:
             self._close_handlers(handlers, timeout)
 
     @staticmethod
-    def _close_handlers(handlers: dict[EThread, DNSHandler], timeout: float = 5.0) -> None:
+    def _close_handlers(handlers: dict[EThread, DNSHandler], timeout: float | None = 5.0) -> None:
         alive = [t for t in handlers if t.is_alive]
         try:
             if alive:
@@ -260,14 +261,6 @@ def _errno_of(exc: BaseException) -> int:
     if isinstance(exc, OSError) and exc.errno:
         return exc.errno
     return errno.ENETDOWN if isinstance(exc, RuntimeError) else errno.EINVAL
-
-
-def _check_timeout(call: str, timeout: float) -> None:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"{call}: timeout must be a number, not {type(timeout).__name__}")
-    if not 0 < timeout <= threading.TIMEOUT_MAX:  # False for NaN and inf too
-        raise ValueError(f"{call}: timeout must be > 0 and at most threading.TIMEOUT_MAX "
-                         f"seconds, got {timeout!r}")  # fmt: skip
 
 
 #: A host name without its final dot: ASCII letters, digits, "-" and "_" in labels of 1..63.

@@ -68,30 +68,36 @@ def _check_thread_callable(call: str, name: str, fn: Any) -> None:
         raise TypeError(f"{call}: {name} must accept one argument (the thread): {exc}") from None
 
 
-def _check_timeout(call: str, timeout: Any) -> float | None:
-    """A join timeout: seconds >= 0, or None, -1 or inf (or more than the OS can wait) for
-    no limit, as ``ProxyMutex.lock``; ``TypeError``/``ValueError`` otherwise."""
+def check_join_timeout(call: str, timeout: Any, positive: bool = False) -> float | None:
+    """A timeout for waiting on threads (every shutdown and stop takes one): seconds >= 0
+    (> 0 with ``positive``), or None, -1 or inf (or more than the OS can wait) for no
+    limit, as ``ProxyMutex.lock``; None stands for no limit in the result.
+    ``TypeError``/``ValueError`` naming ``call`` otherwise."""
     if timeout is None:
         return None
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
         raise TypeError(f"{call}: timeout must be a number or None, not {type(timeout).__name__}")
     if timeout == -1:
         return None
-    if not timeout >= 0:
-        raise ValueError(f"{call}: timeout must be >= 0 or -1, got {timeout}")
+    if not (timeout > 0 if positive else timeout >= 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{call}: timeout must be {bound}, -1 or None, got {timeout}")
     if timeout >= threading.TIMEOUT_MAX or math.isinf(timeout):
         return None
     return float(timeout)
 
 
 def run_on_threads(
-    threads: list[EThread], fn: Callable[[EThread], None], call: str, timeout: float = 10.0
+    threads: list[EThread],
+    fn: Callable[[EThread], None],
+    call: str,
+    timeout: float | None = 10.0,
 ) -> None:
     """Run ``fn(thread)`` on each of ``threads`` (as an immediate event) and wait until all
     ran; re-raise the first exception. The threads do not wait for one another.
 
     ``RuntimeError`` when called on one of ``threads`` (it would wait for itself) or when
-    they do not all answer within ``timeout`` seconds.
+    they do not all answer within ``timeout`` seconds (None: no limit).
     """
     me = this_ethread()
     if me is not None and me in threads:
@@ -348,7 +354,7 @@ class EventProcessor:
         before anything stops. Raises ``RuntimeError`` naming the threads that did not end
         within it.
         """
-        timeout = _check_timeout("shutdown", timeout)
+        timeout = check_join_timeout("shutdown", timeout)
         me = this_ethread()
         if me is not None and me.tt == REGULAR:
             raise RuntimeError("shutdown: called on an event thread, which cannot join itself")

@@ -16,7 +16,12 @@ from ats_cffi.eventsystem.continuation import Continuation, check_continuation
 from ats_cffi.eventsystem.ethread import EThread, on_event_thread, this_ethread
 from ats_cffi.eventsystem.event import Action
 from ats_cffi.eventsystem.mutex import ProxyMutex
-from ats_cffi.eventsystem.processor import ET_NET, EventProcessor, event_processor
+from ats_cffi.eventsystem.processor import (
+    ET_NET,
+    EventProcessor,
+    check_join_timeout,
+    event_processor,
+)
 from ats_cffi.net import nethandler as _nh_mod
 from ats_cffi.net.accept import AcceptOptions, NetAccept, check_listen_fd
 from ats_cffi.net.codes import EVENTIO_READ, NET_EVENT_OPEN
@@ -39,16 +44,15 @@ def _shown(x: float) -> str:
     return "an int too large" if isinstance(x, int) and x.bit_length() > 64 else repr(x)
 
 
-def _check_wait(call: str, timeout: Any, zero_ok: bool) -> None:
+def _check_connect_wait(call: str, timeout: Any) -> None:
     """``TypeError``/``ValueError`` naming ``call`` unless ``timeout`` is a finite number of
-    seconds up to ``MAX_WAIT``, and > 0 (or >= 0 with ``zero_ok``)."""
+    seconds in (0, ``MAX_WAIT``]: a connect always ends (it becomes the connect timeout)."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"{call}: timeout must be a number, not {type(timeout).__name__}")
-    low_ok = 0 <= timeout if zero_ok else 0 < timeout
-    if not (low_ok and timeout <= MAX_WAIT):  # False for NaN and inf too
-        span = f"0..{MAX_WAIT:.0f}" if zero_ok else f"(0, {MAX_WAIT:.0f}]"
+    if not 0 < timeout <= MAX_WAIT:  # False for NaN and inf too
         raise ValueError(
-            f"{call}: timeout must be a finite number in {span} s, got {_shown(timeout)}"
+            f"{call}: timeout must be a finite number in (0, {MAX_WAIT:.0f}] s, "
+            f"got {_shown(timeout)}"
         )
 
 
@@ -197,11 +201,12 @@ class UnixNetProcessor:
         self.n_netthreads = len(self.netthreads)
         change_net_connections_throttle()
 
-    def shutdown(self, timeout: float = 5.0) -> None:
+    def shutdown(self, timeout: float | None = 5.0) -> None:
         """Cancel every listener, stop the event processor (closing every VC, epoll fd and
-        eventfd) and forget the threads. ``timeout`` (s, finite, >= 0) bounds the wait for
-        each thread; it is checked before anything stops."""
-        _check_wait("shutdown", timeout, zero_ok=True)
+        eventfd) and forget the threads. ``timeout`` bounds the wait for each thread, as
+        ``EventProcessor.shutdown``'s (seconds >= 0; None, -1 or inf: no limit); it is
+        checked before anything stops."""
+        timeout = check_join_timeout("shutdown", timeout)
         for na in list(self.accepts):
             na.action.cancel()
         self.accepts.clear()
@@ -283,7 +288,7 @@ class UnixNetProcessor:
             raise TypeError(
                 f"connect_s: options must be NetVCOptions or None, not {type(options).__name__}"
             )
-        _check_wait("connect_s", timeout, zero_ok=False)
+        _check_connect_wait("connect_s", timeout)
         timeout = float(timeout)
         opts = dataclasses.replace(options) if options is not None else NetVCOptions()
         opts.connect_timeout = timeout

@@ -387,8 +387,8 @@ def test_accept_options_packet_tos(net: Any):
 
 @pytest.mark.parametrize(
     "timeout, exc",
-    [(float("nan"), ValueError), (float("inf"), ValueError), (-1, ValueError),
-     ("x", TypeError), (None, TypeError), (True, TypeError)],
+    [(float("nan"), ValueError), (-2, ValueError), (-0.5, ValueError),
+     ("x", TypeError), (b"1", TypeError), (True, TypeError)],
 )  # fmt: skip
 def test_shutdown_bad_timeout_refused_before_stopping(net: Any, server: Any, timeout: Any, exc):
     with pytest.raises(exc, match="shutdown: timeout"):
@@ -396,6 +396,15 @@ def test_shutdown_bad_timeout_refused_before_stopping(net: Any, server: Any, tim
     assert net_processor.started
     vc = net.connect_s(server, 2)  # still fully working
     vc.do_io_close()
+
+
+@pytest.mark.parametrize("timeout", [None, -1, float("inf"), 10**400, 5])
+def test_shutdown_takes_no_limit_as_the_event_processor_does(net: Any, timeout: Any):
+    # One rule for every wait on threads (EventProcessor.shutdown, ProxyMutex.lock).
+    threads = event_processor.threads()
+    assert threads
+    net_processor.shutdown(timeout)
+    assert not net_processor.started and not any(t.is_alive for t in threads)
 
 
 # ---------------------------------------------------------------------- 7. config
