@@ -14,6 +14,15 @@ write buffer (pipelined requests included). It stops parsing while more than
 ``WATER_MARK`` bytes of responses wait for a client that does not read them; the read VIO
 then stops at its own buffer's water mark, so a pipelining client cannot grow memory.
 
+Timeouts (ATS's): between requests, a connection may stay idle for the service's
+``inactivity_timeout`` (``KEEP_ALIVE_TIMEOUT``: ``keep_alive_no_activity_timeout_in``). A
+request that does not arrive whole in the read where it began (a slow or stalled client)
+runs under the transaction timeouts until it is complete: no byte for
+``transaction_no_activity_timeout`` seconds (or the idle timeout, if shorter), or the
+request not complete after ``transaction_active_timeout`` seconds, and the connection is
+closed. A client trickling a request byte by byte cannot hold a connection for longer.
+Requests that arrive whole (nearly all) never change the timeouts.
+
 Closing: after the last response (``Connection: close``, HTTP/1.0 without keep-alive, an
 error, or a graceful stop) the session shuts its write side and keeps reading for at most
 ``LINGER`` seconds, discarding, before it closes: closing with unread bytes in the socket
@@ -73,6 +82,12 @@ LINGER = 2.0
 #: default. Without it, idle or stalled clients would hold their connections for a day
 #: (``proxy.config.net.default_inactivity_timeout``), up to the connections throttle.
 KEEP_ALIVE_TIMEOUT = 120.0
+#: Seconds a request in progress may go without a byte: ATS's
+#: ``proxy.config.http.transaction_no_activity_timeout_in`` default.
+TRANSACTION_NO_ACTIVITY_TIMEOUT = 30.0
+#: Seconds a request may take from the read where it began to its last byte: ATS's
+#: ``proxy.config.http.transaction_active_timeout_in`` default.
+TRANSACTION_ACTIVE_TIMEOUT = 900.0
 
 TOTAL = "proxy.process.http.total_client_connections"
 CURRENT = "proxy.process.http.current_client_connections"
@@ -224,6 +239,8 @@ class HttpSession(Session):
         #: The client asked for the close (``Connection: close``, or HTTP/1.0 without
         #: keep-alive) and has sent nothing after that request so far: no linger (``linger``).
         self.client_closes = False
+        #: The transaction timeouts replace the idle one (a request spans reads).
+        self.in_transaction_timeouts = False
         self.set_handler(self.handle)
         if service.inactivity_timeout:
             vc.set_inactivity_timeout(service.inactivity_timeout)
@@ -315,11 +332,35 @@ class HttpSession(Session):
                 elif self.head_bytes == _HEAD_BEGUN:
                     self.head_bytes = 0
             wvio = self.wvio  # made by the first response
+        if self.in_request and not self.in_transaction_timeouts and not self.closing:
+            self.begin_transaction_timeouts()
         if self.closing or (self.peer_eos and not avail):
             self.finish()
         elif wvio is not None and wvio.nbytes != self.queued:
             wvio.nbytes = self.queued
             self.vc.reenable(wvio)
+
+    def begin_transaction_timeouts(self) -> None:
+        """A request spans reads: until it is complete, no byte for the transaction's
+        no-activity timeout (or the idle one, if shorter) or the request not complete within
+        its active timeout closes the connection (module doc)."""
+        service: HttpService = self.service  # type: ignore[assignment]
+        vc = self.vc
+        idle = service.inactivity_timeout
+        no_activity = service.transaction_no_activity_timeout
+        if no_activity and (not idle or no_activity < idle):
+            vc.set_inactivity_timeout(no_activity)
+        if service.transaction_active_timeout:
+            vc.set_active_timeout(service.transaction_active_timeout)
+        self.in_transaction_timeouts = True
+
+    def end_transaction_timeouts(self) -> None:
+        """The request is complete: the idle timeout again, no active timeout."""
+        service: HttpService = self.service  # type: ignore[assignment]
+        vc = self.vc
+        vc.set_inactivity_timeout(service.inactivity_timeout)
+        vc.cancel_active_timeout()
+        self.in_transaction_timeouts = False
 
     # ------------------------------------------------------------------ httptools callbacks
 
@@ -357,6 +398,8 @@ class HttpSession(Session):
         self.in_request = False
         if self.closing:
             return  # a request after one answered with a close (same read): not answered
+        if self.in_transaction_timeouts:
+            self.end_transaction_timeouts()
         service: HttpService = self.service  # type: ignore[assignment]
         counts = service.stats.per_thread.counts
         counts[_I_REQUESTS] += 1
@@ -516,8 +559,16 @@ class HttpService(Service):
         worker: int | None = None,
         stats_source: Service | None = None,
         name: str | None = None,
+        transaction_no_activity_timeout: float = TRANSACTION_NO_ACTIVITY_TIMEOUT,
+        transaction_active_timeout: float = TRANSACTION_ACTIVE_TIMEOUT,
     ) -> None:
         super().__init__(inactivity_timeout, worker)
+        self.check_seconds("transaction_no_activity_timeout", transaction_no_activity_timeout)
+        self.check_seconds("transaction_active_timeout", transaction_active_timeout)
+        #: Seconds (0: none) a request in progress may go without a byte, and may take in
+        #: all (module doc).
+        self.transaction_no_activity_timeout = transaction_no_activity_timeout
+        self.transaction_active_timeout = transaction_active_timeout
         if not isinstance(routes, dict) or not all(
             isinstance(path, bytes) and path.startswith(b"/") and callable(route)
             for path, route in routes.items()

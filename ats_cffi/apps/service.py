@@ -10,7 +10,7 @@ Lock order: a session's mutex before the service's registry lock, never the reve
 from __future__ import annotations
 
 import logging
-import math
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +27,8 @@ BLOCK_SIZE = 32 * 1024
 #: Bytes a session lets wait in one direction before it stops reading from the source (the
 #: MIOBuffer water mark): memory per direction stays under about this plus two blocks.
 WATER_MARK = 64 * 1024
+
+_FLOAT_MAX = sys.float_info.max
 
 
 @dataclass(frozen=True)
@@ -116,18 +118,21 @@ class Service(Continuation):
     #: Names of the service's own counters (``proxy.process.*``).
     stat_names: tuple[str, ...] = ()
 
+    def check_seconds(self, name: str, value: Any) -> None:
+        """``TypeError``/``ValueError`` naming the service and ``name`` unless ``value`` is a
+        finite number of seconds >= 0 (0: none), as the VC timeouts take."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(
+                f"{type(self).__name__}: {name} must be a number of seconds, "
+                f"not {type(value).__name__}"
+            )
+        if not 0 <= value <= _FLOAT_MAX:  # (else every session would fail to start)
+            shown = "an int too large" if isinstance(value, int) else value
+            raise ValueError(f"{type(self).__name__}: {name} must be finite and >= 0, got {shown}")
+
     def __init__(self, inactivity_timeout: float = 0.0, worker: int | None = None) -> None:
         super().__init__(ProxyMutex())
-        if isinstance(inactivity_timeout, bool) or not isinstance(inactivity_timeout, (int, float)):
-            raise TypeError(
-                f"{type(self).__name__}: inactivity_timeout must be a number of seconds, "
-                f"not {type(inactivity_timeout).__name__}"
-            )
-        if not 0 <= inactivity_timeout < math.inf:  # (every session would fail to start)
-            raise ValueError(
-                f"{type(self).__name__}: inactivity_timeout must be finite and >= 0, "
-                f"got {inactivity_timeout}"
-            )
+        self.check_seconds("inactivity_timeout", inactivity_timeout)
         if worker is not None and (type(worker) is not int or worker < 0):
             raise (TypeError if type(worker) is not int else ValueError)(
                 f"{type(self).__name__}: worker must be None or an int >= 0, got {worker!r}"

@@ -472,12 +472,22 @@ class _FakeVC:
         self.closed = False
         #: What ``input_pending`` answers: bytes left in the socket.
         self.pending = False
+        #: The timeouts set (0: none), and how many times each was set or cancelled.
+        self.inactivity_timeout_in = 0.0
+        self.active_timeout_in = 0.0
+        self.timeout_calls = 0
 
     def set_inactivity_timeout(self, t: float) -> None:
-        pass
+        self.inactivity_timeout_in = t
+        self.timeout_calls += 1
 
     def set_active_timeout(self, t: float) -> None:
-        pass
+        self.active_timeout_in = t
+        self.timeout_calls += 1
+
+    def cancel_active_timeout(self) -> None:
+        self.active_timeout_in = 0.0
+        self.timeout_calls += 1
 
     def do_io_read(self, cont, nbytes, buf):  # type: ignore[no-untyped-def]
         v = self.rvio
@@ -621,3 +631,91 @@ def test_when_a_closing_session_lingers(
     session.handle_event(EventCode.VC_EVENT_WRITE_COMPLETE, vc.wvio)
     assert (session.lingering and vc.shut and not vc.closed) is lingers
     assert (session.closed and vc.closed and not vc.shut) is not lingers
+
+
+@pytest.mark.parametrize(
+    ("idle", "no_activity", "active", "while_in_request"),
+    [
+        (120.0, 30.0, 900.0, (30.0, 900.0)),  # the defaults (ATS's)
+        (10.0, 30.0, 900.0, (10.0, 900.0)),  # a shorter idle timeout stays
+        (0.0, 30.0, 900.0, (30.0, 900.0)),  # no idle timeout: a request still has one
+        (120.0, 0.0, 0.0, (120.0, 0.0)),  # transaction timeouts off
+    ],
+)
+def test_a_request_that_spans_reads_runs_under_the_transaction_timeouts(
+    idle: float, no_activity: float, active: float, while_in_request: tuple[float, float]
+) -> None:
+    from ats_cffi.apps import http as app
+    from ats_cffi.eventsystem import EventCode
+
+    service = app.HttpService(
+        inactivity_timeout=idle,
+        transaction_no_activity_timeout=no_activity,
+        transaction_active_timeout=active,
+    )
+    vc = _FakeVC()
+    session = app.HttpSession(service, vc)  # type: ignore[arg-type]
+    assert (vc.inactivity_timeout_in, vc.active_timeout_in) == (idle, 0.0)
+    rr = EventCode.VC_EVENT_READ_READY
+
+    # Whole requests (one, or several in one read) never touch the timeouts.
+    calls = vc.timeout_calls
+    for data in (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n" * 3):
+        session.rbuf.write(data)
+        session.handle_event(rr, vc.rvio)
+    assert vc.timeout_calls == calls and not session.in_transaction_timeouts
+
+    # A request that comes in pieces: the transaction timeouts until its last byte.
+    for piece in (b"GET / HT", b"TP/1.1\r\nHo", b"st: a\r\n"):
+        session.rbuf.write(piece)
+        session.handle_event(rr, vc.rvio)
+        assert (vc.inactivity_timeout_in, vc.active_timeout_in) == while_in_request
+    # Its end, and the start of the next one in the same read: again for the next.
+    session.rbuf.write(b"\r\nGET /")
+    session.handle_event(rr, vc.rvio)
+    assert (vc.inactivity_timeout_in, vc.active_timeout_in) == while_in_request
+    session.rbuf.write(b" HTTP/1.1\r\n\r\n")
+    session.handle_event(rr, vc.rvio)
+    # Complete: idle again, between requests.
+    assert (vc.inactivity_timeout_in, vc.active_timeout_in) == (idle, 0.0)
+    assert not session.in_transaction_timeouts
+    assert service.stats.get(app.REQUESTS) == 6 == vc.send(vc.wvio.ntodo()).count(HELLO)
+
+
+def test_a_closing_session_keeps_its_linger_timeout() -> None:
+    # A request that spans reads and is refused with a close (413): the linger's active
+    # timeout is not cancelled by the transaction's end.
+    from ats_cffi.apps import http as app
+    from ats_cffi.eventsystem import EventCode
+
+    service = app.HttpService()
+    vc = _FakeVC()
+    vc.pending = True
+    session = app.HttpSession(service, vc)  # type: ignore[arg-type]
+    session.rbuf.write(_BIG_POST[:40])
+    session.handle_event(EventCode.VC_EVENT_READ_READY, vc.rvio)
+    assert vc.active_timeout_in == app.TRANSACTION_ACTIVE_TIMEOUT
+    session.rbuf.write(_BIG_POST[40:] + b"x" * (MAX_BODY + 1))
+    session.handle_event(EventCode.VC_EVENT_READ_READY, vc.rvio)
+    assert session.closing and b" 413 " in vc.send(vc.wvio.ntodo())
+    session.handle_event(EventCode.VC_EVENT_WRITE_COMPLETE, vc.wvio)
+    assert session.lingering and vc.active_timeout_in == app.LINGER
+
+
+@pytest.mark.parametrize(
+    ("arg", "value", "error"),
+    [
+        ("transaction_no_activity_timeout", -1, ValueError),
+        ("transaction_no_activity_timeout", float("nan"), ValueError),
+        ("transaction_active_timeout", float("inf"), ValueError),
+        ("transaction_active_timeout", 10**400, ValueError),
+        ("transaction_active_timeout", "30", TypeError),
+        ("transaction_no_activity_timeout", True, TypeError),
+        ("inactivity_timeout", 10**400, ValueError),
+    ],
+)
+def test_the_service_checks_its_timeouts(arg: str, value: object, error: type) -> None:
+    from ats_cffi.apps import http as app
+
+    with pytest.raises(error, match=f"HttpService: {arg} must be"):
+        app.HttpService(**{arg: value})  # type: ignore[arg-type]
