@@ -5,11 +5,12 @@ Keys may be written flat (``"proxy.config.net.connections_throttle" = 100``), ne
 root (``records: {net: {connections_throttle: 100}}``), which stands for ``proxy.config``.
 YAML needs PyYAML (``*.yaml``/``*.yml``); any other file is read as TOML.
 
-The keys are those of ``net_config`` (``proxy.config.net.*``, ``proxy.config.accept_threads``)
-and, when the DNS layer is installed, of ``dns_config`` (``proxy.config.dns.*``,
+The keys are those of ``net_config`` (``proxy.config.net.*``, ``proxy.config.accept_threads``),
+of ``http_config`` (``proxy.config.http.*``: the http command's timeouts) and, when the DNS
+layer is installed, of ``dns_config`` (``proxy.config.dns.*``,
 ``proxy.config.hostdb.host_file.path``). SIGHUP re-reads the file and applies the records in
-``DYNAMIC_RECORDS``; the others are read when the threads, listeners or resolver start, so a
-change to them needs a restart.
+``DYNAMIC_RECORDS``; the others are read when the threads, listeners, services or resolver
+start, so a change to them needs a restart.
 """
 
 from __future__ import annotations
@@ -84,9 +85,12 @@ def parse_records(path: str | Path) -> dict[str, Any]:
 
 
 def record_stores() -> list[Any]:
-    """The live record stores: ``net_config``, and ``dns_config`` (``proxy.config.dns.*``,
+    """The live record stores: ``net_config``, the http command's ``http_config``
+    (``proxy.config.http.*``), and ``dns_config`` (``proxy.config.dns.*``,
     ``proxy.config.hostdb.*``) when the DNS layer is installed."""
-    stores: list[Any] = [net_config]
+    from ats_cffi.apps.http import http_config
+
+    stores: list[Any] = [net_config, http_config]
     try:
         from ats_cffi.dns import dns_config  # type: ignore[import-not-found, attr-defined]
     except ImportError:

@@ -47,6 +47,7 @@ from ats_cffi.apps.stats import collect, render_json, render_prometheus
 from ats_cffi.eventsystem import INT64_MAX, VIO, EventCode, MIOBuffer
 from ats_cffi.net import UnixNetVConnection
 from ats_cffi.net.codes import IO_SHUTDOWN_WRITE
+from ats_cffi.net.config import NetConfig, Record
 
 log = logging.getLogger("ats.apps.http")
 
@@ -88,6 +89,29 @@ TRANSACTION_NO_ACTIVITY_TIMEOUT = 30.0
 #: Seconds a request may take from the read where it began to its last byte: ATS's
 #: ``proxy.config.http.transaction_active_timeout_in`` default.
 TRANSACTION_ACTIVE_TIMEOUT = 900.0
+
+#: The command's HTTP records (``--config``; ``--inactivity-timeout`` wins over the first),
+#: read when its services start.
+HTTP_RECORDS: tuple[Record, ...] = (
+    Record("proxy.config.http.keep_alive_no_activity_timeout_in",
+           "keep_alive_no_activity_timeout_in", KEEP_ALIVE_TIMEOUT, float, 0,
+           "seconds a connection may stay idle between requests (0: none)"),
+    Record("proxy.config.http.transaction_no_activity_timeout_in",
+           "transaction_no_activity_timeout_in", TRANSACTION_NO_ACTIVITY_TIMEOUT, float, 0,
+           "seconds a request in progress may go without a byte (0: none)"),
+    Record("proxy.config.http.transaction_active_timeout_in",
+           "transaction_active_timeout_in", TRANSACTION_ACTIVE_TIMEOUT, float, 0,
+           "seconds a request may take in all (0: none)"),
+)  # fmt: skip
+
+
+class HttpConfig(NetConfig):
+    """The live values of ``HTTP_RECORDS`` (checked as the net records are)."""
+
+    records = HTTP_RECORDS
+
+
+http_config = HttpConfig()
 
 TOTAL = "proxy.process.http.total_client_connections"
 CURRENT = "proxy.process.http.current_client_connections"

@@ -26,7 +26,7 @@ from typing import Any
 
 from ats_cffi.apps.config import ConfigError, reload_records
 from ats_cffi.apps.echo import EchoService
-from ats_cffi.apps.http import KEEP_ALIVE_TIMEOUT, STATS_ROUTES, HttpService
+from ats_cffi.apps.http import STATS_ROUTES, HttpService, http_config
 from ats_cffi.apps.service import ListenSpec, Service, format_hostport
 from ats_cffi.apps.stats import collect, summary_fields, summary_line
 from ats_cffi.apps.tunnel import TunnelService, start_name_resolution
@@ -147,7 +147,12 @@ class Signals:
 def build_services(settings: Settings, worker: int | None) -> list[Service]:
     """The service of ``settings`` and, with ``--stats``, its stats listener."""
     timeout = settings.inactivity_timeout
-    http_timeout = timeout or KEEP_ALIVE_TIMEOUT  # 0: none given
+    # 0: none given on the command line (the records' value then).
+    http_timeout = timeout or http_config.keep_alive_no_activity_timeout_in
+    http_timeouts = {
+        "transaction_no_activity_timeout": http_config.transaction_no_activity_timeout_in,
+        "transaction_active_timeout": http_config.transaction_active_timeout_in,
+    }
     main: Service
     if settings.service == "echo":
         main = EchoService(timeout, worker, native=not settings.vio)
@@ -155,11 +160,13 @@ def build_services(settings: Settings, worker: int | None) -> list[Service]:
         assert settings.upstream is not None
         main = TunnelService(settings.upstream, timeout, worker, native=not settings.vio)
     else:
-        main = HttpService(inactivity_timeout=http_timeout, worker=worker)
+        main = HttpService(inactivity_timeout=http_timeout, worker=worker, **http_timeouts)
     services = [main]
     if settings.stats is not None:
         services.append(
-            HttpService(STATS_ROUTES, http_timeout, worker, stats_source=main, name="stats")
+            HttpService(
+                STATS_ROUTES, http_timeout, worker, stats_source=main, name="stats", **http_timeouts
+            )
         )
     return services
 

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,8 @@ def test_bad_options_give_one_line_and_status_2(capsys, args, message) -> None:
         ("bad.toml", "proxy.config.net.nosuch = 1\n", "unknown record 'proxy.config.net.nosuch'"),
         ("bad.toml", '"proxy.config.net.poll_timeout" = "fast"\n', "expected a number"),
         ("bad.toml", "[proxy.config.net]\nconnections_throttle = -3\n", "connections_throttle"),
+        ("bad.toml", "[proxy.config.http]\ntransaction_active_timeout_in = -1\n", "must be >= 0"),
+        ("bad.toml", "proxy.config.http.nosuch = 1\n", "unknown record 'proxy.config.http.nosuch'"),
         ("big.toml", "[proxy.config.net]\nlisten_backlog = 10000000000\n", "must be <= 2147483647"),
         ("bad.toml", "proxy.config.net = [1\n", "not valid TOML"),
         ("bad.yaml", "proxy.config.net.poll_timeout: [1, 2]\n", "expected a number"),
@@ -156,6 +159,45 @@ def test_command_line_options_win_over_the_file(tmp_path) -> None:
     cli_module.configure_records(settings)
     assert net_config.defer_accept == 0  # the command's own default
     assert net_config.connections_throttle == 30000  # ATS's
+
+
+def test_the_http_records_reach_the_http_services(tmp_path) -> None:
+    from ats_cffi.apps.runner import build_services
+
+    path = tmp_path / "records.yaml"
+    path.write_text(
+        "records:\n  http:\n    keep_alive_no_activity_timeout_in: 60\n"
+        "    transaction_no_activity_timeout_in: 5\n    transaction_active_timeout_in: 0\n"
+    )
+    for extra, idle in (([], 60.0), (["--inactivity-timeout", "7"], 7.0)):
+        settings = cli_module.parse_args(
+            ["http", "--config", str(path), "--stats", "127.0.0.1:0", *extra]
+        )
+        cli_module.configure_records(settings)
+        services = build_services(settings, None)
+        assert len(services) == 2  # the stats listener takes them too
+        for service in services:
+            assert service.inactivity_timeout == idle  # the option wins over the record
+            assert service.transaction_no_activity_timeout == 5.0  # type: ignore[attr-defined]
+            assert service.transaction_active_timeout == 0.0  # type: ignore[attr-defined]
+    settings = cli_module.parse_args(["http"])
+    cli_module.configure_records(settings)  # back to ATS's defaults
+    (service,) = build_services(settings, None)
+    assert (service.inactivity_timeout, service.transaction_no_activity_timeout) == (120.0, 30.0)  # type: ignore[attr-defined]
+    assert service.transaction_active_timeout == 900.0  # type: ignore[attr-defined]
+
+
+def test_a_stalled_request_is_closed_after_the_records_timeout(cli, tmp_path) -> None:
+    path = tmp_path / "records.toml"
+    path.write_text("[proxy.config.http]\ntransaction_no_activity_timeout_in = 0.3\n")
+    srv = cli("http", "--listen", "127.0.0.1:0", "--config", str(path)).wait_listening()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHo")
+        t0 = time.monotonic()
+        assert s.recv(100) == b""  # closed by the server (the InactivityCop runs every 1 s)
+        assert 0.25 < time.monotonic() - t0 < 3.0
+    # Between requests the idle timeout (120 s) applies: a whole request is answered.
+    assert get_json(srv.port)["global"]["proxy.process.http.incoming_requests"] == 1
 
 
 def test_a_port_in_use_is_a_clear_error_with_status_1(cli) -> None:
