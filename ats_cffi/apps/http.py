@@ -268,7 +268,9 @@ class HttpSession(Session):
         self.set_handler(self.handle)
         if service.inactivity_timeout:
             vc.set_inactivity_timeout(service.inactivity_timeout)
-        counts = service.stats.per_thread.counts
+        #: This thread's block of the service's counters (the session runs on its VC's
+        #: thread, where it is made).
+        self.counts = counts = service.stats.per_thread.counts
         counts[_I_TOTAL] += 1
         counts[_I_CURRENT] += 1
         service.add_session(self)
@@ -345,7 +347,7 @@ class HttpSession(Session):
                     self.respond(400, _TEXT, b"Bad Request\n", keep_alive=False, head=False)
                 self.client_closes = False  # bytes came after the last request: linger
             n = end - off
-            reader.consume(n)
+            reader._advance(n)  # consume(n), unchecked: n <= read_avail() by construction
             avail -= n
             if self.in_request and not self.closing:
                 # A request spans blocks (rare): bound its head (the module doc).
@@ -425,7 +427,7 @@ class HttpSession(Session):
         if self.in_transaction_timeouts:
             self.end_transaction_timeouts()
         service: HttpService = self.service  # type: ignore[assignment]
-        counts = service.stats.per_thread.counts
+        counts = self.counts
         counts[_I_REQUESTS] += 1
         parser = self.parser
         assert parser is not None  # this is its own callback
@@ -486,7 +488,7 @@ class HttpSession(Session):
         http10_keep_alive: bool = False,
     ) -> None:
         """Queue one response; after one that does not keep alive, no more are parsed."""
-        counts = self.service.stats.per_thread.counts
+        counts = self.counts
         if 200 <= status < 300:
             counts[_I_2XX] += 1
         elif 400 <= status < 500:
