@@ -1,12 +1,12 @@
 """Run the pyperf micro-benchmarks into one directory (input of check_regression.py).
 
-    python perf/run_micro.py OUT_DIR [--only sys,schedule,net] [pyperf options ...]
+    python perf/run_micro.py OUT_DIR [--only sys,schedule,net,http] [pyperf options ...]
 
-Runs perf/bench_sys.py, perf/bench_schedule.py and perf/bench_net.py one after the other,
-each writing ``OUT_DIR/<name>.json`` (an existing file of that name is replaced). Every
-other option goes to each script as is: pyperf's own (``--processes 6``, ``--fast``,
-``--affinity 0``, ``--quiet``, ...). The baseline in perf/baseline/ is made with this script:
-``python perf/run_micro.py perf/baseline --processes 6``.
+Runs perf/bench_sys.py, perf/bench_schedule.py, perf/bench_net.py and perf/bench_http.py one
+after the other, each writing ``OUT_DIR/<name>.json`` (an existing file of that name is
+replaced). Every other option goes to each script as is: pyperf's own (``--processes 6``,
+``--fast``, ``--affinity 0``, ``--quiet``, ...). The baseline in perf/baseline/ is made with
+this script: ``python perf/run_micro.py perf/baseline --processes 6``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ SUITES = {
     "sys": HERE / "bench_sys.py",
     "schedule": HERE / "bench_schedule.py",
     "net": HERE / "bench_net.py",
+    "http": HERE / "bench_http.py",
 }
 
 
