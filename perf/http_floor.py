@@ -241,13 +241,13 @@ def serve(kind: str, port: int, backlog: int) -> None:
                     while (got := asys.accept4(lfd)) is not None:
                         cfd = got[0]
                         asys.setsockopt_int(cfd, lib.IPPROTO_TCP, lib.TCP_NODELAY, 1)
-                        c = start_session(service, cfd) if service else BareConn(cfd)
+                        c = start_session(service, cfd) if service is not None else BareConn(cfd)
                         conns[cfd] = c
                         ep.add(cfd, _ET, cfd)
                     continue
                 c = conns.get(fd)
                 if c is not None and not c.serve(last, 0 if masks[i] & _HUP else 1):
-                    if service and not c.closed:
+                    if service is not None and not c.closed:
                         c.signal(VC_EVENT_EOS, c.rvio)  # the session closes and lets go
                     del conns[fd]
                     ep.delete(fd)
