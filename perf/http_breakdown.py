@@ -1,4 +1,4 @@
-"""Where an HTTP keep-alive request's server CPU goes: five servers side by side.
+"""Where an HTTP keep-alive request's server CPU goes: six servers side by side.
 
     python perf/http_breakdown.py [--rounds 3] [--duration 4] [--md FILE] [-o FILE]
 
@@ -7,16 +7,19 @@ unmeasured run), interleaved over the rounds, server on one CPU and wrk on the o
 
 - ``uvloop``, ``asyncio``: the peers of ``http_peers.py``;
 - ``ats``: ``python -m ats_cffi http``;
+- ``uvloop_session``: ``http_floor.py uvloop``, the same ``HttpSession`` under uvloop (its C
+  loop moves the bytes; the session's buffers are filled and drained by copies);
 - ``session``: ``http_floor.py session``, the same ``HttpSession`` over the least Python loop
   that moves its bytes and gives it its two signals per request (no NetHandler, no timeouts);
 - ``bare``: ``http_floor.py bare``, the same native calls and parser with no machinery.
 
 For each: user and system CPU of the server per request (/proc/PID/stat, clock ticks) and
-requests/s, medians over the rounds, then the differences between neighbouring rows: what the
-net core adds over the minimal loop (``ats - session``), and what the session, its VIOs,
-buffers and signals add over the floor (``session - bare``). ``bench_http.py`` times the
-session's own code per request without sockets. Takes about
-``rounds x 5 x (duration + 2)`` s. Exits 1 if a run failed or wrk counted errors.
+requests/s, medians over the rounds, then three differences: what ATS's net core costs over
+uvloop's with the same session (``ats - uvloop_session``), what the session costs over the
+peers' Protocol on the same uvloop (``uvloop_session - uvloop``), and what the net core costs
+over the least Python loop (``ats - session``). ``bench_http.py`` times the session's own
+code per request without sockets. Takes about
+``rounds x 6 x (duration + 2)`` s. Exits 1 if a run failed or wrk counted errors.
 """
 
 from __future__ import annotations
@@ -34,11 +37,13 @@ from compare_peers import _log_text, _port_after, ensure_wrk, run_wrk, start_htt
 
 HERE = Path(__file__).resolve().parent
 HTTP_FLOOR = HERE / "http_floor.py"
-SERVERS = ("uvloop", "asyncio", "ats", "session", "bare")
+SERVERS = ("uvloop", "asyncio", "ats", "uvloop_session", "session", "bare")
+FLOOR_KIND = {"uvloop_session": "uvloop", "session": "session", "bare": "bare"}
 LABELS = {
     "uvloop": "uvloop (`http_peers.py uvloop`)",
     "asyncio": "asyncio (`http_peers.py asyncio`)",
     "ats": "`ats-cffi http`",
+    "uvloop_session": "`HttpSession` under uvloop (`http_floor.py uvloop`)",
     "session": "`HttpSession` over a minimal loop (`http_floor.py session`)",
     "bare": "bare loop (`http_floor.py bare`)",
 }
@@ -48,8 +53,8 @@ WARMUP = 1
 def run(name: str, wrk: str, seconds: int, cpus) -> dict:
     """One measured wrk run against a fresh server ``name``."""
     with tempfile.TemporaryFile() as log:
-        if name in ("session", "bare"):
-            cmd = [sys.executable, str(HTTP_FLOOR), name]
+        if name in FLOOR_KIND:
+            cmd = [sys.executable, str(HTTP_FLOOR), FLOOR_KIND[name]]
             server, port = start_ready(cmd, cpus[0], _port_after("READY "), stderr=log)
         else:
             server, port = start_http(name, cpus[0], log)
@@ -103,8 +108,9 @@ def table(runs: list[dict]) -> str:
         )
     lines.append("")
     for a, b, what in (
-        ("ats", "session", "the net core over the minimal loop"),
-        ("session", "bare", "HttpSession, its VIOs, buffers and signals over the floor"),
+        ("ats", "uvloop_session", "ATS's net core over uvloop's, the same session"),
+        ("uvloop_session", "uvloop", "HttpSession over the peers' Protocol, both on uvloop"),
+        ("ats", "session", "ATS's net core over the least Python loop, the same session"),
     ):
         if med[a] and med[b]:
             du = med[a]["user_us"] - med[b]["user_us"]

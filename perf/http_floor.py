@@ -1,11 +1,12 @@
-"""Two diagnostic HTTP hello servers for http_breakdown.py: the same request without ATS's net core.
+"""Diagnostic HTTP hello servers for http_breakdown.py: the same request without ATS's net core.
 
-    python perf/http_floor.py {bare,session} [--port P] [--backlog N]
+    python perf/http_floor.py {bare,session,uvloop} [--port P] [--backlog N]
 
-Neither is a product; they bound what a different design could gain on the keep-alive hello
-case. Both use the same native calls as ``ats-cffi http`` (``Epoll.wait`` filling
-preallocated arrays, ``ats_read_fill``, ``ats_write_all``), an edge-triggered epoll set, one
-thread, 127.0.0.1 only, and answer ``GET /`` with the same bytes (``hello_responses``).
+None is a product; they bound what a different design could gain on the keep-alive hello
+case. All listen on 127.0.0.1 only, run one thread, and answer ``GET /`` with the same bytes
+as ``ats-cffi http`` (``hello_responses``). ``bare`` and ``session`` use its native calls
+(``Epoll.wait`` filling preallocated arrays, ``ats_read_fill``, ``ats_write_all``) over an
+edge-triggered epoll set.
 
 - ``bare``: the floor. A plain loop: read, ``httptools`` with one callback
   (``on_message_complete``, which queues the cached hello), write. No VIO, no buffer chain,
@@ -17,12 +18,20 @@ thread, 127.0.0.1 only, and answer ``GET /`` with the same bytes (``hello_respon
   no InactivityCop, no timeouts (the session's are ignored). Set against ``ats-cffi http``,
   it shows what the net core costs beyond the least Python that moves the same bytes.
 
+- ``uvloop``: the same ``HttpSession`` under uvloop, as an ``asyncio.Protocol``: uvloop's C
+  loop reads and writes, ``data_received`` copies the bytes into the session's read buffer
+  and signals READ_READY, the response is copied out of its write buffer to
+  ``transport.write`` and WRITE_COMPLETE follows. What the session would cost over a net
+  core as cheap as uvloop's (the two copies over-count such a core: it would read into and
+  write from the buffers directly).
+
 Prints ``READY <port>`` once listening; stops on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import sys
 import time
@@ -212,6 +221,88 @@ def start_session(service: app.HttpService, fd: int) -> LoopVC:
     return vc
 
 
+# -- uvloop -------------------------------------------------------------------------------
+
+
+class TransportVC(BenchVC):
+    """What ``HttpSession`` asks of its VC, over an asyncio transport (``BenchVC``'s VIOs)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__()
+        self.transport = transport
+        self.closed = False
+
+    def do_io_shutdown(self, howto: int) -> None:
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    def input_pending(self) -> bool:
+        return False
+
+    def do_io_close(self, alerrno: int = -1) -> None:
+        self.closed = True
+        self.transport.close()
+
+    signal = LoopVC.signal
+
+    def flush(self) -> None:
+        """Hand what the write VIO has to do to the transport; WRITE_COMPLETE. (The
+        transport buffers what the socket does not take, and pauses reading past its high
+        water mark.)"""
+        wvio = self.wvio
+        while not self.closed:  # a session resuming its parse on WRITE_COMPLETE queues more
+            todo = wvio.nbytes - wvio.ndone
+            if todo <= 0:
+                return
+            self.transport.write(wvio.buffer.read(todo))
+            wvio.ndone += todo
+            self.signal(VC_EVENT_WRITE_COMPLETE, wvio)
+
+
+class SessionProtocol(asyncio.Protocol):
+    """One connection: its ``HttpSession`` over uvloop's transport."""
+
+    service: app.HttpService
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.vc = TransportVC(transport)  # type: ignore[arg-type]
+        self.service.start_session(self.vc)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        vc = self.vc
+        if vc.closed:
+            return
+        rvio = vc.rvio
+        rvio.ndone += rvio.buffer.write(data)
+        vc.signal(VC_EVENT_READ_READY, rvio)
+        vc.flush()
+
+    def eof_received(self) -> bool:
+        vc = self.vc
+        if not vc.closed:
+            vc.signal(VC_EVENT_EOS, vc.rvio)  # the session answers what it read, then closes
+            vc.flush()
+        return True  # the session closes the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        vc = self.vc
+        if not vc.closed:
+            vc.signal(VC_EVENT_EOS, vc.rvio)
+
+
+async def serve_uvloop(port: int, backlog: int) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    SessionProtocol.service = app.HttpService()
+    server = await loop.create_server(SessionProtocol, HOST, port, backlog=backlog)
+    print(f"READY {server.sockets[0].getsockname()[1]}", flush=True)
+    tune_gc()
+    await stop.wait()
+    server.close()
+
+
 # -- the loop -----------------------------------------------------------------------------
 
 
@@ -261,11 +352,16 @@ def serve(kind: str, port: int, backlog: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("kind", choices=["bare", "session"])
+    p.add_argument("kind", choices=["bare", "session", "uvloop"])
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--backlog", type=int, default=4096)
     a = p.parse_args(argv)
-    serve(a.kind, a.port, a.backlog)
+    if a.kind == "uvloop":
+        import uvloop
+
+        uvloop.run(serve_uvloop(a.port, a.backlog))
+    else:
+        serve(a.kind, a.port, a.backlog)
     return 0
 
 
