@@ -247,8 +247,8 @@ class TransportVC(BenchVC):
 
     def flush(self) -> None:
         """Hand what the write VIO has to do to the transport; WRITE_COMPLETE. (The
-        transport buffers what the socket does not take, and pauses reading past its high
-        water mark.)"""
+        transport buffers what the socket does not take; past its high water mark the
+        protocol pauses reading, as the peers do.)"""
         wvio = self.wvio
         while not self.closed:  # a session resuming its parse on WRITE_COMPLETE queues more
             todo = wvio.nbytes - wvio.ndone
@@ -283,6 +283,13 @@ class SessionProtocol(asyncio.Protocol):
             vc.signal(VC_EVENT_EOS, vc.rvio)  # the session answers what it read, then closes
             vc.flush()
         return True  # the session closes the transport
+
+    def pause_writing(self) -> None:
+        self.vc.transport.pause_reading()  # a client that does not read its responses
+
+    def resume_writing(self) -> None:
+        if not self.vc.transport.is_closing():
+            self.vc.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         vc = self.vc
