@@ -65,6 +65,16 @@ class BenchVC:
     def do_io_close(self, alerrno: int = -1) -> None:
         raise RuntimeError("the benchmark's session closed")
 
+    def signal(self, event: int, vio: VIO) -> None:
+        """``event`` to the VIO's continuation with its mutex held, as the net core delivers
+        it (``http_floor.py``'s loops; the benchmark calls the session directly)."""
+        m = vio.mutex
+        m.try_lock()
+        try:
+            vio.cont.handle_event(event, vio)
+        finally:
+            m.unlock()
+
 
 def ats_request(loops: int) -> float:
     service = HttpService()

@@ -52,7 +52,6 @@ from ats_cffi.eventsystem.codes import (  # noqa: E402
     VC_EVENT_READ_READY,
     VC_EVENT_WRITE_COMPLETE,
 )
-from ats_cffi.eventsystem.vio import VIO  # noqa: E402
 
 HOST = "127.0.0.1"
 _ET = lib.EPOLLIN | lib.EPOLLOUT | lib.EPOLLRDHUP | lib.EPOLLET
@@ -135,14 +134,6 @@ class LoopVC(BenchVC):
 
     def do_io_close(self, alerrno: int = -1) -> None:
         self.closed = True
-
-    def signal(self, event: int, vio: VIO) -> None:
-        m = vio.mutex
-        m.try_lock()
-        try:
-            vio.cont.handle_event(event, vio)
-        finally:
-            m.unlock()
 
     def flush(self, last: Any) -> bool:
         """Write what the write VIO has to do; WRITE_COMPLETE when it is done. False on a
@@ -242,8 +233,6 @@ class TransportVC(BenchVC):
     def do_io_close(self, alerrno: int = -1) -> None:
         self.closed = True
         self.transport.close()
-
-    signal = LoopVC.signal
 
     def flush(self) -> None:
         """Hand what the write VIO has to do to the transport; WRITE_COMPLETE. (The
