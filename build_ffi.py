@@ -1,12 +1,18 @@
-"""Build script of the out-of-line, API-mode cffi module ``ats_cffi._native``.
+"""Build script of the out-of-line, API-mode cffi module ``ats_cffi._native``, and of the
+mypyc-compiled modules listed in ``ats_cffi/_compiled.py``.
 
 The cdef and the C source live in ``ats_cffi/_native.h`` and ``ats_cffi/_native.c`` so
 that C tooling can read them; this file only wires them together.
+
+``python build_ffi.py`` rebuilds both in place (after editing a compiled module, too);
+with ``ATS_CFFI_PURE=1`` it builds the cffi module only.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 from cffi import FFI
 
@@ -19,6 +25,47 @@ ffibuilder.set_source(
     (HERE / "ats_cffi" / "_native.c").read_text(),
     extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
 )
+
+#: The mypy options the compiled modules are checked with (mypyc compiles only what checks).
+MYPY_OPTIONS = ("--follow-imports=silent", "--ignore-missing-imports", "--python-version=3.10")
+
+
+def compiled_modules() -> tuple[str, ...]:
+    """``ats_cffi/_compiled.py``'s list, read without importing the package."""
+    scope: dict[str, Any] = {}
+    exec((HERE / "ats_cffi" / "_compiled.py").read_text(), scope)
+    return scope["MODULES"]
+
+
+def mypyc_extensions() -> list[Any]:
+    """The mypyc extensions of the compiled modules (none with ``ATS_CFFI_PURE=1``)."""
+    if os.environ.get("ATS_CFFI_PURE"):
+        return []
+    from mypyc.build import mypycify
+
+    paths = [m.replace(".", "/") + ".py" for m in compiled_modules()]
+    cwd = os.getcwd()
+    os.chdir(HERE)  # mypyc names its sources relative to the working directory
+    try:
+        return mypycify([*paths, *MYPY_OPTIONS], opt_level="3", group_name="ats_cffi._compiled")
+    finally:
+        os.chdir(cwd)
+
+
+def build_compiled_in_place() -> None:
+    """Compile the mypyc modules next to their sources (what ``pip install -e .`` does)."""
+    from setuptools import setup
+
+    ext = mypyc_extensions()
+    if ext:
+        cwd = os.getcwd()
+        os.chdir(HERE)
+        try:
+            setup(name="ats_cffi", script_args=["-q", "build_ext", "--inplace"], ext_modules=ext)
+        finally:
+            os.chdir(cwd)
+        print(f"compiled {len(compiled_modules())} modules with mypyc into ats_cffi/")
+
 
 if __name__ == "__main__":
     # A quick in-place build. cffi writes its generated C file under the module's dotted
@@ -35,3 +82,4 @@ if __name__ == "__main__":
         if old != target:
             old.unlink()  # one extension in the package: the import picks no stale one
     print(f"copied {built.name} into ats_cffi/")
+    build_compiled_in_place()

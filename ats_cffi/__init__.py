@@ -8,6 +8,14 @@ The Pythonic system-call layer is ``ats_cffi.sys``; the raw cffi module ``ats_cf
 
 from __future__ import annotations
 
+import os as _os
+
+if _os.environ.get("ATS_CFFI_PURE"):
+    # Run the mypyc-compiled modules from their source instead (before any is imported).
+    from ats_cffi._pure import prefer_source
+
+    prefer_source()
+
 from ats_cffi.dns import DNS_EVENT_LOOKUP, HostEnt, dns_config, dns_processor, dns_stats
 from ats_cffi.eventsystem import (
     ET_CALL,

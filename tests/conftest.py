@@ -7,8 +7,12 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
+
+from ats_cffi._compiled import MODULES
+from ats_cffi._pure import compiled
 
 
 def open_fds() -> set[int]:
@@ -73,3 +77,32 @@ def listener():
     ls.setblocking(False)
     yield ls
     ls.close()
+
+
+#: A test that patches a method of a class that mypyc compiled (``ats_cffi/_compiled.py``):
+#: compiled callers call the compiled method directly and never see the patch, so the test
+#: runs interpreted only (``ATS_CFFI_PURE=1``, which ``.ci/run`` runs the suite with too).
+interpreted_only = pytest.mark.skipif(
+    compiled(),
+    reason="patches a method of a mypyc-compiled class; runs with ATS_CFFI_PURE=1",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse to test a stale build: a compiled module older than its source would test the
+    code as it was (rebuild with ``python build_ffi.py``, or run with ``ATS_CFFI_PURE=1``)."""
+    if not compiled():
+        return
+    root = Path(__file__).resolve().parent.parent
+    # mypyc compiles them all into this one library (the per-module ones only forward).
+    built = max(b.stat().st_mtime for b in (root / "ats_cffi").glob("_compiled__mypyc.*.so"))
+    stale = [
+        name
+        for name in MODULES
+        if (root / (name.replace(".", "/") + ".py")).stat().st_mtime > built
+    ]
+    if stale:
+        raise pytest.UsageError(
+            f"compiled modules older than their source: {', '.join(stale)}; "
+            "rebuild them with `python build_ffi.py` (or test the source: ATS_CFFI_PURE=1)"
+        )

@@ -119,7 +119,7 @@ class SplicedEchoSession(BaseEchoSession):
 class EchoService(Service):
     """``ats-cffi echo``: spliced sessions, or VIO ones with ``native=False``."""
 
-    name = "echo"
+    service_name = "echo"
     stat_names = (TOTAL, CURRENT)
 
     def __init__(

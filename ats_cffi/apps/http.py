@@ -41,6 +41,7 @@ from time import time as _time
 from typing import Any
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from ats_cffi.apps.service import WATER_MARK, Service, Session
 from ats_cffi.apps.stats import collect, render_json, render_prometheus
@@ -105,6 +106,7 @@ HTTP_RECORDS: tuple[Record, ...] = (
 )  # fmt: skip
 
 
+@mypyc_attr(native_class=False)
 class HttpConfig(NetConfig):
     """The live values of ``HTTP_RECORDS`` (checked as the net records are)."""
 
@@ -234,7 +236,7 @@ class HttpSession(Session):
 
     current_stat = CURRENT
 
-    def __init__(self, service: HttpService, vc: UnixNetVConnection) -> None:
+    def __init__(self, service: HttpService, vc: Any) -> None:
         super().__init__(service)
         self.vc = vc
         self.rbuf = MIOBuffer(HTTP_BLOCK_SIZE)
@@ -575,18 +577,18 @@ class HttpService(Service):
     """``ats-cffi http`` (``routes=HTTP_ROUTES``) or the ``--stats`` listener
     (``routes=STATS_ROUTES``, reporting ``stats_source``'s counters)."""
 
-    name = "http"
+    service_name = "http"
     stat_names = _STAT_NAMES  # sessions count by position in it (the _I_* indexes)
 
     def __init__(
         self,
-        routes: dict[bytes, Route] = HTTP_ROUTES,
-        inactivity_timeout: float = KEEP_ALIVE_TIMEOUT,
-        worker: int | None = None,
-        stats_source: Service | None = None,
-        name: str | None = None,
-        transaction_no_activity_timeout: float = TRANSACTION_NO_ACTIVITY_TIMEOUT,
-        transaction_active_timeout: float = TRANSACTION_ACTIVE_TIMEOUT,
+        routes: Any = HTTP_ROUTES,
+        inactivity_timeout: Any = KEEP_ALIVE_TIMEOUT,
+        worker: Any = None,
+        stats_source: Any = None,
+        name: Any = None,
+        transaction_no_activity_timeout: Any = TRANSACTION_NO_ACTIVITY_TIMEOUT,
+        transaction_active_timeout: Any = TRANSACTION_ACTIVE_TIMEOUT,
     ) -> None:
         super().__init__(inactivity_timeout, worker)
         self.check_seconds("transaction_no_activity_timeout", transaction_no_activity_timeout)

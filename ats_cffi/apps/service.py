@@ -13,7 +13,9 @@ import logging
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
+
+from mypy_extensions import mypyc_attr
 
 from ats_cffi.apps.stats import AppStats
 from ats_cffi.eventsystem import Action, Continuation, ProxyMutex
@@ -74,11 +76,12 @@ def _closed_handler(event: int, data: Any) -> None:
     """A closed session's handler: events that still come (none should) are ignored."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Session(Continuation):
     """One connection's state machine. Subclasses drive VIOs in ``handle_event``."""
 
     #: The service's gauge of open sessions, lowered by ``close`` ("" for none).
-    current_stat = ""
+    current_stat: ClassVar[str] = ""
 
     def __init__(self, service: Service) -> None:
         super().__init__(ProxyMutex())
@@ -107,16 +110,18 @@ class Session(Continuation):
         self.handler = _closed_handler
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Service(Continuation):
     """An accept continuation: one session per accepted connection.
 
-    ``name`` is the service's name on the command line; ``stats`` its counters;
+    ``name`` is the service's name on the command line (``service_name`` unless given one
+    when made); ``stats`` its counters;
     ``inactivity_timeout`` (s, 0 for none) is what sessions set on their VCs.
     """
 
-    name = "service"
+    service_name: ClassVar[str] = "service"
     #: Names of the service's own counters (``proxy.process.*``).
-    stat_names: tuple[str, ...] = ()
+    stat_names: ClassVar[tuple[str, ...]] = ()
 
     def check_seconds(self, name: str, value: Any) -> None:
         """``TypeError``/``ValueError`` naming the service and ``name`` unless ``value`` is a
@@ -130,7 +135,7 @@ class Service(Continuation):
             shown = "an int too large" if isinstance(value, int) else value
             raise ValueError(f"{type(self).__name__}: {name} must be finite and >= 0, got {shown}")
 
-    def __init__(self, inactivity_timeout: float = 0.0, worker: int | None = None) -> None:
+    def __init__(self, inactivity_timeout: Any = 0.0, worker: Any = None) -> None:
         super().__init__(ProxyMutex())
         self.check_seconds("inactivity_timeout", inactivity_timeout)
         if worker is not None and (type(worker) is not int or worker < 0):
@@ -139,6 +144,7 @@ class Service(Continuation):
             )
         self.inactivity_timeout = inactivity_timeout
         self.worker = worker
+        self.name: str = self.service_name
         self.stats = AppStats(self.stat_names)
         self.draining = False
         self.action: Action | None = None

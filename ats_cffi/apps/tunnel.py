@@ -221,7 +221,7 @@ class TunnelSession(Session):
 class TunnelService(Service):
     """``ats-cffi tunnel``: ``upstream`` is the ``(host, port)`` every client is joined to."""
 
-    name = "tunnel"
+    service_name = "tunnel"
     stat_names = (TOTAL, CURRENT, CONNECT_FAILURES)
 
     def __init__(

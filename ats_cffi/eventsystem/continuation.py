@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from ats_cffi.eventsystem.mutex import ProxyMutex
 
 Handler = Callable[[int, Any], Any]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Continuation:
     """ATS's Continuation: ``handle_event(event, data)`` calls the current handler.
 
@@ -20,7 +23,7 @@ class Continuation:
 
     __slots__ = ("mutex", "handler", "__weakref__", "__dict__")
 
-    def __init__(self, mutex: ProxyMutex | None = None, handler: Handler | None = None) -> None:
+    def __init__(self, mutex: Any = None, handler: Handler | None = None) -> None:
         if mutex is not None and not isinstance(mutex, ProxyMutex):
             raise TypeError(f"Continuation: mutex must be a ProxyMutex, not {type(mutex).__name__}")
         self.mutex = mutex

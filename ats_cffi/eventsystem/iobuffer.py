@@ -56,7 +56,7 @@ class IOBufferBlock:
 
     __slots__ = ("data", "size", "start", "end", "next", "view", "_cdata")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: Any) -> None:
         """Allocate a zeroed block of ``size`` bytes, empty.
 
         Raises TypeError for a non-integer size (bool included), ValueError for one that is
@@ -117,6 +117,17 @@ def _check_int(name: str, value: object) -> int:
     return value
 
 
+def _check_water_mark(value: Any) -> None:
+    """``TypeError`` unless an int (bool excluded), ``ValueError`` if negative."""
+    _check_int("water_mark", value)
+    if value < 0:
+        raise ValueError(f"water_mark must be >= 0, got {value}")
+
+
+#: What a detached reader points at (it holds no block of its buffer any more).
+_DETACHED = IOBufferBlock(0)
+
+
 class MIOBuffer:
     """A chain of blocks with one writer and any number of independent readers.
 
@@ -136,7 +147,7 @@ class MIOBuffer:
         "_head_pos",
     )
 
-    def __init__(self, block_size: int = DEFAULT_BLOCK_SIZE, water_mark: int = 0) -> None:
+    def __init__(self, block_size: Any = DEFAULT_BLOCK_SIZE, water_mark: Any = 0) -> None:
         """Create an empty buffer whose blocks are ``block_size`` bytes.
 
         Raises TypeError if block_size or water_mark is not an int (bool included),
@@ -149,8 +160,7 @@ class MIOBuffer:
             raise ValueError(f"block_size must be between 1 and {MAX_BLOCK_SIZE}, got {block_size}")
         self._block_size = block_size
         if water_mark.__class__ is not int or water_mark < 0:
-            self._water_mark = 0
-            self.water_mark = water_mark  # the setter raises unless an int subclass >= 0
+            _check_water_mark(water_mark)  # raises unless an int subclass >= 0
         self._water_mark = water_mark
         # A zero-size block starts the chain so that readers always have a block to stand on;
         # the first write sees it full and appends a real block after it.
@@ -175,14 +185,12 @@ class MIOBuffer:
         return self._water_mark
 
     @water_mark.setter
-    def water_mark(self, value: int) -> None:
+    def water_mark(self, value: Any) -> None:
         """Set the water mark.
 
         Raises TypeError if value is not an int (bool included), ValueError if it is < 0.
         """
-        _check_int("water_mark", value)
-        if value < 0:
-            raise ValueError(f"water_mark must be >= 0, got {value}")
+        _check_water_mark(value)
         self._water_mark = value
 
     @property
@@ -285,7 +293,7 @@ class MIOBuffer:
             t = self._add_block()
         return t.view[t.end :]
 
-    def fill(self, n: int) -> None:
+    def fill(self, n: Any) -> None:
         """Commit ``n`` bytes that were written into the tail block's free space.
 
         Raises TypeError if n is not an int, ValueError if n < 0 or more than that free space.
@@ -304,28 +312,12 @@ class MIOBuffer:
 
     def alloc_reader(self) -> IOBufferReader:
         """A new reader: at the slowest reader's position, or at the retained data if none."""
-        r = IOBufferReader.__new__(IOBufferReader)
-        r.writer = self
-        rs = self._readers
-        if rs:
-            slow = min(rs, key=_reader_pos)
-            r._block = slow._block
-            r._off = slow._off
-            r._pos = slow._pos
-        else:
-            r._block = self._head
-            r._off = self._head_off
-            r._pos = self._head_pos
-            self._head = None
-        rs.append(r)
+        r = IOBufferReader(_by=self)
+        self._readers.append(r)
         return r
 
     def _clone_reader(self, src: IOBufferReader) -> IOBufferReader:
-        r = IOBufferReader.__new__(IOBufferReader)
-        r.writer = self
-        r._block = src._block
-        r._off = src._off
-        r._pos = src._pos
+        r = IOBufferReader(_by=self, _from=src)
         self._readers.append(r)
         return r
 
@@ -413,13 +405,35 @@ class IOBufferReader:
     _off: int
     _pos: int
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(
+        self, *args: object, _by: object = None, _from: IOBufferReader | None = None
+    ) -> None:
         """Not callable: raises TypeError; use ``MIOBuffer.alloc_reader()``."""
-        raise TypeError("use MIOBuffer.alloc_reader() to create an IOBufferReader")
+        if args or not isinstance(_by, MIOBuffer):
+            raise TypeError("use MIOBuffer.alloc_reader() to create an IOBufferReader")
+        self.writer = _by
+        if _from is not None:  # a clone: at the same position
+            self._block = _from._block
+            self._off = _from._off
+            self._pos = _from._pos
+        else:  # at the slowest reader's position, or at the retained data if none
+            rs = _by._readers
+            if rs:
+                slow = min(rs, key=_reader_pos)
+                self._block = slow._block
+                self._off = slow._off
+                self._pos = slow._pos
+            else:
+                head = _by._head
+                assert head is not None  # kept while no reader is (_retain_from)
+                self._block = head
+                self._off = _by._head_off
+                self._pos = _by._head_pos
+                _by._head = None
 
     def _detach(self) -> None:
         self.writer = None
-        self._block = None  # type: ignore[assignment]
+        self._block = _DETACHED
 
     def _dead(self) -> ValueError:
         return ValueError("reader has been deallocated")
@@ -445,7 +459,7 @@ class IOBufferReader:
             raise self._dead()
         return w._written - self._pos
 
-    def is_read_avail_more_than(self, n: int) -> bool:
+    def is_read_avail_more_than(self, n: Any) -> bool:
         """True if more than ``n`` bytes are available to read.
 
         Raises TypeError if n is not an int (bool included)."""
@@ -461,7 +475,7 @@ class IOBufferReader:
         b = self._first()
         return b.end - self._off
 
-    def consume(self, n: int) -> None:
+    def consume(self, n: Any) -> None:
         """Advance past ``n`` bytes.
 
         Raises TypeError if n is not an int, ValueError if n < 0 or n > read_avail().
@@ -523,7 +537,7 @@ class IOBufferReader:
 
     def readable_views(self) -> list[memoryview]:
         """Read-only views of the unread bytes, one per block; nothing is copied or consumed."""
-        b = self._first()
+        b: IOBufferBlock | None = self._first()
         off = self._off
         out = []
         while b is not None:
@@ -535,7 +549,7 @@ class IOBufferReader:
                 off = b.start
         return out
 
-    def read(self, n: int = -1) -> bytes:
+    def read(self, n: Any = -1) -> bytes:
         """Copy out and consume up to ``n`` bytes (all of them if n is negative).
 
         Raises TypeError if n is not an int.
@@ -571,7 +585,7 @@ class IOBufferReader:
         self.consume(n)
         return out
 
-    def memcpy(self, dest: Any, n: int | None = None, offset: int = 0) -> int:
+    def memcpy(self, dest: Any, n: Any = None, offset: Any = 0) -> int:
         """Copy unread bytes, starting ``offset`` bytes in, into ``dest`` without consuming.
 
         Copies min(n, len(dest), bytes available past offset); n=None means as many as fit.

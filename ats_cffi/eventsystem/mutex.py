@@ -7,6 +7,8 @@ import re
 import threading
 from types import TracebackType
 
+from mypy_extensions import mypyc_attr
+
 _get_ident = threading.get_ident
 _TIMEOUT_MAX = threading.TIMEOUT_MAX
 # The C RLock itself (``threading.RLock`` is a Python function returning one; a mutex is
@@ -17,6 +19,7 @@ _RLock = _thread.RLock
 _OWNER_COUNT = re.compile(r"owner=(\d+) count=(\d+)")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ProxyMutex:
     """A re-entrant lock; ``try_lock`` never blocks.
 
@@ -43,10 +46,11 @@ class ProxyMutex:
         """Take the lock if that needs no wait; True on success (also when already held)."""
         return self._lock.acquire(False)
 
-    def lock(self, timeout: float = -1) -> bool:
+    def lock(self, timeout: object = -1) -> bool:
         """Take the lock, waiting up to ``timeout`` seconds (-1, or more than the OS can
         wait, inf included: forever); True once taken. ``TypeError``/``ValueError`` for a
         timeout that is not a number, NaN, or negative but -1."""
+        wait = -1.0
         if timeout != -1:
             if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
                 raise TypeError(
@@ -54,9 +58,9 @@ class ProxyMutex:
                 )
             if not timeout >= 0:
                 raise ValueError(f"ProxyMutex.lock: timeout must be >= 0 or -1, got {timeout}")
-            if timeout >= _TIMEOUT_MAX:
-                timeout = -1
-        return self._lock.acquire(True, timeout)
+            if timeout < _TIMEOUT_MAX:
+                wait = timeout
+        return self._lock.acquire(True, wait)
 
     def unlock(self) -> None:
         """Release one level. Raises ``RuntimeError`` if this thread does not hold it."""
@@ -69,12 +73,12 @@ class ProxyMutex:
 
     def held_by_me(self) -> bool:
         """True if the calling thread holds the mutex."""
-        return self._lock._is_owned()
+        return self._lock._is_owned()  # type: ignore[attr-defined]
 
     def _owner_count(self) -> tuple[int, int]:
         mo = _OWNER_COUNT.search(repr(self._lock))
         if mo is None:  # pragma: no cover - an RLock without CPython's repr
-            return (_get_ident(), 1) if self._lock._is_owned() else (0, 0)
+            return (_get_ident(), 1) if self._lock._is_owned() else (0, 0)  # type: ignore[attr-defined]
         count = int(mo[2])
         return (int(mo[1]) if count else 0), count
 

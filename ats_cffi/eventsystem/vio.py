@@ -45,7 +45,7 @@ class VIO:
 
     __slots__ = ("op", "cont", "nbytes", "ndone", "buffer", "vc_server", "mutex")
 
-    def __init__(self, op: VIOOp | int = VIOOp.NONE) -> None:
+    def __init__(self, op: Any = VIOOp.NONE) -> None:
         """An idle VIO for operation ``op`` (a VIOOp or its int value: ``TypeError`` /
         ``ValueError`` otherwise)."""
         if op.__class__ is not VIOOp:
@@ -102,7 +102,7 @@ class VIO:
             self.cont = cont
             self.mutex = cont.mutex
 
-    def set_writer(self, writer: MIOBuffer | None) -> None:
+    def set_writer(self, writer: Any) -> None:
         """Make ``writer`` the buffer of this (read) operation.
 
         Raises TypeError if writer is not an MIOBuffer or None.
@@ -111,7 +111,7 @@ class VIO:
             raise TypeError(f"writer must be an MIOBuffer, not {type(writer).__name__}")
         self.buffer = writer
 
-    def set_reader(self, reader: IOBufferReader | None) -> None:
+    def set_reader(self, reader: Any) -> None:
         """Make ``reader`` the buffer of this (write) operation.
 
         Raises TypeError if reader is not an IOBufferReader or None, ValueError if it has

@@ -12,7 +12,7 @@ import math
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 #: The largest value of an integer record (each ends up in a C ``int``: a socket option,
 #: a backlog, a timeout in ms).
@@ -90,6 +90,10 @@ class RecordStore:
     records: tuple[Any, ...] = ()
     _by_key: dict[str, Any] = {}
     _by_attr: dict[str, Any] = {}
+
+    if TYPE_CHECKING:
+        # The records are attributes set at run time (``reset``): any name reads as Any.
+        def __getattr__(self, name: str) -> Any: ...
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)

@@ -452,7 +452,9 @@ class NetHandler(Continuation):
         vc.ep.stop(vc.splice_end is None)
         vc.free()
 
-    close_net_vc = free_netevent
+    def close_net_vc(self, vc: UnixNetVConnection) -> None:
+        """ATS's name of ``free_netevent``."""
+        self.free_netevent(vc)
 
     # ------------------------------------------------------------------ thread life
 
@@ -498,33 +500,39 @@ class InactivityCop(Continuation):
             vc.in_cop = False
             self.visited += 1
             m = vc.mutex
-            if not m.try_lock():
+            if not m.try_lock():  # type: ignore[union-attr]
                 stats[st.INACTIVITY_COP_LOCK_ACQUIRE_FAILURE] += 1
                 continue
             try:
                 if vc.closed:
                     if vc.recursion == 0:
                         nh.free_netevent(vc)
-                    continue
-                end = vc.splice_end
-                if end is not None and end.c.activity != end.seen_activity:
-                    # Bytes moved natively since the last run: the VC was active.
-                    end.seen_activity = end.c.activity
-                    if vc.inactivity_timeout_in:
-                        vc.next_inactivity_timeout_at = now + vc.inactivity_timeout_in
-                if not vc.next_inactivity_timeout_at and default > 0 and vc.io_pending():
-                    cop_log.debug("vc %r: applying the default inactivity timeout %s", vc, default)
-                    vc.inactivity_timeout_in = default
-                    vc.next_inactivity_timeout_at = now + default
-                    stats[st.DEFAULT_INACTIVITY_TIMEOUT_APPLIED] += 1
-                if vc.next_inactivity_timeout_at and vc.next_inactivity_timeout_at < now:
-                    vc.handle_event(VC_EVENT_INACTIVITY_TIMEOUT, e)
-                elif vc.next_activity_timeout_at and vc.next_activity_timeout_at < now:
-                    vc.handle_event(VC_EVENT_ACTIVE_TIMEOUT, e)
+                else:
+                    self.check_vc(vc, now, default, e)
             finally:
-                m.unlock()
+                m.unlock()  # type: ignore[union-attr]
         for vc in nh.open_list:
             if not vc.in_cop:
                 vc.in_cop = True
                 cop.add(vc)
         return EVENT_DONE
+
+    def check_vc(self, vc: UnixNetVConnection, now: float, default: Any, e: Any) -> None:
+        """One open VC's turn (its mutex held): count native activity, apply the default
+        inactivity timeout, and signal the timeout that expired, if any."""
+        stats = self.nh.stats
+        end = vc.splice_end
+        if end is not None and end.c.activity != end.seen_activity:
+            # Bytes moved natively since the last run: the VC was active.
+            end.seen_activity = end.c.activity
+            if vc.inactivity_timeout_in:
+                vc.next_inactivity_timeout_at = now + vc.inactivity_timeout_in
+        if not vc.next_inactivity_timeout_at and default > 0 and vc.io_pending():
+            cop_log.debug("vc %r: applying the default inactivity timeout %s", vc, default)
+            vc.inactivity_timeout_in = default
+            vc.next_inactivity_timeout_at = now + default
+            stats[st.DEFAULT_INACTIVITY_TIMEOUT_APPLIED] += 1
+        if vc.next_inactivity_timeout_at and vc.next_inactivity_timeout_at < now:
+            vc.handle_event(VC_EVENT_INACTIVITY_TIMEOUT, e)
+        elif vc.next_activity_timeout_at and vc.next_activity_timeout_at < now:
+            vc.handle_event(VC_EVENT_ACTIVE_TIMEOUT, e)

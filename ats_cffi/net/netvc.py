@@ -30,7 +30,6 @@ import logging
 import os
 import sys
 import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ats_cffi import sys as _sys
@@ -64,11 +63,9 @@ from ats_cffi.net.codes import (
 )
 from ats_cffi.net.config import (
     INT_RECORD_MAX,
-    SOCK_OPT_KEEP_ALIVE,
-    SOCK_OPT_LINGER_ON,
-    SOCK_OPT_NO_DELAY,
 )
 from ats_cffi.net.eventio import READ_WRITE, EventIO
+from ats_cffi.net.options import NetVCOptions
 
 if TYPE_CHECKING:
     from ats_cffi.eventsystem.ethread import EThread
@@ -125,106 +122,6 @@ def _tell_open_failed(action: Action, err: int) -> None:
         action.continuation.handle_event(NET_EVENT_OPEN_FAILED, -err)  # type: ignore[union-attr]
     except Exception:
         log.exception("NET_EVENT_OPEN_FAILED handler raised")
-
-
-@dataclass
-class NetVCOptions:
-    """Socket options applied to a VC's socket (ATS's NetVCOptions).
-
-    ``sockopt_flags`` bits: 1 TCP_NODELAY, 2 SO_KEEPALIVE, 4 SO_LINGER with
-    ``linger_seconds``. Buffer sizes of 0 keep the kernel's defaults. ``packet_tos`` and
-    ``packet_mark`` of 0 are not set. ``connect_timeout`` (s) bounds ``connect_re``
-    (None: the ``proxy.config.net.connect_timeout`` record, 0: none).
-    """
-
-    sockopt_flags: int = SOCK_OPT_NO_DELAY
-    recv_bufsize: int = 0
-    send_bufsize: int = 0
-    linger_seconds: int = 0
-    packet_tos: int = 0
-    packet_mark: int = 0
-    connect_timeout: float | None = None
-    local_address: tuple[str, int] | None = None
-
-    def validate(self, call: str, family: int | None = None) -> None:
-        """``TypeError``/``ValueError`` naming ``call`` and the option for a bad value;
-        ``family`` (of the address to connect to): ``local_address`` must be of it."""
-        for name in ("sockopt_flags", "recv_bufsize", "send_bufsize", "linger_seconds",
-                     "packet_tos", "packet_mark"):  # fmt: skip
-            v = getattr(self, name)
-            if type(v) is not int:
-                raise TypeError(f"{call}: NetVCOptions.{name} must be an int")
-            hi = 255 if name == "packet_tos" else INT_RECORD_MAX  # a byte; else a C int
-            if not 0 <= v <= hi:
-                raise ValueError(f"{call}: NetVCOptions.{name} must be in 0..{hi}, got {v}")
-        ct = self.connect_timeout
-        if ct is not None:
-            if isinstance(ct, bool) or not isinstance(ct, (int, float)):
-                raise TypeError(
-                    f"{call}: NetVCOptions.connect_timeout must be a number or None, "
-                    f"not {type(ct).__name__}"
-                )
-            if not 0 <= ct < _FLOAT_MAX:  # NaN, inf and ints beyond a float fail this
-                raise ValueError(
-                    f"{call}: NetVCOptions.connect_timeout must be a finite number >= 0, got {ct!r}"
-                )
-        la = self.local_address
-        if la is not None:
-            if (
-                not isinstance(la, tuple)
-                or len(la) not in (2, 4)
-                or not isinstance(la[0], str)
-                or type(la[1]) is not int
-            ):
-                raise TypeError(
-                    f"{call}: NetVCOptions.local_address must be a (host, port) tuple, not {la!r}"
-                )
-            if not 0 <= la[1] <= 65535:
-                raise ValueError(
-                    f"{call}: NetVCOptions.local_address port must be in 0..65535, got {la[1]}"
-                )
-            for what, v in zip(("flowinfo", "scope_id"), la[2:]):
-                if type(v) is not int:
-                    raise TypeError(
-                        f"{call}: NetVCOptions.local_address {what} must be an int, "
-                        f"not {type(v).__name__}"
-                    )
-                if not 0 <= v <= 0xFFFFFFFF:
-                    raise ValueError(
-                        f"{call}: NetVCOptions.local_address {what} must be in 0..2**32-1, got {v}"
-                    )
-            la_family = _sys.ip_family(la[0]) if "\0" not in la[0] else 0
-            if not la_family:
-                raise ValueError(
-                    f"{call}: NetVCOptions.local_address must be a numeric IP address, "
-                    f"not {la[0]!r}"
-                )
-            if family is not None and la_family != family:
-                raise ValueError(
-                    f"{call}: NetVCOptions.local_address {la[0]!r} is not of the family of "
-                    "the address to connect to"
-                )
-
-    def apply(self, fd: int, family: int) -> None:
-        """Set the options on ``fd``. Raises ``OSError`` naming ``setsockopt``."""
-        f = self.sockopt_flags
-        if f & SOCK_OPT_NO_DELAY:
-            _sys.setsockopt_int(fd, lib.IPPROTO_TCP, lib.TCP_NODELAY, 1)
-        if f & SOCK_OPT_KEEP_ALIVE:
-            _sys.setsockopt_int(fd, lib.SOL_SOCKET, lib.SO_KEEPALIVE, 1)
-        if f & SOCK_OPT_LINGER_ON:
-            _sys.setsockopt_linger(fd, True, self.linger_seconds)
-        if self.recv_bufsize:
-            _sys.setsockopt_int(fd, lib.SOL_SOCKET, lib.SO_RCVBUF, self.recv_bufsize)
-        if self.send_bufsize:
-            _sys.setsockopt_int(fd, lib.SOL_SOCKET, lib.SO_SNDBUF, self.send_bufsize)
-        if self.packet_tos:
-            if family == lib.AF_INET6:
-                _sys.setsockopt_int(fd, lib.IPPROTO_IPV6, lib.IPV6_TCLASS, self.packet_tos)
-            else:
-                _sys.setsockopt_int(fd, lib.IPPROTO_IP, lib.IP_TOS, self.packet_tos)
-        if self.packet_mark:
-            _sys.setsockopt_int(fd, lib.SOL_SOCKET, lib.SO_MARK, self.packet_mark)
 
 
 def _freed_handler(event: int, data: Any) -> int:
@@ -285,7 +182,7 @@ class UnixNetVConnection(Continuation):
         "splice_end",
     )
 
-    def __init__(self, options: NetVCOptions | None = None) -> None:
+    def __init__(self, options: Any = None) -> None:
         # Continuation.__init__ and set_handler, inlined (a VC is made per accept): their
         # checks cannot fail here.
         self.mutex = ProxyMutex()
@@ -343,8 +240,15 @@ class UnixNetVConnection(Continuation):
             self._remote_addr = _sys.getpeername(self.fd)
         return self._remote_addr
 
-    local_addr = property(get_local_addr)
-    remote_addr = property(get_remote_addr)
+    @property
+    def local_addr(self) -> Any:
+        """``get_local_addr()``."""
+        return self.get_local_addr()
+
+    @property
+    def remote_addr(self) -> Any:
+        """``get_remote_addr()``."""
+        return self.get_remote_addr()
 
     # ------------------------------------------------------------------ do_io
 
@@ -359,9 +263,7 @@ class UnixNetVConnection(Continuation):
         if nbytes < 0 or nbytes > INT64_MAX:
             raise ValueError(f"{call}: nbytes must be in 0..INT64_MAX, got {nbytes}")
 
-    def do_io_read(
-        self, cont: Continuation | None, nbytes: int = INT64_MAX, buf: MIOBuffer | None = None
-    ) -> VIO:
+    def do_io_read(self, cont: Any, nbytes: Any = INT64_MAX, buf: Any = None) -> VIO:
         """Read up to ``nbytes`` into ``buf`` for ``cont``; ``buf=None`` stops reading."""
         if self.closed:
             self._check_open("do_io_read")
@@ -373,12 +275,7 @@ class UnixNetVConnection(Continuation):
             raise TypeError(f"do_io_read: buf must be an MIOBuffer, not {type(buf).__name__}")
         return self._start_vio(self.read, _READ, cont, nbytes, buf)
 
-    def do_io_write(
-        self,
-        cont: Continuation | None,
-        nbytes: int = INT64_MAX,
-        reader: IOBufferReader | None = None,
-    ) -> VIO:
+    def do_io_write(self, cont: Any, nbytes: Any = INT64_MAX, reader: Any = None) -> VIO:
         """Write ``nbytes`` from ``reader`` for ``cont``; ``reader=None`` stops writing."""
         if self.closed:
             self._check_open("do_io_write")
@@ -465,7 +362,7 @@ class UnixNetVConnection(Continuation):
                 else:
                     self.write_to_net(nh)
 
-    def do_io_close(self, alerrno: int = -1) -> None:
+    def do_io_close(self, alerrno: Any = -1) -> None:
         """Close: no event is delivered after this call. The fd is closed at once when no
         handler of this VC is on the stack, else when the outermost one returns; from
         another thread, on the VC's thread's next pass.
@@ -534,7 +431,7 @@ class UnixNetVConnection(Continuation):
         elif nh is not None and nh.thread.tid != _get_ident():
             nh.enqueue_enable(self, self.read)  # freed on its own thread's next pass
 
-    def do_io_shutdown(self, howto: int) -> None:
+    def do_io_shutdown(self, howto: Any) -> None:
         """Shut one or both directions down; no event is sent. ``ValueError`` for a bad howto."""
         self._check_open("do_io_shutdown")
         if (
@@ -543,9 +440,12 @@ class UnixNetVConnection(Continuation):
             or howto not in (IO_SHUTDOWN_READ, IO_SHUTDOWN_WRITE, IO_SHUTDOWN_READWRITE)
         ):
             raise ValueError(f"do_io_shutdown: howto must be an IO_SHUTDOWN_* value, got {howto!r}")
-        how = {IO_SHUTDOWN_READ: lib.SHUT_RD, IO_SHUTDOWN_WRITE: lib.SHUT_WR}.get(
-            howto, lib.SHUT_RDWR
-        )
+        if howto == IO_SHUTDOWN_READ:
+            how = lib.SHUT_RD
+        elif howto == IO_SHUTDOWN_WRITE:
+            how = lib.SHUT_WR
+        else:
+            how = lib.SHUT_RDWR
         try:
             _sys.shutdown(self.fd, how)
         except OSError as exc:
@@ -592,13 +492,13 @@ class UnixNetVConnection(Continuation):
         thread = self.thread
         return thread.clock() if thread is not None else 0.0
 
-    def set_inactivity_timeout(self, seconds: float) -> None:
+    def set_inactivity_timeout(self, seconds: Any) -> None:
         """``VC_EVENT_INACTIVITY_TIMEOUT`` after ``seconds`` with no byte moved (0: none)."""
         seconds = self._check_timeout("set_inactivity_timeout", seconds)
         self.inactivity_timeout_in = seconds
         self.next_inactivity_timeout_at = self._now() + seconds if seconds else 0.0
 
-    def set_active_timeout(self, seconds: float) -> None:
+    def set_active_timeout(self, seconds: Any) -> None:
         """``VC_EVENT_ACTIVE_TIMEOUT`` ``seconds`` from now, whatever the activity (0: none)."""
         seconds = self._check_timeout("set_active_timeout", seconds)
         self.active_timeout_in = seconds
@@ -719,7 +619,7 @@ class UnixNetVConnection(Continuation):
             quota = nh.max_read_per_pass
             if limit > quota:
                 limit = quota
-            buf: MIOBuffer = vio.buffer
+            buf: MIOBuffer = vio.buffer  # type: ignore[assignment]
             stats = nh.stats
             fd = self.fd
             lastp = nh.last
@@ -731,9 +631,10 @@ class UnixNetVConnection(Continuation):
                 end = t.end
                 room = t.size - end
                 if not room:
-                    t = buf.writable_block_if_room()  # type: ignore[assignment]
-                    if t is None:
+                    nt = buf.writable_block_if_room()
+                    if nt is None:
                         break
+                    t = nt
                     end = t.end
                     room = t.size - end
                 toread = limit - total
@@ -1024,6 +925,7 @@ class UnixNetVConnection(Continuation):
         assert action is not None
         cont = action.continuation
         m = action.mutex
+        assert m is not None  # an Action takes its continuation's mutex
         if not m.try_lock():  # another thread holds it: retry after net.retry_delay
             self.connecting = True
             nh.retry_later(self, self.write)
@@ -1053,11 +955,11 @@ class UnixNetVConnection(Continuation):
         action = self.action
         if action is not None and not action.cancelled:
             m = action.mutex
-            if m.try_lock():
+            if m.try_lock():  # type: ignore[union-attr]
                 try:
                     _tell_open_failed(action, err)
                 finally:
-                    m.unlock()
+                    m.unlock()  # type: ignore[union-attr]
             elif nh is not None:
                 # Another thread holds the continuation's mutex: a net thread never waits
                 # for one. An event tells it instead; the thread delivers it with the mutex
@@ -1066,7 +968,7 @@ class UnixNetVConnection(Continuation):
                     Continuation(m, lambda event, e: _tell_open_failed(action, err))
                 )
             else:
-                with m:
+                with m:  # type: ignore[union-attr]
                     _tell_open_failed(action, err)
         self.closed = 1
         if nh is not None and self.nh is not None:

@@ -20,9 +20,13 @@ from ats_cffi.apps.http import HttpService
 from ats_cffi.apps.service import ListenSpec, Service
 from ats_cffi.apps.tunnel import TunnelService
 from ats_cffi.net import UnixNetVConnection
+from tests.conftest import interpreted_only
 from tests.net.conftest import start_net, wait_until  # noqa: F401  (start_net: a fixture)
 
 from .conftest import recv_exactly
+
+# Every test records the VCs and sessions made by patching their classes.
+pytestmark = interpreted_only
 
 
 @pytest.fixture

@@ -391,7 +391,6 @@ def test_a_mutex_held_elsewhere_is_retried_after_the_retry_delay_not_spun_on(
         if spliced:
             assert wait_until(lambda: events == [VC_EVENT_EOS])
             with owner.mutex:
-                owner.splice = None
                 acceptor.vcs[0].do_io_close()
         else:
             assert wait_until(lambda: bytes(owner.data) == b"hello")

@@ -15,6 +15,7 @@ from ats_cffi.eventsystem import INT64_MAX, VIO, Continuation, MIOBuffer, ProxyM
 from ats_cffi.eventsystem.codes import VC_EVENT_ERROR
 from ats_cffi.net import AcceptOptions, UnixNetVConnection, net_stats
 from ats_cffi.net.codes import IO_SHUTDOWN_READ
+from tests.conftest import interpreted_only
 from tests.net.conftest import OPEN, Acceptor, Echo, client, recv_exactly, wait_until
 
 READ_BYTES = "proxy.process.net.read_bytes"
@@ -215,6 +216,7 @@ def test_a_write_vio_whose_reader_was_deallocated_gets_an_error_event(listen):
     assert wait_until(lambda: net_stats.get(OPEN) == 0)
 
 
+@interpreted_only
 def test_a_vc_whose_turn_raises_is_closed_and_the_others_keep_going(one_net_thread, monkeypatch):
     # If processing one VC raises (a bug), that VC is closed and the VCs after it in the same
     # pass still get their turn: none is left marked ready on no list.

@@ -18,6 +18,7 @@ from ats_cffi.eventsystem.codes import (
     VC_EVENT_WRITE_READY,
 )
 from ats_cffi.net import net_stats
+from tests.conftest import interpreted_only
 from tests.net.conftest import OPEN, Echo, client, payload_of, recv_exactly, wait_until
 
 CALLS_TO_READ = "proxy.process.net.calls_to_read"
@@ -147,6 +148,7 @@ def test_responses_that_fill_blocks_exactly_or_span_them_arrive_whole(listen, re
     assert r.wvio.ndone == 13 * len(reply) or r.vc.closed
 
 
+@interpreted_only
 def test_a_write_within_one_block_takes_the_one_block_path(listen, monkeypatch) -> None:
     # A new buffer's reader stands on its empty first block, and a reader that consumed a
     # block written full stands at its end: the write still goes out of the one block that

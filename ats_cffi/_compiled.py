@@ -1,0 +1,19 @@
+"""The modules that mypyc compiles to C at build time (DESIGN.md section 9).
+
+They are the per-event and per-request path: continuations and mutexes, IOBuffers and
+VIOs, the VC's read/write/signal path and its NetHandler, and the HTTP session. They stay
+plain Python source: the source is the program, mypyc only compiles it, and
+``ATS_CFFI_PURE=1`` in the environment runs it interpreted (``ats_cffi/__init__.py``).
+This file is read by ``build_ffi.py`` too, without importing the package: keep it data.
+"""
+
+MODULES = (
+    "ats_cffi.eventsystem.continuation",
+    "ats_cffi.eventsystem.mutex",
+    "ats_cffi.eventsystem.iobuffer",
+    "ats_cffi.eventsystem.vio",
+    "ats_cffi.net.netvc",
+    "ats_cffi.net.nethandler",
+    "ats_cffi.apps.service",
+    "ats_cffi.apps.http",
+)
