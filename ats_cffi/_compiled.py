@@ -12,6 +12,7 @@ MODULES = (
     "ats_cffi.eventsystem.mutex",
     "ats_cffi.eventsystem.iobuffer",
     "ats_cffi.eventsystem.vio",
+    "ats_cffi.net.eventio",
     "ats_cffi.net.netvc",
     "ats_cffi.net.nethandler",
     "ats_cffi.apps.service",

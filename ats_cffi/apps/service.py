@@ -13,7 +13,7 @@ import logging
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -22,15 +22,15 @@ from ats_cffi.eventsystem import Action, Continuation, ProxyMutex
 from ats_cffi.net import AcceptOptions, UnixNetVConnection, net_config, net_processor
 from ats_cffi.net.codes import NET_EVENT_ACCEPT
 
-log = logging.getLogger("ats.apps")
+log: Final = logging.getLogger("ats.apps")
 
 #: Block size of the sessions' MIOBuffers.
-BLOCK_SIZE = 32 * 1024
+BLOCK_SIZE: Final = 32 * 1024
 #: Bytes a session lets wait in one direction before it stops reading from the source (the
 #: MIOBuffer water mark): memory per direction stays under about this plus two blocks.
-WATER_MARK = 64 * 1024
+WATER_MARK: Final = 64 * 1024
 
-_FLOAT_MAX = sys.float_info.max
+_FLOAT_MAX: Final = sys.float_info.max
 
 
 @dataclass(frozen=True)

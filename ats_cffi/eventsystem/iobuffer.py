@@ -21,16 +21,16 @@ must keep the invariants the methods here keep.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 __all__ = ["DEFAULT_BLOCK_SIZE", "MAX_BLOCK_SIZE", "IOBufferBlock", "IOBufferReader", "MIOBuffer"]
 
-DEFAULT_BLOCK_SIZE = 32768
+DEFAULT_BLOCK_SIZE: Final = 32768
 #: Largest block (1 GiB). ATS's largest buffer size index is 2 MiB; bigger blocks are
 #: allowed, up to this bound, well inside the C int the native reads and writes take.
-MAX_BLOCK_SIZE = 2**30
-_EMPTY = bytearray()
-_EMPTY_VIEW = memoryview(_EMPTY)
+MAX_BLOCK_SIZE: Final = 2**30
+_EMPTY: Final = bytearray()
+_EMPTY_VIEW: Final = memoryview(_EMPTY)
 #: The native extension's ``ffi``, imported at the first ``IOBufferBlock.cdata``.
 _ffi: Any = None
 
@@ -125,7 +125,7 @@ def _check_water_mark(value: Any) -> None:
 
 
 #: What a detached reader points at (it holds no block of its buffer any more).
-_DETACHED = IOBufferBlock(0)
+_DETACHED: Final = IOBufferBlock(0)
 
 
 class MIOBuffer:

@@ -6,17 +6,18 @@ import _thread
 import re
 import threading
 from types import TracebackType
+from typing import Final
 
 from mypy_extensions import mypyc_attr
 
-_get_ident = threading.get_ident
-_TIMEOUT_MAX = threading.TIMEOUT_MAX
+_get_ident: Final = threading.get_ident
+_TIMEOUT_MAX: Final = threading.TIMEOUT_MAX
 # The C RLock itself (``threading.RLock`` is a Python function returning one; a mutex is
 # made per connection, twice): it tracks its owner and depth itself.
-_RLock = _thread.RLock
+_RLock: Final = _thread.RLock
 
 # ``_thread.RLock``'s repr: "<locked _thread.RLock object owner=140… count=2 at 0x…>".
-_OWNER_COUNT = re.compile(r"owner=(\d+) count=(\d+)")
+_OWNER_COUNT: Final = re.compile(r"owner=(\d+) count=(\d+)")
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)

@@ -8,14 +8,15 @@ holds state; the VConnection that owns it (``vc_server``) validates and acts on 
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any
+from typing import Any, Final
 
-from .continuation import check_continuation
+from .continuation import Continuation, check_continuation
 from .iobuffer import IOBufferReader, MIOBuffer
+from .mutex import ProxyMutex
 
 __all__ = ["INT64_MAX", "VIO", "VIOOp"]
 
-INT64_MAX = 2**63 - 1
+INT64_MAX: Final = 2**63 - 1
 """``nbytes`` meaning "until end of stream"."""
 
 
@@ -54,12 +55,12 @@ class VIO:
             if op not in VIOOp._value2member_map_:
                 raise ValueError(f"VIO: op must be a VIOOp value, got {op}")
         self.op = op
-        self.cont: Any = None
+        self.cont: Continuation | None = None
         self.nbytes = 0
         self.ndone = 0
         self.buffer: MIOBuffer | IOBufferReader | None = None
         self.vc_server: Any = None
-        self.mutex: Any = None
+        self.mutex: ProxyMutex | None = None
 
     def ntodo(self) -> int:
         """Bytes still to be done: ``nbytes - ndone``."""

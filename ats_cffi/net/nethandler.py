@@ -34,7 +34,7 @@ import logging
 import math
 import os
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ats_cffi._native import ffi, lib
 from ats_cffi.eventsystem.codes import (
@@ -62,14 +62,14 @@ if TYPE_CHECKING:
     from ats_cffi.net.netvc import NetState, UnixNetVConnection
     from ats_cffi.net.splice import SpliceEnd
 
-log = logging.getLogger("ats.iocore_net")
-cop_log = logging.getLogger("ats.inactivity_cop")
+log: Final = logging.getLogger("ats.iocore_net")
+cop_log: Final = logging.getLogger("ats.inactivity_cop")
 
-_READ_BITS = lib.EPOLLIN | lib.EPOLLERR | lib.EPOLLHUP | lib.EPOLLRDHUP | lib.EPOLLPRI
-_WRITE_BITS = lib.EPOLLOUT | lib.EPOLLERR | lib.EPOLLHUP
-_HUP_BITS = lib.EPOLLRDHUP | lib.EPOLLHUP | lib.EPOLLERR
-_RDHUP = lib.EPOLLRDHUP
-_IOV_MAX = 64
+_READ_BITS: Final = lib.EPOLLIN | lib.EPOLLERR | lib.EPOLLHUP | lib.EPOLLRDHUP | lib.EPOLLPRI
+_WRITE_BITS: Final = lib.EPOLLOUT | lib.EPOLLERR | lib.EPOLLHUP
+_HUP_BITS: Final = lib.EPOLLRDHUP | lib.EPOLLHUP | lib.EPOLLERR
+_RDHUP: Final = lib.EPOLLRDHUP
+_IOV_MAX: Final = 64
 
 #: The EventProcessor slot holding each net thread's NetHandler (set by the processor).
 NET_HANDLER_SLOT: int | None = None
@@ -354,7 +354,7 @@ class NetHandler(Continuation):
                 continue  # stopped after the kernel queued the event
             t = eio.type
             if t is EVENTIO_READWRITE_VC:
-                vc = eio.data
+                vc: UnixNetVConnection = eio.data
                 flags = masks[i]
                 if vc.in_cop and not vc.active_timeout_in:
                     # Active: it cannot be idle before the next cop run. A VC with an active

@@ -30,7 +30,7 @@ import logging
 import os
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ats_cffi import sys as _sys
 from ats_cffi._native import ffi, lib
@@ -71,28 +71,28 @@ if TYPE_CHECKING:
     from ats_cffi.eventsystem.ethread import EThread
     from ats_cffi.net.nethandler import NetHandler
 
-log = logging.getLogger("ats.iocore_net")
+log: Final = logging.getLogger("ats.iocore_net")
 
-_READ = VIOOp.READ
-_WRITE = VIOOp.WRITE
-_NONE = VIOOp.NONE
-_AGAIN = _sys.AGAIN
-_ECONNRESET = errno.ECONNRESET
-_IOV_MAX = 64
-_FLOAT_MAX = sys.float_info.max
-_get_ident = threading.get_ident
-_lib_close = lib.close
-_AF_INET = lib.AF_INET
+_READ: Final = VIOOp.READ
+_WRITE: Final = VIOOp.WRITE
+_NONE: Final = VIOOp.NONE
+_AGAIN: Final = _sys.AGAIN
+_ECONNRESET: Final = errno.ECONNRESET
+_IOV_MAX: Final = 64
+_FLOAT_MAX: Final = sys.float_info.max
+_get_ident: Final = threading.get_ident
+_lib_close: Final = lib.close
+_AF_INET: Final = lib.AF_INET
 # The native helpers behind NetHandler.read_fill/write_block, called directly on the hot
 # paths (one Python frame less per read and per write); their out-parameter is nh.last.
-_read_fill = lib.ats_read_fill
-_write_all = lib.ats_write_all
-_CALLS_TO_READ = st.CALLS_TO_READ
-_CALLS_TO_READ_NODATA = st.CALLS_TO_READ_NODATA
-_READ_BYTES = st.READ_BYTES
-_CALLS_TO_WRITE = st.CALLS_TO_WRITE
-_CALLS_TO_WRITE_NODATA = st.CALLS_TO_WRITE_NODATA
-_WRITE_BYTES = st.WRITE_BYTES
+_read_fill: Final = lib.ats_read_fill
+_write_all: Final = lib.ats_write_all
+_CALLS_TO_READ: Final = st.CALLS_TO_READ
+_CALLS_TO_READ_NODATA: Final = st.CALLS_TO_READ_NODATA
+_READ_BYTES: Final = st.READ_BYTES
+_CALLS_TO_WRITE: Final = st.CALLS_TO_WRITE
+_CALLS_TO_WRITE_NODATA: Final = st.CALLS_TO_WRITE_NODATA
+_WRITE_BYTES: Final = st.WRITE_BYTES
 
 
 def _high_water(w: Any) -> bool:
@@ -104,11 +104,11 @@ def _high_water(w: Any) -> bool:
     return w.high_water()  # type: ignore[no-any-return]
 
 
-NET_VC_SHUTDOWN_READ = 1
-NET_VC_SHUTDOWN_WRITE = 2
+NET_VC_SHUTDOWN_READ: Final = 1
+NET_VC_SHUTDOWN_WRITE: Final = 2
 
 # Events that close a VC whose VIO has no continuation to tell.
-_CLOSING_EVENTS = frozenset(
+_CLOSING_EVENTS: Final = frozenset(
     (VC_EVENT_EOS, VC_EVENT_ERROR, VC_EVENT_INACTIVITY_TIMEOUT, VC_EVENT_ACTIVE_TIMEOUT)
 )
 
@@ -600,6 +600,7 @@ class UnixNetVConnection(Continuation):
             self._read_disable()
             return
         m = vio.mutex
+        assert m is not None  # an active VIO holds its continuation's mutex (or the VC's)
         if not m.try_lock():
             nh.retry_later(self, s)
             return
@@ -735,6 +736,7 @@ class UnixNetVConnection(Continuation):
             self._write_disable()
             return
         m = vio.mutex
+        assert m is not None  # an active VIO holds its continuation's mutex (or the VC's)
         if not m.try_lock():
             nh.retry_later(self, s)
             return
