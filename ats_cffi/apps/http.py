@@ -45,17 +45,16 @@ from mypy_extensions import mypyc_attr
 from ats_cffi.apps.service import WATER_MARK, Service, Session
 from ats_cffi.apps.stats import collect, render_json, render_prometheus
 from ats_cffi.eventsystem import INT64_MAX, VIO, EventCode, MIOBuffer
-from ats_cffi.net import UnixNetVConnection
 from ats_cffi.net.codes import IO_SHUTDOWN_WRITE
 from ats_cffi.net.config import NetConfig, Record
 
 log: Final = logging.getLogger("ats.apps.http")
 _time: Final = time.time
 
-_READ_READY: Final = EventCode.VC_EVENT_READ_READY
-_WRITE_READY: Final = EventCode.VC_EVENT_WRITE_READY
-_WRITE_COMPLETE: Final = EventCode.VC_EVENT_WRITE_COMPLETE
-_EOS: Final = EventCode.VC_EVENT_EOS
+_READ_READY: Final[int] = EventCode.VC_EVENT_READ_READY
+_WRITE_READY: Final[int] = EventCode.VC_EVENT_WRITE_READY
+_WRITE_COMPLETE: Final[int] = EventCode.VC_EVENT_WRITE_COMPLETE
+_EOS: Final[int] = EventCode.VC_EVENT_EOS
 
 #: Block size of a session's buffers: ATS's first read buffer for a client connection (4 KiB).
 #: A request and its response usually fit one block; a new connection then allocates and
@@ -617,5 +616,5 @@ class HttpService(Service):
         #: The service whose counters the stats pages show (this one by default).
         self.stats_source: Service = stats_source if stats_source is not None else self
 
-    def start_session(self, vc: UnixNetVConnection) -> None:
+    def start_session(self, vc: Any) -> None:
         HttpSession(self, vc)

@@ -179,7 +179,7 @@ class Service(Continuation):
             log.exception("%s: could not start a session", self.name)
             vc.do_io_close()
 
-    def start_session(self, vc: UnixNetVConnection) -> None:
+    def start_session(self, vc: Any) -> None:
         """Run one session on ``vc`` (on its net thread)."""
         raise NotImplementedError
 

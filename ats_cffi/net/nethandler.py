@@ -37,22 +37,12 @@ import threading
 from typing import TYPE_CHECKING, Any, Final
 
 from ats_cffi._native import ffi, lib
-from ats_cffi.eventsystem.codes import (
-    EVENT_DONE,
-    VC_EVENT_ACTIVE_TIMEOUT,
-    VC_EVENT_INACTIVITY_TIMEOUT,
-)
+from ats_cffi.eventsystem import codes as _codes
 from ats_cffi.eventsystem.continuation import Continuation
 from ats_cffi.eventsystem.ethread import EThread, this_ethread
 from ats_cffi.eventsystem.mutex import ProxyMutex
+from ats_cffi.net import codes as _ncodes
 from ats_cffi.net import stats as st
-from ats_cffi.net.codes import (
-    EVENTIO_ASYNC_SIGNAL,
-    EVENTIO_DNS_CONNECTION,
-    EVENTIO_NETACCEPT,
-    EVENTIO_READ,
-    EVENTIO_READWRITE_VC,
-)
 from ats_cffi.net.config import NetConfig, net_config
 from ats_cffi.net.eventio import READ_WRITE, EventIO
 from ats_cffi.net.poll import PollCont
@@ -61,6 +51,16 @@ from ats_cffi.net.stats import net_stats
 if TYPE_CHECKING:
     from ats_cffi.net.netvc import NetState, UnixNetVConnection
     from ats_cffi.net.splice import SpliceEnd
+
+# Final: compiled, each use is a C static, not a lookup in this module's dict.
+EVENT_DONE: Final[int] = _codes.EVENT_DONE
+VC_EVENT_ACTIVE_TIMEOUT: Final[int] = _codes.VC_EVENT_ACTIVE_TIMEOUT
+VC_EVENT_INACTIVITY_TIMEOUT: Final[int] = _codes.VC_EVENT_INACTIVITY_TIMEOUT
+EVENTIO_ASYNC_SIGNAL: Final = _ncodes.EVENTIO_ASYNC_SIGNAL
+EVENTIO_DNS_CONNECTION: Final = _ncodes.EVENTIO_DNS_CONNECTION
+EVENTIO_NETACCEPT: Final = _ncodes.EVENTIO_NETACCEPT
+EVENTIO_READ: Final = _ncodes.EVENTIO_READ
+EVENTIO_READWRITE_VC: Final = _ncodes.EVENTIO_READWRITE_VC
 
 log: Final = logging.getLogger("ats.iocore_net")
 cop_log: Final = logging.getLogger("ats.inactivity_cop")

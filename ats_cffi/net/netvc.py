@@ -34,18 +34,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ats_cffi import sys as _sys
 from ats_cffi._native import ffi, lib
-from ats_cffi.eventsystem.codes import (
-    EVENT_CONT,
-    EVENT_DONE,
-    VC_EVENT_ACTIVE_TIMEOUT,
-    VC_EVENT_EOS,
-    VC_EVENT_ERROR,
-    VC_EVENT_INACTIVITY_TIMEOUT,
-    VC_EVENT_READ_COMPLETE,
-    VC_EVENT_READ_READY,
-    VC_EVENT_WRITE_COMPLETE,
-    VC_EVENT_WRITE_READY,
-)
+from ats_cffi.eventsystem import codes as _codes
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
 from ats_cffi.eventsystem.ethread import on_event_thread
 from ats_cffi.eventsystem.event import Action
@@ -73,11 +62,23 @@ if TYPE_CHECKING:
 
 log: Final = logging.getLogger("ats.iocore_net")
 
+# The event codes as ints: compiled, a comparison with them is an integer comparison, not a
+# lookup in this module's dict and a rich comparison of enum members.
+EVENT_CONT: Final[int] = _codes.EVENT_CONT
+EVENT_DONE: Final[int] = _codes.EVENT_DONE
+VC_EVENT_ACTIVE_TIMEOUT: Final[int] = _codes.VC_EVENT_ACTIVE_TIMEOUT
+VC_EVENT_EOS: Final[int] = _codes.VC_EVENT_EOS
+VC_EVENT_ERROR: Final[int] = _codes.VC_EVENT_ERROR
+VC_EVENT_INACTIVITY_TIMEOUT: Final[int] = _codes.VC_EVENT_INACTIVITY_TIMEOUT
+VC_EVENT_READ_COMPLETE: Final[int] = _codes.VC_EVENT_READ_COMPLETE
+VC_EVENT_READ_READY: Final[int] = _codes.VC_EVENT_READ_READY
+VC_EVENT_WRITE_COMPLETE: Final[int] = _codes.VC_EVENT_WRITE_COMPLETE
+VC_EVENT_WRITE_READY: Final[int] = _codes.VC_EVENT_WRITE_READY
 _READ: Final = VIOOp.READ
 _WRITE: Final = VIOOp.WRITE
 _NONE: Final = VIOOp.NONE
-_AGAIN: Final = _sys.AGAIN
-_ECONNRESET: Final = errno.ECONNRESET
+_AGAIN: Final[int] = _sys.AGAIN
+_ECONNRESET: Final[int] = errno.ECONNRESET
 _IOV_MAX: Final = 64
 _FLOAT_MAX: Final = sys.float_info.max
 _get_ident: Final = threading.get_ident
