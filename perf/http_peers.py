@@ -119,8 +119,7 @@ class HttpProtocol(asyncio.Protocol):
             allow = b"Allow: GET, HEAD\r\n"
         else:
             status, ctype, body = 200, _TEXT, b"Hello, World!"
-        http10_keep_alive = keep_alive and parser.get_http_version() == "1.0"
-        self.respond(status, ctype, body, keep_alive, head, allow, http10_keep_alive)
+        self.respond(status, ctype, body, keep_alive, head, allow)
 
     def respond(
         self,
@@ -130,11 +129,10 @@ class HttpProtocol(asyncio.Protocol):
         keep_alive: bool,
         head: bool,
         extra: bytes = b"",
-        http10_keep_alive: bool = False,
     ) -> None:
         """Queue one response; after one that does not keep alive, no more are parsed."""
         if keep_alive:
-            conn = b"Connection: keep-alive\r\n" if http10_keep_alive else b""
+            conn = b"Connection: keep-alive\r\n"  # to HTTP/1.1 too, as ats-cffi http (and nginx)
         else:
             conn = b"Connection: close\r\n"
             self.closing = True

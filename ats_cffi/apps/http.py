@@ -10,9 +10,11 @@ the target alone is too long) and a body over ``MAX_BODY`` bytes 413, both with 
 without reading the rest, so that a client cannot keep one request going forever.
 
 A session parses what its read VIO brings in and writes the responses in order into its
-write buffer (pipelined requests included). It stops parsing while more than
-``WATER_MARK`` bytes of responses wait for a client that does not read them; the read VIO
-then stops at its own buffer's water mark, so a pipelining client cannot grow memory.
+write buffer (pipelined requests included). A response that keeps the connection says
+``Connection: keep-alive``, to HTTP/1.1 clients too (as nginx does). It stops parsing while
+more than ``WATER_MARK`` bytes of responses wait for a client that does not read them; the
+read VIO then stops at its own buffer's water mark, so a pipelining client cannot grow
+memory.
 
 Timeouts (ATS's): between requests, a connection may stay idle for the service's
 ``inactivity_timeout`` (``KEEP_ALIVE_TIMEOUT``: ``keep_alive_no_activity_timeout_in``). A
@@ -136,6 +138,9 @@ _REASONS: Final = {
 Route = Callable[["HttpService"], tuple[int, str, bytes]]
 
 _TEXT: Final = "text/plain; charset=utf-8"
+#: Every response that keeps the connection says so, to HTTP/1.1 clients too (as nginx): an
+#: HTTP/1.0 client needs it, and the session then need not ask the parser for the version.
+_KEEP_ALIVE: Final = b"Connection: keep-alive\r\n"
 _QMARK: Final = ord("?")
 
 
@@ -204,7 +209,7 @@ def hello_responses(now: float) -> _HelloCache:
     second = int(now)
     status, ctype, body = _HELLO
     date = email.utils.formatdate(second, usegmt=True).encode()
-    head = response_head(status, ctype, len(body), date)
+    head = response_head(status, ctype, len(body), date, conn=_KEEP_ALIVE)
     close = response_head(status, ctype, len(body), date, conn=b"Connection: close\r\n")
     cache = _hello_cache = (
         float(second),
@@ -219,7 +224,13 @@ def hello_responses(now: float) -> _HelloCache:
 
 # The session counts on the thread it runs on (AppStats), by index.
 _STAT_NAMES: Final = (TOTAL, CURRENT, REQUESTS, R2XX, R4XX, R400)
-_I_TOTAL, _I_CURRENT, _I_REQUESTS, _I_2XX, _I_4XX, _I_400 = range(len(_STAT_NAMES))
+_I_TOTAL: Final = 0
+_I_CURRENT: Final = 1
+_I_REQUESTS: Final = 2
+_I_2XX: Final = 3
+_I_4XX: Final = 4
+_I_400: Final = 5
+assert len(_STAT_NAMES) == _I_400 + 1
 
 
 class HttpSession(Session):
@@ -455,9 +466,8 @@ class HttpSession(Session):
             elif method != b"GET" and not head:
                 status, ctype, body = 405, _TEXT, b"Method Not Allowed\n"
                 allow = b"Allow: GET, HEAD\r\n"
-            elif route is hello and not (keep_alive and parser.get_http_version() == "1.0"):
-                # The common response, whole from the per-second cache (respond() for an
-                # HTTP/1.0 keep-alive, which says so in a header).
+            elif route is hello:
+                # The common response, whole from the per-second cache.
                 counts[_I_2XX] += 1
                 cache = _hello_cache
                 now = _time()
@@ -473,8 +483,7 @@ class HttpSession(Session):
                 return
             else:
                 status, ctype, body = route(service)
-        http10_keep_alive = keep_alive and parser.get_http_version() == "1.0"
-        self.respond(status, ctype, body, keep_alive, head, allow, http10_keep_alive)
+        self.respond(status, ctype, body, keep_alive, head, allow)
 
     # ------------------------------------------------------------------ responses
 
@@ -486,7 +495,6 @@ class HttpSession(Session):
         keep_alive: bool,
         head: bool,
         extra: bytes = b"",
-        http10_keep_alive: bool = False,
     ) -> None:
         """Queue one response; after one that does not keep alive, no more are parsed."""
         counts = self.counts
@@ -497,7 +505,7 @@ class HttpSession(Session):
             if status == 400:
                 counts[_I_400] += 1
         if keep_alive:
-            conn = b"Connection: keep-alive\r\n" if http10_keep_alive else b""
+            conn = _KEEP_ALIVE
         else:
             conn = b"Connection: close\r\n"
             self.closing = True
