@@ -445,13 +445,17 @@ def test_the_cached_hello_response_is_the_one_respond_would_build() -> None:
     start, end, get, head, get_close, head_close = app.hello_responses(now)
     assert (start, end) == (1_700_000_000, 1_700_000_001)
     date = email.utils.formatdate(1_700_000_000, usegmt=True).encode()
-    expected = (
+    plain = (
         b"HTTP/1.1 200 OK\r\nServer: ats-cffi\r\nDate: " + date + b"\r\n"
         b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 13\r\n\r\n"
     )
+    assert app.response_head(200, app._TEXT, 13, date) == plain
+    # A response that keeps the connection says so (to HTTP/1.1 clients too).
+    expected = plain[:-2] + b"Connection: keep-alive\r\n\r\n"
     assert head == expected and get == expected + HELLO
-    assert app.response_head(200, app._TEXT, 13, date) == expected
-    closing = expected[:-2] + b"Connection: close\r\n\r\n"
+    keep = b"Connection: keep-alive\r\n"
+    assert app.response_head(200, app._TEXT, 13, date, conn=keep) == expected
+    closing = plain[:-2] + b"Connection: close\r\n\r\n"
     assert head_close == closing and get_close == closing + HELLO
     conn = b"Connection: close\r\n"
     assert app.response_head(200, app._TEXT, 13, date, conn=conn) == closing
