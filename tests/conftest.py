@@ -93,7 +93,9 @@ def pytest_configure(config: pytest.Config) -> None:
     code as it was (rebuild with ``python build_ffi.py``, or run with ``ATS_CFFI_PURE=1``)."""
     if not compiled():
         return
-    root = Path(__file__).resolve().parent.parent
+    import ats_cffi
+
+    root = Path(ats_cffi.__file__).resolve().parent.parent  # the package imported, wherever
     # mypyc compiles them all into this one library (the per-module ones only forward).
     built = max(b.stat().st_mtime for b in (root / "ats_cffi").glob("_compiled__mypyc.*.so"))
     stale = [
