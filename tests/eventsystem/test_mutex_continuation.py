@@ -83,8 +83,7 @@ def test_with_block_releases_the_mutex_when_the_body_raises() -> None:
 
 
 def test_holder_and_depth_are_the_locks_own_whatever_way_it_was_taken(held) -> None:
-    # try_lock/unlock keep no bookkeeping of their own: holder and depth come from the lock,
-    # so they agree with it after any mix of lock, try_lock, with and unlock.
+    # Holder and depth agree after any mix of lock, try_lock, with and unlock.
     m = ProxyMutex()
     me = threading.get_ident()
     assert repr(m) == "<ProxyMutex holder=None depth=0>"
@@ -145,6 +144,94 @@ def test_a_subclass_overriding_try_lock_and_unlock_is_used() -> None:
         pass
     assert calls == ["try_lock", "held_by_me", "unlock", "unlock"]
     assert m.thread_holding is None
+
+
+def test_a_thread_waiting_in_lock_gets_the_mutex_when_the_holder_frees_it() -> None:
+    h = HeldElsewhere(ProxyMutex())
+    got: list[tuple[bool, float]] = []
+
+    def waiter(timeout: float) -> None:
+        started = time.monotonic()
+        ok = h.mutex.lock(timeout=timeout)
+        got.append((ok, time.monotonic() - started))
+        if ok:
+            assert h.mutex.held_by_me() and h.mutex.nthread_holding == 1
+            h.mutex.unlock()
+
+    threads = [threading.Thread(target=waiter, args=(t,)) for t in (WAIT, -1, WAIT)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)  # all three are waiting now (or about to)
+    assert got == [] and h.mutex.thread_holding == h.thread.ident
+    h.release()
+    for t in threads:
+        t.join(WAIT)
+    # Each got it in turn, none waited for its timeout.
+    assert [ok for ok, _ in got] == [True] * 3
+    assert all(elapsed < WAIT / 2 for _, elapsed in got)
+    assert h.mutex.thread_holding is None and h.mutex.nthread_holding == 0
+
+
+def test_a_timed_out_waiter_leaves_the_mutex_usable(held) -> None:
+    m = held.mutex
+    assert m.lock(timeout=0.02) is False and m.lock(timeout=0) is False
+    held.release()
+    assert m.lock(timeout=WAIT) and m.nthread_holding == 1
+    m.unlock()
+    assert m.thread_holding is None
+
+
+def test_threads_mixing_every_way_to_take_the_mutex_never_hold_it_together() -> None:
+    # Each critical section reads, yields (running bytecode elsewhere) and writes back: two
+    # holders at once would lose increments or see another holder.
+    m = ProxyMutex()
+    state = {"count": 0, "inside": 0}
+    errors: list[str] = []
+    rounds = 400
+
+    def section() -> None:
+        state["inside"] += 1
+        if state["inside"] != 1 or not m.held_by_me():
+            errors.append(f"{state['inside']} holders")
+        v = state["count"]
+        time.sleep(0)
+        state["count"] = v + 1
+        state["inside"] -= 1
+
+    def worker(way: int) -> None:
+        deadline = time.monotonic() + WAIT
+        for _ in range(rounds):
+            if way == 0:
+                while not m.try_lock():
+                    if time.monotonic() > deadline:
+                        errors.append("try_lock starved")
+                        return
+                    time.sleep(0)
+                try:
+                    section()
+                finally:
+                    m.unlock()
+            elif way == 1:
+                with m, m:  # re-entrant
+                    section()
+            else:
+                if not m.lock(timeout=WAIT):
+                    errors.append("lock timed out")
+                    return
+                try:
+                    section()
+                finally:
+                    m.unlock()
+
+    threads = [threading.Thread(target=worker, args=(i % 3,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT * 2)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert state["count"] == 6 * rounds
+    assert m.thread_holding is None and m.nthread_holding == 0
 
 
 # ----------------------------------------------------------------------- Continuation
