@@ -10,6 +10,8 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Any, Final
 
+from mypy_extensions import i64
+
 from .continuation import Continuation, check_continuation
 from .iobuffer import IOBufferReader, MIOBuffer
 from .mutex import ProxyMutex
@@ -56,13 +58,16 @@ class VIO:
                 raise ValueError(f"VIO: op must be a VIOOp value, got {op}")
         self.op = op
         self.cont: Continuation | None = None
-        self.nbytes = 0
-        self.ndone = 0
+        # Native 64-bit ints when compiled (ATS's int64_t): ``INT64_MAX``, a read VIO's usual
+        # ``nbytes``, is too large for mypyc's tagged int, which would make every
+        # ``nbytes - ndone`` of the read path a heap-allocated long.
+        self.nbytes: i64 = 0
+        self.ndone: i64 = 0
         self.buffer: MIOBuffer | IOBufferReader | None = None
         self.vc_server: Any = None
         self.mutex: ProxyMutex | None = None
 
-    def ntodo(self) -> int:
+    def ntodo(self) -> i64:
         """Bytes still to be done: ``nbytes - ndone``."""
         return self.nbytes - self.ndone
 
