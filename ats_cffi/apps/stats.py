@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterable, Mapping
 
 from ats_cffi.net import net_stats
+from ats_cffi.net.stats import StatBlock
 
 #: Stats that go up and down; every other stat only grows (a Prometheus counter).
 _GAUGE_MARKERS = ("currently_open", ".current_")
@@ -28,7 +29,7 @@ class _ThreadCounts(threading.local):
 class AppStats:
     """Counters of one service (``proxy.process.<area>.*``), written from any thread.
 
-    Without locks on the way up: each thread that counts gets its own block (a list of ints
+    Without locks on the way up: each thread that counts gets its own block (a ``StatBlock``
     indexed like ``names``) that it alone writes, as the net stats do; readers sum every
     block under the registry lock, which only guards the list of blocks. A block outlives
     its thread (its counts stay in the totals), so gauges such as ``current_*`` may go up
@@ -41,12 +42,12 @@ class AppStats:
         self.names = tuple(names)
         self._index = {name: i for i, name in enumerate(self.names)}
         self._lock = threading.Lock()
-        self._blocks: list[list[int]] = []
+        self._blocks: list[StatBlock] = []
         #: ``per_thread.counts``: the calling thread's block.
         self.per_thread = _ThreadCounts(self)
 
-    def _new_block(self) -> list[int]:
-        block = [0] * len(self.names)
+    def _new_block(self) -> StatBlock:
+        block = StatBlock([0] * len(self.names))
         with self._lock:
             self._blocks.append(block)
         return block

@@ -1,12 +1,15 @@
 """Net statistics ``proxy.process.net.*``: per-thread counters without locks, summed on read.
 
-Each NetHandler (and each accept thread) owns a :class:`StatBlock`, a plain list of ints it
-alone writes; readers sum the live blocks plus what retired blocks left behind.
+Each NetHandler (and each accept thread) owns a :data:`StatBlock` of ints that it alone
+writes; readers sum the live blocks plus what retired blocks left behind.
 """
 
 from __future__ import annotations
 
 import threading
+
+from librt.vecs import vec
+from mypy_extensions import i64
 
 STAT_NAMES: tuple[str, ...] = (
     "proxy.process.net.connections_currently_open",
@@ -50,7 +53,11 @@ STAT_NAMES: tuple[str, ...] = (
     ACTIVE_TIMEOUTS,
 ) = range(len(STAT_NAMES))
 
-StatBlock = list  # a list of len(STAT_NAMES) ints, written by one thread only
+#: One thread's counters (indexed like the registry's names), written by that thread only: a
+#: ``vec[i64]`` of mypyc's runtime library (librt), a fixed array of 64-bit ints. The compiled
+#: hot paths add to it in place; a list of ints would allocate a new int object for nearly
+#: every addition (any value over 256).
+StatBlock = vec[i64]
 
 
 class StatRegistry:
@@ -69,7 +76,7 @@ class StatRegistry:
         self._retired = [0] * len(names)
 
     def new_block(self) -> StatBlock:
-        block = [0] * len(self.names)
+        block = StatBlock([0] * len(self.names))
         with self._lock:
             self._blocks.append(block)
         return block
