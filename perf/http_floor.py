@@ -67,9 +67,9 @@ def hello() -> bytes:
     """The keep-alive ``GET /`` response of ``ats-cffi http`` for this second."""
     now = time.time()
     cache = app._hello_cache
-    if now >= cache[1] or now < cache[0]:
-        cache = app.hello_responses(now)
-    return cache[2]
+    if now >= cache.end or now < cache.start:
+        cache.refresh(now)
+    return cache.get
 
 
 # -- bare ---------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import httptools
+from librt.time import time as _time
 from mypy_extensions import mypyc_attr
 
 from ats_cffi.apps.service import WATER_MARK, Service, Session
@@ -51,7 +52,6 @@ from ats_cffi.net.codes import IO_SHUTDOWN_WRITE
 from ats_cffi.net.config import NetConfig, Record
 
 log: Final = logging.getLogger("ats.apps.http")
-_time: Final = time.time
 
 _READ_READY: Final[int] = EventCode.VC_EVENT_READ_READY
 _WRITE_READY: Final[int] = EventCode.VC_EVENT_WRITE_READY
@@ -202,31 +202,47 @@ def response_head(
     )
 
 
-#: ``(start, end, GET, HEAD, GET closing, HEAD closing)``: the hello route's HTTP/1.1
-#: responses, kept alive and with ``Connection: close``, valid while
-#: ``start <= time.time() < end`` (one second: the Date), so that the common response costs
-#: one write.
-_HelloCache = tuple[float, float, bytes, bytes, bytes, bytes]
-_hello_cache: _HelloCache = (0.0, 0.0, b"", b"", b"", b"")
+class HelloCache:
+    """The hello route's HTTP/1.1 responses, kept alive and with ``Connection: close``, for
+    GET and HEAD, valid while ``start <= time.time() < end`` (one second: the Date), so that
+    the common response costs one write.
+
+    Shared by the net threads. ``refresh`` stores the responses before the second they are
+    valid for: a thread reading meanwhile gets either second's, each whole.
+    """
+
+    def __init__(self) -> None:
+        self.start = 0.0
+        self.end = 0.0
+        self.get = b""
+        self.head = b""
+        self.get_close = b""
+        self.head_close = b""
+
+    def refresh(self, now: float) -> None:
+        """Make the responses of the second of ``now``."""
+        second = int(now)
+        status, ctype, body = _HELLO
+        date = email.utils.formatdate(second, usegmt=True).encode()
+        head = response_head(status, ctype, len(body), date, conn=_KEEP_ALIVE)
+        close = response_head(status, ctype, len(body), date, conn=b"Connection: close\r\n")
+        self.get = head + body
+        self.head = head
+        self.get_close = close + body
+        self.head_close = close
+        self.start = float(second)
+        self.end = float(second + 1)
 
 
-def hello_responses(now: float) -> _HelloCache:
-    """The hello route's responses for the second of ``now`` (``_hello_cache``)."""
-    global _hello_cache
-    second = int(now)
-    status, ctype, body = _HELLO
-    date = email.utils.formatdate(second, usegmt=True).encode()
-    head = response_head(status, ctype, len(body), date, conn=_KEEP_ALIVE)
-    close = response_head(status, ctype, len(body), date, conn=b"Connection: close\r\n")
-    cache = _hello_cache = (
-        float(second),
-        float(second + 1),
-        head + body,
-        head,
-        close + body,
-        close,
-    )
-    return cache
+_hello_cache: Final = HelloCache()
+
+
+def hello_responses(now: float) -> tuple[float, float, bytes, bytes, bytes, bytes]:
+    """``(start, end, GET, HEAD, GET closing, HEAD closing)`` of the hello route for the
+    second of ``now`` (the shared ``HelloCache``, refreshed)."""
+    c = _hello_cache
+    c.refresh(now)
+    return c.start, c.end, c.get, c.head, c.get_close, c.head_close
 
 
 # The session counts on the thread it runs on (AppStats), by index.
@@ -480,12 +496,12 @@ class HttpSession(Session):
                 counts[_I_2XX] += 1
                 cache = _hello_cache
                 now = _time()
-                if now >= cache[1] or now < cache[0]:
-                    cache = hello_responses(now)
+                if now >= cache.end or now < cache.start:
+                    cache.refresh(now)
                 if keep_alive:
-                    response = cache[3] if head else cache[2]
+                    response = cache.head if head else cache.get
                 else:
-                    response = cache[5] if head else cache[4]
+                    response = cache.head_close if head else cache.get_close
                     self.closing = True
                 wbuf = self.wbuf if self.wbuf is not None else self.open_write()
                 self.queued += wbuf.write(response)
@@ -627,7 +643,7 @@ class HttpService(Service):
             )
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"HttpService: name must be a non-empty str or None, got {name!r}")
-        self.routes = routes
+        self.routes: dict[bytes, Route] = routes
         if name is not None:
             self.name = name
         #: The service whose counters the stats pages show (this one by default).
