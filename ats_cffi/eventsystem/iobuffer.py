@@ -70,7 +70,7 @@ class IOBufferBlock:
                 f"IOBufferBlock: size must be between 0 and {MAX_BLOCK_SIZE}, got {size}"
             )
         #: ``len(data)``: blocks never change size.
-        self.size = size
+        self.size: int = size
         self.start = 0
         self.end = 0
         self.next: IOBufferBlock | None = None
@@ -158,10 +158,10 @@ class MIOBuffer:
             _check_int("block_size", block_size)
         if not 0 < block_size <= MAX_BLOCK_SIZE:
             raise ValueError(f"block_size must be between 1 and {MAX_BLOCK_SIZE}, got {block_size}")
-        self._block_size = block_size
+        self._block_size: int = block_size
         if water_mark.__class__ is not int or water_mark < 0:
             _check_water_mark(water_mark)  # raises unless an int subclass >= 0
-        self._water_mark = water_mark
+        self._water_mark: int = water_mark
         # A zero-size block starts the chain so that readers always have a block to stand on;
         # the first write sees it full and appends a real block after it.
         first = IOBufferBlock(0)

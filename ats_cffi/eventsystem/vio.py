@@ -56,7 +56,8 @@ class VIO:
                 raise TypeError(f"VIO: op must be a VIOOp, not {type(op).__name__}")
             if op not in VIOOp._value2member_map_:
                 raise ValueError(f"VIO: op must be a VIOOp value, got {op}")
-        self.op = op
+        # An int when compiled (a VIOOp member reads back as its value), as event codes.
+        self.op: int = op
         self.cont: Continuation | None = None
         # Native 64-bit ints when compiled (ATS's int64_t): ``INT64_MAX``, a read VIO's usual
         # ``nbytes``, is too large for mypyc's tagged int, which would make every

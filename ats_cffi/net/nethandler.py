@@ -65,9 +65,9 @@ EVENTIO_READWRITE_VC: Final = _ncodes.EVENTIO_READWRITE_VC
 log: Final = logging.getLogger("ats.iocore_net")
 cop_log: Final = logging.getLogger("ats.inactivity_cop")
 
-_READ_BITS: Final = lib.EPOLLIN | lib.EPOLLERR | lib.EPOLLHUP | lib.EPOLLRDHUP | lib.EPOLLPRI
-_WRITE_BITS: Final = lib.EPOLLOUT | lib.EPOLLERR | lib.EPOLLHUP
-_HUP_BITS: Final = lib.EPOLLRDHUP | lib.EPOLLHUP | lib.EPOLLERR
+_READ_BITS: Final[int] = lib.EPOLLIN | lib.EPOLLERR | lib.EPOLLHUP | lib.EPOLLRDHUP | lib.EPOLLPRI
+_WRITE_BITS: Final[int] = lib.EPOLLOUT | lib.EPOLLERR | lib.EPOLLHUP
+_HUP_BITS: Final[int] = lib.EPOLLRDHUP | lib.EPOLLHUP | lib.EPOLLERR
 _RDHUP: Final = lib.EPOLLRDHUP
 _IOV_MAX: Final = 64
 
@@ -113,7 +113,7 @@ class NetHandler(Continuation):
         self.open_list: set[UnixNetVConnection] = set()
         self.cop_list: set[UnixNetVConnection] = set()
         self.now = self.clock()
-        self.max_read_per_pass = config.max_read_per_pass
+        self.max_read_per_pass: int = config.max_read_per_pass
         # Native scratch, made once per thread: the helpers' out-parameter and iovec arrays.
         self.last = ffi.new("ssize_t *")
         self.iov_bases = ffi.new("char *[]", _IOV_MAX)
@@ -355,7 +355,7 @@ class NetHandler(Continuation):
             t = eio.type
             if t is EVENTIO_READWRITE_VC:
                 vc: UnixNetVConnection = eio.data
-                flags = masks[i]
+                flags: int = masks[i]
                 if vc.in_cop and not vc.active_timeout_in:
                     # Active: it cannot be idle before the next cop run. A VC with an active
                     # timeout stays listed, or a busy one would never be checked.

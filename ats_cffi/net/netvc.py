@@ -74,8 +74,8 @@ VC_EVENT_READ_COMPLETE: Final[int] = _codes.VC_EVENT_READ_COMPLETE
 VC_EVENT_READ_READY: Final[int] = _codes.VC_EVENT_READ_READY
 VC_EVENT_WRITE_COMPLETE: Final[int] = _codes.VC_EVENT_WRITE_COMPLETE
 VC_EVENT_WRITE_READY: Final[int] = _codes.VC_EVENT_WRITE_READY
-_READ: Final = VIOOp.READ
-_WRITE: Final = VIOOp.WRITE
+_READ: Final[int] = VIOOp.READ
+_WRITE: Final[int] = VIOOp.WRITE
 _NONE: Final = VIOOp.NONE
 _AGAIN: Final[int] = _sys.AGAIN
 _ECONNRESET: Final[int] = errno.ECONNRESET
@@ -294,7 +294,7 @@ class UnixNetVConnection(Continuation):
         return self._start_vio(self.write, _WRITE, cont, nbytes, reader)
 
     def _start_vio(
-        self, s: NetState, op: VIOOp, cont: Continuation | None, nbytes: int, buffer: Any
+        self, s: NetState, op: int, cont: Continuation | None, nbytes: int, buffer: Any
     ) -> VIO:
         """Set up ``s``'s VIO for a checked do_io call; a ``buffer`` starts it moving."""
         vio = s.vio
@@ -627,7 +627,7 @@ class UnixNetVConnection(Continuation):
             lastp = nh.last
             stop_short = not s.hup
             total = 0
-            last = 1
+            last: int = 1
             t = buf._tail
             while True:
                 end = t.end
@@ -647,7 +647,7 @@ class UnixNetVConnection(Continuation):
                 c = t._cdata
                 if c is None:
                     c = t.cdata
-                r = _read_fill(fd, c, end, toread, stop_short, lastp)
+                r: int = _read_fill(fd, c, end, toread, stop_short, lastp)
                 last = lastp[0]
                 stats[_CALLS_TO_READ] += 1
                 if r > 0:
@@ -791,8 +791,8 @@ class UnixNetVConnection(Continuation):
                 c = b._cdata
                 if c is None:
                     c = b.cdata
-                total = _write_all(self.fd, c, start, towrite, nh.last)
-                last = nh.last[0]
+                total: int = _write_all(self.fd, c, start, towrite, nh.last)
+                last: int = nh.last[0]
                 if total > 0:
                     # reader.consume(total), unchecked: it was read_avail.
                     reader._pos += total
