@@ -21,13 +21,17 @@ class Continuation:
     ``Event.cancel()`` can always synchronise with delivery.
     """
 
-    __slots__ = ("mutex", "handler", "__weakref__", "__dict__")
+    __slots__ = ("mutex", "handler", "calls_handler", "__weakref__", "__dict__")
 
     def __init__(self, mutex: Any = None, handler: Handler | None = None) -> None:
         if mutex is not None and not isinstance(mutex, ProxyMutex):
             raise TypeError(f"Continuation: mutex must be a ProxyMutex, not {type(mutex).__name__}")
         self.mutex = mutex
         self.handler: Handler | None = None
+        #: The class keeps this ``handle_event``: an event may go to ``handler`` directly
+        #: (``deliver``). Compiled, ``handle_event`` called on an instance of a Python
+        #: subclass is looked up by name on each call, in case the subclass overrides it.
+        self.calls_handler = type(self).handle_event is Continuation.handle_event
         if handler is not None:
             self.set_handler(handler)
 
@@ -43,6 +47,16 @@ class Continuation:
         if h is None:
             raise RuntimeError(f"{type(self).__name__}: no handler set")
         return h(event, data)
+
+
+def deliver(cont: Continuation, event: int, data: Any) -> Any:
+    """``cont.handle_event(event, data)``, calling the handler directly when the class keeps
+    ``Continuation.handle_event`` (the same call, without the lookup by name that a compiled
+    caller makes for a Python subclass)."""
+    h = cont.handler
+    if h is not None and cont.calls_handler:
+        return h(event, data)
+    return cont.handle_event(event, data)
 
 
 def check_continuation(call: str, cont: Any, need_handler: bool = False) -> Continuation:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ats_cffi import sys as _sys
 from ats_cffi._native import ffi, lib
 from ats_cffi.eventsystem import codes as _codes
-from ats_cffi.eventsystem.continuation import Continuation, check_continuation
+from ats_cffi.eventsystem.continuation import Continuation, check_continuation, deliver
 from ats_cffi.eventsystem.ethread import on_event_thread
 from ats_cffi.eventsystem.event import Action
 from ats_cffi.eventsystem.iobuffer import IOBufferReader, MIOBuffer
@@ -526,7 +526,7 @@ class UnixNetVConnection(Continuation):
                 pass  # closed up the stack, or by another thread: nothing more is delivered
             elif cont is not None and vio.mutex is cont.mutex:
                 try:
-                    cont.handle_event(event, vio)
+                    deliver(cont, event, vio)
                 except Exception:
                     log.exception("handler of %r raised on event %d: closing the VC", self, event)
                     self.do_io_close()

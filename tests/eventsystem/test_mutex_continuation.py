@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from ats_cffi.eventsystem import Action, Continuation, Event, ProxyMutex
-from ats_cffi.eventsystem.continuation import check_continuation
+from ats_cffi.eventsystem.continuation import check_continuation, deliver
 from tests.eventsystem.conftest import WAIT, HeldElsewhere
 
 
@@ -274,6 +274,33 @@ def test_set_handler_with_a_non_callable_raises_type_error_naming_the_call() -> 
 def test_handle_event_without_a_handler_raises_runtime_error() -> None:
     with pytest.raises(RuntimeError, match="no handler set"):
         Continuation().handle_event(1)
+
+
+def test_deliver_calls_the_handler_or_the_subclass_override_of_handle_event() -> None:
+    got: list[tuple[str, int, object]] = []
+
+    class Plain(Continuation):  # keeps Continuation.handle_event: deliver calls the handler
+        def __init__(self) -> None:
+            super().__init__(handler=lambda event, data: got.append(("handler", event, data)))
+
+    class Overriding(Continuation):
+        def __init__(self) -> None:
+            super().__init__(handler=lambda event, data: got.append(("handler", event, data)))
+
+        def handle_event(self, event: int = 0, data: object = None) -> str:
+            got.append(("override", event, data))
+            return "overridden"
+
+    plain, overriding = Plain(), Overriding()
+    assert plain.calls_handler and not overriding.calls_handler
+    assert Continuation().calls_handler
+    deliver(plain, 1, "a")
+    assert deliver(overriding, 2, "b") == "overridden"
+    assert got == [("handler", 1, "a"), ("override", 2, "b")]
+    plain.set_handler(lambda event, data: event * 10)  # the handler of the moment
+    assert deliver(plain, 3, None) == 30
+    with pytest.raises(RuntimeError, match="no handler set"):
+        deliver(Continuation(), 4, None)
 
 
 def test_continuation_mutex_must_be_a_proxy_mutex() -> None:
