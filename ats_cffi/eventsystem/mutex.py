@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import re
 import sys
 import time
 from types import TracebackType
@@ -12,8 +13,12 @@ from mypy_extensions import mypyc_attr
 
 _get_ident: Final = _thread.get_ident
 _allocate_lock: Final = _thread.allocate_lock
+_RLock: Final = _thread.RLock
 _monotonic: Final = time.monotonic
 _TIMEOUT_MAX: Final = _thread.TIMEOUT_MAX
+
+# ``_thread.RLock``'s repr: "<locked _thread.RLock object owner=140… count=2 at 0x…>".
+_OWNER_COUNT: Final = re.compile(r"owner=(\d+) count=(\d+)")
 
 
 def _gil_enabled() -> bool:
@@ -23,10 +28,11 @@ def _gil_enabled() -> bool:
 
 #: True when this module runs compiled (mypyc) under a GIL. A compiled method that reads and
 #: writes only this class's own fields then runs as one step: the GIL passes to another
-#: thread only between bytecodes, or in a call that releases it, and it has neither. Taking
-#: and releasing a free mutex is then a check and two stores, with no OS lock; an OS lock is
-#: made only for a thread that must wait (``lock``). Interpreted, or on a free-threaded
-#: build, every mutex keeps an OS lock and taking it free goes through that lock.
+#: thread only between bytecodes, or in a call that releases it, and it has neither. The
+#: mutex is then two fields, holder and depth, and taking or releasing it is a compare and a
+#: store or two, with no OS lock; an OS lock is made only for a thread that must wait
+#: (``lock``). Otherwise (interpreted, or a free-threaded build) each mutex is a C RLock,
+#: which keeps its holder and depth itself.
 _NATIVE: Final[bool] = not __file__.endswith(".py") and _gil_enabled()
 
 
@@ -39,41 +45,41 @@ class ProxyMutex:
     (blocking), or ``try_lock()``/``unlock()`` where blocking is not allowed (every
     event-loop path: a net thread must never wait for another thread's lock).
 
-    The holder and the depth are two fields, written only by the holding thread (ATS's
-    ``thread_holding``/``nthread_holding``): a re-entrant take or release is a compare and
-    an increment. Taking it free needs the OS lock, except when ``_NATIVE`` (above), which
-    makes the ``try_lock``/``unlock`` pair of every event delivery cost about as much as a
-    method call.
+    Holder and depth live in two fields when ``_NATIVE`` (above), written only by the
+    holder, which makes the ``try_lock``/``unlock`` pair of every event delivery cost about
+    a method call; otherwise in the RLock (``thread_holding``/``nthread_holding``, which
+    nothing on an event path reads, then parse its repr).
     """
 
     __slots__ = ("_owner", "_depth", "_lock", "_waiters", "__weakref__")
 
     def __init__(self) -> None:
-        #: Ident of the holding thread, 0 when free; its depth.
+        #: ``_NATIVE``: ident of the holding thread (0 when free) and its depth.
         self._owner = 0
         self._depth = 0
-        #: The OS lock held while the mutex is (``None`` when ``_NATIVE``).
-        self._lock: _thread.LockType | None = None if _NATIVE else _allocate_lock()
-        #: ``_NATIVE``: one locked OS lock per thread waiting in ``lock``, released (all of
-        #: them) when the mutex is freed.
+        #: Not ``_NATIVE``: the RLock that is the mutex.
+        self._lock: _thread.RLock | None = None if _NATIVE else _RLock()
+        #: ``_NATIVE``: one locked OS lock per thread waiting in ``lock``, all released
+        #: when the mutex is freed.
         self._waiters: list[_thread.LockType] | None = None
 
+    def _rlock(self) -> _thread.RLock:
+        lk = self._lock
+        assert lk is not None  # (not _NATIVE)
+        return lk
+
     def _take_free(self, me: int) -> bool:
-        """Take the mutex if it is free, without waiting (``me`` does not hold it)."""
-        if _NATIVE:
-            if self._owner:
-                return False
-        else:
-            lk = self._lock
-            assert lk is not None
-            if not lk.acquire(False):
-                return False
+        """``_NATIVE``: take the mutex if it is free (``me`` does not hold it)."""
+        if self._owner:
+            return False
         self._owner = me
         self._depth = 1
         return True
 
     def _take(self, wait: float) -> bool:
         """Take the mutex, waiting up to ``wait`` seconds (< 0: forever)."""
+        if not _NATIVE:
+            return self._rlock().acquire(True, wait)
         me = _get_ident()
         if self._owner == me:
             self._depth += 1
@@ -82,14 +88,6 @@ class ProxyMutex:
             return True
         if wait == 0:
             return False
-        if not _NATIVE:
-            lk = self._lock
-            assert lk is not None
-            if not lk.acquire(True, wait):
-                return False
-            self._owner = me
-            self._depth = 1
-            return True
         deadline = _monotonic() + wait if wait > 0 else 0.0
         while True:
             waiter = _allocate_lock()
@@ -116,6 +114,8 @@ class ProxyMutex:
 
     def try_lock(self) -> bool:
         """Take the lock if that needs no wait; True on success (also when already held)."""
+        if not _NATIVE:
+            return self._lock.acquire(False)  # type: ignore[union-attr]
         me = _get_ident()
         if self._owner == me:
             self._depth += 1
@@ -140,6 +140,14 @@ class ProxyMutex:
 
     def unlock(self) -> None:
         """Release one level. Raises ``RuntimeError`` if this thread does not hold it."""
+        if not _NATIVE:
+            try:
+                self._lock.release()  # type: ignore[union-attr]
+            except RuntimeError:
+                raise RuntimeError(
+                    "ProxyMutex.unlock: the calling thread does not hold the mutex"
+                ) from None
+            return
         if self._owner != _get_ident():
             raise RuntimeError("ProxyMutex.unlock: the calling thread does not hold the mutex")
         depth = self._depth - 1
@@ -147,31 +155,40 @@ class ProxyMutex:
         if depth:
             return
         self._owner = 0
-        if _NATIVE:
-            waiters = self._waiters
-            if waiters:
-                self._waiters = None
-                for waiter in waiters:
-                    waiter.release()
-        else:
-            lk = self._lock
-            assert lk is not None
-            lk.release()
+        waiters = self._waiters
+        if waiters:
+            self._waiters = None
+            for waiter in waiters:
+                waiter.release()
 
     def held_by_me(self) -> bool:
         """True if the calling thread holds the mutex."""
+        if not _NATIVE:
+            return self._rlock()._is_owned()  # type: ignore[attr-defined,no-any-return]
         return self._owner == _get_ident()
+
+    def _owner_count(self) -> tuple[int, int]:
+        """(holder ident, depth), (0, 0) when free: a snapshot."""
+        if _NATIVE:
+            owner = self._owner
+            return (owner, self._depth) if owner else (0, 0)
+        lk = self._rlock()
+        mo = _OWNER_COUNT.search(repr(lk))
+        if mo is None:  # pragma: no cover - an RLock without CPython's repr
+            return (_get_ident(), 1) if lk._is_owned() else (0, 0)  # type: ignore[attr-defined]
+        count = int(mo[2])
+        return (int(mo[1]) if count else 0), count
 
     @property
     def thread_holding(self) -> int | None:
         """Ident of the thread holding the mutex, None when it is free (a snapshot)."""
-        owner = self._owner
-        return owner if owner else None
+        owner, count = self._owner_count()
+        return owner if count else None
 
     @property
     def nthread_holding(self) -> int:
         """How many times the holder has taken the mutex (0 when free; a snapshot)."""
-        return self._depth if self._owner else 0
+        return self._owner_count()[1]
 
     def __enter__(self) -> ProxyMutex:
         self._take(-1.0)
@@ -186,6 +203,5 @@ class ProxyMutex:
         self.unlock()
 
     def __repr__(self) -> str:
-        owner = self._owner
-        depth = self._depth if owner else 0
-        return f"<ProxyMutex holder={owner if owner else None} depth={depth}>"
+        owner, count = self._owner_count()
+        return f"<ProxyMutex holder={owner if count else None} depth={count}>"
