@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable, Mapping
 
 from ats_cffi.net import net_stats
-from ats_cffi.net.stats import StatBlock
+from ats_cffi.net.stats import StatBlock, new_counters
 
 #: Stats that go up and down; every other stat only grows (a Prometheus counter).
 _GAUGE_MARKERS = ("currently_open", ".current_")
@@ -47,7 +47,7 @@ class AppStats:
         self.per_thread = _ThreadCounts(self)
 
     def _new_block(self) -> StatBlock:
-        block = StatBlock([0] * len(self.names))
+        block = new_counters(len(self.names))
         with self._lock:
             self._blocks.append(block)
         return block
