@@ -14,11 +14,15 @@ This file is read by ``build_ffi.py`` too, without importing the package: keep i
 MODULES = (
     "ats_cffi.eventsystem.continuation",
     "ats_cffi.eventsystem.mutex",
+    "ats_cffi.eventsystem.ioblock",
     "ats_cffi.eventsystem.iobuffer",
     "ats_cffi.eventsystem.vio",
     "ats_cffi.net.eventio",
+    "ats_cffi.net.netvconnection",
+    "ats_cffi.net.vcio",
     "ats_cffi.net.netvc",
     "ats_cffi.net.nethandler",
+    "ats_cffi.net.splice",
     "ats_cffi.apps.service",
     "ats_cffi.apps.http",
 )

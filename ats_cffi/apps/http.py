@@ -384,7 +384,7 @@ class HttpSession(Session):
                     self.respond(400, _TEXT, b"Bad Request\n", keep_alive=False, head=False)
                 self.client_closes = False  # bytes came after the last request: linger
             n = end - off
-            reader._advance(n)  # consume(n), unchecked: n <= read_avail() by construction
+            reader.advance(n)  # consume(n), unchecked: n <= read_avail() by construction
             avail -= n
             if self.in_request and not self.closing:
                 # A request spans blocks (rare): bound its head (the module doc).

@@ -7,6 +7,7 @@ from typing import Any
 
 from mypy_extensions import mypyc_attr
 
+from ats_cffi.eventsystem.codes import EVENT_DONE
 from ats_cffi.eventsystem.mutex import ProxyMutex
 
 Handler = Callable[[int, Any], Any]
@@ -47,6 +48,12 @@ class Continuation:
         if h is None:
             raise RuntimeError(f"{type(self).__name__}: no handler set")
         return h(event, data)
+
+
+def freed_handler(event: int, data: Any) -> int:
+    """The handler of a continuation whose owner is gone (a freed VC or splice, a disarmed
+    timeout): an event that still comes is dropped."""
+    return EVENT_DONE
 
 
 def deliver(cont: Continuation, event: int, data: Any) -> Any:

@@ -11,11 +11,12 @@ Positions are kept as stream offsets: the buffer counts every byte ever committe
 
 Not thread-safe: like ATS, the owner (the VC, under its mutex) serialises access.
 
-The net layer (``net/netvc.py``) is this module's trusted fast-path user: on every read and
-write event it commits a native read into the tail block (``tail.end += n`` and
-``_written += n``, what ``fill(n)`` does without its checks) and advances a reader past the
-bytes it wrote (``_advance``, ``consume`` without its checks) in place. Those inlined steps
-must keep the invariants the methods here keep.
+Every field whose name starts with ``_`` is this module's alone (tests/test_layout.py checks
+that no other module of the package touches one). The net layer's per-event path uses the
+trusted methods instead: ``writable_block_if_room`` then ``commit(n)`` after a native read
+into that block, ``first_block``/``readable_blocks`` for the bytes to write, and ``advance(n)``
+after writing them. ``commit`` and ``advance`` skip the argument checks of ``fill`` and
+``consume``: their callers have just moved exactly those bytes.
 """
 
 from __future__ import annotations
@@ -23,103 +24,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Final
 
+from ats_cffi.eventsystem.ioblock import (
+    DEFAULT_BLOCK_SIZE,
+    MAX_BLOCK_SIZE,
+    IOBufferBlock,
+    check_int,
+)
+
 __all__ = ["DEFAULT_BLOCK_SIZE", "MAX_BLOCK_SIZE", "IOBufferBlock", "IOBufferReader", "MIOBuffer"]
-
-DEFAULT_BLOCK_SIZE: Final = 32768
-#: Largest block (1 GiB). ATS's largest buffer size index is 2 MiB; bigger blocks are
-#: allowed, up to this bound, well inside the C int the native reads and writes take.
-MAX_BLOCK_SIZE: Final = 2**30
-_EMPTY: Final = bytearray()
-_EMPTY_VIEW: Final = memoryview(_EMPTY)
-#: The native extension's ``ffi``, imported at the first ``IOBufferBlock.cdata``.
-_ffi: Any = None
-
-
-def _native_ffi() -> Any:
-    # Imported on first use so that the buffer layer works (and is testable) without the
-    # native extension; kept in a global since an import statement costs ~0.8 us, more than
-    # the ffi.from_buffer it serves.
-    global _ffi
-    from ats_cffi._native import ffi
-
-    _ffi = ffi
-    return ffi
-
-
-class IOBufferBlock:
-    """One fixed-size block of a buffer chain: valid bytes are ``data[start:end]``.
-
-    The free space ``data[end:]`` is where the writer (or a native read) puts new bytes.
-    Native code is always handed ``(block.cdata, offset, length)``; no pointer arithmetic is
-    done on the Python side.
-    """
-
-    __slots__ = ("data", "size", "start", "end", "next", "view", "_cdata")
-
-    def __init__(self, size: Any) -> None:
-        """Allocate a zeroed block of ``size`` bytes, empty.
-
-        Raises TypeError for a non-integer size (bool included), ValueError for one that is
-        negative or above MAX_BLOCK_SIZE.
-        """
-        if size.__class__ is not int:
-            _check_int("IOBufferBlock: size", size)
-            size = int(size)
-        if not 0 <= size <= MAX_BLOCK_SIZE:
-            raise ValueError(
-                f"IOBufferBlock: size must be between 0 and {MAX_BLOCK_SIZE}, got {size}"
-            )
-        #: ``len(data)``: blocks never change size.
-        self.size: int = size
-        self.start = 0
-        self.end = 0
-        self.next: IOBufferBlock | None = None
-        self._cdata: Any = None
-        if size == 0:
-            # The empty block every MIOBuffer starts its chain with holds no byte: all of
-            # them share one empty array and view (an idle connection's buffers cost less).
-            self.data = _EMPTY
-            self.view = _EMPTY_VIEW
-            return
-        self.data = bytearray(size)
-        # One memoryview per block, sliced for views instead of re-exporting the bytearray
-        # on every call.
-        self.view = memoryview(self.data)
-
-    @property
-    def cdata(self) -> Any:
-        """The block's memory as a cffi ``char[]`` (created on first use, then cached).
-
-        Raises ImportError if the native extension has not been built.
-        """
-        c = self._cdata
-        if c is None:
-            ffi = _ffi if _ffi is not None else _native_ffi()
-            c = self._cdata = ffi.from_buffer(self.data)
-        return c
-
-    def read_avail(self) -> int:
-        """Number of valid bytes in this block."""
-        return self.end - self.start
-
-    def write_avail(self) -> int:
-        """Number of free bytes after the valid ones."""
-        return self.size - self.end
-
-    def __repr__(self) -> str:
-        return f"<IOBufferBlock size={self.size} start={self.start} end={self.end}>"
-
-
-def _check_int(name: str, value: object) -> int:
-    # bool is an int subclass but never a meaningful size or count.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    return value
 
 
 def _check_water_mark(value: Any) -> None:
     """``TypeError`` unless an int (bool excluded), ``ValueError`` if negative."""
-    _check_int("water_mark", value)
+    check_int("water_mark", value)
     if value < 0:
         raise ValueError(f"water_mark must be >= 0, got {value}")
 
@@ -155,7 +72,7 @@ class MIOBuffer:
         """
         # (Two buffers per connection: the checks cost a call only for what is not an int.)
         if block_size.__class__ is not int:
-            _check_int("block_size", block_size)
+            check_int("block_size", block_size)
         if not 0 < block_size <= MAX_BLOCK_SIZE:
             raise ValueError(f"block_size must be between 1 and {MAX_BLOCK_SIZE}, got {block_size}")
         self._block_size: int = block_size
@@ -293,6 +210,12 @@ class MIOBuffer:
             t = self._add_block()
         return t.view[t.end :]
 
+    def commit(self, n: int) -> None:
+        """Trusted ``fill(n)``: the caller has just written ``0 <= n <=`` the free space of the
+        tail block (``writable_block_if_room``) natively. No check."""
+        self._tail.end += n
+        self._written += n
+
     def fill(self, n: Any) -> None:
         """Commit ``n`` bytes that were written into the tail block's free space.
 
@@ -300,7 +223,7 @@ class MIOBuffer:
         """
         t = self._tail
         if type(n) is not int:
-            _check_int("n", n)
+            check_int("n", n)
         if n < 0 or n > t.size - t.end:
             raise ValueError(
                 f"n must be between 0 and the tail block's free space ({t.size - t.end}), got {n}"
@@ -467,7 +390,7 @@ class IOBufferReader:
         if w is None:
             raise self._dead()
         if n.__class__ is not int:
-            _check_int("n", n)
+            check_int("n", n)
         return w._written - self._pos > n
 
     def block_read_avail(self) -> int:
@@ -484,14 +407,14 @@ class IOBufferReader:
         if w is None:
             raise self._dead()
         if type(n) is not int:
-            _check_int("n", n)
+            check_int("n", n)
         if n < 0 or n > w._written - self._pos:
             raise ValueError(f"n must be between 0 and read_avail() ({self.read_avail()}), got {n}")
-        self._advance(n)
+        self.advance(n)
 
-    def _advance(self, n: int) -> None:
-        # consume(n) without its checks, for the net layer's own use: the caller knows
-        # that 0 <= n <= read_avail() (it has just written those n bytes to a socket).
+    def advance(self, n: int) -> None:
+        """Trusted ``consume(n)``: the caller knows that ``0 <= n <= read_avail()`` (it has just
+        written those bytes to a socket, or parsed them). No check."""
         # Walk forward; finish on the block holding the next unread byte so that consumed
         # blocks are released as soon as possible.
         self._pos += n
@@ -558,7 +481,7 @@ class IOBufferReader:
         if w is None:
             raise self._dead()
         if type(n) is not int:
-            _check_int("n", n)
+            check_int("n", n)
         avail = w._written - self._pos
         if n < 0 or n > avail:
             n = avail
@@ -605,12 +528,12 @@ class IOBufferReader:
             raise TypeError("dest must be a writable bytes-like object, not a read-only one")
         if mv.format != "B" or mv.ndim != 1:
             mv = mv.cast("B")
-        _check_int("offset", offset)
+        check_int("offset", offset)
         if offset < 0:
             raise ValueError(f"offset must be >= 0, got {offset}")
         cap = mv.nbytes
         if n is not None:
-            _check_int("n", n)
+            check_int("n", n)
             if n < 0:
                 raise ValueError(f"n must be >= 0, got {n}")
             if n < cap:

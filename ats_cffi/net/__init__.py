@@ -5,12 +5,12 @@ pumped natively)."""
 from ats_cffi.net.accept import AcceptOptions, NetAccept
 from ats_cffi.net.codes import *  # noqa: F403
 from ats_cffi.net.config import NetConfig, net_config
+from ats_cffi.net.connect import ConnectAction
 from ats_cffi.net.eventio import EventIO
 from ats_cffi.net.nethandler import InactivityCop, NetHandler, get_net_handler
 from ats_cffi.net.netvc import NetVCOptions, UnixNetVConnection
 from ats_cffi.net.poll import PollCont, PollDescriptor
 from ats_cffi.net.processor import (
-    ConnectAction,
     UnixNetProcessor,
     initialize_thread_for_net,
     net_processor,

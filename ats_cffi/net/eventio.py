@@ -38,10 +38,6 @@ class EventIO:
         self.events = 0
         self.token = 0
 
-    @property
-    def active(self) -> bool:
-        return self.pd is not None
-
     def start(
         self, pd: PollDescriptor, fd: int, events: int, extra: int = 0, defer: bool = False
     ) -> None:

@@ -3,16 +3,17 @@ InactivityCop that closes idle connections.
 
 One pass (``wait_for_activity``, installed as the EThread's poll step):
 
-0. the VCs and spliced ends whose continuation's mutex was busy (another thread held it)
-   go back on the ready lists once ``net.retry_delay`` has passed (``retry_later``);
-   until then the wait is bounded by that time, and nothing spins on the lock;
+0. the VCs whose continuation's mutex was busy (another thread held it) go back on the
+   ready lists once ``net.retry_delay`` has passed (``retry_later``); until then the wait
+   is bounded by that time, and nothing spins on the lock (the spliced ends' retries, kept
+   by the thread's ``SpliceDriver``, bound it too);
 1. ``process_enabled_list``: VCs re-enabled (or closed) from other threads move to the ready
    lists if ``enabled and triggered``, or are freed if ``closed``;
 2. ``epoll_wait`` (``ats_net_wait``, after the deferred registrations are issued): timeout 0
    when a ready list is non-empty, else as long as the EThread allows (its next timer; its
    eventfd wakes it for cross-thread work). Events of spliced sockets (net/splice.py) are
-   pumped natively inside that call; only the ends that need Python come back
-   (``splice_notify``);
+   pumped natively inside that call; the thread's ``SpliceDriver`` takes the status of
+   the ends that need Python (``splice.after_wait``);
 3. dispatch each result by its EventIO type: READWRITE_VC sets ``triggered`` and queues the
    VC on the ready lists (and takes it off the cop list: it is active); DNS_CONNECTION
    triggers the connection and refreshes its edge; ASYNC_SIGNAL drains the eventfd;
@@ -21,7 +22,7 @@ One pass (``wait_for_activity``, installed as the EThread's poll step):
    ``net_read_io`` / ``write_to_net``. A VC that is still triggered after its turn is queued
    for the *next* pass, so one flooding VC cannot starve the others. Then the spliced ends
    that stopped at their read budget (or wait to deliver an event) get their turn
-   (``process_splice_ready``).
+   (``splice.after_ready``).
 
 Everything here runs on the handler's own thread; other threads reach it only through
 ``enqueue_enable`` (a locked list and the thread's eventfd).
@@ -46,11 +47,12 @@ from ats_cffi.net import stats as st
 from ats_cffi.net.config import NetConfig, net_config
 from ats_cffi.net.eventio import READ_WRITE, EventIO
 from ats_cffi.net.poll import PollCont
+from ats_cffi.net.splice import SpliceDriver
 from ats_cffi.net.stats import net_stats
+from ats_cffi.net.vcio import IOV_MAX
 
 if TYPE_CHECKING:
     from ats_cffi.net.netvc import NetState, UnixNetVConnection
-    from ats_cffi.net.splice import SpliceEnd
 
 # Final: compiled, each use is a C static, not a lookup in this module's dict.
 EVENT_DONE: Final[int] = _codes.EVENT_DONE
@@ -69,7 +71,6 @@ _READ_BITS: Final[int] = lib.EPOLLIN | lib.EPOLLERR | lib.EPOLLHUP | lib.EPOLLRD
 _WRITE_BITS: Final[int] = lib.EPOLLOUT | lib.EPOLLERR | lib.EPOLLHUP
 _HUP_BITS: Final[int] = lib.EPOLLRDHUP | lib.EPOLLHUP | lib.EPOLLERR
 _RDHUP: Final = lib.EPOLLRDHUP
-_IOV_MAX: Final = 64
 
 #: The EventProcessor slot holding each net thread's NetHandler (set by the processor).
 NET_HANDLER_SLOT: int | None = None
@@ -103,39 +104,25 @@ class NetHandler(Continuation):
         self.read_enable_list: list[UnixNetVConnection] = []
         self.write_enable_list: list[UnixNetVConnection] = []
         self._enable_lock = threading.Lock()
-        #: Spliced ends to pump (or whose status to take) on the next pass (net/splice.py).
-        self.splice_ready: list[SpliceEnd] = []
-        #: VC sides and spliced ends whose continuation's mutex another thread held: their
-        #: turn comes again ``retry_delay`` ms later (``retry_later``), not on the next pass.
+        #: VC sides whose continuation's mutex another thread held: their turn comes again
+        #: ``retry_delay`` ms later (``retry_later``), not on the next pass.
         self.retry_states: list[tuple[UnixNetVConnection, NetState]] = []
-        self.retry_ends: list[SpliceEnd] = []
         self.retry_due = 0.0
         self.open_list: set[UnixNetVConnection] = set()
         self.cop_list: set[UnixNetVConnection] = set()
         self.now = self.clock()
         self.max_read_per_pass: int = config.max_read_per_pass
-        # Native scratch, made once per thread: the helpers' out-parameter and iovec arrays.
+        # Native scratch of the byte moves (net/vcio.py), made once per thread: the C
+        # helpers' out-parameter and iovec arrays.
         self.last = ffi.new("ssize_t *")
-        self.iov_bases = ffi.new("char *[]", _IOV_MAX)
-        self.iov_offs = ffi.new("size_t[]", _IOV_MAX)
-        self.iov_lens = ffi.new("size_t[]", _IOV_MAX)
-        self._read_fill = lib.ats_read_fill
-        self._write_all = lib.ats_write_all
-        self._writev_blocks = lib.ats_writev_blocks
+        self.iov_bases = ffi.new("char *[]", IOV_MAX)
+        self.iov_offs = ffi.new("size_t[]", IOV_MAX)
+        self.iov_lens = ffi.new("size_t[]", IOV_MAX)
         self.signal_io = EventIO(EVENTIO_ASYNC_SIGNAL, thread)
+        #: This thread's spliced ends (net/splice.py).
+        self.splice = SpliceDriver(self)
         self.cop: InactivityCop | None = None
         self.set_handler(self.start_net_event)
-
-    # ------------------------------------------------------------------ native I/O
-
-    def read_fill(self, fd: int, base: Any, off: int, n: int, stop_short: int) -> int:
-        return self._read_fill(fd, base, off, n, stop_short, self.last)
-
-    def write_block(self, fd: int, base: Any, off: int, n: int) -> int:
-        return self._write_all(fd, base, off, n, self.last)
-
-    def writev_blocks(self, fd: int, bases: Any, offs: Any, lens: Any, n: int) -> int:
-        return self._writev_blocks(fd, bases, offs, lens, n, self.last)
 
     # ------------------------------------------------------------------ events
 
@@ -180,30 +167,16 @@ class NetHandler(Continuation):
         back to back, with no gap, starves the VC for as long as it does so (each retry finds
         the mutex busy): hold a continuation's mutex briefly, as in ATS."""
         s.in_ready = True
-        self._start_retry_delay()
-        self.retry_states.append((vc, s))
-
-    def splice_retry_later(self, end: SpliceEnd) -> None:
-        """As ``retry_later``, for a spliced end whose owner's mutex is busy."""
-        end.in_ready = True
-        self._start_retry_delay()
-        self.retry_ends.append(end)
-
-    def _start_retry_delay(self) -> None:
-        """The first retry of a batch sets when they all come due."""
-        if not self.retry_states and not self.retry_ends:
+        if not self.retry_states:  # the first retry of a batch sets when they all come due
             self.retry_due = self.clock() + self.config.retry_delay / 1000.0
+        self.retry_states.append((vc, s))
 
     def process_retries(self) -> None:
         """The retries are due: back on the ready lists (once per pass, ``wait_for_activity``)."""
         states, self.retry_states = self.retry_states, []
-        ends, self.retry_ends = self.retry_ends, []
         for vc, s in states:
             s.in_ready = False
             self.enqueue_ready(vc, s)  # its turn checks what it still has to do
-        for end in ends:
-            end.in_ready = False
-            self.splice_kick(end)
 
     def process_enabled_list(self) -> None:
         if not self.read_enable_list and not self.write_enable_list:
@@ -215,56 +188,53 @@ class NetHandler(Continuation):
                 vc.read.in_enabled = False
             for vc in wl:
                 vc.write.in_enabled = False
-        for vc in rl:
+        self._enabled(rl, True)
+        self._enabled(wl, False)
+
+    def _enabled(self, vcs: list[UnixNetVConnection], reading: bool) -> None:
+        """VCs re-enabled or closed from another thread: free the closed ones, queue the
+        others' side if it is enabled and triggered (and restart its inactivity clock)."""
+        for vc in vcs:
+            s = vc.read if reading else vc.write
             if vc.closed:
                 if vc.recursion == 0:
                     self.free_netevent(vc)
-            elif vc.read.enabled:
+            elif s.enabled:
                 vc.rearm_inactivity(self)
-                if vc.read.triggered:
-                    self.enqueue_ready(vc, vc.read)
-        for vc in wl:
-            if vc.closed:
-                if vc.recursion == 0:
-                    self.free_netevent(vc)
-            elif vc.write.enabled:
-                vc.rearm_inactivity(self)
-                if vc.write.triggered:
-                    self.enqueue_ready(vc, vc.write)
+                if s.triggered:
+                    self.enqueue_ready(vc, s)
 
     def process_ready_list(self) -> None:
-        # A VC whose turn raises (a bug, or a continuation that broke its buffers) is closed
-        # on its own: the VCs after it on the list still get theirs.
+        """Each queued VC side once: read sides first, then write sides."""
         rl = self.read_ready_list
         if rl:
             self.read_ready_list = []
-            for vc in rl:
-                s = vc.read
-                if not s.in_ready:
-                    continue
-                s.in_ready = False
-                try:
-                    if vc.closed:
-                        self.free_netevent(vc)
-                    elif s.enabled and s.triggered:
-                        vc.net_read_io(self)
-                except Exception:
-                    self.vc_failed(vc)
+            self._turns(rl, True)
         wl = self.write_ready_list
         if wl:
             self.write_ready_list = []
-            for vc in wl:
-                s = vc.write
-                if not s.in_ready:
-                    continue
-                s.in_ready = False
-                try:
-                    if vc.closed:
-                        self.free_netevent(vc)
-                    elif s.triggered and (s.enabled or vc.connecting):
-                        vc.write_to_net(self)
-                except Exception:
-                    self.vc_failed(vc)
+            self._turns(wl, False)
+
+    def _turns(self, vcs: list[UnixNetVConnection], reading: bool) -> None:
+        # A VC whose turn raises (a bug, or a continuation that broke its buffers) is closed
+        # on its own: the VCs after it on the list still get theirs.
+        for vc in vcs:
+            s = vc.read if reading else vc.write
+            if not s.in_ready:
+                continue
+            s.in_ready = False
+            try:
+                if vc.closed:
+                    self.free_netevent(vc)
+                elif not s.triggered:
+                    pass
+                elif reading:
+                    if s.enabled:
+                        vc.net_read_io(self)
+                elif s.enabled or vc.connecting:
+                    vc.write_to_net(self)
+            except Exception:
+                self.vc_failed(vc)
 
     def vc_failed(self, vc: UnixNetVConnection) -> None:
         """``vc``'s turn raised: log it and close the VC (its fd is freed)."""
@@ -277,68 +247,41 @@ class NetHandler(Continuation):
         except Exception:
             log.exception("net loop: closing %r raised", vc)
 
-    # ------------------------------------------------------------------ spliced ends
-
-    def splice_kick(self, end: SpliceEnd) -> None:
-        """Pump ``end`` (and take its status) on the next pass (own thread only)."""
-        if not end.in_ready:
-            end.in_ready = True
-            self.splice_ready.append(end)
-
-    def splice_notify(self, m: int) -> None:
-        """Take the status of the ``m`` spliced ends the native pass reported."""
-        ios = self.pd.ios
-        notify = self.pd.notify
-        for i in range(m):
-            eio = ios.get(notify[i])
-            end = eio.data.splice_end if eio is not None else None
-            if end is not None:
-                end.splice.take(end)
-
-    def process_splice_ready(self) -> None:
-        ends, self.splice_ready = self.splice_ready, []
-        for end in ends:
-            end.in_ready = False
-            if end.vc.splice_end is end:
-                end.splice.pump(end)
-
-    def fold_splice_counters(self) -> None:
-        """Add the native pumps' reads and writes to this thread's net stats."""
-        c = self.pd.counters_c
-        if c[0] or c[2]:
-            stats = self.stats
-            stats[st.CALLS_TO_READ] += c[0]
-            stats[st.READ_BYTES] += c[1]
-            stats[st.CALLS_TO_WRITE] += c[2]
-            stats[st.WRITE_BYTES] += c[3]
-            c[0] = c[1] = c[2] = c[3] = 0
-
     # ------------------------------------------------------------------ the pass
 
     def wait_for_activity(self, timeout_ms: int) -> None:
         """One pass of the net loop (see the module doc); the EThread's poll step."""
         self.stats[st.NET_HANDLER_RUN] += 1
-        if self.retry_states or self.retry_ends:
-            wait_ms = (self.retry_due - self.clock()) * 1000.0
-            if wait_ms <= 0:
-                self.process_retries()
-            elif timeout_ms > wait_ms:
-                timeout_ms = math.ceil(wait_ms)
+        if self.retry_states and self.retry_due <= self.clock():
+            self.process_retries()
         self.process_enabled_list()
-        if self.read_ready_list or self.write_ready_list or self.splice_ready:
+        splice = self.splice
+        if self.read_ready_list or self.write_ready_list or splice.ready:
             timeout_ms = 0
-        elif timeout_ms > self.config.poll_timeout:
-            timeout_ms = self.config.poll_timeout
+        else:
+            timeout_ms = self.bounded_wait(timeout_ms)
         n = self.poll_cont.do_poll(timeout_ms)
         self.now = self.clock()
         if n:
             self.dispatch(n)
-        m = self.pd.nnotify_c[0]
-        if m:
-            self.splice_notify(m)
+        splice.after_wait()
         self.process_ready_list()
-        if self.splice_ready:
-            self.process_splice_ready()
+        splice.after_ready()
+
+    def bounded_wait(self, timeout_ms: int) -> int:
+        """The wait's timeout: at most ``poll_timeout``, and over when the first retry is due
+        (of a VC side, or of a spliced end)."""
+        if timeout_ms > self.config.poll_timeout:
+            timeout_ms = self.config.poll_timeout
+        due = self.retry_due if self.retry_states else 0.0
+        splice_due = self.splice.retry_due
+        if splice_due and (not due or splice_due < due):
+            due = splice_due
+        if due:
+            wait_ms = math.ceil((due - self.clock()) * 1000.0)
+            if wait_ms < timeout_ms:
+                timeout_ms = wait_ms if wait_ms > 0 else 0
+        return timeout_ms
 
     def dispatch(self, n: int) -> None:
         pd = self.pd
@@ -410,7 +353,7 @@ class NetHandler(Continuation):
         if vc.closed:
             return
         if vc.splice_end is not None:
-            vc.splice_end.splice.fail(vc, err)
+            self.splice.start_io_failed(vc.splice_end, err)
             return
         vc.lerrno = err
         vc.read.pending_error = err
@@ -449,12 +392,11 @@ class NetHandler(Continuation):
         # registration carries the address of a struct Python is about to free, and the
         # kernel drops it only when the last reference to the socket goes (a child between
         # fork and exec may hold one): it is deleted for sure.
-        vc.ep.stop(vc.splice_end is None)
+        end = vc.splice_end
+        vc.ep.stop(end is None)
         vc.free()
-
-    def close_net_vc(self, vc: UnixNetVConnection) -> None:
-        """ATS's name of ``free_netevent``."""
-        self.free_netevent(vc)
+        if end is not None:
+            self.splice.release(end)
 
     # ------------------------------------------------------------------ thread life
 
@@ -463,7 +405,7 @@ class NetHandler(Continuation):
         for vc in list(self.open_list):
             vc.closed = vc.closed or 1
             self.free_netevent(vc)
-        self.fold_splice_counters()
+        self.splice.fold_counters()
         self.signal_io.stop()
         self.poll_cont.close()
         net_stats.retire(self.stats)
@@ -494,7 +436,7 @@ class InactivityCop(Continuation):
         stats = nh.stats
         cop = nh.cop_list
         default = nh.config.default_inactivity_timeout
-        nh.fold_splice_counters()
+        nh.splice.before_cop(now)
         while cop:
             vc = cop.pop()
             vc.in_cop = False
@@ -518,15 +460,9 @@ class InactivityCop(Continuation):
         return EVENT_DONE
 
     def check_vc(self, vc: UnixNetVConnection, now: float, default: Any, e: Any) -> None:
-        """One open VC's turn (its mutex held): count native activity, apply the default
-        inactivity timeout, and signal the timeout that expired, if any."""
+        """One open VC's turn (its mutex held): apply the default inactivity timeout, and
+        signal the timeout that expired, if any."""
         stats = self.nh.stats
-        end = vc.splice_end
-        if end is not None and end.c.activity != end.seen_activity:
-            # Bytes moved natively since the last run: the VC was active.
-            end.seen_activity = end.c.activity
-            if vc.inactivity_timeout_in:
-                vc.next_inactivity_timeout_at = now + vc.inactivity_timeout_in
         if not vc.next_inactivity_timeout_at and default > 0 and vc.io_pending():
             cop_log.debug("vc %r: applying the default inactivity timeout %s", vc, default)
             vc.inactivity_timeout_in = default

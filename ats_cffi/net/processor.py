@@ -26,6 +26,7 @@ from ats_cffi.net import nethandler as _nh_mod
 from ats_cffi.net.accept import AcceptOptions, NetAccept, check_listen_fd
 from ats_cffi.net.codes import EVENTIO_READ, NET_EVENT_OPEN
 from ats_cffi.net.config import net_config
+from ats_cffi.net.connect import ConnectAction
 from ats_cffi.net.nethandler import InactivityCop, NetHandler, get_net_handler
 from ats_cffi.net.netvc import NetVCOptions, UnixNetVConnection
 from ats_cffi.net.throttle import change_net_connections_throttle
@@ -114,20 +115,6 @@ class HostResolver(Protocol):
         port: int,
         options: NetVCOptions | None,
     ) -> Action: ...
-
-
-class ConnectAction(Action):
-    """What ``connect_re`` returns: ``cancel()`` stops the callback and closes the
-    connection if it is not yet open."""
-
-    def __init__(self, cont: Continuation, vc: UnixNetVConnection) -> None:
-        super().__init__(cont)
-        self.vc = vc
-
-    def _cancelled_locked(self) -> None:
-        vc = self.vc
-        if (vc.connecting or vc.nh is None) and not vc.closed:
-            vc.do_io_close()
 
 
 class UnixNetProcessor:
@@ -267,7 +254,7 @@ class UnixNetProcessor:
             if action.cancelled:
                 vc.free()
                 return
-            vc.connect_up(get_net_handler(e.ethread), address)
+            action.connect_up(get_net_handler(e.ethread), address)
 
         thread.schedule_imm_signal(Continuation(cont.mutex, start))
         return action

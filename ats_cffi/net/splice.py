@@ -48,45 +48,155 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ats_cffi._native import ffi, lib
-from ats_cffi.eventsystem.codes import (
-    EVENT_DONE,
-    VC_EVENT_ACTIVE_TIMEOUT,
-    VC_EVENT_EOS,
-    VC_EVENT_ERROR,
-    VC_EVENT_INACTIVITY_TIMEOUT,
-)
-from ats_cffi.eventsystem.continuation import Continuation, check_continuation
-from ats_cffi.eventsystem.vio import INT64_MAX
+from ats_cffi.eventsystem import codes as _codes
+from ats_cffi.eventsystem.continuation import Continuation, check_continuation, freed_handler
+from ats_cffi.eventsystem.vio import INT64_MAX, VIO
+from ats_cffi.net import stats as st
 from ats_cffi.net.eventio import READ_WRITE
 from ats_cffi.net.netvc import UnixNetVConnection
 
-log = logging.getLogger("ats.iocore_net")
+if TYPE_CHECKING:
+    from ats_cffi.net.nethandler import NetHandler
+
+log: Final = logging.getLogger("ats.iocore_net")
+
+EVENT_DONE: Final[int] = _codes.EVENT_DONE
+VC_EVENT_ACTIVE_TIMEOUT: Final[int] = _codes.VC_EVENT_ACTIVE_TIMEOUT
+VC_EVENT_EOS: Final[int] = _codes.VC_EVENT_EOS
+VC_EVENT_ERROR: Final[int] = _codes.VC_EVENT_ERROR
+VC_EVENT_INACTIVITY_TIMEOUT: Final[int] = _codes.VC_EVENT_INACTIVITY_TIMEOUT
 
 #: Bit 63 of an epoll token: the rest is the address of a ``struct ats_splice_end``.
-SPLICE_TAG = 1 << 63
+SPLICE_TAG: Final = lib.ATS_SPLICE_TAG
 
-MIN_BUFFER_SIZE = 1024
-MAX_BUFFER_SIZE = 64 << 20
-DEFAULT_BUFFER_SIZE = 65536
+#: Bounds and default of a pipe's buffer (``buffer_size``), in bytes.
+MIN_BUFFER_SIZE: Final = 1024
+MAX_BUFFER_SIZE: Final = 64 << 20
+DEFAULT_BUFFER_SIZE: Final = 65536
 
-_MORE = lib.ATS_SPLICE_MORE
-_DONE = lib.ATS_SPLICE_DONE
-_ERROR = lib.ATS_SPLICE_ERROR
-_REG_EVENTS = READ_WRITE | lib.EPOLLET | lib.EPOLLRDHUP
+_MORE: Final[int] = lib.ATS_SPLICE_MORE
+_DONE: Final[int] = lib.ATS_SPLICE_DONE
+_ERROR: Final[int] = lib.ATS_SPLICE_ERROR
+_REG_EVENTS: Final = READ_WRITE | lib.EPOLLET | lib.EPOLLRDHUP
 
 
-def _freed_handler(event: int, data: Any) -> int:
-    """A splice whose VCs are all freed gets no VIO event; ignore one if it came."""
-    return EVENT_DONE
+class SpliceDriver:
+    """The spliced ends of one net thread: its NetHandler's ``splice``.
+
+    The NetHandler calls it at two points of each pass: ``after_wait``, once
+    ``epoll_wait``'s native part has pumped the ends that had events (it takes the status of
+    those that need Python), and ``after_ready``, after the VCs' ready lists (it pumps the
+    ends queued by ``kick``: just spliced, stopped at their read budget, or whose retry came
+    due). Before it waits, the NetHandler reads ``ready`` (non-empty: do not sleep) and
+    ``retry_due``. The InactivityCop calls ``before_cop`` at each of its runs. Only the
+    thread's own code touches it.
+    """
+
+    __slots__ = ("nh", "ready", "retries", "retry_due", "ends")
+
+    def __init__(self, nh: NetHandler) -> None:
+        self.nh = nh
+        #: Ends to pump (or whose status to take) on this pass.
+        self.ready: list[SpliceEnd] = []
+        #: Ends whose owner's mutex was busy; all due at ``retry_due`` (0.0: none).
+        self.retries: list[SpliceEnd] = []
+        self.retry_due = 0.0
+        #: Every end spliced on this thread and not yet released.
+        self.ends: set[SpliceEnd] = set()
+
+    def kick(self, end: SpliceEnd) -> None:
+        """Pump ``end`` (and take its status) on this pass or the next."""
+        if not end.in_ready:
+            end.in_ready = True
+            self.ready.append(end)
+
+    def retry_later(self, end: SpliceEnd) -> None:
+        """``end``'s owner's mutex is busy: its turn again after ``net.retry_delay`` (as
+        ``NetHandler.retry_later`` for a VC side)."""
+        end.in_ready = True
+        if not self.retries:
+            nh = self.nh
+            self.retry_due = nh.clock() + nh.config.retry_delay / 1000.0
+        self.retries.append(end)
+
+    def after_wait(self) -> None:
+        """Take the status of the ends the native pass reported."""
+        pd = self.nh.pd
+        m: int = pd.nnotify_c[0]
+        if not m:
+            return
+        ios = pd.ios
+        notify = pd.notify
+        for i in range(m):
+            eio = ios.get(notify[i])
+            end = eio.data.splice_end if eio is not None else None
+            if end is not None:
+                end.splice.take(end)
+
+    def after_ready(self) -> None:
+        """Pump the ends queued for this pass, the ones whose retry is due included."""
+        if self.retries and self.retry_due <= self.nh.now:
+            ends, self.retries = self.retries, []
+            self.retry_due = 0.0
+            for end in ends:
+                end.in_ready = False
+                self.kick(end)
+        if not self.ready:
+            return
+        ends, self.ready = self.ready, []
+        for end in ends:
+            end.in_ready = False
+            if end.vc.splice_end is end:
+                end.splice.pump(end)
+
+    def fold_counters(self) -> None:
+        """Add the native pumps' reads and writes to this thread's net stats."""
+        nh = self.nh
+        c = nh.pd.counters_c
+        if c[0] or c[2]:
+            stats = nh.stats
+            stats[st.CALLS_TO_READ] += c[0]
+            stats[st.READ_BYTES] += c[1]
+            stats[st.CALLS_TO_WRITE] += c[2]
+            stats[st.WRITE_BYTES] += c[3]
+            c[0] = c[1] = c[2] = c[3] = 0
+
+    def before_cop(self, now: float) -> None:
+        """The InactivityCop's run: fold the counters, and push the inactivity deadline of
+        every spliced VC whose bytes moved (natively: no read or write step saw them) since
+        the last run."""
+        self.fold_counters()
+        for end in self.ends:
+            activity: int = end.c.activity
+            if activity != end.seen_activity:
+                end.seen_activity = activity
+                end.vc.net_activity(now)
+
+    def start_io_failed(self, end: SpliceEnd, err: int) -> None:
+        """``end``'s socket could not be registered: no byte will move on it."""
+        end.splice.fail(end, err)
+
+    def release(self, end: SpliceEnd) -> None:
+        """``end``'s VC was freed (``NetHandler.free_netevent``): no pipe may touch its fd
+        again. Once no VC of the splice is left, nothing reaches the splice any more: its
+        reference cycles (ends, handler) are cut, so that it and its native pipe buffers are
+        freed as soon as its owner lets go, not by the cyclic collector some time later."""
+        self.ends.discard(end)
+        splice = end.splice
+        splice.vc_closed()
+        if all(e not in self.ends for e in splice.ends):
+            splice.handler = freed_handler
+            for e in splice.ends:
+                e.splice = None  # type: ignore[assignment]
 
 
 class SpliceEnd:
-    """One spliced VC: its native end and what Python tracks of it."""
+    """One spliced VC: its native end, its VIOs (the splice's), and what Python tracks."""
 
-    __slots__ = ("vc", "c", "splice", "seen_activity", "in_ready")
+    __slots__ = ("vc", "c", "splice", "seen_activity", "in_ready", "rvio", "wvio")
 
     def __init__(self, vc: UnixNetVConnection, splice: Splice) -> None:
         self.vc = vc
@@ -94,7 +204,14 @@ class SpliceEnd:
         self.c.token = vc.ep.token
         self.splice = splice
         self.seen_activity = 0
-        self.in_ready = False  # on the NetHandler's splice_ready list
+        self.in_ready = False  # on its SpliceDriver's ready or retry list
+        # The VC's VIOs, taken by the splice with no buffer: the VC moves no byte itself.
+        self.rvio: VIO = vc.do_io_read(splice, INT64_MAX, None)
+        self.wvio: VIO = vc.do_io_write(splice, INT64_MAX, None)
+
+    def vc_closed(self) -> None:
+        """The VC is being closed (by anyone, any thread): its pipes stop now."""
+        self.splice.vc_closed()
 
 
 class Splice(Continuation):
@@ -149,24 +266,26 @@ class Splice(Continuation):
         self.pending_event = 0
         self.set_handler(self.vc_event)
         self.ends = [SpliceEnd(vc, self) for vc in vcs]
+        # Each VC's edge state, which its pipes start from (it hands its pending error over).
+        state = {end: end.vc.start_splice(end) for end in self.ends}
         # Pipes: a -> b and b -> a, or a -> a. The structs are Python's: the ends and the
         # VCs keep them alive while the sockets are registered, and only the net thread
         # drops the last reference (free_netevent), never during a pump. A pipe's buffer is
         # allocated natively at its first read (an idle splice costs no buffer memory) and
         # freed with the struct.
-        self.pipes = []
+        self.pipes: list[Any] = []
         for src, dst in self._pipe_ends():
+            src_triggered, src_hup, src_error, _ = state[src]
             p = ffi.gc(ffi.new("struct ats_pipe *"), lib.ats_pipe_release)
             p.src_fd = src.vc.fd
             p.dst_fd = dst.vc.fd
             p.cap = buffer_size
             p.budget = nh.max_read_per_pass
-            rs = src.vc.read
-            p.src_ready = rs.triggered
-            p.src_hup = rs.hup
-            p.dst_ready = dst.vc.write.triggered
-            if rs.pending_error:  # seen by the VC's last read, after its data
-                p.err = rs.pending_error
+            p.src_ready = src_triggered
+            p.src_hup = src_hup
+            p.dst_ready = state[dst][3]
+            if src_error:  # seen by the VC's last read, after its data
+                p.err = src_error
                 p.done = 1
                 src.c.status |= _ERROR
             p.src_end = src.c
@@ -174,19 +293,14 @@ class Splice(Continuation):
             setattr(src.c, "in", p)  # a Python keyword as a C field name
             dst.c.out = p
             self.pipes.append(p)
+        driver = nh.splice
         for end in self.ends:
-            vc = end.vc
-            vc.do_io_read(self, INT64_MAX, None)
-            vc.do_io_write(self, INT64_MAX, None)
-            vc.read.pending_error = 0
-            vc.splice_end = end
-        for end in self.ends:
-            vc = end.vc
             tag = SPLICE_TAG | int(ffi.cast("uintptr_t", end.c))
             # EPOLL_CTL_MOD also re-arms the edges: readiness pending now is reported on the
             # next pass, to the native side.
-            nh.pd.epoll.modify(vc.fd, _REG_EVENTS, tag)
-            nh.splice_kick(end)
+            nh.pd.epoll.modify(end.vc.fd, _REG_EVENTS, tag)
+            driver.ends.add(end)
+            driver.kick(end)
 
     # ------------------------------------------------------------------ the NetHandler side
 
@@ -218,7 +332,7 @@ class Splice(Continuation):
             self.stop()
             self.deliver(VC_EVENT_EOS, end)
         elif status & _MORE:
-            self.nh.splice_kick(end)
+            self.nh.splice.kick(end)
 
     def _pipe_ends(self) -> list[tuple[SpliceEnd, SpliceEnd]]:
         e = self.ends
@@ -230,7 +344,7 @@ class Splice(Continuation):
         assert m is not None
         if not m.try_lock():
             self.pending_event = event
-            self.nh.splice_retry_later(end)
+            self.nh.splice.retry_later(end)
             return
         self.pending_event = 0
         try:
@@ -267,42 +381,31 @@ class Splice(Continuation):
         """Bring the VIOs' ``ndone`` and (on the net thread, whose counters they are) the
         thread's net stats up to date."""
         for p, (src, dst) in zip(self.pipes, self._pipe_ends()):
-            src.vc.read.vio.ndone = p.nread
-            dst.vc.write.vio.ndone = p.nwritten
+            src.rvio.ndone = p.nread
+            dst.wvio.ndone = p.nwritten
         nh = self.nh
         if nh.thread.tid == threading.get_ident():
-            nh.fold_splice_counters()
+            nh.splice.fold_counters()
 
-    def fail(self, vc: UnixNetVConnection, err: int) -> None:
-        """``vc`` can move no byte any more (its epoll registration failed): stop and tell
-        ``cont`` ``VC_EVENT_ERROR`` (net thread)."""
+    def fail(self, end: SpliceEnd, err: int) -> None:
+        """``end``'s VC can move no byte any more (its epoll registration failed): stop and
+        tell ``cont`` ``VC_EVENT_ERROR`` (net thread)."""
         if self.stopped:
             return
         self.lerrno = err
-        self.error_vc = vc
+        self.error_vc = end.vc
         self.stop()
-        self.deliver(VC_EVENT_ERROR, vc.splice_end)
+        self.deliver(VC_EVENT_ERROR, end)
 
     def transferred(self) -> tuple[int, ...]:
         """Bytes written so far per direction: ``(a->b, b->a)``, or ``(a->a,)``."""
         return tuple(p.nwritten for p in self.pipes)
 
-    def vc_freed(self, vc: UnixNetVConnection) -> None:
-        """``vc`` is being closed (by anyone): no pipe may touch its fd again."""
+    def vc_closed(self) -> None:
+        """A VC of the splice is being closed (by anyone): no pipe may touch its fd again."""
         for p in self.pipes:
             p.done = 1
         self.stopped = True
-
-    def vc_released(self, vc: UnixNetVConnection) -> None:
-        """``vc.free()`` (net thread) has unhooked ``vc``. Once no VC of the splice is hooked,
-        nothing reaches the splice any more: its own reference cycles (ends, handler) are
-        cut, so that it and its native pipe buffers are freed as soon as its owner lets go,
-        not by the cyclic collector some time later."""
-        self.vc_freed(vc)
-        if all(v.splice_end is None for v in self.vcs):
-            self.handler = _freed_handler
-            for end in self.ends:
-                end.splice = None  # type: ignore[assignment]
 
     def close(self) -> None:
         """Stop and close both VCs (with ``cont``'s mutex held, or on the net thread)."""
@@ -318,4 +421,4 @@ class Splice(Continuation):
         return f"<Splice fds={fds} moved={self.transferred()} stopped={self.stopped}>"
 
 
-__all__ = ["DEFAULT_BUFFER_SIZE", "SPLICE_TAG", "Splice", "SpliceEnd"]
+__all__ = ["DEFAULT_BUFFER_SIZE", "SPLICE_TAG", "Splice", "SpliceDriver", "SpliceEnd"]

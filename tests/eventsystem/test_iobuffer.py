@@ -660,7 +660,7 @@ def test_advance_moves_the_reader_exactly_as_consume(steps) -> None:
     b_buf.write(data)
     for n in steps:
         a.consume(n)
-        b._advance(n)
+        b.advance(n)
         assert (a._pos, a._off, a.read_avail(), chain_length(a)) == (
             b._pos,
             b._off,

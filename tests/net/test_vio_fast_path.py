@@ -153,16 +153,16 @@ def test_a_write_within_one_block_takes_the_one_block_path(listen, monkeypatch) 
     # A new buffer's reader stands on its empty first block, and a reader that consumed a
     # block written full stands at its end: the write still goes out of the one block that
     # holds the bytes (one write()), not through the writev path.
-    from ats_cffi.net.netvc import UnixNetVConnection
+    from ats_cffi.net import vcio
 
     spans: list[int] = []
-    slow = UnixNetVConnection.load_buffer_and_write
+    slow = vcio._writev_blocks
 
-    def traced(self: Any, nh: Any, towrite: int, reader: Any) -> Any:
-        spans.append(towrite)
-        return slow(self, nh, towrite, reader)
+    def traced(fd: int, bases: Any, offs: Any, lens: Any, n: int, last: Any) -> Any:
+        spans.append(n)
+        return slow(fd, bases, offs, lens, n, last)
 
-    monkeypatch.setattr(UnixNetVConnection, "load_buffer_and_write", traced)
+    monkeypatch.setattr(vcio, "_writev_blocks", traced)
     responders: list[Responder] = []
     reply = b"r" * 8  # two replies fill a 16-byte block exactly
     _, acceptor, port = listen(on_vc=lambda vc: responders.append(Responder(vc, reply)))

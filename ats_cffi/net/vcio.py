@@ -1,0 +1,125 @@
+"""Moving bytes between a socket and IOBuffers: the byte half of a VC's read and write steps.
+
+``read_into_buffer`` and ``write_from_reader`` only move bytes and count them in the
+thread's net stats; what the moved bytes mean (VIO progress, events, the edge-trigger
+flags) is ``UnixNetVConnection``'s (``net_read_io``, ``write_to_net``), as ATS keeps
+``read_signal_and_update`` apart from the ``readv`` loop. Both run on the VC's net thread
+with the VIO's mutex held, use the NetHandler's native scratch (``nh.last``, the iovec
+arrays, made once per thread) and the buffer's trusted methods (``commit``, ``advance``):
+one native call per run of free or filled space, no allocation, and EAGAIN is a value.
+
+Results are ``(moved, last)``: the bytes moved, and the result of the last syscall: > 0
+when it moved bytes, 0 for EOF (reads), ``sys.AGAIN`` when the socket would block, another
+``-errno`` for an error.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from ats_cffi import sys as _sys
+from ats_cffi._native import lib
+from ats_cffi.eventsystem.iobuffer import IOBufferReader, MIOBuffer
+from ats_cffi.net import stats as st
+
+if TYPE_CHECKING:
+    from ats_cffi.net.nethandler import NetHandler
+
+_AGAIN: Final[int] = _sys.AGAIN
+#: Blocks gathered into one ``writev`` (the C helper's ``iovec`` array has as many).
+IOV_MAX: Final[int] = lib.ATS_IOV_MAX
+_read_fill: Final = lib.ats_read_fill
+_write_all: Final = lib.ats_write_all
+_writev_blocks: Final = lib.ats_writev_blocks
+_CALLS_TO_READ: Final = st.CALLS_TO_READ
+_CALLS_TO_READ_NODATA: Final = st.CALLS_TO_READ_NODATA
+_READ_BYTES: Final = st.READ_BYTES
+_CALLS_TO_WRITE: Final = st.CALLS_TO_WRITE
+_CALLS_TO_WRITE_NODATA: Final = st.CALLS_TO_WRITE_NODATA
+_WRITE_BYTES: Final = st.WRITE_BYTES
+
+
+def read_into_buffer(
+    nh: NetHandler, fd: int, buf: MIOBuffer, limit: int, stop_short: bool
+) -> tuple[int, int]:
+    """Read up to ``limit`` bytes from ``fd`` into ``buf``, block by block, adding blocks
+    while no reader is above the water mark (back-pressure: ``(0, 1)`` when there is no
+    room at all).
+
+    ``stop_short``: a read that returns less than it asked for ends the step as if it had
+    seen EAGAIN (``last`` is ``sys.AGAIN``). With EPOLLET, Linux reports a new edge for
+    every arrival on a TCP socket, so a short read proves the socket drained, without a
+    second ``read()`` just to see EAGAIN (libuv does the same). The caller clears it once a
+    hang-up was reported: data and FIN can share one edge, and then only reading on to EOF
+    reveals the FIN.
+    """
+    stats = nh.stats
+    lastp = nh.last
+    total = 0
+    last = 1
+    while total < limit:
+        t = buf.writable_block_if_room()
+        if t is None:
+            break
+        end = t.end
+        toread = t.size - end
+        if toread > limit - total:
+            toread = limit - total
+        r: int = _read_fill(fd, t.cdata, end, toread, stop_short, lastp)
+        last = lastp[0]
+        stats[_CALLS_TO_READ] += 1
+        if r > 0:
+            buf.commit(r)
+            total += r
+            if r < toread and stop_short:
+                last = _AGAIN
+                break
+        if last <= 0:
+            break
+    if total:
+        stats[_READ_BYTES] += total
+    elif last == _AGAIN:
+        stats[_CALLS_TO_READ_NODATA] += 1
+    return total, last
+
+
+def write_from_reader(
+    nh: NetHandler, fd: int, reader: IOBufferReader, towrite: int
+) -> tuple[int, int]:
+    """Write ``0 < towrite <= reader.read_avail()`` bytes of ``reader`` to ``fd`` and consume
+    what was written. The bytes of one block go out in one ``send`` loop; spread over
+    several blocks, in ``writev`` calls of up to ``IOV_MAX`` blocks, repeated in C until
+    all are written or the socket blocks."""
+    block, start = reader.first_block()
+    if block.end - start >= towrite:
+        total: int = _write_all(fd, block.cdata, start, towrite, nh.last)
+    else:
+        bases = nh.iov_bases
+        offs = nh.iov_offs
+        lens = nh.iov_lens
+        n = 0
+        left = towrite
+        for block, start, end in reader.readable_blocks():
+            k = end - start
+            if k > left:
+                k = left
+            bases[n] = block.cdata
+            offs[n] = start
+            lens[n] = k
+            n += 1
+            left -= k
+            if left <= 0 or n == IOV_MAX:
+                break
+        total = _writev_blocks(fd, bases, offs, lens, n, nh.last)
+    last: int = nh.last[0]
+    stats = nh.stats
+    stats[_CALLS_TO_WRITE] += 1
+    if total > 0:
+        reader.advance(total)
+        stats[_WRITE_BYTES] += total
+    else:
+        stats[_CALLS_TO_WRITE_NODATA] += 1
+    return total, last
+
+
+__all__ = ["IOV_MAX", "read_into_buffer", "write_from_reader"]
