@@ -1,8 +1,10 @@
 """Build script of the out-of-line, API-mode cffi module ``ats_cffi._native``, and of the
 mypyc-compiled modules listed in ``ats_cffi/_compiled.py``.
 
-The cdef and the C source live in ``ats_cffi/_native.h`` and ``ats_cffi/_native.c`` so
-that C tooling can read them; this file only wires them together.
+The cdef and the C live in ``ats_cffi/`` as files C tooling can read: ``_native.h`` (the
+cdef of the system calls bound directly), and per C concern a header (which is also its
+cdef) and a source: ``_native_sys`` (the syscall helpers), ``_native_splice`` (the splice
+pump). This file only wires them together.
 
 ``python build_ffi.py`` rebuilds both in place (after editing a compiled module, too);
 with ``ATS_CFFI_PURE=1`` it builds the cffi module only.
@@ -11,19 +13,32 @@ with ``ATS_CFFI_PURE=1`` it builds the cffi module only.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
+NATIVE = HERE / "ats_cffi"
+#: The C concerns of the extension: ``<name>.h`` (cdef and C header) and ``<name>.c``.
+C_PARTS = ("_native_sys", "_native_splice")
+
+
+def cdef_of(header: Path) -> str:
+    """``header`` as cffi's cdef() takes it: without its ``#pragma``/``#include`` lines."""
+    return re.sub(r"(?m)^[ \t]*#[ \t]*(pragma|include)\b.*$", "", header.read_text())
+
 
 ffibuilder = FFI()
-ffibuilder.cdef((HERE / "ats_cffi" / "_native.h").read_text())
+ffibuilder.cdef("\n".join(cdef_of(NATIVE / f"{h}.h") for h in ("_native", *C_PARTS)))
+# One translation unit: the module includes the sources (setuptools takes no absolute
+# source path, and cffi's own compile() runs in another directory).
 ffibuilder.set_source(
     "ats_cffi._native",
-    (HERE / "ats_cffi" / "_native.c").read_text(),
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
+    "".join(f'#include "{part}.c"\n' for part in C_PARTS),
+    include_dirs=[str(NATIVE)],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-fvisibility=hidden"],
 )
 
 #: The mypy options the compiled modules are checked with (mypyc compiles only what checks).
@@ -73,9 +88,8 @@ def build_compiled_in_place() -> None:
 
 
 if __name__ == "__main__":
-    # A quick in-place build. cffi writes its generated C file under the module's dotted
-    # path inside tmpdir: with the default tmpdir (".") that path is ats_cffi/_native.c,
-    # the helpers' source itself, so build under build/ and copy the extension in.
+    # A quick in-place build: under build/ (cffi writes its generated C file under the
+    # module's dotted path inside tmpdir, ats_cffi/_native.c), then copy the extension in.
     import shutil
 
     built = Path(ffibuilder.compile(tmpdir=str(HERE / "build" / "cffi"), verbose=True))

@@ -1,8 +1,11 @@
-/* cdef for ats_cffi._native: read by build_ffi.py.
+/* The cdef of the system calls and constants that ats_cffi._native binds
+ * directly: cffi's cdef syntax, not C (build_ffi.py reads it first, then the
+ * helpers' headers _native_sys.h and _native_splice.h).
  *
  * Constants are declared with "..." so the compiler supplies their values
- * from the system headers; struct epoll_event is declared with "...;" because
- * it is packed on x86-64 and only the compiler knows its layout. */
+ * from the system headers (included by _native_sys.h); struct epoll_event is
+ * declared with "...;" because it is packed on x86-64 and only the compiler
+ * knows its layout. */
 
 typedef int... socklen_t;
 typedef int... sa_family_t;
@@ -43,6 +46,9 @@ struct epoll_event {
 #define EFD_CLOEXEC ...
 #define EFD_SEMAPHORE ...
 
+#define INT_MIN ...
+#define INT_MAX ...
+
 #define AF_INET ...
 #define AF_INET6 ...
 #define AF_UNIX ...
@@ -61,6 +67,7 @@ struct epoll_event {
 #define SO_MARK ...
 #define SO_DOMAIN ...
 #define SO_TYPE ...
+#define SO_ACCEPTCONN ...
 #define IPPROTO_TCP ...
 #define IPPROTO_IP ...
 #define IPPROTO_IPV6 ...
@@ -101,70 +108,3 @@ int getsockopt(int sockfd, int level, int optname, void *optval, socklen_t *optl
 int setsockopt(int sockfd, int level, int optname, const void *optval, socklen_t optlen);
 int getsockname(int sockfd, struct sockaddr *addr, socklen_t *addrlen);
 int getpeername(int sockfd, struct sockaddr *addr, socklen_t *addrlen);
-
-/* Helpers (ats_cffi/_native.c): one native crossing per pass instead of one
- * per syscall or per field. Every one returns -errno on failure and never
- * touches Python objects. */
-#define ATS_IOV_MAX ...
-int ats_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t token);
-int ats_epoll_wait(int epfd, struct epoll_event *evs, int maxevents, int timeout,
-                   uint64_t *tokens, uint32_t *masks);
-int ats_eventfd_read(int fd, uint64_t *value);
-int ats_eventfd_write(int fd, uint64_t value);
-int ats_accept4(int fd, int flags, struct sockaddr_storage *ss, socklen_t *len);
-int ats_accept_batch(int fd, int flags, int *fds, int max, int *last_err);
-ssize_t ats_read_fill(int fd, char *base, size_t off, size_t len, int stop_short,
-                      ssize_t *last);
-ssize_t ats_write_all(int fd, const char *base, size_t off, size_t len, ssize_t *last);
-ssize_t ats_writev_blocks(int fd, char **bases, size_t *offs, size_t *lens, int n,
-                          ssize_t *last);
-int ats_so_error(int fd);
-int ats_sockaddr_make(int family, const char *host, int port, uint32_t flowinfo,
-                      uint32_t scope_id, struct sockaddr_storage *ss, socklen_t *len);
-int ats_sockaddr_parse(const struct sockaddr_storage *ss, socklen_t len, char *host,
-                       size_t hostlen, int *port, uint32_t *flowinfo, uint32_t *scope_id);
-
-/* Native splice (see _native.c): the byte path of a blind tunnel. */
-#define ATS_SPLICE_TAG ...
-#define ATS_SPLICE_MOVED ...
-#define ATS_SPLICE_MORE ...
-#define ATS_SPLICE_DONE ...
-#define ATS_SPLICE_ERROR ...
-#define ATS_CTR_READS ...
-#define ATS_CTR_READ_BYTES ...
-#define ATS_CTR_WRITES ...
-#define ATS_CTR_WRITE_BYTES ...
-struct ats_splice_end;
-struct ats_pipe {
-    int src_fd;
-    int dst_fd;
-    char *buf;
-    size_t cap;
-    size_t head;
-    size_t tail;
-    size_t budget;
-    int src_ready;
-    int dst_ready;
-    int src_hup;
-    int src_eof;
-    int done;
-    int err;
-    int err_on_dst;
-    uint64_t nread;
-    uint64_t nwritten;
-    struct ats_splice_end *src_end;
-    struct ats_splice_end *dst_end;
-};
-struct ats_splice_end {
-    uint64_t token;
-    struct ats_pipe *in;
-    struct ats_pipe *out;
-    uint64_t activity;
-    uint32_t status;
-    int queued;
-};
-void ats_pipe_release(struct ats_pipe *p);
-uint32_t ats_splice_end_event(struct ats_splice_end *end, uint32_t mask, uint64_t *ctr);
-int ats_net_wait(int epfd, struct epoll_event *evs, int maxevents, int timeout,
-                 uint64_t *tokens, uint32_t *masks, uint64_t *notify, int *nnotify,
-                 uint64_t *ctr);
