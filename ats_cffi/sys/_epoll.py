@@ -1,0 +1,182 @@
+"""``Epoll``: an epoll instance whose waits fill preallocated arrays (DESIGN.md section 9),
+with registrations that can wait for the next wait."""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from ats_cffi._native import ffi, lib
+from ats_cffi.sys._check import EINTR, check_fd, check_int, oserror
+from ats_cffi.sys._fd import FdOwner
+
+_CTL_ADD = lib.EPOLL_CTL_ADD
+_CTL_MOD = lib.EPOLL_CTL_MOD
+_CTL_DEL = lib.EPOLL_CTL_DEL
+
+
+class Epoll(FdOwner):
+    """An epoll instance (close-on-exec) with preallocated result arrays.
+
+    After ``n = ep.wait(timeout_ms)``, ``ep.tokens[i]`` and ``ep.masks[i]`` for
+    ``i < n`` are the token given at registration and the event mask: plain
+    memoryviews, so reading them costs no cffi access per field.
+    Raises ``OSError`` naming ``epoll_create1``/``epoll_ctl``/``epoll_wait``.
+
+    ``add_deferred`` queues an ``EPOLL_CTL_ADD`` that is issued at the start of the next
+    ``wait``/``wait_net`` (or by ``flush``): nothing can observe the epoll set before then,
+    and an ADD reports readiness that is already pending (with ``EPOLLET`` too), so no event
+    is lost; an fd removed (``delete``/``drop``) before that costs no syscall at all. While
+    an ADD is queued, ``modify`` edits it and ``delete`` drops it. A queued ADD that fails
+    when issued is recorded in ``failed`` as ``(fd, token, errno)`` for the caller to take.
+    """
+
+    __slots__ = (
+        "max_events",
+        "_evs",
+        "_tokens_c",
+        "_masks_c",
+        "tokens",
+        "masks",
+        "_pending",
+        "failed",
+    )
+
+    def __init__(self, max_events: int = 1024) -> None:
+        check_int("Epoll", "max_events", max_events)
+        if max_events <= 0:
+            raise ValueError(f"Epoll: max_events must be > 0, got {max_events}")
+        self._fd = -1
+        fd = lib.epoll_create1(lib.EPOLL_CLOEXEC)
+        if fd < 0:
+            raise oserror("epoll_create1", ffi.errno)
+        self._fd = fd
+        self.max_events = max_events
+        self._evs = ffi.new("struct epoll_event[]", max_events)
+        self._tokens_c = ffi.new("uint64_t[]", max_events)
+        self._masks_c = ffi.new("uint32_t[]", max_events)
+        self.tokens = memoryview(ffi.buffer(self._tokens_c)).cast("B").cast("Q")
+        self.masks = memoryview(ffi.buffer(self._masks_c)).cast("B").cast("I")
+        # fd -> (events, token, token given to add_deferred): the queued ADDs.
+        self._pending: dict[int, tuple[int, int, int]] = {}
+        self.failed: list[tuple[int, int, int]] = []
+
+    def ctl(self, op: int, fd: int, events: int, token: int | None = None) -> None:
+        """``epoll_ctl(op, fd)`` with ``events`` and a 64-bit ``token`` (default: ``fd``)."""
+        if token is None:
+            token = fd
+        pending = self._pending
+        if pending and type(fd) is int and fd in pending:
+            if op == _CTL_MOD:
+                check_int("epoll_ctl", "events", events)
+                check_int("epoll_ctl", "token", token)
+                pending[fd] = (events, token, pending[fd][2])
+                return
+            if op == _CTL_DEL:
+                del pending[fd]
+                return
+            raise oserror("epoll_ctl", errno.EEXIST)
+        try:
+            r = lib.ats_epoll_ctl(self._fd, op, fd, events, token)
+        except (TypeError, OverflowError) as exc:
+            raise TypeError(f"epoll_ctl: {exc}") from None
+        if r < 0:
+            raise oserror("epoll_ctl", -r)
+
+    def add(self, fd: int, events: int, token: int | None = None) -> None:
+        """Register ``fd`` (``EPOLL_CTL_ADD``)."""
+        self.ctl(_CTL_ADD, fd, events, token)
+
+    def add_deferred(self, fd: int, events: int, token: int) -> None:
+        """Queue the registration of ``fd`` for the next ``wait`` (see the class doc).
+        ``OSError`` (EEXIST) if an ADD of ``fd`` is already queued, EBADF once closed."""
+        if type(fd) is not int or type(events) is not int or type(token) is not int:
+            check_fd("epoll_ctl", fd)
+            check_int("epoll_ctl", "events", events)
+            check_int("epoll_ctl", "token", token)
+        if self._fd < 0:
+            raise oserror("epoll_ctl", errno.EBADF)
+        if fd in self._pending:
+            raise oserror("epoll_ctl", errno.EEXIST)
+        self._pending[fd] = (events, token, token)
+
+    def modify(self, fd: int, events: int, token: int | None = None) -> None:
+        """Change or re-arm ``fd`` (``EPOLL_CTL_MOD``): with edge trigger, a MOD with the
+        same mask reports readiness that is already pending once more."""
+        self.ctl(_CTL_MOD, fd, events, token)
+
+    def delete(self, fd: int) -> None:
+        """Unregister ``fd`` (``EPOLL_CTL_DEL``)."""
+        self.ctl(_CTL_DEL, fd, 0, 0)
+
+    def drop(self, fd: int) -> None:
+        """Forget ``fd``, which the caller is about to close: its queued ADD (if any) is
+        dropped, and no syscall is made, since closing an fd's last reference removes it
+        from every epoll set (an fd shared with a ``dup`` needs ``delete`` instead)."""
+        if self._pending:
+            self._pending.pop(fd, None)
+
+    def flush(self) -> int:
+        """Issue the queued ADDs now; returns how many failed (recorded in ``failed``)."""
+        pending = self._pending
+        if not pending:
+            return 0
+        self._pending = {}
+        ctl = lib.ats_epoll_ctl
+        epfd = self._fd
+        nfailed = 0
+        for fd, (events, token, token0) in pending.items():
+            r = ctl(epfd, _CTL_ADD, fd, events, token)
+            if r < 0:
+                self.failed.append((fd, token0, -r))
+                nfailed += 1
+        return nfailed
+
+    def wait(self, timeout_ms: int = -1) -> int:
+        """Wait up to ``timeout_ms`` (-1: forever, 0: poll) and return the number of events."""
+        if self._pending:
+            self.flush()
+        while True:
+            try:
+                n = lib.ats_epoll_wait(
+                    self._fd, self._evs, self.max_events, timeout_ms, self._tokens_c, self._masks_c
+                )
+            except (TypeError, OverflowError) as exc:
+                raise TypeError(f"epoll_wait: timeout_ms: {exc}") from None
+            if n >= 0:
+                return n
+            if n != -EINTR:
+                raise oserror("epoll_wait", -n)
+
+    def wait_net(self, timeout_ms: int, notify: Any, nnotify: Any, counters: Any) -> int:
+        """``wait`` for a NetHandler pass (``ats_net_wait``): events whose token has bit 63
+        set belong to spliced fds (``ats_cffi.net.splice``) and are handled natively, not
+        returned. The tokens of the spliced ends that need Python go to ``notify``
+        (``nnotify[0]`` of them); the native pumps add to ``counters`` (``uint64_t[4]``).
+        Returns the number of the other events, in ``tokens``/``masks`` as for ``wait``."""
+        if self._pending:
+            self.flush()
+        while True:
+            n = lib.ats_net_wait(
+                self._fd,
+                self._evs,
+                self.max_events,
+                timeout_ms,
+                self._tokens_c,
+                self._masks_c,
+                notify,
+                nnotify,
+                counters,
+            )
+            if n >= 0:
+                return n
+            if n != -EINTR:
+                raise oserror("epoll_wait", -n)
+
+    def close(self) -> None:
+        """Close the epoll fd (queued ADDs are dropped); a second call does nothing."""
+        self._pending = {}
+        super().close()
+
+    def __repr__(self) -> str:
+        return f"<Epoll fd={self._fd} max_events={self.max_events}>"
