@@ -19,6 +19,10 @@ from typing import TYPE_CHECKING, Any
 INT_RECORD_MAX = 2**31 - 1
 #: The most dedicated accept threads a listener may have.
 MAX_ACCEPT_THREADS = 1024
+#: Most connections one native accept call takes, on a net thread or an accept thread (at
+#: most ``ats_cffi.sys.ACCEPT_BATCH_MAX``): the unit of the throttle check and of the hand-off
+#: to the net threads.
+ACCEPT_BATCH = 64
 _FLOAT_MAX = sys.float_info.max
 
 

@@ -1,7 +1,8 @@
-"""NetVCOptions: the socket options of an outgoing or accepted connection (ATS's
-``NetVCOptions``), checked with their names.
+"""The options of a connection (``NetVCOptions``: the socket options of an outgoing or
+accepted connection) and of a listener (``AcceptOptions``: where to listen and how to
+accept), as ATS's, each checked with its names by ``validate``.
 
-Its own module, outside the mypyc-compiled ``netvc`` (``ats_cffi/_compiled.py``): its
+Its own module, outside the mypyc-compiled ``netvc`` (``ats_cffi/_compiled.py``): their
 fields hold what a caller gave until ``validate`` has named what is wrong with them.
 """
 
@@ -12,12 +13,16 @@ from dataclasses import dataclass
 
 from ats_cffi import sys as _sys
 from ats_cffi._native import lib
+from ats_cffi.eventsystem.processor import ET_NET
 from ats_cffi.net.config import (
     INT_RECORD_MAX,
+    MAX_ACCEPT_THREADS,
     SOCK_OPT_KEEP_ALIVE,
     SOCK_OPT_LINGER_ON,
     SOCK_OPT_NO_DELAY,
+    net_config,
 )
+from ats_cffi.sys import PORT_MAX
 
 _FLOAT_MAX = sys.float_info.max
 
@@ -74,9 +79,9 @@ class NetVCOptions:
                 raise TypeError(
                     f"{call}: NetVCOptions.local_address must be a (host, port) tuple, not {la!r}"
                 )
-            if not 0 <= la[1] <= 65535:
+            if not 0 <= la[1] <= PORT_MAX:
                 raise ValueError(
-                    f"{call}: NetVCOptions.local_address port must be in 0..65535, got {la[1]}"
+                    f"{call}: NetVCOptions.local_address port must be in 0..{PORT_MAX}, got {la[1]}"
                 )
             for what, v in zip(("flowinfo", "scope_id"), la[2:]):
                 if type(v) is not int:
@@ -120,3 +125,97 @@ class NetVCOptions:
                 _sys.setsockopt_int(fd, lib.IPPROTO_IP, lib.IP_TOS, self.packet_tos)
         if self.packet_mark:
             _sys.setsockopt_int(fd, lib.SOL_SOCKET, lib.SO_MARK, self.packet_mark)
+
+
+@dataclass
+class AcceptOptions:
+    """Where and how to listen (ATS's NetProcessor::AcceptOptions).
+
+    ``local_address`` None listens on all addresses of ``ip_family`` (or only loopback with
+    ``localhost_only``). ``accept_threads``/``defer_accept``/``backlog`` None take the
+    ``proxy.config.accept_threads`` / ``net.defer_accept`` / ``net.listen_backlog`` records.
+    ``throttle_message`` is sent to a connection refused by the throttle before it is closed.
+    """
+
+    port: int = 0
+    local_address: str | None = None
+    localhost_only: bool = False
+    ip_family: int = lib.AF_INET
+    accept_threads: int | None = None
+    frequent_accept: bool = True
+    recv_bufsize: int = 0
+    send_bufsize: int = 0
+    sockopt_flags: int = SOCK_OPT_NO_DELAY
+    packet_mark: int = 0
+    packet_tos: int = 0
+    defer_accept: int | None = None
+    backdoor: bool = False
+    f_inbound_transparent: bool = False
+    etype: int = ET_NET
+    backlog: int | None = None
+    reuseport: bool = False
+    throttle_message: bytes | None = None
+
+    def validate(self, call: str) -> None:
+        if type(self.port) is not int:
+            raise TypeError(f"{call}: AcceptOptions.port must be an int")
+        if not 0 <= self.port <= PORT_MAX:
+            raise ValueError(
+                f"{call}: AcceptOptions.port must be in 0..{PORT_MAX}, got {self.port}"
+            )
+        if type(self.ip_family) is not int or self.ip_family not in (lib.AF_INET, lib.AF_INET6):
+            raise ValueError(f"{call}: AcceptOptions.ip_family must be AF_INET or AF_INET6")
+        if self.local_address is not None and not isinstance(self.local_address, str):
+            raise TypeError(f"{call}: AcceptOptions.local_address must be a str or None")
+        for name in ("recv_bufsize", "send_bufsize", "sockopt_flags", "packet_mark",
+                     "packet_tos"):  # fmt: skip
+            v = getattr(self, name)
+            hi = 255 if name == "packet_tos" else INT_RECORD_MAX  # a byte; else a C int
+            if type(v) is not int or not 0 <= v <= hi:
+                raise ValueError(f"{call}: AcceptOptions.{name} must be an int in 0..{hi}")
+        for name in ("localhost_only", "frequent_accept", "backdoor", "reuseport",
+                     "f_inbound_transparent"):  # fmt: skip
+            v = getattr(self, name)
+            if type(v) is not bool and not (type(v) is int and v in (0, 1)):
+                raise TypeError(f"{call}: AcceptOptions.{name} must be a bool (or 0/1), not {v!r}")
+        if type(self.etype) is not int:
+            raise TypeError(f"{call}: AcceptOptions.etype must be an int")
+        for name in ("accept_threads", "defer_accept", "backlog"):
+            v = getattr(self, name)
+            hi = MAX_ACCEPT_THREADS if name == "accept_threads" else INT_RECORD_MAX
+            if v is not None and (type(v) is not int or not 0 <= v <= hi):
+                raise ValueError(f"{call}: AcceptOptions.{name} must be None or an int in 0..{hi}")
+        if self.throttle_message is not None and not isinstance(self.throttle_message, bytes):
+            raise TypeError(f"{call}: AcceptOptions.throttle_message must be bytes or None")
+        if self.f_inbound_transparent:
+            raise ValueError(f"{call}: AcceptOptions.f_inbound_transparent is not supported")
+
+    def family(self) -> int:
+        if self.local_address is not None and ":" in self.local_address:
+            return lib.AF_INET6
+        return self.ip_family
+
+    def bind_address(self) -> tuple[str, int]:
+        if self.local_address is not None:
+            return (self.local_address, self.port)
+        v6 = self.family() == lib.AF_INET6
+        if self.localhost_only:
+            return ("::1" if v6 else "127.0.0.1", self.port)
+        return ("::" if v6 else "0.0.0.0", self.port)
+
+    def n_accept_threads(self) -> int:
+        n = self.accept_threads
+        return net_config.accept_threads if n is None else n
+
+    def defer_seconds(self) -> int:
+        d = self.defer_accept
+        return net_config.defer_accept if d is None else d
+
+    def vc_options(self) -> NetVCOptions:
+        return NetVCOptions(
+            sockopt_flags=self.sockopt_flags,
+            recv_bufsize=self.recv_bufsize,
+            send_bufsize=self.send_bufsize,
+            packet_tos=self.packet_tos,
+            packet_mark=self.packet_mark,
+        )
