@@ -35,18 +35,27 @@ nginx) when the client asked for the close and left no byte unread: it sends not
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import time
-from collections.abc import Callable
 from typing import Any, Final
 
 import httptools
 from librt.time import time as _time
 from mypy_extensions import mypyc_attr
 
+from ats_cffi.apps.http_responses import (
+    CLOSE,
+    HTTP_ROUTES,
+    KEEP_ALIVE,
+    STATS_ROUTES,
+    TEXT,
+    Route,
+    hello,
+    hello_cache,
+    hello_responses,
+    http_date,
+    response_head,
+)
 from ats_cffi.apps.service import WATER_MARK, Service, Session
-from ats_cffi.apps.stats import collect, render_json, render_prometheus
 from ats_cffi.eventsystem import INT64_MAX, VIO, EventCode, MIOBuffer
 from ats_cffi.net.codes import IO_SHUTDOWN_WRITE
 from ats_cffi.net.config import NetConfig, Record
@@ -130,120 +139,9 @@ R2XX: Final = "proxy.process.http.2xx_responses"
 R4XX: Final = "proxy.process.http.4xx_responses"
 R400: Final = "proxy.process.http.400_responses"
 
-_REASONS: Final = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    413: "Content Too Large",
-    414: "URI Too Long",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-}
-
-#: A route: (service) -> (status, content type, body).
-Route = Callable[["HttpService"], tuple[int, str, bytes]]
-
-_TEXT: Final = "text/plain; charset=utf-8"
-#: Every response that keeps the connection says so, to HTTP/1.1 clients too (as nginx): an
-#: HTTP/1.0 client needs it, and the session then need not ask the parser for the version.
-_KEEP_ALIVE: Final = b"Connection: keep-alive\r\n"
 _QMARK: Final = ord("?")
-
-
-_HELLO: Final = (200, _TEXT, b"Hello, World!")
-
-
-def hello(service: HttpService) -> tuple[int, str, bytes]:
-    return _HELLO
-
-
-def stats_json(service: HttpService) -> tuple[int, str, bytes]:
-    values = collect(service.stats_source.stats)
-    return 200, "application/json", render_json(values, service.stats_source.name, service.worker)
-
-
-def stats_prometheus(service: HttpService) -> tuple[int, str, bytes]:
-    values = collect(service.stats_source.stats)
-    return 200, "text/plain; version=0.0.4; charset=utf-8", render_prometheus(values)
-
-
-STATS_ROUTES: dict[bytes, Route] = {b"/_stats": stats_json, b"/metrics": stats_prometheus}
-HTTP_ROUTES: dict[bytes, Route] = {b"/": hello, **STATS_ROUTES}
-
-_date_cache: tuple[int, bytes] = (0, b"")
-
-
-def http_date() -> bytes:
-    """The ``Date`` header's value, formatted once per second."""
-    global _date_cache
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, email.utils.formatdate(now, usegmt=True).encode())
-    return _date_cache[1]
-
-
-def response_head(
-    status: int, ctype: str, length: int, date: bytes, extra: bytes = b"", conn: bytes = b""
-) -> bytes:
-    """Status line and headers of a response (``extra`` and ``conn``: whole header lines)."""
-    return b"".join(
-        (
-            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status].encode()),
-            b"Server: ats-cffi\r\nDate: ",
-            date,
-            b"\r\nContent-Type: ",
-            ctype.encode(),
-            b"\r\nContent-Length: %d\r\n" % length,
-            extra,
-            conn,
-            b"\r\n",
-        )
-    )
-
-
-class HelloCache:
-    """The hello route's HTTP/1.1 responses, kept alive and with ``Connection: close``, for
-    GET and HEAD, valid while ``start <= time.time() < end`` (one second: the Date), so that
-    the common response costs one write.
-
-    Shared by the net threads. ``refresh`` stores the responses before the second they are
-    valid for: a thread reading meanwhile gets either second's, each whole.
-    """
-
-    def __init__(self) -> None:
-        self.start = 0.0
-        self.end = 0.0
-        self.get = b""
-        self.head = b""
-        self.get_close = b""
-        self.head_close = b""
-
-    def refresh(self, now: float) -> None:
-        """Make the responses of the second of ``now``."""
-        second = int(now)
-        status, ctype, body = _HELLO
-        date = email.utils.formatdate(second, usegmt=True).encode()
-        head = response_head(status, ctype, len(body), date, conn=_KEEP_ALIVE)
-        close = response_head(status, ctype, len(body), date, conn=b"Connection: close\r\n")
-        self.get = head + body
-        self.head = head
-        self.get_close = close + body
-        self.head_close = close
-        self.start = float(second)
-        self.end = float(second + 1)
-
-
-_hello_cache: Final = HelloCache()
-
-
-def hello_responses(now: float) -> tuple[float, float, bytes, bytes, bytes, bytes]:
-    """``(start, end, GET, HEAD, GET closing, HEAD closing)`` of the hello route for the
-    second of ``now`` (the shared ``HelloCache``, refreshed)."""
-    c = _hello_cache
-    c.refresh(now)
-    return c.start, c.end, c.get, c.head, c.get_close, c.head_close
-
+#: The old name of ``http_responses.hello_cache`` (perf/http_floor.py reads it).
+_hello_cache: Final = hello_cache
 
 # The session counts on the thread it runs on (AppStats), by index.
 _STAT_NAMES: Final = (TOTAL, CURRENT, REQUESTS, R2XX, R4XX, R400)
@@ -375,13 +273,13 @@ class HttpSession(Session):
             except httptools.HttpParserCallbackError:
                 log.exception("http: answering a request failed")
                 if not self.closing:
-                    self.respond(500, _TEXT, b"Internal Server Error\n", False, False)
+                    self.respond(500, TEXT, b"Internal Server Error\n", False, False)
             except httptools.HttpParserError as exc:
                 # After a response that closes, what follows is not answered (httptools
                 # rejects data after "Connection: close"): it is discarded while lingering.
                 if not self.closing:
                     log.debug("http: bad request from %r: %s", self.vc, exc)
-                    self.respond(400, _TEXT, b"Bad Request\n", keep_alive=False, head=False)
+                    self.respond(400, TEXT, b"Bad Request\n", keep_alive=False, head=False)
                 self.client_closes = False  # bytes came after the last request: linger
             n = end - off
             reader.advance(n)  # consume(n), unchecked: n <= read_avail() by construction
@@ -448,14 +346,14 @@ class HttpSession(Session):
             self.body_bytes = 0
         self.body_bytes += len(body)
         if self.body_bytes > MAX_BODY and not self.closing:
-            self.respond(413, _TEXT, b"Content Too Large\n", False, False)
+            self.respond(413, TEXT, b"Content Too Large\n", False, False)
 
     def refuse_head(self) -> None:
         """The request head outgrew ``MAX_HEAD``: answer with a close (module doc)."""
         if self.url_too_long:
-            self.respond(414, _TEXT, b"URI Too Long\n", False, False)
+            self.respond(414, TEXT, b"URI Too Long\n", False, False)
         else:
-            self.respond(431, _TEXT, b"Request Header Fields Too Large\n", False, False)
+            self.respond(431, TEXT, b"Request Header Fields Too Large\n", False, False)
 
     def on_message_complete(self) -> None:
         self.in_request = False
@@ -479,7 +377,7 @@ class HttpSession(Session):
         head = method == b"HEAD"
         allow = b""
         if self.url_too_long:
-            status, ctype, body = 414, _TEXT, b"URI Too Long\n"
+            status, ctype, body = 414, TEXT, b"URI Too Long\n"
             keep_alive = False
         else:
             url = self.url
@@ -487,14 +385,14 @@ class HttpSession(Session):
                 url = url.split(b"?", 1)[0]
             route = service.routes.get(url)
             if route is None:
-                status, ctype, body = 404, _TEXT, b"Not Found\n"
+                status, ctype, body = 404, TEXT, b"Not Found\n"
             elif method != b"GET" and not head:
-                status, ctype, body = 405, _TEXT, b"Method Not Allowed\n"
+                status, ctype, body = 405, TEXT, b"Method Not Allowed\n"
                 allow = b"Allow: GET, HEAD\r\n"
             elif route is hello:
                 # The common response, whole from the per-second cache.
                 counts[_I_2XX] += 1
-                cache = _hello_cache
+                cache = hello_cache
                 now = _time()
                 if now >= cache.end or now < cache.start:
                     cache.refresh(now)
@@ -530,9 +428,9 @@ class HttpSession(Session):
             if status == 400:
                 counts[_I_400] += 1
         if keep_alive:
-            conn = _KEEP_ALIVE
+            conn = KEEP_ALIVE
         else:
-            conn = b"Connection: close\r\n"
+            conn = CLOSE
             self.closing = True
         head_bytes = response_head(status, ctype, len(body), http_date(), extra, conn)
         wbuf = self.wbuf if self.wbuf is not None else self.open_write()
@@ -651,3 +549,27 @@ class HttpService(Service):
 
     def start_session(self, vc: Any) -> None:
         HttpSession(self, vc)
+
+
+__all__ = [
+    "HTTP_BLOCK_SIZE",
+    "HTTP_RECORDS",
+    "HTTP_ROUTES",
+    "KEEP_ALIVE_TIMEOUT",
+    "LINGER",
+    "MAX_BODY",
+    "MAX_HEAD",
+    "MAX_URL",
+    "STATS_ROUTES",
+    "TRANSACTION_ACTIVE_TIMEOUT",
+    "TRANSACTION_NO_ACTIVITY_TIMEOUT",
+    "HttpConfig",
+    "HttpService",
+    "HttpSession",
+    "Route",
+    "hello",
+    "hello_responses",
+    "http_config",
+    "http_date",
+    "response_head",
+]

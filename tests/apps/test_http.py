@@ -439,7 +439,7 @@ def test_app_stats_add_up_the_counts_of_every_thread() -> None:
 def test_the_cached_hello_response_is_the_one_respond_would_build() -> None:
     import email.utils
 
-    from ats_cffi.apps import http as app
+    from ats_cffi.apps import http_responses as app
 
     now = 1_700_000_000.25
     start, end, get, head, get_close, head_close = app.hello_responses(now)
@@ -449,16 +449,16 @@ def test_the_cached_hello_response_is_the_one_respond_would_build() -> None:
         b"HTTP/1.1 200 OK\r\nServer: ats-cffi\r\nDate: " + date + b"\r\n"
         b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 13\r\n\r\n"
     )
-    assert app.response_head(200, app._TEXT, 13, date) == plain
+    assert app.response_head(200, app.TEXT, 13, date) == plain
     # A response that keeps the connection says so (to HTTP/1.1 clients too).
     expected = plain[:-2] + b"Connection: keep-alive\r\n\r\n"
     assert head == expected and get == expected + HELLO
     keep = b"Connection: keep-alive\r\n"
-    assert app.response_head(200, app._TEXT, 13, date, conn=keep) == expected
+    assert app.response_head(200, app.TEXT, 13, date, conn=keep) == expected
     closing = plain[:-2] + b"Connection: close\r\n\r\n"
     assert head_close == closing and get_close == closing + HELLO
     conn = b"Connection: close\r\n"
-    assert app.response_head(200, app._TEXT, 13, date, conn=conn) == closing
+    assert app.response_head(200, app.TEXT, 13, date, conn=conn) == closing
     # The next second has its own Date.
     later = app.hello_responses(now + 1)[2]
     assert later != get and email.utils.formatdate(now + 1, usegmt=True).encode() in later
