@@ -6,7 +6,7 @@ allocate nothing. EAGAIN is :data:`AGAIN`, EINTR is retried, any other error rai
 from __future__ import annotations
 
 import errno
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ats_cffi._native import ffi, lib
@@ -28,6 +28,22 @@ _CData = ffi.CData
 _ENOTSOCK = errno.ENOTSOCK
 _ECONNRESET = errno.ECONNRESET
 
+
+def _retried(call: str, fn: Callable[[int, Any, int], int], fd: int, buf: Any, n: int) -> int:
+    """``fn(fd, buf, n)`` (``read``, ``writev``), called again after EINTR: its count, or
+    :data:`AGAIN`; a bad ``fd`` raises ``TypeError``/``ValueError``, another error
+    ``OSError``, each naming ``call``."""
+    while True:
+        try:
+            r = fn(fd, buf, n)
+        except (TypeError, OverflowError) as exc:
+            raise arg_error(call, exc, fd=fd) from None
+        if r >= 0:
+            return r
+        if would_block(call):
+            return AGAIN
+
+
 # -------------------------------------------------------------------------- reads
 
 
@@ -44,15 +60,7 @@ def read_into(fd: int, buffer: Any, nbytes: int | None = None) -> int:
     if nbytes is not None:
         check_size("read", "nbytes", nbytes)
         size = min(size, nbytes)
-    while True:
-        try:
-            r = lib.read(fd, cbuf, size)
-        except (TypeError, OverflowError) as exc:
-            raise arg_error("read", exc, fd=fd) from None
-        if r >= 0:
-            return r
-        if would_block("read"):
-            return AGAIN
+    return _retried("read", lib.read, fd, cbuf, size)
 
 
 def read(fd: int, nbytes: int) -> bytes | int:
@@ -178,15 +186,7 @@ def writev(fd: int, buffers: Sequence[Any]) -> int:
         keep.append(c)
         iov[i].iov_base = c
         iov[i].iov_len = len(c)
-    while True:
-        try:
-            r = lib.writev(fd, iov, n)
-        except (TypeError, OverflowError) as exc:
-            raise arg_error("writev", exc, fd=fd) from None
-        if r >= 0:
-            return r
-        if would_block("writev"):
-            return AGAIN
+    return _retried("writev", lib.writev, fd, iov, n)
 
 
 def writev_blocks(fd: int, bases: Any, offsets: Any, lengths: Any, count: int) -> tuple[int, int]:
