@@ -35,12 +35,20 @@ from ats_cffi.apps.config import (
     reset_records,
     validate_records,
 )
-from ats_cffi.apps.runner import SERVICES, Settings, StartError, UsageError, serve
+from ats_cffi.apps.runner import (
+    PROG,
+    SERVICES,
+    CommandError,
+    Settings,
+    UsageError,
+    error_line,
+    report_error,
+    serve,
+)
 from ats_cffi.apps.tunnel import start_name_resolution
 from ats_cffi.net import net_config
-from ats_cffi.sys import ip_family
-
-PROG = "ats-cffi"
+from ats_cffi.net.processor import MAX_NET_THREADS
+from ats_cffi.sys import PORT_MAX, ip_family
 
 #: Records whose default the command changes (see the module doc).
 APP_RECORD_DEFAULTS: dict[str, Any] = {
@@ -54,8 +62,8 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are one line on stderr and exit status 2."""
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{PROG}: error: {message}\n")
-        sys.exit(2)
+        error_line(message)
+        sys.exit(UsageError.exit_status)
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -77,13 +85,13 @@ def parse_hostport(text: str) -> tuple[str, int]:
         port = int(port_text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"bad port in {text!r}") from None
-    if not 0 <= port <= 65535:
+    if not 0 <= port <= PORT_MAX:
         raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
     return host, port
 
 
-#: Most net threads (ATS's MAX_THREADS_IN_EACH_TYPE) and worker processes the options take.
-MAX_NET_THREADS = 3072
+#: Most worker processes the options take (and net threads: MAX_NET_THREADS, the net
+#: processor's own bound).
 MAX_WORKERS = 1024
 
 
@@ -219,7 +227,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         stats = (_listen_host(args.stats[0], "--stats"), args.stats[1])
     upstream = getattr(args, "upstream", None)
     if upstream is not None and upstream[1] == 0:
-        raise UsageError("--upstream: port must be in 1..65535")
+        raise UsageError(f"--upstream: port must be in 1..{PORT_MAX}")
     return Settings(
         service=args.service,
         listen=listen,
@@ -278,12 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_workers(settings)
         return serve(settings)
-    except UsageError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
-        return 2
-    except StartError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
-        return 1
+    except CommandError as exc:
+        return report_error(exc)
 
 
 __all__ = ["SERVICES", "build_parser", "main", "parse_args", "parse_hostport"]

@@ -15,14 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 from ats_cffi.apps.service import BLOCK_SIZE, WATER_MARK, Service, Session, check_flag
-from ats_cffi.eventsystem import INT64_MAX, EventCode, MIOBuffer
+from ats_cffi.eventsystem import INT64_MAX, MIOBuffer
+from ats_cffi.eventsystem.codes import (
+    VC_EVENT_EOS,
+    VC_EVENT_READ_READY,
+    VC_EVENT_WRITE_COMPLETE,
+    VC_EVENT_WRITE_READY,
+)
 from ats_cffi.net import UnixNetVConnection
 from ats_cffi.net.splice import Splice
-
-_READ_READY = EventCode.VC_EVENT_READ_READY
-_WRITE_READY = EventCode.VC_EVENT_WRITE_READY
-_WRITE_COMPLETE = EventCode.VC_EVENT_WRITE_COMPLETE
-_EOS = EventCode.VC_EVENT_EOS
 
 TOTAL = "proxy.process.echo.total_client_connections"
 CURRENT = "proxy.process.echo.current_client_connections"
@@ -32,6 +33,7 @@ class BaseEchoSession(Session):
     """What both kinds of echo session do: count, set the timeout, register, then ``start``
     moving bytes (with the session's mutex held)."""
 
+    total_stat = TOTAL
     current_stat = CURRENT
 
     def __init__(self, service: EchoService, vc: UnixNetVConnection) -> None:
@@ -40,9 +42,7 @@ class BaseEchoSession(Session):
         self.set_handler(self.handle)
         if service.inactivity_timeout:
             vc.set_inactivity_timeout(service.inactivity_timeout)
-        service.stats.incr(TOTAL)
-        service.stats.incr(CURRENT)
-        service.add_session(self)
+        self.opened()
         with self.mutex:  # type: ignore[union-attr]
             self.start(vc)
 
@@ -73,18 +73,18 @@ class EchoSession(BaseEchoSession):
     def handle(self, event: int, vio: Any) -> None:
         if self.closed:
             return
-        if event == _READ_READY:
+        if event == VC_EVENT_READ_READY:
             wvio = self.wvio
             wvio.nbytes = self.rvio.ndone
             wvio.reenable()
-        elif event == _WRITE_COMPLETE:
+        elif event == VC_EVENT_WRITE_COMPLETE:
             if self.peer_eos:
                 self.close()
             else:
                 self.rvio.reenable()
-        elif event == _WRITE_READY:
+        elif event == VC_EVENT_WRITE_READY:
             self.rvio.reenable()
-        elif event == _EOS:
+        elif event == VC_EVENT_EOS:
             # The client half-closed: send back what is still buffered, then close.
             self.peer_eos = True
             wvio = self.wvio

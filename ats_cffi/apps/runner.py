@@ -39,12 +39,38 @@ SERVICES = ("echo", "tunnel", "http")
 HANDLED_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
-class UsageError(Exception):
+#: The command's name, at the start of its error lines.
+PROG = "ats-cffi"
+
+
+class CommandError(Exception):
+    """An error the command reports as one line on stderr before it exits with
+    ``exit_status`` (``report_error``)."""
+
+    exit_status = 1
+
+
+class UsageError(CommandError):
     """Bad options or configuration: one line on stderr, exit status 2."""
 
+    exit_status = 2
 
-class StartError(Exception):
+
+class StartError(CommandError):
     """The service cannot start (a port in use, ...): one line on stderr, exit status 1."""
+
+    exit_status = 1
+
+
+def error_line(message: object) -> None:
+    """Write the command's one line about an error on stderr."""
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+
+
+def report_error(exc: CommandError) -> int:
+    """Report ``exc`` (``error_line``) and return the exit status it stands for."""
+    error_line(exc)
+    return exc.exit_status
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,9 @@ def _closed_handler(event: int, data: Any) -> None:
 class Session(Continuation):
     """One connection's state machine. Subclasses drive VIOs in ``handle_event``."""
 
-    #: The service's gauge of open sessions, lowered by ``close`` ("" for none).
+    #: The service's counter of sessions and its gauge of open ones, raised by ``opened``
+    #: and the gauge lowered by ``close`` ("" for none).
+    total_stat: ClassVar[str] = ""
     current_stat: ClassVar[str] = ""
 
     def __init__(self, service: Service) -> None:
@@ -88,6 +90,16 @@ class Session(Continuation):
         self.service = service
         self.vc: Any = None
         self.closed = False
+
+    def opened(self) -> None:
+        """Count the new session (``total_stat``, ``current_stat``) and register it with the
+        service, whose ``drain`` then visits it."""
+        stats = self.service.stats
+        if self.total_stat:
+            stats.incr(self.total_stat)
+        if self.current_stat:
+            stats.incr(self.current_stat)
+        self.service.add_session(self)
 
     def on_drain(self) -> None:
         """The process is stopping (called with this session's mutex held): finish soon."""

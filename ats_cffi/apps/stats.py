@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable, Mapping
 
 from ats_cffi.net import net_stats
-from ats_cffi.net.stats import StatBlock, new_counters
+from ats_cffi.net.stats import StatRegistry
 
 #: Stats that go up and down; every other stat only grows (a Prometheus counter).
 _GAUGE_MARKERS = ("currently_open", ".current_")
@@ -23,34 +23,25 @@ class _ThreadCounts(threading.local):
     """The calling thread's block of an AppStats (created on its first access there)."""
 
     def __init__(self, stats: AppStats) -> None:
-        self.counts = stats._new_block()
+        self.counts = stats.new_block()
 
 
-class AppStats:
+class AppStats(StatRegistry):
     """Counters of one service (``proxy.process.<area>.*``), written from any thread.
 
-    Without locks on the way up: each thread that counts gets its own block (a ``StatBlock``
-    indexed like ``names``) that it alone writes, as the net stats do; readers sum every
-    block under the registry lock, which only guards the list of blocks. A block outlives
-    its thread (its counts stay in the totals), so gauges such as ``current_*`` may go up
-    in one thread's block and down in another's: only the sum is meaningful.
+    A ``StatRegistry`` (the net stats' kind: readers sum every block under the registry
+    lock, which only guards the list of blocks) whose blocks are per thread: each thread
+    that counts gets its own, which it alone writes. A block outlives its thread (its counts
+    stay in the totals), so gauges such as ``current_*`` may go up in one thread's block and
+    down in another's: only the sum is meaningful.
 
     Hot paths take ``per_thread.counts`` once and add to it by index (``index(name)``).
     """
 
     def __init__(self, names: Iterable[str]) -> None:
-        self.names = tuple(names)
-        self._index = {name: i for i, name in enumerate(self.names)}
-        self._lock = threading.Lock()
-        self._blocks: list[StatBlock] = []
+        super().__init__(tuple(names))
         #: ``per_thread.counts``: the calling thread's block.
         self.per_thread = _ThreadCounts(self)
-
-    def _new_block(self) -> StatBlock:
-        block = new_counters(len(self.names))
-        with self._lock:
-            self._blocks.append(block)
-        return block
 
     def index(self, name: str) -> int:
         """Position of ``name`` in the blocks. ``KeyError`` for a name not counted here."""
@@ -59,19 +50,6 @@ class AppStats:
     def incr(self, name: str, n: int = 1) -> None:
         """Add ``n`` to ``name``. ``KeyError`` for a name this service does not count."""
         self.per_thread.counts[self._index[name]] += n
-
-    def get(self, name: str) -> int:
-        i = self._index[name]
-        with self._lock:
-            return sum(b[i] for b in self._blocks)
-
-    def snapshot(self) -> dict[str, int]:
-        totals = [0] * len(self.names)
-        with self._lock:
-            for b in self._blocks:
-                for i, v in enumerate(b):
-                    totals[i] += v
-        return dict(zip(self.names, totals))
 
 
 def is_gauge(name: str) -> bool:

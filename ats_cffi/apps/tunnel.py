@@ -26,18 +26,19 @@ from collections.abc import Callable
 from typing import Any
 
 from ats_cffi.apps.service import BLOCK_SIZE, WATER_MARK, Service, Session, check_flag
-from ats_cffi.eventsystem import INT64_MAX, VIO, Action, EventCode, MIOBuffer
+from ats_cffi.eventsystem import INT64_MAX, VIO, Action, MIOBuffer
+from ats_cffi.eventsystem.codes import (
+    VC_EVENT_EOS,
+    VC_EVENT_READ_READY,
+    VC_EVENT_WRITE_COMPLETE,
+    VC_EVENT_WRITE_READY,
+)
 from ats_cffi.net import UnixNetVConnection, net_processor
 from ats_cffi.net.codes import IO_SHUTDOWN_WRITE, NET_EVENT_OPEN, NET_EVENT_OPEN_FAILED
 from ats_cffi.net.splice import Splice
-from ats_cffi.sys import ip_family
+from ats_cffi.sys import PORT_MAX, ip_family
 
 log = logging.getLogger("ats.apps.tunnel")
-
-_READ_READY = EventCode.VC_EVENT_READ_READY
-_WRITE_READY = EventCode.VC_EVENT_WRITE_READY
-_WRITE_COMPLETE = EventCode.VC_EVENT_WRITE_COMPLETE
-_EOS = EventCode.VC_EVENT_EOS
 
 TOTAL = "proxy.process.tunnel.total_client_connections_blind_tcp"
 CURRENT = "proxy.process.tunnel.current_client_connections_blind_tcp"
@@ -76,8 +77,8 @@ def check_upstream(call: str, upstream: Any) -> tuple[str, int]:
     host, port = upstream
     if not isinstance(host, str):
         raise TypeError(f"{call}: upstream host must be a str, not {type(host).__name__}")
-    if type(port) is not int or not 0 < port <= 65535:
-        raise ValueError(f"{call}: upstream port must be in 1..65535, got {port!r}")
+    if type(port) is not int or not 0 < port <= PORT_MAX:
+        raise ValueError(f"{call}: upstream port must be in 1..{PORT_MAX}, got {port!r}")
     if "\0" in host or not ip_family(host):
         try:
             from ats_cffi.dns.processor import check_host_name
@@ -89,11 +90,15 @@ def check_upstream(call: str, upstream: Any) -> tuple[str, int]:
 
 
 class TunnelSession(Session):
-    """One client joined to one upstream connection (see the module doc)."""
+    """One client joined to one upstream connection (see the module doc). ``vc`` is the
+    client's."""
+
+    total_stat = TOTAL
+    current_stat = CURRENT
 
     def __init__(self, service: TunnelService, client: UnixNetVConnection) -> None:
         super().__init__(service)
-        self.client = client
+        self.vc = self.client = client
         self.server: UnixNetVConnection | None = None
         self.c2s = MIOBuffer(BLOCK_SIZE, WATER_MARK)
         self.s2c = MIOBuffer(BLOCK_SIZE, WATER_MARK)
@@ -106,9 +111,7 @@ class TunnelSession(Session):
         self.s2c_done = False
         self.connect_action: Action | None = None
         self.splice: Splice | None = None
-        service.stats.incr(TOTAL)
-        service.stats.incr(CURRENT)
-        service.add_session(self)
+        self.opened()
         self.set_handler(self.state_connecting)
         with self.mutex:  # type: ignore[union-attr]
             # The result is delivered with this mutex held: not before we have the action.
@@ -157,13 +160,13 @@ class TunnelSession(Session):
         """Move bytes: data in wakes the other side's writer, room out wakes the reader."""
         if self.closed:
             return
-        if event == _READ_READY:
+        if event == VC_EVENT_READ_READY:
             (self.s_write if vio is self.c_read else self.c_write).reenable()  # type: ignore[union-attr]
-        elif event == _WRITE_READY:
+        elif event == VC_EVENT_WRITE_READY:
             (self.c_read if vio is self.s_write else self.s_read).reenable()  # type: ignore[union-attr]
-        elif event == _EOS:
+        elif event == VC_EVENT_EOS:
             self.source_done(vio)
-        elif event == _WRITE_COMPLETE:
+        elif event == VC_EVENT_WRITE_COMPLETE:
             self.sink_done(vio)
         else:  # VC_EVENT_ERROR, INACTIVITY_TIMEOUT, ACTIVE_TIMEOUT: give up both sides
             self.close()
@@ -197,19 +200,15 @@ class TunnelSession(Session):
             self.close()
 
     def close(self) -> None:
-        """Close both connections (with the session's mutex held)."""
+        """Close both connections (with the session's mutex held), or stop connecting."""
         if self.closed:
             return
-        self.closed = True
         if self.connect_action is not None:
             self.connect_action.cancel()
             self.connect_action = None
-        self.client.do_io_close()
         if self.server is not None:
             self.server.do_io_close()
-        self.service.stats.incr(CURRENT, -1)
-        self.service.remove_session(self)
-        self.release()
+        super().close()  # the client's, the gauge, the registry
 
     def release(self) -> None:
         super().release()

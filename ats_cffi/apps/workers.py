@@ -26,12 +26,13 @@ from typing import Any
 
 from ats_cffi.apps.runner import (
     HANDLED_SIGNALS,
+    CommandError,
     Settings,
     Signals,
     StartError,
-    UsageError,
     listen_error,
     listening_line,
+    report_error,
     serve,
 )
 from ats_cffi.apps.stats import summary_fields, summary_line
@@ -85,12 +86,8 @@ def _child(settings: Settings, index: int, wfd: int) -> int:
 
     try:
         return serve(settings, worker=index, report=report)
-    except UsageError as exc:
-        sys.stderr.write(f"ats-cffi: error: {exc}\n")
-        return 2
-    except StartError as exc:
-        sys.stderr.write(f"ats-cffi: error: {exc}\n")
-        return 1
+    except CommandError as exc:
+        return report_error(exc)
 
 
 def _spawn(
