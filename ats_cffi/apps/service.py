@@ -19,13 +19,14 @@ from mypy_extensions import mypyc_attr
 
 from ats_cffi.apps.stats import AppStats
 from ats_cffi.eventsystem import Action, Continuation, ProxyMutex
+from ats_cffi.eventsystem.iobuffer import DEFAULT_BLOCK_SIZE
 from ats_cffi.net import AcceptOptions, UnixNetVConnection, net_config, net_processor
 from ats_cffi.net.codes import NET_EVENT_ACCEPT
 
 log: Final = logging.getLogger("ats.apps")
 
-#: Block size of the sessions' MIOBuffers.
-BLOCK_SIZE: Final = 32 * 1024
+#: Block size of the sessions' MIOBuffers: the IOBuffers' default.
+BLOCK_SIZE: Final = DEFAULT_BLOCK_SIZE
 #: Bytes a session lets wait in one direction before it stops reading from the source (the
 #: MIOBuffer water mark): memory per direction stays under about this plus two blocks.
 WATER_MARK: Final = 64 * 1024

@@ -14,9 +14,11 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ats_cffi._native import lib
+
 #: The largest value of an integer record (each ends up in a C ``int``: a socket option,
 #: a backlog, a timeout in ms).
-INT_RECORD_MAX = 2**31 - 1
+INT_RECORD_MAX: int = lib.INT_MAX
 #: The most dedicated accept threads a listener may have.
 MAX_ACCEPT_THREADS = 1024
 #: Most connections one native accept call takes, on a net thread or an accept thread (at
