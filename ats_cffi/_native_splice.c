@@ -29,94 +29,135 @@ static void ats_pipe_fail(struct ats_pipe *p, int err, int on_dst)
     ats_pipe_stop(p);
 }
 
+/* What one write or read step of the pump did. */
+enum ats_step {
+    ATS_STEP_BLOCKED,  /* the socket would block (or nothing to do): no progress */
+    ATS_STEP_PROGRESS, /* progress without bytes (the source's EOF) */
+    ATS_STEP_MOVED,    /* bytes moved */
+    ATS_STEP_RETRY,    /* interrupted (EINTR): look at the pipe again */
+    ATS_STEP_FAILED,   /* the pipe failed (ats_pipe_fail) */
+};
+
+/* One send of the buffered bytes to dst. */
+static enum ats_step ats_pipe_write_step(struct ats_pipe *p, uint64_t *ctr)
+{
+    ssize_t r = send(p->dst_fd, p->buf + p->head, p->tail - p->head, MSG_NOSIGNAL);
+    ctr[ATS_CTR_WRITES]++;
+    if (r > 0) {
+        p->head += (size_t)r;
+        p->nwritten += (uint64_t)r;
+        ctr[ATS_CTR_WRITE_BYTES] += (uint64_t)r;
+        p->dst_end->activity++;
+        if (p->head == p->tail)
+            p->head = p->tail = 0;
+        else
+            p->dst_ready = 0; /* short write: the socket buffer is full */
+        return ATS_STEP_MOVED;
+    }
+    if (r < 0 && errno == EINTR)
+        return ATS_STEP_RETRY;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        p->dst_ready = 0;
+        return ATS_STEP_BLOCKED;
+    }
+    ats_pipe_fail(p, r < 0 ? errno : EIO, 1);
+    return ATS_STEP_FAILED;
+}
+
+/* One read from src into the buffer's free space (made at the first read, compacted
+ * when bytes were written from its front); *got counts the bytes read this pump. */
+static enum ats_step ats_pipe_read_step(struct ats_pipe *p, uint64_t *ctr, size_t *got)
+{
+    if (p->buf == NULL) { /* first bytes: an idle splice holds no buffer */
+        p->buf = malloc(p->cap);
+        if (p->buf == NULL) {
+            ats_pipe_fail(p, ENOMEM, 0);
+            return ATS_STEP_FAILED;
+        }
+    }
+    if (p->head > 0) { /* compact: the unwritten bytes to the front */
+        memmove(p->buf, p->buf + p->head, p->tail - p->head);
+        p->tail -= p->head;
+        p->head = 0;
+    }
+    size_t want = p->cap - p->tail;
+    ssize_t r = read(p->src_fd, p->buf + p->tail, want);
+    ctr[ATS_CTR_READS]++;
+    if (r > 0) {
+        p->tail += (size_t)r;
+        p->nread += (uint64_t)r;
+        *got += (size_t)r;
+        ctr[ATS_CTR_READ_BYTES] += (uint64_t)r;
+        p->src_end->activity++;
+        if ((size_t)r < want && !p->src_hup)
+            p->src_ready = 0; /* a short read drained the socket */
+        return ATS_STEP_MOVED;
+    }
+    if (r == 0) {
+        p->src_eof = 1;
+        return ATS_STEP_PROGRESS;
+    }
+    if (errno == EINTR)
+        return ATS_STEP_RETRY;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        p->src_ready = 0;
+        return ATS_STEP_BLOCKED;
+    }
+    ats_pipe_fail(p, errno, 0);
+    return ATS_STEP_FAILED;
+}
+
+/* Everything the source sent is written: pass the half-close on. */
+static uint32_t ats_pipe_finish(struct ats_pipe *p)
+{
+    if (shutdown(p->dst_fd, SHUT_WR) < 0 && errno != ENOTCONN) {
+        ats_pipe_fail(p, errno, 1);
+        return ATS_SPLICE_ERROR;
+    }
+    ats_pipe_stop(p);
+    return ATS_SPLICE_DONE;
+}
+
 /* Move bytes src -> dst until both sides would block, the buffer is full and dst
  * blocks, the source ended, or budget bytes were read.  Returns status bits. */
 static uint32_t ats_pipe_pump(struct ats_pipe *p, uint64_t *ctr)
 {
     uint32_t st = 0;
     size_t got = 0;
-    if (ats_pipe_done(p))
-        return 0;
     for (;;) {
         int progress = 0;
+        enum ats_step step;
         /* Python stops a pipe (a close, possibly from another thread) with
          * ats_pipe_stop: look again before each syscall, so that at most the one
          * in progress moves bytes after the close returned. */
         if (ats_pipe_done(p))
             return st;
         if (p->tail > p->head && p->dst_ready) {
-            size_t want = p->tail - p->head;
-            ssize_t r = send(p->dst_fd, p->buf + p->head, want, MSG_NOSIGNAL);
-            ctr[ATS_CTR_WRITES]++;
-            if (r > 0) {
-                p->head += (size_t)r;
-                p->nwritten += (uint64_t)r;
-                ctr[ATS_CTR_WRITE_BYTES] += (uint64_t)r;
-                p->dst_end->activity++;
+            step = ats_pipe_write_step(p, ctr);
+            if (step == ATS_STEP_RETRY)
+                continue;
+            if (step == ATS_STEP_FAILED)
+                return st | ATS_SPLICE_ERROR;
+            if (step == ATS_STEP_MOVED) {
                 st |= ATS_SPLICE_MOVED;
                 progress = 1;
-                if (p->head == p->tail)
-                    p->head = p->tail = 0;
-                else
-                    p->dst_ready = 0; /* short write: the socket buffer is full */
-            } else if (r < 0 && errno == EINTR) {
-                continue;
-            } else if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                p->dst_ready = 0;
-            } else {
-                ats_pipe_fail(p, r < 0 ? errno : EIO, 1);
-                return st | ATS_SPLICE_ERROR;
             }
         }
         if (p->src_eof) {
-            if (p->tail == p->head) {
-                /* Everything the source sent is written: pass the half-close on. */
-                if (shutdown(p->dst_fd, SHUT_WR) < 0 && errno != ENOTCONN) {
-                    ats_pipe_fail(p, errno, 1);
-                    return st | ATS_SPLICE_ERROR;
-                }
-                ats_pipe_stop(p);
-                return st | ATS_SPLICE_DONE;
-            }
+            if (p->tail == p->head)
+                return st | ats_pipe_finish(p);
         } else if (p->src_ready && p->tail < p->cap) {
             if (got >= p->budget)
                 return st | ATS_SPLICE_MORE;
-            if (p->buf == NULL) { /* first bytes: an idle splice holds no buffer */
-                p->buf = malloc(p->cap);
-                if (p->buf == NULL) {
-                    ats_pipe_fail(p, ENOMEM, 0);
-                    return st | ATS_SPLICE_ERROR;
-                }
-            }
-            if (p->head > 0) { /* compact: the unwritten bytes to the front */
-                memmove(p->buf, p->buf + p->head, p->tail - p->head);
-                p->tail -= p->head;
-                p->head = 0;
-            }
-            size_t want = p->cap - p->tail;
-            ssize_t r = read(p->src_fd, p->buf + p->tail, want);
-            ctr[ATS_CTR_READS]++;
-            if (r > 0) {
-                p->tail += (size_t)r;
-                p->nread += (uint64_t)r;
-                got += (size_t)r;
-                ctr[ATS_CTR_READ_BYTES] += (uint64_t)r;
-                p->src_end->activity++;
-                st |= ATS_SPLICE_MOVED;
-                progress = 1;
-                if ((size_t)r < want && !p->src_hup)
-                    p->src_ready = 0; /* a short read drained the socket */
-            } else if (r == 0) {
-                p->src_eof = 1;
-                progress = 1;
-            } else if (errno == EINTR) {
+            step = ats_pipe_read_step(p, ctr, &got);
+            if (step == ATS_STEP_RETRY)
                 continue;
-            } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                p->src_ready = 0;
-            } else {
-                ats_pipe_fail(p, errno, 0);
+            if (step == ATS_STEP_FAILED)
                 return st | ATS_SPLICE_ERROR;
-            }
+            if (step == ATS_STEP_MOVED)
+                st |= ATS_SPLICE_MOVED;
+            if (step == ATS_STEP_MOVED || step == ATS_STEP_PROGRESS)
+                progress = 1;
         }
         if (!progress)
             return st;

@@ -115,7 +115,8 @@ def _number(
     return convert
 
 
-def build_parser() -> ArgumentParser:
+def _common_options() -> ArgumentParser:
+    """The options every service takes (a parent parser of each subcommand)."""
     common = ArgumentParser(add_help=False)
     g = common.add_argument_group("common options")
     g.add_argument(
@@ -177,7 +178,11 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error", "critical"),
                    help="stderr log level (default info)")  # fmt: skip
+    return common
 
+
+def build_parser() -> ArgumentParser:
+    common = _common_options()
     parser = ArgumentParser(
         prog=PROG,
         description="Run a service on ats_cffi, Apache Traffic Server's net core in Python.",
