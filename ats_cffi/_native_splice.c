@@ -38,6 +38,23 @@ enum ats_step {
     ATS_STEP_FAILED,   /* the pipe failed (ats_pipe_fail) */
 };
 
+/* A step's syscall failed with err (on dst, or on src): look again after EINTR;
+ * EAGAIN means that side is not ready any more; anything else fails the pipe. */
+static enum ats_step ats_pipe_step_error(struct ats_pipe *p, int err, int on_dst)
+{
+    if (err == EINTR)
+        return ATS_STEP_RETRY;
+    if (err == EAGAIN || err == EWOULDBLOCK) {
+        if (on_dst)
+            p->dst_ready = 0;
+        else
+            p->src_ready = 0;
+        return ATS_STEP_BLOCKED;
+    }
+    ats_pipe_fail(p, err, on_dst);
+    return ATS_STEP_FAILED;
+}
+
 /* One send of the buffered bytes to dst. */
 static enum ats_step ats_pipe_write_step(struct ats_pipe *p, uint64_t *ctr)
 {
@@ -54,14 +71,7 @@ static enum ats_step ats_pipe_write_step(struct ats_pipe *p, uint64_t *ctr)
             p->dst_ready = 0; /* short write: the socket buffer is full */
         return ATS_STEP_MOVED;
     }
-    if (r < 0 && errno == EINTR)
-        return ATS_STEP_RETRY;
-    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        p->dst_ready = 0;
-        return ATS_STEP_BLOCKED;
-    }
-    ats_pipe_fail(p, r < 0 ? errno : EIO, 1);
-    return ATS_STEP_FAILED;
+    return ats_pipe_step_error(p, r < 0 ? errno : EIO, 1);
 }
 
 /* One read from src into the buffer's free space (made at the first read, compacted
@@ -97,14 +107,7 @@ static enum ats_step ats_pipe_read_step(struct ats_pipe *p, uint64_t *ctr, size_
         p->src_eof = 1;
         return ATS_STEP_PROGRESS;
     }
-    if (errno == EINTR)
-        return ATS_STEP_RETRY;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        p->src_ready = 0;
-        return ATS_STEP_BLOCKED;
-    }
-    ats_pipe_fail(p, errno, 0);
-    return ATS_STEP_FAILED;
+    return ats_pipe_step_error(p, errno, 0);
 }
 
 /* Everything the source sent is written: pass the half-close on. */
