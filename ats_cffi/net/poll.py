@@ -6,7 +6,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from ats_cffi._native import ffi
+from ats_cffi._native import ffi, lib
 from ats_cffi.eventsystem.continuation import Continuation
 from ats_cffi.eventsystem.mutex import ProxyMutex
 from ats_cffi.net.codes import EVENTIO_READWRITE_VC
@@ -51,7 +51,7 @@ class PollDescriptor:
         self.notify_c = ffi.new("uint64_t[]", size)
         self.notify = memoryview(ffi.buffer(self.notify_c)).cast("B").cast("Q")
         self.nnotify_c = ffi.new("int *")
-        self.counters_c = ffi.new("uint64_t[4]")
+        self.counters_c = ffi.new("uint64_t[]", lib.ATS_CTR_COUNT)
 
     def register(self, eio: EventIO) -> int:
         token = self._next_token

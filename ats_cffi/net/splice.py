@@ -81,6 +81,15 @@ _MORE: Final[int] = lib.ATS_SPLICE_MORE
 _DONE: Final[int] = lib.ATS_SPLICE_DONE
 _ERROR: Final[int] = lib.ATS_SPLICE_ERROR
 _REG_EVENTS: Final = READ_WRITE | lib.EPOLLET | lib.EPOLLRDHUP
+_CTR_READS: Final[int] = lib.ATS_CTR_READS
+_CTR_READ_BYTES: Final[int] = lib.ATS_CTR_READ_BYTES
+_CTR_WRITES: Final[int] = lib.ATS_CTR_WRITES
+_CTR_WRITE_BYTES: Final[int] = lib.ATS_CTR_WRITE_BYTES
+_CTR_COUNT: Final[int] = lib.ATS_CTR_COUNT
+# A pipe's ``done`` is the one field another thread may write (a close): C11 atomic, so it
+# is set and read through these, never as a field.
+_pipe_stop: Final = lib.ats_pipe_stop
+_pipe_done: Final = lib.ats_pipe_done
 
 
 class SpliceDriver:
@@ -156,13 +165,14 @@ class SpliceDriver:
         """Add the native pumps' reads and writes to this thread's net stats."""
         nh = self.nh
         c = nh.pd.counters_c
-        if c[0] or c[2]:
+        if c[_CTR_READS] or c[_CTR_WRITES]:
             stats = nh.stats
-            stats[st.CALLS_TO_READ] += c[0]
-            stats[st.READ_BYTES] += c[1]
-            stats[st.CALLS_TO_WRITE] += c[2]
-            stats[st.WRITE_BYTES] += c[3]
-            c[0] = c[1] = c[2] = c[3] = 0
+            stats[st.CALLS_TO_READ] += c[_CTR_READS]
+            stats[st.READ_BYTES] += c[_CTR_READ_BYTES]
+            stats[st.CALLS_TO_WRITE] += c[_CTR_WRITES]
+            stats[st.WRITE_BYTES] += c[_CTR_WRITE_BYTES]
+            for i in range(_CTR_COUNT):
+                c[i] = 0
 
     def before_cop(self, now: float) -> None:
         """The InactivityCop's run: fold the counters, and push the inactivity deadline of
@@ -286,7 +296,7 @@ class Splice(Continuation):
             p.dst_ready = state[dst][3]
             if src_error:  # seen by the VC's last read, after its data
                 p.err = src_error
-                p.done = 1
+                _pipe_stop(p)
                 src.c.status |= _ERROR
             p.src_end = src.c
             p.dst_end = dst.c
@@ -328,7 +338,7 @@ class Splice(Continuation):
                     break
             self.stop()
             self.deliver(VC_EVENT_ERROR, end)
-        elif status & _DONE and all(p.done for p in self.pipes):
+        elif status & _DONE and all(_pipe_done(p) for p in self.pipes):
             self.stop()
             self.deliver(VC_EVENT_EOS, end)
         elif status & _MORE:
@@ -374,7 +384,7 @@ class Splice(Continuation):
             return
         self.stopped = True
         for p in self.pipes:
-            p.done = 1
+            _pipe_stop(p)
         self.sync()
 
     def sync(self) -> None:
@@ -404,7 +414,7 @@ class Splice(Continuation):
     def vc_closed(self) -> None:
         """A VC of the splice is being closed (by anyone): no pipe may touch its fd again."""
         for p in self.pipes:
-            p.done = 1
+            _pipe_stop(p)
         self.stopped = True
 
     def close(self) -> None:
