@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -18,6 +20,44 @@ def held() -> Iterator[HeldElsewhere]:
     h = HeldElsewhere(ProxyMutex())
     yield h
     h.release()
+
+
+class OtherThread:
+    """One helper thread that runs the calls it is given, in order (``call`` waits for the
+    result, bounded: a call that blocks fails the test)."""
+
+    def __init__(self) -> None:
+        self._calls: queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="other")
+        self._thread.start()
+        self.ident = self._thread.ident
+
+    def _run(self) -> None:
+        while (item := self._calls.get()) is not None:
+            fn, box = item
+            try:
+                box.put((True, fn()))
+            except BaseException as exc:
+                box.put((False, exc))
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        box: queue.Queue[Any] = queue.Queue(1)
+        self._calls.put((fn, box))
+        ok, value = box.get(timeout=WAIT)
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        self._calls.put(None)
+        self._thread.join(WAIT)
+
+
+@pytest.fixture
+def other() -> Iterator[OtherThread]:
+    t = OtherThread()
+    yield t
+    t.close()
 
 
 # ------------------------------------------------------------------------- ProxyMutex
@@ -231,6 +271,75 @@ def test_threads_mixing_every_way_to_take_the_mutex_never_hold_it_together() -> 
     assert not any(t.is_alive() for t in threads)
     assert errors == []
     assert state["count"] == 6 * rounds
+    assert m.thread_holding is None and m.nthread_holding == 0
+
+
+def test_every_thread_sees_one_holder_and_depth_while_another_holds_it_reentrantly(
+    other,
+) -> None:
+    # Taken three ways by the other thread; freed one level at a time. At every depth the
+    # holder's fields, its repr and held_by_me agree, seen from here and from the holder,
+    # and the mutex stays taken: neither try_lock, a timed lock nor unlock gets through.
+    m = ProxyMutex()
+    assert other.call(m.lock) and other.call(m.try_lock)
+    other.call(m.__enter__)
+    ident = other.ident
+    for depth in (3, 2, 1):
+        view = (ident, depth, f"<ProxyMutex holder={ident} depth={depth}>")
+        assert (m.thread_holding, m.nthread_holding, repr(m)) == view
+        assert other.call(lambda: (m.thread_holding, m.nthread_holding, repr(m))) == view
+        assert other.call(m.held_by_me) and not m.held_by_me()
+        assert not m.try_lock() and m.lock(timeout=0.01) is False
+        with pytest.raises(RuntimeError, match="does not hold"):
+            m.unlock()
+        assert (m.thread_holding, m.nthread_holding) == (ident, depth)
+        other.call(m.unlock)
+    free = (None, 0, "<ProxyMutex holder=None depth=0>")
+    assert (m.thread_holding, m.nthread_holding, repr(m)) == free
+    assert other.call(lambda: (m.thread_holding, m.nthread_holding, repr(m))) == free
+    assert not other.call(m.held_by_me)
+    with pytest.raises(RuntimeError, match="does not hold"):
+        other.call(m.unlock)
+    assert m.try_lock() and m.thread_holding == threading.get_ident()
+    m.unlock()
+
+
+def test_timed_lock_on_another_thread_times_out_until_the_last_level_is_freed(other) -> None:
+    m = ProxyMutex()
+    assert m.lock() and m.try_lock()
+    assert other.call(lambda: m.lock(timeout=0.01)) is False
+    m.unlock()  # depth 1: still held
+    assert other.call(lambda: m.lock(timeout=0.01)) is False
+    assert other.call(lambda: m.lock(timeout=0)) is False and not other.call(m.try_lock)
+    assert (m.thread_holding, m.nthread_holding) == (threading.get_ident(), 1)
+    m.unlock()
+    assert other.call(lambda: m.lock(timeout=WAIT)) is True
+    assert (m.thread_holding, m.nthread_holding) == (other.ident, 1)
+    assert not m.try_lock()
+    assert other.call(m.try_lock) and m.nthread_holding == 2
+    other.call(m.unlock)
+    other.call(m.unlock)
+    assert m.thread_holding is None and m.try_lock()
+    m.unlock()
+
+
+def test_a_mutex_handed_between_threads_many_times_keeps_holder_and_depth_true(
+    other,
+) -> None:
+    # The first level takes the mutex and the last frees it, whoever held it before; a
+    # layout that took or freed it at another level would block or let both in here.
+    m = ProxyMutex()
+    me = threading.get_ident()
+    for _ in range(50):
+        assert m.try_lock() and m.try_lock()
+        assert not other.call(m.try_lock)
+        m.unlock()
+        m.unlock()
+        assert other.call(m.try_lock) and other.call(lambda: m.lock(timeout=WAIT))
+        assert (m.thread_holding, m.nthread_holding) == (other.ident, 2)
+        assert not m.try_lock() and m.thread_holding != me
+        other.call(m.unlock)
+        other.call(m.unlock)
     assert m.thread_holding is None and m.nthread_holding == 0
 
 
