@@ -31,13 +31,14 @@ from typing import Any, Protocol
 
 from ats_cffi.eventsystem.codes import EVENT_IMMEDIATE, EVENT_INTERVAL
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
+from ats_cffi.eventsystem.current import DEDICATED, REGULAR, set_this_ethread
+from ats_cffi.eventsystem.current import on_event_thread as on_event_thread  # re-exported
+from ats_cffi.eventsystem.current import this_ethread as this_ethread  # re-exported
 from ats_cffi.eventsystem.event import Event, check_callback_event, check_number, new_event
 from ats_cffi.eventsystem.mutex import ProxyMutex
 from ats_cffi.sys import Epoll, EventFD
 
 log = logging.getLogger("ats.iocore_thread")
-
-_tls = threading.local()
 
 #: Delay before an event whose mutex was busy is tried again (ATS's DELAY_FOR_RETRY).
 DELAY_FOR_RETRY = 0.010
@@ -46,9 +47,6 @@ MAX_IDLE_WAIT_MS = 1000
 #: Longest sleep while every-pass (negative period) events exist: they run each pass, so a
 #: pass must come at least this often (ATS's net poll timeout).
 EVERY_PASS_MAX_WAIT_MS = 10
-
-REGULAR = "REGULAR"
-DEDICATED = "DEDICATED"
 
 #: Largest wait a poll step accepts: ``epoll_wait`` takes its timeout as a C int.
 MAX_WAIT_MS = 2**31 - 1
@@ -81,18 +79,6 @@ def check_clock(call: str, clock: Any) -> Clock:
         raise TypeError(f"{call}: clock must be callable, not {type(clock).__name__}")
     check_number(call, "clock()", clock())
     return clock
-
-
-def this_ethread() -> EThread | None:
-    """The EThread running the calling code, or None on another thread."""
-    return getattr(_tls, "ethread", None)
-
-
-def on_event_thread() -> bool:
-    """True when a REGULAR EThread runs the calling code: it must never block (nor wait for
-    a lock another thread holds)."""
-    t = this_ethread()
-    return t is not None and t.tt == REGULAR
 
 
 class TailHandler(Protocol):
@@ -482,7 +468,7 @@ class EThread:
             raise self._start_error
 
     def _main(self, init: Callable[[EThread], None] | None, oneevent: Event | None) -> None:
-        _tls.ethread = self
+        set_this_ethread(self)
         self.tid = threading.get_ident()
         try:
             try:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ats_cffi.eventsystem.codes import EVENT_NONE
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
+from ats_cffi.eventsystem.current import REGULAR, this_ethread
 from ats_cffi.eventsystem.mutex import ProxyMutex
 
 if TYPE_CHECKING:
@@ -67,8 +68,6 @@ class Action:
             self.cancelled = True
             return
         if not m.try_lock():
-            from ats_cffi.eventsystem.ethread import REGULAR, this_ethread
-
             thread = this_ethread()
             if thread is not None and thread.tt == REGULAR:
                 # An event thread never waits for another thread's lock (class doc). The
