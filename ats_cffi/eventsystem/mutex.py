@@ -44,7 +44,7 @@ class ProxyMutex:
     took the mutex, before it frees it): a thread reads ``_owner == me`` truly whatever
     other threads do, so re-entry is a compare and an increment, and ``held_by_me`` is
     exact. Another thread's reading of them is a snapshot. ``_NATIVE`` (above) chooses only
-    how a free mutex is taken atomically (``_claim``), how a thread waits for it
+    how a free mutex is taken atomically (in ``try_lock``), how a thread waits for it
     (``_wait``) and how the last ``unlock`` hands it on.
     """
 
@@ -60,12 +60,16 @@ class ProxyMutex:
         #: when the mutex is freed.
         self._waiters: list[_thread.LockType] | None = None
 
-    # ---------------------------------------------------------- what the mode decides
-
-    def _claim(self, me: int) -> bool:
-        """Take the mutex if it is free, without waiting (``me`` does not hold it)."""
+    def try_lock(self) -> bool:
+        """Take the lock if that needs no wait; True on success (also when already held)."""
+        me = _get_ident()
+        if self._owner == me:
+            self._depth += 1
+            return True
+        # Taking a free mutex is the mode's: _NATIVE, this compare and the stores below
+        # are one step; otherwise the OS lock decides. Then the taker writes the fields.
         if _NATIVE:
-            if self._owner:  # this compare and the stores below are one step (_NATIVE)
+            if self._owner:
                 return False
         elif not self._lock.acquire(False):  # type: ignore[union-attr]
             return False
@@ -92,7 +96,7 @@ class ProxyMutex:
             waiters.append(waiter)
             # The append and this attempt are one step with respect to unlock (``_NATIVE``):
             # a release before it lets this attempt succeed, one after it wakes the waiter.
-            if self._claim(me):
+            if ProxyMutex.try_lock(self):
                 waiters.remove(waiter)
                 return True
             if deadline:
@@ -104,7 +108,7 @@ class ProxyMutex:
                 waiters = self._waiters
                 if waiters is not None and waiter in waiters:
                     waiters.remove(waiter)
-                return self._claim(me)
+                return ProxyMutex.try_lock(self)
 
     def _wake_waiters(self) -> None:
         """``_NATIVE``: wake every thread waiting in ``lock`` (the mutex was just freed)."""
@@ -113,16 +117,6 @@ class ProxyMutex:
         if waiters:
             for waiter in waiters:
                 waiter.release()
-
-    # ---------------------------------------------------------------------- the API
-
-    def try_lock(self) -> bool:
-        """Take the lock if that needs no wait; True on success (also when already held)."""
-        me = _get_ident()
-        if self._owner == me:
-            self._depth += 1
-            return True
-        return self._claim(me)
 
     def lock(self, timeout: object = -1) -> bool:
         """Take the lock, waiting up to ``timeout`` seconds (-1, or more than the OS can
@@ -141,11 +135,8 @@ class ProxyMutex:
         return self._take(wait)
 
     def _take(self, wait: float) -> bool:
-        me = _get_ident()
-        if self._owner == me:
-            self._depth += 1
-            return True
-        return self._claim(me) or (wait != 0 and self._wait(me, wait))
+        # ProxyMutex's own try_lock: a subclass's override is for its callers, not for this.
+        return ProxyMutex.try_lock(self) or (wait != 0 and self._wait(_get_ident(), wait))
 
     def unlock(self) -> None:
         """Release one level. Raises ``RuntimeError`` if this thread does not hold it."""
