@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import queue
 import signal
 import statistics
@@ -33,21 +32,27 @@ import time
 from pathlib import Path
 
 from _common import (
+    BACKLOG,
     HERE,
+    HOST,
     OUT,
-    SATURATED,
     build_c,
+    client_cell,
     fmt_ratio,
     parse_servers,
     pin,
     pin_cpus,
+    print_run,
     proc_cpu_times,
+    run_client,
+    saturated_note,
+    session_line,
+    session_meta,
+    write_json,
 )
 
 GEN_SRC = HERE / "acceptgen.c"
 GEN = OUT / "acceptgen"
-HOST = "127.0.0.1"
-BACKLOG = 4096  # the same listen backlog for every server (ats's default, somaxconn here)
 
 #: name -> serve arguments. ats_thr1: 1 dedicated accept thread + 1 net thread; ats_pt1:
 #: accept on the (one) net thread; ats_pt2_rp: 2 net threads, one SO_REUSEPORT socket each.
@@ -235,34 +240,12 @@ class Server:
 
 def run_one(name: str, args: argparse.Namespace, cpus: tuple) -> dict:
     server = Server(name, cpus[0])
-    s0 = s1 = None
     drops0 = listen_drops()
     try:
-        client = subprocess.Popen(
-            [
-                str(GEN),
-                HOST,
-                str(server.port),
-                str(args.concurrency),
-                str(args.duration),
-                str(args.warmup),
-                args.mode,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=pin(cpus[1]),
-        )
-        other_err = []
-        # acceptgen writes MEASURE / DONE on stderr at the edges of its counted window
-        for line in client.stderr:  # type: ignore[union-attr]
-            if line == "MEASURE\n":
-                s0 = server.sample()
-            elif line == "DONE\n":
-                s1 = server.sample()
-            else:
-                other_err.append(line)
-        out, _ = client.communicate(timeout=args.duration + args.warmup + 30)
+        cmd = [str(GEN), HOST, str(server.port), str(args.concurrency)]
+        cmd += [str(args.duration), str(args.warmup), args.mode]
+        timeout = args.duration + args.warmup + 30
+        out, rc, s0, s1, other_err = run_client(cmd, cpus[1], server.sample, timeout)
         tw = time_wait_count()
     finally:
         server.stop()
@@ -286,8 +269,8 @@ def run_one(name: str, args: argparse.Namespace, cpus: tuple) -> dict:
         "client_connects_per_s": res["connects"] / secs,
         "errors": res["errors"],
         "first_error": res.get("first_error", ""),
-        "client_rc": client.returncode,
-        "client_stderr": "".join(other_err),
+        "client_rc": rc,
+        "client_stderr": other_err,
         "server_cpu_s": usr + sys_,
         "server_cpu_us_per_accept": (usr + sys_) / accepts * 1e6 if accepts else nan,
         "server_user_us_per_accept": usr / accepts * 1e6 if accepts else nan,
@@ -350,10 +333,8 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
             ]
         else:
             ratios = [""] * (2 * len(refs))
-        client = f"{r['client_cpu_frac']:.0%}"
-        if r["client_cpu_frac"] >= SATURATED:
-            client += " (sat.)"
-            saturated = True
+        client, sat = client_cell(r["client_cpu_frac"])
+        saturated |= sat
         err = f" ({r['errors']} errors)" if r["errors"] else ""
         lines.append(
             f"| {r['server']}{err} | {r['accepts_per_s']:,.0f} "
@@ -374,10 +355,7 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
         "the server's one CPU."
     )
     if saturated:
-        lines.append(
-            "(sat.): the client's core was >= 95% busy, so accepts/s there is bounded by the "
-            "load generator too; compare CPU/accept rather than accepts/s for those rows."
-        )
+        lines.append(saturated_note("accepts/s", "CPU/accept"))
     drops = sum(r["listen_drops"] for r in rows)
     if drops:
         lines.append(f"Listen queue drops during the runs (TcpExt ListenDrops): {drops}.")
@@ -417,46 +395,22 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             r = run_one(name, args, cpus)
             runs.append(r)
-            print(
+            line = (
                 f"  round {rnd + 1}  {name:<10} {r['accepts_per_s']:>9,.0f} acc/s "
                 f"(client {r['client_connects_per_s']:>9,.0f})  "
                 f"{r['server_cpu_us_per_accept']:6.1f} µs/acc  "
                 f"server CPU {r['server_cpu_frac']:.0%}  client CPU {r['client_cpu_frac']:.0%}"
                 + (f"  drops {r['listen_drops']}" if r["listen_drops"] else "")
-                + (
-                    f"  ERRORS {r['errors']} ({r['first_error']}) rc={r['client_rc']}"
-                    if r["errors"] or r["client_rc"]
-                    else ""
-                ),
-                file=sys.stderr,
             )
-            if r["client_stderr"]:
-                print("  acceptgen: " + r["client_stderr"].strip(), file=sys.stderr)
+            print_run(line, r, "acceptgen", f" ({r['first_error']})")
     rows = summarize(runs, names)
-    load1 = os.getloadavg()
-    impl = f"{platform.python_implementation()} {platform.python_version()}"
-    print(
-        f"\n{len(runs)} runs in {time.monotonic() - t0:.0f} s, {impl}, {len(avail)} CPUs, "
-        f"load average {load0[0]:.2f} before, {load1[0]:.2f} after\n"
-    )
+    loads = (load0, os.getloadavg())
+    print(session_line(len(runs), t0, avail, loads))
     print(table(rows, args))
     if args.output:
-        meta = {
-            "python": sys.version,
-            "platform": platform.platform(),
-            "cpus": len(avail),
-            "pinned": {"server": cpus[0], "client": cpus[1]},
-            "duration": args.duration,
-            "warmup": args.warmup,
-            "rounds": args.rounds,
-            "concurrency": args.concurrency,
-            "mode": args.mode,
-            "backlog": BACKLOG,
-            "loadavg_before": load0,
-            "loadavg_after": load1,
-        }
-        with open(args.output, "w") as f:
-            json.dump({"meta": meta, "summary": rows, "runs": runs}, f, indent=1)
+        extra = {"concurrency": args.concurrency, "mode": args.mode, "backlog": BACKLOG}
+        meta = session_meta(avail, cpus, args, loads, **extra)
+        write_json(args.output, {"meta": meta, "summary": rows, "runs": runs})
     return 1 if any(r["errors"] for r in rows) else 0
 
 

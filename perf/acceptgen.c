@@ -25,22 +25,16 @@
  * server sent data instead of closing. cpu_seconds is this process's
  * user+system CPU during the counted window. It writes "MEASURE\n" to stderr
  * at the start of the counted window and "DONE\n" at its end, so that a
- * driver can sample the server over the same window. Exit status 1 if there
- * were errors.
+ * driver can sample the server over the same window (loadgen_common.h). Exit
+ * status 1 if there were errors.
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "loadgen_common.h"
 
 enum { IDLE, CONNECTING, WAITING };
 
@@ -54,24 +48,6 @@ static int ep;
 static int wait_mode = 1;
 static long connects, confirmed, errors;
 static int first_error;
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static double cpu_now(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
-         ru.ru_stime.tv_usec / 1e6;
-}
-
-static void die(const char *what) {
-  perror(what);
-  exit(2);
-}
 
 static void count_error(int err) {
   errors++;
@@ -155,10 +131,8 @@ int main(int argc, char **argv) {
             argv[0]);
     return 2;
   }
-  if (strcmp(argv[1], "127.0.0.1") != 0) {
-    fprintf(stderr, "acceptgen: only 127.0.0.1 is allowed\n");
+  if (check_loopback("acceptgen", argv[1]))
     return 2;
-  }
   int port = atoi(argv[2]);
   int conc = atoi(argv[3]);
   double duration = atof(argv[4]);
@@ -189,28 +163,19 @@ int main(int argc, char **argv) {
   ep = epoll_create1(EPOLL_CLOEXEC);
   if (ep < 0)
     die("epoll_create1");
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons((uint16_t)port);
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sa = loopback_addr(port);
   for (int i = 0; i < conc; i++)
     slots[i].fd = -1;
 
-  int measuring = warmup == 0;
-  double t_start = now(), t_measure = t_start, cpu_measure = cpu_now();
-  double t_end = t_start + warmup + duration;
-  if (measuring)
-    fputs("MEASURE\n", stderr);
+  struct window w;
+  window_start(&w, warmup, duration);
   for (;;) {
-    double t = now();
-    if (!measuring && t >= t_start + warmup) {
-      measuring = 1;
+    int pass = window_pass(&w);
+    if (pass & WINDOW_BEGINS) {
       connects = confirmed = errors = 0;
       first_error = 0;
-      t_measure = t;
-      cpu_measure = cpu_now();
-      fputs("MEASURE\n", stderr);
     }
-    if (t >= t_end)
+    if (pass & WINDOW_OVER)
       break;
     /* Refill: every slot that finished (or failed to start) gets a connect. */
     for (int i = 0; i < conc; i++)
@@ -225,14 +190,13 @@ int main(int argc, char **argv) {
     for (int k = 0; k < n; k++)
       on_event(&slots[evs[k].data.u32], evs[k].events);
   }
-  double t_stop = now(), cpu_stop = cpu_now();
-  fputs("DONE\n", stderr);
-  fflush(stderr);
+  double seconds, cpu_seconds;
+  window_done(&w, &seconds, &cpu_seconds);
   printf("{\"connects\": %ld, \"confirmed\": %ld, \"seconds\": %.6f, "
          "\"errors\": %ld, \"concurrency\": %d, \"mode\": \"%s\", "
          "\"cpu_seconds\": %.6f, \"first_error\": \"%s\"}\n",
-         connects, confirmed, t_stop - t_measure, errors, conc,
-         wait_mode ? "wait" : "close", cpu_stop - cpu_measure,
+         connects, confirmed, seconds, errors, conc,
+         wait_mode ? "wait" : "close", cpu_seconds,
          first_error ? strerror(first_error) : "");
   fflush(stdout);
   for (int i = 0; i < conc; i++)

@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyperf
 
-from ats_cffi.eventsystem import Continuation, EventProcessor, ProxyMutex
+from ats_cffi.eventsystem import Continuation, EThread, EventProcessor, ProxyMutex
 
 
 class _Counter(Continuation):
@@ -39,14 +41,28 @@ class _Counter(Continuation):
             self.t1 = time.perf_counter()
             self.done.set()
 
+    def wait(self, burst: str) -> None:
+        """Until the ``target``-th event ran; ``RuntimeError`` naming ``burst`` after 60 s."""
+        if not self.done.wait(60):
+            raise RuntimeError(f"{burst} burst did not finish")
 
-def ats_same_thread(loops: int) -> float:
+
+@contextmanager
+def _one_thread(loops: int) -> Iterator[tuple[EThread, _Counter]]:
+    """A fresh processor's one event thread, and a counter that ``loops`` events complete;
+    the processor is shut down on the way out."""
     ep = EventProcessor()
     ep.start(1)
     try:
-        thread = ep.threads()[0]
         counter = _Counter()
         counter.target = loops
+        yield ep.threads()[0], counter
+    finally:
+        ep.shutdown()
+
+
+def ats_same_thread(loops: int) -> float:
+    with _one_thread(loops) as (thread, counter):
         start: dict[str, float] = {}
 
         def burst(event: int, e: Any) -> None:
@@ -56,29 +72,18 @@ def ats_same_thread(loops: int) -> float:
                 schedule(counter)
 
         thread.schedule_imm_signal(Continuation(ProxyMutex(), burst))
-        if not counter.done.wait(60):
-            raise RuntimeError("same-thread burst did not finish")
+        counter.wait("same-thread")
         return counter.t1 - start["t0"]
-    finally:
-        ep.shutdown()
 
 
 def ats_cross_thread(loops: int) -> float:
-    ep = EventProcessor()
-    ep.start(1)
-    try:
-        thread = ep.threads()[0]
-        counter = _Counter()
-        counter.target = loops
+    with _one_thread(loops) as (thread, counter):
         schedule = thread.schedule_imm
         t0 = time.perf_counter()
         for _ in range(loops):
             schedule(counter)
-        if not counter.done.wait(60):
-            raise RuntimeError("cross-thread burst did not finish")
+        counter.wait("cross-thread")
         return counter.t1 - t0
-    finally:
-        ep.shutdown()
 
 
 def asyncio_same_thread(loops: int) -> float:

@@ -35,10 +35,13 @@ from __future__ import annotations
 import os
 import select
 import socket
-import struct
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from time import perf_counter
+from typing import Any
 
 import pyperf
+from _common import HOST, LINGER0
 
 from ats_cffi import sys as asys
 from ats_cffi._native import ffi, lib
@@ -47,7 +50,6 @@ N_IDLE = 10
 N_ACCEPT = 64
 ACCEPT_MIN_TIME = 0.010  # seconds of timed accepting per value (see docstring)
 WAIT_MS = 1000  # readiness waits: the data is already there, this only guards a hang
-LINGER0 = struct.pack("ii", 1, 0)
 
 
 def _pairs(n: int) -> list[tuple[socket.socket, socket.socket]]:
@@ -66,13 +68,26 @@ def _close_pairs(pairs: list[tuple[socket.socket, socket.socket]]) -> None:
         b.close()
 
 
+@contextmanager
+def _epoll_and_pairs(
+    make_epoll: Callable[[], Any], n: int
+) -> Iterator[tuple[Any, list[tuple[socket.socket, socket.socket]]]]:
+    """An epoll (``make_epoll()``) and ``n`` non-blocking socketpairs, closed on the way out
+    (the set-up and tear-down of a timed function, outside its timed part)."""
+    pairs = _pairs(n)
+    ep = make_epoll()
+    try:
+        yield ep, pairs
+    finally:
+        ep.close()
+        _close_pairs(pairs)
+
+
 # ------------------------------------------------------------------ epoll_wait0
 
 
 def epoll_wait0_ats(loops: int) -> float:
-    pairs = _pairs(N_IDLE)
-    ep = asys.Epoll()
-    try:
+    with _epoll_and_pairs(asys.Epoll, N_IDLE) as (ep, pairs):
         for _, b in pairs:
             ep.add(b.fileno(), lib.EPOLLIN)
         wait = ep.wait
@@ -82,15 +97,10 @@ def epoll_wait0_ats(loops: int) -> float:
         for _ in it:
             wait(0)
         return perf_counter() - t0
-    finally:
-        ep.close()
-        _close_pairs(pairs)
 
 
 def epoll_wait0_stdlib(loops: int) -> float:
-    pairs = _pairs(N_IDLE)
-    ep = select.epoll()
-    try:
+    with _epoll_and_pairs(select.epoll, N_IDLE) as (ep, pairs):
         for _, b in pairs:
             ep.register(b.fileno(), select.EPOLLIN)
         poll = ep.poll
@@ -100,20 +110,15 @@ def epoll_wait0_stdlib(loops: int) -> float:
         for _ in it:
             poll(0)
         return perf_counter() - t0
-    finally:
-        ep.close()
-        _close_pairs(pairs)
 
 
 # ---------------------------------------------------------- readiness_roundtrip
 
 
 def roundtrip_ats_read_fill(loops: int) -> float:
-    ((a, b),) = pairs = _pairs(1)
-    ep = asys.Epoll()
     keep = bytearray(4096)
     cbuf = ffi.from_buffer(keep)
-    try:
+    with _epoll_and_pairs(asys.Epoll, 1) as (ep, [(a, b)]):
         afd, bfd = a.fileno(), b.fileno()
         ep.add(bfd, lib.EPOLLIN | lib.EPOLLET)
         write, wait, read_fill = asys.write, ep.wait, asys.read_fill
@@ -126,16 +131,11 @@ def roundtrip_ats_read_fill(loops: int) -> float:
             wait(WAIT_MS)
             read_fill(bfd, cbuf, 0, 1)
         return perf_counter() - t0
-    finally:
-        ep.close()
-        _close_pairs(pairs)
 
 
 def roundtrip_ats_read_into(loops: int) -> float:
-    ((a, b),) = pairs = _pairs(1)
-    ep = asys.Epoll()
     buf = bytearray(4096)
-    try:
+    with _epoll_and_pairs(asys.Epoll, 1) as (ep, [(a, b)]):
         afd, bfd = a.fileno(), b.fileno()
         ep.add(bfd, lib.EPOLLIN | lib.EPOLLET)
         write, wait, read_into = asys.write, ep.wait, asys.read_into
@@ -148,17 +148,12 @@ def roundtrip_ats_read_into(loops: int) -> float:
             wait(WAIT_MS)
             read_into(bfd, buf, 1)
         return perf_counter() - t0
-    finally:
-        ep.close()
-        _close_pairs(pairs)
 
 
 def roundtrip_stdlib(loops: int) -> float:
-    ((a, b),) = pairs = _pairs(1)
-    ep = select.epoll()
     buf = bytearray(4096)
     timeout = WAIT_MS / 1000
-    try:
+    with _epoll_and_pairs(select.epoll, 1) as (ep, [(a, b)]):
         ep.register(b.fileno(), select.EPOLLIN | select.EPOLLET)
         send, poll, recv_into = a.send, ep.poll, b.recv_into
         assert send(b"x") == 1 and len(poll(timeout)) == 1 and recv_into(buf, 1) == 1
@@ -170,9 +165,6 @@ def roundtrip_stdlib(loops: int) -> float:
             poll(timeout)
             recv_into(buf, 1)
         return perf_counter() - t0
-    finally:
-        ep.close()
-        _close_pairs(pairs)
 
 
 # ----------------------------------------------------------------------- accept
@@ -181,7 +173,7 @@ def roundtrip_stdlib(loops: int) -> float:
 def _listener() -> socket.socket:
     ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("127.0.0.1", 0))
+    ls.bind((HOST, 0))
     ls.listen(2 * N_ACCEPT)
     ls.setblocking(False)
     return ls

@@ -42,39 +42,46 @@ case's throughput is bounded by the load generator too. Markdown table on stdout
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shlex
-import shutil
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import accept_bench
 import echo_bench
 from _common import (
+    BACKLOG,
     HERE,
+    HOST,
+    LINGER0,
     SATURATED,
+    WRK_CLOSE_CONNS,
+    WRK_CONNS,
+    ensure_wrk,
     fmt_ratio,
+    host_meta,
+    log_tail,
+    measure_wrk,
     pin,
     pin_cpus,
-    proc_cpu_seconds,
+    port_after,
+    print_report,
     proc_fd_count,
     proc_rss_kib,
     proc_runtime_ns,
+    python_impl,
     raise_nofile,
     start_ready,
     stop_process,
+    write_json,
+    wrk_errors,
 )
 
-HOST = "127.0.0.1"
 SERVERS = ("ats", "asyncio", "uvloop")
 REFS = ("asyncio", "uvloop")
 #: The echo cases also run the spliced ats echo (``servers.py ats_splice``): a row of its own.
@@ -82,14 +89,8 @@ ECHO_SERVERS = ("ats", "ats_splice", "asyncio", "uvloop")
 SUBJECT_LABEL = {"ats": "", "ats_splice": ", splice"}
 KIB = 1024
 ECHO_CASES = [(m * KIB, c) for m in (1, 10, 100) for c in (10, 100)]
-WRK_CONNS = 100
-#: Connections of the new-connection-per-request HTTP case (wrk reconnects after each close).
-WRK_CLOSE_CONNS = 50
-WRK_LUA = HERE / "wrk_report.lua"
 HTTP_PEERS = HERE / "http_peers.py"
 IDLE_CONNS = 10_000
-BACKLOG = 4096
-LINGER0 = struct.pack("ii", 1, 0)
 
 
 # -- the idle client (a child process: ``compare_peers.py idle-client PORT N``) -----------
@@ -123,77 +124,19 @@ def idle_client_main(argv: list[str]) -> int:
 # -- servers ------------------------------------------------------------------------------
 
 
-def _port_after(prefix: str) -> Callable[[str], int | None]:
-    def parse(line: str) -> int | None:
-        if line.startswith(prefix):
-            return int(line.strip().rsplit(":", 1)[1] if ":" in line else line.split()[1])
-        return None
-
-    return parse
-
-
 def start_http(name: str, cpu: int | None, log) -> tuple[subprocess.Popen, int]:
     if name == "ats":
         cmd = [sys.executable, "-m", "ats_cffi", "http", "--listen", f"{HOST}:0"]
         cmd += ["--drain-timeout", "1"]
-        return start_ready(cmd, cpu, _port_after("ats-cffi http listening on "), stderr=log)
+        return start_ready(cmd, cpu, port_after("ats-cffi http listening on "), stderr=log)
     cmd = [sys.executable, str(HTTP_PEERS), name, "--backlog", str(BACKLOG)]
-    return start_ready(cmd, cpu, _port_after("READY "), stderr=log)
+    return start_ready(cmd, cpu, port_after("READY "), stderr=log)
 
 
 def start_echo(name: str, cpu: int | None, log) -> tuple[subprocess.Popen, int]:
     cmd = [sys.executable, str(echo_bench.SERVERS_PY), name, "--port", "0"]
     cmd += ["--backlog", str(BACKLOG)]
     return start_ready(cmd, cpu, echo_bench.ready_port, stderr=log)
-
-
-def _log_text(log) -> str:
-    log.seek(0)
-    return log.read().decode(errors="replace")[-2000:]
-
-
-# -- wrk ----------------------------------------------------------------------------------
-
-
-def ensure_wrk() -> str:
-    """The path of wrk; installs Debian's package (as root) when it is missing."""
-    path = shutil.which("wrk")
-    if path:
-        return path
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = ["apt-get", "install", "-y", "wrk"]
-    print("+ " + " ".join(install), file=sys.stderr)
-    if subprocess.run(install, env=env).returncode != 0:
-        print("+ apt-get update", file=sys.stderr)
-        subprocess.run(["apt-get", "update"], env=env, check=True)
-        subprocess.run(install, env=env, check=True)
-    path = shutil.which("wrk")
-    if not path:
-        raise RuntimeError("wrk is not on PATH after apt-get install wrk")
-    return path
-
-
-def run_wrk(
-    wrk: str, port: int, seconds: int, cpu: int | None, close: bool = False
-) -> tuple[dict, float, float]:
-    """One wrk run: (its WRK_JSON report, its own CPU seconds, wall seconds). ``close``: a
-    new connection per request (``Connection: close``, ``WRK_CLOSE_CONNS`` connections)."""
-    conns = WRK_CLOSE_CONNS if close else WRK_CONNS
-    cmd = [wrk, "-c", str(conns), "-t", "1", "-d", f"{seconds}s", "-s", str(WRK_LUA)]
-    if close:
-        cmd += ["-H", "Connection: close"]
-    cmd.append(f"http://{HOST}:{port}/")
-    t0 = time.monotonic()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=pin(cpu))
-    out = p.stdout.read()  # type: ignore[union-attr]
-    _, status, ru = os.wait4(p.pid, 0)  # its own rusage: the client's CPU
-    p.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.monotonic() - t0
-    p.stdout.close()  # type: ignore[union-attr]
-    report = next((json.loads(x[9:]) for x in out.splitlines() if x.startswith("WRK_JSON ")), None)
-    if p.returncode != 0 or report is None:
-        raise RuntimeError(f"wrk failed (rc {p.returncode}): {out[-500:]!r}")
-    return report, ru.ru_utime + ru.ru_stime, wall
 
 
 # -- one run of each kind: every one returns a record with the same keys ------------------
@@ -223,28 +166,17 @@ def run_echo(case: str, name: str, a: argparse.Namespace, cpus, msg: int, conns:
 def run_http(case: str, name: str, a: argparse.Namespace, cpus, close: bool = False) -> dict:
     with tempfile.TemporaryFile() as log:
         server, port = start_http(name, cpus[0], log)
-        try:
-            if a.http_warmup > 0:
-                run_wrk(a.wrk, port, a.http_warmup, cpus[1], close)
-            cpu0 = proc_cpu_seconds(server.pid)
-            rep, client_cpu, wall = run_wrk(a.wrk, port, a.http_duration, cpus[1], close)
-            cpu1 = proc_cpu_seconds(server.pid)
-        except Exception as e:
-            raise RuntimeError(f"{e}; server stderr: {_log_text(log)!r}") from e
-        finally:
-            stop_process(server)
+        rep, client_cpu, wall, usr, sys_ = measure_wrk(
+            server, port, log, a.wrk, a.http_warmup, a.http_duration, cpus[1], close
+        )
     n = rep["requests"]
     secs = rep["duration_us"] / 1e6
+    cpu = usr + sys_
     rec = record(
-        case,
-        name,
-        n / secs,
-        (cpu1 - cpu0) / n * 1e6 if n else float("nan"),
-        client_cpu / wall,
-        raw=rep,
+        case, name, n / secs, cpu / n * 1e6 if n else float("nan"), client_cpu / wall, raw=rep
     )
-    rec["errors"] = sum(rep[k] for k in ("connect", "read", "write", "status", "timeout"))
-    rec["server_cpu_frac"] = (cpu1 - cpu0) / wall
+    rec["errors"] = wrk_errors(rep)
+    rec["server_cpu_frac"] = cpu / wall
     return rec
 
 
@@ -300,7 +232,7 @@ def run_idle(case: str, name: str, a: argparse.Namespace, cpus, app: str) -> dic
             rss2 = proc_rss_kib(server.pid)
             fds_end = proc_fd_count(server.pid) - fd0
         except Exception as e:
-            raise RuntimeError(f"{e}; server stderr: {_log_text(log)!r}") from e
+            raise RuntimeError(f"{e}; server stderr: {log_tail(log)!r}") from e
         finally:
             if client is not None:
                 client.stdin.close()  # type: ignore[union-attr]
@@ -524,24 +456,17 @@ def main(argv: list[str] | None = None) -> int:
                 )
     rows = summarize(runs, cases)
     load1 = os.getloadavg()
-    impl = f"{platform.python_implementation()} {platform.python_version()}"
     cmd = "python perf/compare_peers.py " + shlex.join(argv)
     head = (
-        f"`{cmd.strip()}`: {len(runs)} runs in {time.monotonic() - t0:.0f} s, {impl}, "
+        f"`{cmd.strip()}`: {len(runs)} runs in {time.monotonic() - t0:.0f} s, {python_impl()}, "
         f"{len(avail)} CPUs (server on CPU {cpus[0]}, clients on CPU {cpus[1]}), "
         f"{a.rounds} round(s), load average {load0[0]:.2f} before, {load1[0]:.2f} after."
     )
-    report = head + "\n\n" + table(rows)
-    print("\n" + report)
-    if a.md:
-        Path(a.md).write_text(report + "\n")
+    print_report(head, table(rows), a.md)
     if a.output:
         meta = {
             "command": cmd.strip(),
-            "python": sys.version,
-            "platform": platform.platform(),
-            "cpus": len(avail),
-            "pinned": {"server": cpus[0], "client": cpus[1]},
+            **host_meta(avail, cpus),
             "rounds": a.rounds,
             "idle_rounds": a.idle_rounds,
             "echo": {"duration": a.echo_duration, "warmup": a.echo_warmup},
@@ -561,8 +486,7 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_after": load1,
             "wall_seconds": time.monotonic() - t0,
         }
-        with open(a.output, "w") as f:
-            json.dump({"meta": meta, "summary": rows, "runs": runs}, f, indent=1)
+        write_json(a.output, {"meta": meta, "summary": rows, "runs": runs})
     bad = any(
         v and (v.get("errors") or v.get("failed")) for row in rows for v in map(row.get, SERVERS)
     )

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,16 +24,22 @@ from pathlib import Path
 
 from _common import (
     HERE,
+    HOST,
     OUT,
-    SATURATED,
     build_c,
+    client_cell,
     fmt_ratio,
     parse_servers,
-    pin,
     pin_cpus,
+    print_run,
     proc_cpu_seconds,
+    run_client,
+    saturated_note,
+    session_line,
+    session_meta,
     start_ready,
     stop_process,
+    write_json,
 )
 from servers import ATS_WATER_MARK
 
@@ -76,33 +81,10 @@ def run_one(
 ) -> dict:
     server, port = start_server(name, cpus[0], wm)
     try:
-        client = subprocess.Popen(
-            [
-                str(LOADGEN),
-                "127.0.0.1",
-                str(port),
-                str(conns),
-                str(msg),
-                str(duration),
-                str(warmup),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=pin(cpus[1]),
+        cmd = [str(LOADGEN), HOST, str(port), str(conns), str(msg), str(duration), str(warmup)]
+        out, rc, cpu0, cpu1, other_err = run_client(
+            cmd, cpus[1], lambda: proc_cpu_seconds(server.pid), duration + warmup + 30
         )
-        cpu0 = cpu1 = None
-        other_err = []
-        # loadgen writes MEASURE / DONE on stderr at the edges of its counted window
-        for line in client.stderr:
-            if line == "MEASURE\n":
-                cpu0 = proc_cpu_seconds(server.pid)
-            elif line == "DONE\n":
-                cpu1 = proc_cpu_seconds(server.pid)
-            else:
-                other_err.append(line)
-        out, _ = client.communicate(timeout=duration + warmup + 30)
-        rc = client.returncode
     finally:
         stop_server(server)
     res = json.loads(out) if out.strip() else {"round_trips": 0, "seconds": 0, "errors": -1}
@@ -117,7 +99,7 @@ def run_one(
         "seconds": res["seconds"],
         "errors": res["errors"],
         "client_rc": rc,
-        "client_stderr": "".join(other_err),
+        "client_stderr": other_err,
         "rt_per_s": rts / secs,
         "server_cpu_s": srv_cpu,
         "server_cpu_us_per_rt": srv_cpu / rts * 1e6 if rts else float("nan"),
@@ -177,10 +159,8 @@ def table(rows: list[dict]) -> str:
                 fmt_ratio(r["server_cpu_us_per_rt"] / a["server_cpu_us_per_rt"] if a else nan),
                 fmt_ratio(r["server_cpu_us_per_rt"] / u["server_cpu_us_per_rt"] if u else nan),
             ]
-        client = f"{r['client_cpu_frac']:.0%}"
-        if r["client_cpu_frac"] >= SATURATED:
-            client += " (sat.)"
-            saturated = True
+        client, sat = client_cell(r["client_cpu_frac"])
+        saturated |= sat
         err = f" ({r['errors']} errors)" if r["errors"] else ""
         lines.append(
             f"| {case} | {r['server']}{err} | {r['rt_per_s']:,.0f} "
@@ -195,10 +175,7 @@ def table(rows: list[dict]) -> str:
         "CPU ratios < 1 mean ats_cffi spends less CPU per round trip."
     )
     if saturated:
-        lines.append(
-            "(sat.): the client's core was >= 95% busy, so rt/s there is bounded by the load "
-            "generator too; compare CPU/rt rather than rt/s for those rows."
-        )
+        lines.append(saturated_note("rt/s", "CPU/rt"))
     return "\n".join(lines)
 
 
@@ -232,42 +209,19 @@ def main(argv: list[str] | None = None) -> int:
             for name in servers:
                 r = run_one(name, msg, conns, args.duration, args.warmup, cpus, args.ats_water_mark)
                 runs.append(r)
-                print(
+                line = (
                     f"  {msg:>6} B x {conns:>3}  round {rnd + 1}  {name:<7} "
                     f"{r['rt_per_s']:>10,.0f} rt/s  {r['server_cpu_us_per_rt']:6.1f} µs/rt  "
                     f"client CPU {r['client_cpu_frac']:.0%}"
-                    + (
-                        f"  ERRORS {r['errors']} rc={r['client_rc']}"
-                        if r["errors"] or r["client_rc"]
-                        else ""
-                    ),
-                    file=sys.stderr,
                 )
-                if r["client_stderr"]:
-                    print("  loadgen: " + r["client_stderr"].strip(), file=sys.stderr)
+                print_run(line, r, "loadgen")
     rows = summarize(runs)
-    load1 = os.getloadavg()
-    impl = f"{platform.python_implementation()} {platform.python_version()}"
-    print(
-        f"\n{len(runs)} runs in {time.monotonic() - t0:.0f} s, {impl}, {len(avail)} CPUs, "
-        f"load average {load0[0]:.2f} before, {load1[0]:.2f} after\n"
-    )
+    loads = (load0, os.getloadavg())
+    print(session_line(len(runs), t0, avail, loads))
     print(table(rows))
     if args.output:
-        meta = {
-            "python": sys.version,
-            "platform": platform.platform(),
-            "cpus": len(avail),
-            "pinned": {"server": cpus[0], "client": cpus[1]},
-            "duration": args.duration,
-            "warmup": args.warmup,
-            "rounds": args.rounds,
-            "ats_water_mark": args.ats_water_mark,
-            "loadavg_before": load0,
-            "loadavg_after": load1,
-        }
-        with open(args.output, "w") as f:
-            json.dump({"meta": meta, "summary": rows, "runs": runs}, f, indent=1)
+        meta = session_meta(avail, cpus, args, loads, ats_water_mark=args.ats_water_mark)
+        write_json(args.output, {"meta": meta, "summary": rows, "runs": runs})
     return 1 if any(r["errors"] for r in rows) else 0
 
 

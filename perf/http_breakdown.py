@@ -25,17 +25,24 @@ code per request without sockets. Takes about
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-from _common import pin_cpus, proc_cpu_times, start_ready, stop_process
-from compare_peers import _log_text, _port_after, ensure_wrk, run_wrk, start_http
+from _common import (
+    HERE,
+    ensure_wrk,
+    measure_wrk,
+    pin_cpus,
+    port_after,
+    print_report,
+    python_impl,
+    start_ready,
+    write_json,
+    wrk_errors,
+)
+from compare_peers import start_http
 
-HERE = Path(__file__).resolve().parent
 HTTP_FLOOR = HERE / "http_floor.py"
 SERVERS = ("uvloop", "asyncio", "ats", "uvloop_session", "session", "bare")
 FLOOR_KIND = {"uvloop_session": "uvloop", "session": "session", "bare": "bare"}
@@ -55,27 +62,21 @@ def run(name: str, wrk: str, seconds: int, cpus) -> dict:
     with tempfile.TemporaryFile() as log:
         if name in FLOOR_KIND:
             cmd = [sys.executable, str(HTTP_FLOOR), FLOOR_KIND[name]]
-            server, port = start_ready(cmd, cpus[0], _port_after("READY "), stderr=log)
+            server, port = start_ready(cmd, cpus[0], port_after("READY "), stderr=log)
         else:
             server, port = start_http(name, cpus[0], log)
-        try:
-            run_wrk(wrk, port, WARMUP, cpus[1])
-            u0, s0 = proc_cpu_times(server.pid)
-            rep, client_cpu, wall = run_wrk(wrk, port, seconds, cpus[1])
-            u1, s1 = proc_cpu_times(server.pid)
-        except Exception as e:
-            raise RuntimeError(f"{e}; server stderr: {_log_text(log)!r}") from e
-        finally:
-            stop_process(server)
+        rep, client_cpu, wall, usr, sys_ = measure_wrk(
+            server, port, log, wrk, WARMUP, seconds, cpus[1]
+        )
     n = rep["requests"]
     return {
         "server": name,
         "requests": n,
         "req_per_s": n / (rep["duration_us"] / 1e6),
-        "user_us": (u1 - u0) / n * 1e6,
-        "sys_us": (s1 - s0) / n * 1e6,
+        "user_us": usr / n * 1e6,
+        "sys_us": sys_ / n * 1e6,
         "client_cpu_frac": client_cpu / wall,
-        "errors": sum(rep[k] for k in ("connect", "read", "write", "status", "timeout")),
+        "errors": wrk_errors(rep),
     }
 
 
@@ -149,20 +150,15 @@ def main(argv: list[str] | None = None) -> int:
                     + (f"  ERRORS {r['errors']}" if r["errors"] else "")
                 )
             print(f"  [{time.monotonic() - t0:4.0f} s] round {rnd}  {s:<8} {msg}", file=sys.stderr)
-    impl = f"{platform.python_implementation()} {platform.python_version()}"
     head = (
         f"`python perf/http_breakdown.py --rounds {a.rounds} --duration {a.duration}`: "
-        f"{impl}, server on CPU {cpus[0]}, wrk on CPU {cpus[1]}, medians of {a.rounds} "
+        f"{python_impl()}, server on CPU {cpus[0]}, wrk on CPU {cpus[1]}, medians of {a.rounds} "
         f"interleaved round(s), {time.monotonic() - t0:.0f} s."
     )
-    report = head + "\n\n" + table(runs)
-    print("\n" + report)
-    if a.md:
-        Path(a.md).write_text(report + "\n")
+    print_report(head, table(runs), a.md)
     if a.output:
         meta = {"python": sys.version, "cpus": len(avail), "rounds": a.rounds}
-        with open(a.output, "w") as f:
-            json.dump({"meta": meta, "runs": runs}, f, indent=1)
+        write_json(a.output, {"meta": meta, "runs": runs})
     bad = any("error" in r or r["errors"] for r in runs)
     return 1 if bad else 0
 

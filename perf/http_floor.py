@@ -41,6 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 import httptools  # noqa: E402
+from _common import HOST  # noqa: E402
 from bench_http import BenchVC  # noqa: E402
 
 from ats_cffi import sys as asys  # noqa: E402
@@ -53,7 +54,6 @@ from ats_cffi.eventsystem.codes import (  # noqa: E402
     VC_EVENT_WRITE_COMPLETE,
 )
 
-HOST = "127.0.0.1"
 _ET = lib.EPOLLIN | lib.EPOLLOUT | lib.EPOLLRDHUP | lib.EPOLLET
 #: A hang-up can share an edge with the last data: then read on to EOF, not only until a
 #: short read (as net_read_io does).

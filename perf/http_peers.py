@@ -24,8 +24,8 @@ import sys
 import time
 
 import httptools
+from _common import HOST
 
-HOST = "127.0.0.1"
 MAX_URL = 8192
 _TEXT = b"text/plain; charset=utf-8"
 _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed"}

@@ -16,23 +16,17 @@
  *
  * Before printing, it writes "MEASURE\n" to stderr at the start of the
  * counted window and "DONE\n" at its end, so that a driver can sample the
- * server's CPU time over the same window.
+ * server's CPU time over the same window (loadgen_common.h).
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "loadgen_common.h"
 
 struct conn {
   int fd;
@@ -46,22 +40,14 @@ static uint8_t *pattern; /* 2 * msg_size + 256 bytes: pattern[i] = i & 0xff */
 static uint8_t *rbuf;
 static long errors;
 
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static double cpu_now(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
-         ru.ru_stime.tv_usec / 1e6;
-}
-
-static void die(const char *what) {
-  perror(what);
-  exit(2);
+/* What a send or recv that moved no bytes (N <= 0) means: 1 try again now
+ * (EINTR), 0 wait for the next edge (EAGAIN), -1 an error (EOF included). */
+static int no_bytes(ssize_t n) {
+  if (n < 0 && errno == EINTR)
+    return 1;
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+    return 0;
+  return -1;
 }
 
 /* Write as much of the current message as the socket takes. -1 on error. */
@@ -71,13 +57,11 @@ static int do_send(struct conn *c) {
                      MSG_NOSIGNAL);
     if (n > 0) {
       c->sent += (size_t)n;
-    } else if (n < 0 && errno == EINTR) {
       continue;
-    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      return 0;
-    } else {
-      return -1;
     }
+    int r = no_bytes(n);
+    if (r <= 0)
+      return r;
   }
   return 0;
 }
@@ -97,13 +81,11 @@ static int do_recv(struct conn *c) {
       if (memcmp(rbuf, pattern + c->seq + c->recvd, (size_t)n) != 0)
         return -1;
       c->recvd += (size_t)n;
-    } else if (n < 0 && errno == EINTR) {
       continue;
-    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      return 0;
-    } else {
-      return -1;
     }
+    int r = no_bytes(n);
+    if (r <= 0)
+      return r;
   }
 }
 
@@ -114,10 +96,8 @@ int main(int argc, char **argv) {
             argv[0]);
     return 2;
   }
-  if (strcmp(argv[1], "127.0.0.1") != 0) {
-    fprintf(stderr, "loadgen: only 127.0.0.1 is allowed\n");
+  if (check_loopback("loadgen", argv[1]))
     return 2;
-  }
   int port = atoi(argv[2]);
   int nconns = atoi(argv[3]);
   msg_size = (size_t)atol(argv[4]);
@@ -141,10 +121,7 @@ int main(int argc, char **argv) {
   int ep = epoll_create1(EPOLL_CLOEXEC);
   if (ep < 0)
     die("epoll_create1");
-  struct sockaddr_in sa = {0};
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons((uint16_t)port);
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  struct sockaddr_in sa = loopback_addr(port);
 
   /* Connect blocking (simple, loopback), then switch to non-blocking. */
   for (int i = 0; i < nconns; i++) {
@@ -173,21 +150,13 @@ int main(int argc, char **argv) {
       die("send");
 
   long rts = 0;
-  int measuring = warmup == 0;
-  double t_start = now(), t_measure = t_start, cpu_measure = cpu_now();
-  double t_end = t_start + warmup + duration;
-  if (measuring)
-    fputs("MEASURE\n", stderr);
+  struct window w;
+  window_start(&w, warmup, duration);
   while (!errors) {
-    double t = now();
-    if (!measuring && t >= t_start + warmup) {
-      measuring = 1;
+    int pass = window_pass(&w);
+    if (pass & WINDOW_BEGINS)
       rts = 0;
-      t_measure = t;
-      cpu_measure = cpu_now();
-      fputs("MEASURE\n", stderr);
-    }
-    if (t >= t_end)
+    if (pass & WINDOW_OVER)
       break;
     int n = epoll_wait(ep, evs, nconns, 50);
     if (n < 0) {
@@ -225,13 +194,11 @@ int main(int argc, char **argv) {
         break;
     }
   }
-  double t_stop = now(), cpu_stop = cpu_now();
-  fputs("DONE\n", stderr);
-  fflush(stderr);
+  double seconds, cpu_seconds;
+  window_done(&w, &seconds, &cpu_seconds);
   printf("{\"round_trips\": %ld, \"seconds\": %.6f, \"errors\": %ld, "
          "\"conns\": %d, \"msg_size\": %zu, \"cpu_seconds\": %.6f}\n",
-         rts, t_stop - t_measure, errors, nconns, msg_size,
-         cpu_stop - cpu_measure);
+         rts, seconds, errors, nconns, msg_size, cpu_seconds);
   fflush(stdout);
   for (int i = 0; i < nconns; i++)
     close(conns[i].fd);

@@ -15,7 +15,7 @@ import asyncio
 import signal
 import sys
 
-HOST = "127.0.0.1"
+from _common import HOST
 
 
 def ready(port: int) -> None:

@@ -3,7 +3,8 @@
 from ats_cffi.eventsystem.codes import *  # noqa: F403
 from ats_cffi.eventsystem.codes import EventCode, HandlerReturn
 from ats_cffi.eventsystem.continuation import Continuation
-from ats_cffi.eventsystem.ethread import DEDICATED, REGULAR, EThread, this_ethread
+from ats_cffi.eventsystem.current import DEDICATED, REGULAR, this_ethread
+from ats_cffi.eventsystem.ethread import EThread
 from ats_cffi.eventsystem.event import Action, Event
 from ats_cffi.eventsystem.iobuffer import IOBufferBlock, IOBufferReader, MIOBuffer
 from ats_cffi.eventsystem.mutex import ProxyMutex

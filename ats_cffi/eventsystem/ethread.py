@@ -31,13 +31,21 @@ from typing import Any, Protocol
 
 from ats_cffi.eventsystem.codes import EVENT_IMMEDIATE, EVENT_INTERVAL
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
-from ats_cffi.eventsystem.event import Event, check_callback_event, check_number, new_event
+from ats_cffi.eventsystem.current import DEDICATED, REGULAR, set_this_ethread
+from ats_cffi.eventsystem.current import on_event_thread as on_event_thread  # re-exported
+from ats_cffi.eventsystem.current import this_ethread as this_ethread  # re-exported
+from ats_cffi.eventsystem.event import (
+    Event,
+    check_callback_event,
+    check_number,
+    check_period,
+    check_time,
+    new_event,
+)
 from ats_cffi.eventsystem.mutex import ProxyMutex
 from ats_cffi.sys import Epoll, EventFD
 
 log = logging.getLogger("ats.iocore_thread")
-
-_tls = threading.local()
 
 #: Delay before an event whose mutex was busy is tried again (ATS's DELAY_FOR_RETRY).
 DELAY_FOR_RETRY = 0.010
@@ -46,9 +54,6 @@ MAX_IDLE_WAIT_MS = 1000
 #: Longest sleep while every-pass (negative period) events exist: they run each pass, so a
 #: pass must come at least this often (ATS's net poll timeout).
 EVERY_PASS_MAX_WAIT_MS = 10
-
-REGULAR = "REGULAR"
-DEDICATED = "DEDICATED"
 
 #: Largest wait a poll step accepts: ``epoll_wait`` takes its timeout as a C int.
 MAX_WAIT_MS = 2**31 - 1
@@ -81,18 +86,6 @@ def check_clock(call: str, clock: Any) -> Clock:
         raise TypeError(f"{call}: clock must be callable, not {type(clock).__name__}")
     check_number(call, "clock()", clock())
     return clock
-
-
-def this_ethread() -> EThread | None:
-    """The EThread running the calling code, or None on another thread."""
-    return getattr(_tls, "ethread", None)
-
-
-def on_event_thread() -> bool:
-    """True when a REGULAR EThread runs the calling code: it must never block (nor wait for
-    a lock another thread holds)."""
-    t = this_ethread()
-    return t is not None and t.tt == REGULAR
 
 
 class TailHandler(Protocol):
@@ -187,22 +180,15 @@ class EThread:
     ) -> Event:
         """Run ``cont`` on this thread as soon as possible; returns the cancellable Event."""
         check_continuation("schedule_imm", cont, True)
-        if type(callback_event) is not int:
-            check_callback_event("schedule_imm", callback_event)
-        e = new_event(cont, callback_event, cookie, 0.0, 0.0)
-        self._schedule(e, False)
-        return e
+        return self._schedule(new_event("schedule_imm", cont, callback_event, cookie), False)
 
     def schedule_imm_signal(
         self, cont: Continuation, callback_event: int = EVENT_IMMEDIATE, cookie: Any = None
     ) -> Event:
         """As ``schedule_imm``, and always wake the thread (writes its eventfd)."""
         check_continuation("schedule_imm_signal", cont, True)
-        if type(callback_event) is not int:
-            check_callback_event("schedule_imm_signal", callback_event)
-        e = new_event(cont, callback_event, cookie, 0.0, 0.0)
-        self._schedule(e, True)
-        return e
+        e = new_event("schedule_imm_signal", cont, callback_event, cookie)
+        return self._schedule(e, True)
 
     def schedule_in(
         self,
@@ -213,14 +199,8 @@ class EThread:
     ) -> Event:
         """Run ``cont`` ``delay`` seconds from now. ``ValueError`` for a negative delay."""
         check_continuation("schedule_in", cont, True)
-        delay = check_number("schedule_in", "delay", delay)
-        if delay < 0:
-            raise ValueError(f"schedule_in: delay must be >= 0, got {delay}")
-        if type(callback_event) is not int:
-            check_callback_event("schedule_in", callback_event)
-        e = new_event(cont, callback_event, cookie, self.clock() + delay, 0.0)
-        self._schedule(e, False)
-        return e
+        at = self.clock() + check_time("schedule_in", "delay", delay)
+        return self._schedule(new_event("schedule_in", cont, callback_event, cookie, at), False)
 
     def schedule_at(
         self,
@@ -231,14 +211,9 @@ class EThread:
     ) -> Event:
         """Run ``cont`` when the thread's clock reaches ``atime``."""
         check_continuation("schedule_at", cont, True)
-        atime = check_number("schedule_at", "atime", atime)
-        if atime < 0:
-            raise ValueError(f"schedule_at: atime must be >= 0, got {atime}")
-        if type(callback_event) is not int:
-            check_callback_event("schedule_at", callback_event)
-        e = new_event(cont, callback_event, cookie, max(atime, 1e-9), 0.0)
-        self._schedule(e, False)
-        return e
+        # Above 0 even for atime 0: a timer (a 0 would make it an immediate event).
+        at = max(check_time("schedule_at", "atime", atime), 1e-9)
+        return self._schedule(new_event("schedule_at", cont, callback_event, cookie, at), False)
 
     def schedule_every(
         self,
@@ -249,15 +224,10 @@ class EThread:
     ) -> Event:
         """Run ``cont`` every ``period`` seconds; a negative period means every loop pass."""
         check_continuation("schedule_every", cont, True)
-        period = check_number("schedule_every", "period", period)
-        if period == 0:
-            raise ValueError("schedule_every: period must not be 0")
-        if type(callback_event) is not int:
-            check_callback_event("schedule_every", callback_event)
+        period = check_period("schedule_every", period)
         at = self.clock() + period if period > 0 else 0.0
-        e = new_event(cont, callback_event, cookie, at, period)
-        self._schedule(e, False)
-        return e
+        e = new_event("schedule_every", cont, callback_event, cookie, at, period)
+        return self._schedule(e, False)
 
     def schedule(self, e: Event, signal: bool = False) -> None:
         """Queue ``e`` on this thread (locally when called from it, else cross-thread).
@@ -301,15 +271,15 @@ class EThread:
         e.timeout_at = at
         e.period = period
 
-    def _schedule(self, e: Event, signal: bool) -> None:
-        # schedule() for arguments already checked (the schedulers' path).
+    def _schedule(self, e: Event, signal: bool) -> Event:
+        # schedule() for arguments already checked (the schedulers' path); returns ``e``.
         if self.tt != REGULAR:
             raise RuntimeError(f"schedule: {self.name} is a dedicated thread and runs no loop")
         e.ethread = self
         e.seq = next(self._seq)
         if self.tid == threading.get_ident():
             self._enqueue_local(e)
-            return
+            return e
         with self._ext_lock:
             if self._released:
                 # The loop is gone: the event could never run. Dropped, not queued (it used
@@ -317,12 +287,13 @@ class EThread:
                 if not self._dropped:
                     self._dropped = True
                     log.warning("%s has stopped: events scheduled onto it are dropped", self.name)
-                return
+                return e
             # With its seq: a later re-schedule (or a second one of the same event) makes
             # this entry stale, so the event runs once, at its latest time.
             self._ext.append((e.seq, e))
             if signal or len(self._ext) == 1:
                 self._write_signal_locked()
+        return e
 
     def signal(self) -> None:
         """Wake the thread from its poll step."""
@@ -482,7 +453,7 @@ class EThread:
             raise self._start_error
 
     def _main(self, init: Callable[[EThread], None] | None, oneevent: Event | None) -> None:
-        _tls.ethread = self
+        set_this_ethread(self)
         self.tid = threading.get_ident()
         try:
             try:

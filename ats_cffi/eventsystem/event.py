@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ats_cffi.eventsystem.codes import EVENT_NONE
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
+from ats_cffi.eventsystem.current import REGULAR, this_ethread
 from ats_cffi.eventsystem.mutex import ProxyMutex
 
 if TYPE_CHECKING:
@@ -25,6 +26,24 @@ def check_number(call: str, name: str, value: Any) -> float:
         f = math.inf if value > 0 else -math.inf
     if f != f:
         raise ValueError(f"{call}: {name} must not be NaN")
+    return f
+
+
+def check_time(call: str, name: str, value: Any) -> float:
+    """``value`` (a delay, or a clock time to run at) as a float: ``check_number``, and
+    ``ValueError`` if it is negative."""
+    f = check_number(call, name, value)
+    if f < 0:
+        raise ValueError(f"{call}: {name} must be >= 0, got {f}")
+    return f
+
+
+def check_period(call: str, value: Any) -> float:
+    """``value`` (a period: < 0 for every loop pass) as a float: ``check_number``, and
+    ``ValueError`` if it is 0."""
+    f = check_number(call, "period", value)
+    if f == 0:
+        raise ValueError(f"{call}: period must not be 0")
     return f
 
 
@@ -67,8 +86,6 @@ class Action:
             self.cancelled = True
             return
         if not m.try_lock():
-            from ats_cffi.eventsystem.ethread import REGULAR, this_ethread
-
             thread = this_ethread()
             if thread is not None and thread.tt == REGULAR:
                 # An event thread never waits for another thread's lock (class doc). The
@@ -129,20 +146,18 @@ class Event(Action):
 
     def schedule_in(self, delay: float, callback_event: int | None = None) -> None:
         """Re-schedule this event ``delay`` seconds from now."""
-        delay = self._check_delay("schedule_in", delay)
+        delay = check_time("schedule_in", "delay", delay)
         t = self._thread("schedule_in")
         self._reschedule("schedule_in", t.clock() + delay, 0.0, callback_event)
 
     def schedule_at(self, atime: float, callback_event: int | None = None) -> None:
         """Re-schedule this event for when its thread's clock reaches ``atime``."""
-        atime = self._check_delay("schedule_at", atime, "atime")
+        atime = check_time("schedule_at", "atime", atime)
         self._reschedule("schedule_at", atime, 0.0, callback_event)
 
     def schedule_every(self, period: float, callback_event: int | None = None) -> None:
         """Make this event periodic (``period`` < 0: every loop pass)."""
-        period = check_number("schedule_every", "period", period)
-        if period == 0:
-            raise ValueError("schedule_every: period must not be 0")
+        period = check_period("schedule_every", period)
         t = self._thread("schedule_every")
         at = t.clock() + period if period > 0 else 0.0
         self._reschedule("schedule_every", at, period, callback_event)
@@ -151,13 +166,6 @@ class Event(Action):
         if self.ethread is None:
             raise RuntimeError(f"Event.{call}: the event was never scheduled on a thread")
         return self.ethread
-
-    @staticmethod
-    def _check_delay(call: str, delay: Any, name: str = "delay") -> float:
-        d = check_number(call, name, delay)
-        if d < 0:
-            raise ValueError(f"{call}: {name} must be >= 0, got {delay}")
-        return d
 
     def _reschedule(self, call: str, at: float, period: float, callback_event: int | None) -> None:
         if callback_event is not None and type(callback_event) is not int:
@@ -181,10 +189,18 @@ class Event(Action):
 
 
 def new_event(
-    cont: Continuation, callback_event: int, cookie: Any, timeout_at: float, period: float
+    call: str,
+    cont: Continuation,
+    callback_event: Any,
+    cookie: Any,
+    timeout_at: float = 0.0,
+    period: float = 0.0,
 ) -> Event:
-    """An Event from arguments the caller has already checked (the schedulers' fast path:
-    ``Event(...)`` checks them again)."""
+    """An Event for the scheduler ``call``, whose ``cont`` and times are already checked
+    (the schedulers' fast path: ``Event(...)`` checks them again). ``TypeError`` naming
+    ``call`` unless ``callback_event`` is an int."""
+    if type(callback_event) is not int:
+        check_callback_event(call, callback_event)
     e = Event.__new__(Event)
     e.continuation = cont
     e.mutex = cont.mutex

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import _thread
-import re
 import sys
 import time
 from types import TracebackType
@@ -13,12 +12,8 @@ from mypy_extensions import mypyc_attr
 
 _get_ident: Final = _thread.get_ident
 _allocate_lock: Final = _thread.allocate_lock
-_RLock: Final = _thread.RLock
 _monotonic: Final = time.monotonic
 _TIMEOUT_MAX: Final = _thread.TIMEOUT_MAX
-
-# ``_thread.RLock``'s repr: "<locked _thread.RLock object owner=140… count=2 at 0x…>".
-_OWNER_COUNT: Final = re.compile(r"owner=(\d+) count=(\d+)")
 
 
 def _gil_enabled() -> bool:
@@ -28,11 +23,11 @@ def _gil_enabled() -> bool:
 
 #: True when this module runs compiled (mypyc) under a GIL. A compiled method that reads and
 #: writes only this class's own fields then runs as one step: the GIL passes to another
-#: thread only between bytecodes, or in a call that releases it, and it has neither. The
-#: mutex is then two fields, holder and depth, and taking or releasing it is a compare and a
-#: store or two, with no OS lock; an OS lock is made only for a thread that must wait
-#: (``lock``). Otherwise (interpreted, or a free-threaded build) each mutex is a C RLock,
-#: which keeps its holder and depth itself.
+#: thread only between bytecodes, or in a call that releases it, and it has neither. Taking
+#: a free mutex is then a compare and two stores, with no OS lock; an OS lock is made only
+#: for a thread that must wait (``lock``). Otherwise (interpreted, or a free-threaded
+#: build) each mutex has one plain OS lock, the token of "taken", which only the first
+#: level acquires and the last level releases.
 _NATIVE: Final[bool] = not __file__.endswith(".py") and _gil_enabled()
 
 
@@ -45,49 +40,52 @@ class ProxyMutex:
     (blocking), or ``try_lock()``/``unlock()`` where blocking is not allowed (every
     event-loop path: a net thread must never wait for another thread's lock).
 
-    Holder and depth live in two fields when ``_NATIVE`` (above), written only by the
-    holder, which makes the ``try_lock``/``unlock`` pair of every event delivery cost about
-    a method call; otherwise in the RLock (``thread_holding``/``nthread_holding``, which
-    nothing on an event path reads, then parse its repr).
+    Holder and depth are two fields in every mode, written only by the holder (after it
+    took the mutex, before it frees it): a thread reads ``_owner == me`` truly whatever
+    other threads do, so re-entry is a compare and an increment, and ``held_by_me`` is
+    exact. Another thread's reading of them is a snapshot. ``_NATIVE`` (above) chooses only
+    how a free mutex is taken atomically (in ``try_lock``), how a thread waits for it
+    (``_wait``) and how the last ``unlock`` hands it on.
     """
 
     __slots__ = ("_owner", "_depth", "_lock", "_waiters", "__weakref__")
 
     def __init__(self) -> None:
-        #: ``_NATIVE``: ident of the holding thread (0 when free) and its depth.
+        #: Ident of the holding thread (0 when free) and its depth.
         self._owner = 0
         self._depth = 0
-        #: Not ``_NATIVE``: the RLock that is the mutex.
-        self._lock: _thread.RLock | None = None if _NATIVE else _RLock()
+        #: Not ``_NATIVE``: the OS lock held while the mutex is taken (at any depth).
+        self._lock: _thread.LockType | None = None if _NATIVE else _allocate_lock()
         #: ``_NATIVE``: one locked OS lock per thread waiting in ``lock``, all released
         #: when the mutex is freed.
         self._waiters: list[_thread.LockType] | None = None
 
-    def _rlock(self) -> _thread.RLock:
-        lk = self._lock
-        assert lk is not None  # (not _NATIVE)
-        return lk
-
-    def _take_free(self, me: int) -> bool:
-        """``_NATIVE``: take the mutex if it is free (``me`` does not hold it)."""
-        if self._owner:
+    def try_lock(self) -> bool:
+        """Take the lock if that needs no wait; True on success (also when already held)."""
+        me = _get_ident()
+        if self._owner == me:
+            self._depth += 1
+            return True
+        # Taking a free mutex is the mode's: _NATIVE, this compare and the stores below
+        # are one step; otherwise the OS lock decides. Then the taker writes the fields.
+        if _NATIVE:
+            if self._owner:
+                return False
+        elif not self._lock.acquire(False):  # type: ignore[union-attr]
             return False
         self._owner = me
         self._depth = 1
         return True
 
-    def _take(self, wait: float) -> bool:
-        """Take the mutex, waiting up to ``wait`` seconds (< 0: forever)."""
+    def _wait(self, me: int, wait: float) -> bool:
+        """Take the mutex (``me`` does not hold it), waiting up to ``wait`` seconds (< 0:
+        forever); False once that time is over."""
         if not _NATIVE:
-            return self._rlock().acquire(True, wait)
-        me = _get_ident()
-        if self._owner == me:
-            self._depth += 1
+            if not self._lock.acquire(True, wait):  # type: ignore[union-attr]
+                return False
+            self._owner = me
+            self._depth = 1
             return True
-        if self._take_free(me):
-            return True
-        if wait == 0:
-            return False
         deadline = _monotonic() + wait if wait > 0 else 0.0
         while True:
             waiter = _allocate_lock()
@@ -98,7 +96,7 @@ class ProxyMutex:
             waiters.append(waiter)
             # The append and this attempt are one step with respect to unlock (``_NATIVE``):
             # a release before it lets this attempt succeed, one after it wakes the waiter.
-            if self._take_free(me):
+            if ProxyMutex.try_lock(self):
                 waiters.remove(waiter)
                 return True
             if deadline:
@@ -110,17 +108,15 @@ class ProxyMutex:
                 waiters = self._waiters
                 if waiters is not None and waiter in waiters:
                     waiters.remove(waiter)
-                return self._take_free(me)
+                return ProxyMutex.try_lock(self)
 
-    def try_lock(self) -> bool:
-        """Take the lock if that needs no wait; True on success (also when already held)."""
-        if not _NATIVE:
-            return self._lock.acquire(False)  # type: ignore[union-attr]
-        me = _get_ident()
-        if self._owner == me:
-            self._depth += 1
-            return True
-        return self._take_free(me)
+    def _wake_waiters(self) -> None:
+        """``_NATIVE``: wake every thread waiting in ``lock`` (the mutex was just freed)."""
+        waiters = self._waiters
+        self._waiters = None
+        if waiters:
+            for waiter in waiters:
+                waiter.release()
 
     def lock(self, timeout: object = -1) -> bool:
         """Take the lock, waiting up to ``timeout`` seconds (-1, or more than the OS can
@@ -138,52 +134,41 @@ class ProxyMutex:
                 wait = float(timeout)
         return self._take(wait)
 
+    def _take(self, wait: float) -> bool:
+        # ProxyMutex's own try_lock: a subclass's override is for its callers, not for this.
+        return ProxyMutex.try_lock(self) or (wait != 0 and self._wait(_get_ident(), wait))
+
     def unlock(self) -> None:
         """Release one level. Raises ``RuntimeError`` if this thread does not hold it."""
-        if not _NATIVE:
-            try:
-                self._lock.release()  # type: ignore[union-attr]
-            except RuntimeError:
-                raise RuntimeError(
-                    "ProxyMutex.unlock: the calling thread does not hold the mutex"
-                ) from None
-            return
         if self._owner != _get_ident():
             raise RuntimeError("ProxyMutex.unlock: the calling thread does not hold the mutex")
         depth = self._depth - 1
         self._depth = depth
         if depth:
             return
+        # Cleared before the mutex is handed on: the next holder writes its own ident.
         self._owner = 0
-        waiters = self._waiters
-        if waiters:
-            self._waiters = None
-            for waiter in waiters:
-                waiter.release()
+        if not _NATIVE:
+            self._lock.release()  # type: ignore[union-attr]
+        elif self._waiters:
+            self._wake_waiters()
 
     def held_by_me(self) -> bool:
         """True if the calling thread holds the mutex."""
-        if not _NATIVE:
-            return self._rlock()._is_owned()  # type: ignore[attr-defined,no-any-return]
         return self._owner == _get_ident()
 
     def _owner_count(self) -> tuple[int, int]:
-        """(holder ident, depth), (0, 0) when free: a snapshot."""
-        if _NATIVE:
-            owner = self._owner
-            return (owner, self._depth) if owner else (0, 0)
-        lk = self._rlock()
-        mo = _OWNER_COUNT.search(repr(lk))
-        if mo is None:  # pragma: no cover - an RLock without CPython's repr
-            return (_get_ident(), 1) if lk._is_owned() else (0, 0)  # type: ignore[attr-defined]
-        count = int(mo[2])
-        return (int(mo[1]) if count else 0), count
+        """(holder ident, depth), (0, 0) when free: a snapshot. Not ``_NATIVE``, another
+        thread can read the two fields in the middle of a take or a free: a pair with one
+        of them 0 counts as free."""
+        owner = self._owner
+        depth = self._depth
+        return (owner, depth) if owner and depth else (0, 0)
 
     @property
     def thread_holding(self) -> int | None:
         """Ident of the thread holding the mutex, None when it is free (a snapshot)."""
-        owner, count = self._owner_count()
-        return owner if count else None
+        return self._owner_count()[0] or None
 
     @property
     def nthread_holding(self) -> int:
@@ -203,5 +188,5 @@ class ProxyMutex:
         self.unlock()
 
     def __repr__(self) -> str:
-        owner, count = self._owner_count()
-        return f"<ProxyMutex holder={owner if count else None} depth={count}>"
+        owner, depth = self._owner_count()
+        return f"<ProxyMutex holder={owner or None} depth={depth}>"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
-from ats_cffi.eventsystem import Action, Continuation, Event, ProxyMutex
+from ats_cffi.eventsystem import Action, Continuation, Event, ProxyMutex, current, ethread, event
 from ats_cffi.eventsystem.continuation import check_continuation, deliver
 from tests.eventsystem.conftest import WAIT, HeldElsewhere
 
@@ -18,6 +21,44 @@ def held() -> Iterator[HeldElsewhere]:
     h = HeldElsewhere(ProxyMutex())
     yield h
     h.release()
+
+
+class OtherThread:
+    """One helper thread that runs the calls it is given, in order (``call`` waits for the
+    result, bounded: a call that blocks fails the test)."""
+
+    def __init__(self) -> None:
+        self._calls: queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="other")
+        self._thread.start()
+        self.ident = self._thread.ident
+
+    def _run(self) -> None:
+        while (item := self._calls.get()) is not None:
+            fn, box = item
+            try:
+                box.put((True, fn()))
+            except BaseException as exc:
+                box.put((False, exc))
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        box: queue.Queue[Any] = queue.Queue(1)
+        self._calls.put((fn, box))
+        ok, value = box.get(timeout=WAIT)
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        self._calls.put(None)
+        self._thread.join(WAIT)
+
+
+@pytest.fixture
+def other() -> Iterator[OtherThread]:
+    t = OtherThread()
+    yield t
+    t.close()
 
 
 # ------------------------------------------------------------------------- ProxyMutex
@@ -234,6 +275,75 @@ def test_threads_mixing_every_way_to_take_the_mutex_never_hold_it_together() -> 
     assert m.thread_holding is None and m.nthread_holding == 0
 
 
+def test_every_thread_sees_one_holder_and_depth_while_another_holds_it_reentrantly(
+    other,
+) -> None:
+    # Taken three ways by the other thread; freed one level at a time. At every depth the
+    # holder's fields, its repr and held_by_me agree, seen from here and from the holder,
+    # and the mutex stays taken: neither try_lock, a timed lock nor unlock gets through.
+    m = ProxyMutex()
+    assert other.call(m.lock) and other.call(m.try_lock)
+    other.call(m.__enter__)
+    ident = other.ident
+    for depth in (3, 2, 1):
+        view = (ident, depth, f"<ProxyMutex holder={ident} depth={depth}>")
+        assert (m.thread_holding, m.nthread_holding, repr(m)) == view
+        assert other.call(lambda: (m.thread_holding, m.nthread_holding, repr(m))) == view
+        assert other.call(m.held_by_me) and not m.held_by_me()
+        assert not m.try_lock() and m.lock(timeout=0.01) is False
+        with pytest.raises(RuntimeError, match="does not hold"):
+            m.unlock()
+        assert (m.thread_holding, m.nthread_holding) == (ident, depth)
+        other.call(m.unlock)
+    free = (None, 0, "<ProxyMutex holder=None depth=0>")
+    assert (m.thread_holding, m.nthread_holding, repr(m)) == free
+    assert other.call(lambda: (m.thread_holding, m.nthread_holding, repr(m))) == free
+    assert not other.call(m.held_by_me)
+    with pytest.raises(RuntimeError, match="does not hold"):
+        other.call(m.unlock)
+    assert m.try_lock() and m.thread_holding == threading.get_ident()
+    m.unlock()
+
+
+def test_timed_lock_on_another_thread_times_out_until_the_last_level_is_freed(other) -> None:
+    m = ProxyMutex()
+    assert m.lock() and m.try_lock()
+    assert other.call(lambda: m.lock(timeout=0.01)) is False
+    m.unlock()  # depth 1: still held
+    assert other.call(lambda: m.lock(timeout=0.01)) is False
+    assert other.call(lambda: m.lock(timeout=0)) is False and not other.call(m.try_lock)
+    assert (m.thread_holding, m.nthread_holding) == (threading.get_ident(), 1)
+    m.unlock()
+    assert other.call(lambda: m.lock(timeout=WAIT)) is True
+    assert (m.thread_holding, m.nthread_holding) == (other.ident, 1)
+    assert not m.try_lock()
+    assert other.call(m.try_lock) and m.nthread_holding == 2
+    other.call(m.unlock)
+    other.call(m.unlock)
+    assert m.thread_holding is None and m.try_lock()
+    m.unlock()
+
+
+def test_a_mutex_handed_between_threads_many_times_keeps_holder_and_depth_true(
+    other,
+) -> None:
+    # The first level takes the mutex and the last frees it, whoever held it before; a
+    # layout that took or freed it at another level would block or let both in here.
+    m = ProxyMutex()
+    me = threading.get_ident()
+    for _ in range(50):
+        assert m.try_lock() and m.try_lock()
+        assert not other.call(m.try_lock)
+        m.unlock()
+        m.unlock()
+        assert other.call(m.try_lock) and other.call(lambda: m.lock(timeout=WAIT))
+        assert (m.thread_holding, m.nthread_holding) == (other.ident, 2)
+        assert not m.try_lock() and m.thread_holding != me
+        other.call(m.unlock)
+        other.call(m.unlock)
+    assert m.thread_holding is None and m.nthread_holding == 0
+
+
 # ----------------------------------------------------------------------- Continuation
 
 
@@ -362,3 +472,26 @@ def test_event_never_scheduled_cannot_be_rescheduled() -> None:
         e.schedule_in(1.0)
     with pytest.raises(RuntimeError, match="never scheduled"):
         e.schedule_imm()
+
+
+def test_event_module_imports_ethread_only_for_type_hints() -> None:
+    # ethread imports event; what Action.cancel asks (the current thread) lives in
+    # current.py, so no import goes back at run time, not even inside a function.
+    with open(event.__file__, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    hints_only = {
+        id(node)
+        for stmt in tree.body
+        if isinstance(stmt, ast.If) and ast.unparse(stmt.test) == "TYPE_CHECKING"
+        for node in ast.walk(stmt)
+    }
+    run_time = [
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and id(node) not in hints_only
+    ]
+    assert "ats_cffi.eventsystem.ethread" not in run_time
+    assert "ats_cffi.eventsystem.current" in run_time
+    # The old import path of the current-thread helpers still works.
+    assert ethread.this_ethread is current.this_ethread
+    assert ethread.on_event_thread is current.on_event_thread
