@@ -47,6 +47,7 @@ from bench_http import BenchVC  # noqa: E402
 from ats_cffi import sys as asys  # noqa: E402
 from ats_cffi._native import ffi, lib  # noqa: E402
 from ats_cffi.apps import http as app  # noqa: E402
+from ats_cffi.apps.http_responses import hello_cache  # noqa: E402
 from ats_cffi.apps.runner import tune_gc  # noqa: E402
 from ats_cffi.eventsystem.codes import (  # noqa: E402
     VC_EVENT_EOS,
@@ -66,7 +67,7 @@ _write_all = lib.ats_write_all
 def hello() -> bytes:
     """The keep-alive ``GET /`` response of ``ats-cffi http`` for this second."""
     now = time.time()
-    cache = app._hello_cache
+    cache = hello_cache
     if now >= cache.end or now < cache.start:
         cache.refresh(now)
     return cache.get
@@ -151,7 +152,7 @@ class LoopVC(BenchVC):
             k = min(block.end - off, todo - done)
             k = _write_all(self.fd, block.cdata, off, k, last)
             if k > 0:
-                reader._advance(k)  # consume(k), unchecked (as the net core does)
+                reader.advance(k)  # consume(k), unchecked (as the net core does)
                 done += k
             if last[0] < 0:
                 if last[0] != _AGAIN:
@@ -175,8 +176,7 @@ class LoopVC(BenchVC):
             room = t.size - t.end
             r = _read_fill(self.fd, t.cdata, t.end, room, stop_short, last)
             if r > 0:
-                t.end += r  # buf.fill(r), unchecked (as the net core does)
-                buf._written += r
+                buf.commit(r)  # fill(r), unchecked (as the net core does)
                 total += r
             if r <= 0 or last[0] <= 0 or (r < room and stop_short):
                 return total, False

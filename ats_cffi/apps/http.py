@@ -140,8 +140,6 @@ R4XX: Final = "proxy.process.http.4xx_responses"
 R400: Final = "proxy.process.http.400_responses"
 
 _QMARK: Final = ord("?")
-#: The old name of ``http_responses.hello_cache`` (perf/http_floor.py reads it).
-_hello_cache: Final = hello_cache
 
 # The session counts on the thread it runs on (AppStats), by index.
 _STAT_NAMES: Final = (TOTAL, CURRENT, REQUESTS, R2XX, R4XX, R400)

@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ats_cffi._native import lib
 from ats_cffi.eventsystem.codes import EVENT_IMMEDIATE, EVENT_INTERVAL
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
 from ats_cffi.eventsystem.current import DEDICATED, REGULAR, set_this_ethread
@@ -56,7 +57,7 @@ MAX_IDLE_WAIT_MS = 1000
 EVERY_PASS_MAX_WAIT_MS = 10
 
 #: Largest wait a poll step accepts: ``epoll_wait`` takes its timeout as a C int.
-MAX_WAIT_MS = 2**31 - 1
+MAX_WAIT_MS = lib.INT_MAX
 
 # One sequence for every thread: an event moved from one thread to another gets a number
 # no entry on the first thread can carry, so the entry left there is stale, never run.
