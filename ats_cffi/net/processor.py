@@ -137,6 +137,12 @@ class UnixNetProcessor:
         """Start ``n_net_threads`` net threads (the seed's order: slots, threads, per-thread
         init, connections throttle). ``RuntimeError`` if the event processor already runs.
 
+        The net threads are the ``ET_NET`` threads of ``processor`` (default: the
+        process-wide ``event_processor``), and run on its clock: the timers, the
+        InactivityCop, the VCs' timeouts and the connect timeout all read it. So
+        ``start(n, processor=EventProcessor(clock))`` runs the net layer on another clock
+        (the tests' fake one: ``tests/conftest.py``), and ``shutdown`` stops that processor.
+
         The arguments are checked before anything is registered (``TypeError``/``ValueError``
         naming ``n_net_threads`` or ``processor``: an int in 1..``MAX_NET_THREADS``); if the
         threads cannot all start (out of fds, say), those that did are stopped and the event
