@@ -3,8 +3,12 @@ real clock or on the test's FakeClock (``start_net(clock=fake_clock)``, ``fake_n
 
 from __future__ import annotations
 
+import fcntl
+import os
 import random
 import socket
+import struct
+import termios
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -149,6 +153,35 @@ def recv_exactly(s: socket.socket, n: int) -> bytes:
             break
         out += b
     return bytes(out)
+
+
+#: ``tcpi_state`` of a socket its peer reset (linux/tcp_states.h's TCP_CLOSE).
+TCP_CLOSE = 7
+
+
+def tcp_state(s: socket.socket | int) -> int:
+    """The kernel's TCP state of socket ``s`` (a socket, or an fd this process holds)."""
+    if isinstance(s, int):
+        with socket.socket(fileno=os.dup(s)) as dup:
+            return tcp_state(dup)
+    return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
+def reset_by_peer(s: socket.socket | int) -> bool:
+    """True once ``s`` took its peer's reset (TCP_CLOSE): whatever was sent to that peer
+    before has been dropped by its kernel, and none of it can reach a VC any more."""
+    return tcp_state(s) == TCP_CLOSE
+
+
+def unacked_bytes(s: socket.socket) -> int:
+    """Bytes ``s`` has sent (or queued) that its peer's kernel has not acknowledged: 0 once
+    everything sent sits in the peer's receive queue (SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(s.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+
+
+def unread_bytes(fd: int) -> int:
+    """Bytes waiting in socket ``fd``'s receive queue (FIONREAD)."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
 
 
 def payload_of(n: int, seed: int = 7) -> bytes:
