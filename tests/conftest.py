@@ -5,7 +5,8 @@ Time in tests. A test never sleeps for time to pass nor asserts how long somethi
 (CONTRIBUTING.md). Threads that a test starts on a :class:`FakeClock` (``EThread`` and
 ``EventProcessor`` take ``clock=``; ``net_processor.start(processor=EventProcessor(clock))``)
 see time move only when the test calls ``advance``; the fixtures that start them register
-a hook, so that ``advance`` returns once every thread has run what became due (``settle``).
+a hook (``settle``), so that ``advance`` lets every thread finish what it was doing at the
+old reading, and returns once each has run what the new one made due.
 The test then asserts what happened, and at which reading of the clock.
 ``wait_until`` is for the rest: a real kernel event (bytes arriving on a socket, a peer's
 close, a thread ending), polled at a short interval under a generous bound.
@@ -38,9 +39,11 @@ POLL_INTERVAL = 0.001
 class FakeClock:
     """A clock that moves only when told to (injected as ``clock=``).
 
-    ``advance``/``advance_to`` move it, then call every hook registered with
-    ``on_advance``, in order: the fixtures that run threads on it register one that wakes
-    each thread and returns once it has run the timers the new reading made due.
+    ``advance``/``advance_to`` call every hook registered with ``on_advance`` (the fixtures
+    that run threads on the clock register one that settles them), once before moving and
+    once after: what a thread was doing when the test called ``advance`` (a handler that
+    has just sent a query, say, and is about to arm its timeout) ends at the old reading,
+    and what the new reading makes due has run when ``advance`` returns.
     """
 
     def __init__(self, now: float = 1000.0) -> None:
@@ -50,15 +53,26 @@ class FakeClock:
     def __call__(self) -> float:
         return self.now
 
-    def advance(self, seconds: float) -> None:
-        """Move ``seconds`` (>= 0) on and run the hooks."""
-        assert seconds >= 0, f"a clock does not go back ({seconds})"
-        self.now += seconds
+    def _run_hooks(self) -> None:
         for hook in list(self._hooks):
             hook()
 
+    def advance(self, seconds: float) -> None:
+        """Let the threads finish at the current reading, move ``seconds`` (>= 0) on, and
+        let them run what became due."""
+        assert seconds >= 0, f"a clock does not go back ({seconds})"
+        self._run_hooks()
+        if seconds:
+            self.now += seconds
+            self._run_hooks()
+
+    def settle(self) -> None:
+        """Run the hooks without moving: every thread on this clock has then run what is
+        due now, and what was queued onto it before."""
+        self.advance(0.0)
+
     def advance_to(self, now: float) -> None:
-        """Move on to the reading ``now`` (not before the current one) and run the hooks."""
+        """Move on to the reading ``now`` (not before the current one)."""
         self.advance(now - self.now)
 
     def tick(self, seconds: float, step: float) -> None:
@@ -71,7 +85,7 @@ class FakeClock:
             self.advance(step)
 
     def on_advance(self, hook: Callable[[], None]) -> Callable[[], None]:
-        """Call ``hook()`` after each advance; returns the function that unregisters it."""
+        """Call ``hook()`` around each advance; returns the function that unregisters it."""
         self._hooks.append(hook)
         return lambda: self._hooks.remove(hook)
 

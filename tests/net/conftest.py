@@ -155,7 +155,8 @@ def recv_exactly(s: socket.socket, n: int) -> bytes:
     return bytes(out)
 
 
-#: ``tcpi_state`` of a socket its peer reset (linux/tcp_states.h's TCP_CLOSE).
+#: ``tcpi_state`` values (linux/tcp_states.h): connected, and reset by the peer.
+TCP_ESTABLISHED = 1
 TCP_CLOSE = 7
 
 
@@ -171,6 +172,20 @@ def reset_by_peer(s: socket.socket | int) -> bool:
     """True once ``s`` took its peer's reset (TCP_CLOSE): whatever was sent to that peer
     before has been dropped by its kernel, and none of it can reach a VC any more."""
     return tcp_state(s) == TCP_CLOSE
+
+
+def asleep_in_the_kernel(thread: threading.Thread) -> bool:
+    """True while ``thread`` sleeps in a system call that waits for the kernel (a poll, an
+    accept, an epoll_wait), not for a lock or the GIL (a futex); read from /proc."""
+    task = f"/proc/self/task/{thread.native_id}"
+    try:
+        with open(f"{task}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        with open(f"{task}/wchan") as f:
+            wchan = f.read()
+    except OSError:  # the thread has ended
+        return False
+    return state == "S" and wchan not in ("", "0") and "futex" not in wchan
 
 
 def unacked_bytes(s: socket.socket) -> int:
