@@ -55,9 +55,13 @@ class ConnectByNameAction(Action):
 
 class DNSProcessor:
     """ATS's dnsProcessor. ``start`` after ``net_processor.start``; ``stop`` before its
-    ``shutdown`` (``stop`` closes the DNS sockets, which live in the net threads' epolls)."""
+    ``shutdown`` (``stop`` closes the DNS sockets, which live in the net threads' epolls).
 
-    def __init__(self, config: DNSConfig = dns_config, clock: Clock = time.monotonic) -> None:
+    ``clock`` is the cache's; None (the default) means the clock of the net threads it
+    starts on (their EventProcessor's), so that the lookups' timeouts and the answers'
+    TTLs read one clock (a test's fake one included)."""
+
+    def __init__(self, config: DNSConfig = dns_config, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock
         self.handlers: dict[EThread, DNSHandler] = {}
@@ -67,7 +71,7 @@ class DNSProcessor:
         self.servers: tuple[NameServer, ...] = ()
         self.conn_mode = DNSConnMode.TCP_RETRY
         self.hosts = HostsFile()
-        self.cache = HostCache(0, 0.0, clock)
+        self.cache = HostCache(0, 0.0, clock if clock is not None else time.monotonic)
         self.net_processor: UnixNetProcessor | None = None
 
     @property
@@ -100,7 +104,8 @@ class DNSProcessor:
                             cfg.host_file_path or "the hosts file")  # fmt: skip
             self.conn_mode = DNSConnMode(cfg.connection_mode)
             self.hosts = HostsFile.read(cfg.host_file_path)
-            self.cache = HostCache(cfg.cache_size, cfg.cache_ttl_max, self.clock)
+            clock = self.clock if self.clock is not None else np.event_processor.clock
+            self.cache = HostCache(cfg.cache_size, cfg.cache_ttl_max, clock)
             made: dict[EThread, DNSHandler] = {}
             made_lock = threading.Lock()
 
