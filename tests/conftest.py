@@ -27,7 +27,7 @@ import pytest
 
 from ats_cffi._compiled import MODULES
 from ats_cffi._pure import compiled
-from ats_cffi.eventsystem import Continuation, EThread
+from ats_cffi.eventsystem import Continuation, EThread, ProxyMutex
 
 #: Upper bound of every wait for something a thread or the kernel should do promptly: a
 #: broken loop fails its test after it, never hangs it.
@@ -115,6 +115,19 @@ def wait_until(
             raise AssertionError(f"waited {timeout} s for {waited_for}, in vain")
         time.sleep(interval)
     return True
+
+
+class CountingMutex(ProxyMutex):
+    """A ProxyMutex that counts the attempts to take it without waiting (``tries``): an
+    event loop's delivery attempts, or a net thread's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tries = 0
+
+    def try_lock(self) -> bool:
+        self.tries += 1
+        return super().try_lock()
 
 
 def yield_to_other_threads() -> None:

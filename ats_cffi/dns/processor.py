@@ -25,7 +25,12 @@ from ats_cffi.eventsystem.processor import check_join_timeout, run_on_threads
 from ats_cffi.net.codes import NET_EVENT_OPEN_FAILED
 from ats_cffi.net.nethandler import get_net_handler
 from ats_cffi.net.netvc import NetVCOptions
-from ats_cffi.net.processor import UnixNetProcessor, net_processor
+from ats_cffi.net.processor import (
+    UnixNetProcessor,
+    check_connect_options,
+    check_host_and_port,
+    net_processor,
+)
 
 log = logging.getLogger("ats.dns")
 
@@ -230,15 +235,9 @@ class DNSProcessor:
         naming ``connect_re`` and the address for one that is not a host name.
         """
         check_continuation("connect_re", cont)
-        if not isinstance(host, str):
-            raise TypeError(f"connect_re: host must be a str, not {type(host).__name__}")
-        if type(port) is not int or not 0 < port <= 65535:
-            raise ValueError(f"connect_re: port must be in 1..65535, got {port!r}")
+        check_host_and_port("connect_re", host, port)
         key = check_host_name("connect_re", f"addr ({host!r}, {port})", host)
-        if options is not None:
-            if not isinstance(options, NetVCOptions):
-                raise TypeError("connect_re: options must be NetVCOptions")
-            options.validate("connect_re")
+        check_connect_options("connect_re", options)
         action = ConnectByNameAction(cont)
 
         def resolved(event: int, ent: HostEnt) -> None:

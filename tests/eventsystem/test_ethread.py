@@ -23,7 +23,7 @@ from ats_cffi.eventsystem import (
     this_ethread,
 )
 from ats_cffi.eventsystem.ethread import DELAY_FOR_RETRY, EVERY_PASS_MAX_WAIT_MS
-from tests.conftest import widen_race_window
+from tests.conftest import CountingMutex, widen_race_window
 from tests.eventsystem.conftest import WAIT, HeldElsewhere, Recorder, run_on, wait_until
 
 
@@ -84,18 +84,6 @@ def install_counting_tail(t: EThread, hour_long: bool = False) -> CountingTail:
         return tail
 
     return run_on(t, install)
-
-
-class CountingMutex(ProxyMutex):
-    """A ProxyMutex that counts try_lock attempts (the loop's delivery attempts)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tries = 0
-
-    def try_lock(self) -> bool:
-        self.tries += 1
-        return super().try_lock()
 
 
 class CancelOnTryLock(ProxyMutex):

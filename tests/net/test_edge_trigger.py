@@ -39,7 +39,7 @@ from ats_cffi.net import (
     net_stats,
 )
 from ats_cffi.net.codes import EVENTIO_DNS_CONNECTION, EVENTIO_READ
-from tests.conftest import run_on, settle
+from tests.conftest import CountingMutex, run_on, settle
 from tests.net.conftest import (
     OPEN,
     Acceptor,
@@ -414,18 +414,6 @@ def test_data_and_fin_behind_one_edge_give_the_data_then_eos(one_net_thread) -> 
     action.cancel()
     assert bytes(got) == b"last words"
     assert events[-1] == VC_EVENT_EOS
-
-
-class CountingMutex(ProxyMutex):
-    """A ProxyMutex that counts the attempts to take it without waiting."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tries = 0
-
-    def try_lock(self) -> bool:
-        self.tries += 1
-        return super().try_lock()
 
 
 @pytest.mark.parametrize("spliced", [False, True], ids=["vio", "splice"])

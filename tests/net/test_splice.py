@@ -19,6 +19,7 @@ from ats_cffi.eventsystem.codes import (
 )
 from ats_cffi.net import AcceptOptions, net_processor, net_stats
 from ats_cffi.net.splice import Splice
+from tests.conftest import wait_until
 
 from .conftest import (
     COP,
@@ -29,7 +30,6 @@ from .conftest import (
     recv_exactly,
     unacked_bytes,
     unread_bytes,
-    wait_until,
 )
 
 
