@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import errno
 import logging
-from typing import TYPE_CHECKING
+from collections import deque
+from typing import TYPE_CHECKING, Protocol
 
 from ats_cffi import sys as _sys
 from ats_cffi._native import lib
@@ -35,7 +36,6 @@ from ats_cffi.net.codes import EVENTIO_DNS_CONNECTION, EVENTIO_READ, EVENTIO_WRI
 from ats_cffi.net.eventio import EventIO
 
 if TYPE_CHECKING:
-    from ats_cffi.dns.handler import DNSHandler
     from ats_cffi.net.poll import PollDescriptor
 
 log = logging.getLogger("ats.dns")
@@ -44,10 +44,21 @@ log = logging.getLogger("ats.dns")
 MAX_DNS_RESPONSE_LEN = 65536
 
 
+class ConnectionOwner(Protocol):
+    """What a DNSConnection needs of its DNSHandler: the queue of triggered connections,
+    and the call that drains it."""
+
+    triggered: deque[DNSConnection]
+
+    def triggered_event(self) -> None: ...
+
+
 class DNSConnection:
     """A non-blocking UDP (or TCP) socket to name server ``num`` at ``ip``."""
 
-    def __init__(self, handler: DNSHandler, num: int, ip: NameServer, tcp: bool = False) -> None:
+    def __init__(
+        self, handler: ConnectionOwner, num: int, ip: NameServer, tcp: bool = False
+    ) -> None:
         self.handler = handler
         self.num = num
         self.ip = ip
@@ -131,6 +142,34 @@ class DNSConnection:
         """One ``read()`` into ``buf``: the byte count (a whole datagram for UDP), 0 at EOF
         (TCP), or ``sys.AGAIN``. ``OSError`` for an error (e.g. ``ECONNREFUSED``)."""
         return _sys.read_into(self.fd, self.buf)
+
+    def read_messages(self, max_reads: int) -> tuple[list[bytes], int]:
+        """TCP: read until EAGAIN (at most ``max_reads`` reads) and cut what came into
+        messages by their 2-byte length; a message not yet whole waits in ``rbuf``.
+        Returns the whole messages and 0, or with the errno that ended the reading
+        (``ECONNRESET`` when the server closed): the messages read before it count."""
+        rbuf = self.rbuf
+        messages: list[bytes] = []
+        err = 0
+        for _ in range(max_reads):
+            try:
+                n = self.read()
+            except OSError as exc:
+                err = exc.errno or errno.EIO
+                break
+            if n == _sys.AGAIN:
+                break
+            if n == 0:
+                err = errno.ECONNRESET
+                break
+            rbuf += self.view[:n]
+            while len(rbuf) >= 2:
+                size = (rbuf[0] << 8) | rbuf[1]
+                if len(rbuf) < 2 + size:
+                    break
+                messages.append(bytes(rbuf[2 : 2 + size]))
+                del rbuf[: 2 + size]
+        return messages, err
 
     def close(self) -> None:
         """Unregister and close the socket; a second call does nothing."""

@@ -2,28 +2,43 @@
 
 A lookup is one caller's request; an entry is one question ``(name, A or AAAA)`` of one
 DNSHandler. Lookups of the same question made while it is pending share its entry (ATS
-collapses them the same way), so a burst of lookups of one name sends one question.
+collapses them the same way), so a burst of lookups of one name sends one question. A
+lookup delivers its own answer (``DNSLookup.post``).
 """
 
 from __future__ import annotations
 
+import logging
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import dns.message
 import dns.rdataclass
 import dns.rdatatype
 
-from ats_cffi.dns.codes import DNSError
+from ats_cffi.dns.codes import DNS_EVENT_LOOKUP, DNSError
+from ats_cffi.dns.hostent import HostEnt
 from ats_cffi.eventsystem.continuation import Continuation
 from ats_cffi.eventsystem.event import Action
+from ats_cffi.eventsystem.mutex import ProxyMutex
 
 if TYPE_CHECKING:
     from ats_cffi.dns.connection import DNSConnection
-    from ats_cffi.dns.handler import DNSHandler
+    from ats_cffi.eventsystem.ethread import EThread
     from ats_cffi.eventsystem.event import Event
 
+log = logging.getLogger("ats.dns")
+
 _QTYPE = {socket.AF_INET: dns.rdatatype.A, socket.AF_INET6: dns.rdatatype.AAAA}
+
+
+class EntryOwner(Protocol):
+    """What a DNSEntry needs of its DNSHandler: the mutex they share, and the call its
+    timeout makes."""
+
+    mutex: ProxyMutex | None
+
+    def timed_out(self, entry: DNSEntry) -> None: ...
 
 
 class DNSLookup(Action):
@@ -47,6 +62,28 @@ class DNSLookup(Action):
     def family(self) -> int:
         return self.families[self.family_index]
 
+    def post(self, thread: EThread, ent: HostEnt) -> None:
+        """Deliver ``DNS_EVENT_LOOKUP`` with ``ent`` (once) on ``thread``, the handler's,
+        with the asker's mutex held: now if it is free, else as an event that the thread
+        retries until it is. Nothing reaches a cancelled lookup's continuation."""
+        if self.done:
+            return
+        self.done = True
+        m = self.mutex
+        if m is not None and m.try_lock():
+            try:
+                self._deliver(ent)
+            except Exception:
+                log.exception("DNS_EVENT_LOOKUP handler of %r raised", self)
+            finally:
+                m.unlock()
+            return
+        thread.schedule_imm(Continuation(m, lambda event, e: self._deliver(ent)))
+
+    def _deliver(self, ent: HostEnt) -> None:
+        if not self.cancelled:
+            self.continuation.handle_event(DNS_EVENT_LOOKUP, ent)  # type: ignore[union-attr]
+
     def __repr__(self) -> str:
         return f"<DNSLookup {self.name} families={self.families} cancelled={self.cancelled}>"
 
@@ -61,7 +98,7 @@ class DNSEntry(Continuation):
     ``retries`` counts the tries left after the current one.
     """
 
-    def __init__(self, handler: DNSHandler, name: str, family: int, retries: int) -> None:
+    def __init__(self, handler: EntryOwner, name: str, family: int, retries: int) -> None:
         super().__init__(handler.mutex)
         self.dns_handler = handler
         self.name = name

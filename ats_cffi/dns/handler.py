@@ -13,17 +13,20 @@ A question's life:
    same Event is re-armed for every try).
 2. ``recv_dns`` drains the triggered connections until EAGAIN. An answer is taken only if
    its id belongs to a pending question *sent on that connection* and its question section
-   is that question (``dns.message.Message.is_response``); anything else is dropped and
-   counted (unknown id, wrong question, malformed, or for a question every asker cancelled).
+   is that question (``answer.read_answer``: dnspython's ``is_response``); anything else is
+   dropped and counted (unknown id, wrong question, malformed, or for a question every
+   asker cancelled).
 3. A taken answer ends the try: truncated (TC) → the same server is asked over TCP;
-   NOERROR → addresses (the CNAME chain followed), or NODATA; NXDOMAIN → failure; any
-   other rcode (SERVFAIL, REFUSED, ...) → retry on the next server.
+   NOERROR → addresses (the CNAME chain followed: ``answer.addresses``), or NODATA;
+   NXDOMAIN → failure; any other rcode (SERVFAIL, REFUSED, ...) → retry on the next
+   server.
 4. A timeout, a send error or a failed connection also retries on the next server, and
    the handler's primary moves on (failover); after ``retries`` retries the lookup fails
    with the last reason.
-5. ``finish`` answers every waiter with ``DNS_EVENT_LOOKUP`` and a HostEnt, caches a good
-   or negative answer (NXDOMAIN, NODATA: for their SOA's negative TTL, RFC 2308), and lets
-   questions waiting for a free in-flight slot go.
+5. ``finish`` answers every waiter with ``DNS_EVENT_LOOKUP`` and a HostEnt (each lookup
+   delivers its own: ``DNSLookup.post``), caches a good or negative answer (NXDOMAIN,
+   NODATA: for their SOA's negative TTL, RFC 2308), and lets questions waiting for a free
+   in-flight slot go.
 """
 
 from __future__ import annotations
@@ -33,29 +36,27 @@ import logging
 import os
 import secrets
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-import dns.exception
 import dns.flags
-import dns.message
 import dns.rcode
-import dns.rdatatype
 
 from ats_cffi import sys as _sys
 from ats_cffi.dns import stats as st
-from ats_cffi.dns.codes import DNS_EVENT_LOOKUP, DNSConnMode, DNSError
+from ats_cffi.dns.answer import addresses, local_answer, negative, rcode_error, read_answer
+from ats_cffi.dns.cache import HostCache
+from ats_cffi.dns.codes import DNSConnMode, DNSError
+from ats_cffi.dns.config import DNSConfig, NameServer
 from ats_cffi.dns.connection import DNSConnection
 from ats_cffi.dns.entry import DNSEntry, DNSLookup
-from ats_cffi.dns.hostent import SOURCE_HOSTS, SOURCE_LITERAL, HostEnt
+from ats_cffi.dns.hostent import SOURCE_HOSTS, HostEnt
+from ats_cffi.dns.resolv import HostsFile
 from ats_cffi.dns.stats import dns_stats
 from ats_cffi.eventsystem.codes import EVENT_DONE
 from ats_cffi.eventsystem.continuation import Continuation
 from ats_cffi.eventsystem.mutex import ProxyMutex
-from ats_cffi.sys import ip_family
 
 if TYPE_CHECKING:
-    from ats_cffi.dns.processor import DNSProcessor
     from ats_cffi.eventsystem.ethread import EThread
     from ats_cffi.net.nethandler import NetHandler
 
@@ -65,12 +66,15 @@ log = logging.getLogger("ats.dns")
 #: not hold the net thread; what is left is reported again thanks to the refresh.
 MAX_ANSWERS_PER_TRIGGER = 256
 
-_RCODE_ERRORS = {
-    dns.rcode.SERVFAIL: DNSError.SERVFAIL,
-    dns.rcode.REFUSED: DNSError.REFUSED,
-    dns.rcode.FORMERR: DNSError.FORMERR,
-    dns.rcode.NOTIMP: DNSError.NOTIMP,
-}
+
+class ResolverState(Protocol):
+    """What a DNSHandler reads of the DNSProcessor that made it (set before it starts)."""
+
+    config: DNSConfig
+    servers: tuple[NameServer, ...]
+    conn_mode: DNSConnMode
+    hosts: HostsFile
+    cache: HostCache
 
 
 class DNSHandler(Continuation):
@@ -78,7 +82,7 @@ class DNSHandler(Continuation):
     (see the module doc); ``close`` is the one call made from elsewhere, once the thread
     has ended."""
 
-    def __init__(self, processor: DNSProcessor, thread: EThread, nh: NetHandler) -> None:
+    def __init__(self, processor: ResolverState, thread: EThread, nh: NetHandler) -> None:
         super().__init__(ProxyMutex())
         self.processor = processor
         self.config = processor.config
@@ -157,27 +161,19 @@ class DNSHandler(Continuation):
         name = lookup.name
         family = lookup.family
         if self.closed:
-            self.post(lookup, HostEnt.failure(name, family, DNSError.SHUTDOWN))
+            lookup.post(self.thread, HostEnt.failure(name, family, DNSError.SHUTDOWN))
             return
-        if lookup.family_index == 0:
-            lit = ip_family(name)
-            if lit:
-                if lit in lookup.families:
-                    self.post(lookup, HostEnt(name, lit, (name,), 0, source=SOURCE_LITERAL))
-                else:
-                    self.post(lookup, HostEnt.failure(name, family, DNSError.NODATA))
-                return
-            hosts = self.processor.hosts
-            for fam in lookup.families:
-                addrs = hosts.lookup(name, fam)
-                if addrs:
+        if lookup.family_index == 0:  # (the next families come after a NODATA from DNS)
+            ent = local_answer(name, lookup.families, self.processor.hosts)
+            if ent is not None:
+                if ent.source == SOURCE_HOSTS:
                     self.stats[st.HOSTS_FILE_HITS] += 1
-                    self.post(lookup, HostEnt(name, fam, tuple(addrs), 0, source=SOURCE_HOSTS))
-                    return
+                lookup.post(self.thread, ent)
+                return
         cached = self.processor.cache.get(name, family)
         if cached is not None:
             self.stats[st.CACHE_HITS] += 1
-            self.post(lookup, cached)
+            lookup.post(self.thread, cached)
             return
         self.stats[st.CACHE_MISSES] += 1
         key = (name, family)
@@ -345,24 +341,7 @@ class DNSHandler(Continuation):
             lookup.family_index += 1
             self.start_lookup(lookup)
             return
-        self.post(lookup, ent)
-
-    def post(self, lookup: DNSLookup, ent: HostEnt) -> None:
-        """Deliver ``DNS_EVENT_LOOKUP`` with ``ent`` on this thread, with the asker's mutex
-        held: now if it is free, else as an event that the thread retries until it is."""
-        if lookup.done:
-            return
-        lookup.done = True
-        m = lookup.mutex
-        if m is not None and m.try_lock():
-            try:
-                _deliver(lookup, ent)
-            except Exception:
-                log.exception("DNS_EVENT_LOOKUP handler of %r raised", lookup)
-            finally:
-                m.unlock()
-            return
-        self.thread.schedule_imm(Continuation(m, _deliver_later(lookup, ent)))
+        lookup.post(self.thread, ent)
 
     # ------------------------------------------------------------------ answers
 
@@ -406,31 +385,13 @@ class DNSHandler(Continuation):
         except OSError as exc:
             self.con_failed(conn, exc.errno or errno.EIO)
             return
-        rbuf = conn.rbuf
-        eof = False
-        for _ in range(MAX_ANSWERS_PER_TRIGGER):
-            try:
-                n = conn.read()
-            except OSError as exc:
-                self.con_failed(conn, exc.errno or errno.EIO)
+        messages, err = conn.read_messages(MAX_ANSWERS_PER_TRIGGER)
+        for data in messages:
+            self.process_answer(conn, data)
+            if conn.closed:
                 return
-            if n == _sys.AGAIN:
-                break
-            if n == 0:
-                eof = True
-                break
-            rbuf += conn.view[:n]
-            while len(rbuf) >= 2:
-                size = (rbuf[0] << 8) | rbuf[1]
-                if len(rbuf) < 2 + size:
-                    break
-                data = bytes(rbuf[2 : 2 + size])
-                del rbuf[: 2 + size]
-                self.process_answer(conn, data)
-                if conn.closed:
-                    return
-        if eof:
-            self.con_failed(conn, errno.ECONNRESET)
+        if err:  # ECONNRESET for the server's close
+            self.con_failed(conn, err)
 
     def con_failed(self, conn: DNSConnection, err: int) -> None:
         """``conn`` reported ``err`` (or, TCP, was closed by the server): its pending tries
@@ -474,20 +435,11 @@ class DNSHandler(Continuation):
             self._drop(st.CANCELLED_ANSWERS, conn, f"{entry.name} was cancelled")
             self.finish(entry, None)
             return
-        entry.query.id = qid
-        try:
-            msg = dns.message.from_wire(data)
-        except Exception as exc:  # dnspython raises many kinds for garbage
-            # A truncated answer may be cut mid-record; its header and question still
-            # tell whether it answers our question (then the TCP retry gets it whole).
-            msg = _truncated_message(data)
-            if msg is None or not _answers(entry, msg):
-                self._drop(st.MALFORMED_ANSWERS, conn, f"unparsable: {exc!r}")
-                return
-        else:
-            if not _answers(entry, msg):
-                self._drop(st.WRONG_QUESTION_ANSWERS, conn, f"not an answer to {entry!r}")
-                return
+        entry.query.id = qid  # the query as this try sent it
+        msg, counter, why = read_answer(entry.query, data)
+        if msg is None:
+            self._drop(counter, conn, f"{why} ({entry!r})")
+            return
         truncated = bool(msg.flags & dns.flags.TC)
         # Taken: this id's try is over; a duplicate of it is now an unknown id.
         del self.by_id[qid]
@@ -499,48 +451,14 @@ class DNSHandler(Continuation):
             return
         rcode = msg.rcode()
         if rcode == dns.rcode.NOERROR:
-            self.dns_result(entry, self.addresses(entry, msg), retry=False)
+            self.dns_result(entry, addresses(entry.name, entry.family, msg), retry=False)
         elif rcode == dns.rcode.NXDOMAIN:
-            self.dns_result(entry, self.negative(entry, msg, DNSError.NXDOMAIN), retry=False)
+            ent = negative(entry.name, entry.family, msg, DNSError.NXDOMAIN)
+            self.dns_result(entry, ent, retry=False)
         else:
-            entry.last_error = _RCODE_ERRORS.get(rcode, DNSError.BAD_ANSWER)
+            entry.last_error = rcode_error(rcode)
             self.failover(conn.num)
             self.dns_result(entry, None, retry=True)
-
-    @staticmethod
-    def addresses(entry: DNSEntry, msg: dns.message.Message) -> HostEnt:
-        """The HostEnt of a NOERROR answer: the addresses at the end of its CNAME chain."""
-        try:
-            chain = msg.resolve_chaining()
-        except dns.exception.DNSException:
-            return HostEnt.failure(entry.name, entry.family, DNSError.BAD_ANSWER)
-        if chain.answer is None or not len(chain.answer):
-            return DNSHandler.negative(entry, msg, DNSError.NODATA, chain)
-        addrs = tuple(rd.address for rd in chain.answer)  # type: ignore[attr-defined]
-        aliases = tuple(rrset[0].target.to_text().rstrip(".").lower() for rrset in chain.cnames)
-        return HostEnt(entry.name, entry.family, addrs, int(chain.minimum_ttl), aliases=aliases)
-
-    @staticmethod
-    def negative(
-        entry: DNSEntry,
-        msg: dns.message.Message,
-        error: DNSError,
-        chain: dns.message.ChainingResult | None = None,
-    ) -> HostEnt:
-        """The HostEnt of a negative answer (NXDOMAIN, NODATA). Its TTL is the negative TTL
-        (RFC 2308: the SOA's own TTL or its ``minimum``, whichever is smaller, and no more
-        than the CNAME chain's), or 0 without an SOA in the authority section: such an
-        answer is not to be cached."""
-        ttl = 0
-        if any(rrset.rdtype == dns.rdatatype.SOA for rrset in msg.authority):
-            if chain is None:
-                try:
-                    chain = msg.resolve_chaining()
-                except dns.exception.DNSException:
-                    chain = None
-            if chain is not None:
-                ttl = max(0, int(chain.minimum_ttl))
-        return HostEnt.failure(entry.name, entry.family, error, ttl)
 
     # ------------------------------------------------------------------ life
 
@@ -564,7 +482,7 @@ class DNSHandler(Continuation):
                     for lookup in entry.waiters:
                         if not lookup.cancelled:
                             fail = HostEnt.failure(lookup.name, lookup.family, DNSError.SHUTDOWN)
-                            self.post(lookup, fail)
+                            lookup.post(self.thread, fail)
             self.stats[st.IN_FLIGHT] -= self.in_flight
             self.in_flight = 0
             self.triggered.clear()
@@ -572,37 +490,3 @@ class DNSHandler(Continuation):
                 if conn is not None:
                     conn.close()
             dns_stats.retire(self.stats)
-
-
-def _truncated_message(data: bytes) -> dns.message.Message | None:
-    """What can be read of a message that does not parse whole, if its TC bit is set."""
-    if not data[2] & 0x02:  # TC is bit 9 of the flags, the second bit of byte 2
-        return None
-    try:
-        dns.message.from_wire(data, raise_on_truncation=True)
-    except dns.message.Truncated as exc:
-        return exc.message()
-    except Exception:
-        return None
-    return None
-
-
-def _answers(entry: DNSEntry, msg: dns.message.Message) -> bool:
-    """``msg`` is a response to ``entry``'s query as sent with ``msg``'s id: QR set, same
-    opcode, and the same question (dnspython's ``is_response``)."""
-    try:
-        return entry.query.is_response(msg)
-    except Exception:
-        return False
-
-
-def _deliver(lookup: DNSLookup, ent: HostEnt) -> None:
-    if not lookup.cancelled:
-        lookup.continuation.handle_event(DNS_EVENT_LOOKUP, ent)  # type: ignore[union-attr]
-
-
-def _deliver_later(lookup: DNSLookup, ent: HostEnt) -> Callable[[int, Any], None]:
-    def deliver(event: int, e: Any) -> None:
-        _deliver(lookup, ent)
-
-    return deliver

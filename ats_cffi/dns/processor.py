@@ -25,7 +25,12 @@ from ats_cffi.eventsystem.processor import check_join_timeout, run_on_threads
 from ats_cffi.net.codes import NET_EVENT_OPEN_FAILED
 from ats_cffi.net.nethandler import get_net_handler
 from ats_cffi.net.netvc import NetVCOptions
-from ats_cffi.net.processor import UnixNetProcessor, net_processor
+from ats_cffi.net.processor import (
+    UnixNetProcessor,
+    check_connect_options,
+    check_host_and_port,
+    net_processor,
+)
 
 log = logging.getLogger("ats.dns")
 
@@ -55,9 +60,13 @@ class ConnectByNameAction(Action):
 
 class DNSProcessor:
     """ATS's dnsProcessor. ``start`` after ``net_processor.start``; ``stop`` before its
-    ``shutdown`` (``stop`` closes the DNS sockets, which live in the net threads' epolls)."""
+    ``shutdown`` (``stop`` closes the DNS sockets, which live in the net threads' epolls).
 
-    def __init__(self, config: DNSConfig = dns_config, clock: Clock = time.monotonic) -> None:
+    ``clock`` is the cache's; None (the default) means the clock of the net threads it
+    starts on (their EventProcessor's), so that the lookups' timeouts and the answers'
+    TTLs read one clock (a test's fake one included)."""
+
+    def __init__(self, config: DNSConfig = dns_config, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock
         self.handlers: dict[EThread, DNSHandler] = {}
@@ -67,7 +76,7 @@ class DNSProcessor:
         self.servers: tuple[NameServer, ...] = ()
         self.conn_mode = DNSConnMode.TCP_RETRY
         self.hosts = HostsFile()
-        self.cache = HostCache(0, 0.0, clock)
+        self.cache = HostCache(0, 0.0, clock if clock is not None else time.monotonic)
         self.net_processor: UnixNetProcessor | None = None
 
     @property
@@ -100,7 +109,8 @@ class DNSProcessor:
                             cfg.host_file_path or "the hosts file")  # fmt: skip
             self.conn_mode = DNSConnMode(cfg.connection_mode)
             self.hosts = HostsFile.read(cfg.host_file_path)
-            self.cache = HostCache(cfg.cache_size, cfg.cache_ttl_max, self.clock)
+            clock = self.clock if self.clock is not None else np.event_processor.clock
+            self.cache = HostCache(cfg.cache_size, cfg.cache_ttl_max, clock)
             made: dict[EThread, DNSHandler] = {}
             made_lock = threading.Lock()
 
@@ -225,15 +235,9 @@ class DNSProcessor:
         naming ``connect_re`` and the address for one that is not a host name.
         """
         check_continuation("connect_re", cont)
-        if not isinstance(host, str):
-            raise TypeError(f"connect_re: host must be a str, not {type(host).__name__}")
-        if type(port) is not int or not 0 < port <= 65535:
-            raise ValueError(f"connect_re: port must be in 1..65535, got {port!r}")
+        check_host_and_port("connect_re", host, port)
         key = check_host_name("connect_re", f"addr ({host!r}, {port})", host)
-        if options is not None:
-            if not isinstance(options, NetVCOptions):
-                raise TypeError("connect_re: options must be NetVCOptions")
-            options.validate("connect_re")
+        check_connect_options("connect_re", options)
         action = ConnectByNameAction(cont)
 
         def resolved(event: int, ent: HostEnt) -> None:

@@ -8,6 +8,7 @@ import errno
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ats_cffi import sys as _sys
@@ -84,10 +85,7 @@ def _parse_address(call: str, addr: Any) -> tuple[int, tuple]:
     if not isinstance(addr, tuple) or len(addr) not in (2, 4):
         raise TypeError(f"{call}: addr must be a (host, port) tuple, not {addr!r}")
     host, port = addr[0], addr[1]
-    if not isinstance(host, str):
-        raise TypeError(f"{call}: host must be a str, not {type(host).__name__}")
-    if type(port) is not int or not 0 < port <= 65535:
-        raise ValueError(f"{call}: port must be in 1..65535, got {port!r}")
+    check_host_and_port(call, host, port)
     if len(addr) == 4:
         for name, v in (("flowinfo", addr[2]), ("scope_id", addr[3])):
             if type(v) is not int:
@@ -104,17 +102,40 @@ def _parse_address(call: str, addr: Any) -> tuple[int, tuple]:
     return 0, addr
 
 
+def check_host_and_port(call: str, host: Any, port: Any) -> None:
+    """``TypeError``/``ValueError`` naming ``call`` unless ``host`` is a str and ``port``
+    an int in 1..65535: the part of ``connect_re``'s address checked everywhere it goes."""
+    if not isinstance(host, str):
+        raise TypeError(f"{call}: host must be a str, not {type(host).__name__}")
+    if type(port) is not int or not 0 < port <= 65535:
+        raise ValueError(f"{call}: port must be in 1..65535, got {port!r}")
+
+
+def check_connect_options(call: str, options: Any, family: int | None = None) -> None:
+    """``TypeError``/``ValueError`` naming ``call`` unless ``options`` is None or
+    NetVCOptions valid for a connection to an address of ``family`` (None: any)."""
+    if options is None:
+        return
+    if not isinstance(options, NetVCOptions):
+        raise TypeError(
+            f"{call}: options must be NetVCOptions or None, not {type(options).__name__}"
+        )
+    options.validate(call, family)
+
+
+#: ``connect_re`` for a host name, ``(processor, cont, host, port, options)``: what a
+#: HostResolver does (``DNSProcessor.connect_by_name``), with the events ``connect_re``
+#: sends and the Action it returns.
+ConnectByName = Callable[
+    ["UnixNetProcessor", Continuation, str, int, "NetVCOptions | None"], Action
+]
+
+
 class HostResolver(Protocol):
     """What ``connect_re`` needs to accept host names (the DNS layer provides it)."""
 
-    def connect_by_name(
-        self,
-        processor: UnixNetProcessor,
-        cont: Continuation,
-        host: str,
-        port: int,
-        options: NetVCOptions | None,
-    ) -> Action: ...
+    @property
+    def connect_by_name(self) -> ConnectByName: ...
 
 
 class UnixNetProcessor:
@@ -136,6 +157,12 @@ class UnixNetProcessor:
     def start(self, n_net_threads: int = 1, processor: EventProcessor | None = None) -> None:
         """Start ``n_net_threads`` net threads (the seed's order: slots, threads, per-thread
         init, connections throttle). ``RuntimeError`` if the event processor already runs.
+
+        The net threads are the ``ET_NET`` threads of ``processor`` (default: the
+        process-wide ``event_processor``), and run on its clock: the timers, the
+        InactivityCop, the VCs' timeouts and the connect timeout all read it. So
+        ``start(n, processor=EventProcessor(clock))`` runs the net layer on another clock
+        (the tests' fake one: ``tests/conftest.py``), and ``shutdown`` stops that processor.
 
         The arguments are checked before anything is registered (``TypeError``/``ValueError``
         naming ``n_net_threads`` or ``processor``: an int in 1..``MAX_NET_THREADS``); if the
@@ -218,13 +245,7 @@ class UnixNetProcessor:
         """
         check_continuation("connect_re", cont)
         family, address = _parse_address("connect_re", addr)
-        if options is not None:
-            if not isinstance(options, NetVCOptions):
-                raise TypeError(
-                    f"connect_re: options must be NetVCOptions or None, "
-                    f"not {type(options).__name__}"
-                )
-            options.validate("connect_re", family or None)
+        check_connect_options("connect_re", options, family or None)
         if family == 0:
             resolver = self.host_resolver
             if resolver is None:

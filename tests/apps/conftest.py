@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import wait_until
 from tests.net.conftest import recv_exactly  # noqa: F401  (the app tests import it from here)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -181,12 +182,12 @@ def cli(tmp_path: Path) -> Iterator[Callable[..., Cli]]:
         c.close()
     for c in started:  # no uncaught exception anywhere, workers included
         assert "Traceback" not in c.stderr(), f"{c.args}:\n{c.stderr()}"
-    deadline = time.monotonic() + 5
-    left = {p for c in started for p in c.known_pids if alive(p)}
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = {p for p in left if alive(p)}
-    assert not left, f"processes left behind: {sorted(left)}"
+    pids = {p for c in started for p in c.known_pids}
+    wait_until(
+        lambda: not any(alive(p) for p in pids),
+        what=f"processes to end: {sorted(p for p in pids if alive(p))}",
+        interval=0.05,
+    )
 
 
 def get_json(port: int, path: str = "/_stats") -> dict[str, Any]:
@@ -204,14 +205,15 @@ def get_json(port: int, path: str = "/_stats") -> dict[str, Any]:
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
-    """Poll ``pred`` until it returns a true value (returned) or ``timeout`` passes (fail)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(interval)
+    """``wait_until(pred)`` that returns the true value ``pred`` gave."""
+    got: list[Any] = [None]
+
+    def check() -> Any:
+        got[0] = pred()
+        return got[0]
+
+    wait_until(check, timeout, getattr(pred, "__qualname__", "a condition"), interval)
+    return got[0]
 
 
 def connect(port: int, timeout: float = 5.0) -> socket.socket:

@@ -10,6 +10,9 @@ import time
 
 import pytest
 
+from tests.conftest import wait_until
+from tests.net.conftest import asleep_in_the_kernel
+
 from .conftest import connect, get_json, recv_exactly, wait_for
 
 #: The native splice (default) and the VIO path (``--vio``) must behave alike.
@@ -67,7 +70,11 @@ def test_echo_returns_every_byte_to_a_client_that_reads_late(cli, mode) -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
         sender = threading.Thread(target=s.sendall, args=(payload,), daemon=True)
         sender.start()
-        time.sleep(0.3)
+        # Read only once the sender is held back (every buffer on the way full), or done.
+        wait_until(
+            lambda: asleep_in_the_kernel(sender) or not sender.is_alive(),
+            what="the sender held back, or done",
+        )
         got = recv_exactly(s, len(payload))
         sender.join(10)
         assert not sender.is_alive()

@@ -15,6 +15,9 @@ import time
 
 import pytest
 
+from tests.conftest import wait_until
+from tests.net.conftest import asleep_in_the_kernel, unacked_bytes
+
 from .conftest import connect, get_json
 
 HELLO = b"Hello, World!"
@@ -202,8 +205,8 @@ def test_answers_do_not_depend_on_how_the_requests_are_cut(cli, seed: int) -> No
             cuts = sorted(rng.randrange(1, len(r)) for _ in range(rng.randrange(3)))
             for a, b in zip([0, *cuts], [*cuts, len(r)]):
                 s.sendall(r[a:b])
-                if rng.random() < 0.7:
-                    time.sleep(0.001)  # (the next piece then comes in a read of its own)
+                if rng.random() < 0.7:  # the next piece then comes in a segment of its own
+                    wait_until(lambda: unacked_bytes(s) == 0, what="the piece acknowledged")
 
     with connect(srv.port) as s:
         sender = threading.Thread(target=send, args=(s,))
@@ -277,12 +280,17 @@ def test_a_client_that_asks_for_the_close_gets_a_fin_without_a_linger(cli) -> No
 
     def open_sessions(want: int) -> int:
         # The stats request's own connection is one of them; bounded well under LINGER.
-        deadline = time.monotonic() + LINGER / 2
-        while True:
-            n = get_json(srv.port)["global"][current] - 1
-            if n == want or time.monotonic() > deadline:
-                return n
-            time.sleep(0.02)
+        seen = [-1]
+
+        def check() -> bool:
+            seen[0] = get_json(srv.port)["global"][current] - 1
+            return seen[0] == want
+
+        try:
+            wait_until(check, LINGER / 2, f"{want} open sessions", interval=0.02)
+        except AssertionError:
+            pass  # the caller's assertion names the count seen
+        return seen[0]
 
     with connect(srv.port) as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
@@ -309,7 +317,12 @@ def test_a_pipelining_client_that_reads_late_gets_every_answer(cli) -> None:
     with connect(srv.port, timeout=10) as s:
         sender = threading.Thread(target=s.sendall, args=(requests,))
         sender.start()
-        time.sleep(0.3)  # the server stops parsing while its answers wait for us
+        # The server stops parsing while its answers wait for us: read only once the
+        # sender is held back, or done.
+        wait_until(
+            lambda: asleep_in_the_kernel(sender) or not sender.is_alive(),
+            what="the sender held back, or done",
+        )
         data = bytearray()
         while chunk := s.recv(1 << 20):
             data += chunk
@@ -323,6 +336,8 @@ def test_url_in_pieces_query_strings_and_targets_too_long(cli) -> None:
     with connect(srv.port) as s:
         # The target arrives in two segments: the parser reports it in two pieces.
         s.sendall(b"GET /_st")
+        # A gap for the server to read the first piece alone: its reads, in another
+        # process, cannot be observed from here.
         time.sleep(0.2)
         s.sendall(b"ats?x=1 HTTP/1.1\r\nHost: a\r\n\r\n")
         head, body = _read_response(s)
@@ -340,7 +355,7 @@ def test_url_in_pieces_query_strings_and_targets_too_long(cli) -> None:
         with connect(srv.port) as s:
             s.sendall(b"GET " + pieces[0])
             for piece in pieces[1:]:
-                time.sleep(0.2)
+                time.sleep(0.2)  # a gap for the server to read the pieces apart (as above)
                 s.sendall(piece)
             s.sendall(b" HTTP/1.1\r\nHost: a\r\n\r\n")
             head, body = _read_response(s)

@@ -7,6 +7,8 @@ import os
 import signal
 import time
 
+from tests.conftest import wait_until
+
 from .conftest import (
     alive,
     connect,
@@ -53,10 +55,7 @@ def test_the_drain_serves_open_connections_and_ends_when_they_close(cli) -> None
         assert recv_exactly(s, 6) == b"before"
         srv.signal(signal.SIGINT)
         # New connections are refused at once; the open one is still served.
-        deadline = time.monotonic() + 5
-        while not port_refuses(srv.port):
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until(lambda: port_refuses(srv.port), what="the listener closed", interval=0.02)
         s.sendall(b"during the drain")
         assert recv_exactly(s, 16) == b"during the drain"
         assert srv.proc.poll() is None
@@ -139,10 +138,7 @@ def test_workers_whose_parent_is_killed_stop_without_a_traceback(cli) -> None:
     assert len(workers) == 2
     os.kill(srv.pid, signal.SIGKILL)
     srv.wait(10)
-    deadline = time.monotonic() + 15
-    while any(alive(w) for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(alive(w) for w in workers)
+    wait_until(lambda: not any(alive(w) for w in workers), 15, "the workers to stop", interval=0.05)
     err = srv.stderr()
     assert "the parent process is gone" in err
     assert "Traceback" not in err and "failed" not in err, err

@@ -9,13 +9,14 @@ import random
 import socket
 import sys
 import threading
-import time
 
 import pytest
 
 from ats_cffi.apps.cli import main as cli_main
 from ats_cffi.apps.tunnel import start_name_resolution
 from ats_cffi.net import net_config
+from tests.conftest import wait_until
+from tests.net.conftest import asleep_in_the_kernel
 
 from .conftest import connect, get_json, wait_for
 
@@ -129,8 +130,12 @@ def test_slow_client_keeps_the_tunnel_memory_bounded_while_upstream_sends_200_mi
             while got < total:
                 if pauses and got >= pauses[0]:
                     pauses.pop(0)
-                    # Stop reading a while: the upstream must be held back, not buffered.
-                    time.sleep(0.4)
+                    # Stop reading: the upstream must be held back (its send blocked), not
+                    # buffered (it would then send all 200 MiB).
+                    wait_until(
+                        lambda: asleep_in_the_kernel(upstream.thread) or sent[0] >= total,
+                        what="the upstream held back, or done",
+                    )
                     assert sent[0] - got < 64 * MiB, "the upstream was not held back"
                 n = s.recv_into(buf, min(len(buf), total - got))
                 assert n, "the tunnel closed early"

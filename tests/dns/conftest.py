@@ -2,7 +2,8 @@
 
 Every test configures its name servers explicitly and a hosts file of its own: nothing is
 ever sent to an address other than 127.0.0.1, and /etc/hosts and /etc/resolv.conf are
-never read by these tests.
+never read by these tests. A test of timeouts and retries runs the net threads on the fake
+clock (``start_dns(..., clock=fake_clock)``) and advances it past each lookup timeout.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 from ats_cffi.dns import dns_config, dns_processor, dns_stats
 from ats_cffi.eventsystem import Continuation, ProxyMutex, this_ethread
 from ats_cffi.net import net_processor
+from tests.conftest import settle
 from tests.net.conftest import listen, net, start_net  # noqa: F401  (the net fixtures, shared)
 
 from .dnsserver import FakeDNSServer
@@ -52,13 +54,18 @@ def start_dns(
     hosts_file: Path,
     tmp_path: Path,
 ) -> Iterator[Callable[..., Any]]:
-    """``start_dns(*servers, n_threads=1, **records)``: start the net processor and
-    ``dns_processor`` with ``servers`` as name servers, the test's hosts file, a 2 s lookup
-    timeout and 1 retry unless ``records`` (attribute names of dns_config) say otherwise.
-    Stopped (before the net processor) after the test."""
+    """``start_dns(*servers, n_threads=1, clock=None, **records)``: start the net processor
+    (on ``clock``, if given) and ``dns_processor`` with ``servers`` as name servers, the
+    test's hosts file, a 2 s lookup timeout and 1 retry unless ``records`` (attribute names
+    of dns_config) say otherwise. Stopped (before the net processor) after the test."""
     started = []
 
-    def start(*servers: FakeDNSServer | tuple[str, int], n_threads: int = 1, **records: Any):
+    def start(
+        *servers: FakeDNSServer | tuple[str, int],
+        n_threads: int = 1,
+        clock: Callable[[], float] | None = None,
+        **records: Any,
+    ):
         dns_config.reset()
         addrs = [s.addr if isinstance(s, FakeDNSServer) else s for s in servers]
         dns_config.set("nameservers", addrs)
@@ -71,7 +78,7 @@ def start_dns(
             dns_config.set(key, value)
         dns_stats.reset()
         if not net_processor.started:
-            start_net(n_threads)
+            start_net(n_threads, clock=clock)
         dns_processor.start()
         started.append(True)
         return dns_processor
@@ -83,18 +90,22 @@ def start_dns(
 
 
 class Recorder(Continuation):
-    """Collects ``(event, data)`` and the EThread each event arrived on."""
+    """Collects ``(event, data)``, the EThread each event arrived on and the reading of its
+    clock then (``times``)."""
 
     def __init__(self) -> None:
         super().__init__(ProxyMutex())
         self.events: list[tuple[int, Any]] = []
         self.threads: list[Any] = []
+        self.times: list[float] = []
         self.sem = threading.Semaphore(0)
         self.set_handler(self.handle)
 
     def handle(self, event: int, data: Any) -> None:
         self.events.append((event, data))
-        self.threads.append(this_ethread())
+        t = this_ethread()
+        self.threads.append(t)
+        self.times.append(t.clock() if t is not None else float("nan"))
         self.sem.release()
 
     def wait(self, n: int = 1, timeout: float = 5.0) -> list[tuple[int, Any]]:
@@ -107,3 +118,8 @@ class Recorder(Continuation):
         self.wait(1, timeout)
         assert len(self.events) == 1, self.events
         return self.events[0][1]
+
+
+def settle_net() -> None:
+    """Every net thread has run what was due and queued onto it (``settle``)."""
+    settle(net_processor.netthreads)

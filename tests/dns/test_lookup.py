@@ -12,7 +12,7 @@ from ats_cffi.dns import DNS_EVENT_LOOKUP, DNSError, HostEnt, dns_processor, dns
 from ats_cffi.eventsystem import Continuation
 from ats_cffi.net import net_processor
 
-from .conftest import Recorder
+from .conftest import Recorder, settle_net
 
 RECORDS = {
     "www.test": {"A": ["10.1.2.3", "10.1.2.4"], "AAAA": ["2001:db8::1"]},
@@ -147,6 +147,19 @@ def test_cache_hits_send_no_packets(dns_server, start_dns) -> None:
     assert server.total_queries == 2
 
 
+def test_the_cache_expires_on_the_net_threads_clock(dns_server, start_dns, fake_clock) -> None:
+    server = dns_server(RECORDS, ttl=2)
+    start_dns(server, clock=fake_clock)
+    assert lookup("www.test").source == "dns"
+    fake_clock.advance(1.5)
+    ent = lookup("www.test")
+    assert ent.source == "cache" and ent.ttl == 1  # half a second left, rounded up
+    assert server.total_queries == 1
+    fake_clock.advance(0.5)  # its TTL is over
+    assert lookup("www.test").source == "dns"
+    assert server.total_queries == 2
+
+
 def test_answers_with_ttl_zero_or_a_zero_cache_are_not_cached(dns_server, start_dns) -> None:
     server = dns_server(RECORDS, ttl=0)
     start_dns(server)
@@ -232,7 +245,9 @@ def test_questions_beyond_max_dns_in_flight_wait_for_a_free_slot(dns_server, sta
     dns_processor.gethostbyname(ra, "a.test")
     dns_processor.gethostbyname(rb, "b.test")
     assert server.wait_queries(1)
-    assert not server.wait_queries(2, timeout=0.2)  # b waits for a's slot
+    settle_net()  # both lookups reached the handler: a is on the wire, b waits for its slot
+    (h,) = dns_processor.handlers.values()
+    assert stat("in_flight") == 1 and [e.name for e in h.waiting] == ["b.test"]
     server.release()
     assert ra.result().addrs == ("10.0.0.1",)
     assert server.wait_queries(2)

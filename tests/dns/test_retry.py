@@ -1,13 +1,21 @@
-"""Timeouts, retries, name server rotation and the TCP fallback for truncated answers."""
+"""Timeouts, retries, name server rotation and the TCP fallback for truncated answers.
+
+Timeouts run on the fake clock: each test advances it to just before and just past the
+lookup timeout, and asserts what was sent and answered, and at which reading."""
 
 from __future__ import annotations
 
 import socket
 
 from ats_cffi.dns import DNSError, HostEnt, dns_processor, dns_stats
+from tests.net.conftest import wait_until
 
 from .conftest import Recorder
 from .dnsserver import closed_udp_port
+
+#: A lookup timeout, and a step of the clock well inside it.
+TIMEOUT = 0.25
+EPS = 1 / 64
 
 RECORDS = {"www.test": {"A": ["10.1.2.3"]}}
 BIG = {"big.test": {"A": [f"10.2.{i // 250}.{i % 250}" for i in range(60)]}}
@@ -23,11 +31,21 @@ def lookup(name: str, family: int = socket.AF_INET, timeout: float = 5.0) -> Hos
     return rec.result(timeout)
 
 
-def test_a_silent_server_times_out_then_the_next_server_answers(dns_server, start_dns) -> None:
+def test_a_silent_server_times_out_then_the_next_server_answers(
+    dns_server, start_dns, fake_clock
+) -> None:
     silent = dns_server(RECORDS, mode="silent")
     good = dns_server(RECORDS)
-    start_dns(silent, good, lookup_timeout=0.2, retries=2)
-    ent = lookup("www.test")
+    start_dns(silent, good, lookup_timeout=TIMEOUT, retries=2, clock=fake_clock)
+    start = fake_clock.now
+    rec = Recorder()
+    dns_processor.gethostbyname(rec, "www.test")
+    assert silent.wait_queries(1)
+    fake_clock.advance(TIMEOUT - EPS)
+    assert stat("retries") == 0 and rec.events == [], "retried before the timeout"
+    fake_clock.advance(EPS)
+    ent = rec.result()  # the retry went to the next server, whose answer came back
+    assert rec.times == [start + TIMEOUT]
     assert ent.good and ent.addrs == ("10.1.2.3",)
     assert silent.total_queries == 1 and good.total_queries == 1
     assert stat("retries") == 1 and stat("lookup_successes") == 1
@@ -46,12 +64,21 @@ def test_round_robin_sends_each_new_question_to_the_next_server(dns_server, star
 
 
 def test_a_lookup_no_server_answers_fails_with_timeout_after_every_retry(
-    dns_server, start_dns
+    dns_server, start_dns, fake_clock
 ) -> None:
     s1 = dns_server(RECORDS, mode="silent")
     s2 = dns_server(RECORDS, mode="silent")
-    start_dns(s1, s2, lookup_timeout=0.1, retries=2)
-    ent = lookup("www.test")
+    start_dns(s1, s2, lookup_timeout=TIMEOUT, retries=2, clock=fake_clock)
+    start = fake_clock.now
+    rec = Recorder()
+    dns_processor.gethostbyname(rec, "www.test")
+    for tries in (1, 2, 3):  # each try times out in its turn
+        wait_until(lambda t=tries: s1.total_queries + s2.total_queries == t, what="the try")
+        fake_clock.advance(TIMEOUT - EPS)
+        assert stat("retries") == tries - 1 and rec.events == []
+        fake_clock.advance(EPS)
+    ent = rec.result()
+    assert rec.times == [start + 3 * TIMEOUT]
     assert not ent.good and ent.error is DNSError.TIMEOUT
     # 3 tries, rotating over the servers: s1, s2, s1.
     assert s1.total_queries == 2 and s2.total_queries == 1
@@ -76,10 +103,14 @@ def test_servfail_from_every_server_is_reported_once_the_retries_run_out(
     assert ent.error is DNSError.SERVFAIL and bad.total_queries == 2
 
 
-def test_a_refused_port_fails_over_without_waiting_for_the_timeout(dns_server, start_dns) -> None:
+def test_a_refused_port_fails_over_without_waiting_for_the_timeout(
+    dns_server, start_dns, fake_clock
+) -> None:
     good = dns_server(RECORDS)
-    # A 60 s timeout: only the ICMP port-unreachable (ECONNREFUSED) can move on in time.
-    start_dns(("127.0.0.1", closed_udp_port()), good, lookup_timeout=60.0, retries=1)
+    # The clock never moves: only the ICMP port-unreachable (ECONNREFUSED) can move on.
+    start_dns(
+        ("127.0.0.1", closed_udp_port()), good, lookup_timeout=60.0, retries=1, clock=fake_clock
+    )
     ent = lookup("www.test", timeout=10)
     assert ent.good and good.total_queries == 1
 

@@ -1,39 +1,32 @@
 """Shared fixtures and helpers for the event system's thread tests.
 
-Every wait is bounded (``WAIT``): a broken loop fails a test, it never hangs it.
+Every wait is bounded (``WAIT``): a broken loop fails a test, it never hangs it. Time is
+the fake clock's (``tests/conftest.py``): a processor made on it by the ``processor``
+fixture is settled by every ``fake_clock.advance``.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from ats_cffi.eventsystem import Continuation, EThread, EventProcessor, ProxyMutex
-
-#: Upper bound of every wait for something the event threads should do promptly.
-WAIT = 5.0
-
-
-class FakeClock:
-    """A clock that moves only when told to (injected as ``clock=``)."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.conftest import (  # noqa: F401  (re-exported: the tests here import them from here)
+    WAIT,
+    FakeClock,
+    run_on,
+    settle,
+    wait_until,
+)
 
 
 class Recorder(Continuation):
-    """Records every event it receives as ``(event code, cookie, thread ident, time)``.
+    """Records every event it receives as ``(event code, cookie, thread ident, time)``, the
+    time being the delivering thread's clock (a fake clock's reading, on one).
 
     ``wait_count(n)`` waits (bounded) until at least ``n`` deliveries have happened.
     """
@@ -45,7 +38,7 @@ class Recorder(Continuation):
 
     def on_event(self, event: int, e: Any) -> int:
         with self._cond:
-            self.calls.append((event, e.cookie, threading.get_ident(), time.monotonic()))
+            self.calls.append((event, e.cookie, threading.get_ident(), e.ethread.clock()))
             self._cond.notify_all()
         return 0
 
@@ -84,39 +77,6 @@ class HeldElsewhere:
         assert not self.thread.is_alive()
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    """Poll ``predicate`` every millisecond until it holds or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
-
-
-def run_on(thread: EThread, fn: Callable[[], Any], timeout: float = WAIT) -> Any:
-    """Run ``fn()`` on ``thread`` as an immediate event and return its result.
-
-    Since each thread runs its queue in order, it also drains what was queued before.
-    """
-    done = threading.Event()
-    box: list[Any] = []
-
-    def handler(event: int, e: Any) -> None:
-        try:
-            box.append(("ok", fn()))
-        except BaseException as exc:  # handed back to the test thread
-            box.append(("err", exc))
-        done.set()
-
-    thread.schedule_imm(Continuation(handler=handler))
-    assert done.wait(timeout), f"{thread.name} did not run the event within {timeout}s"
-    kind, value = box[0]
-    if kind == "err":
-        raise value
-    return value
-
-
 def fd_targets() -> dict[int, str]:
     """This process's fds and what each points at (from /proc/self/fd)."""
     out = {}
@@ -129,26 +89,30 @@ def fd_targets() -> dict[int, str]:
 
 
 @pytest.fixture
-def fake_clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def processor() -> Iterator[Callable[..., EventProcessor]]:
-    """Factory: ``processor(n_threads=1, clock=None, start=True)``; every processor it made
-    is shut down after the test."""
+    """Factory: ``processor(n_threads=1, clock=None, start=True, settled=True)``; every
+    processor it made is shut down after the test. On a FakeClock, each ``advance`` settles
+    its threads (``settle``) unless ``settled`` is False: then only the test wakes them."""
     made: list[EventProcessor] = []
+    unhook: list[Callable[[], None]] = []
 
     def make(
-        n_threads: int = 1, clock: Callable[[], float] | None = None, start: bool = True
+        n_threads: int = 1,
+        clock: Callable[[], float] | None = None,
+        start: bool = True,
+        settled: bool = True,
     ) -> EventProcessor:
         ep = EventProcessor(clock) if clock is not None else EventProcessor()
         made.append(ep)
+        if isinstance(clock, FakeClock) and settled:
+            unhook.append(clock.on_advance(lambda: settle(ep.threads())))
         if start:
             ep.start(n_threads)
         return ep
 
     yield make
+    for remove in unhook:
+        remove()
     for ep in made:
         ep.shutdown(timeout=WAIT)
 

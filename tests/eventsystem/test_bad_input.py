@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -182,12 +181,25 @@ def test_a_continuation_without_handler_is_refused(loose_thread) -> None:
      ("x", TypeError), (None, TypeError), (True, TypeError), (math.nan, TypeError)],
 )  # fmt: skip
 def test_run_pass_checks_max_wait_ms(loose_thread, value: Any, error: type) -> None:
-    t0 = time.monotonic()
+    waits: list[int] = []
+    tail = loose_thread.tail_cb
+
+    class Spy:
+        def wait_for_activity(self, timeout_ms: int) -> None:
+            waits.append(timeout_ms)
+            tail.wait_for_activity(0)
+
+        def close(self) -> None:
+            tail.close()
+
+    loose_thread.tail_cb = Spy()
     with pytest.raises(error, match="run_pass: max_wait_ms must"):
         loose_thread.run_pass(value)
     with pytest.raises(error, match="next_timer_ms: cap_ms must"):
         loose_thread.next_timer_ms(value)
-    assert time.monotonic() - t0 < 1.0
+    assert waits == []  # refused before the pass: no poll step, no wait
+    loose_thread.run_pass(7)
+    assert waits == [7]
 
 
 # ------------------------------------------------------------ 6: shutdown(timeout)
@@ -220,8 +232,8 @@ def test_shutdown_without_time_limit(value: Any) -> None:
 # ------------------------------------------------------------ 7: moving an event
 
 
-def test_an_event_moved_to_another_thread_runs_once(processor) -> None:
-    ep = processor(2)
+def test_an_event_moved_to_another_thread_runs_once(processor, fake_clock) -> None:
+    ep = processor(2, clock=fake_clock)
     a, b = ep.threads()
     rec = Recorder()
     filler = Continuation(handler=noop)
@@ -238,7 +250,7 @@ def test_an_event_moved_to_another_thread_runs_once(processor) -> None:
     e.timeout_at = 0.0
     b.schedule(e)
     assert rec.wait_count(1)
-    time.sleep(0.25)  # past A's deadline for the stale entry
+    fake_clock.advance(0.25)  # past A's deadline for the stale entry
     assert rec.count == 1
     assert rec.calls[0][2] == b.tid
 
@@ -306,13 +318,15 @@ BAD_CODES = ["x", None, 1.5, math.nan, b"x", True]
     [("schedule_imm", ()), ("schedule_imm_signal", ()), ("schedule_in", (1.0,)),
      ("schedule_at", (1.0,)), ("schedule_every", (1.0,))],
 )  # fmt: skip
-def test_schedulers_check_callback_event(processor, call: str, args: tuple, code: Any) -> None:
-    ep = processor()
+def test_schedulers_check_callback_event(
+    processor, fake_clock, call: str, args: tuple, code: Any
+) -> None:
+    ep = processor(clock=fake_clock)
     rec = Recorder()
     for target in (ep, ep.threads()[0]):
         with pytest.raises(TypeError, match=f"^{call}: callback_event must be an int"):
             getattr(target, call)(rec, *args, callback_event=code)
-    time.sleep(0.01)
+    fake_clock.advance(2.0)  # past every delay the calls asked for
     assert rec.count == 0
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,7 +22,8 @@ from ats_cffi.eventsystem import (
     ProxyMutex,
     this_ethread,
 )
-from ats_cffi.eventsystem.ethread import DELAY_FOR_RETRY
+from ats_cffi.eventsystem.ethread import DELAY_FOR_RETRY, EVERY_PASS_MAX_WAIT_MS
+from tests.conftest import CountingMutex, widen_race_window
 from tests.eventsystem.conftest import WAIT, HeldElsewhere, Recorder, run_on, wait_until
 
 
@@ -49,39 +49,41 @@ def blocked(thread: EThread) -> Iterator[None]:
 
 
 class CountingTail:
-    """Wraps a thread's poll step to count the loop passes."""
+    """Wraps a thread's poll step to count the loop passes and record each wait's timeout.
 
-    def __init__(self, inner: Any) -> None:
+    With ``hour_long``, a wait the loop asks for longer than ``EVERY_PASS_MAX_WAIT_MS``
+    (an idle sleep) lasts an hour instead: only the eventfd can end it in a test's time.
+    ``asleep`` is true from just before such a wait until it returns.
+    """
+
+    def __init__(self, inner: Any, hour_long: bool = False) -> None:
         self.inner = inner
         self.polls = 0
+        self.timeouts: list[int] = []
+        self.hour_long = hour_long
+        self.asleep = False
 
     def wait_for_activity(self, timeout_ms: int) -> None:
         self.polls += 1
-        self.inner.wait_for_activity(timeout_ms)
+        self.timeouts.append(timeout_ms)
+        if self.hour_long and timeout_ms > EVERY_PASS_MAX_WAIT_MS:
+            self.asleep = True
+            self.inner.wait_for_activity(3_600_000)
+            self.asleep = False
+        else:
+            self.inner.wait_for_activity(timeout_ms)
 
     def close(self) -> None:
         self.inner.close()
 
 
-def install_counting_tail(t: EThread) -> CountingTail:
+def install_counting_tail(t: EThread, hour_long: bool = False) -> CountingTail:
     def install() -> CountingTail:
-        tail = CountingTail(t.tail_cb)
+        tail = CountingTail(t.tail_cb, hour_long)
         t.tail_cb = tail
         return tail
 
     return run_on(t, install)
-
-
-class CountingMutex(ProxyMutex):
-    """A ProxyMutex that counts try_lock attempts (the loop's delivery attempts)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tries = 0
-
-    def try_lock(self) -> bool:
-        self.tries += 1
-        return super().try_lock()
 
 
 class CancelOnTryLock(ProxyMutex):
@@ -198,21 +200,18 @@ def test_event_queued_by_a_handler_runs_on_the_next_pass_after_the_poll_step(one
 # ------------------------------------------------------------------------ wake-ups
 
 
-def test_idle_thread_wakes_promptly_for_a_cross_thread_schedule(one) -> None:
-    # With no timer due, the thread sleeps in epoll_wait for MAX_IDLE_WAIT_MS (1000 ms):
-    # only the eventfd write can make the delivery prompt.
+def test_idle_thread_wakes_for_a_cross_thread_schedule_through_its_eventfd(one) -> None:
+    # With no timer due, the thread sleeps in epoll_wait (MAX_IDLE_WAIT_MS); here its poll
+    # step sleeps an hour: only the eventfd write can wake it for the event.
+    tail = install_counting_tail(one, hour_long=True)
     rec = Recorder()
-    run_on(one, lambda: None)
-    latencies = []
     for i in range(3):
-        time.sleep(0.02)  # let the thread go back to sleep in epoll_wait
+        wait_until(lambda: tail.asleep, what="the thread asleep in its poll step")
         before = one.signal_count
-        sent = time.monotonic()
         one.schedule_imm(rec, cookie=i)
         assert rec.wait_count(i + 1)
-        latencies.append(rec.calls[i][3] - sent)
         assert one.signal_count == before + 1
-    assert max(latencies) < 0.1, latencies
+    assert rec.cookies == [0, 1, 2]
 
 
 def test_burst_of_cross_thread_schedules_writes_the_eventfd_once(one) -> None:
@@ -314,7 +313,7 @@ def test_next_timer_ms_reports_the_nearest_deadline_capped(loose_thread, fake_cl
 
 
 def test_sleeping_thread_on_a_fake_clock_fires_timers_when_woken(processor, fake_clock) -> None:
-    t = processor(1, clock=fake_clock).threads()[0]
+    t = processor(1, clock=fake_clock, settled=False).threads()[0]  # the test wakes it
     rec = Recorder()
     t.schedule_in(rec, 5.0, cookie="late")
     t.schedule_in(rec, 1.0, cookie="early")
@@ -372,16 +371,21 @@ def test_periodic_event_runs_each_period_and_restarts_from_now_when_late(
     assert rec.count == 4
 
 
-def test_periodic_event_on_a_real_thread_runs_repeatedly_never_early(one) -> None:
-    rec, period = Recorder(), 0.02
-    start = time.monotonic()
+def test_periodic_event_on_a_running_thread_runs_each_period_never_early(
+    processor, fake_clock
+) -> None:
+    one = processor(1, clock=fake_clock).threads()[0]
+    rec, period = Recorder(), 0.25
+    start = fake_clock.now
     e = one.schedule_every(rec, period)
-    assert rec.wait_count(5)
+    for k in range(5):
+        fake_clock.advance(period / 2)  # half a period: not yet
+        assert rec.count == k
+        fake_clock.advance(period / 2)
+        assert rec.count == k + 1
     e.cancel()
-    times = [c[3] - start for c in rec.calls[:5]]
-    for k, at in enumerate(times):
-        assert at >= (k + 1) * period - 1e-6, times
-    assert times[-1] < 5 * period + 0.5, times  # about on time, even on a loaded machine
+    fake_clock.advance(period)
+    assert [c[3] - start for c in rec.calls] == [(k + 1) * period for k in range(5)]
 
 
 def test_every_pass_event_runs_once_per_loop_pass(loose_thread) -> None:
@@ -430,10 +434,9 @@ def test_cancel_inside_the_handler_stops_a_repeating_event(
     assert len(runs) == 3
 
 
-@pytest.mark.parametrize("period", [0.001, -1])
-def test_cancel_inside_the_handler_on_a_real_thread(processor, period) -> None:
-    t = processor(1).threads()[0]
-    ticker = t.schedule_every(Continuation(handler=noop), 0.001)
+@pytest.mark.parametrize("period", [1.0, -1])
+def test_cancel_inside_the_handler_on_a_running_thread(processor, fake_clock, period) -> None:
+    t = processor(1, clock=fake_clock).threads()[0]
     runs = []
 
     def handler(event: int, e: Event) -> None:
@@ -442,17 +445,14 @@ def test_cancel_inside_the_handler_on_a_real_thread(processor, period) -> None:
             e.cancel()
 
     t.schedule_every(Continuation(handler=handler), period)
-    assert wait_until(lambda: len(runs) >= 3)
-    time.sleep(0.02)  # 20 more periods / passes
-    run_on(t, lambda: None)
-    ticker.cancel()
+    for _ in range(20):  # 20 periods, each settled: at least 40 passes
+        fake_clock.advance(1.0)
     assert len(runs) == 3
 
 
-def test_no_callback_after_cancel_returns_from_another_thread(processor) -> None:
-    ep = processor(2)
+def test_no_callback_after_cancel_returns_from_another_thread(processor, fake_clock) -> None:
+    ep = processor(2, clock=fake_clock)
     threads = ep.threads()
-    tickers = [t.schedule_every(Continuation(handler=noop), 0.001) for t in threads]
     violations: list[str] = []
     counts: list[int] = []
     returned: list[bool] = []
@@ -465,7 +465,7 @@ def test_no_callback_after_cancel_returns_from_another_thread(processor) -> None
             if e.cancelled:
                 violations.append(f"round {i}: callback of a cancelled event")
             counts[i] += 1  # first: the test thread often cancels while the handler runs
-            time.sleep(0.0005)
+            widen_race_window()
             if returned[i]:
                 violations.append(f"round {i}: handler still running after cancel() returned")
 
@@ -475,18 +475,21 @@ def test_no_callback_after_cancel_returns_from_another_thread(processor) -> None
         counts.append(0)
         returned.append(False)
         t = threads[i % 2]
-        period = -1 if i % 4 < 2 else 0.001
+        period = -1 if i % 4 < 2 else 1.0
         e = t.schedule_every(make(i), period)
         want = i % 3  # cancel before the first run, after one, after two
-        assert wait_until(lambda i=i, want=want: counts[i] >= want)
+        for _ in range(want):  # every-pass events run on their own; timers as time moves
+            if counts[i] < want:
+                fake_clock.advance(1.0)
+        assert counts[i] >= want
+        # The next period is due and the thread woken (not settled): cancel() races the run.
+        fake_clock.now += 1.0
+        t.signal()
         e.cancel()
         returned[i] = True
         snapshots.append(counts[i])
-    time.sleep(0.05)  # dozens of passes and periods on both threads
-    for t in threads:
-        run_on(t, lambda: None)
-    for tk in tickers:
-        tk.cancel()
+    for _ in range(10):  # ten more periods, each settled: dozens of passes on both threads
+        fake_clock.advance(1.0)
     assert violations == []
     assert counts == snapshots
 
@@ -607,7 +610,7 @@ def test_continuations_sharing_a_mutex_never_run_at_once_on_two_threads(processo
         if active:
             overlaps.append(e.cookie)
         active.append(e.cookie)
-        time.sleep(0.001)
+        widen_race_window()
         active.pop()
         done.append(e.cookie)
 
@@ -672,18 +675,25 @@ def test_scheduling_onto_a_thread_while_it_exits_never_raises() -> None:
         t.start()
         errors: list[BaseException] = []
         stop = threading.Event()
+        producing = threading.Event()
 
-        def produce(t: EThread = t, errors: list = errors, stop: threading.Event = stop) -> None:
+        def produce(
+            t: EThread = t,
+            errors: list = errors,
+            stop: threading.Event = stop,
+            producing: threading.Event = producing,
+        ) -> None:
             while not stop.is_set():
                 try:
                     t.schedule_imm_signal(cont)
                 except BaseException as exc:
                     errors.append(exc)
                     return
+                producing.set()
 
         p = threading.Thread(target=produce)
         p.start()
-        time.sleep(0.001)
+        assert producing.wait(WAIT)  # the producer is in its loop: stop() lands amid it
         t.stop()
         joined = t.join(WAIT)
         stop.set()
@@ -791,31 +801,25 @@ def test_dedicated_thread_refuses_events() -> None:
     t.join()
 
 
-def test_every_pass_events_run_often_on_an_idle_thread() -> None:
-    import threading as _threading
-    import time as _time
-
-    from ats_cffi.eventsystem import Continuation, EventProcessor
-
-    ep = EventProcessor()
-    ep.start(1)
+def test_every_pass_events_run_often_on_an_idle_thread(processor, fake_clock) -> None:
+    # The clock never moves: no timer ends a wait. An idle thread's poll step would sleep
+    # MAX_IDLE_WAIT_MS (here, an hour); with an every-pass event it waits at most
+    # EVERY_PASS_MAX_WAIT_MS, so the event runs ten times within the test's bound.
+    one = processor(1, clock=fake_clock, settled=False).threads()[0]
+    tail = install_counting_tail(one, hour_long=True)
     count = [0]
-    enough = _threading.Event()
+    enough = threading.Event()
 
     def tick(event: int, e: object) -> None:
         count[0] += 1
         if count[0] >= 10:
             enough.set()
 
-    try:
-        t0 = _time.monotonic()
-        ev = ep.threads()[0].schedule_every(Continuation(handler=tick), -1)
-        # Ten passes of an idle thread: with a 1 s idle sleep this would take 10 s.
-        assert enough.wait(2)
-        assert _time.monotonic() - t0 < 2
-        ev.cancel()
-    finally:
-        ep.shutdown()
+    ev = one.schedule_every(Continuation(handler=tick), -1)
+    assert enough.wait(WAIT)
+    timeouts = run_on(one, lambda: list(tail.timeouts))
+    ev.cancel()
+    assert max(timeouts[-10:]) <= EVERY_PASS_MAX_WAIT_MS, timeouts
 
 
 # ----------------------------------------------------------------- found by review
@@ -823,10 +827,11 @@ def test_every_pass_events_run_often_on_an_idle_thread() -> None:
 
 @pytest.mark.parametrize("how", ["thread.schedule_at", "thread.schedule_in", "event.schedule_in"])
 def test_a_deadline_too_large_for_a_float_is_never_and_the_loop_does_not_spin(
-    one, caplog, how: str
+    processor, fake_clock, caplog, how: str
 ) -> None:
     # 10**400 was stored as an int; every pass then failed converting it (OverflowError
     # logged ~100,000 times a second, a core busy) before its poll step.
+    one = processor(1, clock=fake_clock).threads()[0]
     rec = Recorder()
     if how == "thread.schedule_at":
         e = one.schedule_at(rec, 10**400)
@@ -839,56 +844,70 @@ def test_a_deadline_too_large_for_a_float_is_never_and_the_loop_does_not_spin(
     soon = Recorder()
     one.schedule_in(soon, 0.05)
     with caplog.at_level(logging.ERROR):
-        assert soon.wait_count(1)
-        time.sleep(0.1)
+        fake_clock.advance(0.05)
+        assert soon.count == 1
+        for _ in range(5):  # more passes with the far deadline still queued
+            fake_clock.advance(1.0)
     assert "error in the event loop pass" not in caplog.text
     assert rec.count == 0
     e.cancel()
 
 
 @pytest.mark.parametrize("how", ["reschedule", "cancel-reschedule", "schedule_imm-twice"])
-def test_an_event_rescheduled_from_another_thread_runs_once(one, how: str) -> None:
+def test_an_event_rescheduled_from_another_thread_runs_once(
+    processor, fake_clock, how: str
+) -> None:
     # The cross-thread queue held the bare event: each (re)schedule put one more copy there,
     # and each copy ran.
+    one = processor(1, clock=fake_clock).threads()[0]
     rec = Recorder()
+    start = fake_clock.now
     e = one.schedule_in(rec, 0.5)
     if how == "reschedule":
-        e.schedule_in(0.05)
+        e.schedule_in(0.125)
     elif how == "cancel-reschedule":
         e.cancel()
-        e.schedule_in(0.05)
+        e.schedule_in(0.125)
     else:
         e.schedule_imm()
         e.schedule_imm()
-    assert rec.wait_count(1)
-    time.sleep(0.7)  # past the first deadline too
+        run_on(one, lambda: None)
+        assert rec.count == 1  # before the clock moved
+    fake_clock.advance(0.125)
     assert rec.count == 1
+    fake_clock.advance(0.75)  # past the first deadline too
+    assert rec.count == 1
+    assert rec.calls[0][3] == (start if how == "schedule_imm-twice" else start + 0.125)
 
 
-def test_cancel_on_an_event_thread_does_not_wait_for_a_mutex_held_elsewhere(one) -> None:
+def test_cancel_on_an_event_thread_does_not_wait_for_a_mutex_held_elsewhere(
+    processor, fake_clock
+) -> None:
     # cancel() took the event's mutex with a blocking lock: a handler cancelling an event
     # whose mutex another thread held stalled its event thread (and two event threads
     # cancelling each other's events deadlocked).
+    one = processor(1, clock=fake_clock).threads()[0]
     m = ProxyMutex()
     target = Recorder()
     target.mutex = m
     victim = one.schedule_in(target, 0.3)
     holder = HeldElsewhere(m)
-    took: list[float] = []
+    # Who held the mutex when cancel() returned: still the holder, who lets go only when
+    # the test says so, if cancel() did not wait for it.
+    held_by: list[int | None] = []
 
     def cancel_it(event: int, e: Event) -> None:
-        t0 = time.monotonic()
         victim.cancel()
-        took.append(time.monotonic() - t0)
+        held_by.append(m.thread_holding)
 
     try:
         one.schedule_imm(Continuation(handler=cancel_it))
-        assert wait_until(lambda: took)
-        assert took[0] < 0.2
+        run_on(one, lambda: None)
+        assert held_by == [holder.thread.ident]
         assert victim.cancelled
     finally:
         holder.release()
-    time.sleep(0.5)
+    fake_clock.advance(0.5)  # past the victim's deadline
     assert target.count == 0  # cancelled: never delivered, before or after the release
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -169,12 +168,14 @@ def test_every_scheduling_call_of_the_processor_delivers_on_its_threads(processo
 
 def test_spawn_thread_runs_its_continuation_once_and_shutdown_joins_it(processor) -> None:
     ep = processor(1)
+    regular = ep.threads()[0]
     ran = []
     finished = threading.Event()
 
     def handler(event: int, e: Event) -> None:
         ran.append((event, this_ethread(), e.ethread, threading.get_ident()))
-        time.sleep(0.05)  # still running when shutdown() is called
+        # Still running when shutdown() is called: until it has stopped the regular thread.
+        wait_until(lambda: not regular.is_alive, what="shutdown() to stop the event thread")
         finished.set()
 
     t = ep.spawn_thread(Continuation(handler=handler), "[ACCEPT 0]")

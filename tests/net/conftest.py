@@ -1,17 +1,27 @@
-"""Fixtures for the net layer: a started net processor on real loopback sockets."""
+"""Fixtures for the net layer: a started net processor on real loopback sockets, on the
+real clock or on the test's FakeClock (``start_net(clock=fake_clock)``, ``fake_net``)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import random
 import socket
+import struct
+import termios
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from ats_cffi.eventsystem import INT64_MAX, Continuation, MIOBuffer, ProxyMutex
+from ats_cffi.eventsystem import (
+    INT64_MAX,
+    Continuation,
+    EventProcessor,
+    MIOBuffer,
+    ProxyMutex,
+)
 from ats_cffi.eventsystem.codes import (
     VC_EVENT_EOS,
     VC_EVENT_ERROR,
@@ -20,31 +30,53 @@ from ats_cffi.eventsystem.codes import (
 )
 from ats_cffi.net import AcceptOptions, net_config, net_processor, net_stats
 from ats_cffi.net.codes import NET_EVENT_ACCEPT
+from tests.conftest import FakeClock, settle, wait_until  # noqa: F401  (wait_until: re-exported)
 
 OPEN = "proxy.process.net.connections_currently_open"
+#: The InactivityCop's period on a FakeClock (1/16 s: its multiples add up exactly).
+COP = 0.0625
 
 
 @pytest.fixture
 def start_net() -> Iterator[Callable[..., Any]]:
-    """``start_net(n_threads=2, **records)``: start ``net_processor`` with a fast (50 ms)
-    InactivityCop and the given records (set before the threads start); shut down (every
-    thread joined, every fd closed) after the test."""
-    started = []
+    """``start_net(n_threads=2, clock=None, **records)``: start ``net_processor`` with a
+    fast InactivityCop (every 50 ms; every ``COP`` seconds on a given clock) and the given
+    records (set before the threads start); shut down (every thread joined, every fd
+    closed) after the test.
 
-    def start(n_threads: int = 2, **records: Any) -> Any:
+    With ``clock``, the net threads run on it (``net_processor.start``'s ``processor``: an
+    EventProcessor made on that clock); on a FakeClock, each ``advance`` settles them."""
+    started = []
+    unhook: list[Callable[[], None]] = []
+
+    def start(n_threads: int = 2, clock: Callable[[], float] | None = None, **records: Any) -> Any:
         net_config.reset()
-        net_config.set("proxy.config.net.inactivity_check_frequency", 0.05)
+        frequency = 0.05 if clock is None else COP
+        net_config.set("proxy.config.net.inactivity_check_frequency", frequency)
         for key, value in records.items():
             net_config.set(key, value)
         net_stats.reset()
-        net_processor.start(n_threads)
+        if clock is None:
+            net_processor.start(n_threads)
+        else:
+            net_processor.start(n_threads, processor=EventProcessor(clock))
+            if isinstance(clock, FakeClock):
+                unhook.append(clock.on_advance(lambda: settle(net_processor.netthreads)))
         started.append(n_threads)
         return net_processor
 
     yield start
+    for remove in unhook:
+        remove()
     if started:
         net_processor.shutdown()
     net_config.reset()
+
+
+@pytest.fixture
+def fake_net(start_net: Callable[..., Any], fake_clock: FakeClock) -> Any:
+    """``net_processor`` with 2 net threads on ``fake_clock`` (the cop every ``COP``)."""
+    return start_net(2, clock=fake_clock)
 
 
 @pytest.fixture
@@ -81,9 +113,7 @@ class Acceptor(Continuation):
             assert self.accepted.acquire(timeout=timeout), "no connection accepted in time"
 
 
-@pytest.fixture
-def listen(net: Any) -> Callable[..., tuple[Any, Any, int]]:
-    """``listen(on_vc=None, **opts)`` → (action, acceptor, port) on 127.0.0.1; cancelled after."""
+def _listener(net: Any) -> Iterator[Callable[..., tuple[Any, Any, int]]]:
     actions = []
 
     def make(on_vc: Callable[[Any], None] | None = None, **opts: Any) -> tuple[Any, Any, int]:
@@ -96,6 +126,18 @@ def listen(net: Any) -> Callable[..., tuple[Any, Any, int]]:
     yield make
     for a in actions:
         a.cancel()
+
+
+@pytest.fixture
+def listen(net: Any) -> Iterator[Callable[..., tuple[Any, Any, int]]]:
+    """``listen(on_vc=None, **opts)`` → (action, acceptor, port) on 127.0.0.1; cancelled after."""
+    yield from _listener(net)
+
+
+@pytest.fixture
+def fake_listen(fake_net: Any) -> Iterator[Callable[..., tuple[Any, Any, int]]]:
+    """``listen`` on ``fake_net``: the accepted VCs' threads run on ``fake_clock``."""
+    yield from _listener(fake_net)
 
 
 def client(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> socket.socket:
@@ -113,14 +155,48 @@ def recv_exactly(s: socket.socket, n: int) -> bytes:
     return bytes(out)
 
 
-def wait_until(pred: Callable[[], Any], timeout: float = 5.0) -> bool:
-    """Poll ``pred`` every 5 ms until it is true or ``timeout`` seconds passed."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return bool(pred())
-        time.sleep(0.005)
-    return True
+#: ``tcpi_state`` values (linux/tcp_states.h): connected, and reset by the peer.
+TCP_ESTABLISHED = 1
+TCP_CLOSE = 7
+
+
+def tcp_state(s: socket.socket | int) -> int:
+    """The kernel's TCP state of socket ``s`` (a socket, or an fd this process holds)."""
+    if isinstance(s, int):
+        with socket.socket(fileno=os.dup(s)) as dup:
+            return tcp_state(dup)
+    return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
+def reset_by_peer(s: socket.socket | int) -> bool:
+    """True once ``s`` took its peer's reset (TCP_CLOSE): whatever was sent to that peer
+    before has been dropped by its kernel, and none of it can reach a VC any more."""
+    return tcp_state(s) == TCP_CLOSE
+
+
+def asleep_in_the_kernel(thread: threading.Thread) -> bool:
+    """True while ``thread`` sleeps in a system call that waits for the kernel (a poll, an
+    accept, an epoll_wait), not for a lock or the GIL (a futex); read from /proc."""
+    task = f"/proc/self/task/{thread.native_id}"
+    try:
+        with open(f"{task}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        with open(f"{task}/wchan") as f:
+            wchan = f.read()
+    except OSError:  # the thread has ended
+        return False
+    return state == "S" and wchan not in ("", "0") and "futex" not in wchan
+
+
+def unacked_bytes(s: socket.socket) -> int:
+    """Bytes ``s`` has sent (or queued) that its peer's kernel has not acknowledged: 0 once
+    everything sent sits in the peer's receive queue (SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(s.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+
+
+def unread_bytes(fd: int) -> int:
+    """Bytes waiting in socket ``fd``'s receive queue (FIONREAD)."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
 
 
 def payload_of(n: int, seed: int = 7) -> bytes:

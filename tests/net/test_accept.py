@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,16 @@ from ats_cffi._native import lib
 from ats_cffi.eventsystem import Continuation, EventCode, ProxyMutex, this_ethread
 from ats_cffi.net import AcceptOptions, net_stats
 from ats_cffi.net.accept import accept_error_seriousness
-from tests.net.conftest import OPEN, Echo, client, recv_exactly, wait_until
+from tests.net.conftest import (
+    OPEN,
+    TCP_ESTABLISHED,
+    Echo,
+    asleep_in_the_kernel,
+    client,
+    recv_exactly,
+    tcp_state,
+    wait_until,
+)
 
 THROTTLED = "proxy.process.net.connections_throttled_in"
 
@@ -86,7 +94,11 @@ def test_a_backlog_of_200_is_fully_accepted_with_one_additional_accept_per_pass(
             c.setblocking(False)
             c.connect_ex(("127.0.0.1", port))
             clients.append(c)
-        time.sleep(0.1)
+        # Every handshake done: all 200 wait in the backlog, behind one edge.
+        wait_until(
+            lambda: all(tcp_state(c) == TCP_ESTABLISHED for c in clients),
+            what="the 200 connections established",
+        )
         release.set()
         acceptor.wait(200, timeout=10)
         assert len(acceptor.vcs) == 200
@@ -117,9 +129,8 @@ def test_throttle_holds_the_limit_and_sends_the_message_then_serves_again(
     stop_sampling = threading.Event()
 
     def sample() -> None:
-        while not stop_sampling.is_set():
+        while not stop_sampling.wait(0.001):  # a sample a millisecond: the peak's resolution
             peak[0] = max(peak[0], net_stats.get(OPEN))
-            time.sleep(0.001)
 
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -221,8 +232,7 @@ def test_the_accept_continuation_can_cancel_its_accept_from_its_handler(net, mod
 
     def on_accept(event: int, vc: Any) -> None:
         vc.do_io_close()
-        while "action" not in holder:  # the accept call may not have returned yet
-            time.sleep(0.001)
+        wait_until(lambda: "action" in holder, what="the accept call to return")
         holder["action"].cancel()
         holder["thread"] = this_ethread()
         handled.set()
@@ -252,7 +262,12 @@ def _listening_fd() -> tuple[int, Callable[[], None]]:
     dup = socket.socket(fileno=os.dup(fd))
 
     def stop_listening() -> None:
-        time.sleep(0.05)  # let the accept loops wait on it first
+        # Let the accept threads wait on it first (none, when the net threads accept).
+        accept_threads = [t for t in threading.enumerate() if t.name.startswith("[ACCEPT")]
+        wait_until(
+            lambda: all(asleep_in_the_kernel(t) for t in accept_threads),
+            what="the accept threads to wait for a connection",
+        )
         dup.shutdown(socket.SHUT_RDWR)
         dup.close()
 
@@ -270,8 +285,7 @@ def test_the_accept_continuation_can_cancel_its_accept_on_event_error(
     handled = threading.Event()
 
     def on_error(event: int, data: Any) -> None:
-        while "action" not in holder:
-            time.sleep(0.001)
+        wait_until(lambda: "action" in holder, what="the main_accept call to return")
         try:
             holder["action"].cancel()
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below

@@ -9,7 +9,6 @@ import fcntl
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +27,7 @@ from ats_cffi.net import (
 from ats_cffi.net import processor as net_processor_mod
 from ats_cffi.net.accept import NetAccept
 from ats_cffi.net.codes import IO_SHUTDOWN_WRITE
+from tests.conftest import settle
 
 from .conftest import wait_until
 
@@ -96,7 +96,7 @@ def test_connect_s_bad_timeout_refused_before_connecting(net: Any, server: Any, 
     fds0, open0 = n_fds(), net_stats.get(OPEN)
     with pytest.raises(ValueError, match="connect_s: timeout"):
         net.connect_s(server, timeout)
-    time.sleep(0.2)  # a connect started anyway would complete by now
+    settle(net.netthreads)  # a connect started anyway would have made its socket by now
     assert n_fds() == fds0
     assert net_stats.get(OPEN) == open0
 
@@ -130,7 +130,7 @@ def test_connect_s_interrupted_wait_leaks_nothing(
 
     class Event(threading.Event):
         def wait(self, timeout: float | None = None) -> bool:
-            super().wait(0.3)  # the connect completes meanwhile
+            super().wait(5.0)  # the connect completes (it sets this event), then
             raise _Interrupted
 
     class Threading:
@@ -238,7 +238,7 @@ def test_main_accept_refuses_non_listening_tcp_fd(
         with pytest.raises(ValueError, match=f"main_accept: fd {s.fileno()} .*{match}"):
             net.main_accept(c, s.fileno(), AcceptOptions(accept_threads=accept_threads))
         assert s.getblocking()  # untouched
-        time.sleep(0.1)
+        settle(net.netthreads)  # an accept started anyway would have reported by now
         assert c.events == []
         assert net_stats.get(ACCEPTS) == 0
     finally:
@@ -364,9 +364,11 @@ def test_connect_re_refuses_at_call(
         value = {"ct_nan": float("nan"), "ct_inf": float("inf"), "ct_huge": 10**400}.get(kind, "1")
         opts = NetVCOptions(connect_timeout=value)  # type: ignore[arg-type]
     c = Recorder()
+    fds0 = n_fds()
     with pytest.raises(exc, match=f"connect_re: .*{match}"):
         net.connect_re(c, addr, opts)
-    time.sleep(0.05)
+    settle(net.netthreads)  # a connect started anyway would have made its socket by now
+    assert n_fds() == fds0
     assert c.events == []
 
 

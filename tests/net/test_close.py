@@ -8,7 +8,6 @@ import os
 import socket
 import struct
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +21,17 @@ from ats_cffi.eventsystem.codes import (
 )
 from ats_cffi.net import net_stats
 from ats_cffi.net.codes import IO_SHUTDOWN_WRITE
-from tests.net.conftest import OPEN, Echo, client, payload_of, recv_exactly, wait_until
+from tests.conftest import settle
+from tests.net.conftest import (
+    OPEN,
+    Echo,
+    client,
+    payload_of,
+    recv_exactly,
+    reset_by_peer,
+    unacked_bytes,
+    wait_until,
+)
 
 #: SO_LINGER on, 0 s: close() sends RST instead of FIN.
 RESET = struct.pack("ii", 1, 0)
@@ -109,7 +118,7 @@ class CloseInHandler(Continuation):
         self.checked.set()
 
 
-def test_close_inside_handler_delivers_no_further_event_and_closes_fd_after_return(listen):
+def test_close_inside_handler_delivers_no_further_event_and_closes_fd_after_return(net, listen):
     conts: list[CloseInHandler] = []
     _, acceptor, port = listen(on_vc=lambda vc: conts.append(CloseInHandler(vc)))
     with client(port) as c:
@@ -125,13 +134,16 @@ def test_close_inside_handler_delivers_no_further_event_and_closes_fd_after_retu
             c.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        time.sleep(0.2)
+        # Once the server's kernel answered them with a reset, and the net threads ran
+        # their passes, any event they could cause would have come.
+        wait_until(lambda: reset_by_peer(c), what="the closed socket's reset")
+        settle(net.netthreads)
     assert cont.events == [VC_EVENT_READ_READY]
     assert cont.vc.closed and cont.vc.fd == -1
     assert wait_until(lambda: net_stats.get(OPEN) == 0)
 
 
-def test_close_from_another_thread_closes_fd_and_no_event_follows(listen):
+def test_close_from_another_thread_closes_fd_and_no_event_follows(net, listen):
     sinks: list[Sink] = []
     _, acceptor, port = listen(on_vc=lambda vc: sinks.append(Sink(vc)))
     clients = [client(port) for _ in range(4)]
@@ -159,7 +171,9 @@ def test_close_from_another_thread_closes_fd_and_no_event_follows(listen):
         assert wait_until(lambda: net_stats.get(OPEN) == 0, timeout=2.0)
         for s in clients[2:]:
             assert peer_sees_close(s)
-        time.sleep(0.1)
+        # The streamers end on their peer's reset: nothing they sent can reach a VC now.
+        wait_until(lambda: not any(t.is_alive() for t in streamers), what="the streamers")
+        settle(net.netthreads)
         assert [len(s.events) for s in sinks] == at_close
     finally:
         stop.set()
@@ -169,7 +183,7 @@ def test_close_from_another_thread_closes_fd_and_no_event_follows(listen):
             s.close()
 
 
-def test_concurrent_closes_from_several_threads_free_each_vc_once(listen):
+def test_concurrent_closes_from_several_threads_free_each_vc_once(net, listen):
     _, acceptor, port = listen(on_vc=lambda vc: Sink(vc))
     clients = [client(port) for _ in range(8)]
     try:
@@ -188,7 +202,7 @@ def test_concurrent_closes_from_several_threads_free_each_vc_once(listen):
         for t in closers:
             t.join(5.0)
         assert wait_until(lambda: all(vc.fd == -1 for vc in acceptor.vcs), timeout=2.0)
-        time.sleep(0.1)
+        settle(net.netthreads)  # a second free would be queued there
         assert net_stats.get(OPEN) == 0, "each VC is counted closed exactly once"
         for s in clients:
             assert peer_sees_close(s)
@@ -197,7 +211,7 @@ def test_concurrent_closes_from_several_threads_free_each_vc_once(listen):
             s.close()
 
 
-def test_peer_reset_delivers_every_received_byte_then_eos_or_econnreset(listen):
+def test_peer_reset_delivers_every_received_byte_then_eos_or_econnreset(net, listen):
     sinks: list[Sink] = []
     _, acceptor, port = listen(on_vc=lambda vc: sinks.append(Sink(vc, block_size=8192, hold=True)))
     payload = payload_of(50_000)
@@ -207,13 +221,15 @@ def test_peer_reset_delivers_every_received_byte_then_eos_or_econnreset(listen):
         sink = sinks[0]
         # The VC holds one block and leaves the rest in the socket; then the peer resets.
         assert wait_until(lambda: sink.events and not sink.vc.read.enabled)
-        time.sleep(0.05)
+        # Every byte is in the server's receive queue before the reset (the reset drops
+        # what is still in flight, which no VC could be blamed for losing).
+        wait_until(lambda: unacked_bytes(c) == 0, what="the payload acknowledged")
         c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
-    time.sleep(0.1)
+    wait_until(lambda: reset_by_peer(sink.vc.fd), what="the reset at the server's socket")
     sink.resume()
     terminal = (VC_EVENT_EOS, VC_EVENT_ERROR)
     assert wait_until(lambda: sink.events[-1] in terminal, timeout=2.0)
-    time.sleep(0.1)
+    settle(net.netthreads)  # a second terminal event would have come by now
     assert len(bytes(sink.data)) == len(payload)
     assert bytes(sink.data) == payload, "nothing received may be dropped"
     assert sum(e in terminal for e in sink.events) == 1
@@ -249,8 +265,12 @@ def test_peer_reset_while_writing_gives_the_writer_vc_event_error(listen):
     with client(port) as c:
         acceptor.wait()
         w = writers[0]
-        # The peer reads nothing: the server's socket fills and the write waits for an edge.
-        time.sleep(0.2)
+        # The peer reads nothing: the server's socket fills and the write waits for an edge
+        # (it saw EAGAIN: no longer triggered).
+        wait_until(
+            lambda: w.vc.write.vio.ndone > 0 and not w.vc.write.triggered,
+            what="the server's socket to fill",
+        )
         c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
     assert wait_until(lambda: VC_EVENT_ERROR in w.events, timeout=2.0)
     assert w.lerrno in (errno.ECONNRESET, errno.EPIPE)
@@ -381,7 +401,7 @@ class CloseOther(Continuation):
             self.closed_other.set()
 
 
-def test_two_net_threads_closing_each_others_vc_from_handlers_do_not_deadlock(listen):
+def test_two_net_threads_closing_each_others_vc_from_handlers_do_not_deadlock(net, listen):
     # Each handler holds its own mutex and closes a VC whose mutex the other net thread
     # holds: waiting for it would deadlock both threads (DESIGN 4: a net thread never waits
     # for another thread's lock).
@@ -410,7 +430,8 @@ def test_two_net_threads_closing_each_others_vc_from_handlers_do_not_deadlock(li
         assert peer_sees_close(s1) and peer_sees_close(s2)
         n1, n2 = len(a.events), len(b.events)
         s1.sendall(b"more")  # a closed VC delivers nothing
-        time.sleep(0.1)
+        wait_until(lambda: reset_by_peer(s1), what="the closed socket's reset")
+        settle(net.netthreads)
         assert (len(a.events), len(b.events)) == (n1, n2)
         # Both net threads still serve: the remaining VCs are closed from here.
         for vc in acceptor.vcs:

@@ -1,4 +1,8 @@
-"""connect_re / connect_s: open, refused, timed out, cancelled; connect_s off net threads only."""
+"""connect_re / connect_s: open, refused, timed out, cancelled; connect_s off net threads only.
+
+The connect timeout and the retries of a busy mutex run on the fake clock (``fake_net``);
+what the kernel does (a connect completing or refused, a SYN retransmitted) is awaited
+with ``wait_until``."""
 
 from __future__ import annotations
 
@@ -6,30 +10,33 @@ import contextlib
 import errno
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from ats_cffi.eventsystem import Continuation, EventCode, MIOBuffer, ProxyMutex
+from ats_cffi.eventsystem import Continuation, EventCode, MIOBuffer, ProxyMutex, this_ethread
 from ats_cffi.net import NetVCOptions, net_stats
 from ats_cffi.net.codes import NET_EVENT_OPEN, NET_EVENT_OPEN_FAILED
 
-from .conftest import OPEN, wait_until
+from .conftest import OPEN, client, wait_until
 
 
 class Recorder(Continuation):
-    """Collects (event, data) pairs delivered to it, from whichever thread."""
+    """Collects (event, data) pairs delivered to it, from whichever thread, and the reading
+    of the delivering net thread's clock for each (``times``)."""
 
     def __init__(self) -> None:
         super().__init__(ProxyMutex())
         self.events: list[tuple[int, Any]] = []
+        self.times: list[float] = []
         self.got = threading.Event()
         self.set_handler(self.handle)
 
     def handle(self, event: int, data: Any) -> None:
         self.events.append((event, data))
+        t = this_ethread()
+        self.times.append(t.clock() if t is not None else float("nan"))
         self.got.set()
 
 
@@ -69,10 +76,7 @@ def test_connect_re_to_a_closed_port_fails_with_econnrefused(net) -> None:
     net.connect_re(rec, ("127.0.0.1", closed_port()))
     assert rec.got.wait(5)
     assert rec.events == [(NET_EVENT_OPEN_FAILED, -errno.ECONNREFUSED)]
-    deadline = time.monotonic() + 2
-    while net_stats.get(OPEN) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert net_stats.get(OPEN) == 0
+    wait_until(lambda: net_stats.get(OPEN) == 0, what="the refused VC freed")
     assert net_stats.get("proxy.process.net.connect_failures") == 1
 
 
@@ -104,50 +108,60 @@ def stalled_port() -> Iterator[int]:
         yield port
 
 
-def test_connect_that_cannot_complete_times_out(net, stalled_port) -> None:
-    port = stalled_port
+def stalled_connect(net: Any, port: int, timeout: float) -> tuple[Recorder, Any]:
+    """``connect_re`` to ``port`` (a full backlog) with a connect timeout of ``timeout``;
+    returns once the connect is under way (skips the test if the kernel completed it)."""
     rec = Recorder()
-    t0 = time.monotonic()
-    net.connect_re(rec, ("127.0.0.1", port), NetVCOptions(connect_timeout=0.3))
-    assert rec.got.wait(5)
-    elapsed = time.monotonic() - t0
-    event, data = rec.events[0]
-    if event == NET_EVENT_OPEN:
-        data.do_io_close()
+    action = net.connect_re(rec, ("127.0.0.1", port), NetVCOptions(connect_timeout=timeout))
+    wait_until(lambda: action.vc.connecting or rec.events, what="the connect to start")
+    if rec.events:
+        if rec.events[0][0] == NET_EVENT_OPEN:
+            rec.events[0][1].do_io_close()
         pytest.skip("the kernel completed the connect despite the full backlog")
-    assert (event, data) == (NET_EVENT_OPEN_FAILED, -errno.ETIMEDOUT)
-    assert 0.25 <= elapsed < 3
+    return rec, action
 
 
-def test_cancelled_connect_sends_no_event_and_leaves_nothing_open(net, listen) -> None:
-    _, acceptor, port = listen()
+def test_connect_that_cannot_complete_times_out_at_its_deadline(
+    fake_net, fake_clock, stalled_port
+) -> None:
+    start = fake_clock.now  # the clock does not move until the test moves it
+    rec, action = stalled_connect(fake_net, stalled_port, 0.25)
+    fake_clock.advance(0.25 - 1 / 64)
+    assert rec.events == [] and action.vc.connecting, "timed out before its deadline"
+    fake_clock.advance(1 / 64)
+    assert rec.events == [(NET_EVENT_OPEN_FAILED, -errno.ETIMEDOUT)]
+    assert rec.times == [start + 0.25]
+    wait_until(lambda: net_stats.get(OPEN) == 0, what="the timed-out VC freed")
+
+
+def test_cancelled_connect_sends_no_event_and_leaves_nothing_open(
+    fake_net, fake_clock, fake_listen
+) -> None:
+    _, acceptor, port = fake_listen()
     rec = Recorder()
     with rec.mutex:  # hold the mutex: the connect cannot report before cancel()
-        action = net.connect_re(rec, ("127.0.0.1", port))
+        action = fake_net.connect_re(rec, ("127.0.0.1", port))
         action.cancel()
-    time.sleep(0.2)
-    # The connect was cancelled before it could start: no event, no socket, no peer.
-    assert rec.events == []
-    assert acceptor.vcs == []
-    assert net_stats.get(OPEN) == 0
-
-
-def test_cancel_while_connecting_closes_the_socket(net, stalled_port) -> None:
-    port = stalled_port
-    rec = Recorder()
-    action = net.connect_re(rec, ("127.0.0.1", port), NetVCOptions(connect_timeout=5))
-    deadline = time.monotonic() + 2
-    while not action.vc.connecting and not rec.events and time.monotonic() < deadline:
-        time.sleep(0.005)
-    if rec.events:
-        pytest.skip("the kernel completed the connect despite the full backlog")
-    action.cancel()
-    deadline = time.monotonic() + 2
-    while net_stats.get(OPEN) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert net_stats.get(OPEN) == 0
+    fake_clock.advance(1.0)  # the connect's start, put off while the mutex was held, has run
+    # The connect was cancelled before it could start: no event, no socket, no peer. The
+    # peer a connect would have made would be accepted before this one (the backlog is
+    # first in, first out): the first connection accepted is this one.
     assert action.vc.fd == -1
-    time.sleep(0.1)
+    with client(port) as c:
+        acceptor.wait()
+        fake_clock.settle()  # every accept handed to the net threads has been delivered
+        assert [vc.get_remote_addr() for vc in acceptor.vcs] == [c.getsockname()]
+        acceptor.vcs[0].do_io_close()
+    assert rec.events == []
+    wait_until(lambda: net_stats.get(OPEN) == 0, what="the accepted VC freed")
+
+
+def test_cancel_while_connecting_closes_the_socket(fake_net, fake_clock, stalled_port) -> None:
+    rec, action = stalled_connect(fake_net, stalled_port, 5)
+    action.cancel()
+    wait_until(lambda: net_stats.get(OPEN) == 0, what="the cancelled VC freed")
+    assert action.vc.fd == -1
+    fake_clock.advance(10)  # past the connect timeout too
     assert rec.events == []
 
 
@@ -304,42 +318,34 @@ def test_connect_re_binds_a_good_local_address(net, listen) -> None:
         vc.do_io_close()
 
 
-def test_a_connect_failure_waits_for_a_busy_mutex_without_blocking_the_net_thread(net) -> None:
+def test_a_connect_failure_waits_for_a_busy_mutex_without_blocking_the_net_thread(
+    fake_net, fake_clock
+) -> None:
     # The connect fails on the net thread (a reset to a SYN retransmitted after the listener
     # closed) while another thread holds the continuation's mutex: the net thread must go on
     # serving its other events, and the failure must arrive once the mutex is free.
     with full_backlog() as (ls, port):
-        rec = Recorder()
-        action = net.connect_re(rec, ("127.0.0.1", port), NetVCOptions(connect_timeout=10))
-        assert wait_until(lambda: action.vc.connecting or rec.events, 2)
-        if rec.events:
-            pytest.skip("the kernel completed the connect despite the full backlog")
+        rec, action = stalled_connect(fake_net, port, 10)
         thread = action.vc.thread
         with rec.mutex:
-            ls.close()  # the next SYN retransmit (about 1 s) gets a reset
-            deadline = time.monotonic() + 4
-            while action.vc.connecting and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert not action.vc.connecting, "the connect did not fail within 4 s"
+            ls.close()  # the next SYN retransmit (about 1 s, the kernel's) gets a reset
+            wait_until(lambda: not action.vc.connecting, what="the connect to fail")
             ran = threading.Event()
             thread.schedule_imm_signal(Continuation(ProxyMutex(), lambda e, d: ran.set()))
             assert ran.wait(2), "the net thread waited for the continuation's mutex"
+            fake_clock.advance(1.0)  # retried: the mutex is still busy
             assert rec.events == []  # not delivered without the mutex
-        assert rec.got.wait(2)
+        fake_clock.advance(1.0)  # the next retry finds it free
         assert rec.events == [(NET_EVENT_OPEN_FAILED, -errno.ECONNREFUSED)]
-    assert wait_until(lambda: net_stats.get(OPEN) == 0, 2)
+    wait_until(lambda: net_stats.get(OPEN) == 0, what="the failed VC freed")
 
 
 def test_cancel_from_an_event_thread_while_the_mutex_is_busy_closes_the_connect_later(
-    net, stalled_port
+    fake_net, fake_clock, stalled_port
 ) -> None:
     # On an event thread, cancel() does not wait for a mutex another thread holds: it marks
     # the connect cancelled at once and closes the socket once the mutex is free.
-    rec = Recorder()
-    action = net.connect_re(rec, ("127.0.0.1", stalled_port), NetVCOptions(connect_timeout=5))
-    assert wait_until(lambda: action.vc.connecting or rec.events, 2)
-    if rec.events:
-        pytest.skip("the kernel completed the connect despite the full backlog")
+    rec, action = stalled_connect(fake_net, stalled_port, 5)
     taken, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -350,20 +356,23 @@ def test_cancel_from_an_event_thread_while_the_mutex_is_busy_closes_the_connect_
     holder = threading.Thread(target=hold)
     holder.start()
     assert taken.wait(5)
-    took: list[float] = []
+    # Who held the mutex when cancel() returned: still the holder, who lets go only when
+    # the test says so, if cancel() did not wait for it.
+    held_by: list[int | None] = []
 
     def cancel_it(event: int, e: Any) -> None:
-        t0 = time.monotonic()
         action.cancel()
-        took.append(time.monotonic() - t0)
+        held_by.append(rec.mutex.thread_holding)
 
-    net.netthreads[0].schedule_imm(Continuation(ProxyMutex(), cancel_it))
+    fake_net.netthreads[0].schedule_imm(Continuation(ProxyMutex(), cancel_it))
     try:
-        assert wait_until(lambda: took, 2)
-        assert took[0] < 0.2 and action.cancelled
+        wait_until(lambda: held_by, what="the event thread's cancel() to return")
+        assert held_by == [holder.ident] and action.cancelled
+        fake_clock.advance(1.0)  # retried meanwhile: the mutex is still busy
         assert net_stats.get(OPEN) == 1  # closed only once the mutex is free
     finally:
         release.set()
         holder.join(5)
-    assert wait_until(lambda: net_stats.get(OPEN) == 0, 2)
+    fake_clock.advance(1.0)  # the next retry finds it free
+    assert net_stats.get(OPEN) == 0
     assert rec.events == []

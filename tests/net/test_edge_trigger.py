@@ -1,19 +1,29 @@
 """Edge-trigger rules of the net loop (DESIGN.md section 5): bytes already in the socket are
 never stranded, a stopped VC resumes byte-exactly, one VC cannot starve another, and
-``EventIO.refresh`` re-reports pending readiness."""
+``EventIO.refresh`` re-reports pending readiness.
+
+No test sleeps for the kernel: each waits (``wait_until``) for the state it needs (every
+byte sent acknowledged, so sitting in the VC's socket; a thread asleep in its poll step),
+and the retry delay runs on the fake clock."""
 
 from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from ats_cffi._native import lib
-from ats_cffi.eventsystem import INT64_MAX, Continuation, MIOBuffer, ProxyMutex
+from ats_cffi.eventsystem import (
+    INT64_MAX,
+    Continuation,
+    EventProcessor,
+    MIOBuffer,
+    ProxyMutex,
+    this_ethread,
+)
 from ats_cffi.eventsystem.codes import (
     VC_EVENT_EOS,
     VC_EVENT_ERROR,
@@ -29,6 +39,7 @@ from ats_cffi.net import (
     net_stats,
 )
 from ats_cffi.net.codes import EVENTIO_DNS_CONNECTION, EVENTIO_READ
+from tests.conftest import CountingMutex, run_on, settle
 from tests.net.conftest import (
     OPEN,
     Acceptor,
@@ -36,6 +47,8 @@ from tests.net.conftest import (
     client,
     payload_of,
     recv_exactly,
+    unacked_bytes,
+    unread_bytes,
     wait_until,
 )
 
@@ -54,13 +67,15 @@ class Sink(Continuation):
         hold: bool = False,
         hold_at: list[int] | None = None,
         keep: bool = True,
+        mutex: ProxyMutex | None = None,
     ) -> None:
-        super().__init__(ProxyMutex())
+        super().__init__(mutex or ProxyMutex())
         self.vc = vc
         self.buf = MIOBuffer(block_size, water_mark)
         self.reader = self.buf.alloc_reader()
         self.data = bytearray()
         self.received = 0  # bytes taken out of the buffer (``data`` may be left empty)
+        self.largest_take = 0  # most bytes taken at once (one event's worth)
         self.keep = keep
         self.events: list[int] = []
         self.hold = hold
@@ -75,6 +90,7 @@ class Sink(Continuation):
         else:
             self.reader.consume(n)
         self.received += n
+        self.largest_take = max(self.largest_take, n)
 
     def handle(self, event: int, vio: Any) -> None:
         self.events.append(event)
@@ -100,15 +116,54 @@ def sinks_listener(listen: Any, **sink_args: Any) -> tuple[Acceptor, int, list[S
     return acceptor, port, sinks
 
 
+def all_in_the_vcs_socket(c: socket.socket, vc: Any) -> None:
+    """Wait until every byte ``c`` sent sits in ``vc``'s socket (acknowledged) and ``vc``'s
+    net thread has run a pass since: the edge they made has been reported, and no other
+    will come for them."""
+    wait_until(lambda: unacked_bytes(c) == 0, what="every byte sent acknowledged")
+    settle([vc.thread])
+
+
+class HourLongPoll:
+    """A net thread's poll step that sleeps an hour whenever the NetHandler would wait: a
+    timer or the poll timeout cannot end that sleep in a test's time, only an event on the
+    epoll (the thread's eventfd among them). ``asleep`` is set while it waits."""
+
+    def __init__(self, nh: Any) -> None:
+        self.nh = nh
+        self.asleep = False
+
+    def wait_for_activity(self, timeout_ms: int) -> None:
+        if timeout_ms:
+            self.asleep = True
+            self.nh.wait_for_activity(3_600_000)
+            self.asleep = False
+        else:
+            self.nh.wait_for_activity(0)
+
+    def close(self) -> None:
+        self.nh.close()
+
+
 @pytest.fixture
-def quiet_net() -> Iterator[Any]:
-    """Two net threads with nothing scheduled sooner than 1 s (the default cop period):
-    an idle net thread then sleeps in ``epoll_wait`` until something signals it."""
+def quiet_net(fake_clock) -> Iterator[tuple[Any, dict[Any, HourLongPoll]]]:
+    """``(net_processor, polls)``: two net threads on the fake clock, which never moves (no
+    timer is ever due), each with an ``HourLongPoll`` (``polls[thread]``) and a poll
+    timeout of an hour: an idle net thread sleeps in ``epoll_wait`` until something
+    signals it."""
     net_config.reset()
+    net_config.set("proxy.config.net.poll_timeout", 3_600_000)
     net_stats.reset()
-    net_processor.start(2)
+    net_processor.start(2, processor=EventProcessor(fake_clock))
     try:
-        yield net_processor
+
+        def install() -> HourLongPoll:
+            t = this_ethread()
+            poll = HourLongPoll(t.tail_cb)
+            t.tail_cb = poll
+            return poll
+
+        yield net_processor, {t: run_on(t, install) for t in net_processor.netthreads}
     finally:
         net_processor.shutdown()
         net_config.reset()
@@ -122,7 +177,7 @@ def test_new_read_from_another_thread_gets_bytes_left_in_socket_without_new_edge
         acceptor.wait()
         sink = sinks[0]
         assert wait_until(lambda: VC_EVENT_READ_COMPLETE in sink.events)
-        time.sleep(0.1)
+        all_in_the_vcs_socket(c, sink.vc)
         with sink.mutex:
             assert bytes(sink.data) == payload[:10]
             assert sink.vc.read.triggered, "stopping at nbytes must keep the edge"
@@ -132,8 +187,10 @@ def test_new_read_from_another_thread_gets_bytes_left_in_socket_without_new_edge
         assert sink.events.count(VC_EVENT_READ_COMPLETE) == 2
 
 
-def test_reenable_from_scheduled_event_reads_bytes_left_in_socket_while_buffer_was_full(listen):
-    acceptor, port, sinks = sinks_listener(listen, hold=True)
+def test_reenable_from_scheduled_event_reads_bytes_left_in_socket_while_buffer_was_full(
+    fake_listen, fake_clock
+):
+    acceptor, port, sinks = sinks_listener(fake_listen, hold=True)
     payload = payload_of(50_000)
     with client(port) as c:
         c.sendall(payload)
@@ -141,7 +198,7 @@ def test_reenable_from_scheduled_event_reads_bytes_left_in_socket_while_buffer_w
         sink = sinks[0]
         # The first 4 KiB block fills and is kept: the VC stops reading with bytes waiting.
         assert wait_until(lambda: sink.events and not sink.vc.read.enabled)
-        time.sleep(0.1)
+        all_in_the_vcs_socket(c, sink.vc)
         with sink.mutex:
             assert sink.reader.read_avail() == 4096
             assert sink.vc.read.triggered
@@ -152,6 +209,7 @@ def test_reenable_from_scheduled_event_reads_bytes_left_in_socket_while_buffer_w
             sink.vio.reenable()
 
         sink.vc.thread.schedule_in(Continuation(sink.mutex, resume), 0.02)
+        fake_clock.advance(0.02)
         assert wait_until(lambda: len(sink.data) == len(payload), timeout=2.0)
         assert bytes(sink.data) == payload
 
@@ -177,7 +235,8 @@ def test_vc_that_stops_reading_while_peer_keeps_sending_resumes_exactly_where_it
             sink = sinks[0]
             for _ in range(3):
                 assert wait_until(lambda: sink.hold and not sink.vc.read.enabled)
-                time.sleep(0.05)  # the peer keeps pushing into the socket meanwhile
+                # The peer keeps pushing into the socket meanwhile: the resume finds bytes.
+                wait_until(lambda: unread_bytes(sink.vc.fd) > 0, what="bytes in the socket")
                 sink.resume()  # from this thread, not the VC's
             assert wait_until(lambda: len(sink.data) == len(payload), timeout=10.0)
         finally:
@@ -216,20 +275,19 @@ def test_flooding_vc_does_not_starve_another_vc_on_the_same_thread(one_net_threa
             acceptor.wait()
             sink = conts[0]
             assert wait_until(lambda: sink.received > 4 << 20)
-            latencies = []
             before = sink.received
-            for i in range(20):
+            for i in range(20):  # each answered (a starved echo would time out here)
                 msg = b"ping %d" % i
-                t0 = time.monotonic()
                 b.sendall(msg)
                 assert recv_exactly(b, len(msg)) == msg
-                latencies.append(time.monotonic() - t0)
             during = sink.received - before
         finally:
             stop.set()
             flooder.join(10.0)
     assert during > 0, "the flood went on during the round trips"
-    assert max(latencies) < 0.5, latencies
+    # What makes the flooded VC yield: it reads at most its quota per turn (one event).
+    quota = net_config.max_read_per_pass
+    assert 0 < sink.largest_take <= quota, (sink.largest_take, quota)
 
 
 def test_refresh_reports_readiness_that_is_already_pending_again():
@@ -272,17 +330,22 @@ def test_refresh_of_an_interest_no_longer_recorded_reports_nothing():
         b.close()
 
 
-def test_reenable_from_another_thread_is_processed_promptly_and_exactly_once(quiet_net):
+def test_reenable_from_another_thread_wakes_the_net_thread_and_is_processed_once(quiet_net):
+    net, polls = quiet_net
     sinks: list[Sink] = []
     acceptor = Acceptor(lambda vc: sinks.append(Sink(vc, hold=True)))
-    port = quiet_net.accept(acceptor, AcceptOptions(local_address="127.0.0.1")).na.port
+    port = net.accept(acceptor, AcceptOptions(local_address="127.0.0.1")).na.port
     payload = payload_of(4096 + 1000)
     with client(port) as c:
         c.sendall(payload)
         acceptor.wait()
         sink = sinks[0]
         assert wait_until(lambda: sink.events and not sink.vc.read.enabled)
-        time.sleep(0.1)  # the net thread is asleep now, with 1000 bytes left in the socket
+        # The net thread asleep for an hour, with 1000 bytes left in the socket: only the
+        # re-enable's signal can wake it.
+        all_in_the_vcs_socket(c, sink.vc)
+        poll = polls[sink.vc.thread]
+        wait_until(lambda: poll.asleep, what="the net thread asleep in its poll step")
         with sink.mutex:
             assert sink.reader.read_avail() == 4096
             sink.take()
@@ -295,17 +358,14 @@ def test_reenable_from_another_thread_is_processed_promptly_and_exactly_once(qui
             sink.vio.reenable()
 
         kickers = [threading.Thread(target=kick) for _ in range(4)]
-        t0 = time.monotonic()
         for t in kickers:
             t.start()
         for t in kickers:
             t.join(5.0)
         assert wait_until(lambda: len(sink.data) == len(payload), timeout=2.0)
-        latency = time.monotonic() - t0
-        time.sleep(0.1)
+        settle([sink.vc.thread])  # a second turn of the VC would have come by now
         assert sink.events[before:] == [VC_EVENT_READ_READY]
         assert bytes(sink.data) == payload
-        assert latency < 0.3, f"the net thread was not woken: {latency:.3f} s"
 
 
 def test_data_and_fin_behind_one_edge_give_the_data_then_eos(one_net_thread) -> None:
@@ -337,14 +397,18 @@ def test_data_and_fin_behind_one_edge_give_the_data_then_eos(one_net_thread) -> 
     port = action.na.port
     with client(port) as c:
         acceptor.wait()
-        release = threading.Event()
-        one_net_thread.netthreads[0].schedule_imm(
-            Continuation(ProxyMutex(), lambda ev, e: release.wait(5))
-        )
-        time.sleep(0.05)
+        holding, release = threading.Event(), threading.Event()
+
+        def hold(event: int, e: Any) -> None:
+            holding.set()
+            release.wait(5)
+
+        one_net_thread.netthreads[0].schedule_imm(Continuation(ProxyMutex(), hold))
+        assert holding.wait(5)
         c.sendall(b"last words")
         c.shutdown(socket.SHUT_WR)
-        time.sleep(0.05)
+        # The data and the FIN both in the server's socket before the thread looks.
+        wait_until(lambda: unacked_bytes(c) == 0, what="the data and the FIN acknowledged")
         release.set()
         assert done.wait(5), f"no EOS after the data; events {events}"
     action.cancel()
@@ -354,46 +418,55 @@ def test_data_and_fin_behind_one_edge_give_the_data_then_eos(one_net_thread) -> 
 
 @pytest.mark.parametrize("spliced", [False, True], ids=["vio", "splice"])
 def test_a_mutex_held_elsewhere_is_retried_after_the_retry_delay_not_spun_on(
-    one_net_thread, spliced: bool
+    start_net, fake_clock, spliced: bool
 ) -> None:
     # Another thread holds the continuation's mutex while bytes (or the splice's EOS) wait
     # for it: the net thread must retry every net.retry_delay (10 ms), not queue the VC for
     # the very next pass, which made every pass non-blocking (a core spinning on the lock).
+    # On the fake clock, passes without time passing try the mutex no more.
     from ats_cffi.net.splice import Splice
 
+    net = start_net(1, clock=fake_clock)
+    delay = net_config.retry_delay / 1000.0
     conts: list[Any] = []
     events: list[int] = []
 
     def on_vc(vc: Any) -> None:
         if spliced:
-            owner = Continuation(ProxyMutex(), lambda e, d: events.append(e))
+            owner = Continuation(CountingMutex(), lambda e, d: events.append(e))
             with owner.mutex:
                 Splice(owner, vc)
             conts.append(owner)
         else:
-            conts.append(Sink(vc))
+            conts.append(Sink(vc, mutex=CountingMutex()))
 
     acceptor = Acceptor(on_vc)
-    action = one_net_thread.accept(acceptor, AcceptOptions(local_address="127.0.0.1"))
+    action = net.accept(acceptor, AcceptOptions(local_address="127.0.0.1"))
     with client(action.na.port) as c:
         acceptor.wait()
         owner = conts[0]
-        runs = net_stats.get("proxy.process.net.net_handler_run")
-        with owner.mutex:  # this thread holds it while the peer sends and half-closes
+        m = owner.mutex
+        with m:  # this thread holds it while the peer sends and half-closes
+            tries = m.tries
             c.sendall(b"hello")
             if spliced:
                 assert recv_exactly(c, 5) == b"hello"  # the bytes move natively
                 c.shutdown(socket.SHUT_WR)  # the EOS needs the owner's mutex
-            time.sleep(0.5)
-            passes = net_stats.get("proxy.process.net.net_handler_run") - runs
-        # ~50 retries and the idle polls; a spin made hundreds of thousands of passes.
-        assert passes < 1000, f"{passes} NetHandler passes in 0.5 s while the mutex was held"
+            wait_until(lambda: m.tries > tries, what="the net thread to try the mutex")
+            tries = m.tries
+            for _ in range(10):  # twenty passes and more, at the same reading of the clock
+                fake_clock.settle()
+            assert m.tries == tries, "tried again without waiting for the retry delay"
+            for k in range(1, 6):  # a retry each time the delay has passed
+                fake_clock.advance(1.5 * delay)
+                assert m.tries == tries + k
+        fake_clock.advance(1.5 * delay)  # the next retry takes it
         if spliced:
-            assert wait_until(lambda: events == [VC_EVENT_EOS])
+            assert events == [VC_EVENT_EOS]
             with owner.mutex:
                 acceptor.vcs[0].do_io_close()
         else:
-            assert wait_until(lambda: bytes(owner.data) == b"hello")
+            assert bytes(owner.data) == b"hello"
             with owner.mutex:
                 owner.vc.do_io_close()
     action.cancel()

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import errno
+import select
 import socket
 import struct
 import threading
-import time
 from typing import Any
 
 import pytest
 
-from ats_cffi.eventsystem import Continuation, ProxyMutex
+from ats_cffi.eventsystem import Continuation, ProxyMutex, this_ethread
 from ats_cffi.eventsystem.codes import (
     VC_EVENT_EOS,
     VC_EVENT_ERROR,
@@ -19,8 +19,18 @@ from ats_cffi.eventsystem.codes import (
 )
 from ats_cffi.net import AcceptOptions, net_processor, net_stats
 from ats_cffi.net.splice import Splice
+from tests.conftest import wait_until
 
-from .conftest import OPEN, Acceptor, client, payload_of, recv_exactly, wait_until
+from .conftest import (
+    COP,
+    OPEN,
+    Acceptor,
+    client,
+    payload_of,
+    recv_exactly,
+    unacked_bytes,
+    unread_bytes,
+)
 
 
 @pytest.fixture
@@ -59,6 +69,7 @@ class Owner(Continuation):
         self.waiting: Any = None
         self.splices: list[Splice] = []
         self.events: list[tuple[int, Splice]] = []
+        self.times: list[float] = []  # the net thread's clock at each event
         self.errors: list[BaseException] = []
         self.got_event = threading.Event()
         self.setup: Any = None  # called with each VC before it is spliced
@@ -82,6 +93,7 @@ class Owner(Continuation):
 
     def handle(self, event: int, sp: Any) -> None:
         self.events.append((event, sp))
+        self.times.append(this_ethread().clock())
         self.got_event.set()
         if self.close_on_end:
             sp.close()
@@ -96,9 +108,9 @@ def spliced_pair(listen: Any, **kw: Any) -> tuple[Owner, socket.socket, socket.s
     owner = Owner(pair=True, **kw)
     _, acc, port = listen(owner.on_vc)
     c1 = client(port)
-    time.sleep(0.05)  # accepted first
+    acc.wait(1)  # accepted first
     c2 = client(port)
-    acc.wait(2)
+    acc.wait(1)
     assert wait_until(lambda: len(owner.splices) == 1)
     return owner, c1, c2
 
@@ -187,19 +199,18 @@ def test_slow_sink_stops_the_source_memory_stays_bounded(one_net_thread: Any, li
         c1.setblocking(False)
         sent = 0
         chunk = b"x" * 65536
-        deadline = time.monotonic() + 3
-        stalled_since = None
-        while time.monotonic() < deadline:  # c2 does not read
+        stalled = False
+        while sent < 64 << 20:  # c2 does not read
             try:
                 sent += c1.send(chunk)
-                stalled_since = None
             except BlockingIOError:
-                stalled_since = stalled_since or time.monotonic()
-                if time.monotonic() - stalled_since > 0.3:
+                # Stalled once c1 stays unwritable (a kernel wait: 0.3 s of no progress):
+                # the kernel buffers and the splice's are full, the source is stopped.
+                if not select.select([], [c1], [], 0.3)[1]:
+                    stalled = True
                     break
-                time.sleep(0.01)
-        # Kernel buffers on both sides plus one splice buffer: far below 3 s of loopback.
-        assert stalled_since is not None, "the source never blocked"
+        # Kernel buffers on both sides plus one splice buffer: far below 64 MiB.
+        assert stalled, "the source never blocked"
         assert sent < 64 << 20
         c2.settimeout(10)
         got = recv_exactly(c2, sent)  # every byte still arrives once the sink reads
@@ -208,7 +219,8 @@ def test_slow_sink_stops_the_source_memory_stays_bounded(one_net_thread: Any, li
 
 def test_bytes_sent_before_the_splice_are_moved(one_net_thread: Any, listen: Any) -> None:
     owner = Owner()
-    owner.setup = lambda vc: time.sleep(0.1)  # the client's bytes are already queued
+    # Spliced only once the client's bytes are queued in the VC's socket.
+    owner.setup = lambda vc: wait_until(lambda: unread_bytes(vc.fd) == 11, what="the bytes")
     _, acc, port = listen(owner.on_vc)
     with client(port) as c:
         c.sendall(b"early bytes")
@@ -249,22 +261,27 @@ def test_reset_by_peer_is_an_error(one_net_thread: Any, listen: Any) -> None:
 
 
 def test_inactivity_timeout_reaches_the_owner_and_activity_defers_it(
-    one_net_thread: Any, listen: Any
+    start_net: Any, fake_clock: Any, listen: Any
 ) -> None:
+    # On the fake clock: the cop runs every COP; it sees the bytes the splice moved since
+    # its last run and pushes the deadline from there.
+    start_net(1, clock=fake_clock)
     owner = Owner()
-    owner.setup = lambda vc: vc.set_inactivity_timeout(0.4)
+    owner.setup = lambda vc: vc.set_inactivity_timeout(0.25)
     _, acc, port = listen(owner.on_vc)
     with client(port) as c:
         acc.wait()
-        start = time.monotonic()
-        for _ in range(8):  # active for 0.8 s: twice the timeout
+        for _ in range(8):  # active for 0.5 s: twice the timeout
             c.sendall(b"ping")
             assert recv_exactly(c, 4) == b"ping"
-            time.sleep(0.1)
+            fake_clock.tick(COP, COP)
         assert owner.events == []
-        assert owner.got_event.wait(5)
+        quiet_from = fake_clock.now  # the cop's last run saw the last ping
+        fake_clock.tick(0.25, COP)
+        assert owner.events == [], "fired before 0.25 s without a byte"
+        fake_clock.tick(COP, COP)
         assert owner.kinds() == [VC_EVENT_INACTIVITY_TIMEOUT]
-        assert time.monotonic() - start >= 0.8 + 0.3
+        assert owner.times == [quiet_from + 0.25 + COP]
         assert c.recv(10) == b""  # the owner closed it
 
 
@@ -434,7 +451,10 @@ def test_many_clients_with_bad_peers_lose_no_byte_and_leak_nothing(
             with client(port, timeout=20) as c:
                 if kind == 2:  # a bad peer: some bytes (they fit the buffers), then RST
                     c.sendall(data[:16384])
-                    time.sleep(0.01)
+                    try:  # mid-stream: the bytes are at the server when the reset comes
+                        wait_until(lambda: unacked_bytes(c) == 0, what="the bytes acknowledged")
+                    except AssertionError as exc:
+                        failures.append(f"client {i}: {exc}")
                     c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     return
                 got = bytearray()

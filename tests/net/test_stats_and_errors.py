@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import random
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,22 +14,30 @@ from ats_cffi.eventsystem import INT64_MAX, VIO, Continuation, MIOBuffer, ProxyM
 from ats_cffi.eventsystem.codes import VC_EVENT_ERROR
 from ats_cffi.net import AcceptOptions, UnixNetVConnection, net_stats
 from ats_cffi.net.codes import IO_SHUTDOWN_READ
-from tests.conftest import interpreted_only
-from tests.net.conftest import OPEN, Acceptor, Echo, client, recv_exactly, wait_until
+from tests.conftest import interpreted_only, settle
+from tests.net.conftest import (
+    OPEN,
+    Acceptor,
+    Echo,
+    client,
+    recv_exactly,
+    unacked_bytes,
+    wait_until,
+)
 
 READ_BYTES = "proxy.process.net.read_bytes"
 WRITE_BYTES = "proxy.process.net.write_bytes"
 TOTAL_ACCEPTS = "proxy.process.tcp.total_accepts"
 
 
-def test_connections_currently_open_follows_the_clients_up_and_back_to_zero(listen):
+def test_connections_currently_open_follows_the_clients_up_and_back_to_zero(net, listen):
     _, acceptor, port = listen(on_vc=Echo)
     n = 8
     clients = [client(port) for _ in range(n)]
     try:
         acceptor.wait(n)
         assert wait_until(lambda: net_stats.get(OPEN) == n)
-        time.sleep(0.1)
+        settle(net.netthreads)  # and stays there
         assert net_stats.get(OPEN) == n
         assert net_stats.get(TOTAL_ACCEPTS) == n
         for s in clients[: n // 2]:
@@ -40,7 +47,7 @@ def test_connections_currently_open_follows_the_clients_up_and_back_to_zero(list
         for s in clients:
             s.close()
     assert wait_until(lambda: net_stats.get(OPEN) == 0)
-    time.sleep(0.1)
+    settle(net.netthreads)  # and stays there
     assert net_stats.get(OPEN) == 0
 
 
@@ -160,7 +167,7 @@ def test_io_on_a_closed_vc_raises_runtime_error_naming_the_call(listen, call):
     assert wait_until(lambda: net_stats.get(OPEN) == 0)
 
 
-def test_close_twice_is_harmless(listen):
+def test_close_twice_is_harmless(net, listen):
     _, acceptor, port = listen()
     with client(port) as c:
         acceptor.wait()
@@ -169,7 +176,7 @@ def test_close_twice_is_harmless(listen):
         vc.do_io_close()
         assert c.recv(1) == b""
     assert wait_until(lambda: net_stats.get(OPEN) == 0)
-    time.sleep(0.05)
+    settle(net.netthreads)  # a second free would come by now
     assert net_stats.get(OPEN) == 0
 
 
@@ -238,18 +245,20 @@ def test_a_vc_whose_turn_raises_is_closed_and_the_others_keep_going(one_net_thre
 
         monkeypatch.setattr(UnixNetVConnection, "net_read_io", first_one_raises)
         armed = threading.Event()
-        held = threading.Event()
+        held, release = threading.Event(), threading.Event()
         thread = acceptor.vcs[0].thread
 
         def hold(event: int, e: Any) -> None:
             held.set()
-            time.sleep(0.3)  # both clients' bytes arrive meanwhile: one pass sees both
+            release.wait(5)  # both clients' bytes arrive meanwhile: one pass sees both
 
         thread.schedule_imm_signal(Continuation(ProxyMutex(), hold))
         assert held.wait(2)
         armed.set()
         a.sendall(b"from a")
         b.sendall(b"from b")
+        wait_until(lambda: unacked_bytes(a) == unacked_bytes(b) == 0, what="both in the sockets")
+        release.set()
         assert wait_until(lambda: raised)
         failed, ok = (a, b) if raised[0] is acceptor.vcs[0] else (b, a)
         want = b"from a" if ok is a else b"from b"
