@@ -24,8 +24,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ats_cffi.net.config import RecordStore
-from ats_cffi.sys import ip_family
+from ats_cffi.net.config import INT_RECORD_MAX, RecordStore
+from ats_cffi.sys import PORT_MAX, ip_family
 
 #: Most name servers a handler talks to (ATS's MAX_NAMED).
 MAX_NAMED = 32
@@ -49,7 +49,7 @@ class Record:
 #: Longest ``lookup_timeout``: one hour (a question is never left unanswered longer).
 MAX_TIMEOUT = 3600.0
 #: Largest value of the count records (``max_dns_in_flight``, ``cache_size``).
-MAX_COUNT = 2**31 - 1
+MAX_COUNT = INT_RECORD_MAX
 #: Longest ``cache_ttl_max``: the largest TTL a DNS answer can carry (RFC 2181 §8).
 MAX_TTL = float(2**31 - 1)
 
@@ -103,8 +103,8 @@ def parse_nameservers(value: Any, key: str = "proxy.config.dns.nameservers") -> 
         host, port = item
         if not isinstance(host, str) or not ip_family(host):
             raise ValueError(f"{key}: not a numeric IP address: {host!r}")
-        if type(port) is not int or not 0 < port <= 65535:
-            raise ValueError(f"{key}: port must be in 1..65535, got {port!r}")
+        if type(port) is not int or not 0 < port <= PORT_MAX:
+            raise ValueError(f"{key}: port must be in 1..{PORT_MAX}, got {port!r}")
         out.append((host, port))
     return tuple(out[:MAX_NAMED])
 

@@ -1,9 +1,10 @@
 """MIOBuffer and IOBufferReader: ATS's single-writer, many-reader byte chain.
 
-A buffer is a singly linked chain of fixed-size blocks (``IOBufferBlock``, ioblock.py). The writer appends at the tail block;
-each reader walks the chain from its own position. Nothing holds the head of the chain once a
-reader exists: a block stays alive only while some reader still has to read it (or it is the
-tail), so memory follows the slowest reader and stays bounded for a write/consume stream.
+A buffer is a singly linked chain of fixed-size blocks (``IOBufferBlock``, ioblock.py). The
+writer appends at the tail block; each reader walks the chain from its own position. Nothing
+holds the head of the chain once a reader exists: a block stays alive only while some reader
+still has to read it (or it is the tail), so memory follows the slowest reader and stays
+bounded for a write/consume stream.
 
 Positions are kept as stream offsets: the buffer counts every byte ever committed
 (``_written``) and each reader counts every byte it has consumed (``_pos``), which makes

@@ -104,11 +104,11 @@ def _parse_address(call: str, addr: Any) -> tuple[int, tuple]:
 
 def check_host_and_port(call: str, host: Any, port: Any) -> None:
     """``TypeError``/``ValueError`` naming ``call`` unless ``host`` is a str and ``port``
-    an int in 1..65535: the part of ``connect_re``'s address checked everywhere it goes."""
+    an int in 1..``PORT_MAX``: the part of ``connect_re``'s address checked everywhere it goes."""
     if not isinstance(host, str):
         raise TypeError(f"{call}: host must be a str, not {type(host).__name__}")
-    if type(port) is not int or not 0 < port <= 65535:
-        raise ValueError(f"{call}: port must be in 1..65535, got {port!r}")
+    if type(port) is not int or not 0 < port <= _sys.PORT_MAX:
+        raise ValueError(f"{call}: port must be in 1..{_sys.PORT_MAX}, got {port!r}")
 
 
 def check_connect_options(call: str, options: Any, family: int | None = None) -> None:
