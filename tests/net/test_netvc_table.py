@@ -4,17 +4,20 @@ Each case is a pair: the active side (a VC from ``connect_re``) and the passive 
 VC the listener accepted), each with the bytes it sends and reads, the VIO sizes, how many
 bytes it adds to its write buffer per ``WRITE_READY``, its timeout, and the event expected
 to end its read and its write. ``EVENT_NONE`` is the table's wildcard ("an error or a
-timeout, whichever side gets it"). Timeouts are the table's seconds scaled by ``SCALE``
-so the suite stays fast; inactivity timeout = timeout, active timeout = timeout + 5, as in
-ATS. Both VCs run on one net thread, accepted inline, which makes the table's races
-deterministic: in
-"werr" the passive side closes (its peer's unread bytes make that a reset) while the
-active side is still adding 129 bytes per pass.
+timeout, whichever side gets it"). Timeouts are the table's seconds scaled by ``SCALE``;
+inactivity timeout = timeout, active timeout = timeout + 5, as in ATS. The net thread runs on
+the test's FakeClock, which moves on by a cop period whenever both sides are quiet (no byte
+moved over two settled passes) and slower while bytes move: a case that ends by a timeout
+sees its time pass as fast as the thread can check. Both VCs run on one net thread,
+accepted inline, which makes the table's races deterministic: in "werr" the passive side
+closes (its peer's unread bytes make that a reset) while the active side is still adding
+129 bytes per pass.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +29,10 @@ from ats_cffi.eventsystem import (
     MIOBuffer,
     ProxyMutex,
 )
-from ats_cffi.net import AcceptOptions, net_config, net_processor, net_stats
+from ats_cffi.net import AcceptOptions, net_stats
 from ats_cffi.net.codes import IO_SHUTDOWN_READ, IO_SHUTDOWN_WRITE, NET_EVENT_ACCEPT, NET_EVENT_OPEN
+from tests.conftest import WAIT, FakeClock
+from tests.net.conftest import COP
 
 E = EventCode
 SCALE = 0.1
@@ -244,21 +249,31 @@ class NetVCTest(Continuation):
             self.errors.append(f"{self.role}: event {event} for an unknown VIO")
 
 
-@pytest.fixture
-def one_net_thread():
-    net_config.reset()
-    net_config.set("proxy.config.net.inactivity_check_frequency", 0.05)
-    net_stats.reset()
-    net_processor.start(1)
-    try:
-        yield net_processor
-    finally:
-        net_processor.shutdown()
-        net_config.reset()
+def progress(sides: tuple[NetVCTest, ...]) -> tuple[tuple[int, int, bool], ...]:
+    return tuple((s.actual_bytes_sent, s.actual_bytes_read, s.finished.is_set()) for s in sides)
+
+
+def run_until_finished(clock: FakeClock, sides: tuple[NetVCTest, ...], limit: float) -> None:
+    """Let the case run, for at most ``limit`` seconds of its clock: between two settled
+    passes of the net thread, the clock moves on by one cop period when nothing moved, by a
+    sixteenth of one while bytes move (an active timeout ends a case that never goes quiet;
+    an inactivity timeout cannot come while its VC moves bytes)."""
+    start = clock.now
+    deadline = time.monotonic() + WAIT
+    while not all(s.finished.is_set() for s in sides):
+        assert clock.now - start <= limit, f"not finished after {limit} s of its clock"
+        assert time.monotonic() < deadline, f"not finished after {WAIT} s of real time"
+        before = progress(sides)
+        clock.settle()
+        clock.settle()
+        clock.advance(COP if progress(sides) == before else COP / 16)
 
 
 @pytest.mark.parametrize("name", list(TABLE))
-def test_netvc_table_case_ends_with_the_expected_events(one_net_thread, name: str) -> None:
+def test_netvc_table_case_ends_with_the_expected_events(
+    start_net: Any, fake_clock: FakeClock, name: str
+) -> None:
+    one_net_thread = start_net(1, clock=fake_clock)
     active_side, passive_side = TABLE[name]
     passive = NetVCTest(passive_side, "passive")
     active = NetVCTest(active_side, "active")
@@ -269,8 +284,7 @@ def test_netvc_table_case_ends_with_the_expected_events(one_net_thread, name: st
     try:
         one_net_thread.connect_re(active, ("127.0.0.1", listener.na.port))
         limit = (max(active_side.timeout, passive_side.timeout) + 5) * SCALE + 10
-        for side in (active, passive):
-            assert side.finished.wait(limit), f"{name}: {side.role} did not finish"
+        run_until_finished(fake_clock, (active, passive), limit)
     finally:
         listener.cancel()
     assert active.errors == [] and passive.errors == []
