@@ -56,7 +56,7 @@ def read_into_buffer(
     stats = nh.stats
     lastp = nh.last
     total = 0
-    last = 1
+    last: int = 1  # declared: it is assigned lastp[0], an Any (CONTRIBUTING.md, mypyc)
     while total < limit:
         t = buf.writable_block_if_room()
         if t is None:
