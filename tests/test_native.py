@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import select
 import socket
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -85,52 +87,48 @@ def test_helper_constants_are_exported_once_from_their_c_headers() -> None:
     assert (lib.INT_MIN, lib.INT_MAX) == (-(2**31), 2**31 - 1)
 
 
-def test_a_stopped_pipe_is_done_and_its_pump_moves_no_byte() -> None:
+@pytest.fixture
+def pipe() -> Iterator[tuple[Any, Any, socket.socket, socket.socket, socket.socket]]:
+    """A native pipe from one socketpair to another: ``(pipe, its source end, the socket it
+    reads, the socket that feeds that one, the socket its bytes reach)``, released and
+    closed after the test."""
     a, b = socket.socketpair()
     c, d = socket.socketpair()
-    ctr = ffi.new("uint64_t[]", lib.ATS_CTR_COUNT)
+    p = ffi.new("struct ats_pipe *")
+    src, dst = ffi.new("struct ats_splice_end *"), ffi.new("struct ats_splice_end *")
+    p.src_fd, p.dst_fd = a.fileno(), c.fileno()
+    p.cap = p.budget = 4096
+    p.src_end, p.dst_end = src, dst
+    setattr(src, "in", p)  # a Python keyword as a C field name
+    dst.out = p
     try:
-        p = ffi.new("struct ats_pipe *")
-        src, dst = ffi.new("struct ats_splice_end *"), ffi.new("struct ats_splice_end *")
-        p.src_fd, p.dst_fd = a.fileno(), c.fileno()
-        p.cap = p.budget = 4096
-        p.src_end, p.dst_end = src, dst
-        setattr(src, "in", p)  # a Python keyword as a C field name
-        dst.out = p
-        b.send(b"spliced")
-        assert not lib.ats_pipe_done(p)
-        lib.ats_pipe_stop(p)
-        assert lib.ats_pipe_done(p)
-        assert lib.ats_splice_end_event(src, lib.EPOLLIN | lib.EPOLLOUT, ctr) == 0
-        assert p.nread == 0 and list(ctr) == [0] * lib.ATS_CTR_COUNT
-        assert a.recv(64) == b"spliced"  # still in the socket: the stopped pump read nothing
-        lib.ats_pipe_release(p)
+        yield p, src, a, b, d
     finally:
+        lib.ats_pipe_release(p)
         for s in (a, b, c, d):
             s.close()
 
 
-def test_a_running_pipe_moves_bytes_and_counts_them() -> None:
-    a, b = socket.socketpair()
-    c, d = socket.socketpair()
+def test_a_stopped_pipe_is_done_and_its_pump_moves_no_byte(pipe: Any) -> None:
+    p, src, source, feed, _ = pipe
     ctr = ffi.new("uint64_t[]", lib.ATS_CTR_COUNT)
-    try:
-        p = ffi.new("struct ats_pipe *")
-        src, dst = ffi.new("struct ats_splice_end *"), ffi.new("struct ats_splice_end *")
-        p.src_fd, p.dst_fd = a.fileno(), c.fileno()
-        p.cap = p.budget = 4096
-        p.dst_ready = 1
-        p.src_end, p.dst_end = src, dst
-        setattr(src, "in", p)
-        dst.out = p
-        b.send(b"spliced")
-        st = lib.ats_splice_end_event(src, lib.EPOLLIN, ctr)
-        assert st & lib.ATS_SPLICE_MOVED
-        assert d.recv(64) == b"spliced"
-        assert (p.nread, p.nwritten) == (7, 7)
-        assert ctr[lib.ATS_CTR_READ_BYTES] == ctr[lib.ATS_CTR_WRITE_BYTES] == 7
-        assert not lib.ats_pipe_done(p)
-        lib.ats_pipe_release(p)
-    finally:
-        for s in (a, b, c, d):
-            s.close()
+    feed.send(b"spliced")
+    assert not lib.ats_pipe_done(p)
+    lib.ats_pipe_stop(p)
+    assert lib.ats_pipe_done(p)
+    assert lib.ats_splice_end_event(src, lib.EPOLLIN | lib.EPOLLOUT, ctr) == 0
+    assert p.nread == 0 and list(ctr) == [0] * lib.ATS_CTR_COUNT
+    assert source.recv(64) == b"spliced"  # still in the socket: the stopped pump read nothing
+
+
+def test_a_running_pipe_moves_bytes_and_counts_them(pipe: Any) -> None:
+    p, src, _, feed, sink = pipe
+    ctr = ffi.new("uint64_t[]", lib.ATS_CTR_COUNT)
+    p.dst_ready = 1
+    feed.send(b"spliced")
+    st = lib.ats_splice_end_event(src, lib.EPOLLIN, ctr)
+    assert st & lib.ATS_SPLICE_MOVED
+    assert sink.recv(64) == b"spliced"
+    assert (p.nread, p.nwritten) == (7, 7)
+    assert ctr[lib.ATS_CTR_READ_BYTES] == ctr[lib.ATS_CTR_WRITE_BYTES] == 7
+    assert not lib.ats_pipe_done(p)
