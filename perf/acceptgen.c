@@ -10,7 +10,10 @@
  *   wait   (default) wait until the server has closed it (EOF or reset seen),
  *          then close it and start a new one: every counted connection was
  *          accepted and closed by the server, and no more than CONCURRENCY
- *          connections ever wait in the server's accept queue.
+ *          connections ever wait in the server's accept queue;
+ *   echo   send one byte, wait until the server sends it back, then close it
+ *          (the RST below) and start a new one: an echo server's accept, one
+ *          round trip and its close, per connection.
  * Every socket has SO_LINGER {1, 0}: its close sends a RST, so the client
  * leaves no TIME_WAIT behind (and in wait mode, the RST also ends the
  * server's FIN_WAIT2 side at once): the ephemeral port range is never
@@ -20,9 +23,10 @@
  *   {"connects": N, "confirmed": M, "seconds": S, "errors": E,
  *    "concurrency": C, "mode": "...", "cpu_seconds": U, "first_error": "..."}
  * connects: completed connects; confirmed: connections the server closed
- * (wait mode; 0 in close mode); errors: failed connects (SO_ERROR != 0 or
- * socket/connect failing at once) and, in wait mode, connections on which the
- * server sent data instead of closing. cpu_seconds is this process's
+ * (wait mode) or whose byte came back (echo mode; 0 in close mode); errors:
+ * failed connects (SO_ERROR != 0 or socket/connect failing at once), in wait
+ * mode connections on which the server sent data instead of closing, and in
+ * echo mode connections that ended or failed before their byte came back. cpu_seconds is this process's
  * user+system CPU during the counted window. It writes "MEASURE\n" to stderr
  * at the start of the counted window and "DONE\n" at its end, so that a
  * driver can sample the server over the same window (loadgen_common.h). Exit
@@ -45,7 +49,9 @@ struct slot {
 
 static struct sockaddr_in sa;
 static int ep;
-static int wait_mode = 1;
+enum { MODE_CLOSE, MODE_WAIT, MODE_ECHO };
+static const char *const MODE_NAMES[] = {"close", "wait", "echo"};
+static int mode = MODE_WAIT;
 static long connects, confirmed, errors;
 static int first_error;
 
@@ -77,10 +83,10 @@ static void start(struct slot *s, int i) {
     close(fd);
     return;
   }
-  /* Edge-triggered: the connect's completion is one EPOLLOUT edge; in wait
-   * mode the server's close is a later EPOLLIN/EPOLLRDHUP edge. */
+  /* Edge-triggered: the connect's completion is one EPOLLOUT edge; the
+   * server's close (wait mode) or its echo is a later EPOLLIN edge. */
   struct epoll_event ev = {.events = EPOLLOUT | EPOLLET |
-                                     (wait_mode ? EPOLLIN | EPOLLRDHUP : 0),
+                                     (mode != MODE_CLOSE ? EPOLLIN | EPOLLRDHUP : 0),
                            .data.u32 = (uint32_t)i};
   if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0)
     die("epoll_ctl");
@@ -102,7 +108,12 @@ static void on_event(struct slot *s, uint32_t events) {
       return;
     }
     connects++;
-    if (!wait_mode) {
+    if (mode == MODE_CLOSE) {
+      finish(s);
+      return;
+    }
+    if (mode == MODE_ECHO && send(s->fd, "x", 1, MSG_NOSIGNAL) != 1) {
+      count_error(errno); /* a fresh socket's buffer has room for one byte */
       finish(s);
       return;
     }
@@ -115,10 +126,16 @@ static void on_event(struct slot *s, uint32_t events) {
     ssize_t n = recv(s->fd, b, sizeof b, 0);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
       return;
-    if (n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE)))
+    if (mode == MODE_ECHO) {
+      if (n == 1 && b[0] == 'x')
+        confirmed++;
+      else /* closed or failed before echoing, or sent something else */
+        count_error(n > 0 ? EPROTO : n == 0 ? ECONNRESET : errno);
+    } else if (n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE))) {
       confirmed++;
-    else
+    } else {
       count_error(n > 0 ? EPROTO : errno); /* data from a server that should close */
+    }
     finish(s);
   }
 }
@@ -127,7 +144,7 @@ int main(int argc, char **argv) {
   if (argc < 5 || argc > 7) {
     fprintf(stderr,
             "usage: %s 127.0.0.1 PORT CONCURRENCY DURATION_S [WARMUP_S "
-            "[close|wait]]\n",
+            "[close|wait|echo]]\n",
             argv[0]);
     return 2;
   }
@@ -138,10 +155,10 @@ int main(int argc, char **argv) {
   double duration = atof(argv[4]);
   double warmup = argc > 5 ? atof(argv[5]) : 1.0;
   if (argc > 6) {
-    if (strcmp(argv[6], "close") == 0)
-      wait_mode = 0;
-    else if (strcmp(argv[6], "wait") != 0) {
-      fprintf(stderr, "acceptgen: MODE must be close or wait\n");
+    for (mode = MODE_ECHO; mode >= 0 && strcmp(argv[6], MODE_NAMES[mode]) != 0; mode--)
+      ;
+    if (mode < 0) {
+      fprintf(stderr, "acceptgen: MODE must be close, wait or echo\n");
       return 2;
     }
   }
@@ -196,7 +213,7 @@ int main(int argc, char **argv) {
          "\"errors\": %ld, \"concurrency\": %d, \"mode\": \"%s\", "
          "\"cpu_seconds\": %.6f, \"first_error\": \"%s\"}\n",
          connects, confirmed, seconds, errors, conc,
-         wait_mode ? "wait" : "close", cpu_seconds,
+         MODE_NAMES[mode], cpu_seconds,
          first_error ? strerror(first_error) : "");
   fflush(stdout);
   for (int i = 0; i < conc; i++)

@@ -16,7 +16,9 @@ and ``wrk`` (``apt-get install -y wrk`` when it is missing). Cases:
   (``ats_cffi.net.splice``: the bytes are pumped natively inside the NetHandler's pass, as
   ``ats-cffi echo`` and ``tunnel`` do by default).
 - http: ``python -m ats_cffi http`` vs the same server logic on asyncio and on uvloop
-  (perf/http_peers.py), all parsing with httptools; ``wrk -c 100 -t 1 -d N`` on ``GET /``
+  (perf/http_peers.py), all parsing with httptools, and beside them a minimal uvloop +
+  httptools hello server (``uvloop_min``: what uvloop's own benchmarks run; it bounds what
+  the same-logic peers could save); ``wrk -c 100 -t 1 -d N`` on ``GET /``
   (keep-alive, ``Hello, World!``) after a 1 s unmeasured wrk run. Throughput: requests/s.
   Then the same with a new connection per request: ``wrk -c 50 -H 'Connection: close'``
   (accept, session set-up, one request, the server's close: what a client that does not
@@ -24,13 +26,19 @@ and ``wrk`` (``apt-get install -y wrk`` when it is missing). Cases:
 - accept: connect+close, as accept_bench.py (acceptgen ``wait`` mode, 100 connects in flight;
   ats = ``--accept-ats``, default ``ats_pt1``: accept on the one net thread, as the
   ``ats-cffi`` command does by default).
-  Throughput: the server's own accepts/s.
-- idle (echo servers, both ats echos, and http servers): 10,000 client connections opened
-  from the client CPU and left idle. Reported: the server's VmRSS growth / 10,000 (KiB per
-  connection; VmRSS is read before the connections and after the idle window) and the
-  server's CPU over the idle window (5 s, summed from /proc/PID/task/*/schedstat) as % of a
-  core. ats runs with its default InactivityCop (every ``inactivity_check_frequency`` = 1 s,
-  default inactivity timeout 1 day).
+  Throughput: the server's own accepts/s. Then accept + a 1-byte echo + close on the echo
+  servers (acceptgen ``echo`` mode: each connection sends one byte, waits for it to come
+  back, then closes with a reset): what a short-lived connection costs. Throughput: the
+  connections whose byte came back, per second.
+- idle (echo servers, both ats echos, and http servers, the minimal one too): 10,000 client
+  connections opened from the client CPU, each carrying one message (1 byte echoed; one
+  ``GET /`` answered), then left idle: a connection that carried traffic, as a keep-alive
+  client's is. Reported: the server's VmRSS growth / 10,000 (KiB per connection; VmRSS is
+  read before the connections and after the idle window), the server's CPU over the idle
+  window (5 s, summed from /proc/PID/task/*/schedstat) as % of a core, and (below the
+  table) how much of the growth RSS still holds 2 s after the client closed them all. ats
+  runs with its default InactivityCop (every ``inactivity_check_frequency`` = 1 s, default
+  inactivity timeout 1 day).
 
 Per case and server: the median over the rounds of throughput and of the server's CPU per
 operation (its utime+stime over the client's measured window / operations), and the ratios of
@@ -42,6 +50,7 @@ case's throughput is bounded by the load generator too. Markdown table on stdout
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import socket
@@ -71,21 +80,30 @@ from _common import (
     pin_cpus,
     port_after,
     print_report,
+    proc_cpu_seconds,
     proc_fd_count,
     proc_rss_kib,
     proc_runtime_ns,
     python_impl,
     raise_nofile,
+    run_client,
     start_ready,
     stop_process,
     write_json,
     wrk_errors,
 )
 
-SERVERS = ("ats", "asyncio", "uvloop")
-REFS = ("asyncio", "uvloop")
+SERVERS = ("ats", "asyncio", "uvloop", "uvloop_min")
+REFS = ("asyncio", "uvloop", "uvloop_min")
+LABELS = {"ats": "ats_cffi", "uvloop_min": "uvloop+httptools, minimal"}
 #: The echo cases also run the spliced ats echo (``servers.py ats_splice``): a row of its own.
 ECHO_SERVERS = ("ats", "ats_splice", "asyncio", "uvloop")
+HTTP_SERVERS = ("ats", "asyncio", "uvloop", "uvloop_min")
+ACCEPT_SERVERS = ("ats", "asyncio", "uvloop")
+#: What each idle connection carries before it is left idle, and what ends its answer.
+IDLE_MESSAGES = {"echo": b"x", "http": b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"}
+#: How long after the idle client closed everything the server's RSS is read again, in s.
+CLOSED_SETTLE = 2.0
 SUBJECT_LABEL = {"ats": "", "ats_splice": ", splice"}
 KIB = 1024
 ECHO_CASES = [(m * KIB, c) for m in (1, 10, 100) for c in (10, 100)]
@@ -96,11 +114,34 @@ IDLE_CONNS = 10_000
 # -- the idle client (a child process: ``compare_peers.py idle-client PORT N``) -----------
 
 
+def read_answer(s: socket.socket, app: str) -> None:
+    """Read the whole answer to ``IDLE_MESSAGES[app]``: the byte back, or one HTTP response
+    (its head, then Content-Length bytes)."""
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed before answering")
+        data += chunk
+        if app == "echo":
+            return
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep:
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            if len(body) >= length:
+                return
+
+
 def idle_client_main(argv: list[str]) -> int:
-    """Open N connections to 127.0.0.1:PORT (blocking connects, one at a time), print
-    ``CONNECTED N``, hold them until stdin closes, then exit (SO_LINGER 0: each close sends
-    a reset and leaves no TIME_WAIT)."""
-    port, n = int(argv[0]), int(argv[1])
+    """Open N connections to 127.0.0.1:PORT (blocking connects, one at a time), each carrying
+    one message of APP (``IDLE_MESSAGES``) and reading its answer, print ``CONNECTED N``, hold
+    them until stdin closes, then exit (SO_LINGER 0: each close sends a reset and leaves no
+    TIME_WAIT)."""
+    port, n, app = int(argv[0]), int(argv[1]), argv[2]
     raise_nofile(n + 64)
     socks = []
     deadline = time.monotonic() + 60
@@ -111,6 +152,8 @@ def idle_client_main(argv: list[str]) -> int:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
             s.settimeout(10)
             s.connect((HOST, port))
+            s.sendall(IDLE_MESSAGES[app])
+            read_answer(s, app)
             if time.monotonic() > deadline:
                 raise TimeoutError("60 s")
     except OSError as e:
@@ -125,7 +168,7 @@ def idle_client_main(argv: list[str]) -> int:
 
 
 def start_http(name: str, cpu: int | None, log) -> tuple[subprocess.Popen, int]:
-    if name == "ats":
+    if name == "ats":  # (uvloop_min: http_peers.py's minimal server)
         cmd = [sys.executable, "-m", "ats_cffi", "http", "--listen", f"{HOST}:0"]
         cmd += ["--drain-timeout", "1"]
         return start_ready(cmd, cpu, port_after("ats-cffi http listening on "), stderr=log)
@@ -200,6 +243,31 @@ def run_accept(case: str, name: str, a: argparse.Namespace, cpus) -> dict:
     return rec
 
 
+def run_accept_echo(case: str, name: str, a: argparse.Namespace, cpus) -> dict:
+    """acceptgen ``echo`` against an echo server: accept, a 1-byte round trip, the close."""
+    with tempfile.TemporaryFile() as log:
+        server, port = start_echo(name, cpus[0], log)
+        try:
+            cmd = [str(accept_bench.GEN), HOST, str(port), "100"]
+            cmd += [str(a.accept_duration), str(a.accept_warmup), "echo"]
+            out, rc, cpu0, cpu1, _ = run_client(
+                cmd, cpus[1], lambda: proc_cpu_seconds(server.pid), a.accept_duration + 60
+            )
+        finally:
+            stop_process(server)
+    res = json.loads(out) if out.strip() else {"confirmed": 0, "seconds": 0, "errors": -1}
+    n = res["confirmed"]
+    secs = res["seconds"] or float("nan")
+    cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else float("nan")
+    rec = record(
+        case, name, n / secs, cpu / n * 1e6 if n else float("nan"), res["cpu_seconds"] / secs
+    )
+    rec["errors"] = max(res["errors"], 0) + (rc != 0 and res["errors"] == 0)
+    rec["server_cpu_frac"] = cpu / secs
+    rec["raw"] = res
+    return rec
+
+
 def run_idle(case: str, name: str, a: argparse.Namespace, cpus, app: str) -> dict:
     n = a.idle_conns
     start = start_http if app == "http" else start_echo
@@ -210,7 +278,7 @@ def run_idle(case: str, name: str, a: argparse.Namespace, cpus, app: str) -> dic
             time.sleep(0.5)
             rss0, fd0 = proc_rss_kib(server.pid), proc_fd_count(server.pid)
             client = subprocess.Popen(
-                [sys.executable, __file__, "idle-client", str(port), str(n)],
+                [sys.executable, __file__, "idle-client", str(port), str(n), app],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
@@ -219,11 +287,7 @@ def run_idle(case: str, name: str, a: argparse.Namespace, cpus, app: str) -> dic
             line = client.stdout.readline()  # type: ignore[union-attr]
             if not line.startswith("CONNECTED "):
                 raise RuntimeError(f"idle client: {line.strip() or 'exited'}")
-            deadline = time.monotonic() + 60
-            while (fds := proc_fd_count(server.pid)) < fd0 + n:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"server holds {fds - fd0} of {n} connections after 60 s")
-                time.sleep(0.2)
+            wait_fds(server.pid, lambda fds: fds >= fd0 + n, f"{n} connections", 60)
             time.sleep(1.0)  # let the server finish setting up the last sessions
             rss1 = proc_rss_kib(server.pid)
             ns0, t0 = proc_runtime_ns(server.pid), time.monotonic()
@@ -231,6 +295,12 @@ def run_idle(case: str, name: str, a: argparse.Namespace, cpus, app: str) -> dic
             ns1, t1 = proc_runtime_ns(server.pid), time.monotonic()
             rss2 = proc_rss_kib(server.pid)
             fds_end = proc_fd_count(server.pid) - fd0
+            client.stdin.close()  # type: ignore[union-attr]
+            client.wait(30)
+            client = None
+            wait_fds(server.pid, lambda fds: fds <= fd0, "the closed connections", 60)
+            time.sleep(CLOSED_SETTLE)
+            rss3 = proc_rss_kib(server.pid)
         except Exception as e:
             raise RuntimeError(f"{e}; server stderr: {log_tail(log)!r}") from e
         finally:
@@ -247,12 +317,23 @@ def run_idle(case: str, name: str, a: argparse.Namespace, cpus, app: str) -> dic
         rss_before_kib=rss0,
         rss_connected_kib=rss1,
         rss_after_kib=rss2,
+        rss_closed_kib=rss3,
         conns=n,
         conns_open_at_end=fds_end,
         window_s=t1 - t0,
     )
     rec["errors"] = int(fds_end < n)  # the server closed some of the idle connections
     return rec
+
+
+def wait_fds(pid: int, done: Callable[[int], bool], what: str, timeout: float) -> None:
+    """Poll the server's fd count until ``done(count)``; RuntimeError naming ``what`` after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not done(fds := proc_fd_count(pid)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"waited {timeout} s for {what}; the server holds {fds} fds")
+        time.sleep(0.2)
 
 
 # -- the session --------------------------------------------------------------------------
@@ -269,15 +350,17 @@ def plan(a: argparse.Namespace) -> list[Case]:
             name = f"echo {msg // KIB} KiB x {conns}"
             cases.append((name, "rt/s", run_echo, (msg, conns), ECHO_SERVERS))
     if "http" in a.cases:
-        cases.append((f"http hello, wrk -c {WRK_CONNS}", "req/s", run_http, (), SERVERS))
+        cases.append((f"http hello, wrk -c {WRK_CONNS}", "req/s", run_http, (), HTTP_SERVERS))
         name = f"http hello, new conn. per request, wrk -c {WRK_CLOSE_CONNS}"
-        cases.append((name, "req/s", run_http, (True,), SERVERS))
+        cases.append((name, "req/s", run_http, (True,), HTTP_SERVERS))
     if "accept" in a.cases:
-        cases.append(("accept, connect+close", "acc/s", run_accept, (), SERVERS))
+        cases.append(("accept, connect+close", "acc/s", run_accept, (), ACCEPT_SERVERS))
+        name = "accept, connect + 1-byte echo + close"
+        cases.append((name, "conn/s", run_accept_echo, (), ECHO_SERVERS))
     if "idle" in a.cases:
         for app in ("echo", "http"):
-            servers = ECHO_SERVERS if app == "echo" else SERVERS
-            name = f"idle {a.idle_conns:,} conns, {app}"
+            servers = ECHO_SERVERS if app == "echo" else HTTP_SERVERS
+            name = f"idle {a.idle_conns:,} conns after 1 message, {app}"
             cases.append((name, "KiB/conn", run_idle, (app,), servers))
     return cases
 
@@ -311,6 +394,10 @@ def _row(runs: list[dict], label: str, case: str, unit: str, subject: str) -> di
             "errors": sum(r["errors"] for r in rs),
             "failed": failed,
         }
+        kept = [
+            (r["rss_closed_kib"] - r["rss_before_kib"]) / 1024 for r in rs if "rss_closed_kib" in r
+        ]
+        row[s]["kept_mib"] = statistics.median(kept) if kept else None
     ats = row["ats"]
     for ref in REFS:
         other = row[ref]
@@ -349,11 +436,13 @@ def _cell_client(row: dict) -> tuple[str, bool]:
 
 
 def table(rows: list[dict]) -> str:
+    names = [LABELS.get(s, s) for s in SERVERS]
+    ratios = [f"ats/{LABELS.get(r, r)}" for r in REFS]
+    cpus = [f"{n} CPU/op" for n in names]
+    head = ["case (unit)", *names, *ratios, *cpus, *ratios, "client CPU " + " / ".join(SERVERS)]
     lines = [
-        "| case (unit) | ats_cffi | asyncio | uvloop | ats/asyncio | ats/uvloop "
-        "| ats_cffi CPU/op | asyncio CPU/op | uvloop CPU/op | ats/asyncio | ats/uvloop "
-        "| client CPU ats/asyncio/uvloop |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| " + " | ".join(head) + " |",
+        "|---|" + "---:|" * (2 * len(SERVERS) + 2 * len(REFS)) + "---|",
     ]
     saturated = []
     for row in rows:
@@ -370,13 +459,28 @@ def table(rows: list[dict]) -> str:
     lines += [
         "",
         "Throughput: median over the rounds (rt/s: echo round trips; req/s: wrk requests; "
-        "acc/s: the server's own accept count). CPU/op: the server process's user+system CPU "
-        "over the client's measured window / operations. ats/asyncio, ats/uvloop: ats_cffi's "
-        "value divided by the peer's: > 1 is better for throughput, < 1 is better for CPU/op. "
-        "Idle rows: KiB/conn is the server's VmRSS growth per idle connection and CPU/op is "
-        "the server's CPU while they sit idle, as a share of one core; < 1 is better for both "
-        "(a ratio is `-` when the peer's value is 0: asyncio and uvloop run no timer then).",
+        "acc/s: the server's own accept count; conn/s: connections whose byte came back). "
+        "CPU/op: the server process's user+system CPU over the client's measured window / "
+        "operations. ats/peer: ats_cffi's value divided by the peer's: > 1 is better for "
+        "throughput, < 1 is better for CPU/op (`-`: the peer does not run that case). Idle "
+        "rows: KiB/conn is the server's VmRSS growth per idle connection, each of which "
+        "carried one message first, and CPU/op is the server's CPU while they sit idle, as "
+        "a share of one core; < 1 is better for both (a ratio is `-` when the peer's value "
+        "is 0: asyncio and uvloop run no timer then).",
     ]
+    closed = [
+        f"{row['case']}: "
+        + ", ".join(
+            f"{LABELS.get(s, s)} {row[s]['kept_mib']:.1f}" for s in SERVERS if _kept(row[s])
+        )
+        for row in rows
+        if row["idle"]
+    ]
+    if closed:
+        lines.append(
+            f"RSS still above its start {CLOSED_SETTLE:g} s after the idle connections "
+            "closed (MiB, median): " + "; ".join(closed) + "."
+        )
     if saturated:
         lines.append(
             "`*`: the client's core was >= 95% busy (the client core was the limit), so "
@@ -385,6 +489,10 @@ def table(rows: list[dict]) -> str:
             + "."
         )
     return "\n".join(lines)
+
+
+def _kept(v: dict | None) -> bool:
+    return bool(v) and v.get("kept_mib") is not None  # type: ignore[union-attr]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -440,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
                 elif unit == "KiB/conn":
                     msg = (
                         f"{r['value']:8.2f} KiB/conn  idle CPU {r['cpu']:.2%}  "
-                        f"RSS {r['rss_before_kib']:,} -> {r['rss_after_kib']:,} KiB"
+                        f"RSS {r['rss_before_kib']:,} -> {r['rss_after_kib']:,} KiB, "
+                        f"{r['rss_closed_kib']:,} KiB once closed"
                     )
                 else:
                     msg = (

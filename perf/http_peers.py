@@ -1,6 +1,7 @@
-"""The HTTP hello server of ``python -m ats_cffi http``, rewritten on asyncio and on uvloop.
+"""The HTTP hello server of ``python -m ats_cffi http``, rewritten on asyncio and on uvloop;
+and a minimal uvloop + httptools hello server.
 
-    python perf/http_peers.py {asyncio,uvloop} [--port P] [--backlog N]
+    python perf/http_peers.py {asyncio,uvloop,uvloop_min} [--port P] [--backlog N]
 
 Peers for compare_peers.py: the same server logic as ``ats_cffi/apps/http.py`` (parsing with
 ``httptools.HttpRequestParser``), as an ``asyncio.Protocol``. ``GET /`` (and ``HEAD /``)
@@ -10,8 +11,15 @@ Content-Length); HTTP/1.1 keeps the connection alive unless the client says
 other methods 405, a target over 8 KiB 414 and close, a malformed request 400 and close.
 Pipelined requests are answered in order, with one ``transport.write`` per
 ``data_received``; while the transport's write buffer is above its high water mark, reading
-pauses (``pause_writing`` -> ``pause_reading``). Listens on 127.0.0.1, prints
-``READY <port>`` once listening, and stops cleanly on SIGTERM or SIGINT.
+pauses (``pause_writing`` -> ``pause_reading``).
+
+``uvloop_min`` is what a benchmark of uvloop + httptools usually runs: every request gets
+the hello response (the same bytes, made once per second for its Date), written at once
+from ``on_message_complete``; no routes, no status but 200 (a malformed request closes the
+connection), no flow control. It bounds what the same-logic peers could save.
+
+Listens on 127.0.0.1, prints ``READY <port>`` once listening, and stops cleanly on SIGTERM
+or SIGINT.
 """
 
 from __future__ import annotations
@@ -154,12 +162,55 @@ class HttpProtocol(asyncio.Protocol):
         self.out.append(head_bytes if head else head_bytes + body)
 
 
-async def serve(port: int, backlog: int) -> None:
+_hello: tuple[int, bytes, bytes] = (0, b"", b"")
+
+
+def hello_responses() -> tuple[bytes, bytes]:
+    """The hello response kept alive and closing, made once per second (the Date)."""
+    global _hello
+    now = int(time.time())
+    if _hello[0] != now:
+        date = email.utils.formatdate(now, usegmt=True).encode()
+        head = (
+            b"HTTP/1.1 200 OK\r\nServer: uvloop\r\nDate: " + date + b"\r\nContent-Type: "
+            + _TEXT + b"\r\nContent-Length: 13\r\nConnection: "
+        )  # fmt: skip
+        body = b"\r\n\r\nHello, World!"
+        _hello = (now, head + b"keep-alive" + body, head + b"close" + body)
+    return _hello[1], _hello[2]
+
+
+class MinimalProtocol(asyncio.Protocol):
+    """The minimal hello server (module doc): parse, answer every request at once."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.transport.close()  # type: ignore[union-attr]
+
+    def on_message_complete(self) -> None:
+        keep_alive, closing = hello_responses()
+        if self.parser.should_keep_alive():
+            self.transport.write(keep_alive)  # type: ignore[union-attr]
+        else:
+            self.transport.write(closing)  # type: ignore[union-attr]
+            self.transport.close()  # type: ignore[union-attr]
+
+
+async def serve(port: int, backlog: int, protocol: type[asyncio.Protocol] = HttpProtocol) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = await loop.create_server(HttpProtocol, HOST, port, backlog=backlog)
+    server = await loop.create_server(protocol, HOST, port, backlog=backlog)
     print(f"READY {server.sockets[0].getsockname()[1]}", flush=True)
     await stop.wait()
     server.close()
@@ -167,11 +218,15 @@ async def serve(port: int, backlog: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("loop", choices=["asyncio", "uvloop"])
+    p.add_argument("loop", choices=["asyncio", "uvloop", "uvloop_min"])
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--backlog", type=int, default=4096, help="listen backlog (as ats's default)")
     args = p.parse_args(argv)
-    if args.loop == "uvloop":
+    if args.loop == "uvloop_min":
+        import uvloop
+
+        uvloop.run(serve(args.port, args.backlog, MinimalProtocol))
+    elif args.loop == "uvloop":
         import uvloop
 
         HttpProtocol.server_name = b"uvloop"
