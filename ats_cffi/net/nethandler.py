@@ -226,12 +226,10 @@ class NetHandler(Continuation):
             try:
                 if vc.closed:
                     self.free_netevent(vc)
-                elif not s.triggered:
-                    pass
                 elif reading:
-                    if s.enabled:
+                    if s.enabled and s.triggered:
                         vc.net_read_io(self)
-                elif s.enabled or vc.connecting:
+                elif s.triggered and (s.enabled or vc.connecting):
                     vc.write_to_net(self)
             except Exception:
                 self.vc_failed(vc)
