@@ -16,6 +16,7 @@ MODULES = (
     "ats_cffi.eventsystem.mutex",
     "ats_cffi.eventsystem.ioblock",
     "ats_cffi.eventsystem.iobuffer",
+    "ats_cffi.eventsystem.iocopy",
     "ats_cffi.eventsystem.vio",
     "ats_cffi.net.eventio",
     "ats_cffi.net.netvconnection",

@@ -1,20 +1,58 @@
-"""IOBufferBlock: one fixed-size block of memory of an IOBuffer chain (iobuffer.py).
+"""IOBufferBlock: one fixed-size block of memory of an IOBuffer chain (iobuffer.py), and
+the per-thread freelists blocks come from and go back to.
 
 A block is written once, front to back (``end`` grows), and read front to back (``start``
 or a reader's offset grows); native code reads into and writes from it through its
 ``cdata``, made once per block. Its private field (``_cdata``) is this module's alone.
+
+Freelists (ATS's ``ioBufAllocator`` with ``THREAD_ALLOC``/``THREAD_FREE``): a buffer takes a
+block with ``take_block`` and gives it back with ``give_block`` once no reader needs it, so
+a connection whose buffers are empty holds no block, and the next message reuses one with
+its memory and ``cdata`` already made. Each thread has its own ``BlockPool`` (no lock),
+bounded to ``THREAD_POOL_BYTES`` per size; what overflows goes to one global pool (bounded
+to ``GLOBAL_POOL_BYTES`` per size, under a lock), which a thread's empty list takes from
+before it allocates. ``trim_pools`` (the InactivityCop's, each pass) frees the blocks a
+pool did not need since the last trim, so memory goes back once a burst is over. Sizes
+pooled are ATS's size indexes, 128 B to 2 MiB (powers of two); other sizes are allocated
+and dropped.
+
+A block whose memory was lent out as a view (``IOBufferBlock.lent``: ``readable_views``,
+``writable_view``, ``writable_block``) is never pooled: a view kept by the caller must not
+see a later message's bytes.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Final
 
-__all__ = ["DEFAULT_BLOCK_SIZE", "MAX_BLOCK_SIZE", "IOBufferBlock", "check_int"]
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "GLOBAL_POOL_BYTES",
+    "MAX_BLOCK_SIZE",
+    "THREAD_POOL_BYTES",
+    "BlockPool",
+    "IOBufferBlock",
+    "check_int",
+    "give_block",
+    "take_block",
+    "thread_pool",
+    "trim_pools",
+]
 
 DEFAULT_BLOCK_SIZE: Final = 32768
 #: Largest block (1 GiB). ATS's largest buffer size index is 2 MiB; bigger blocks are
 #: allowed, up to this bound, well inside the C int the native reads and writes take.
 MAX_BLOCK_SIZE: Final = 2**30
+#: Pooled sizes: 2**POOL_MIN_SHIFT (128 B) .. 2**POOL_MAX_SHIFT (2 MiB), ATS's size indexes.
+POOL_MIN_SHIFT: Final = 7
+POOL_MAX_SHIFT: Final = 21
+#: Most free blocks a pool keeps of one size, however small.
+POOL_MAX_BLOCKS: Final = 1024
+#: Bytes of free blocks a thread's pool keeps per size (at least 4 blocks).
+THREAD_POOL_BYTES: Final = 2 * 1024 * 1024
+#: Bytes of free blocks the global pool keeps per size (at least 16 blocks).
+GLOBAL_POOL_BYTES: Final = 8 * 1024 * 1024
 _EMPTY: Final = bytearray()
 _EMPTY_VIEW: Final = memoryview(_EMPTY)
 #: The native extension's ``ffi``, imported at the first ``IOBufferBlock.cdata``.
@@ -40,7 +78,7 @@ class IOBufferBlock:
     done on the Python side.
     """
 
-    __slots__ = ("data", "size", "start", "end", "next", "view", "_cdata")
+    __slots__ = ("data", "size", "start", "end", "next", "view", "lent", "_cdata")
 
     def __init__(self, size: Any) -> None:
         """Allocate a zeroed block of ``size`` bytes, empty.
@@ -60,6 +98,8 @@ class IOBufferBlock:
         self.start = 0
         self.end = 0
         self.next: IOBufferBlock | None = None
+        #: Its memory was lent out as a view: never pooled (the module doc).
+        self.lent = False
         self._cdata: Any = None
         if size == 0:
             # The empty block every MIOBuffer starts its chain with holds no byte: all of
@@ -94,6 +134,126 @@ class IOBufferBlock:
 
     def __repr__(self) -> str:
         return f"<IOBufferBlock size={self.size} start={self.start} end={self.end}>"
+
+
+def _index(size: int) -> int:
+    """The pool list of a block size: 0.. for the pooled sizes, -1 for any other."""
+    if size & (size - 1) or size == 0:
+        return -1
+    shift = size.bit_length() - 1
+    if shift < POOL_MIN_SHIFT or shift > POOL_MAX_SHIFT:
+        return -1
+    return shift - POOL_MIN_SHIFT
+
+
+_NSIZES: Final = POOL_MAX_SHIFT - POOL_MIN_SHIFT + 1
+
+
+class BlockPool:
+    """Free blocks by size index, each list bounded to ``budget`` bytes (at least
+    ``min_blocks`` blocks). ``lows`` is each list's shortest length since the last trim:
+    that many blocks were not needed in the interval."""
+
+    __slots__ = ("lists", "caps", "lows")
+
+    def __init__(self, budget: int, min_blocks: int) -> None:
+        self.lists: list[list[IOBufferBlock]] = [[] for _ in range(_NSIZES)]
+        self.caps: list[int] = [
+            max(min_blocks, min(POOL_MAX_BLOCKS, budget >> (i + POOL_MIN_SHIFT)))
+            for i in range(_NSIZES)
+        ]
+        self.lows: list[int] = [0] * _NSIZES
+
+    def pop(self, i: int) -> IOBufferBlock | None:
+        """A free block of size index ``i``, or None."""
+        free = self.lists[i]
+        if not free:
+            return None
+        b = free.pop()
+        n = len(free)
+        if n < self.lows[i]:
+            self.lows[i] = n
+        return b
+
+    def push(self, i: int, b: IOBufferBlock) -> bool:
+        """Keep ``b`` (emptied) unless the list is full; False if it was not kept."""
+        free = self.lists[i]
+        if len(free) >= self.caps[i]:
+            return False
+        b.start = 0
+        b.end = 0
+        b.next = None
+        free.append(b)
+        return True
+
+    def trim(self) -> int:
+        """Drop the blocks no take needed since the last trim; the number dropped."""
+        dropped = 0
+        lows = self.lows
+        for i, free in enumerate(self.lists):
+            k = lows[i]
+            if k > len(free):
+                k = len(free)
+            if k:
+                del free[len(free) - k :]
+                dropped += k
+            lows[i] = len(free)
+        return dropped
+
+    def free_blocks(self) -> int:
+        """How many free blocks the pool holds."""
+        return sum(len(free) for free in self.lists)
+
+
+_tls: Final = threading.local()
+_global: Final = BlockPool(GLOBAL_POOL_BYTES, 16)
+_global_lock: Final = threading.Lock()
+
+
+def thread_pool() -> BlockPool:
+    """The calling thread's pool (made at its first use)."""
+    pool: BlockPool | None = getattr(_tls, "pool", None)
+    if pool is None:
+        pool = _tls.pool = BlockPool(THREAD_POOL_BYTES, 4)
+    return pool
+
+
+def take_block(size: int) -> IOBufferBlock:
+    """An empty block of ``size`` bytes (an int in 1..MAX_BLOCK_SIZE): from the thread's
+    pool, else the global one, else newly allocated."""
+    i = _index(size)
+    if i >= 0:
+        b = thread_pool().pop(i)
+        if b is not None:
+            return b
+        if _global.lists[i]:
+            with _global_lock:
+                b = _global.pop(i)
+            if b is not None:
+                return b
+    return IOBufferBlock(size)
+
+
+def give_block(b: IOBufferBlock) -> None:
+    """Give back a block no reader or writer uses any more: kept by the thread's pool, or
+    the global one, unless its memory was lent out, its size is not pooled, or both are
+    full (then it is freed when the last reference goes)."""
+    if b.lent:
+        return
+    i = _index(b.size)
+    if i < 0 or thread_pool().push(i, b):
+        return
+    with _global_lock:
+        _global.push(i, b)
+
+
+def trim_pools() -> int:
+    """Trim the calling thread's pool and the global one (``BlockPool.trim``); the number
+    of blocks dropped."""
+    dropped = thread_pool().trim()
+    with _global_lock:
+        dropped += _global.trim()
+    return dropped
 
 
 def check_int(name: str, value: object) -> int:

@@ -10,6 +10,13 @@ Positions are kept as stream offsets: the buffer counts every byte ever committe
 (``_written``) and each reader counts every byte it has consumed (``_pos``), which makes
 ``read_avail`` O(1) however long the chain is.
 
+Blocks come from the thread's freelist (``take_block``, ioblock.py) and go back to it
+(``give_block``) as soon as no reader needs them, while the buffer has one reader: a block
+that reader has stepped past, and the whole chain once it has read every byte. A buffer
+holding no unread byte then holds no block (its tail is ``_NO_BLOCK``, shared and empty),
+so an idle connection keeps no data memory. With several readers, or none, blocks are left
+to the garbage collector.
+
 Not thread-safe: like ATS, the owner (the VC, under its mutex) serialises access.
 
 Every field whose name starts with ``_`` is this module's alone (tests/test_layout.py checks
@@ -30,7 +37,10 @@ from ats_cffi.eventsystem.ioblock import (
     MAX_BLOCK_SIZE,
     IOBufferBlock,
     check_int,
+    give_block,
+    take_block,
 )
+from ats_cffi.eventsystem.iocopy import copy_into, read_bytes
 
 __all__ = ["DEFAULT_BLOCK_SIZE", "MAX_BLOCK_SIZE", "IOBufferBlock", "IOBufferReader", "MIOBuffer"]
 
@@ -44,6 +54,9 @@ def _check_water_mark(value: Any) -> None:
 
 #: What a detached reader points at (it holds no block of its buffer any more).
 _DETACHED: Final = IOBufferBlock(0)
+#: The tail of a buffer that holds no block (and where its readers stand): full, so the
+#: first write adds a real block, which the readers then move to. Its ``next`` stays None.
+_NO_BLOCK: Final = IOBufferBlock(0)
 
 
 class MIOBuffer:
@@ -80,15 +93,12 @@ class MIOBuffer:
         if water_mark.__class__ is not int or water_mark < 0:
             _check_water_mark(water_mark)  # raises unless an int subclass >= 0
         self._water_mark: int = water_mark
-        # A zero-size block starts the chain so that readers always have a block to stand on;
-        # the first write sees it full and appends a real block after it.
-        first = IOBufferBlock(0)
-        self._tail = first
+        self._tail = _NO_BLOCK
         self._written = 0
         self._readers: list[IOBufferReader] = []
         # Where the next reader starts while there are no readers. None while readers exist,
         # so that the buffer itself does not pin consumed blocks.
-        self._head: IOBufferBlock | None = first
+        self._head: IOBufferBlock | None = _NO_BLOCK
         self._head_off = 0
         self._head_pos = 0
 
@@ -119,10 +129,39 @@ class MIOBuffer:
     # -- writer side ---------------------------------------------------------------------
 
     def _add_block(self) -> IOBufferBlock:
-        b = IOBufferBlock(self._block_size)
-        self._tail.next = b
+        b = take_block(self._block_size)
+        t = self._tail
+        if t is _NO_BLOCK:  # the buffer held no block: whoever stood on none starts here
+            for r in self._readers:
+                r._block = b
+                r._off = 0
+            if self._head is _NO_BLOCK:
+                self._head_off = 0
+                self._head = b
+        else:
+            t.next = b
         self._tail = b
         return b
+
+    def drop_blocks_if_read(self) -> None:
+        """Give the chain's blocks back to the freelist when the one reader has read every
+        byte (a read step that moved nothing calls this: its block stays unused)."""
+        rs = self._readers
+        if len(rs) == 1 and self._tail is not _NO_BLOCK:
+            r = rs[0]
+            if r._pos == self._written:
+                self._drop_chain(r)
+
+    def _drop_chain(self, r: IOBufferReader) -> None:
+        # ``r``, the only reader, has read everything: no byte of the chain is needed.
+        b: IOBufferBlock | None = r._block
+        while b is not None:
+            nb = b.next
+            give_block(b)
+            b = nb
+        r._block = _NO_BLOCK
+        r._off = 0
+        self._tail = _NO_BLOCK
 
     def write(self, data: Any) -> int:
         """Copy all of the bytes-like ``data`` into the chain, adding blocks as needed.
@@ -188,6 +227,7 @@ class MIOBuffer:
         t = self._tail
         if t.end == t.size:
             t = self._add_block()
+        t.lent = True
         return t
 
     def writable_block_if_room(self) -> IOBufferBlock | None:
@@ -204,11 +244,17 @@ class MIOBuffer:
             return None
         return self._add_block()
 
+    def has_room(self) -> bool:
+        """Whether ``writable_block_if_room`` would give a block (without adding one)."""
+        t = self._tail
+        return t.end < t.size or self.max_read_avail() <= self._water_mark
+
     def writable_view(self) -> memoryview:
         """A writable view of the tail block's free space (for ``recv_into``); see ``fill``."""
         t = self._tail
         if t.end == t.size:
             t = self._add_block()
+        t.lent = True
         return t.view[t.end :]
 
     def commit(self, n: int) -> None:
@@ -417,13 +463,22 @@ class IOBufferReader:
         """Trusted ``consume(n)``: the caller knows that ``0 <= n <= read_avail()`` (it has just
         written those bytes to a socket, or parsed them). No check."""
         # Walk forward; finish on the block holding the next unread byte so that consumed
-        # blocks are released as soon as possible.
-        self._pos += n
+        # blocks are released as soon as possible: to the freelist, if this is the only
+        # reader (nothing else can reach a block it has stepped past; module doc).
+        pos = self._pos = self._pos + n
+        w = self.writer
+        only = w is not None and len(w._readers) == 1
+        if only and pos == w._written:  # type: ignore[union-attr]
+            w._drop_chain(self)  # type: ignore[union-attr]
+            return
         b = self._block
         off = self._off + n
         while off >= b.end and b.next is not None:
-            off = off - b.end + b.next.start
-            b = b.next
+            nb: IOBufferBlock = b.next
+            off = off - b.end + nb.start
+            if only:
+                give_block(b)
+            b = nb
         self._block = b
         self._off = off
 
@@ -467,6 +522,7 @@ class IOBufferReader:
         while b is not None:
             e = b.end
             if e > off:
+                b.lent = True
                 out.append(b.view[off:e].toreadonly())
             b = b.next
             if b is not None:
@@ -478,36 +534,7 @@ class IOBufferReader:
 
         Raises TypeError if n is not an int.
         """
-        w = self.writer
-        if w is None:
-            raise self._dead()
-        if type(n) is not int:
-            check_int("n", n)
-        avail = w._written - self._pos
-        if n < 0 or n > avail:
-            n = avail
-        if n == 0:
-            return b""
-        b = self._first()
-        off = self._off
-        if off + n <= b.end:
-            out = b.view[off : off + n].tobytes()
-        else:
-            parts = []
-            left = n
-            while left:
-                k = b.end - off
-                if k > left:
-                    k = left
-                if k:
-                    parts.append(b.view[off : off + k])
-                    left -= k
-                if left:
-                    b = b.next  # type: ignore[assignment]
-                    off = b.start
-            out = b"".join(parts)
-        self.consume(n)
-        return out
+        return read_bytes(self, n)
 
     def memcpy(self, dest: Any, n: Any = None, offset: Any = 0) -> int:
         """Copy unread bytes, starting ``offset`` bytes in, into ``dest`` without consuming.
@@ -516,54 +543,7 @@ class IOBufferReader:
         Returns the number of bytes copied. Raises TypeError if dest is not a writable
         bytes-like object or n/offset are not ints, ValueError if n or offset is negative.
         """
-        w = self.writer
-        if w is None:
-            raise self._dead()
-        try:
-            mv = memoryview(dest)
-        except TypeError:
-            raise TypeError(
-                f"dest must be a writable bytes-like object, not {type(dest).__name__}"
-            ) from None
-        if mv.readonly:
-            raise TypeError("dest must be a writable bytes-like object, not a read-only one")
-        if mv.format != "B" or mv.ndim != 1:
-            mv = mv.cast("B")
-        check_int("offset", offset)
-        if offset < 0:
-            raise ValueError(f"offset must be >= 0, got {offset}")
-        cap = mv.nbytes
-        if n is not None:
-            check_int("n", n)
-            if n < 0:
-                raise ValueError(f"n must be >= 0, got {n}")
-            if n < cap:
-                cap = n
-        avail = w._written - self._pos - offset
-        if avail <= 0 or cap == 0:
-            return 0
-        total = cap if cap < avail else avail
-        b = self._first()
-        off = self._off
-        # Skip `offset` bytes.
-        skip = offset
-        while skip >= b.end - off and skip:
-            skip -= b.end - off
-            b = b.next  # type: ignore[assignment]
-            off = b.start
-        off += skip
-        done = 0
-        while done < total:
-            k = b.end - off
-            if k > total - done:
-                k = total - done
-            if k:
-                mv[done : done + k] = b.view[off : off + k]
-                done += k
-            if done < total:
-                b = b.next  # type: ignore[assignment]
-                off = b.start
-        return total
+        return copy_into(self, dest, n, offset)
 
     def __repr__(self) -> str:
         if self.writer is None:

@@ -41,6 +41,7 @@ from ats_cffi._native import ffi, lib
 from ats_cffi.eventsystem import codes as _codes
 from ats_cffi.eventsystem.continuation import Continuation
 from ats_cffi.eventsystem.ethread import EThread, this_ethread
+from ats_cffi.eventsystem.ioblock import trim_pools
 from ats_cffi.eventsystem.mutex import ProxyMutex
 from ats_cffi.net import codes as _ncodes
 from ats_cffi.net import stats as st
@@ -417,6 +418,7 @@ class InactivityCop(Continuation):
     ``inactivity_cop_lock_acquire_failure``), frees closed ones, applies
     ``default_inactivity_timeout`` to VCs with pending I/O and none set, and signals
     ``VC_EVENT_INACTIVITY_TIMEOUT`` / ``VC_EVENT_ACTIVE_TIMEOUT``. ``visited`` counts visits.
+    Each run also trims the thread's IOBuffer block freelist (``ioblock.trim_pools``).
     """
 
     def __init__(self, nh: NetHandler) -> None:
@@ -435,6 +437,7 @@ class InactivityCop(Continuation):
         cop = nh.cop_list
         default = nh.config.default_inactivity_timeout
         nh.splice.before_cop(now)
+        trim_pools()  # the IOBuffer blocks not needed since the last run go back
         while cop:
             vc = cop.pop()
             vc.in_cop = False

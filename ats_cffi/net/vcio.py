@@ -78,8 +78,10 @@ def read_into_buffer(
             break
     if total:
         stats[_READ_BYTES] += total
-    elif last == _AGAIN:
-        stats[_CALLS_TO_READ_NODATA] += 1
+    else:
+        buf.drop_blocks_if_read()  # the block taken for this read stays unused
+        if last == _AGAIN:
+            stats[_CALLS_TO_READ_NODATA] += 1
     return total, last
 
 

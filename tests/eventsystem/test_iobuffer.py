@@ -32,7 +32,9 @@ def chain_length(reader: IOBufferReader) -> int:
 
 
 def unread(reader: IOBufferReader) -> bytes:
-    return b"".join(bytes(v) for v in reader.readable_views())
+    # Through readable_blocks, which lends no view (a lent block is never pooled, and the
+    # pooled machine in test_blockpool.py must see blocks go back to the freelist).
+    return b"".join(bytes(b.data[s:e]) for b, s, e in reader.readable_blocks())
 
 
 # -- construction and validation ----------------------------------------------------------
@@ -647,8 +649,10 @@ def test_first_block_steps_off_an_exhausted_block_onto_the_next() -> None:
     assert block2 is not block and bytes(block2.data[off2 : block2.end]) == b"ef"
     assert r._block is block2  # the finished block is no longer pinned by the reader
     r.consume(2)
-    tail, off3 = r.first_block()  # exhausted tail: stays on it
-    assert tail is block2 and off3 == tail.end == 2
+    tail, off3 = r.first_block()  # all read: the buffer holds no block, nothing to read
+    assert tail is not block2 and off3 == tail.end == tail.size == 0
+    buf.write(b"gh")  # a new block, where the reader now stands
+    assert r.first_block()[0].size == 4 and r.read(2) == b"gh"
 
 
 @pytest.mark.parametrize("steps", [[0], [3], [4], [5], [4, 4], [1, 6, 3], [12]])
