@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import MethodType
 from typing import Any
 
 from mypy_extensions import mypyc_attr
@@ -22,19 +23,40 @@ class Continuation:
     ``Event.cancel()`` can always synchronise with delivery.
     """
 
-    __slots__ = ("mutex", "handler", "calls_handler", "__weakref__", "__dict__")
+    __slots__ = ("mutex", "_handler", "_method", "calls_handler", "__weakref__", "__dict__")
 
     def __init__(self, mutex: Any = None, handler: Handler | None = None) -> None:
         if mutex is not None and not isinstance(mutex, ProxyMutex):
             raise TypeError(f"Continuation: mutex must be a ProxyMutex, not {type(mutex).__name__}")
         self.mutex = mutex
-        self.handler: Handler | None = None
+        #: The handler; for one of this object's own Python methods (``self.on_event``, the
+        #: usual case), the plain function, called with ``self`` (``_method``): a bound
+        #: method kept per continuation would cost an object per connection.
+        self._handler: Callable[..., Any] | None = None
+        self._method = False
         #: The class keeps this ``handle_event``: an event may go to ``handler`` directly
         #: (``deliver``). Compiled, ``handle_event`` called on an instance of a Python
         #: subclass is looked up by name on each call, in case the subclass overrides it.
         self.calls_handler = type(self).handle_event is Continuation.handle_event
         if handler is not None:
             self.set_handler(handler)
+
+    @property
+    def handler(self) -> Handler | None:
+        """The current handler (None if none is set)."""
+        h = self._handler
+        if h is not None and self._method:
+            return MethodType(h, self)  # type: ignore[no-any-return]
+        return h
+
+    @handler.setter
+    def handler(self, handler: Handler | None) -> None:
+        if type(handler) is MethodType and handler.__self__ is self:  # type: ignore[attr-defined]
+            self._handler = handler.__func__  # type: ignore[attr-defined]
+            self._method = True
+        else:
+            self._handler = handler
+            self._method = False
 
     def set_handler(self, handler: Handler) -> None:
         """Make ``handler(event, data)`` receive the following events (ATS's SET_HANDLER)."""
@@ -44,9 +66,11 @@ class Continuation:
 
     def handle_event(self, event: int = 0, data: Any = None) -> Any:
         """Deliver ``event`` to the current handler. ``RuntimeError`` if none is set."""
-        h = self.handler
+        h = self._handler
         if h is None:
             raise RuntimeError(f"{type(self).__name__}: no handler set")
+        if self._method:
+            return h(self, event, data)
         return h(event, data)
 
 
@@ -60,8 +84,10 @@ def deliver(cont: Continuation, event: int, data: Any) -> Any:
     """``cont.handle_event(event, data)``, calling the handler directly when the class keeps
     ``Continuation.handle_event`` (the same call, without the lookup by name that a compiled
     caller makes for a Python subclass)."""
-    h = cont.handler
+    h = cont._handler
     if h is not None and cont.calls_handler:
+        if cont._method:
+            return h(cont, event, data)
         return h(event, data)
     return cont.handle_event(event, data)
 
@@ -79,7 +105,7 @@ def check_continuation(call: str, cont: Any, need_handler: bool = False) -> Cont
         raise TypeError(f"{call}: cont must be a Continuation, not {type(cont).__name__}")
     try:
         m = cont.mutex
-        h = cont.handler
+        h = cont._handler
     except AttributeError:
         raise TypeError(
             f"{call}: cont ({type(cont).__name__}) was not initialised: its __init__ must "

@@ -81,7 +81,15 @@ class UnixNetVConnection(NetVConnection):
 
     def __init__(self, options: Any = None) -> None:
         """``TypeError`` unless ``options`` is NetVCOptions or None."""
-        super().__init__(options, self.main_event)
+        super().__init__(options)
+
+    def handle_event(self, event: int = 0, data: Any = None) -> Any:
+        """The InactivityCop's timeouts go to ``main_event`` (no bound method is kept per VC
+        for it); once the VC is freed, to its ``freed_handler``."""
+        h = self.handler
+        if h is None:
+            return self.main_event(event, data)
+        return h(event, data)
 
     def reenable_re(self, vio: VIO) -> None:
         """Re-enable and, on the VC's thread, process the VIO at once (ATS's reenable_re)."""
@@ -123,7 +131,7 @@ class UnixNetVConnection(NetVConnection):
             held: list[ProxyMutex] = []
             try:
                 for s in (self.read, self.write):
-                    m = s.vio.mutex
+                    m = s.mutex
                     if m is None or m in held:
                         continue
                     if not m.try_lock():
@@ -143,7 +151,7 @@ class UnixNetVConnection(NetVConnection):
             return
         for s in (self.read, self.write):
             s.enabled = False
-            vio = s.vio
+            vio = s
             vio.op = _NONE
             vio.nbytes = 0
             vio.buffer = None
@@ -166,7 +174,7 @@ class UnixNetVConnection(NetVConnection):
     def _signal_and_update(self, s: NetState, event: int) -> int:
         """Deliver ``event`` to the VIO's continuation; free the VC if it was closed and no
         other signal of it is on the stack. EVENT_DONE when the VC is gone."""
-        vio = s.vio
+        vio = s
         cont = vio.cont
         self.recursion += 1
         try:
@@ -223,7 +231,7 @@ class UnixNetVConnection(NetVConnection):
     ) -> ProxyMutex | None:
         """The VIO's mutex, taken for side ``s``'s turn. None when the side has nothing to do
         (it is disabled) or another thread holds the mutex (the turn is retried later)."""
-        vio = s.vio
+        vio = s
         if not s.enabled or vio.op != op:
             self._disable(s, other)
             return None
@@ -243,7 +251,7 @@ class UnixNetVConnection(NetVConnection):
         m = self._take_turn(nh, s, _READ, self.write)
         if m is None:
             return
-        vio = s.vio
+        vio = s
         try:
             err = s.pending_error
             if err:
@@ -274,7 +282,7 @@ class UnixNetVConnection(NetVConnection):
     ) -> None:
         """``total`` bytes were read: count them, then ``READ_COMPLETE`` or ``READ_READY``,
         and queue the side again while the socket may hold more."""
-        vio = s.vio
+        vio = s
         vio.ndone += total
         self.net_activity(nh.now)
         if last == _AGAIN:
@@ -296,7 +304,7 @@ class UnixNetVConnection(NetVConnection):
             or not s.enabled
             or vio.op != _READ
             or buf is None
-            or buf.writable_block_if_room() is None
+            or not buf.has_room()
         ):
             self._disable(s, self.write)
             return
@@ -333,7 +341,7 @@ class UnixNetVConnection(NetVConnection):
         m = self._take_turn(nh, s, _WRITE, self.read)
         if m is None:
             return
-        vio = s.vio
+        vio = s
         try:
             towrite, signalled = self._write_amount(nh, s, m)
             if towrite > 0:
@@ -349,7 +357,7 @@ class UnixNetVConnection(NetVConnection):
         It goes first while the VIO wants more than the buffer holds and the buffer has room
         (the continuation may add to it now). 0: nothing to write (the side is disabled), or
         that signal closed the VC or handed the VIO over (it is queued for its new owner)."""
-        vio = s.vio
+        vio = s
         ntodo = vio.nbytes - vio.ndone
         if ntodo <= 0:
             self._disable(s, self.read)
@@ -387,7 +395,7 @@ class UnixNetVConnection(NetVConnection):
         """``total`` bytes were written: count them, then ``WRITE_COMPLETE``, an error, or
         ``WRITE_READY`` (unless sent before the write and the buffer is still full), and
         queue the side again while its reader holds more."""
-        vio = s.vio
+        vio = s
         if total > 0:
             vio.ndone += total
             self.net_activity(nh.now)
@@ -461,8 +469,8 @@ class UnixNetVConnection(NetVConnection):
         nh = self.nh
         if nh is None:
             return EVENT_DONE
-        rm = self.read.vio.mutex if self.read.vio.op == _READ else None
-        wm = self.write.vio.mutex if self.write.vio.op == _WRITE else None
+        rm = self.read.mutex if self.read.op == _READ else None
+        wm = self.write.mutex if self.write.op == _WRITE else None
         locked = []
         try:
             for m in (rm, wm):
@@ -496,19 +504,19 @@ class UnixNetVConnection(NetVConnection):
     def _signal_timeout(self, event: int) -> None:
         inactivity = event == VC_EVENT_INACTIVITY_TIMEOUT
         reader_cont = None
-        writer_cont = self.write.vio.cont
-        if self.read.vio.op == _READ and not self.shutdown_flags & NET_VC_SHUTDOWN_READ:
-            reader_cont = self.read.vio.cont
+        writer_cont = self.write.cont
+        if self.read.op == _READ and not self.shutdown_flags & NET_VC_SHUTDOWN_READ:
+            reader_cont = self.read.cont
             if self._signal_and_update(self.read, event) == EVENT_DONE:
                 return
         rearmed = self.next_inactivity_timeout_at if inactivity else self.next_activity_timeout_at
         if (
             not rearmed
             and not self.closed
-            and self.write.vio.op == _WRITE
+            and self.write.op == _WRITE
             and not self.shutdown_flags & NET_VC_SHUTDOWN_WRITE
-            and reader_cont is not self.write.vio.cont
-            and writer_cont is self.write.vio.cont
+            and reader_cont is not self.write.cont
+            and writer_cont is self.write.cont
         ):
             self._signal_and_update(self.write, event)
 
@@ -536,7 +544,7 @@ class UnixNetVConnection(NetVConnection):
                 log.error("close of fd %d failed: %s", fd, os.strerror(ffi.errno))
         for s in (self.read, self.write):
             s.enabled = s.triggered = s.in_ready = False
-            vio = s.vio
+            vio = s
             vio.cont = vio.buffer = vio.vc_server = None
             vio.op = _NONE
         action = self.action

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ats_cffi import sys as _sys
 from ats_cffi._native import lib
-from ats_cffi.eventsystem.continuation import Continuation, Handler, check_continuation
+from ats_cffi.eventsystem.continuation import Continuation, check_continuation
 from ats_cffi.eventsystem.event import Action
 from ats_cffi.eventsystem.iobuffer import IOBufferReader, MIOBuffer
 from ats_cffi.eventsystem.mutex import ProxyMutex
@@ -67,13 +67,17 @@ NET_VC_SHUTDOWN_READ: Final = 1
 NET_VC_SHUTDOWN_WRITE: Final = 2
 
 
-class NetState:
-    """One direction of a VC: its VIO and the edge-trigger flags (see the module doc)."""
+class NetState(VIO):
+    """One direction of a VC: its VIO and the edge-trigger flags (see the module doc).
 
-    __slots__ = ("vio", "enabled", "triggered", "in_ready", "in_enabled", "pending_error", "hup")
+    ATS's NetState holds its VIO by value; here the state *is* the VIO (a subclass): one
+    object per direction instead of two."""
 
-    def __init__(self) -> None:
-        self.vio = VIO(_NONE)  # do_io_read/do_io_write set its op
+    __slots__ = ("enabled", "triggered", "in_ready", "in_enabled", "pending_error", "hup")
+
+    def __init__(self, vc: NetVConnection) -> None:
+        super().__init__(_NONE)  # do_io_read/do_io_write set its op
+        self.vc_server = vc
         self.enabled = False
         self.triggered = False
         self.in_ready = False
@@ -85,10 +89,16 @@ class NetState:
         # only EOF, an error or EAGAIN ends a read (vcio.read_into_buffer's stop_short).
         self.hup = False
 
+    @property
+    def vio(self) -> VIO:
+        """The VIO of this direction: this object (a property, not a field, so that a state
+        is no reference cycle of its own)."""
+        return self
+
 
 class NetVConnection(Continuation):
     """A connection's API and state; see the module doc. Made only as a
-    ``UnixNetVConnection``, which passes the handler of its timeouts."""
+    ``UnixNetVConnection``, which handles its timeouts (``handle_event``)."""
 
     __slots__ = (
         "fd",
@@ -117,8 +127,8 @@ class NetVConnection(Continuation):
         "splice_end",
     )
 
-    def __init__(self, options: Any, handler: Handler) -> None:
-        super().__init__(ProxyMutex(), handler)
+    def __init__(self, options: Any) -> None:
+        super().__init__(ProxyMutex())
         self.fd = -1
         self.family = _AF_INET
         if type(options) is not NetVCOptions:  # one test per VC: the accept path's case
@@ -130,10 +140,8 @@ class NetVConnection(Continuation):
                     f"not {type(options).__name__}"
                 )
         self.options = options
-        self.read = r = NetState()
-        self.write = w = NetState()
-        r.vio.vc_server = self
-        w.vio.vc_server = self
+        self.read = NetState(self)
+        self.write = NetState(self)
         self.closed = 0
         self.recursion = 0
         self.lerrno = 0
@@ -234,7 +242,7 @@ class NetVConnection(Continuation):
         self, s: NetState, op: int, cont: Continuation | None, nbytes: int, buffer: Any
     ) -> VIO:
         """Set up ``s``'s VIO for a checked do_io call; a ``buffer`` starts it moving."""
-        vio = s.vio
+        vio = s
         vio.op = op
         vio.cont = cont
         vio.mutex = cont.mutex if cont is not None else self.mutex
@@ -250,9 +258,9 @@ class NetVConnection(Continuation):
         return vio
 
     def _state_of(self, vio: VIO) -> NetState:
-        if vio is self.read.vio:
+        if vio is self.read:
             return self.read
-        if vio is self.write.vio:
+        if vio is self.write:
             return self.write
         raise ValueError("reenable: the VIO does not belong to this VC")
 
@@ -311,9 +319,9 @@ class NetVConnection(Continuation):
             if howto in (side, IO_SHUTDOWN_READWRITE):
                 s.enabled = False
                 s.in_ready = False
-                s.vio.buffer = None
-                s.vio.nbytes = 0
-                s.vio.cont = None
+                s.buffer = None
+                s.nbytes = 0
+                s.cont = None
                 self.shutdown_flags |= flag
 
     def input_pending(self) -> bool:
@@ -366,8 +374,8 @@ class NetVConnection(Continuation):
 
     def io_pending(self) -> bool:
         """True while a read or write VIO has bytes to do (enabled or held back)."""
-        r = self.read.vio
-        w = self.write.vio
+        r = self.read
+        w = self.write
         return (r.op == _READ and r.nbytes > r.ndone) or (w.op == _WRITE and w.nbytes > w.ndone)
 
     def __repr__(self) -> str:

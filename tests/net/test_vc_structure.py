@@ -16,10 +16,12 @@ from .test_splice import Owner
 
 def test_events_can_be_delivered_to_a_vc_like_to_any_continuation() -> None:
     # A VC is made by Continuation.__init__ like any continuation (it once copied that
-    # __init__, without ``calls_handler``, and ``deliver`` then raised AttributeError).
+    # __init__, without ``calls_handler``, and ``deliver`` then raised AttributeError). Its
+    # class handles its events itself (``handle_event``: its timeouts to ``main_event``,
+    # without a bound method kept per VC), so ``deliver`` calls that.
     vc = UnixNetVConnection()
     try:
-        assert vc.calls_handler
+        assert vc.handler is None and not vc.calls_handler
         assert deliver(vc, EVENT_IMMEDIATE, None) == EVENT_DONE
         # Not on a net thread: the cop's timeout event is dropped, the VC stays open.
         assert deliver(vc, VC_EVENT_INACTIVITY_TIMEOUT, None) == EVENT_DONE
@@ -42,8 +44,8 @@ def test_a_freed_vc_drops_events_without_calling_back(one_net_thread: Any) -> No
         vc.do_io_close()
         assert wait_until(lambda: vc.fd == -1)
     action.cancel()
-    # free() cut the VC's cycle through its handler (a bound method of it): an event that
-    # still comes goes to the freed handler, not to main_event.
+    # free() set the freed handler: an event that still comes goes to it, not to
+    # main_event.
     assert vc.handler is freed_handler
     assert deliver(vc, VC_EVENT_INACTIVITY_TIMEOUT, None) == EVENT_DONE
     assert wait_until(lambda: net_stats.get(OPEN) == 0)
