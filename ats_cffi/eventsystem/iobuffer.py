@@ -72,7 +72,8 @@ class MIOBuffer:
         "_water_mark",
         "_tail",
         "_written",
-        "_readers",
+        "_one",
+        "_many",
         "_head",
         "_head_off",
         "_head_pos",
@@ -95,7 +96,10 @@ class MIOBuffer:
         self._water_mark: int = water_mark
         self._tail = _NO_BLOCK
         self._written = 0
-        self._readers: list[IOBufferReader] = []
+        # The readers: ``_one`` while there is exactly one (the usual case: no list is made
+        # per buffer), ``_many`` (all of them) while there are several; both None if none.
+        self._one: IOBufferReader | None = None
+        self._many: list[IOBufferReader] | None = None
         # Where the next reader starts while there are no readers. None while readers exist,
         # so that the buffer itself does not pin consumed blocks.
         self._head: IOBufferBlock | None = _NO_BLOCK
@@ -124,7 +128,14 @@ class MIOBuffer:
     @property
     def readers(self) -> int:
         """Number of allocated readers."""
-        return len(self._readers)
+        if self._one is not None:
+            return 1
+        return len(self._many) if self._many is not None else 0
+
+    def _all_readers(self) -> list[IOBufferReader]:
+        if self._one is not None:
+            return [self._one]
+        return self._many if self._many is not None else []
 
     # -- writer side ---------------------------------------------------------------------
 
@@ -132,7 +143,7 @@ class MIOBuffer:
         b = take_block(self._block_size)
         t = self._tail
         if t is _NO_BLOCK:  # the buffer held no block: whoever stood on none starts here
-            for r in self._readers:
+            for r in self._all_readers():
                 r._block = b
                 r._off = 0
             if self._head is _NO_BLOCK:
@@ -146,11 +157,9 @@ class MIOBuffer:
     def drop_blocks_if_read(self) -> None:
         """Give the chain's blocks back to the freelist when the one reader has read every
         byte (a read step that moved nothing calls this: its block stays unused)."""
-        rs = self._readers
-        if len(rs) == 1 and self._tail is not _NO_BLOCK:
-            r = rs[0]
-            if r._pos == self._written:
-                self._drop_chain(r)
+        r = self._one
+        if r is not None and self._tail is not _NO_BLOCK and r._pos == self._written:
+            self._drop_chain(r)
 
     def _drop_chain(self, r: IOBufferReader) -> None:
         # ``r``, the only reader, has read everything: no byte of the chain is needed.
@@ -283,13 +292,23 @@ class MIOBuffer:
     def alloc_reader(self) -> IOBufferReader:
         """A new reader: at the slowest reader's position, or at the retained data if none."""
         r = IOBufferReader(_by=self)
-        self._readers.append(r)
+        self._add_reader(r)
         return r
 
     def _clone_reader(self, src: IOBufferReader) -> IOBufferReader:
         r = IOBufferReader(_by=self, _from=src)
-        self._readers.append(r)
+        self._add_reader(r)
         return r
+
+    def _add_reader(self, r: IOBufferReader) -> None:
+        one = self._one
+        if one is not None:
+            self._many = [one, r]
+            self._one = None
+        elif self._many is not None:
+            self._many.append(r)
+        else:
+            self._one = r
 
     def _retain_from(self, r: IOBufferReader) -> None:
         # The last reader is going away: keep what it had not consumed for the next one.
@@ -302,48 +321,51 @@ class MIOBuffer:
 
         Raises ValueError if r is not an allocated reader of this buffer.
         """
-        rs = self._readers
-        for i, x in enumerate(rs):
-            if x is r:
-                del rs[i]
-                break
+        rs = self._many
+        if self._one is r:
+            self._one = None
+            self._retain_from(r)
+        elif rs is not None and any(x is r for x in rs):
+            rs.remove(r)
+            if len(rs) == 1:
+                self._one = rs[0]
+                self._many = None
         else:
             raise ValueError("r is not an allocated reader of this buffer")
-        if not rs:
-            self._retain_from(r)
         r._detach()
 
     def dealloc_all_readers(self) -> None:
         """Detach every reader of this buffer."""
-        rs = self._readers
+        rs = self._all_readers()
         if not rs:
             return
         # (A session's two buffers at its close, one reader each: no min() call then.)
         self._retain_from(rs[0] if len(rs) == 1 else min(rs, key=_reader_pos))
+        self._one = self._many = None
         for r in rs:
             r._detach()
-        rs.clear()
 
     def max_read_avail(self) -> int:
         """The largest ``read_avail()`` over all readers (the retained bytes if none)."""
-        rs = self._readers
-        if len(rs) == 1:
-            return self._written - rs[0]._pos
-        if not rs:
+        one = self._one
+        if one is not None:
+            return self._written - one._pos
+        rs = self._many
+        if rs is None:
             return self._written - self._head_pos
         return self._written - min(r._pos for r in rs)
 
     def high_water(self) -> bool:
         """True when some reader has more than ``water_mark`` bytes to read."""
-        rs = self._readers
-        if len(rs) == 1:  # the common case, without max_read_avail's call
-            return self._written - rs[0]._pos > self._water_mark
+        one = self._one
+        if one is not None:  # the common case, without max_read_avail's call
+            return self._written - one._pos > self._water_mark
         return self.max_read_avail() > self._water_mark
 
     def __repr__(self) -> str:
         return (
             f"<MIOBuffer block_size={self._block_size} water_mark={self._water_mark} "
-            f"written={self._written} readers={len(self._readers)}>"
+            f"written={self._written} readers={self.readers}>"
         )
 
 
@@ -387,7 +409,7 @@ class IOBufferReader:
             self._off = _from._off
             self._pos = _from._pos
         else:  # at the slowest reader's position, or at the retained data if none
-            rs = _by._readers
+            rs = _by._all_readers()
             if rs:
                 slow = min(rs, key=_reader_pos)
                 self._block = slow._block
@@ -467,7 +489,7 @@ class IOBufferReader:
         # reader (nothing else can reach a block it has stepped past; module doc).
         pos = self._pos = self._pos + n
         w = self.writer
-        only = w is not None and len(w._readers) == 1
+        only = w is not None and w._one is self
         if only and pos == w._written:  # type: ignore[union-attr]
             w._drop_chain(self)  # type: ignore[union-attr]
             return
