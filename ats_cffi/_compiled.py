@@ -26,5 +26,6 @@ MODULES = (
     "ats_cffi.net.splice",
     "ats_cffi.apps.service",
     "ats_cffi.apps.http_responses",
+    "ats_cffi.apps.http_parser",
     "ats_cffi.apps.http",
 )

@@ -42,6 +42,7 @@ import httptools
 from librt.time import time as _time
 from mypy_extensions import mypyc_attr
 
+from ats_cffi.apps.http_parser import ParserLink, give_parser, take_parser
 from ats_cffi.apps.http_responses import (
     CLOSE,
     HTTP_ROUTES,
@@ -172,8 +173,9 @@ class HttpSession(Session):
         self.rreader = self.rbuf.alloc_reader()
         self.wbuf: MIOBuffer | None = None
         self.wvio: VIO | None = None
-        #: Made at the first bytes read (an idle connection holds no parser).
-        self.parser: httptools.HttpRequestParser | None = None
+        #: Taken from the thread's pool at the first bytes of a request, given back once
+        #: the session is idle between requests (http_parser.py).
+        self.link: ParserLink | None = None
         #: The request target (bytes from the parser; joined only when it comes in pieces).
         self.url = b""
         self.url_too_long = False
@@ -255,17 +257,17 @@ class HttpSession(Session):
         reader = self.rreader
         wvio = self.wvio
         avail = reader.read_avail()
-        parser = self.parser
-        if parser is None and avail:
-            parser = self.parser = httptools.HttpRequestParser(self)
+        link = self.link
+        if link is None and avail:
+            link = self.link = take_parser(self)
         while (
             avail and not self.closing and (wvio is None or self.queued - wvio.ndone <= WATER_MARK)
         ):
-            assert parser is not None  # made above once there were bytes
+            assert link is not None  # taken above once there were bytes
             block, off = reader.first_block()
             end = block.end
             try:
-                _feed_data(parser, block.view[off:end])
+                _feed_data(link.parser, block.view[off:end])
             except httptools.HttpParserUpgrade:
                 self.closing = True  # answered with a close: we speak no other protocol
             except httptools.HttpParserCallbackError:
@@ -293,6 +295,9 @@ class HttpSession(Session):
             wvio = self.wvio  # made by the first response
         if self.in_request and not self.in_transaction_timeouts and not self.closing:
             self.begin_transaction_timeouts()
+        if link is not None and not avail and not self.in_request and not self.closing:
+            self.link = None
+            give_parser(link)  # idle between requests: no parser held
         if self.closing or (self.peer_eos and not avail):
             self.finish()
         elif wvio is not None and wvio.nbytes != self.queued:
@@ -362,8 +367,9 @@ class HttpSession(Session):
         service: HttpService = self.service  # type: ignore[assignment]
         counts = self.counts
         counts[_I_REQUESTS] += 1
-        parser = self.parser
-        assert parser is not None  # this is its own callback
+        link = self.link
+        assert link is not None  # this is its parser's callback
+        parser = link.parser
         method = _get_method(parser)
         # An Upgrade (or CONNECT) request is answered over HTTP/1.1, then the connection
         # closes: the bytes after it would be another protocol's.
@@ -485,7 +491,10 @@ class HttpSession(Session):
         self.rbuf.dealloc_all_readers()
         if self.wbuf is not None:
             self.wbuf.dealloc_all_readers()
-        self.parser = None  # it holds the session (its callbacks)
+        link = self.link
+        if link is not None:  # in any state: dropped, not pooled (http_parser.py)
+            link.session = None  # it held the session
+            self.link = None
 
     def on_drain(self) -> None:
         """Graceful stop: an idle session closes now; a busy one after its response."""

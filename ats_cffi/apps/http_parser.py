@@ -1,0 +1,80 @@
+"""The httptools request parsers of a thread's HTTP sessions, pooled.
+
+A parser (with the callbacks it binds when made) costs about 800 bytes; a session holds one
+only while it has request bytes to parse, and gives it back to its thread's pool when it is
+idle between requests (every request answered, no byte unread, the connection kept). An
+idle keep-alive connection then holds no parser, and the next request of any connection of
+the thread takes one from the pool. A parser is given back only at a message boundary of a
+request that kept the connection, the one state in which the next bytes may come from any
+client; one that failed, or saw a close or an upgrade, is dropped with its session.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Final
+
+import httptools
+
+if TYPE_CHECKING:
+    from ats_cffi.apps.http import HttpSession
+
+__all__ = ["POOL_MAX", "ParserLink", "give_parser", "pooled_parsers", "take_parser"]
+
+#: Most idle parsers a thread keeps (more are freed).
+POOL_MAX: Final = 256
+
+
+class ParserLink:
+    """A parser and the session it parses for now: it is the parser's protocol object and
+    hands each callback to that session."""
+
+    __slots__ = ("parser", "session")
+
+    def __init__(self) -> None:
+        self.session: HttpSession | None = None
+        self.parser = httptools.HttpRequestParser(self)
+
+    def on_message_begin(self) -> None:
+        self.session.on_message_begin()  # type: ignore[union-attr]
+
+    def on_url(self, url: bytes) -> None:
+        self.session.on_url(url)  # type: ignore[union-attr]
+
+    def on_body(self, body: bytes) -> None:
+        self.session.on_body(body)  # type: ignore[union-attr]
+
+    def on_message_complete(self) -> None:
+        self.session.on_message_complete()  # type: ignore[union-attr]
+
+
+_tls: Final = threading.local()
+
+
+def _pool() -> list[ParserLink]:
+    pool: list[ParserLink] | None = getattr(_tls, "parsers", None)
+    if pool is None:
+        pool = _tls.parsers = []
+    return pool
+
+
+def take_parser(session: HttpSession) -> ParserLink:
+    """A parser for ``session``: from the calling thread's pool, else a new one."""
+    pool = _pool()
+    link = pool.pop() if pool else ParserLink()
+    link.session = session
+    return link
+
+
+def give_parser(link: ParserLink) -> None:
+    """``link``'s session is idle between requests (the module doc): its parser goes back to
+    the thread's pool, or is freed when the pool is full."""
+    link.session = None
+    pool = _pool()
+    if len(pool) < POOL_MAX:
+        pool.append(link)
+
+
+def pooled_parsers() -> int:
+    """How many idle parsers the calling thread's pool holds."""
+    return len(_pool())
