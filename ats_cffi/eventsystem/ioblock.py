@@ -34,7 +34,9 @@ __all__ = [
     "BlockPool",
     "IOBufferBlock",
     "check_int",
+    "adopt_thread_pool",
     "give_block",
+    "new_thread_pool",
     "take_block",
     "thread_pool",
     "trim_pools",
@@ -210,20 +212,31 @@ _global: Final = BlockPool(GLOBAL_POOL_BYTES, 16)
 _global_lock: Final = threading.Lock()
 
 
+def new_thread_pool() -> BlockPool:
+    """A pool with a thread's bounds."""
+    return BlockPool(THREAD_POOL_BYTES, 4)
+
+
+def adopt_thread_pool(pool: BlockPool) -> None:
+    """Make ``pool`` the calling thread's pool (a NetHandler's, at its thread's start: the
+    net path then hands it to the buffers, without a thread-local lookup per block)."""
+    _tls.pool = pool
+
+
 def thread_pool() -> BlockPool:
     """The calling thread's pool (made at its first use)."""
     pool: BlockPool | None = getattr(_tls, "pool", None)
     if pool is None:
-        pool = _tls.pool = BlockPool(THREAD_POOL_BYTES, 4)
+        pool = _tls.pool = new_thread_pool()
     return pool
 
 
-def take_block(size: int) -> IOBufferBlock:
-    """An empty block of ``size`` bytes (an int in 1..MAX_BLOCK_SIZE): from the thread's
-    pool, else the global one, else newly allocated."""
+def take_block(size: int, pool: BlockPool | None = None) -> IOBufferBlock:
+    """An empty block of ``size`` bytes (an int in 1..MAX_BLOCK_SIZE): from ``pool`` (the
+    calling thread's: None looks it up), else the global one, else newly allocated."""
     i = _index(size)
     if i >= 0:
-        b = thread_pool().pop(i)
+        b = (pool if pool is not None else thread_pool()).pop(i)
         if b is not None:
             return b
         if _global.lists[i]:
@@ -234,14 +247,14 @@ def take_block(size: int) -> IOBufferBlock:
     return IOBufferBlock(size)
 
 
-def give_block(b: IOBufferBlock) -> None:
-    """Give back a block no reader or writer uses any more: kept by the thread's pool, or
-    the global one, unless its memory was lent out, its size is not pooled, or both are
-    full (then it is freed when the last reference goes)."""
+def give_block(b: IOBufferBlock, pool: BlockPool | None = None) -> None:
+    """Give back a block no reader or writer uses any more: kept by ``pool`` (the calling
+    thread's: None looks it up), or the global one, unless its memory was lent out, its size
+    is not pooled, or both are full (then it is freed when the last reference goes)."""
     if b.lent:
         return
     i = _index(b.size)
-    if i < 0 or thread_pool().push(i, b):
+    if i < 0 or (pool if pool is not None else thread_pool()).push(i, b):
         return
     with _global_lock:
         _global.push(i, b)

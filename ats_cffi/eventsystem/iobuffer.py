@@ -35,6 +35,7 @@ from typing import Any, Final
 from ats_cffi.eventsystem.ioblock import (
     DEFAULT_BLOCK_SIZE,
     MAX_BLOCK_SIZE,
+    BlockPool,
     IOBufferBlock,
     check_int,
     give_block,
@@ -139,8 +140,8 @@ class MIOBuffer:
 
     # -- writer side ---------------------------------------------------------------------
 
-    def _add_block(self) -> IOBufferBlock:
-        b = take_block(self._block_size)
+    def _add_block(self, pool: BlockPool | None = None) -> IOBufferBlock:
+        b = take_block(self._block_size, pool)
         t = self._tail
         if t is _NO_BLOCK:  # the buffer held no block: whoever stood on none starts here
             for r in self._all_readers():
@@ -154,19 +155,20 @@ class MIOBuffer:
         self._tail = b
         return b
 
-    def drop_blocks_if_read(self) -> None:
-        """Give the chain's blocks back to the freelist when the one reader has read every
-        byte (a read step that moved nothing calls this: its block stays unused)."""
+    def drop_blocks_if_read(self, pool: BlockPool | None = None) -> None:
+        """Give the chain's blocks back to the freelist (``pool``: the calling thread's)
+        when the one reader has read every byte (a read step that moved nothing calls this:
+        its block stays unused)."""
         r = self._one
         if r is not None and self._tail is not _NO_BLOCK and r._pos == self._written:
-            self._drop_chain(r)
+            self._drop_chain(r, pool)
 
-    def _drop_chain(self, r: IOBufferReader) -> None:
+    def _drop_chain(self, r: IOBufferReader, pool: BlockPool | None) -> None:
         # ``r``, the only reader, has read everything: no byte of the chain is needed.
         b: IOBufferBlock | None = r._block
         while b is not None:
             nb = b.next
-            give_block(b)
+            give_block(b, pool)
             b = nb
         r._block = _NO_BLOCK
         r._off = 0
@@ -239,19 +241,20 @@ class MIOBuffer:
         t.lent = True
         return t
 
-    def writable_block_if_room(self) -> IOBufferBlock | None:
+    def writable_block_if_room(self, pool: BlockPool | None = None) -> IOBufferBlock | None:
         """The block a native read may fill, or None when the buffer is full.
 
         The tail block while it has free space; when it is full, a new block only if no
         reader has more than ``water_mark`` bytes to read (ATS's ``check_add_block``): this
-        is where reading from a socket stops for back-pressure.
+        is where reading from a socket stops for back-pressure. A new block comes from
+        ``pool`` (the calling thread's; None looks it up).
         """
         t = self._tail
         if t.end < t.size:
             return t
         if self.max_read_avail() > self._water_mark:
             return None
-        return self._add_block()
+        return self._add_block(pool)
 
     def has_room(self) -> bool:
         """Whether ``writable_block_if_room`` would give a block (without adding one)."""
@@ -481,9 +484,10 @@ class IOBufferReader:
             raise ValueError(f"n must be between 0 and read_avail() ({self.read_avail()}), got {n}")
         self.advance(n)
 
-    def advance(self, n: int) -> None:
+    def advance(self, n: int, pool: BlockPool | None = None) -> None:
         """Trusted ``consume(n)``: the caller knows that ``0 <= n <= read_avail()`` (it has just
-        written those bytes to a socket, or parsed them). No check."""
+        written those bytes to a socket, or parsed them). No check. Blocks given back go to
+        ``pool`` (the calling thread's; None looks it up)."""
         # Walk forward; finish on the block holding the next unread byte so that consumed
         # blocks are released as soon as possible: to the freelist, if this is the only
         # reader (nothing else can reach a block it has stepped past; module doc).
@@ -491,7 +495,7 @@ class IOBufferReader:
         w = self.writer
         only = w is not None and w._one is self
         if only and pos == w._written:  # type: ignore[union-attr]
-            w._drop_chain(self)  # type: ignore[union-attr]
+            w._drop_chain(self, pool)  # type: ignore[union-attr]
             return
         b = self._block
         off = self._off + n
@@ -499,7 +503,7 @@ class IOBufferReader:
             nb: IOBufferBlock = b.next
             off = off - b.end + nb.start
             if only:
-                give_block(b)
+                give_block(b, pool)
             b = nb
         self._block = b
         self._off = off

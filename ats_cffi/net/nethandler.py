@@ -41,7 +41,7 @@ from ats_cffi._native import ffi, lib
 from ats_cffi.eventsystem import codes as _codes
 from ats_cffi.eventsystem.continuation import Continuation
 from ats_cffi.eventsystem.ethread import EThread, this_ethread
-from ats_cffi.eventsystem.ioblock import trim_pools
+from ats_cffi.eventsystem.ioblock import adopt_thread_pool, new_thread_pool, trim_pools
 from ats_cffi.eventsystem.mutex import ProxyMutex
 from ats_cffi.net import codes as _ncodes
 from ats_cffi.net import stats as st
@@ -119,6 +119,9 @@ class NetHandler(Continuation):
         self.iov_bases = ffi.new("char *[]", IOV_MAX)
         self.iov_offs = ffi.new("size_t[]", IOV_MAX)
         self.iov_lens = ffi.new("size_t[]", IOV_MAX)
+        #: The thread's IOBuffer block freelist (ioblock.py), handed to the buffers by the
+        #: byte moves; the thread's own from its first event (``start_net_event``).
+        self.pool = new_thread_pool()
         self.signal_io = EventIO(EVENTIO_ASYNC_SIGNAL, thread)
         #: This thread's spliced ends (net/splice.py).
         self.splice = SpliceDriver(self)
@@ -129,6 +132,7 @@ class NetHandler(Continuation):
 
     def start_net_event(self, event: int, e: Any) -> int:
         """First event on the thread: from now on this handler runs one pass per call."""
+        adopt_thread_pool(self.pool)
         self.set_handler(self.main_net_event)
         return EVENT_DONE
 

@@ -89,6 +89,19 @@ class NetState(VIO):
         # only EOF, an error or EAGAIN ends a read (vcio.read_into_buffer's stop_short).
         self.hup = False
 
+    def reenable(self) -> None:
+        """``vc_server.reenable(self)``, as ``VIO.reenable``, with the VC's type known: a
+        compiled call, not a lookup by name (the VIO path's every READ_READY/WRITE_READY)."""
+        vc: NetVConnection | None = self.vc_server
+        if vc is not None:
+            vc.reenable(self)
+
+    def reenable_re(self) -> None:
+        """``vc_server.reenable_re(self)``, as ``VIO.reenable_re``, called as ``reenable``."""
+        vc: UnixNetVConnection | None = self.vc_server
+        if vc is not None:
+            vc.reenable_re(self)
+
     @property
     def vio(self) -> VIO:
         """The VIO of this direction: this object (a property, not a field, so that a state

@@ -55,10 +55,11 @@ def read_into_buffer(
     """
     stats = nh.stats
     lastp = nh.last
+    pool = nh.pool
     total = 0
     last: int = 1  # declared: it is assigned lastp[0], an Any (CONTRIBUTING.md, mypyc)
     while total < limit:
-        t = buf.writable_block_if_room()
+        t = buf.writable_block_if_room(pool)
         if t is None:
             break
         end = t.end
@@ -66,20 +67,24 @@ def read_into_buffer(
         if toread > limit - total:
             toread = limit - total
         r: int = _read_fill(fd, t.cdata, end, toread, stop_short, lastp)
-        last = lastp[0]
         stats[_CALLS_TO_READ] += 1
         if r > 0:
             buf.commit(r)
             total += r
-            if r < toread and stop_short:
+            if r == toread:
+                continue  # every read was whole: the socket may hold more
+            if stop_short:  # one read, and it was short (_read_fill stops there)
                 last = _AGAIN
                 break
+        # Only here does the last syscall's result need reading (a cffi item access):
+        # nothing read, or a short read followed by EAGAIN, EOF or an error.
+        last = lastp[0]
         if last <= 0:
             break
     if total:
         stats[_READ_BYTES] += total
     else:
-        buf.drop_blocks_if_read()  # the block taken for this read stays unused
+        buf.drop_blocks_if_read(pool)  # the block taken for this read stays unused
         if last == _AGAIN:
             stats[_CALLS_TO_READ_NODATA] += 1
     return total, last
@@ -113,11 +118,12 @@ def write_from_reader(
             if left <= 0 or n == IOV_MAX:
                 break
         total = _writev_blocks(fd, bases, offs, lens, n, nh.last)
-    last: int = nh.last[0]
+    # All written: the last send moved bytes (no need to read it back through cffi).
+    last: int = total if total == towrite else nh.last[0]
     stats = nh.stats
     stats[_CALLS_TO_WRITE] += 1
     if total > 0:
-        reader.advance(total)
+        reader.advance(total, nh.pool)
         stats[_WRITE_BYTES] += total
     else:
         stats[_CALLS_TO_WRITE_NODATA] += 1
