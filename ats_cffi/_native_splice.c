@@ -29,6 +29,140 @@ static void ats_pipe_fail(struct ats_pipe *p, int err, int on_dst)
     ats_pipe_stop(p);
 }
 
+/* ------------------------------------------------------------ per-thread buffers
+ *
+ * An idle spliced connection must hold no buffer: a pipe's buffer goes back to
+ * its thread's freelist as soon as the pipe holds no unwritten byte (at the end
+ * of each pump), and comes from it again at the next read that needs one.  Most
+ * reads need none: while a pipe holds nothing, it reads into the thread's
+ * scratch buffer and sends from there at once; only what the sink does not take
+ * is copied into a buffer of its own (back-pressure).  The freelist and the
+ * scratch are the thread's own (only its pumps touch them): no lock.  A buffer
+ * is reused only for a pipe of the same cap. */
+
+#define ATS_POOL_MAX 16            /* buffers kept per thread at most */
+#define ATS_POOL_BYTES (2u << 20)  /* and bytes: over either bound, free() */
+#define ATS_SCRATCH_MAX (1u << 20) /* larger caps read into a buffer of their own */
+
+struct ats_pool_buf {
+    char *ptr;
+    size_t cap;
+    unsigned trim; /* the trim period it was given back in */
+};
+
+struct ats_pool {
+    struct ats_pool_buf b[ATS_POOL_MAX];
+    int n;
+    size_t bytes;
+    unsigned trim;      /* the current trim period (bumped by each ats_splice_trim) */
+    int active;         /* a pump ran here: a released buffer may be kept */
+    char *scratch;
+    size_t scratch_cap;
+    int scratch_used;   /* since the last trim */
+};
+
+static __thread struct ats_pool ats_pool;
+
+/* A buffer of cap bytes: the most recently given back of that cap, else malloc. */
+static char *ats_buf_take(size_t cap)
+{
+    struct ats_pool *pl = &ats_pool;
+    pl->active = 1;
+    for (int i = pl->n - 1; i >= 0; i--) {
+        if (pl->b[i].cap != cap)
+            continue;
+        char *buf = pl->b[i].ptr;
+        pl->bytes -= cap;
+        pl->n--; /* the others keep their order: the most recent on top (warm in cache) */
+        memmove(&pl->b[i], &pl->b[i + 1], (size_t)(pl->n - i) * sizeof pl->b[0]);
+        return buf;
+    }
+    return malloc(cap);
+}
+
+/* Keep buf for a next pipe of this thread, or free it over the bounds.  A thread
+ * that never pumped (one that only dropped the last reference to a pipe) keeps
+ * nothing: no trim would ever run there. */
+static void ats_buf_give(char *buf, size_t cap)
+{
+    struct ats_pool *pl = &ats_pool;
+    if (!pl->active || pl->n == ATS_POOL_MAX || pl->bytes + cap > ATS_POOL_BYTES) {
+        free(buf);
+        return;
+    }
+    pl->b[pl->n].ptr = buf;
+    pl->b[pl->n].cap = cap;
+    pl->b[pl->n].trim = pl->trim;
+    pl->n++;
+    pl->bytes += cap;
+}
+
+/* The thread's scratch buffer, of cap bytes at least; NULL if cap is too large for
+ * one or there is no memory (the caller then reads into a buffer of the pipe's). */
+static char *ats_scratch(size_t cap)
+{
+    struct ats_pool *pl = &ats_pool;
+    if (cap > ATS_SCRATCH_MAX)
+        return NULL;
+    if (pl->scratch_cap < cap) { /* grows to the largest cap asked; contents do not matter */
+        free(pl->scratch);
+        pl->scratch = malloc(cap);
+        pl->scratch_cap = pl->scratch != NULL ? cap : 0;
+        if (pl->scratch == NULL)
+            return NULL;
+    }
+    pl->active = 1;
+    pl->scratch_used = 1;
+    return pl->scratch;
+}
+
+/* The InactivityCop's run: free what the thread did not need for a whole period:
+ * the buffers given back before the last trim and not taken since, and the scratch
+ * if no read used it since.  A low-water mark, kept per buffer rather than as one
+ * count, so that it stays exact when the buffers' caps differ. */
+void ats_splice_trim(void)
+{
+    struct ats_pool *pl = &ats_pool;
+    int k = 0;
+    for (int i = 0; i < pl->n; i++) {
+        if (pl->b[i].trim == pl->trim) {
+            pl->b[k++] = pl->b[i];
+        } else {
+            pl->bytes -= pl->b[i].cap;
+            free(pl->b[i].ptr);
+        }
+    }
+    pl->n = k;
+    pl->trim++;
+    if (!pl->scratch_used) {
+        free(pl->scratch);
+        pl->scratch = NULL;
+        pl->scratch_cap = 0;
+    }
+    pl->scratch_used = 0;
+}
+
+/* The thread's NetHandler closes: free everything, and keep nothing given back
+ * later (a pipe released after its thread stopped pumping). */
+void ats_splice_free_all(void)
+{
+    struct ats_pool *pl = &ats_pool;
+    for (int i = 0; i < pl->n; i++)
+        free(pl->b[i].ptr);
+    free(pl->scratch);
+    memset(pl, 0, sizeof *pl);
+}
+
+int ats_splice_free_buffers(void)
+{
+    return ats_pool.n;
+}
+
+size_t ats_splice_scratch_size(void)
+{
+    return ats_pool.scratch_cap;
+}
+
 /* What one write or read step of the pump did. */
 enum ats_step {
     ATS_STEP_BLOCKED,  /* the socket would block (or nothing to do): no progress */
@@ -74,15 +208,66 @@ static enum ats_step ats_pipe_write_step(struct ats_pipe *p, uint64_t *ctr)
     return ats_pipe_step_error(p, r < 0 ? errno : EIO, 1);
 }
 
-/* One read from src into the buffer's free space (made at the first read, compacted
- * when bytes were written from its front); *got counts the bytes read this pump. */
-static enum ats_step ats_pipe_read_step(struct ats_pipe *p, uint64_t *ctr, size_t *got)
+/* Keep the n bytes at data that dst did not take (the pipe holds no buffer: they
+ * are its only unwritten bytes) in a buffer of the pipe's. */
+static enum ats_step ats_pipe_keep(struct ats_pipe *p, const char *data, size_t n)
 {
-    if (p->buf == NULL) { /* first bytes: an idle splice holds no buffer */
-        p->buf = malloc(p->cap);
+    p->buf = ats_buf_take(p->cap);
+    if (p->buf == NULL) {
+        ats_pipe_fail(p, ENOMEM, 0);
+        return ATS_STEP_FAILED;
+    }
+    memcpy(p->buf, data, n);
+    p->head = 0;
+    p->tail = n;
+    return ATS_STEP_MOVED;
+}
+
+/* n bytes just read into the scratch (the pipe holds no buffer): send them at once,
+ * and keep what dst does not take.  The stop is looked at before the send, as
+ * before any syscall; a stopped or failed pipe sends nothing more: it keeps nothing
+ * (as the bytes left in its buffer, these are never sent). */
+static enum ats_step ats_pipe_pass_on(struct ats_pipe *p, uint64_t *ctr, const char *data,
+                                      size_t n)
+{
+    size_t sent = 0;
+    enum ats_step step = ATS_STEP_MOVED;
+    if (!ats_pipe_done(p)) {
+        ssize_t r = send(p->dst_fd, data, n, MSG_NOSIGNAL);
+        ctr[ATS_CTR_WRITES]++;
+        if (r > 0) {
+            sent = (size_t)r;
+            p->nwritten += (uint64_t)r;
+            ctr[ATS_CTR_WRITE_BYTES] += (uint64_t)r;
+            p->dst_end->activity++;
+            if (sent < n)
+                p->dst_ready = 0; /* short write: the socket buffer is full */
+        } else if (ats_pipe_step_error(p, r < 0 ? errno : EIO, 1) == ATS_STEP_FAILED) {
+            step = ATS_STEP_FAILED; /* (EINTR, EAGAIN: the kept bytes go at the next write) */
+        }
+    }
+    if (sent == n || step == ATS_STEP_FAILED || ats_pipe_done(p))
+        return step;
+    return ats_pipe_keep(p, data + sent, n - sent);
+}
+
+/* Where the next read goes: the scratch while the pipe holds no byte and dst can
+ * take them at once (*scratch set), else the buffer's free space (the buffer taken
+ * from the freelist if the pipe has none, compacted if bytes were written from its
+ * front).  NULL: no memory (the pipe failed). */
+static char *ats_pipe_read_space(struct ats_pipe *p, int *scratch)
+{
+    *scratch = 0;
+    if (p->buf == NULL) { /* holds no byte: head == tail == 0 */
+        char *s = p->dst_ready ? ats_scratch(p->cap) : NULL;
+        if (s != NULL) {
+            *scratch = 1;
+            return s;
+        }
+        p->buf = ats_buf_take(p->cap);
         if (p->buf == NULL) {
             ats_pipe_fail(p, ENOMEM, 0);
-            return ATS_STEP_FAILED;
+            return NULL;
         }
     }
     if (p->head > 0) { /* compact: the unwritten bytes to the front */
@@ -90,17 +275,30 @@ static enum ats_step ats_pipe_read_step(struct ats_pipe *p, uint64_t *ctr, size_
         p->tail -= p->head;
         p->head = 0;
     }
+    return p->buf + p->tail;
+}
+
+/* One read from src (into the buffer, or the scratch, see above; the scratch's bytes
+ * are then passed on at once); *got counts the bytes read this pump. */
+static enum ats_step ats_pipe_read_step(struct ats_pipe *p, uint64_t *ctr, size_t *got)
+{
+    int scratch;
+    char *space = ats_pipe_read_space(p, &scratch);
+    if (space == NULL)
+        return ATS_STEP_FAILED;
     size_t want = p->cap - p->tail;
-    ssize_t r = read(p->src_fd, p->buf + p->tail, want);
+    ssize_t r = read(p->src_fd, space, want);
     ctr[ATS_CTR_READS]++;
     if (r > 0) {
-        p->tail += (size_t)r;
         p->nread += (uint64_t)r;
         *got += (size_t)r;
         ctr[ATS_CTR_READ_BYTES] += (uint64_t)r;
         p->src_end->activity++;
         if ((size_t)r < want && !p->src_hup)
             p->src_ready = 0; /* a short read drained the socket */
+        if (scratch)
+            return ats_pipe_pass_on(p, ctr, space, (size_t)r);
+        p->tail += (size_t)r;
         return ATS_STEP_MOVED;
     }
     if (r == 0) {
@@ -123,7 +321,7 @@ static uint32_t ats_pipe_finish(struct ats_pipe *p)
 
 /* Move bytes src -> dst until both sides would block, the buffer is full and dst
  * blocks, the source ended, or budget bytes were read.  Returns status bits. */
-static uint32_t ats_pipe_pump(struct ats_pipe *p, uint64_t *ctr)
+static uint32_t ats_pipe_pump_loop(struct ats_pipe *p, uint64_t *ctr)
 {
     uint32_t st = 0;
     size_t got = 0;
@@ -152,11 +350,12 @@ static uint32_t ats_pipe_pump(struct ats_pipe *p, uint64_t *ctr)
         } else if (p->src_ready && p->tail < p->cap) {
             if (got >= p->budget)
                 return st | ATS_SPLICE_MORE;
+            size_t before = got;
             step = ats_pipe_read_step(p, ctr, &got);
             if (step == ATS_STEP_RETRY)
                 continue;
-            if (step == ATS_STEP_FAILED)
-                return st | ATS_SPLICE_ERROR;
+            if (step == ATS_STEP_FAILED) /* (a read passed on whose send failed moved bytes) */
+                return st | ATS_SPLICE_ERROR | (got > before ? ATS_SPLICE_MOVED : 0);
             if (step == ATS_STEP_MOVED)
                 st |= ATS_SPLICE_MOVED;
             if (step == ATS_STEP_MOVED || step == ATS_STEP_PROGRESS)
@@ -167,9 +366,25 @@ static uint32_t ats_pipe_pump(struct ats_pipe *p, uint64_t *ctr)
     }
 }
 
+/* A pump, then the buffer back to the freelist if it holds no unwritten byte, on
+ * whichever path the pump returned: an idle pipe holds no memory. */
+static uint32_t ats_pipe_pump(struct ats_pipe *p, uint64_t *ctr)
+{
+    uint32_t st = ats_pipe_pump_loop(p, ctr);
+    if (p->buf != NULL && p->head == p->tail) {
+        ats_buf_give(p->buf, p->cap);
+        p->buf = NULL;
+        p->head = p->tail = 0;
+    }
+    return st;
+}
+
+/* The owner is gone: no pump runs on the pipe any more.  Its buffer goes to the
+ * calling thread's freelist (the net thread's, usually; see ats_buf_give). */
 void ats_pipe_release(struct ats_pipe *p)
 {
-    free(p->buf);
+    if (p->buf != NULL)
+        ats_buf_give(p->buf, p->cap);
     p->buf = NULL;
 }
 

@@ -6,8 +6,10 @@
  * as its data, so that ats_net_wait pumps its pipes without returning the
  * event to Python.  Python hears of an end only when something needs it (the
  * status bits below).  The pipe and end structs are Python's (ffi.new, see
- * ats_cffi/net/splice.py); a pipe's buffer is allocated here at its first
- * read and freed when Python releases the pipe.
+ * ats_cffi/net/splice.py); a pipe's buffer is native: taken from the pump's
+ * thread's freelist when bytes must wait for the sink, given back as soon as the
+ * pipe holds none (an idle pipe holds no buffer), and trimmed by the thread's
+ * InactivityCop (ats_splice_trim).
  *
  * Threads: a pipe is pumped only on its NetHandler's thread, which alone
  * touches its fields, except `done`: any thread may stop a pipe (a close), so
@@ -45,7 +47,7 @@ struct ats_splice_end;
 struct ats_pipe {
     int src_fd;
     int dst_fd;
-    char *buf;      /* cap bytes, malloc'ed at the first read, freed by ats_pipe_release */
+    char *buf;      /* cap bytes while it holds unwritten ones, else NULL (see the .c) */
     size_t cap;
     size_t head;    /* first byte not yet written */
     size_t tail;    /* one past the last byte read */
@@ -77,9 +79,20 @@ struct ats_splice_end {
 void ats_pipe_stop(struct ats_pipe *p);
 /* Nonzero once the pipe finished, failed or was stopped. */
 int ats_pipe_done(struct ats_pipe *p);
-/* Free the pipe's buffer (its owner is gone: no pump can run on it any more). */
+/* Give the pipe's buffer back (its owner is gone: no pump can run on it any more):
+ * to the calling thread's freelist if that thread pumps, else free() it. */
 void ats_pipe_release(struct ats_pipe *p);
 uint32_t ats_splice_end_event(struct ats_splice_end *end, uint32_t mask, uint64_t *ctr);
 int ats_net_wait(int epfd, struct epoll_event *evs, int maxevents, int timeout,
                  uint64_t *tokens, uint32_t *masks, uint64_t *notify, int *nnotify,
                  uint64_t *ctr);
+
+/* The calling thread's pipe buffers (its freelist, and the scratch its pumps read
+ * into while a pipe holds nothing).  ats_splice_trim, at each InactivityCop run,
+ * frees what was not needed since the previous run; ats_splice_free_all frees all
+ * of it (the thread's NetHandler closes).  The two others are for tests: the
+ * freelist's length, and the scratch's size (0: none). */
+void ats_splice_trim(void);
+void ats_splice_free_all(void);
+int ats_splice_free_buffers(void);
+size_t ats_splice_scratch_size(void);

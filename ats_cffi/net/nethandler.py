@@ -408,7 +408,7 @@ class NetHandler(Continuation):
         for vc in list(self.open_list):
             vc.closed = vc.closed or 1
             self.free_netevent(vc)
-        self.splice.fold_counters()
+        self.splice.close()
         self.signal_io.stop()
         self.poll_cont.close()
         net_stats.retire(self.stats)

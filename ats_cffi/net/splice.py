@@ -5,6 +5,9 @@ and what ``b`` sends to ``a``. ``Splice(cont, a)`` joins ``a`` to itself: an ech
 direction is a *pipe* (``struct ats_pipe``): a buffer of ``buffer_size`` bytes that the
 source's reads fill and the sink's writes drain. Reading stops while the buffer is full
 (back-pressure: memory stays bounded by a slow sink) and resumes when the sink takes bytes.
+The buffer is held only while bytes wait for the sink: what the sink takes at once goes
+through the thread's one scratch buffer, and a drained buffer goes back to the thread's
+freelist, which the InactivityCop trims. An idle splice holds no buffer.
 
 Why native. With a Python continuation, every transfer costs a READ_READY and a
 WRITE_READY event, two VIO re-enables and two mutex round trips (DESIGN.md section 5); a
@@ -90,6 +93,7 @@ _CTR_COUNT: Final[int] = lib.ATS_CTR_COUNT
 # is set and read through these, never as a field.
 _pipe_stop: Final = lib.ats_pipe_stop
 _pipe_done: Final = lib.ats_pipe_done
+_trim: Final = lib.ats_splice_trim
 
 
 class SpliceDriver:
@@ -175,15 +179,26 @@ class SpliceDriver:
                 c[i] = 0
 
     def before_cop(self, now: float) -> None:
-        """The InactivityCop's run: fold the counters, and push the inactivity deadline of
-        every spliced VC whose bytes moved (natively: no read or write step saw them) since
-        the last run."""
+        """The InactivityCop's run: fold the counters, push the inactivity deadline of every
+        spliced VC whose bytes moved (natively: no read or write step saw them) since the
+        last run, and free the thread's pipe buffers that no pipe needed since then."""
         self.fold_counters()
+        _trim()
         for end in self.ends:
             activity: int = end.c.activity
             if activity != end.seen_activity:
                 end.seen_activity = activity
                 end.vc.net_activity(now)
+
+    def close(self) -> None:
+        """The NetHandler closes (``NetHandler.close``): fold the counters, and free the
+        thread's pipe buffers. Those are per OS thread, and the close runs on the net
+        thread as it ends (``EThread._release``, from its loop's ``finally``); called from
+        another thread (an EThread that never started, released by ``join``), it must not
+        free that thread's: no pipe of this handler ever ran there anyway."""
+        self.fold_counters()
+        if self.nh.thread.tid == threading.get_ident():
+            lib.ats_splice_free_all()
 
     def start_io_failed(self, end: SpliceEnd, err: int) -> None:
         """``end``'s socket could not be registered: no byte will move on it."""
@@ -193,7 +208,7 @@ class SpliceDriver:
         """``end``'s VC was freed (``NetHandler.free_netevent``): no pipe may touch its fd
         again. Once no VC of the splice is left, nothing reaches the splice any more: its
         reference cycles (ends, handler) are cut, so that it and its native pipe buffers are
-        freed as soon as its owner lets go, not by the cyclic collector some time later."""
+        released as soon as its owner lets go, not by the cyclic collector some time later."""
         self.ends.discard(end)
         splice = end.splice
         splice.vc_closed()
@@ -281,8 +296,8 @@ class Splice(Continuation):
         # Pipes: a -> b and b -> a, or a -> a. The structs are Python's: the ends and the
         # VCs keep them alive while the sockets are registered, and only the net thread
         # drops the last reference (free_netevent), never during a pump. A pipe's buffer is
-        # allocated natively at its first read (an idle splice costs no buffer memory) and
-        # freed with the struct.
+        # native: taken from the thread's freelist only while bytes wait for the sink, and
+        # given back as soon as none do (an idle splice holds no buffer), or with the struct.
         self.pipes: list[Any] = []
         for src, dst in self._pipe_ends():
             src_triggered, src_hup, src_error, _ = state[src]
