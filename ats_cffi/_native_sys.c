@@ -132,6 +132,29 @@ ssize_t ats_write_all(int fd, const char *base, size_t off, size_t len, ssize_t 
     return (ssize_t)done;
 }
 
+/* One readv into n (base, off, len) blocks (at most ATS_IOV_MAX), retried on
+ * EINTR: the bytes read (>= 0).  *last is readv's result: > 0, 0 for EOF, or
+ * -errno.  The caller reads again while the blocks come back full. */
+ssize_t ats_readv_blocks(int fd, char **bases, size_t *offs, size_t *lens, int n,
+                         ssize_t *last)
+{
+    struct iovec iov[ATS_IOV_MAX];
+    if (n > ATS_IOV_MAX)
+        n = ATS_IOV_MAX;
+    for (int i = 0; i < n; i++) {
+        iov[i].iov_base = bases[i] + offs[i];
+        iov[i].iov_len = lens[i];
+    }
+    ssize_t r;
+    do
+        r = readv(fd, iov, n);
+    while (r < 0 && errno == EINTR);
+    if (r < 0)
+        r = -errno;
+    *last = r;
+    return r > 0 ? r : 0;
+}
+
 /* writev of n (base, off, len) blocks, ATS_IOV_MAX at a time, repeated until all
  * bytes are written, EAGAIN or an error.  Same *last convention as ats_write_all.
  * SIGPIPE is avoided by sendmsg(MSG_NOSIGNAL). */

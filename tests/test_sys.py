@@ -301,6 +301,25 @@ def test_read_fill_reads_until_again_into_a_preallocated_block(pair) -> None:
     assert s.read_fill(a.fileno(), base, 0, 64) == (0, 0)  # EOF
 
 
+def test_readv_blocks_reads_once_across_blocks_and_reports_again_and_eof(pair) -> None:
+    a, b = pair
+    blocks = [bytearray(8), bytearray(16), bytearray(16)]
+    bases = ffi.new("char *[]", [ffi.from_buffer(x) for x in blocks])
+    offs = ffi.new("size_t[]", [5, 0, 0])
+    lens = ffi.new("size_t[]", [3, 16, 16])
+    last = ffi.new("ssize_t *")
+    b.send(b"abcdefghijklmnopqrstu")  # 21 bytes: the first block's 3, then 16, then 2
+    assert lib.ats_readv_blocks(a.fileno(), bases, offs, lens, 3, last) == 21
+    assert last[0] == 21
+    assert bytes(blocks[0][5:]) == b"abc" and bytes(blocks[1]) == b"defghijklmnopqrs"
+    assert bytes(blocks[2][:2]) == b"tu"
+    assert lib.ats_readv_blocks(a.fileno(), bases, offs, lens, 3, last) == 0
+    assert last[0] == s.AGAIN
+    b.close()
+    assert lib.ats_readv_blocks(a.fileno(), bases, offs, lens, 3, last) == 0
+    assert last[0] == 0  # EOF
+
+
 def test_write_block_and_writev_blocks_write_from_preallocated_memory(pair) -> None:
     a, b = pair
     blocks = [bytearray(b"__hello"), bytearray(b"world__")]

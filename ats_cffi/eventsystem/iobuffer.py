@@ -275,6 +275,15 @@ class MIOBuffer:
         self._tail.end += n
         self._written += n
 
+    def append_filled(self, b: IOBufferBlock, n: int) -> None:
+        """Trusted: link ``b`` (empty, from the freelist) after the tail, which the same
+        native read filled first, with its first ``n`` bytes written (a ``readv`` over
+        several blocks, net/vcio.py). No check."""
+        self._tail.next = b
+        b.end = n
+        self._tail = b
+        self._written += n
+
     def fill(self, n: Any) -> None:
         """Commit ``n`` bytes that were written into the tail block's free space.
 

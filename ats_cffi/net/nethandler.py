@@ -41,7 +41,12 @@ from ats_cffi._native import ffi, lib
 from ats_cffi.eventsystem import codes as _codes
 from ats_cffi.eventsystem.continuation import Continuation
 from ats_cffi.eventsystem.ethread import EThread, this_ethread
-from ats_cffi.eventsystem.ioblock import adopt_thread_pool, new_thread_pool, trim_pools
+from ats_cffi.eventsystem.ioblock import (
+    IOBufferBlock,
+    adopt_thread_pool,
+    new_thread_pool,
+    trim_pools,
+)
 from ats_cffi.eventsystem.mutex import ProxyMutex
 from ats_cffi.net import codes as _ncodes
 from ats_cffi.net import stats as st
@@ -122,6 +127,8 @@ class NetHandler(Continuation):
         #: The thread's IOBuffer block freelist (ioblock.py), handed to the buffers by the
         #: byte moves; the thread's own from its first event (``start_net_event``).
         self.pool = new_thread_pool()
+        #: The blocks a multi-block read takes before its ``readv`` (vcio.py), reused.
+        self.read_blocks: list[IOBufferBlock] = []
         self.signal_io = EventIO(EVENTIO_ASYNC_SIGNAL, thread)
         #: This thread's spliced ends (net/splice.py).
         self.splice = SpliceDriver(self)

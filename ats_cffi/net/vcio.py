@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 from ats_cffi import sys as _sys
 from ats_cffi._native import lib
+from ats_cffi.eventsystem.ioblock import IOBufferBlock, give_block, take_block
 from ats_cffi.eventsystem.iobuffer import IOBufferReader, MIOBuffer
 from ats_cffi.net import stats as st
 
@@ -29,6 +30,7 @@ _AGAIN: Final[int] = _sys.AGAIN
 #: Blocks gathered into one ``writev`` (the C helper's ``iovec`` array has as many).
 IOV_MAX: Final[int] = lib.ATS_IOV_MAX
 _read_fill: Final = lib.ats_read_fill
+_readv_blocks: Final = lib.ats_readv_blocks
 _write_all: Final = lib.ats_write_all
 _writev_blocks: Final = lib.ats_writev_blocks
 _CALLS_TO_READ: Final = st.CALLS_TO_READ
@@ -52,6 +54,10 @@ def read_into_buffer(
     second ``read()`` just to see EAGAIN (libuv does the same). The caller clears it once a
     hang-up was reported: data and FIN can share one edge, and then only reading on to EOF
     reveals the FIN.
+
+    A read that filled its block suggests more is waiting (a message larger than a block):
+    the next read is one ``readv`` into the tail and as many new blocks as the water mark
+    allows (``_readv_into``), not one ``read`` per block.
     """
     stats = nh.stats
     lastp = nh.last
@@ -66,10 +72,15 @@ def read_into_buffer(
         toread = t.size - end
         if toread > limit - total:
             toread = limit - total
-        r: int = _read_fill(fd, t.cdata, end, toread, stop_short, lastp)
+        r: int
+        if total and toread < limit - total and buf.max_read_avail() + toread <= buf.water_mark:
+            r, toread = _readv_into(nh, fd, buf, t, toread, limit - total)
+        else:
+            r = _read_fill(fd, t.cdata, end, toread, stop_short, lastp)
+            if r > 0:
+                buf.commit(r)
         stats[_CALLS_TO_READ] += 1
         if r > 0:
-            buf.commit(r)
             total += r
             if r == toread:
                 continue  # every read was whole: the socket may hold more
@@ -88,6 +99,49 @@ def read_into_buffer(
         if last == _AGAIN:
             stats[_CALLS_TO_READ_NODATA] += 1
     return total, last
+
+
+def _readv_into(
+    nh: NetHandler, fd: int, buf: MIOBuffer, t: IOBufferBlock, first: int, left: int
+) -> tuple[int, int]:
+    """One ``readv`` into the ``first`` free bytes of tail block ``t`` and into new blocks
+    after it, up to ``left`` bytes, adding a block while no more than the water mark would
+    wait if the ones before it filled (as ``writable_block_if_room`` adds them one by one).
+    Commits what was read, gives the blocks it did not reach back. Returns ``(bytes read,
+    bytes asked)``."""
+    pool = nh.pool
+    bases = nh.iov_bases
+    offs = nh.iov_offs
+    lens = nh.iov_lens
+    bases[0] = t.cdata
+    offs[0] = t.end
+    lens[0] = first
+    want = first
+    room = buf.water_mark - buf.max_read_avail()
+    size = buf.block_size
+    extra = nh.read_blocks
+    n = 1
+    while want < left and want <= room and n < IOV_MAX:
+        b = take_block(size, pool)
+        k = size if size < left - want else left - want
+        bases[n] = b.cdata
+        offs[n] = 0
+        lens[n] = k
+        extra.append(b)
+        want += k
+        n += 1
+    r: int = _readv_blocks(fd, bases, offs, lens, n, nh.last)
+    rest = r - first
+    buf.commit(r if rest < 0 else first)
+    for b in extra:
+        if rest > 0:
+            k = rest if rest < size else size
+            buf.append_filled(b, k)
+            rest -= k
+        else:
+            give_block(b, pool)
+    extra.clear()
+    return r, want
 
 
 def write_from_reader(

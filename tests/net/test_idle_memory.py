@@ -1,6 +1,6 @@
-"""What an idle connection keeps: after carrying a message its buffers hold no block (the
-block went back to its net thread's freelist), and the InactivityCop trims that freelist
-once nothing needs it."""
+"""What a connection's buffers hold: after carrying a message, no block (the block went back
+to its net thread's freelist, which the InactivityCop trims once nothing needs it); while a
+message larger than a block arrives, blocks filled by one readv rather than a read each."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from typing import Any
 
 from ats_cffi.eventsystem import Continuation, ProxyMutex
 from ats_cffi.eventsystem.ioblock import thread_pool
+from ats_cffi.net import net_stats
 
-from .conftest import COP, Echo, client, recv_exactly, wait_until
+from .conftest import COP, Echo, client, payload_of, recv_exactly, wait_until
+
+CALLS_TO_READ = "proxy.process.net.calls_to_read"
 
 
 def free_blocks_on(thread: Any) -> int:
@@ -50,10 +53,32 @@ def test_an_echo_connection_that_carried_a_message_holds_no_block(fake_listen, f
         c.sendall(b"y" * 5000)  # spans two blocks: the pooled one is taken again
         assert recv_exactly(c, 5000) == b"y" * 5000
         assert wait_until(lambda: reader.first_block()[0].size == 0)
-        assert free_blocks_on(thread) == 2
+        # Back: the two blocks it filled, and the one its readv reserved and did not need.
+        assert free_blocks_on(thread) == 3
         # Two cop runs: the first marks, the second drops what no read needed since.
         fake_clock.advance(COP)
         fake_clock.advance(COP)
         assert free_blocks_on(thread) == 0
         c.sendall(b"z")
         assert recv_exactly(c, 1) == b"z"
+
+
+def test_a_message_larger_than_a_block_is_read_with_one_readv_not_a_read_per_block(
+    fake_listen,
+) -> None:
+    # 100 KiB through 4 KiB blocks under a 256 KiB water mark: a read per block would be
+    # 25 of them; after the first read fills its block, one readv takes the rest (one per
+    # arrival of the message's segments).
+    echoes: list[Echo] = []
+    _, acceptor, port = fake_listen(
+        lambda vc: echoes.append(Echo(vc, block_size=4096, water_mark=256 * 1024))
+    )
+    data = payload_of(100 * 1024)
+    with client(port) as c:
+        acceptor.wait()
+        before = net_stats.get(CALLS_TO_READ)
+        c.sendall(data)
+        assert recv_exactly(c, len(data)) == data
+        assert net_stats.get(CALLS_TO_READ) - before < 12
+        reader = echoes[0].wvio.buffer
+        assert wait_until(lambda: reader.first_block()[0].size == 0)  # every block given back
