@@ -14,6 +14,7 @@ This file is read by ``build_ffi.py`` too, without importing the package: keep i
 MODULES = (
     "ats_cffi.eventsystem.continuation",
     "ats_cffi.eventsystem.mutex",
+    "ats_cffi.eventsystem.threadcache",
     "ats_cffi.eventsystem.ioblock",
     "ats_cffi.eventsystem.iobuffer",
     "ats_cffi.eventsystem.iocopy",

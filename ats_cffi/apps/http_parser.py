@@ -11,10 +11,11 @@ client; one that failed, or saw a close or an upgrade, is dropped with its sessi
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Final
 
 import httptools
+
+from ats_cffi.eventsystem.threadcache import ThreadCache
 
 if TYPE_CHECKING:
     from ats_cffi.apps.http import HttpSession
@@ -48,13 +49,11 @@ class ParserLink:
         self.session.on_message_complete()  # type: ignore[union-attr]
 
 
-_tls: Final = threading.local()
+_pools: Final = ThreadCache(list)
 
 
 def _pool() -> list[ParserLink]:
-    pool: list[ParserLink] | None = getattr(_tls, "parsers", None)
-    if pool is None:
-        pool = _tls.parsers = []
+    pool: list[ParserLink] = _pools.get()
     return pool
 
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Final
 
+from ats_cffi.eventsystem.threadcache import ThreadCache
+
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "GLOBAL_POOL_BYTES",
@@ -52,9 +54,9 @@ POOL_MAX_SHIFT: Final = 21
 #: Most free blocks a pool keeps of one size, however small.
 POOL_MAX_BLOCKS: Final = 1024
 #: Bytes of free blocks a thread's pool keeps per size (at least 4 blocks).
-THREAD_POOL_BYTES: Final = 2 * 1024 * 1024
+THREAD_POOL_BYTES: Final = 32 * 1024 * 1024
 #: Bytes of free blocks the global pool keeps per size (at least 16 blocks).
-GLOBAL_POOL_BYTES: Final = 8 * 1024 * 1024
+GLOBAL_POOL_BYTES: Final = 32 * 1024 * 1024
 _EMPTY: Final = bytearray()
 _EMPTY_VIEW: Final = memoryview(_EMPTY)
 #: The native extension's ``ffi``, imported at the first ``IOBufferBlock.cdata``.
@@ -207,7 +209,6 @@ class BlockPool:
         return sum(len(free) for free in self.lists)
 
 
-_tls: Final = threading.local()
 _global: Final = BlockPool(GLOBAL_POOL_BYTES, 16)
 _global_lock: Final = threading.Lock()
 
@@ -217,17 +218,18 @@ def new_thread_pool() -> BlockPool:
     return BlockPool(THREAD_POOL_BYTES, 4)
 
 
+_pools: Final = ThreadCache(new_thread_pool)
+
+
 def adopt_thread_pool(pool: BlockPool) -> None:
     """Make ``pool`` the calling thread's pool (a NetHandler's, at its thread's start: the
-    net path then hands it to the buffers, without a thread-local lookup per block)."""
-    _tls.pool = pool
+    net path then hands it to the buffers, without looking it up per block)."""
+    _pools.set(pool)
 
 
 def thread_pool() -> BlockPool:
     """The calling thread's pool (made at its first use)."""
-    pool: BlockPool | None = getattr(_tls, "pool", None)
-    if pool is None:
-        pool = _tls.pool = new_thread_pool()
+    pool: BlockPool = _pools.get()
     return pool
 
 

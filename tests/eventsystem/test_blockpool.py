@@ -148,8 +148,10 @@ def test_a_full_thread_pool_overflows_to_the_global_one_then_drops() -> None:
 def test_a_thread_with_an_empty_pool_takes_from_the_global_one() -> None:
     given: list[IOBufferBlock] = []
 
+    cap = thread_pool().caps[SIZE.bit_length() - 1 - ioblock.POOL_MIN_SHIFT]  # any thread's
+
     def overflow() -> None:  # another thread fills its pool, then the global one
-        for _ in range(THREAD_POOL_BYTES // SIZE + 2):
+        for _ in range(cap + 2):
             b = IOBufferBlock(SIZE)
             given.append(b)
             give_block(b)
