@@ -255,7 +255,7 @@ class Splice(Continuation):
         buffer_size: int = DEFAULT_BUFFER_SIZE,
     ) -> None:
         check_continuation("Splice", cont)
-        vcs = [a] if b is None or b is a else [a, b]
+        vcs: tuple[UnixNetVConnection, ...] = (a,) if b is None or b is a else (a, b)
         for name, vc in zip(("a", "b"), vcs):
             if not isinstance(vc, UnixNetVConnection):
                 raise TypeError(f"Splice: {name} must be a UnixNetVConnection")
@@ -289,8 +289,8 @@ class Splice(Continuation):
         self.closed = False
         #: An event for ``cont`` that could not be delivered yet (its mutex was busy).
         self.pending_event = 0
-        self.set_handler(self.vc_event)
-        self.ends = [SpliceEnd(vc, self) for vc in vcs]
+        # (Tuples, and no handler set: ``handle_event``; fewer objects per splice.)
+        self.ends: tuple[SpliceEnd, ...] = tuple([SpliceEnd(vc, self) for vc in vcs])
         # Each VC's edge state, which its pipes start from (it hands its pending error over).
         state = {end: end.vc.start_splice(end) for end in self.ends}
         # Pipes: a -> b and b -> a, or a -> a. The structs are Python's: the ends and the
@@ -298,7 +298,7 @@ class Splice(Continuation):
         # drops the last reference (free_netevent), never during a pump. A pipe's buffer is
         # native: taken from the thread's freelist only while bytes wait for the sink, and
         # given back as soon as none do (an idle splice holds no buffer), or with the struct.
-        self.pipes: list[Any] = []
+        pipes: list[Any] = []
         for src, dst in self._pipe_ends():
             src_triggered, src_hup, src_error, _ = state[src]
             p = ffi.gc(ffi.new("struct ats_pipe *"), lib.ats_pipe_release)
@@ -317,7 +317,8 @@ class Splice(Continuation):
             p.dst_end = dst.c
             setattr(src.c, "in", p)  # a Python keyword as a C field name
             dst.c.out = p
-            self.pipes.append(p)
+            pipes.append(p)
+        self.pipes: tuple[Any, ...] = tuple(pipes)
         driver = nh.splice
         for end in self.ends:
             tag = SPLICE_TAG | int(ffi.cast("uintptr_t", end.c))
@@ -384,6 +385,14 @@ class Splice(Continuation):
         except Exception:
             log.exception("handler of %r raised on event %d: closing the splice", self, event)
             self.close()
+
+    def handle_event(self, event: int = 0, data: Any = None) -> Any:
+        """The VCs' events go to ``vc_event`` (no bound method is kept per splice for it);
+        once the splice is released, to its ``freed_handler``."""
+        h = self.handler
+        if h is None:
+            return self.vc_event(event, data)
+        return h(event, data)
 
     def vc_event(self, event: int, vio: Any) -> int:
         """Events of the VCs' VIOs: the InactivityCop's timeouts (mutex held)."""
