@@ -26,6 +26,7 @@ from http_peers import HttpProtocol
 from ats_cffi.apps.http import HttpService, HttpSession
 from ats_cffi.eventsystem import VIO, VIOOp
 from ats_cffi.eventsystem.codes import VC_EVENT_READ_READY, VC_EVENT_WRITE_COMPLETE
+from ats_cffi.eventsystem.ioblock import thread_pool
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: bench\r\n\r\n"
 HELLO = b"Hello, World!"
@@ -91,12 +92,13 @@ def ats_request(loops: int) -> float:
     wvio.ndone = wvio.nbytes
     handle(VC_EVENT_WRITE_COMPLETE, wvio)
     n = len(REQUEST)
+    pool = thread_pool()  # the net core hands its thread's pool to the buffers (vcio.py)
     t0 = time.perf_counter()
     for _ in range(loops):
-        rvio.ndone += rbuf.write(REQUEST)
+        rvio.ndone += rbuf.write(REQUEST, pool)
         handle(VC_EVENT_READ_READY, rvio)
         k = wvio.nbytes - wvio.ndone
-        reader.consume(k)
+        reader.advance(k, pool)  # as vcio.write_from_reader, after the bytes went out
         wvio.ndone += k
         handle(VC_EVENT_WRITE_COMPLETE, wvio)
     dt = time.perf_counter() - t0

@@ -42,7 +42,7 @@ import httptools
 from librt.time import time as _time
 from mypy_extensions import mypyc_attr
 
-from ats_cffi.apps.http_parser import ParserLink, give_parser, take_parser
+from ats_cffi.apps.http_parser import ParserLink, give_parser, parser_pool, take_parser
 from ats_cffi.apps.http_responses import (
     CLOSE,
     HTTP_ROUTES,
@@ -58,6 +58,7 @@ from ats_cffi.apps.http_responses import (
 )
 from ats_cffi.apps.service import WATER_MARK, Service, Session
 from ats_cffi.eventsystem import INT64_MAX, VIO, EventCode, MIOBuffer
+from ats_cffi.eventsystem.ioblock import thread_pool
 from ats_cffi.net.codes import IO_SHUTDOWN_WRITE
 from ats_cffi.net.config import NetConfig, Record
 
@@ -203,6 +204,10 @@ class HttpSession(Session):
         #: This thread's block of the service's counters (the session runs on its VC's
         #: thread, where it is made).
         self.counts = counts = service.stats.per_thread.counts
+        #: This thread's block and parser pools, looked up once per session: a request
+        #: takes and gives back a block of each buffer and a parser.
+        self.pool = thread_pool()
+        self.parsers = parser_pool()
         counts[_I_TOTAL] += 1
         counts[_I_CURRENT] += 1
         service.add_session(self)
@@ -259,7 +264,7 @@ class HttpSession(Session):
         avail = reader.read_avail()
         link = self.link
         if link is None and avail:
-            link = self.link = take_parser(self)
+            link = self.link = take_parser(self, self.parsers)
         while (
             avail and not self.closing and (wvio is None or self.queued - wvio.ndone <= WATER_MARK)
         ):
@@ -282,7 +287,7 @@ class HttpSession(Session):
                     self.respond(400, TEXT, b"Bad Request\n", keep_alive=False, head=False)
                 self.client_closes = False  # bytes came after the last request: linger
             n = end - off
-            reader.advance(n)  # consume(n), unchecked: n <= read_avail() by construction
+            reader.advance(n, self.pool)  # consume(n), unchecked: n <= read_avail()
             avail -= n
             if self.in_request and not self.closing:
                 # A request spans blocks (rare): bound its head (the module doc).
@@ -297,7 +302,7 @@ class HttpSession(Session):
             self.begin_transaction_timeouts()
         if link is not None and not avail and not self.in_request and not self.closing:
             self.link = None
-            give_parser(link)  # idle between requests: no parser held
+            give_parser(link, self.parsers)  # idle between requests: no parser held
         if self.closing or (self.peer_eos and not avail):
             self.finish()
         elif wvio is not None and wvio.nbytes != self.queued:
@@ -406,7 +411,7 @@ class HttpSession(Session):
                     response = cache.head_close if head else cache.get_close
                     self.closing = True
                 wbuf = self.wbuf if self.wbuf is not None else self.open_write()
-                self.queued += wbuf.write(response)
+                self.queued += wbuf.write(response, self.pool)
                 return
             else:
                 status, ctype, body = route(service)
@@ -438,7 +443,7 @@ class HttpSession(Session):
             self.closing = True
         head_bytes = response_head(status, ctype, len(body), http_date(), extra, conn)
         wbuf = self.wbuf if self.wbuf is not None else self.open_write()
-        self.queued += wbuf.write(head_bytes if head else head_bytes + body)
+        self.queued += wbuf.write(head_bytes if head else head_bytes + body, self.pool)
 
     # ------------------------------------------------------------------ closing
 

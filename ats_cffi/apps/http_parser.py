@@ -20,7 +20,7 @@ from ats_cffi.eventsystem.threadcache import ThreadCache
 if TYPE_CHECKING:
     from ats_cffi.apps.http import HttpSession
 
-__all__ = ["POOL_MAX", "ParserLink", "give_parser", "pooled_parsers", "take_parser"]
+__all__ = ["POOL_MAX", "ParserLink", "give_parser", "parser_pool", "pooled_parsers", "take_parser"]
 
 #: Most idle parsers a thread keeps (more are freed).
 POOL_MAX: Final = 256
@@ -52,28 +52,28 @@ class ParserLink:
 _pools: Final = ThreadCache(list)
 
 
-def _pool() -> list[ParserLink]:
+def parser_pool() -> list[ParserLink]:
+    """The calling thread's pool of idle parsers (a session keeps it: it runs on one
+    thread)."""
     pool: list[ParserLink] = _pools.get()
     return pool
 
 
-def take_parser(session: HttpSession) -> ParserLink:
-    """A parser for ``session``: from the calling thread's pool, else a new one."""
-    pool = _pool()
+def take_parser(session: HttpSession, pool: list[ParserLink]) -> ParserLink:
+    """A parser for ``session``: from ``pool`` (its thread's), else a new one."""
     link = pool.pop() if pool else ParserLink()
     link.session = session
     return link
 
 
-def give_parser(link: ParserLink) -> None:
+def give_parser(link: ParserLink, pool: list[ParserLink]) -> None:
     """``link``'s session is idle between requests (the module doc): its parser goes back to
-    the thread's pool, or is freed when the pool is full."""
+    ``pool`` (its thread's), or is freed when the pool is full."""
     link.session = None
-    pool = _pool()
     if len(pool) < POOL_MAX:
         pool.append(link)
 
 
 def pooled_parsers() -> int:
     """How many idle parsers the calling thread's pool holds."""
-    return len(_pool())
+    return len(parser_pool())

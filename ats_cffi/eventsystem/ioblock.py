@@ -140,17 +140,14 @@ class IOBufferBlock:
         return f"<IOBufferBlock size={self.size} start={self.start} end={self.end}>"
 
 
+_NSIZES: Final = POOL_MAX_SHIFT - POOL_MIN_SHIFT + 1
+#: Pooled size -> its pool list (one dict lookup per block taken or given).
+_INDEX: Final[dict[int, int]] = {1 << (POOL_MIN_SHIFT + i): i for i in range(_NSIZES)}
+
+
 def _index(size: int) -> int:
     """The pool list of a block size: 0.. for the pooled sizes, -1 for any other."""
-    if size & (size - 1) or size == 0:
-        return -1
-    shift = size.bit_length() - 1
-    if shift < POOL_MIN_SHIFT or shift > POOL_MAX_SHIFT:
-        return -1
-    return shift - POOL_MIN_SHIFT
-
-
-_NSIZES: Final = POOL_MAX_SHIFT - POOL_MIN_SHIFT + 1
+    return _INDEX.get(size, -1)
 
 
 class BlockPool:

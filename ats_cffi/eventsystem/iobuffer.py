@@ -144,9 +144,14 @@ class MIOBuffer:
         b = take_block(self._block_size, pool)
         t = self._tail
         if t is _NO_BLOCK:  # the buffer held no block: whoever stood on none starts here
-            for r in self._all_readers():
-                r._block = b
-                r._off = 0
+            one = self._one
+            if one is not None:
+                one._block = b
+                one._off = 0
+            elif self._many is not None:
+                for r in self._many:
+                    r._block = b
+                    r._off = 0
             if self._head is _NO_BLOCK:
                 self._head_off = 0
                 self._head = b
@@ -174,8 +179,9 @@ class MIOBuffer:
         r._off = 0
         self._tail = _NO_BLOCK
 
-    def write(self, data: Any) -> int:
-        """Copy all of the bytes-like ``data`` into the chain, adding blocks as needed.
+    def write(self, data: Any, pool: BlockPool | None = None) -> int:
+        """Copy all of the bytes-like ``data`` into the chain, adding blocks as needed (from
+        ``pool``: the calling thread's; None looks it up).
 
         Returns the number of bytes written. Raises TypeError if data is not bytes-like.
         """
@@ -183,6 +189,11 @@ class MIOBuffer:
         e = t.end
         if type(data) is bytes or type(data) is bytearray:
             n = len(data)
+            if e == t.size and 0 < n <= self._block_size:
+                # The tail is full (or the buffer holds no block, the usual state between
+                # messages): a new block takes the write whole.
+                t = self._add_block(pool)
+                e = 0
             # Fast path: the whole write fits in the tail block. (Slice-assigning into the
             # block's memoryview costs about a third of doing it into the bytearray.)
             if n <= t.size - e:
@@ -207,7 +218,7 @@ class MIOBuffer:
         while done < n:
             free = t.size - e
             if free == 0:
-                t = self._add_block()
+                t = self._add_block(pool)
                 e = 0
                 free = t.size
             k = n - done
