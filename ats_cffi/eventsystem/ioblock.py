@@ -39,6 +39,7 @@ __all__ = [
     "adopt_thread_pool",
     "give_block",
     "new_thread_pool",
+    "pool_index",
     "take_block",
     "thread_pool",
     "trim_pools",
@@ -82,7 +83,7 @@ class IOBufferBlock:
     done on the Python side.
     """
 
-    __slots__ = ("data", "size", "start", "end", "next", "view", "lent", "_cdata")
+    __slots__ = ("data", "size", "start", "end", "next", "view", "lent", "index", "_cdata")
 
     def __init__(self, size: Any) -> None:
         """Allocate a zeroed block of ``size`` bytes, empty.
@@ -104,6 +105,8 @@ class IOBufferBlock:
         self.next: IOBufferBlock | None = None
         #: Its memory was lent out as a view: never pooled (the module doc).
         self.lent = False
+        #: Its pool list (``pool_index``), found once.
+        self.index = pool_index(size)
         self._cdata: Any = None
         if size == 0:
             # The empty block every MIOBuffer starts its chain with holds no byte: all of
@@ -145,7 +148,7 @@ _NSIZES: Final = POOL_MAX_SHIFT - POOL_MIN_SHIFT + 1
 _INDEX: Final[dict[int, int]] = {1 << (POOL_MIN_SHIFT + i): i for i in range(_NSIZES)}
 
 
-def _index(size: int) -> int:
+def pool_index(size: int) -> int:
     """The pool list of a block size: 0.. for the pooled sizes, -1 for any other."""
     return _INDEX.get(size, -1)
 
@@ -230,10 +233,12 @@ def thread_pool() -> BlockPool:
     return pool
 
 
-def take_block(size: int, pool: BlockPool | None = None) -> IOBufferBlock:
+def take_block(size: int, pool: BlockPool | None = None, i: int = -2) -> IOBufferBlock:
     """An empty block of ``size`` bytes (an int in 1..MAX_BLOCK_SIZE): from ``pool`` (the
-    calling thread's: None looks it up), else the global one, else newly allocated."""
-    i = _index(size)
+    calling thread's: None looks it up), else the global one, else newly allocated. ``i``:
+    ``pool_index(size)`` if the caller keeps it (a buffer does), else found here."""
+    if i == -2:
+        i = pool_index(size)
     if i >= 0:
         b = (pool if pool is not None else thread_pool()).pop(i)
         if b is not None:
@@ -252,7 +257,7 @@ def give_block(b: IOBufferBlock, pool: BlockPool | None = None) -> None:
     is not pooled, or both are full (then it is freed when the last reference goes)."""
     if b.lent:
         return
-    i = _index(b.size)
+    i = b.index
     if i < 0 or (pool if pool is not None else thread_pool()).push(i, b):
         return
     with _global_lock:

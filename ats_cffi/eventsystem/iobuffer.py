@@ -39,6 +39,7 @@ from ats_cffi.eventsystem.ioblock import (
     IOBufferBlock,
     check_int,
     give_block,
+    pool_index,
     take_block,
 )
 from ats_cffi.eventsystem.iocopy import copy_into, read_bytes
@@ -70,6 +71,7 @@ class MIOBuffer:
 
     __slots__ = (
         "_block_size",
+        "_pool_index",
         "_water_mark",
         "_tail",
         "_written",
@@ -92,6 +94,7 @@ class MIOBuffer:
         if not 0 < block_size <= MAX_BLOCK_SIZE:
             raise ValueError(f"block_size must be between 1 and {MAX_BLOCK_SIZE}, got {block_size}")
         self._block_size: int = block_size
+        self._pool_index = pool_index(block_size)  # where its blocks come from and go back
         if water_mark.__class__ is not int or water_mark < 0:
             _check_water_mark(water_mark)  # raises unless an int subclass >= 0
         self._water_mark: int = water_mark
@@ -141,7 +144,7 @@ class MIOBuffer:
     # -- writer side ---------------------------------------------------------------------
 
     def _add_block(self, pool: BlockPool | None = None) -> IOBufferBlock:
-        b = take_block(self._block_size, pool)
+        b = take_block(self._block_size, pool, self._pool_index)
         t = self._tail
         if t is _NO_BLOCK:  # the buffer held no block: whoever stood on none starts here
             one = self._one
