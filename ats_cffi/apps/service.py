@@ -116,10 +116,11 @@ class Session(Continuation):
             self.release()
 
     def release(self) -> None:
-        """After the close: drop what ties the session to itself (its handler, a bound
-        method; subclasses: the buffers and their readers), so that reference counting frees
-        it and its buffers at once, not the cyclic collector some time later (ATS frees a
-        session's buffers when it closes). Nothing of the session is used after this."""
+        """After the close: drop what ties the session to itself (its handler, which may be
+        a bound method of it; subclasses: the buffers and their readers), so that reference
+        counting frees it and its buffers at once, not the cyclic collector some time later
+        (ATS frees a session's buffers when it closes). Nothing of the session is used after
+        this."""
         self.handler = _closed_handler
 
 

@@ -526,11 +526,12 @@ class UnixNetVConnection(NetVConnection):
         """Close the fd and drop the VIOs (ATS's free_thread and clear). Idempotent. Once
         per connection, so its steps are written out.
 
-        It also cuts the VC's reference cycles (its handler, a bound method; its EventIO;
-        its VIOs' ``vc_server``, as ATS's clear), so that reference counting frees it now,
-        not the cyclic collector later (which cost about a tenth of the CPU of a server
-        taking a new connection per request). A VIO kept by its continuation then has no
-        ``vc_server``, and its ``reenable`` does nothing, as in ATS."""
+        It also cuts the VC's reference cycles (its EventIO; its VIOs' ``vc_server``, as
+        ATS's clear), so that reference counting frees it now, not the cyclic collector
+        later (which cost about a tenth of the CPU of a server taking a new connection per
+        request). A VIO kept by its continuation then has no ``vc_server``, and its
+        ``reenable`` does nothing, as in ATS. An event that still comes goes to
+        ``freed_handler``."""
         ep = self.ep
         if ep.pd is not None:
             ep.stop()
