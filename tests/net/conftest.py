@@ -140,6 +140,29 @@ def fake_listen(fake_net: Any) -> Iterator[Callable[..., tuple[Any, Any, int]]]:
     yield from _listener(fake_net)
 
 
+def on_thread(thread: Any, fn: Callable[[], Any]) -> Any:
+    """``fn()`` run on net thread ``thread`` (between two of its passes: no pump is under
+    way), its result returned here."""
+    got: list[Any] = []
+    done = threading.Event()
+
+    class Ask(Continuation):
+        def __init__(self) -> None:
+            super().__init__(ProxyMutex())
+            self.set_handler(self.ask)
+
+        def ask(self, event: int, e: Any) -> None:
+            try:
+                got.append(fn())
+            finally:
+                done.set()
+
+    thread.schedule_imm(Ask())
+    assert done.wait(5), "the net thread did not run the question"
+    assert got, "the question raised on the net thread"
+    return got[0]
+
+
 def client(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> socket.socket:
     s = socket.create_connection((host, port), timeout=timeout)
     return s

@@ -4,35 +4,19 @@ message larger than a block arrives, blocks filled by one readv rather than a re
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
-from ats_cffi.eventsystem import Continuation, ProxyMutex
 from ats_cffi.eventsystem.ioblock import thread_pool
 from ats_cffi.net import net_stats
 
-from .conftest import COP, Echo, client, payload_of, recv_exactly, wait_until
+from .conftest import COP, Echo, client, on_thread, payload_of, recv_exactly, wait_until
 
 CALLS_TO_READ = "proxy.process.net.calls_to_read"
 
 
 def free_blocks_on(thread: Any) -> int:
     """How many free blocks the pool of net thread ``thread`` holds (asked on it)."""
-    got: list[int] = []
-    done = threading.Event()
-
-    class Ask(Continuation):
-        def __init__(self) -> None:
-            super().__init__(ProxyMutex())
-            self.set_handler(self.ask)
-
-        def ask(self, event: int, e: Any) -> None:
-            got.append(thread_pool().free_blocks())
-            done.set()
-
-    thread.schedule_imm(Ask())
-    assert done.wait(5), "the net thread did not run the question"
-    return got[0]
+    return on_thread(thread, lambda: thread_pool().free_blocks())
 
 
 def test_an_echo_connection_that_carried_a_message_holds_no_block(fake_listen, fake_clock) -> None:

@@ -18,7 +18,7 @@ from ats_cffi.eventsystem import Continuation, ProxyMutex
 from ats_cffi.net.splice import Splice
 from tests.conftest import wait_until
 
-from .conftest import COP, _listener, client, payload_of, recv_exactly
+from .conftest import COP, _listener, client, on_thread, payload_of, recv_exactly
 
 #: The sockets' kernel buffers in the back-pressure tests: far below what the client sends,
 #: so that the splice's own buffer must hold the rest.
@@ -59,29 +59,6 @@ class EchoOwner(Continuation):
         sp = self.splices[0]
         (p,) = sp.pipes
         return p, sp.nh.thread
-
-
-def on_thread(thread: Any, fn: Callable[[], Any]) -> Any:
-    """``fn()`` run on net thread ``thread`` (between two of its passes: no pump is under
-    way), its result returned here."""
-    got: list[Any] = []
-    done = threading.Event()
-
-    class Ask(Continuation):
-        def __init__(self) -> None:
-            super().__init__(ProxyMutex())
-            self.set_handler(self.ask)
-
-        def ask(self, event: int, e: Any) -> None:
-            try:
-                got.append(fn())
-            finally:
-                done.set()
-
-    thread.schedule_imm(Ask())
-    assert done.wait(5), "the net thread did not run the question"
-    assert got, "the question raised on the net thread"
-    return got[0]
 
 
 def holds(p: Any) -> int:
