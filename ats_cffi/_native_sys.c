@@ -82,19 +82,32 @@ int ats_accept_batch(int fd, int flags, int *fds, int max, int *last_err)
     return n;
 }
 
-/* Read into base[off, off+len) until it is full, EOF, EAGAIN or an error, or,
- * with stop_short, after the first read that returns less than it asked for.
- * Returns the bytes read; *last is the result of the last read(): > 0 when
- * data was read (the space filled, or a short read with stop_short), 0 for
- * EOF, -errno otherwise. */
-ssize_t ats_read_fill(int fd, char *base, size_t off, size_t len, int stop_short,
-                      ssize_t *last)
+/* Read into base[off, off+len) and then spill[0, spill_len) as if they were one run of
+ * free space (readv of two iovecs; a plain read while spill_len is 0) until it is full,
+ * EOF, EAGAIN or an error, or, with stop_short, after the first read that returns less
+ * than it asked for.  Returns the bytes read; *last is the result of the last read: > 0
+ * when data was read (the space filled, or a short read with stop_short), 0 for EOF,
+ * -errno otherwise.  The spill is the net thread's spare block: a read larger than the
+ * tail block's free space takes one syscall, not two. */
+ssize_t ats_read_spill(int fd, char *base, size_t off, size_t len, char *spill,
+                       size_t spill_len, int stop_short, ssize_t *last)
 {
-    size_t done = 0;
+    size_t done = 0, all = len + spill_len;
     ssize_t r = 1;
-    while (done < len) {
-        size_t want = len - done;
-        r = read(fd, base + off + done, want);
+    struct iovec iov[2];
+    while (done < all) {
+        size_t want = all - done;
+        if (done < len && spill_len) {
+            iov[0].iov_base = base + off + done;
+            iov[0].iov_len = len - done;
+            iov[1].iov_base = spill;
+            iov[1].iov_len = spill_len;
+            r = readv(fd, iov, 2);
+        } else if (done < len) {
+            r = read(fd, base + off + done, want);
+        } else {
+            r = read(fd, spill + (done - len), want);
+        }
         if (r > 0) {
             done += (size_t)r;
             if (stop_short && (size_t)r < want)
@@ -109,6 +122,13 @@ ssize_t ats_read_fill(int fd, char *base, size_t off, size_t len, int stop_short
     }
     *last = r;
     return (ssize_t)done;
+}
+
+/* ats_read_spill without a spill: read into base[off, off+len). */
+ssize_t ats_read_fill(int fd, char *base, size_t off, size_t len, int stop_short,
+                      ssize_t *last)
+{
+    return ats_read_spill(fd, base, off, len, NULL, 0, stop_short, last);
 }
 
 /* Write base[off, off+len) until all is written, EAGAIN or an error.
@@ -130,29 +150,6 @@ ssize_t ats_write_all(int fd, const char *base, size_t off, size_t len, ssize_t 
     }
     *last = r;
     return (ssize_t)done;
-}
-
-/* One readv into n (base, off, len) blocks (at most ATS_IOV_MAX), retried on
- * EINTR: the bytes read (>= 0).  *last is readv's result: > 0, 0 for EOF, or
- * -errno.  The caller reads again while the blocks come back full. */
-ssize_t ats_readv_blocks(int fd, char **bases, size_t *offs, size_t *lens, int n,
-                         ssize_t *last)
-{
-    struct iovec iov[ATS_IOV_MAX];
-    if (n > ATS_IOV_MAX)
-        n = ATS_IOV_MAX;
-    for (int i = 0; i < n; i++) {
-        iov[i].iov_base = bases[i] + offs[i];
-        iov[i].iov_len = lens[i];
-    }
-    ssize_t r;
-    do
-        r = readv(fd, iov, n);
-    while (r < 0 && errno == EINTR);
-    if (r < 0)
-        r = -errno;
-    *last = r;
-    return r > 0 ? r : 0;
 }
 
 /* writev of n (base, off, len) blocks, ATS_IOV_MAX at a time, repeated until all

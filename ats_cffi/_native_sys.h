@@ -37,11 +37,11 @@ int ats_accept4(int fd, int flags, struct sockaddr_storage *ss, socklen_t *len);
 int ats_accept_batch(int fd, int flags, int *fds, int max, int *last_err);
 ssize_t ats_read_fill(int fd, char *base, size_t off, size_t len, int stop_short,
                       ssize_t *last);
+ssize_t ats_read_spill(int fd, char *base, size_t off, size_t len, char *spill,
+                       size_t spill_len, int stop_short, ssize_t *last);
 ssize_t ats_write_all(int fd, const char *base, size_t off, size_t len, ssize_t *last);
 ssize_t ats_writev_blocks(int fd, char **bases, size_t *offs, size_t *lens, int n,
                           ssize_t *last);
-ssize_t ats_readv_blocks(int fd, char **bases, size_t *offs, size_t *lens, int n,
-                         ssize_t *last);
 int ats_so_error(int fd);
 int ats_sockaddr_make(int family, const char *host, int port, uint32_t flowinfo,
                       uint32_t scope_id, struct sockaddr_storage *ss, socklen_t *len);

@@ -301,22 +301,24 @@ def test_read_fill_reads_until_again_into_a_preallocated_block(pair) -> None:
     assert s.read_fill(a.fileno(), base, 0, 64) == (0, 0)  # EOF
 
 
-def test_readv_blocks_reads_once_across_blocks_and_reports_again_and_eof(pair) -> None:
+def test_read_spill_fills_the_block_then_the_spill_and_reports_again_and_eof(pair) -> None:
     a, b = pair
-    blocks = [bytearray(8), bytearray(16), bytearray(16)]
-    bases = ffi.new("char *[]", [ffi.from_buffer(x) for x in blocks])
-    offs = ffi.new("size_t[]", [5, 0, 0])
-    lens = ffi.new("size_t[]", [3, 16, 16])
+    block, spill = bytearray(8), bytearray(16)
+    base, sp = ffi.from_buffer(block), ffi.from_buffer(spill)
     last = ffi.new("ssize_t *")
-    b.send(b"abcdefghijklmnopqrstu")  # 21 bytes: the first block's 3, then 16, then 2
-    assert lib.ats_readv_blocks(a.fileno(), bases, offs, lens, 3, last) == 21
-    assert last[0] == 21
-    assert bytes(blocks[0][5:]) == b"abc" and bytes(blocks[1]) == b"defghijklmnopqrs"
-    assert bytes(blocks[2][:2]) == b"tu"
-    assert lib.ats_readv_blocks(a.fileno(), bases, offs, lens, 3, last) == 0
-    assert last[0] == s.AGAIN
+    fd = a.fileno()
+    b.send(b"abcdefghijklmnopqrstu")  # 21 bytes: the block's last 3, then 16 in the spill
+    assert lib.ats_read_spill(fd, base, 5, 3, sp, 16, 1, last) == 19
+    assert last[0] == 19  # every byte asked for: more may be waiting
+    assert bytes(block[5:]) == b"abc" and bytes(spill) == b"defghijklmnopqrs"
+    assert lib.ats_read_spill(fd, base, 0, 8, sp, 16, 1, last) == 2  # short: stops there
+    assert bytes(block[:2]) == b"tu" and last[0] == 2
+    b.send(b"0123")
+    assert lib.ats_read_spill(fd, base, 0, 2, sp, 0, 0, last) == 2  # no spill: a read
+    assert lib.ats_read_spill(fd, base, 0, 1, sp, 16, 0, last) == 2  # on to EAGAIN
+    assert last[0] == s.AGAIN and bytes(block[:1]) + bytes(spill[:1]) == b"23"
     b.close()
-    assert lib.ats_readv_blocks(a.fileno(), bases, offs, lens, 3, last) == 0
+    assert lib.ats_read_spill(fd, base, 0, 8, sp, 16, 1, last) == 0
     assert last[0] == 0  # EOF
 
 

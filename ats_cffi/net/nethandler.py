@@ -45,6 +45,7 @@ from ats_cffi.eventsystem.ioblock import (
     IOBufferBlock,
     adopt_thread_pool,
     new_thread_pool,
+    take_block,
     trim_pools,
 )
 from ats_cffi.eventsystem.mutex import ProxyMutex
@@ -55,7 +56,7 @@ from ats_cffi.net.eventio import READ_WRITE, EventIO
 from ats_cffi.net.poll import PollCont
 from ats_cffi.net.splice import SpliceDriver
 from ats_cffi.net.stats import net_stats
-from ats_cffi.net.vcio import IOV_MAX
+from ats_cffi.net.vcio import IOV_MAX, SPILL_SIZE
 
 if TYPE_CHECKING:
     from ats_cffi.net.netvc import NetState, UnixNetVConnection
@@ -127,8 +128,8 @@ class NetHandler(Continuation):
         #: The thread's IOBuffer block freelist (ioblock.py), handed to the buffers by the
         #: byte moves; the thread's own from its first event (``start_net_event``).
         self.pool = new_thread_pool()
-        #: The blocks a multi-block read takes before its ``readv`` (vcio.py), reused.
-        self.read_blocks: list[IOBufferBlock] = []
+        #: The spare block a read spills into past the tail block's free space (vcio.py).
+        self.spill: IOBufferBlock = take_block(SPILL_SIZE, self.pool)
         self.signal_io = EventIO(EVENTIO_ASYNC_SIGNAL, thread)
         #: This thread's spliced ends (net/splice.py).
         self.splice = SpliceDriver(self)

@@ -18,8 +18,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from ats_cffi import sys as _sys
-from ats_cffi._native import lib
-from ats_cffi.eventsystem.ioblock import IOBufferBlock, give_block, take_block
+from ats_cffi._native import ffi, lib
+from ats_cffi.eventsystem.ioblock import IOBufferBlock, take_block
 from ats_cffi.eventsystem.iobuffer import IOBufferReader, MIOBuffer
 from ats_cffi.net import stats as st
 
@@ -29,8 +29,11 @@ if TYPE_CHECKING:
 _AGAIN: Final[int] = _sys.AGAIN
 #: Blocks gathered into one ``writev`` (the C helper's ``iovec`` array has as many).
 IOV_MAX: Final[int] = lib.ATS_IOV_MAX
-_read_fill: Final = lib.ats_read_fill
-_readv_blocks: Final = lib.ats_readv_blocks
+#: The net thread's spare block, which a read spills into past the tail block's free space
+#: (uvloop reads into one 256 KiB buffer per loop; 128 KiB covers the water marks in use).
+SPILL_SIZE: Final = 128 * 1024
+_read_spill: Final = lib.ats_read_spill
+_copy: Final = ffi.memmove
 _write_all: Final = lib.ats_write_all
 _writev_blocks: Final = lib.ats_writev_blocks
 _CALLS_TO_READ: Final = st.CALLS_TO_READ
@@ -44,9 +47,14 @@ _WRITE_BYTES: Final = st.WRITE_BYTES
 def read_into_buffer(
     nh: NetHandler, fd: int, buf: MIOBuffer, limit: int, stop_short: bool
 ) -> tuple[int, int]:
-    """Read up to ``limit`` bytes from ``fd`` into ``buf``, block by block, adding blocks
-    while no reader is above the water mark (back-pressure: ``(0, 1)`` when there is no
-    room at all).
+    """Read up to ``limit`` bytes from ``fd`` into ``buf``, adding blocks while no reader is
+    above the water mark (back-pressure: ``(0, 1)`` when there is no room at all).
+
+    Each read fills the tail block's free space and spills on into the thread's spare block
+    (``nh.spill``) as far as the water mark allows (``_read_sizes``), in one ``readv``: a
+    message larger than the tail's free space costs one syscall, as ATS's ``read_from_net``
+    reads into every block up to the water mark at once, and uvloop into one loop-wide
+    buffer. Spilled bytes join the buffer (``_take_spill``).
 
     ``stop_short``: a read that returns less than it asked for ends the step as if it had
     seen EAGAIN (``last`` is ``sys.AGAIN``). With EPOLLET, Linux reports a new edge for
@@ -54,10 +62,6 @@ def read_into_buffer(
     second ``read()`` just to see EAGAIN (libuv does the same). The caller clears it once a
     hang-up was reported: data and FIN can share one edge, and then only reading on to EOF
     reveals the FIN.
-
-    A read that filled its block suggests more is waiting (a message larger than a block):
-    the next read is one ``readv`` into the tail and as many new blocks as the water mark
-    allows (``_readv_into``), not one ``read`` per block.
     """
     stats = nh.stats
     lastp = nh.last
@@ -69,22 +73,28 @@ def read_into_buffer(
         if t is None:
             break
         end = t.end
+        left = limit - total
         toread = t.size - end
-        if toread > limit - total:
-            toread = limit - total
-        r: int
-        if total and toread < limit - total and buf.max_read_avail() + toread <= buf.water_mark:
-            r, toread = _readv_into(nh, fd, buf, t, toread, limit - total)
+        spill = 0
+        if toread < left or t.size > buf.block_size:
+            toread, spill = _read_sizes(nh, buf, toread, left)
+            if toread <= 0:
+                break  # a large tail block (a spare handed over) holds the water mark
         else:
-            r = _read_fill(fd, t.cdata, end, toread, stop_short, lastp)
-            if r > 0:
-                buf.commit(r)
+            toread = left
+        s = nh.spill
+        r: int = _read_spill(fd, t.cdata, end, toread, s.cdata, spill, stop_short, lastp)
         stats[_CALLS_TO_READ] += 1
         if r > 0:
+            if r > toread:
+                buf.commit(toread)
+                _take_spill(nh, buf, s, r - toread)
+            else:
+                buf.commit(r)
             total += r
-            if r == toread:
+            if r == toread + spill:
                 continue  # every read was whole: the socket may hold more
-            if stop_short:  # one read, and it was short (_read_fill stops there)
+            if stop_short:  # one read, and it was short (_read_spill stops there)
                 last = _AGAIN
                 break
         # Only here does the last syscall's result need reading (a cffi item access):
@@ -101,47 +111,40 @@ def read_into_buffer(
     return total, last
 
 
-def _readv_into(
-    nh: NetHandler, fd: int, buf: MIOBuffer, t: IOBufferBlock, first: int, left: int
-) -> tuple[int, int]:
-    """One ``readv`` into the ``first`` free bytes of tail block ``t`` and into new blocks
-    after it, up to ``left`` bytes, adding a block while no more than the water mark would
-    wait if the ones before it filled (as ``writable_block_if_room`` adds them one by one).
-    Commits what was read, gives the blocks it did not reach back. Returns ``(bytes read,
-    bytes asked)``."""
-    pool = nh.pool
-    bases = nh.iov_bases
-    offs = nh.iov_offs
-    lens = nh.iov_lens
-    bases[0] = t.cdata
-    offs[0] = t.end
-    lens[0] = first
-    want = first
+def _read_sizes(nh: NetHandler, buf: MIOBuffer, free: int, left: int) -> tuple[int, int]:
+    """How much of the tail block's ``free`` space and of the spare block the next read of
+    at most ``left`` bytes may fill: no more than ``writable_block_if_room`` would let new
+    blocks take (one is added while no reader has more than the water mark to read), which
+    also bounds a tail block larger than the buffer's blocks (a spare handed over)."""
     room = buf.water_mark - buf.max_read_avail()
+    if free > room + buf.block_size:
+        free = room + buf.block_size
+    if free >= left:
+        return left, 0
+    room -= free
+    if room < 0:
+        return free, 0
+    room += buf.block_size
+    if room > left - free:
+        room = left - free
+    size = nh.spill.size
+    return free, room if room < size else size
+
+
+def _take_spill(nh: NetHandler, buf: MIOBuffer, s: IOBufferBlock, n: int) -> None:
+    """Add the ``n`` bytes a read spilled into the spare block ``s`` to ``buf``: the block
+    itself when they fill at least a block of the buffer's size (the thread takes a new
+    spare), else a copy in a block of the buffer's size, so that a few bytes waiting in a
+    buffer do not hold the whole spare."""
+    pool = nh.pool
     size = buf.block_size
-    extra = nh.read_blocks
-    n = 1
-    while want < left and want <= room and n < IOV_MAX:
+    if n >= size:
+        buf.append_filled(s, n)
+        nh.spill = take_block(SPILL_SIZE, pool)
+    else:
         b = take_block(size, pool)
-        k = size if size < left - want else left - want
-        bases[n] = b.cdata
-        offs[n] = 0
-        lens[n] = k
-        extra.append(b)
-        want += k
-        n += 1
-    r: int = _readv_blocks(fd, bases, offs, lens, n, nh.last)
-    rest = r - first
-    buf.commit(r if rest < 0 else first)
-    for b in extra:
-        if rest > 0:
-            k = rest if rest < size else size
-            buf.append_filled(b, k)
-            rest -= k
-        else:
-            give_block(b, pool)
-    extra.clear()
-    return r, want
+        _copy(b.cdata, s.cdata, n)
+        buf.append_filled(b, n)
 
 
 def write_from_reader(
@@ -184,4 +187,4 @@ def write_from_reader(
     return total, last
 
 
-__all__ = ["IOV_MAX", "read_into_buffer", "write_from_reader"]
+__all__ = ["IOV_MAX", "SPILL_SIZE", "read_into_buffer", "write_from_reader"]

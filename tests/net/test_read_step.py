@@ -1,0 +1,122 @@
+"""A VC's read step on its net thread. ``read_into_buffer`` (net/vcio.py): one ``readv``
+fills the tail block and spills on into the thread's spare block. Spilled bytes join the
+buffer as the spare itself when they fill a block of the buffer's size (the thread takes a
+new spare), else as a copy; the water mark bounds how far a read goes, a spare handed over
+included; every byte arrives in order. The NetHandler: a write side that the read's
+continuation enabled is written in the same turn, before the next VC's read."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from ats_cffi import sys as asys
+from ats_cffi.eventsystem import MIOBuffer
+from ats_cffi.net.nethandler import get_net_handler
+from ats_cffi.net.vcio import SPILL_SIZE, read_into_buffer
+
+from .conftest import _listener, on_thread, payload_of
+
+BLOCK = 4096
+
+
+@pytest.fixture
+def one_listen(one_net_thread: Any) -> Iterator[Callable[..., tuple[Any, Any, int]]]:
+    """``listen(on_vc)`` on the one net thread: every VC shares its NetHandler."""
+    yield from _listener(one_net_thread)
+
+
+@pytest.fixture
+def sock_pair(one_net_thread: Any) -> Iterator[tuple[socket.socket, socket.socket, Any]]:
+    """A connected AF_UNIX pair with room for 1 MiB each way, and the one net thread."""
+    a, b = socket.socketpair()
+    for s in (a, b):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    b.setblocking(False)
+    yield a, b, one_net_thread.netthreads[0]
+    a.close()
+    b.close()
+
+
+def read_step(thread: Any, fd: int, buf: MIOBuffer, limit: int = 1 << 30) -> dict[str, Any]:
+    """One read step on ``thread``: what it returned, the chain's block sizes, whether the
+    thread's spare block changed."""
+
+    def step() -> dict[str, Any]:
+        nh = get_net_handler()
+        spare = nh.spill
+        moved, last = read_into_buffer(nh, fd, buf, limit, True)
+        return {"moved": moved, "last": last, "new_spare": nh.spill is not spare}
+
+    return on_thread(thread, step)
+
+
+def chain_sizes(reader: Any) -> list[tuple[int, int]]:
+    """(block size, readable bytes) of each block ``reader`` can read."""
+    return [(b.size, end - start) for b, start, end in reader.readable_blocks()]
+
+
+def test_a_message_larger_than_the_tail_is_one_read_and_the_spare_joins_the_buffer(
+    sock_pair,
+) -> None:
+    a, b, thread = sock_pair
+    buf = MIOBuffer(BLOCK, 256 * 1024)
+    reader = buf.alloc_reader()
+    data = payload_of(64 * 1024)
+    a.sendall(data)
+    got = read_step(thread, b.fileno(), buf)
+    assert got == {"moved": len(data), "last": asys.AGAIN, "new_spare": True}
+    assert chain_sizes(reader) == [(BLOCK, BLOCK), (SPILL_SIZE, len(data) - BLOCK)]
+    assert reader.read(len(data)) == data
+
+
+def test_a_short_spill_is_copied_into_a_block_of_the_buffers_size(sock_pair) -> None:
+    a, b, thread = sock_pair
+    buf = MIOBuffer(BLOCK, 256 * 1024)
+    reader = buf.alloc_reader()
+    data = payload_of(BLOCK + 904)
+    a.sendall(data)
+    got = read_step(thread, b.fileno(), buf)
+    assert got == {"moved": len(data), "last": asys.AGAIN, "new_spare": False}
+    assert chain_sizes(reader) == [(BLOCK, BLOCK), (BLOCK, 904)]
+    assert reader.read(len(data)) == data
+
+
+def test_the_water_mark_bounds_a_read_and_a_spare_handed_over(sock_pair) -> None:
+    # Water mark 8 KiB, 4 KiB blocks: as block by block, a read stops after the block that
+    # took the buffer to the mark, here 12 KiB. The spare holding 8 KiB of them is the tail
+    # with 120 KiB free; it is not filled past the mark while nothing is consumed.
+    a, b, thread = sock_pair
+    buf = MIOBuffer(BLOCK, 8192)
+    reader = buf.alloc_reader()
+    data = payload_of(200 * 1024)
+    a.sendall(data)
+    got = read_step(thread, b.fileno(), buf)
+    assert got == {"moved": 12288, "last": 1, "new_spare": True}
+    assert read_step(thread, b.fileno(), buf)["moved"] == 0  # full: back-pressure
+    out = bytearray(reader.read(10000))
+    # 2,288 bytes left: the spare (the tail) takes up to the mark plus a block again.
+    got = read_step(thread, b.fileno(), buf)
+    assert got["moved"] == 8192 + BLOCK - 2288
+    while len(out) < len(data):
+        out += reader.read(reader.read_avail())
+        if len(out) < len(data):
+            assert read_step(thread, b.fileno(), buf)["moved"] > 0
+    assert bytes(out) == data
+
+
+def test_a_limit_below_the_tail_space_reads_no_more(sock_pair) -> None:
+    a, b, thread = sock_pair
+    buf = MIOBuffer(BLOCK, 256 * 1024)
+    reader = buf.alloc_reader()
+    a.sendall(b"x" * 10000)
+    got = read_step(thread, b.fileno(), buf, limit=100)
+    assert got["moved"] == 100 and not got["new_spare"]
+    got = read_step(thread, b.fileno(), buf, limit=7000)
+    assert got["moved"] == 7000
+    assert read_step(thread, b.fileno(), buf)["moved"] == 2900
+    assert reader.read(10000) == b"x" * 10000
