@@ -218,7 +218,8 @@ class NetHandler(Continuation):
                     self.enqueue_ready(vc, s)
 
     def process_ready_list(self) -> None:
-        """Each queued VC side once: read sides first, then write sides."""
+        """Each queued VC side once: read sides first, then write sides. A write side that
+        its VC's read turn enabled (an echo, a proxy's response) is written in that turn."""
         rl = self.read_ready_list
         if rl:
             self.read_ready_list = []
@@ -242,6 +243,13 @@ class NetHandler(Continuation):
                 elif reading:
                     if s.enabled and s.triggered:
                         vc.net_read_io(self)
+                        w = vc.write
+                        if w.in_ready and not vc.closed:
+                            # Its continuation enabled the write side: write now, while the
+                            # bytes just read are still in the CPU's cache.
+                            w.in_ready = False
+                            if w.triggered and w.enabled:
+                                vc.write_to_net(self)
                 elif s.triggered and (s.enabled or vc.connecting):
                     vc.write_to_net(self)
             except Exception:

@@ -8,17 +8,19 @@ continuation enabled is written in the same turn, before the next VC's read."""
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from ats_cffi import sys as asys
-from ats_cffi.eventsystem import MIOBuffer
+from ats_cffi.eventsystem import INT64_MAX, Continuation, MIOBuffer, ProxyMutex
+from ats_cffi.eventsystem.codes import VC_EVENT_READ_READY, VC_EVENT_WRITE_COMPLETE
 from ats_cffi.net.nethandler import get_net_handler
 from ats_cffi.net.vcio import SPILL_SIZE, read_into_buffer
 
-from .conftest import _listener, on_thread, payload_of
+from .conftest import _listener, client, on_thread, payload_of, recv_exactly, wait_until
 
 BLOCK = 4096
 
@@ -120,3 +122,58 @@ def test_a_limit_below_the_tail_space_reads_no_more(sock_pair) -> None:
     assert got["moved"] == 7000
     assert read_step(thread, b.fileno(), buf)["moved"] == 2900
     assert reader.read(10000) == b"x" * 10000
+
+
+class Recorder(Continuation):
+    """An echo whose write VIO follows its read VIO (as ``ats-cffi echo --vio``), recording
+    ``(name, event)`` in the shared ``log``."""
+
+    def __init__(self, vc: Any, name: str, log: list[tuple[str, int]]) -> None:
+        super().__init__(ProxyMutex())
+        self.name, self.log = name, log
+        self.set_handler(self.handle)
+        buf = MIOBuffer(BLOCK, 64 * 1024)
+        with self.mutex:  # type: ignore[union-attr]
+            self.rvio = vc.do_io_read(self, INT64_MAX, buf)
+            self.wvio = vc.do_io_write(self, 0, buf.alloc_reader())
+
+    def handle(self, event: int, vio: Any) -> None:
+        self.log.append((self.name, event))
+        if event == VC_EVENT_READ_READY:
+            self.wvio.nbytes = self.rvio.ndone
+            self.wvio.reenable()
+        elif event == VC_EVENT_WRITE_COMPLETE:
+            self.rvio.reenable()
+
+
+def test_a_write_enabled_by_its_read_goes_out_before_the_next_vcs_read(one_listen) -> None:
+    # Two VCs readable in the same pass: the first one's echo is written at once (its bytes
+    # still in the CPU's cache), not after every read of the pass.
+    log: list[tuple[str, int]] = []
+    names = iter("ab")
+    _, acceptor, port = one_listen(lambda vc: Recorder(vc, next(names), log))
+    with client(port) as ca, client(port) as cb:
+        assert wait_until(lambda: len(acceptor.vcs) == 2)
+        thread = acceptor.vcs[0].thread
+        release = threading.Event()
+        held = threading.Event()
+
+        def hold() -> None:
+            held.set()
+            release.wait(5)
+
+        waiter = threading.Thread(target=on_thread, args=(thread, hold))
+        waiter.start()
+        assert held.wait(5)
+        ca.sendall(b"1")
+        cb.sendall(b"2")
+        release.set()
+        waiter.join()
+        assert recv_exactly(ca, 1) == b"1" and recv_exactly(cb, 1) == b"2"
+    first, second = log[0][0], log[2][0]
+    assert log[:4] == [
+        (first, VC_EVENT_READ_READY),
+        (first, VC_EVENT_WRITE_COMPLETE),
+        (second, VC_EVENT_READ_READY),
+        (second, VC_EVENT_WRITE_COMPLETE),
+    ] and {first, second} == {"a", "b"}
