@@ -68,6 +68,7 @@ _READ_READY: Final[int] = EventCode.VC_EVENT_READ_READY
 _WRITE_READY: Final[int] = EventCode.VC_EVENT_WRITE_READY
 _WRITE_COMPLETE: Final[int] = EventCode.VC_EVENT_WRITE_COMPLETE
 _EOS: Final[int] = EventCode.VC_EVENT_EOS
+_INACTIVITY_TIMEOUT: Final[int] = EventCode.VC_EVENT_INACTIVITY_TIMEOUT
 
 # The parser's methods, looked up once: called through these, a request's four calls skip
 # the method lookup on the parser's type each would do.
@@ -98,6 +99,10 @@ _HEAD_DONE: Final = -1
 MAX_BODY: Final = 1 << 20
 #: Seconds a closing session keeps draining the client's bytes before it closes.
 LINGER: Final = 2.0
+#: Seconds a session must stay idle during a graceful stop before it is closed: a client
+#: that has just read a response sends its next request well within it (and gets it
+#: answered, with ``Connection: close``), where closing at once would cross that request.
+DRAIN_IDLE: Final = 0.5
 #: Seconds a connection may go without traffic when no other inactivity timeout is given
 #: (``--inactivity-timeout``): ATS's ``proxy.config.http.keep_alive_no_activity_timeout_in``
 #: default. Without it, idle or stalled clients would hold their connections for a day
@@ -253,6 +258,8 @@ class HttpSession(Session):
             else:  # the client half-closed: answer what it sent, then close
                 self.peer_eos = True
                 self.pump()
+        elif event == _INACTIVITY_TIMEOUT and self.drain_pending():
+            self.vc.set_inactivity_timeout(DRAIN_IDLE)  # a request came: let it be read
         else:  # VC_EVENT_ERROR, INACTIVITY_TIMEOUT, ACTIVE_TIMEOUT
             self.close()
 
@@ -502,17 +509,32 @@ class HttpSession(Session):
             self.link = None
 
     def on_drain(self) -> None:
-        """Graceful stop: an idle session closes now; a busy one after its response."""
+        """Graceful stop: every request received is answered, with ``Connection: close``
+        (``on_message_complete`` sees ``service.draining``), a request in progress included,
+        or one whose bytes are buffered or still in the socket, and every response is sent.
+        The session closes once it has stayed idle for ``DRAIN_IDLE`` seconds (an
+        inactivity timeout; bytes moved restart it), so that a request crossing the close
+        is not lost."""
         if self.closed or self.closing:
             return
-        wbuf = self.wbuf
-        if (
-            not self.in_request
-            and not self.rreader.read_avail()
-            and (wbuf is None or not wbuf.max_read_avail())
-        ):
-            self.close()
-        # else: on_message_complete sees service.draining and answers Connection: close
+        if not self.drain_pending():
+            self.vc.set_inactivity_timeout(DRAIN_IDLE)
+
+    def drain_pending(self) -> bool:
+        """Whether the draining session has work left: a request to answer (one in
+        progress, or bytes received, in the read buffer or in the socket) or responses the
+        client has not taken yet."""
+        if not self.service.draining or self.closing:
+            return False
+        if self.in_request or self.rreader.read_avail():
+            return True
+        wvio = self.wvio
+        if wvio is not None and wvio.ndone < self.queued:
+            return True
+        try:
+            return self.vc.input_pending()
+        except OSError:  # the connection failed: nothing will be answered
+            return False
 
 
 class HttpService(Service):

@@ -67,7 +67,7 @@ def test_the_drain_serves_open_connections_and_ends_when_they_close(cli) -> None
     assert summary["drain"] == "complete" and summary["connections_currently_open"] == "0"
 
 
-def test_http_drain_closes_idle_keep_alive_connections_at_once(cli) -> None:
+def test_http_drain_closes_idle_keep_alive_connections_promptly(cli) -> None:
     srv = cli("http", "--listen", "127.0.0.1:0", "--drain-timeout", "30").wait_listening()
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
     try:
