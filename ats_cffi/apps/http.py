@@ -99,9 +99,8 @@ _HEAD_DONE: Final = -1
 MAX_BODY: Final = 1 << 20
 #: Seconds a closing session keeps draining the client's bytes before it closes.
 LINGER: Final = 2.0
-#: Seconds a session must stay idle during a graceful stop before it is closed: a client
-#: that has just read a response sends its next request well within it (and gets it
-#: answered, with ``Connection: close``), where closing at once would cross that request.
+#: Seconds a session stays idle in a graceful stop before it closes: a client that just
+#: read a response sends its next request within it, which closing at once would cross.
 DRAIN_IDLE: Final = 0.5
 #: Seconds a connection may go without traffic when no other inactivity timeout is given
 #: (``--inactivity-timeout``): ATS's ``proxy.config.http.keep_alive_no_activity_timeout_in``
@@ -509,27 +508,18 @@ class HttpSession(Session):
             self.link = None
 
     def on_drain(self) -> None:
-        """Graceful stop: every request received is answered, with ``Connection: close``
-        (``on_message_complete`` sees ``service.draining``), a request in progress included,
-        or one whose bytes are buffered or still in the socket, and every response is sent.
-        The session closes once it has stayed idle for ``DRAIN_IDLE`` seconds (an
-        inactivity timeout; bytes moved restart it), so that a request crossing the close
-        is not lost."""
-        if self.closed or self.closing:
-            return
-        if not self.drain_pending():
+        """Graceful stop: what was received is answered with ``Connection: close``
+        (``on_message_complete``); idle for ``DRAIN_IDLE`` s, the session closes."""
+        if not self.closed and not self.closing and not self.drain_pending():
             self.vc.set_inactivity_timeout(DRAIN_IDLE)
 
     def drain_pending(self) -> bool:
-        """Whether the draining session has work left: a request to answer (one in
-        progress, or bytes received, in the read buffer or in the socket) or responses the
-        client has not taken yet."""
+        """Draining, and a request in progress or received (buffered or in the socket), or
+        responses not yet taken: the session is not idle."""
         if not self.service.draining or self.closing:
             return False
-        if self.in_request or self.rreader.read_avail():
-            return True
         wvio = self.wvio
-        if wvio is not None and wvio.ndone < self.queued:
+        if self.in_request or self.rreader.read_avail() or (wvio and wvio.ndone < self.queued):
             return True
         try:
             return self.vc.input_pending()
