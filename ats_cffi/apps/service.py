@@ -134,6 +134,9 @@ class Service(Continuation):
     """
 
     service_name: ClassVar[str] = "service"
+    #: Outbound connections each session opens (a tunnel's upstream): the accept throttle
+    #: counts them (``AcceptOptions.connects_per_accept``).
+    connects_per_accept: ClassVar[int] = 0
     #: Names of the service's own counters (``proxy.process.*``).
     stat_names: ClassVar[tuple[str, ...]] = ()
 
@@ -171,7 +174,9 @@ class Service(Continuation):
     def listen(self, spec: ListenSpec) -> int:
         """Start accepting as ``spec`` says; returns the port (the real one for port 0).
         ``OSError`` naming ``bind`` when the port is in use."""
-        self.action = net_processor.accept(self, spec.accept_options())
+        options = spec.accept_options()
+        options.connects_per_accept = self.connects_per_accept
+        self.action = net_processor.accept(self, options)
         return self.action.na.port  # type: ignore[attr-defined]
 
     def stop_accepting(self) -> None:

@@ -34,7 +34,13 @@ from ats_cffi.eventsystem.codes import (
     VC_EVENT_WRITE_READY,
 )
 from ats_cffi.net import UnixNetVConnection, net_processor
-from ats_cffi.net.codes import IO_SHUTDOWN_WRITE, NET_EVENT_OPEN, NET_EVENT_OPEN_FAILED
+from ats_cffi.net.codes import (
+    IO_SHUTDOWN_WRITE,
+    NET_EVENT_OPEN,
+    NET_EVENT_OPEN_FAILED,
+    net_strerror,
+)
+from ats_cffi.net.ratelog import RateLimitedLog
 from ats_cffi.net.splice import Splice
 from ats_cffi.sys import PORT_MAX, ip_family
 
@@ -118,7 +124,9 @@ class TunnelSession(Session):
             try:
                 self.connect_action = net_processor.connect_re(self, service.upstream)
             except (OSError, ValueError, RuntimeError) as exc:
-                log.warning("tunnel: cannot connect to %r: %s", service.upstream, exc)
+                service.connect_failed_log(
+                    "tunnel: cannot connect to %r: %s", service.upstream, exc
+                )
                 service.stats.incr(CONNECT_FAILURES)
                 self.close()
 
@@ -148,8 +156,12 @@ class TunnelSession(Session):
             self.s_read = server.do_io_read(self, INT64_MAX, self.s2c)
             self.c_write = client.do_io_write(self, INT64_MAX, self.s2c.alloc_reader())
         elif event == NET_EVENT_OPEN_FAILED:
-            log.info("tunnel: connect to %r failed: errno %d", self.service.upstream, -data)  # type: ignore[attr-defined]
-            self.service.stats.incr(CONNECT_FAILURES)
+            service: TunnelService = self.service  # type: ignore[assignment]
+            host, port = service.upstream
+            service.connect_failed_log(
+                "tunnel: connect to %s:%d failed: %s", host, port, net_strerror(data)
+            )
+            service.stats.incr(CONNECT_FAILURES)
             self.close()
 
     def state_spliced(self, event: int, splice: Splice) -> None:
@@ -221,6 +233,7 @@ class TunnelService(Service):
     """``ats-cffi tunnel``: ``upstream`` is the ``(host, port)`` every client is joined to."""
 
     service_name = "tunnel"
+    connects_per_accept = 1  # its upstream
     stat_names = (TOTAL, CURRENT, CONNECT_FAILURES)
 
     def __init__(
@@ -233,6 +246,9 @@ class TunnelService(Service):
         super().__init__(inactivity_timeout, worker)
         self.upstream = check_upstream("TunnelService", upstream)
         self.native = check_flag("TunnelService", "native", native)
+        #: Upstream connect failures: a flood of them (a dead upstream, the fd limit) is
+        #: one line a minute, with a count.
+        self.connect_failed_log = RateLimitedLog(log)
 
     def start_session(self, vc: UnixNetVConnection) -> None:
         TunnelSession(self, vc)

@@ -39,7 +39,6 @@ import fcntl
 import logging
 import os
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from ats_cffi import sys as _sys
@@ -56,8 +55,15 @@ from ats_cffi.net.codes import NET_EVENT_ACCEPT
 from ats_cffi.net.config import ACCEPT_BATCH, SOCK_OPT_NO_DELAY, net_config
 from ats_cffi.net.netvc import UnixNetVConnection
 from ats_cffi.net.options import AcceptOptions
+from ats_cffi.net.ratelog import RateLimitedLog
 from ats_cffi.net.stats import net_stats
-from ats_cffi.net.throttle import batch_may_throttle, check_emergency_throttle, check_net_throttle
+from ats_cffi.net.throttle import (
+    ThrottleType,
+    batch_may_throttle,
+    check_emergency_throttle,
+    check_net_throttle,
+    throttle_warning,
+)
 
 if TYPE_CHECKING:
     from ats_cffi.eventsystem.ethread import EThread
@@ -158,7 +164,8 @@ class NetAccept(Continuation):
         #: dedicated accept threads.
         self.fast = FastAccept(self)
         self.accept_threads = AcceptThreads(self)
-        self._resource_logged = 0.0
+        #: Resource errors (EMFILE, ...) logged once a minute at most, with a count.
+        self._resource_log = RateLimitedLog(log)
         #: Counts of this listener (retired, folded into the totals, when it closes); it is
         #: in ``accepts_currently_open`` from its first listen socket until it closes.
         self.stats = net_stats.new_block()
@@ -269,10 +276,13 @@ class NetAccept(Continuation):
             if vc.closed and vc.recursion == 0 and vc.nh is not None:
                 free(vc)
 
-    def _throttled(self, fd: int, stats: list[int]) -> bool:
-        """Refuse ``fd`` when the process is throttled; True if it was closed."""
+    def _throttled(self, fd: int, stats: list[int], pending: int) -> bool:
+        """Refuse ``fd`` when the process is throttled, ``pending`` connections about to
+        open counted; True if it was closed."""
         emergency = check_emergency_throttle(fd)
-        if not emergency and (self.opt.backdoor or not check_net_throttle()):
+        if not emergency and (
+            self.opt.backdoor or not check_net_throttle(ThrottleType.ACCEPT, pending)
+        ):
             return False
         msg = self.opt.throttle_message
         if msg:
@@ -282,6 +292,7 @@ class NetAccept(Continuation):
                 pass  # best effort: the peer may be gone already
         _sys.close(fd)
         stats[st.CONNECTIONS_THROTTLED_IN] += 1
+        throttle_warning(ThrottleType.ACCEPT)
         return True
 
     def make_vcs(self, fds: list[int], stats: list[int]) -> list[UnixNetVConnection]:
@@ -289,10 +300,12 @@ class NetAccept(Continuation):
         closed and counted in ``connections_throttled_in``."""
         # Counted open here, where the fd is born, so that the throttle sees connections
         # still on their way to a net thread.
-        if batch_may_throttle(fds, self.opt.backdoor):
-            kept = []
-            for fd in fds:  # one by one: each one taken counts against the next
-                if not self._throttled(fd, stats):
+        onward = self.opt.connects_per_accept
+        if batch_may_throttle(fds, self.opt.backdoor, 1 + onward):
+            kept: list[int] = []
+            for fd in fds:  # one by one: each one taken counts against the next, and the
+                # connects it and those before it will open (counted once they start)
+                if not self._throttled(fd, stats, onward * (len(kept) + 1)):
                     stats[_CONNECTIONS_CURRENTLY_OPEN] += 1
                     kept.append(fd)
             fds = kept
@@ -348,15 +361,12 @@ class NetAccept(Continuation):
 
     def _resource_error(self, err: int, stats: list[int]) -> None:
         stats[st.ACCEPTS_THROTTLE_BACKOFF] += 1
-        now = time.monotonic()
-        if now - self._resource_logged > 60.0:
-            self._resource_logged = now
-            log.warning(
-                "accept on port %d: %s; backing off %d ms",
-                self.port,
-                os.strerror(err),
-                net_config.throttle_delay,
-            )
+        self._resource_log(
+            "accept on port %d: %s; backing off %d ms",
+            self.port,
+            os.strerror(err),
+            net_config.throttle_delay,
+        )
 
     def _fatal(self, err: int) -> None:
         log.error("accept on port %d failed: %s; the listener stops", self.port, os.strerror(err))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import IntEnum
 
 from ats_cffi._native import lib
@@ -21,6 +22,20 @@ NET_EVENT_OPEN_FAILED = NetEventCode.NET_EVENT_OPEN_FAILED
 NET_EVENT_ACCEPT = NetEventCode.NET_EVENT_ACCEPT
 NET_EVENT_ACCEPT_SUCCEED = NetEventCode.NET_EVENT_ACCEPT_SUCCEED
 NET_EVENT_ACCEPT_FAILED = NetEventCode.NET_EVENT_ACCEPT_FAILED
+
+
+#: ATS's net errnos (I_Net.h), beyond the system's: ``NET_EVENT_OPEN_FAILED`` carries
+#: ``-ENET_THROTTLING`` for a connect refused by the connections throttle.
+NET_ERRNO = 20000
+ENET_THROTTLING = NET_ERRNO + 1
+_NET_ERRORS = {ENET_THROTTLING: "connections throttled"}
+
+
+def net_strerror(err: int) -> str:
+    """The text of ``err`` (or ``-err``): one of the net errnos, else ``os.strerror``."""
+    err = abs(err)
+    text = _NET_ERRORS.get(err)
+    return text if text is not None else os.strerror(err)
 
 
 class EventIOType(IntEnum):

@@ -3,7 +3,11 @@ returns) drives its VC's non-blocking connect (ATS's ``UnixNetVConnection::conne
 
 Order of a connect, on the VC's net thread:
 
-1. ``connect_up``: open the socket, apply the options, register it with epoll, *then*
+0. ``connect_re`` on a net thread counts the connection open at once
+   (``NetHandler.count_connect``), so that the throttle sees it before its socket exists;
+1. ``connect_up``: refuse it if the connections throttle says so (``-ENET_THROTTLING``,
+   counted in ``connections_throttled_out``), open the socket, apply the options,
+   register it with epoll, *then*
    ``connect()`` (with edge trigger, the connect's writable edge could otherwise come
    before the registration and never be reported), and arm the connect timeout;
 2. the socket's first write edge reaches ``UnixNetVConnection.write_to_net``, which sees
@@ -28,7 +32,8 @@ from ats_cffi._native import lib
 from ats_cffi.eventsystem.continuation import Continuation, freed_handler
 from ats_cffi.eventsystem.event import Action
 from ats_cffi.net import stats as st
-from ats_cffi.net.codes import NET_EVENT_OPEN, NET_EVENT_OPEN_FAILED
+from ats_cffi.net.codes import ENET_THROTTLING, NET_EVENT_OPEN, NET_EVENT_OPEN_FAILED
+from ats_cffi.net.throttle import ThrottleType, check_net_throttle, throttle_warning
 
 if TYPE_CHECKING:
     from ats_cffi.net.nethandler import NetHandler
@@ -58,6 +63,11 @@ class ConnectAction(Action):
         """Open, register, then ``connect()`` (module doc, step 1). A failure on the way is
         reported as ``NET_EVENT_OPEN_FAILED``."""
         vc = self.vc
+        if not vc.counted_open and check_net_throttle(ThrottleType.CONNECT):
+            nh.stats[st.CONNECTIONS_THROTTLED_OUT] += 1
+            throttle_warning(ThrottleType.CONNECT)
+            self.failed(nh, ENET_THROTTLING)
+            return
         try:
             vc.fd = _sys.socket(vc.family, lib.SOCK_STREAM)
             vc.options.apply(vc.fd, vc.family)
@@ -138,10 +148,12 @@ class ConnectAction(Action):
                 with m:
                     self._tell_failed(err)
         vc.closed = 1
-        if nh is not None and vc.nh is not None:
+        if nh is None:
+            vc.free()
+        elif vc.nh is not None:
             nh.free_netevent(vc)
         else:
-            vc.free()
+            nh.free_unstarted(vc)
 
     def _tell_failed(self, err: int) -> None:
         """``NET_EVENT_OPEN_FAILED`` with ``-err``, unless cancelled (mutex held)."""

@@ -56,6 +56,7 @@ from ats_cffi.net.eventio import READ_WRITE, EventIO
 from ats_cffi.net.poll import PollCont
 from ats_cffi.net.splice import SpliceDriver
 from ats_cffi.net.stats import net_stats
+from ats_cffi.net.throttle import ThrottleType, check_net_throttle
 from ats_cffi.net.vcio import IOV_MAX, SPILL_SIZE
 
 if TYPE_CHECKING:
@@ -363,6 +364,22 @@ class NetHandler(Continuation):
         if not vc.counted_open:
             vc.counted_open = True
             self.stats[st.CONNECTIONS_CURRENTLY_OPEN] += 1
+
+    def count_connect(self, vc: UnixNetVConnection) -> None:
+        """``connect_re`` on this thread: count ``vc`` open now, before its socket exists,
+        so that the throttle sees it at once (``start_io`` does not count it again), unless
+        the connections throttle refuses it (``connect_up`` then reports that)."""
+        if not check_net_throttle(ThrottleType.CONNECT):
+            vc.counted_open = True
+            self.stats[st.CONNECTIONS_CURRENTLY_OPEN] += 1
+
+    def free_unstarted(self, vc: UnixNetVConnection) -> None:
+        """Free ``vc``, which never reached ``start_io`` (a connect cancelled or failed
+        before), and uncount it if ``count_connect`` counted it."""
+        if vc.counted_open:
+            vc.counted_open = False
+            self.stats[st.CONNECTIONS_CURRENTLY_OPEN] -= 1
+        vc.free()
 
     def start_io_failed(self, vc: UnixNetVConnection, err: int) -> None:
         """The deferred registration of ``vc`` failed (ENOMEM, ENOSPC): no edge will ever be

@@ -127,6 +127,10 @@ class NetVCOptions:
             _sys.setsockopt_int(fd, lib.SOL_SOCKET, lib.SO_MARK, self.packet_mark)
 
 
+#: Most outbound connections an accepted one may announce (``connects_per_accept``).
+MAX_CONNECTS_PER_ACCEPT = 64
+
+
 @dataclass
 class AcceptOptions:
     """Where and how to listen (ATS's NetProcessor::AcceptOptions).
@@ -135,6 +139,11 @@ class AcceptOptions:
     ``localhost_only``). ``accept_threads``/``defer_accept``/``backlog`` None take the
     ``proxy.config.accept_threads`` / ``net.defer_accept`` / ``net.listen_backlog`` records.
     ``throttle_message`` is sent to a connection refused by the throttle before it is closed.
+    ``connects_per_accept``: the outbound connections each accepted one will open (a
+    proxy's upstream, 1 for a tunnel): the accept throttle counts them with it, so that a
+    client the process could not connect onward is refused at accept. (Within an accept
+    batch; beyond it, the connects count once their sessions call ``connect_re`` on a net
+    thread, at once when the accept runs there, ``accept_threads=0``.)
     """
 
     port: int = 0
@@ -155,6 +164,7 @@ class AcceptOptions:
     backlog: int | None = None
     reuseport: bool = False
     throttle_message: bytes | None = None
+    connects_per_accept: int = 0
 
     def validate(self, call: str) -> None:
         if type(self.port) is not int:
@@ -180,6 +190,12 @@ class AcceptOptions:
                 raise TypeError(f"{call}: AcceptOptions.{name} must be a bool (or 0/1), not {v!r}")
         if type(self.etype) is not int:
             raise TypeError(f"{call}: AcceptOptions.etype must be an int")
+        c = self.connects_per_accept
+        if type(c) is not int or not 0 <= c <= MAX_CONNECTS_PER_ACCEPT:
+            raise ValueError(
+                f"{call}: AcceptOptions.connects_per_accept must be an int in "
+                f"0..{MAX_CONNECTS_PER_ACCEPT}, got {c!r}"
+            )
         for name in ("accept_threads", "defer_accept", "backlog"):
             v = getattr(self, name)
             hi = MAX_ACCEPT_THREADS if name == "accept_threads" else INT_RECORD_MAX

@@ -270,12 +270,15 @@ class UnixNetProcessor:
         thread = this_ethread()
         if thread is None or thread not in self.netthreads:
             thread = self.event_processor.assign_thread(ET_NET)
+        else:  # counted open at once: the accepts and connects after it in this pass see it
+            get_net_handler(thread).count_connect(vc)
 
         def start(event: int, e: Any) -> None:
+            nh = get_net_handler(e.ethread)
             if action.cancelled:
-                vc.free()
+                nh.free_unstarted(vc)
                 return
-            action.connect_up(get_net_handler(e.ethread), address)
+            action.connect_up(nh, address)
 
         thread.schedule_imm_signal(Continuation(cont.mutex, start))
         return action

@@ -1,16 +1,33 @@
 """Connection throttling (ATS's check_net_throttle / check_emergency_throttle /
-change_net_connections_throttle)."""
+change_net_connections_throttle).
+
+Connections count both ways, as in ATS: accepted ones and outbound ones (``connect_re``)
+are both in ``connections_currently_open``. An accept is refused once the open connections
+times ``ACCEPT_HEADROOM`` reach the limit, a connect once they reach it
+(``CONNECT_HEADROOM``): the gap keeps room for the outbound connections that accepted
+clients need (a tunnel's upstreams), so that a client the process could not serve is
+refused at accept rather than failing later.
+"""
 
 from __future__ import annotations
 
+import logging
 import resource
 from enum import IntEnum
 
 from ats_cffi.net.config import net_config
+from ats_cffi.net.ratelog import RateLimitedLog
 from ats_cffi.net.stats import CONNECTIONS_CURRENTLY_OPEN, net_stats
 
-#: fds kept free for logs, config reloads and the like (ATS's THROTTLE_FD_HEADROOM).
+log = logging.getLogger("ats.net.throttle")
+
+#: fds kept free for logs, config reloads and the like (ATS's THROTTLE_FD_HEADROOM), or a
+#: quarter of RLIMIT_NOFILE when that is smaller (a low ``ulimit -n``, where ATS's headroom
+#: would leave no connection at all, or turn the throttle off).
 THROTTLE_FD_HEADROOM = 128 + 64
+#: ATS's NET_THROTTLE_ACCEPT_HEADROOM and NET_THROTTLE_CONNECT_HEADROOM.
+ACCEPT_HEADROOM = 1.1
+CONNECT_HEADROOM = 1.0
 #: Headroom under RLIMIT_NOFILE at which accepted connections are closed at once.
 EMERGENCY_FD_HEADROOM = 16
 
@@ -18,6 +35,20 @@ EMERGENCY_FD_HEADROOM = 16
 class ThrottleType(IntEnum):
     ACCEPT = 0
     CONNECT = 1
+
+
+#: ATS's check_throttle_warning, per kind: one line a minute at most, with a count.
+_warnings = {t: RateLimitedLog(log) for t in ThrottleType}
+
+
+def throttle_warning(t: ThrottleType) -> None:
+    """Log that a connection of kind ``t`` was refused by the throttle (rate limited)."""
+    _warnings[t](
+        "too many connections (%d open, limit %d): %s throttled",
+        net_stats.sum_unlocked(CONNECTIONS_CURRENTLY_OPEN),
+        net_connections_throttle,
+        "accepts" if t == ThrottleType.ACCEPT else "connects",
+    )
 
 
 #: The effective limit (set by change_net_connections_throttle; 0: off).
@@ -34,7 +65,7 @@ def change_net_connections_throttle() -> int:
     configured = net_config.connections_throttle
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     _emergency_fd = soft - EMERGENCY_FD_HEADROOM if soft != resource.RLIM_INFINITY else 0
-    fd_limit = soft - THROTTLE_FD_HEADROOM if soft != resource.RLIM_INFINITY else 0
+    fd_limit = soft - min(THROTTLE_FD_HEADROOM, soft // 4) if soft != resource.RLIM_INFINITY else 0
     if configured <= 0:
         net_connections_throttle = 0
     elif fd_limit > 0:
@@ -44,12 +75,15 @@ def change_net_connections_throttle() -> int:
     return net_connections_throttle
 
 
-def check_net_throttle(t: ThrottleType = ThrottleType.ACCEPT) -> bool:
-    """True when new connections must be refused: open connections × 1.1 reach the limit."""
+def check_net_throttle(t: ThrottleType = ThrottleType.ACCEPT, pending: int = 0) -> bool:
+    """True when a new connection of kind ``t`` must be refused: the open connections (both
+    ways), plus ``pending`` ones about to open, times ``ACCEPT_HEADROOM`` (accepts) or
+    ``CONNECT_HEADROOM`` (connects) reach the limit."""
     limit = net_connections_throttle
     if limit <= 0:
         return False
-    return net_stats.sum_unlocked(CONNECTIONS_CURRENTLY_OPEN) * 1.1 >= limit
+    headroom = CONNECT_HEADROOM if t == ThrottleType.CONNECT else ACCEPT_HEADROOM
+    return (net_stats.sum_unlocked(CONNECTIONS_CURRENTLY_OPEN) + pending) * headroom >= limit
 
 
 def check_emergency_throttle(fd: int) -> bool:
@@ -58,10 +92,11 @@ def check_emergency_throttle(fd: int) -> bool:
     return 0 < _emergency_fd <= fd
 
 
-def batch_may_throttle(fds: list[int], exempt: bool = False) -> bool:
+def batch_may_throttle(fds: list[int], exempt: bool = False, weight: int = 1) -> bool:
     """False when none of the just-accepted ``fds`` can be refused, checked once for the
     batch: no fd reaches the emergency headroom, and (unless ``exempt``, a backdoor
-    listener) the open connections plus the whole batch stay under the throttle. True: check
+    listener) the open connections plus the whole batch, each fd counting ``weight``
+    connections (itself and the ones it will open), stay under the throttle. True: check
     each fd (``check_emergency_throttle`` / ``check_net_throttle``)."""
     e = _emergency_fd
     if e > 0 and max(fds) >= e:
@@ -71,4 +106,5 @@ def batch_may_throttle(fds: list[int], exempt: bool = False) -> bool:
     limit = net_connections_throttle
     if limit <= 0:
         return False
-    return (net_stats.sum_unlocked(CONNECTIONS_CURRENTLY_OPEN) + len(fds)) * 1.1 >= limit
+    open_after = net_stats.sum_unlocked(CONNECTIONS_CURRENTLY_OPEN) + len(fds) * weight
+    return open_after * ACCEPT_HEADROOM >= limit

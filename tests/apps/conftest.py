@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import select
 import signal
 import socket
@@ -62,10 +63,15 @@ def parse_summary(line: str) -> dict[str, str]:
     return dict(kv.split("=", 1) for kv in m.group(2).split())
 
 
+def _limit_fds(nofile: int) -> None:
+    """In the child before exec: ``ulimit -n nofile``."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+
 class Cli:
     """One running ``python -m ats_cffi ...``: its listeners, its output, its signals."""
 
-    def __init__(self, args: list[str], stderr_path: Path) -> None:
+    def __init__(self, args: list[str], stderr_path: Path, nofile: int | None = None) -> None:
         self.args = args
         self.stderr_path = stderr_path
         self._stderr = open(stderr_path, "wb")  # noqa: SIM115 - closed in close()
@@ -75,6 +81,7 @@ class Cli:
             stderr=self._stderr,
             stdin=subprocess.DEVNULL,
             cwd=REPO,
+            preexec_fn=None if nofile is None else lambda: _limit_fds(nofile),
         )
         self._buf = b""
         self.lines: list[str] = []
@@ -167,13 +174,14 @@ class Cli:
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Iterator[Callable[..., Cli]]:
-    """``cli(*args)`` starts ``python -m ats_cffi *args``; every process it started (workers
+    """``cli(*args, nofile=None)`` starts ``python -m ats_cffi *args`` (under ``ulimit -n
+    nofile`` if given); every process it started (workers
     included) is killed after the test, and the test fails if one is still alive or if one
     printed a traceback."""
     started: list[Cli] = []
 
-    def start(*args: str) -> Cli:
-        c = Cli(list(args), tmp_path / f"stderr-{len(started)}.txt")
+    def start(*args: str, nofile: int | None = None) -> Cli:
+        c = Cli(list(args), tmp_path / f"stderr-{len(started)}.txt", nofile)
         started.append(c)
         return c
 
