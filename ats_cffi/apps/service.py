@@ -21,7 +21,7 @@ from ats_cffi.apps.stats import AppStats
 from ats_cffi.eventsystem import Action, Continuation, ProxyMutex
 from ats_cffi.eventsystem.iobuffer import DEFAULT_BLOCK_SIZE
 from ats_cffi.net import AcceptOptions, UnixNetVConnection, net_config, net_processor
-from ats_cffi.net.codes import NET_EVENT_ACCEPT
+from ats_cffi.net.codes import NET_EVENT_ACCEPT, net_strerror
 
 log: Final = logging.getLogger("ats.apps")
 
@@ -186,7 +186,8 @@ class Service(Continuation):
 
     def accept_event(self, event: int, data: Any) -> None:
         if event != NET_EVENT_ACCEPT:
-            log.error("%s: accept failed (event %d, %r)", self.name, event, data)
+            why = net_strerror(data) if isinstance(data, int) else repr(data)
+            log.error("%s: accept failed (event %d): %s", self.name, event, why)
             return
         vc: UnixNetVConnection = data
         if self.draining:

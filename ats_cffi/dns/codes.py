@@ -48,6 +48,27 @@ class DNSError(Enum):
     SHUTDOWN = "SHUTDOWN"
 
 
+#: What each failure means, in the words a log line gives it.
+_MEANINGS = {
+    DNSError.NXDOMAIN: "no such name",
+    DNSError.NODATA: "no address of the asked family",
+    DNSError.TIMEOUT: "no name server answered",
+    DNSError.SERVFAIL: "server failure",
+    DNSError.REFUSED: "query refused",
+    DNSError.FORMERR: "query not understood",
+    DNSError.NOTIMP: "query not implemented",
+    DNSError.BAD_ANSWER: "unusable answer",
+    DNSError.NETWORK: "name server unreachable",
+    DNSError.NO_NAMESERVERS: "no name server configured",
+    DNSError.SHUTDOWN: "resolver stopped",
+}
+
+
+def describe_failure(name: str, error: DNSError) -> str:
+    """``DNS lookup of 'name' failed: no such name (NXDOMAIN)``."""
+    return f"DNS lookup of {name!r} failed: {_MEANINGS[error]} ({error.value})"
+
+
 class DNSConnMode(IntEnum):
     """``proxy.config.dns.connection_mode`` (ATS's DNS_CONN_MODE)."""
 

@@ -12,7 +12,7 @@ import threading
 import time
 
 from ats_cffi.dns.cache import Clock, HostCache
-from ats_cffi.dns.codes import DNSConnMode, DNSError
+from ats_cffi.dns.codes import DNSConnMode, DNSError, describe_failure
 from ats_cffi.dns.config import DNSConfig, NameServer, dns_config
 from ats_cffi.dns.entry import DNSLookup
 from ats_cffi.dns.handler import DNSHandler
@@ -22,7 +22,7 @@ from ats_cffi.eventsystem.continuation import Continuation, check_continuation
 from ats_cffi.eventsystem.ethread import EThread, this_ethread
 from ats_cffi.eventsystem.event import Action
 from ats_cffi.eventsystem.processor import check_join_timeout, run_on_threads
-from ats_cffi.net.codes import NET_EVENT_OPEN_FAILED
+from ats_cffi.net.codes import NET_EVENT_OPEN_FAILED, OpenError
 from ats_cffi.net.nethandler import get_net_handler
 from ats_cffi.net.netvc import NetVCOptions
 from ats_cffi.net.processor import (
@@ -229,7 +229,8 @@ class DNSProcessor:
         ``cont`` receives what ``connect_re`` sends (``NET_EVENT_OPEN`` with the VC or
         ``NET_EVENT_OPEN_FAILED``); a failed lookup is ``NET_EVENT_OPEN_FAILED`` with
         ``-ETIMEDOUT`` (no name server answered) or ``-EHOSTUNREACH`` (no such host, no
-        address, server failure). The returned action cancels either step.
+        address, server failure), as an ``OpenError`` whose ``reason`` names the DNS result
+        and the name (``net_strerror`` gives it). The returned action cancels either step.
 
         ``host`` is checked here as ``gethostbyname`` checks its name: ``ValueError``
         naming ``connect_re`` and the address for one that is not a host name.
@@ -247,8 +248,9 @@ class DNSProcessor:
                 return
             if not ent.good:
                 err = errno.ETIMEDOUT if ent.error is DNSError.TIMEOUT else errno.EHOSTUNREACH
-                log.debug("connect_re: cannot resolve %s: %s", host, ent.error)
-                cont.handle_event(NET_EVENT_OPEN_FAILED, -err)
+                reason = describe_failure(host, ent.error or DNSError.BAD_ANSWER)
+                log.debug("connect_re: %s", reason)
+                cont.handle_event(NET_EVENT_OPEN_FAILED, OpenError(-err, reason))
                 return
             try:
                 action.connect = processor.connect_re(cont, (ent.addrs[0], port), options)

@@ -31,8 +31,25 @@ ENET_THROTTLING = NET_ERRNO + 1
 _NET_ERRORS = {ENET_THROTTLING: "connections throttled"}
 
 
+class OpenError(int):
+    """What ``NET_EVENT_OPEN_FAILED`` may carry instead of a bare ``-errno`` when the errno
+    alone would name the wrong cause: the same int (it compares equal to ``-errno.X``),
+    with ``reason``, what failed in words (a DNS result and the name looked up)."""
+
+    reason: str
+
+    def __new__(cls, value: int, reason: str) -> OpenError:
+        self = super().__new__(cls, value)
+        self.reason = reason
+        return self
+
+
 def net_strerror(err: int) -> str:
-    """The text of ``err`` (or ``-err``): one of the net errnos, else ``os.strerror``."""
+    """The text of ``err`` (or ``-err``): an ``OpenError``'s reason, one of the net errnos,
+    else ``os.strerror``."""
+    reason = getattr(err, "reason", None)
+    if reason is not None:
+        return reason  # type: ignore[no-any-return]
     err = abs(err)
     text = _NET_ERRORS.get(err)
     return text if text is not None else os.strerror(err)

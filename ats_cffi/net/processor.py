@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
-import os
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -25,7 +24,7 @@ from ats_cffi.eventsystem.processor import (
 )
 from ats_cffi.net import nethandler as _nh_mod
 from ats_cffi.net.accept import AcceptOptions, NetAccept, check_listen_fd
-from ats_cffi.net.codes import EVENTIO_READ, NET_EVENT_OPEN
+from ats_cffi.net.codes import EVENTIO_READ, NET_EVENT_OPEN, net_strerror
 from ats_cffi.net.config import net_config
 from ats_cffi.net.connect import ConnectAction
 from ats_cffi.net.nethandler import InactivityCop, NetHandler, get_net_handler
@@ -329,9 +328,10 @@ class UnixNetProcessor:
         if event == NET_EVENT_OPEN:
             return data  # type: ignore[no-any-return]
         err = -data if isinstance(data, int) and data < 0 else errno.EIO
+        text = net_strerror(data if isinstance(data, int) else err)
         if err == errno.ETIMEDOUT:
-            raise TimeoutError(err, f"connect_s: {os.strerror(err)}")
-        raise OSError(err, f"connect_s: {os.strerror(err)}")
+            raise TimeoutError(err, f"connect_s: {text}")
+        raise OSError(err, f"connect_s: {text}")
 
     # ------------------------------------------------------------------ accept
 
