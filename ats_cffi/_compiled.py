@@ -23,6 +23,7 @@ MODULES = (
     "ats_cffi.net.netvconnection",
     "ats_cffi.net.vcio",
     "ats_cffi.net.netvc",
+    "ats_cffi.net.queues",
     "ats_cffi.net.nethandler",
     "ats_cffi.net.splice",
     "ats_cffi.apps.service",

@@ -40,8 +40,15 @@ from typing import Any, Final
 
 import httptools
 from librt.time import time as _time
-from mypy_extensions import mypyc_attr
 
+from ats_cffi.apps.http_config import (  # the records moved there; still exported here
+    HTTP_RECORDS,
+    KEEP_ALIVE_TIMEOUT,
+    TRANSACTION_ACTIVE_TIMEOUT,
+    TRANSACTION_NO_ACTIVITY_TIMEOUT,
+    HttpConfig,
+    http_config,
+)
 from ats_cffi.apps.http_parser import ParserLink, give_parser, parser_pool, take_parser
 from ats_cffi.apps.http_responses import (
     CLOSE,
@@ -60,7 +67,6 @@ from ats_cffi.apps.service import WATER_MARK, Service, Session
 from ats_cffi.eventsystem import INT64_MAX, VIO, EventCode, MIOBuffer
 from ats_cffi.eventsystem.ioblock import thread_pool
 from ats_cffi.net.codes import IO_SHUTDOWN_WRITE
-from ats_cffi.net.config import NetConfig, Record
 
 log: Final = logging.getLogger("ats.apps.http")
 
@@ -102,42 +108,6 @@ LINGER: Final = 2.0
 #: Seconds a session stays idle in a graceful stop before it closes: a client that just
 #: read a response sends its next request within it, which closing at once would cross.
 DRAIN_IDLE: Final = 0.5
-#: Seconds a connection may go without traffic when no other inactivity timeout is given
-#: (``--inactivity-timeout``): ATS's ``proxy.config.http.keep_alive_no_activity_timeout_in``
-#: default. Without it, idle or stalled clients would hold their connections for a day
-#: (``proxy.config.net.default_inactivity_timeout``), up to the connections throttle.
-KEEP_ALIVE_TIMEOUT: Final = 120.0
-#: Seconds a request in progress may go without a byte: ATS's
-#: ``proxy.config.http.transaction_no_activity_timeout_in`` default.
-TRANSACTION_NO_ACTIVITY_TIMEOUT: Final = 30.0
-#: Seconds a request may take from the read where it began to its last byte: ATS's
-#: ``proxy.config.http.transaction_active_timeout_in`` default.
-TRANSACTION_ACTIVE_TIMEOUT: Final = 900.0
-
-#: The command's HTTP records (``--config``; ``--inactivity-timeout`` wins over the first),
-#: read when its services start.
-HTTP_RECORDS: tuple[Record, ...] = (
-    Record("proxy.config.http.keep_alive_no_activity_timeout_in",
-           "keep_alive_no_activity_timeout_in", KEEP_ALIVE_TIMEOUT, float, 0,
-           "seconds a connection may stay idle between requests (0: none)"),
-    Record("proxy.config.http.transaction_no_activity_timeout_in",
-           "transaction_no_activity_timeout_in", TRANSACTION_NO_ACTIVITY_TIMEOUT, float, 0,
-           "seconds a request in progress may go without a byte (0: none)"),
-    Record("proxy.config.http.transaction_active_timeout_in",
-           "transaction_active_timeout_in", TRANSACTION_ACTIVE_TIMEOUT, float, 0,
-           "seconds a request may take in all (0: none)"),
-)  # fmt: skip
-
-
-@mypyc_attr(native_class=False)
-class HttpConfig(NetConfig):
-    """The live values of ``HTTP_RECORDS`` (checked as the net records are)."""
-
-    records = HTTP_RECORDS
-
-
-http_config: Final = HttpConfig()
-
 TOTAL: Final = "proxy.process.http.total_client_connections"
 CURRENT: Final = "proxy.process.http.current_client_connections"
 REQUESTS: Final = "proxy.process.http.incoming_requests"
@@ -251,6 +221,8 @@ class HttpSession(Session):
                     self.pump()
                     if not self.closed and not self.peer_eos and self.rreader.read_avail() < unread:
                         self.vc.reenable(self.rvio)
+                elif event == _WRITE_COMPLETE and self.link is None:
+                    self.vc.add_to_keep_alive_queue()  # idle: its oldest close first
         elif event == _EOS:
             if self.lingering:
                 self.close()
@@ -269,7 +241,10 @@ class HttpSession(Session):
         wvio = self.wvio
         avail = reader.read_avail()
         link = self.link
-        if link is None and avail:
+        if link is None and avail:  # a request begins (net/queues.py: max_requests_in)
+            if not self.closing and not self.vc.add_to_active_queue():
+                self.close()
+                return
             link = self.link = take_parser(self, self.parsers)
         while (
             avail and not self.closing and (wvio is None or self.queued - wvio.ndone <= WATER_MARK)

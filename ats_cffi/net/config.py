@@ -55,6 +55,12 @@ RECORDS: tuple[Record, ...] = (
            "ms; delay before retrying an event whose mutex was busy (read at thread start)"),
     Record("proxy.config.net.connections_throttle", "connections_throttle", 30000, int, 0,
            "open connections above which accepts are throttled (0: off)", dynamic=True),
+    Record("proxy.config.net.max_connections_in", "max_connections_in", 30000, int, 0,
+           "inbound sessions (active + keep-alive) over which the oldest idle ones close "
+           "(shared by the net threads; 0: none)", dynamic=True),
+    Record("proxy.config.net.max_requests_in", "max_requests_in", 0, int, 0,
+           "requests served at once, over which a new one's connection closes "
+           "(shared by the net threads; 0: no limit)", dynamic=True),
     Record("proxy.config.net.throttle_delay", "throttle_delay", 50, int, 0,
            "ms; back-off after a resource error on accept", dynamic=True),
     Record("proxy.config.net.additional_accepts", "additional_accepts", -1, int, -1,

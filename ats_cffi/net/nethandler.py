@@ -54,6 +54,7 @@ from ats_cffi.net import stats as st
 from ats_cffi.net.config import NetConfig, net_config
 from ats_cffi.net.eventio import READ_WRITE, EventIO
 from ats_cffi.net.poll import PollCont
+from ats_cffi.net.queues import ConnectionQueues
 from ats_cffi.net.splice import SpliceDriver
 from ats_cffi.net.stats import net_stats
 from ats_cffi.net.throttle import ThrottleType, check_net_throttle
@@ -134,6 +135,8 @@ class NetHandler(Continuation):
         self.signal_io = EventIO(EVENTIO_ASYNC_SIGNAL, thread)
         #: This thread's spliced ends (net/splice.py).
         self.splice = SpliceDriver(self)
+        #: ATS's keep-alive and active queues (net/queues.py).
+        self.queues = ConnectionQueues(self)
         self.cop: InactivityCop | None = None
         self.set_handler(self.start_net_event)
 
@@ -414,6 +417,7 @@ class NetHandler(Continuation):
         if vc.counted_open:
             vc.counted_open = False
             self.stats[st.CONNECTIONS_CURRENTLY_OPEN] -= 1
+        self.queues.remove(vc)
         if vc.in_cop:
             self.cop_list.discard(vc)
             vc.in_cop = False
@@ -475,6 +479,7 @@ class InactivityCop(Continuation):
         default = nh.config.default_inactivity_timeout
         nh.splice.before_cop(now)
         trim_pools()  # the IOBuffer blocks not needed since the last run go back
+        nh.queues.manage_keep_alive_queue()
         while cop:
             vc = cop.pop()
             vc.in_cop = False

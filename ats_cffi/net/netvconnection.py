@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from ats_cffi.eventsystem.ethread import EThread
     from ats_cffi.net.nethandler import NetHandler
     from ats_cffi.net.netvc import UnixNetVConnection
+    from ats_cffi.net.queues import ConnectionQueues
 
 _READ: Final[int] = VIOOp.READ
 _WRITE: Final[int] = VIOOp.WRITE
@@ -344,6 +345,28 @@ class NetVConnection(Continuation):
         application lingers instead: shut the write side, read on, close at EOS)."""
         self._check_open("input_pending")
         return _sys.input_pending(self.fd)
+
+    # ------------------------------------------------------------------ queues
+
+    def add_to_keep_alive_queue(self) -> None:
+        """The session waits idle for its next request (VC's thread): the thread may close
+        it, oldest first, over ``max_connections_in`` (net/queues.py)."""
+        self._queues("add_to_keep_alive_queue").add_keep_alive(self)  # type: ignore[arg-type]
+
+    def add_to_active_queue(self) -> bool:
+        """A request begins (VC's thread): False when the thread serves
+        ``max_requests_in`` requests already; the session then closes the connection."""
+        return self._queues("add_to_active_queue").add_active(self)  # type: ignore[arg-type]
+
+    def remove_from_queues(self) -> None:
+        """Out of the keep-alive and active queues (closing does it too)."""
+        self._queues("remove_from_queues").remove(self)  # type: ignore[arg-type]
+
+    def _queues(self, call: str) -> ConnectionQueues:
+        nh = self.nh
+        if nh is None or self.closed:
+            raise RuntimeError(f"{call}: the VC is closed or not on a net thread")
+        return nh.queues
 
     # ------------------------------------------------------------------ timeouts
 

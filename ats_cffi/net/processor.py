@@ -212,6 +212,8 @@ class UnixNetProcessor:
             raise
         self.netthreads = ep.threads(ET_NET)
         self.n_netthreads = len(self.netthreads)
+        for t in self.netthreads:  # the *_in limits are shared (net/queues.py)
+            get_net_handler(t).queues.threads = self.n_netthreads
         change_net_connections_throttle()
 
     def shutdown(self, timeout: float | None = 5.0) -> None:

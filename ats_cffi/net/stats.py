@@ -31,6 +31,9 @@ STAT_NAMES: tuple[str, ...] = (
     "proxy.process.net.connect_failures",
     "proxy.process.net.inactivity_timeouts",
     "proxy.process.net.active_timeouts",
+    "proxy.process.net.keep_alive_queue_timeout_count",
+    "proxy.process.net.keep_alive_queue_timeout_total",
+    "proxy.process.net.max.requests_throttled_in",
 )
 
 (
@@ -52,6 +55,9 @@ STAT_NAMES: tuple[str, ...] = (
     CONNECT_FAILURES,
     INACTIVITY_TIMEOUTS,
     ACTIVE_TIMEOUTS,
+    KEEP_ALIVE_QUEUE_TIMEOUT_COUNT,
+    KEEP_ALIVE_QUEUE_TIMEOUT_TOTAL,
+    REQUESTS_THROTTLED_IN,
 ) = range(len(STAT_NAMES))
 
 #: One thread's counters (indexed like the registry's names), written by that thread only: a

@@ -495,6 +495,8 @@ class _FakeVC:
         self.inactivity_timeout_in = 0.0
         self.active_timeout_in = 0.0
         self.timeout_calls = 0
+        #: The connection queue the session put the VC in last (net/queues.py), if any.
+        self.queue = ""
 
     def set_inactivity_timeout(self, t: float) -> None:
         self.inactivity_timeout_in = t
@@ -530,6 +532,13 @@ class _FakeVC:
     def input_pending(self) -> bool:
         return self.pending
 
+    def add_to_active_queue(self) -> bool:
+        self.queue = "active"
+        return True
+
+    def add_to_keep_alive_queue(self) -> None:
+        self.queue = "keep-alive"
+
     def send(self, n: int) -> bytes:
         """The VC writes ``n`` bytes of the write VIO's reader to the net."""
         reader = self.wvio.buffer
@@ -555,8 +564,10 @@ def test_the_write_vio_covers_the_responses_queued_and_back_pressure_resumes() -
     assert vc.reenabled == [vc.wvio] and vc.wvio.ntodo() == session.wbuf.max_read_avail() > 0
     out = vc.send(vc.wvio.ntodo())
     assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(HELLO)
+    assert vc.queue == "active"
     session.handle_event(EventCode.VC_EVENT_WRITE_COMPLETE, vc.wvio)
     assert not session.closing and not session.lingering and not vc.shut  # kept alive
+    assert vc.queue == "keep-alive"
 
     # A client that pipelines more than the water mark's worth of responses and reads none.
     n = 5000

@@ -2,7 +2,8 @@
 refused at the limit with ``-ENET_THROTTLING`` (``connections_throttled_out``), a connect
 made on a net thread counts at once, a listener that announces ``connects_per_accept``
 has them counted at accept, a low ``ulimit -n`` still leaves a throttle, and repeated
-failures are logged once per interval with a count (``RateLimitedLog``)."""
+failures are logged once per interval with a count (``RateLimitedLog``). The active queue
+(``max_requests_in``) refuses a request when full, unless one in it has timed out."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ats_cffi.eventsystem import Continuation, ProxyMutex
+from ats_cffi.eventsystem import Continuation, EventCode, MIOBuffer, ProxyMutex
 from ats_cffi.net import AcceptOptions, net_stats, throttle
 from ats_cffi.net.codes import ENET_THROTTLING, NET_EVENT_OPEN, NET_EVENT_OPEN_FAILED, net_strerror
 from ats_cffi.net.ratelog import RateLimitedLog
@@ -179,3 +180,41 @@ def test_a_repeated_failure_is_logged_once_per_interval_with_a_count(caplog) -> 
         "connect to y failed (5 more since the last)",
     ]
     assert rl.suppressed == 1
+
+
+class Idle(Continuation):
+    """Reads from its VC and records the events it gets."""
+
+    def __init__(self, vc: Any) -> None:
+        super().__init__(ProxyMutex())
+        self.vc = vc
+        self.events: list[int] = []
+        self.set_handler(lambda event, data: self.events.append(event))
+        with self.mutex:  # type: ignore[union-attr]
+            vc.do_io_read(self, 1 << 20, MIOBuffer(4096))
+
+
+def test_the_active_queue_makes_room_by_closing_a_request_whose_timeout_passed(
+    start_net,
+) -> None:
+    net = start_net(1, **{"proxy.config.net.max_requests_in": 1})
+    sessions: list[Idle] = []
+    acceptor = Acceptor(on_vc=lambda vc: sessions.append(Idle(vc)))
+    action = net.accept(acceptor, AcceptOptions(local_address="127.0.0.1", accept_threads=0))
+    with client(action.na.port), client(action.na.port):
+        assert wait_until(lambda: len(sessions) == 2)
+        a, b = sessions
+
+        def queue(expire_first: bool) -> tuple[bool, bool]:
+            with a.mutex, b.mutex:  # type: ignore[union-attr]
+                first = a.vc.add_to_active_queue()
+                if expire_first:  # a's request stalled past its inactivity timeout
+                    a.vc.set_inactivity_timeout(1)
+                    a.vc.next_inactivity_timeout_at = a.vc.nh.now - 1
+                return first, b.vc.add_to_active_queue()
+
+        assert on_thread(a.vc.thread, lambda: queue(False)) == (True, False)  # full
+        assert net_stats.get("proxy.process.net.max.requests_throttled_in") == 1
+        assert on_thread(a.vc.thread, lambda: queue(True)) == (True, True)
+        assert a.events == [EventCode.VC_EVENT_INACTIVITY_TIMEOUT] and b.events == []
+    action.cancel()
