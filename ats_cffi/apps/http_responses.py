@@ -21,6 +21,7 @@ _REASONS: Final = {
     405: "Method Not Allowed",
     413: "Content Too Large",
     414: "URI Too Long",
+    417: "Expectation Failed",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
 }
@@ -35,6 +36,15 @@ KEEP_ALIVE: Final = b"Connection: keep-alive\r\n"
 #: The header of the last response on a connection.
 CLOSE: Final = b"Connection: close\r\n"
 HELLO: Final = (200, TEXT, b"Hello, World!")
+#: The header of a 405: the methods the routes serve.
+ALLOW: Final = b"Allow: GET, HEAD\r\n"
+
+_QMARK: Final = ord("?")
+
+
+def error_body(status: int) -> bytes:
+    """The body of an error response: its reason phrase and a newline."""
+    return _REASONS[status].encode() + b"\n"
 
 
 def hello(service: HttpService) -> tuple[int, str, bytes]:
@@ -53,6 +63,14 @@ def stats_prometheus(service: HttpService) -> tuple[int, str, bytes]:
 
 STATS_ROUTES: dict[bytes, Route] = {b"/_stats": stats_json, b"/metrics": stats_prometheus}
 HTTP_ROUTES: dict[bytes, Route] = {b"/": hello, **STATS_ROUTES}
+
+
+def find_route(routes: dict[bytes, Route], url: bytes) -> Route | None:
+    """The route of request target ``url`` (its query string ignored), or None."""
+    if _QMARK in url:  # (an int operand: much cheaper than b"?")
+        url = url.split(b"?", 1)[0]
+    return routes.get(url)
+
 
 _date_cache: tuple[int, bytes] = (0, b"")
 
