@@ -8,7 +8,8 @@ unknown paths 404, malformed requests 400 and a close.
 Limits (http_limits.py): a head over ``MAX_HEAD`` bytes gets 431 (414 for a target too long),
 a body over ``MAX_BODY`` bytes 413, with a close and without reading the rest, so that a
 client cannot keep one request going forever; a request whose head tells its answer gets it
-once the head is complete, and ``Expect: 100-continue`` gets ``100 Continue``.
+once the head is complete, and ``Expect: 100-continue`` gets ``100 Continue``. Each request
+answered counts once in ``incoming_requests`` and once in its status class: they add up.
 
 A session parses what its read VIO brings in and writes the responses in order into its
 write buffer (pipelined requests included). A response that keeps the connection says
@@ -140,18 +141,19 @@ TOTAL: Final = "proxy.process.http.total_client_connections"
 CURRENT: Final = "proxy.process.http.current_client_connections"
 REQUESTS: Final = "proxy.process.http.incoming_requests"
 R2XX: Final = "proxy.process.http.2xx_responses"
+R3XX: Final = "proxy.process.http.3xx_responses"
 R4XX: Final = "proxy.process.http.4xx_responses"
+R5XX: Final = "proxy.process.http.5xx_responses"
 R400: Final = "proxy.process.http.400_responses"
 
 # The session counts on the thread it runs on (AppStats), by index.
-_STAT_NAMES: Final = (TOTAL, CURRENT, REQUESTS, R2XX, R4XX, R400)
+_STAT_NAMES: Final = (TOTAL, CURRENT, REQUESTS, R2XX, R3XX, R4XX, R5XX, R400)
 _I_TOTAL: Final = 0
 _I_CURRENT: Final = 1
 _I_REQUESTS: Final = 2
-_I_2XX: Final = 3
-_I_4XX: Final = 4
-_I_400: Final = 5
-assert len(_STAT_NAMES) == _I_400 + 1
+_I_2XX: Final = 3  # the status classes follow: _I_2XX + (status // 100 - 2)
+_I_400: Final = 7
+assert _STAT_NAMES.index(R5XX) == _I_2XX + 3 and len(_STAT_NAMES) == _I_400 + 1
 
 
 class HttpSession(Session):
@@ -365,8 +367,6 @@ class HttpSession(Session):
         if self.in_transaction_timeouts:
             self.end_transaction_timeouts()
         service: HttpService = self.service  # type: ignore[assignment]
-        counts = self.counts
-        counts[_I_REQUESTS] += 1
         link = self.link
         assert link is not None  # this is its parser's callback
         parser = link.parser
@@ -389,6 +389,8 @@ class HttpSession(Session):
             allow = ALLOW
         elif route is hello:
             # The common response, whole from the per-second cache.
+            counts = self.counts
+            counts[_I_REQUESTS] += 1
             counts[_I_2XX] += 1
             cache = hello_cache
             now = _time()
@@ -417,14 +419,13 @@ class HttpSession(Session):
         head: bool,
         extra: bytes = b"",
     ) -> None:
-        """Queue one response; after one that does not keep alive, no more are parsed."""
+        """Queue one final response (2xx to 5xx: counted with its request); after one that
+        does not keep alive, no more are parsed."""
         counts = self.counts
-        if 200 <= status < 300:
-            counts[_I_2XX] += 1
-        elif 400 <= status < 500:
-            counts[_I_4XX] += 1
-            if status == 400:
-                counts[_I_400] += 1
+        counts[_I_REQUESTS] += 1
+        counts[_I_2XX + status // 100 - 2] += 1
+        if status == 400:
+            counts[_I_400] += 1
         if keep_alive:
             conn = KEEP_ALIVE
         else:

@@ -20,7 +20,8 @@ Otherwise an HTTP/1.1 request with ``Expect: 100-continue`` gets ``100 Continue`
 the read where its head ended is parsed (``send_continue``), unless that read completed the
 request: its body came along, and RFC 9110 lets the server leave the 100 out. Without it a
 client waits (curl: 1 s) before it sends its body. An HTTP/1.0 request's ``Expect`` is
-ignored (RFC 9110 10.1.1: HTTP/1.0 has no 100).
+ignored (RFC 9110 10.1.1: HTTP/1.0 has no 100). Every answer counts in the stats; the 100,
+not a final response, does not.
 
 What a request pays for this: httptools tells a header's value only through ``on_header``
 (no ``Content-Length`` or ``Expect`` after the head), which it then calls for each header of

@@ -201,6 +201,8 @@ def test_a_request_after_one_that_closed_is_neither_refused_nor_continued() -> N
     ],
 )
 def test_the_declared_length_is_read_as_the_parser_reads_it(length: bytes, status: bytes) -> None:
+    from ats_cffi.apps import http as app
+
     s, vc = _session()
     head = b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: %s\r\n\r\n" % length
     out = _read(s, vc, head)
@@ -208,3 +210,6 @@ def test_the_declared_length_is_read_as_the_parser_reads_it(length: bytes, statu
         assert out == b"" and not s.closing
         out = _read(s, vc, b"x" * MAX_BODY)
     assert out.startswith(b"HTTP/1.1 " + status + b" "), out
+    counts = s.service.stats
+    assert counts.get(app.REQUESTS) == 1
+    assert counts.get(app.R2XX if status == b"200" else app.R4XX) == 1
