@@ -67,6 +67,7 @@ from ats_cffi.apps.http_responses import (
     hello_cache,
     hello_responses,
     http_date,
+    negotiate,
     response_head,
 )
 from ats_cffi.apps.service import WATER_MARK, Service, Session
@@ -187,10 +188,10 @@ class HttpSession(Session):
         self.head_bytes = HEAD_DONE
         self.body_bytes = 0
         #: What http_limits.py keeps of the head (reset at each request): the declared body
-        #: length (-1: none) and ``Expect``; ``head_check``: see the head when it
+        #: length (-1: none), ``Expect`` and ``Accept``; ``head_check``: see the head when it
         #: is complete; ``continue_pending``: a 100 is due if the read ends the request's head.
         self.body_length = -1
-        self.expect = b""
+        self.expect = self.accept = b""
         self.head_check = self.continue_pending = False
         #: Response bytes written into ``wbuf`` since the session began.
         self.queued = 0
@@ -343,7 +344,7 @@ class HttpSession(Session):
         self.head_bytes = HEAD_BEGUN
         self.body_bytes = 0
         self.body_length = -1
-        self.expect = b""
+        self.expect = self.accept = b""
         self.head_check = self.continue_pending = False
 
     def on_url(self, url: bytes) -> None:
@@ -405,6 +406,8 @@ class HttpSession(Session):
             self.queued += wbuf.write(response, self.pool)
             return
         else:
+            if self.accept:
+                route = negotiate(route, self.accept)
             status, ctype, body = route(service)
         self.respond(status, ctype, body, keep_alive, head, allow)
 

@@ -93,15 +93,15 @@ def test_curl_reuses_the_connection_and_reads_the_metrics(cli) -> None:
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split()
             types[name] = kind
-        else:
+        elif not line.startswith("# HELP "):
             name, value = line.split()
             assert name in types, f"{name} has no TYPE line before it"
             values[name] = int(value)
     assert types["proxy_process_net_connections_currently_open"] == "gauge"
-    assert types["proxy_process_net_read_bytes"] == "counter"
-    assert values["proxy_process_tcp_total_accepts"] == 1
-    assert values["proxy_process_http_incoming_requests"] == 2  # the page's own later
-    assert values["proxy_process_http_2xx_responses"] == 2
+    assert types["proxy_process_net_read_bytes_total"] == "counter"
+    assert values["proxy_process_tcp_accepts_total"] == 1
+    assert values["proxy_process_http_incoming_requests_total"] == 2  # the page's own later
+    assert values["proxy_process_http_2xx_responses_total"] == 2
 
 
 def test_garbage_gets_400_and_a_close(cli) -> None:
