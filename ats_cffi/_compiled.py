@@ -28,6 +28,7 @@ MODULES = (
     "ats_cffi.net.splice",
     "ats_cffi.apps.service",
     "ats_cffi.apps.http_responses",
+    "ats_cffi.apps.http_limits",
     "ats_cffi.apps.http_parser",
     "ats_cffi.apps.http",
 )

@@ -5,9 +5,11 @@ Routes: ``GET /`` answers ``Hello, World!``; ``GET /_stats`` the stats as JSON;
 only the last two). ``HEAD`` is served like ``GET`` without the body; other methods get 405,
 unknown paths 404, malformed requests 400 and a close.
 
-Limits: a request head (request line and headers) over ``MAX_HEAD`` bytes gets 431 (414 when
-the target alone is too long) and a body over ``MAX_BODY`` bytes 413, both with a close and
-without reading the rest, so that a client cannot keep one request going forever.
+Limits (http_limits.py): a head over ``MAX_HEAD`` bytes gets 431 (414 for a target too long),
+a body over ``MAX_BODY`` bytes 413, with a close and without reading the rest, so that a
+client cannot keep one request going forever; a request whose head tells its answer gets it
+once the head is complete, and ``Expect: 100-continue`` gets ``100 Continue``. Each request
+answered counts once in ``incoming_requests`` and once in its status class: they add up.
 
 A session parses what its read VIO brings in and writes the responses in order into its
 write buffer (pipelined requests included). A response that keeps the connection says
@@ -49,18 +51,30 @@ from ats_cffi.apps.http_config import (  # the records moved there; still export
     HttpConfig,
     http_config,
 )
+from ats_cffi.apps.http_limits import (
+    HEAD_BEGUN,
+    HEAD_DONE,
+    MAX_BODY,
+    MAX_HEAD,
+    MAX_URL,
+    request_spans_blocks,
+)
 from ats_cffi.apps.http_parser import ParserLink, give_parser, parser_pool, take_parser
 from ats_cffi.apps.http_responses import (
+    ALLOW,
     CLOSE,
     HTTP_ROUTES,
     KEEP_ALIVE,
     STATS_ROUTES,
     TEXT,
     Route,
+    error_body,
+    find_route,
     hello,
     hello_cache,
     hello_responses,
     http_date,
+    negotiate,
     response_head,
 )
 from ats_cffi.apps.service import WATER_MARK, Service, Session
@@ -88,21 +102,6 @@ _should_upgrade: Final = httptools.HttpRequestParser.should_upgrade
 #: zeroes 8 KiB, not 64 (measured: 7% less CPU per request on connections that close after
 #: one request, the same on keep-alive ones).
 HTTP_BLOCK_SIZE: Final = 4096
-#: Longest request target accepted (414 beyond).
-MAX_URL: Final = 8192
-#: Most bytes a request head may take: ATS's ``proxy.config.http.request_header_max_size``
-#: default. Counted from the bytes parsed after the piece (at most one ``HTTP_BLOCK_SIZE`` block)
-#: where the request began, since the parser does not say where in a piece that is: a head is
-#: refused once more than ``MAX_HEAD`` bytes of it came after that piece, so never before it
-#: exceeds ``MAX_HEAD``.
-MAX_HEAD: Final = 131072
-#: ``head_bytes`` while not counting: the request began in the block being parsed; its body
-#: began (the head is complete).
-_HEAD_BEGUN: Final = -2
-_HEAD_DONE: Final = -1
-#: Most body bytes a request may carry (no route reads one): nginx's default
-#: ``client_max_body_size``. A smaller body is read and discarded.
-MAX_BODY: Final = 1 << 20
 #: Seconds a closing session keeps draining the client's bytes before it closes.
 LINGER: Final = 2.0
 #: Seconds a session stays idle in a graceful stop before it closes: a client that just
@@ -112,20 +111,19 @@ TOTAL: Final = "proxy.process.http.total_client_connections"
 CURRENT: Final = "proxy.process.http.current_client_connections"
 REQUESTS: Final = "proxy.process.http.incoming_requests"
 R2XX: Final = "proxy.process.http.2xx_responses"
+R3XX: Final = "proxy.process.http.3xx_responses"
 R4XX: Final = "proxy.process.http.4xx_responses"
+R5XX: Final = "proxy.process.http.5xx_responses"
 R400: Final = "proxy.process.http.400_responses"
 
-_QMARK: Final = ord("?")
-
 # The session counts on the thread it runs on (AppStats), by index.
-_STAT_NAMES: Final = (TOTAL, CURRENT, REQUESTS, R2XX, R4XX, R400)
+_STAT_NAMES: Final = (TOTAL, CURRENT, REQUESTS, R2XX, R3XX, R4XX, R5XX, R400)
 _I_TOTAL: Final = 0
 _I_CURRENT: Final = 1
 _I_REQUESTS: Final = 2
-_I_2XX: Final = 3
-_I_4XX: Final = 4
-_I_400: Final = 5
-assert len(_STAT_NAMES) == _I_400 + 1
+_I_2XX: Final = 3  # the status classes follow: _I_2XX + (status // 100 - 2)
+_I_400: Final = 7
+assert _STAT_NAMES.index(R5XX) == _I_2XX + 3 and len(_STAT_NAMES) == _I_400 + 1
 
 
 class HttpSession(Session):
@@ -155,10 +153,15 @@ class HttpSession(Session):
         self.url = b""
         self.url_too_long = False
         #: Bytes of the current request's head parsed after the piece where it began
-        #: (MAX_HEAD), or _HEAD_BEGUN / _HEAD_DONE; once its body began (on_body), the body's
-        #: bytes are counted in ``body_bytes``.
-        self.head_bytes = _HEAD_DONE
+        #: (MAX_HEAD), or HEAD_BEGUN / HEAD_DONE; then its body's bytes (``body_bytes``).
+        self.head_bytes = HEAD_DONE
         self.body_bytes = 0
+        #: What http_limits.py keeps of the head (reset at each request): the declared body
+        #: length (-1: none), ``Expect`` and ``Accept``; ``head_check``: see the head when it
+        #: is complete; ``continue_pending``: a 100 is due if the read ends the request's head.
+        self.body_length = -1
+        self.expect = self.accept = b""
+        self.head_check = self.continue_pending = False
         #: Response bytes written into ``wbuf`` since the session began.
         self.queued = 0
         #: A request has begun and not completed (the session is not idle).
@@ -259,25 +262,19 @@ class HttpSession(Session):
             except httptools.HttpParserCallbackError:
                 log.exception("http: answering a request failed")
                 if not self.closing:
-                    self.respond(500, TEXT, b"Internal Server Error\n", False, False)
+                    self.refuse(500)
             except httptools.HttpParserError as exc:
                 # After a response that closes, what follows is not answered (httptools
                 # rejects data after "Connection: close"): it is discarded while lingering.
                 if not self.closing:
                     log.debug("http: bad request from %r: %s", self.vc, exc)
-                    self.respond(400, TEXT, b"Bad Request\n", keep_alive=False, head=False)
+                    self.refuse(400)
                 self.client_closes = False  # bytes came after the last request: linger
             n = end - off
             reader.advance(n, self.pool)  # consume(n), unchecked: n <= read_avail()
             avail -= n
             if self.in_request and not self.closing:
-                # A request spans blocks (rare): bound its head (the module doc).
-                if self.head_bytes >= 0:
-                    self.head_bytes += n
-                    if self.head_bytes > MAX_HEAD:
-                        self.refuse_head()
-                elif self.head_bytes == _HEAD_BEGUN:
-                    self.head_bytes = 0
+                request_spans_blocks(self, n)  # (rare) bound its head, send its 100
             wvio = self.wvio  # made by the first response
         if self.in_request and not self.in_transaction_timeouts and not self.closing:
             self.begin_transaction_timeouts()
@@ -318,41 +315,33 @@ class HttpSession(Session):
         self.in_request = True
         self.url = b""
         self.url_too_long = False
-        self.head_bytes = _HEAD_BEGUN
+        self.head_bytes = HEAD_BEGUN
+        self.body_bytes = 0
+        self.body_length = -1
+        self.expect = self.accept = b""
+        self.head_check = self.continue_pending = False
 
     def on_url(self, url: bytes) -> None:
         if self.url or len(url) > MAX_URL:
             if len(self.url) + len(url) > MAX_URL:
-                self.url_too_long = True
+                self.url_too_long = self.head_check = True
             else:
                 self.url += url
         else:
             self.url = url
 
     def on_body(self, body: bytes) -> None:
-        if self.head_bytes != _HEAD_DONE:  # the head is complete: the body's first piece
-            self.head_bytes = _HEAD_DONE
-            self.body_bytes = 0
         self.body_bytes += len(body)
-        if self.body_bytes > MAX_BODY and not self.closing:
-            self.respond(413, TEXT, b"Content Too Large\n", False, False)
-
-    def refuse_head(self) -> None:
-        """The request head outgrew ``MAX_HEAD``: answer with a close (module doc)."""
-        if self.url_too_long:
-            self.respond(414, TEXT, b"URI Too Long\n", False, False)
-        else:
-            self.respond(431, TEXT, b"Request Header Fields Too Large\n", False, False)
+        if self.body_bytes > MAX_BODY and not self.closing:  # chunked (http_limits.py)
+            self.refuse(413)
 
     def on_message_complete(self) -> None:
         self.in_request = False
         if self.closing:
-            return  # a request after one answered with a close (same read): not answered
+            return  # answered at its head, or after a response that closed: not answered
         if self.in_transaction_timeouts:
             self.end_transaction_timeouts()
         service: HttpService = self.service  # type: ignore[assignment]
-        counts = self.counts
-        counts[_I_REQUESTS] += 1
         link = self.link
         assert link is not None  # this is its parser's callback
         parser = link.parser
@@ -366,36 +355,34 @@ class HttpSession(Session):
             self.client_closes = not _should_upgrade(parser)
         head = method == b"HEAD"
         allow = b""
-        if self.url_too_long:
-            status, ctype, body = 414, TEXT, b"URI Too Long\n"
-            keep_alive = False
-        else:
-            url = self.url
-            if _QMARK in url:  # (an int operand: much cheaper than b"?")
-                url = url.split(b"?", 1)[0]
-            route = service.routes.get(url)
-            if route is None:
-                status, ctype, body = 404, TEXT, b"Not Found\n"
-            elif method != b"GET" and not head:
-                status, ctype, body = 405, TEXT, b"Method Not Allowed\n"
-                allow = b"Allow: GET, HEAD\r\n"
-            elif route is hello:
-                # The common response, whole from the per-second cache.
-                counts[_I_2XX] += 1
-                cache = hello_cache
-                now = _time()
-                if now >= cache.end or now < cache.start:
-                    cache.refresh(now)
-                if keep_alive:
-                    response = cache.head if head else cache.get
-                else:
-                    response = cache.head_close if head else cache.get_close
-                    self.closing = True
-                wbuf = self.wbuf if self.wbuf is not None else self.open_write()
-                self.queued += wbuf.write(response, self.pool)
-                return
+        # (A target too long was refused at its head: http_limits.check_head.)
+        route = find_route(service.routes, self.url)
+        if route is None:
+            status, ctype, body = 404, TEXT, b"Not Found\n"
+        elif method != b"GET" and not head:
+            status, ctype, body = 405, TEXT, b"Method Not Allowed\n"
+            allow = ALLOW
+        elif route is hello:
+            # The common response, whole from the per-second cache.
+            counts = self.counts
+            counts[_I_REQUESTS] += 1
+            counts[_I_2XX] += 1
+            cache = hello_cache
+            now = _time()
+            if now >= cache.end or now < cache.start:
+                cache.refresh(now)
+            if keep_alive:
+                response = cache.head if head else cache.get
             else:
-                status, ctype, body = route(service)
+                response = cache.head_close if head else cache.get_close
+                self.closing = True
+            wbuf = self.wbuf if self.wbuf is not None else self.open_write()
+            self.queued += wbuf.write(response, self.pool)
+            return
+        else:
+            if self.accept:
+                route = negotiate(route, self.accept)
+            status, ctype, body = route(service)
         self.respond(status, ctype, body, keep_alive, head, allow)
 
     # ------------------------------------------------------------------ responses
@@ -409,14 +396,13 @@ class HttpSession(Session):
         head: bool,
         extra: bytes = b"",
     ) -> None:
-        """Queue one response; after one that does not keep alive, no more are parsed."""
+        """Queue one final response (2xx to 5xx: counted with its request); after one that
+        does not keep alive, no more are parsed."""
         counts = self.counts
-        if 200 <= status < 300:
-            counts[_I_2XX] += 1
-        elif 400 <= status < 500:
-            counts[_I_4XX] += 1
-            if status == 400:
-                counts[_I_400] += 1
+        counts[_I_REQUESTS] += 1
+        counts[_I_2XX + status // 100 - 2] += 1
+        if status == 400:
+            counts[_I_400] += 1
         if keep_alive:
             conn = KEEP_ALIVE
         else:
@@ -425,6 +411,10 @@ class HttpSession(Session):
         head_bytes = response_head(status, ctype, len(body), http_date(), extra, conn)
         wbuf = self.wbuf if self.wbuf is not None else self.open_write()
         self.queued += wbuf.write(head_bytes if head else head_bytes + body, self.pool)
+
+    def refuse(self, status: int, extra: bytes = b"") -> None:
+        """Answer an error ``status`` (its reason as the body) with a close."""
+        self.respond(status, TEXT, error_body(status), False, False, extra)
 
     # ------------------------------------------------------------------ closing
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final
 
 import httptools
 
+from ats_cffi.apps.http_limits import head_complete, note_header
 from ats_cffi.eventsystem.threadcache import ThreadCache
 
 if TYPE_CHECKING:
@@ -28,7 +29,8 @@ POOL_MAX: Final = 256
 
 class ParserLink:
     """A parser and the session it parses for now: it is the parser's protocol object and
-    hands each callback to that session."""
+    hands each callback to that session (the head's to http_limits.py, which keeps what it
+    needs of them in the session)."""
 
     __slots__ = ("parser", "session")
 
@@ -41,6 +43,12 @@ class ParserLink:
 
     def on_url(self, url: bytes) -> None:
         self.session.on_url(url)  # type: ignore[union-attr]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        note_header(self.session, name, value)  # type: ignore[arg-type]
+
+    def on_headers_complete(self) -> None:
+        head_complete(self.session)  # type: ignore[arg-type]
 
     def on_body(self, body: bytes) -> None:
         self.session.on_body(body)  # type: ignore[union-attr]

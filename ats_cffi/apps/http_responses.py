@@ -1,6 +1,7 @@
 """The http service's responses: status line and headers, the ``Date`` (formatted once per
-second), the routes (``hello`` and the stats pages) and the per-second cache of the hello
-route's whole responses, which the session writes with one call."""
+second), the routes (``hello`` and the stats pages, ``/metrics`` in the format the client
+accepts) and the per-second cache of the hello route's whole responses, which the session
+writes with one call."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ _REASONS: Final = {
     405: "Method Not Allowed",
     413: "Content Too Large",
     414: "URI Too Long",
+    417: "Expectation Failed",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
 }
@@ -35,6 +37,18 @@ KEEP_ALIVE: Final = b"Connection: keep-alive\r\n"
 #: The header of the last response on a connection.
 CLOSE: Final = b"Connection: close\r\n"
 HELLO: Final = (200, TEXT, b"Hello, World!")
+#: The header of a 405: the methods the routes serve.
+ALLOW: Final = b"Allow: GET, HEAD\r\n"
+#: Prometheus' text format, which scrapers that ask for nothing else get.
+PROMETHEUS_TEXT: Final = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_TEXT: Final = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+_QMARK: Final = ord("?")
+
+
+def error_body(status: int) -> bytes:
+    """The body of an error response: its reason phrase and a newline."""
+    return _REASONS[status].encode() + b"\n"
 
 
 def hello(service: HttpService) -> tuple[int, str, bytes]:
@@ -48,11 +62,55 @@ def stats_json(service: HttpService) -> tuple[int, str, bytes]:
 
 def stats_prometheus(service: HttpService) -> tuple[int, str, bytes]:
     values = collect(service.stats_source.stats)
-    return 200, "text/plain; version=0.0.4; charset=utf-8", render_prometheus(values)
+    return 200, PROMETHEUS_TEXT, render_prometheus(values)
+
+
+def stats_openmetrics(service: HttpService) -> tuple[int, str, bytes]:
+    """``/metrics`` to a scraper that accepts OpenMetrics (``negotiate``)."""
+    values = collect(service.stats_source.stats)
+    return 200, OPENMETRICS_TEXT, render_prometheus(values, openmetrics=True)
 
 
 STATS_ROUTES: dict[bytes, Route] = {b"/_stats": stats_json, b"/metrics": stats_prometheus}
 HTTP_ROUTES: dict[bytes, Route] = {b"/": hello, **STATS_ROUTES}
+
+
+def find_route(routes: dict[bytes, Route], url: bytes) -> Route | None:
+    """The route of request target ``url`` (its query string ignored), or None."""
+    if _QMARK in url:  # (an int operand: much cheaper than b"?")
+        url = url.split(b"?", 1)[0]
+    return routes.get(url)
+
+
+def negotiate(route: Route, accept: bytes) -> Route:
+    """The route that answers ``route``'s request for a client whose ``Accept`` is
+    ``accept``: ``/metrics`` in OpenMetrics to one that prefers it, as Prometheus asks."""
+    if route is stats_prometheus and wants_openmetrics(accept):
+        return stats_openmetrics
+    return route
+
+
+def wants_openmetrics(accept: bytes) -> bool:
+    """Whether an ``Accept`` value ranks ``application/openmetrics-text`` (q > 0) at least
+    as high as the text format (``text/plain``, ``text/*``, ``*/*``)."""
+    openmetrics = text = 0.0
+    for media_range in accept.lower().split(b","):
+        kind, *params = media_range.split(b";")
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition(b"=")
+            if key.strip() == b"q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        kind = kind.strip()
+        if kind == b"application/openmetrics-text":
+            openmetrics = max(openmetrics, q)
+        elif kind in (b"text/plain", b"text/*", b"*/*"):
+            text = max(text, q)
+    return openmetrics > 0 and openmetrics >= text
+
 
 _date_cache: tuple[int, bytes] = (0, b"")
 

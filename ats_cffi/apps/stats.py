@@ -3,6 +3,17 @@
 
 The JSON follows ATS's stats_over_http plugin: ``{"global": {"proxy.process...": n}}``, plus
 which service, process and worker answered (with ``--workers`` each worker counts its own).
+
+The Prometheus page follows Prometheus' naming conventions, so that its queries and
+dashboards read it as any exporter's: the ATS name with ``_`` for ``.``; a counter's samples
+end in ``_total`` (an ATS name's own ``total_`` prefix is dropped, not said twice:
+``proxy.process.tcp.total_accepts`` is ``proxy_process_tcp_accepts_total``); a gauge keeps
+its name; units are in the ATS names already (``read_bytes``). Whether a stat is a gauge is
+decided by one rule, ``is_gauge``. Each metric has a ``# HELP`` line with its ATS name, the
+key of the same value in ``/_stats``. The page is in the text format 0.0.4 that every
+scraper reads, or in OpenMetrics 1.0 for one that asks for it (``http_responses.negotiate``):
+its ``# TYPE`` names the family (without ``_total``), a byte count says ``# UNIT ... bytes``,
+and ``# EOF`` ends it.
 """
 
 from __future__ import annotations
@@ -15,8 +26,9 @@ from collections.abc import Iterable, Mapping
 from ats_cffi.net import net_stats
 from ats_cffi.net.stats import StatRegistry
 
-#: Stats that go up and down; every other stat only grows (a Prometheus counter).
-_GAUGE_MARKERS = ("currently_open", ".current_")
+#: Stats that go up and down (a Prometheus gauge): ATS names them for what is open or in
+#: progress now. Every other stat only grows (a counter).
+_GAUGE_MARKERS = ("currently_open", ".current_", ".in_flight")
 
 
 class _ThreadCounts(threading.local):
@@ -53,7 +65,8 @@ class AppStats(StatRegistry):
 
 
 def is_gauge(name: str) -> bool:
-    """True for stats that can go down (connections open now), False for counters."""
+    """True for stats that can go down (connections open now, questions in flight), False
+    for counters. The one place that tells them apart (``_GAUGE_MARKERS``)."""
     return any(m in name for m in _GAUGE_MARKERS)
 
 
@@ -76,18 +89,41 @@ def render_json(values: Mapping[str, int], service: str, worker: int | None = No
     return (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode()
 
 
-def prometheus_name(name: str) -> str:
-    """``proxy.process.net.read_bytes`` → ``proxy_process_net_read_bytes``."""
+def metric_family(name: str) -> str:
+    """The Prometheus metric family of stat ``name`` (the module doc):
+    ``proxy.process.net.read_bytes`` → ``proxy_process_net_read_bytes``,
+    ``proxy.process.tcp.total_accepts`` → ``proxy_process_tcp_accepts``."""
+    area, _, last = name.rpartition(".")
+    if last.startswith("total_") and not is_gauge(name):
+        name = f"{area}.{last[len('total_') :]}"
     return "".join(c if c.isalnum() or c == "_" else "_" for c in name)
 
 
-def render_prometheus(values: Mapping[str, int]) -> bytes:
-    """``values`` in the Prometheus text exposition format (version 0.0.4)."""
+def prometheus_name(name: str) -> str:
+    """The name of stat ``name``'s sample: its family, ``_total`` after a counter's."""
+    family = metric_family(name)
+    return family if is_gauge(name) else family + "_total"
+
+
+def render_prometheus(values: Mapping[str, int], openmetrics: bool = False) -> bytes:
+    """``values`` in the Prometheus text exposition format (version 0.0.4), or in
+    OpenMetrics 1.0 text (the module doc)."""
     lines = []
     for name, value in values.items():
-        metric = prometheus_name(name)
-        lines.append(f"# TYPE {metric} {'gauge' if is_gauge(name) else 'counter'}")
-        lines.append(f"{metric} {value}")
+        family = metric_family(name)
+        kind = "gauge" if is_gauge(name) else "counter"
+        sample = prometheus_name(name)
+        if openmetrics:
+            lines.append(f"# TYPE {family} {kind}")
+            if family.endswith("_bytes"):
+                lines.append(f"# UNIT {family} bytes")
+            lines.append(f"# HELP {family} {name}")
+        else:
+            lines.append(f"# HELP {sample} {name}")
+            lines.append(f"# TYPE {sample} {kind}")
+        lines.append(f"{sample} {value}")
+    if openmetrics:
+        lines.append("# EOF")
     return ("\n".join(lines) + "\n").encode()
 
 

@@ -10,7 +10,8 @@ A session (HTTP, say) puts its VC in the *active* queue when a request begins
   the two queues together hold more, the oldest idle keep-alive connections are closed
   first (``manage_keep_alive_queue``: their sessions get ``VC_EVENT_INACTIVITY_TIMEOUT``),
   when a VC goes idle and on every InactivityCop run. Counted in
-  ``keep_alive_queue_timeout_count`` (and their idle seconds in ``..._total``).
+  ``keep_alive_queue_timeout_count`` and their idle seconds in ``..._seconds`` (ATS:
+  ``keep_alive_queue_timeout_total``; a Prometheus counter name may not end in _total).
 - ``proxy.config.net.max_requests_in`` (per thread; 0: no limit): a request that would
   take the active queue past it first closes active connections whose timeouts have
   already passed (``manage_active_queue``); if none, ``add_to_active_queue`` says False
@@ -124,7 +125,7 @@ class ConnectionQueues:
             stats[st.KEEP_ALIVE_QUEUE_TIMEOUT_COUNT] += 1
             if vc.inactivity_timeout_in and vc.next_inactivity_timeout_at:
                 idle = now - (vc.next_inactivity_timeout_at - vc.inactivity_timeout_in)
-                stats[st.KEEP_ALIVE_QUEUE_TIMEOUT_TOTAL] += max(0, int(idle))
+                stats[st.KEEP_ALIVE_QUEUE_TIMEOUT_SECONDS] += max(0, int(idle))
             vc.next_inactivity_timeout_at = now - _DUE
             vc.handle_event(VC_EVENT_INACTIVITY_TIMEOUT, None)
         elif vc.next_activity_timeout_at and vc.next_activity_timeout_at <= now:

@@ -32,7 +32,7 @@ STAT_NAMES: tuple[str, ...] = (
     "proxy.process.net.inactivity_timeouts",
     "proxy.process.net.active_timeouts",
     "proxy.process.net.keep_alive_queue_timeout_count",
-    "proxy.process.net.keep_alive_queue_timeout_total",
+    "proxy.process.net.keep_alive_queue_timeout_seconds",
     "proxy.process.net.max.requests_throttled_in",
 )
 
@@ -56,7 +56,7 @@ STAT_NAMES: tuple[str, ...] = (
     INACTIVITY_TIMEOUTS,
     ACTIVE_TIMEOUTS,
     KEEP_ALIVE_QUEUE_TIMEOUT_COUNT,
-    KEEP_ALIVE_QUEUE_TIMEOUT_TOTAL,
+    KEEP_ALIVE_QUEUE_TIMEOUT_SECONDS,
     REQUESTS_THROTTLED_IN,
 ) = range(len(STAT_NAMES))
 

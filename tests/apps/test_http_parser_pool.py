@@ -7,14 +7,23 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from ats_cffi.apps import http as app
-from ats_cffi.apps.http_parser import pooled_parsers
+from ats_cffi.apps.http_parser import parser_pool, pooled_parsers
 from ats_cffi.eventsystem import EventCode
 
 from .test_http import HELLO, _FakeVC
 
 GET = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
 CLOSE = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+
+
+@pytest.fixture(autouse=True)
+def empty_pool() -> None:
+    """Each test starts with this thread's pool empty, whatever tests before it left there
+    (a session idle at the end of a test has given its parser back)."""
+    parser_pool().clear()
 
 
 def session() -> tuple[Any, _FakeVC]:
