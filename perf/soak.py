@@ -6,7 +6,8 @@ well-behaved and abusive clients, then a SIGTERM under load; a table of checks a
 
 Per service, one subprocess ``python -m ats_cffi SERVICE --listen 127.0.0.1:0 --stats
 127.0.0.1:0 --config RECORDS`` under ``RLIMIT_NOFILE`` ``--nofile`` (1024; the tunnel's
-upstream is an echo of its own, under the soak's limit). For ``--seconds``, threads of this
+upstream is an echo of its own, under the soak's limit; ``--vio`` runs echo and tunnel with
+``--vio``: through VIOs and Python continuations, not spliced). For ``--seconds``, threads of this
 process run (perf/soak_clients.py), all on 127.0.0.1:
 
 - well-behaved clients: echo/tunnel, messages of 1 B..256 KiB from a seeded stream per
@@ -92,6 +93,8 @@ class Plan:
     drain_clients: int = 24
     drain_timeout: float = 10.0
     settle: float = 10.0
+    #: echo/tunnel through VIOs and Python continuations (``--vio``), not the splice.
+    vio: bool = False
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -99,7 +102,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         plan = Plan(seconds=3.0, hold=0.3, pause=0.1, hup_every=0.6, settle=6.0)
     else:
         plan = Plan(seconds=args.seconds, hup_every=min(2.0, max(0.6, args.seconds / 5)))
-    return replace(plan, nofile=args.nofile, burst=args.nofile)
+    return replace(plan, nofile=args.nofile, burst=args.nofile, vio=args.vio)
 
 
 def fit_plan(plan: Plan, service: str) -> Plan:
@@ -132,6 +135,8 @@ def start_service(name: str, plan: Plan, workdir: Path) -> tuple[ServiceProcess,
         up = ServiceProcess("upstream", ["echo", "--listen", f"{HOST}:0"], workdir, None)
         procs.append(up.wait_listening(1))
         extra = ["--upstream", f"{HOST}:{up.ports['echo']}"]
+    if plan.vio and name != "http":
+        extra.append("--vio")
     args = [name, "--listen", f"{HOST}:0", *extra, "--stats", f"{HOST}:0"]
     args += ["--config", str(records), "--drain-timeout", str(plan.drain_timeout)]
     svc = ServiceProcess(name, args, workdir, plan.nofile)
@@ -293,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--short", action="store_true", help="CI: 3 s per service, ~12 s in all")
     ap.add_argument("--nofile", type=int, default=1024, help="the service's ulimit -n")
     ap.add_argument("--services", default=",".join(SERVICES), help="echo,tunnel,http")
+    ap.add_argument("--vio", action="store_true", help="echo/tunnel --vio (not spliced)")
     args = ap.parse_args(argv)
     names = [s for s in args.services.split(",") if s]
     if not names or set(names) - set(SERVICES) or args.seconds <= 0 or args.nofile < 256:
