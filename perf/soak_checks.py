@@ -94,7 +94,7 @@ def well_behaved(r: Result) -> tuple[bool, str]:
         ok = c["sent"] > 0 and c["verified"] == c["sent"] and not c["corrupt"]
         text = f"{mib(c['sent'])} sent, {mib(c['verified'])} verified byte-exact"
     text += f" ({c['messages']:,} exchanges on {c['connections']:,} connections"
-    return ok, text + f"; {c['refused']} refused at the throttle)"
+    return ok, text + f"; {c['refused']:,} refused at the throttle)"
 
 
 def integrity(r: Result) -> tuple[bool, str]:

@@ -260,12 +260,12 @@ class HttpResetter(HttpClient):
         data = REQUEST * k + REQUEST[: rng.randint(1, len(REQUEST) - 1)]
         sink = HttpSink(min(k, rng.randint(0, 3)))
         done = pump(sock, data, sink, PumpOptions(abort_at=len(data)))
+        self.counts["bytes_before_reset"] += done.sent
         if not done.ended:
             done = pump(sock, b"", sink)  # the first responses (at most 3), checked
         if done.ended == "stall":
             self.errors.append(f"{self.name}: no response in {OP_TIMEOUT} s")
         self.counts["corrupt"] += sink.bad
-        self.counts["bytes_before_reset"] += done.sent
         self.counts["resets"] += 1
         reset_close(sock)
 
