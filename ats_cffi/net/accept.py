@@ -292,7 +292,7 @@ class NetAccept(Continuation):
                 pass  # best effort: the peer may be gone already
         _sys.close(fd)
         stats[st.CONNECTIONS_THROTTLED_IN] += 1
-        throttle_warning(ThrottleType.ACCEPT)
+        throttle_warning(ThrottleType.ACCEPT, fd if emergency else -1)
         return True
 
     def make_vcs(self, fds: list[int], stats: list[int]) -> list[UnixNetVConnection]:

@@ -37,25 +37,29 @@ class ThrottleType(IntEnum):
     CONNECT = 1
 
 
-#: ATS's check_throttle_warning, per kind: one line a minute at most, with a count.
+#: ATS's check_throttle_warning, per kind (and for the fd headroom): one line a minute at
+#: most, with a count.
 _warnings = {t: RateLimitedLog(log) for t in ThrottleType}
+_fd_warning = RateLimitedLog(log)
 
 
-def throttle_warning(t: ThrottleType) -> None:
-    """Log that a connection of kind ``t`` was refused by the throttle (rate limited)."""
+def throttle_warning(t: ThrottleType, fd: int = -1) -> None:
+    """Log that a connection of kind ``t`` was refused by the throttle, or (``fd`` >= 0)
+    that accepted fd ``fd`` came within the emergency headroom of RLIMIT_NOFILE; rate
+    limited."""
+    if fd >= 0:
+        _fd_warning(
+            "accepted fd %d is within %d of RLIMIT_NOFILE: connections refused",
+            fd,
+            EMERGENCY_FD_HEADROOM,
+        )
+        return
     _warnings[t](
         "too many connections (%d open, limit %d): %s throttled",
         net_stats.sum_unlocked(CONNECTIONS_CURRENTLY_OPEN),
         net_connections_throttle,
         "accepts" if t == ThrottleType.ACCEPT else "connects",
     )
-
-
-#: The effective limit (set by change_net_connections_throttle; 0: off).
-net_connections_throttle = 0
-#: fd number at and above which a new connection is closed at once (0: no limit). Read from
-#: RLIMIT_NOFILE by change_net_connections_throttle, not per accept (a syscall each).
-_emergency_fd = 0
 
 
 def change_net_connections_throttle() -> int:
