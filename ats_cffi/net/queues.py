@@ -23,7 +23,6 @@ Only the VC's net thread touches its queues (the session runs there).
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 from ats_cffi.eventsystem.codes import VC_EVENT_ACTIVE_TIMEOUT, VC_EVENT_INACTIVITY_TIMEOUT
@@ -50,7 +49,8 @@ class ConnectionQueues:
         self.active: dict[UnixNetVConnection, None] = {}
 
     def _per_thread(self, total: int) -> int:
-        return math.ceil(total / self.threads) if total > 0 else 0
+        """This thread's share of ``total`` (rounded up; 0: no limit)."""
+        return -(-total // self.threads) if total > 0 else 0
 
     # ------------------------------------------------------------------ the VC's moves
 
