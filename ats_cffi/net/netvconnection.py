@@ -358,10 +358,6 @@ class NetVConnection(Continuation):
         ``max_requests_in`` requests already; the session then closes the connection."""
         return self._queues("add_to_active_queue").add_active(self)  # type: ignore[arg-type]
 
-    def remove_from_queues(self) -> None:
-        """Out of the keep-alive and active queues (closing does it too)."""
-        self._queues("remove_from_queues").remove(self)  # type: ignore[arg-type]
-
     def _queues(self, call: str) -> ConnectionQueues:
         nh = self.nh
         if nh is None or self.closed:
