@@ -37,8 +37,8 @@ class ATSTestCase(tb.AIOTestCase):
 def _own_attrs(cls: type) -> dict[str, Any]:
     attrs: dict[str, Any] = {}
     for name, value in vars(cls).items():
-        if name.startswith("__") and name.endswith("__"):
-            continue
+        if name.startswith("__") and name.endswith("__") and not name.startswith("__unittest"):
+            continue  # but keep unittest.skip*'s __unittest_skip__ and __unittest_skip_why__
         if isinstance(value, types.FunctionType) and "__class__" in value.__code__.co_freevars:
             raise TypeError(f"{cls.__qualname__}.{name} uses super(): cannot be rebased")
         attrs[name] = value

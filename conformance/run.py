@@ -71,6 +71,8 @@ def pytest_cmd(args: argparse.Namespace, suite: cf_suites.Suite, hangs: list[str
     run_dir = args.cache / "run"
     cmd = [sys.executable, "-m", "pytest", "-c", str(run_dir / "pytest.ini")]
     cmd += ["--rootdir", str(run_dir), "-p", "cf_plugin", "-p", "no:cacheprovider"]
+    # no capture: uvloop's redirect tests dup2 over sys.stdout's fd, as under unittest
+    cmd += ["--capture=no"]
     cmd += [f"--timeout={args.timeout:g}", "-q", "-rfE", str(run_dir / f"{suite.stub}.py")]
     for test_id in hangs:
         cmd += ["--deselect", f"{suite.stub}.py::" + test_id.split("::", 1)[1]]
