@@ -22,6 +22,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 KINDS = ("difference", "bug", "hang", "env")
+NEVER_FINISHED = "(the test never finished)"
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def judge(suite: str, results: dict[str, Outcome], listed: dict[str, Exception_]
             (verdict.unexpected_pass if entry else verdict.passed).append(test_id)
         else:
             (verdict.expected if entry else verdict.failed).append(test_id)
-            verdict.messages[test_id] = res.message or "(the test never finished)"
+            verdict.messages[test_id] = res.message or NEVER_FINISHED
     prefix = suite + "::"
     verdict.deselected = sorted(
         i for i, e in listed.items() if e.kind == "hang" and i.startswith(prefix)

@@ -65,13 +65,15 @@ def implementation() -> str:
         loop.close()
 
 
-def check_factory(spec: str) -> str:
-    """Make and close one loop; return a one-line description of it (raises on failure)."""
+def check_factory(spec: str) -> tuple[str, bool]:
+    """Make and close one loop: a one-line description of it, and whether it is an
+    ``asyncio.BaseEventLoop`` (CPython's suites need one). Raises when the factory fails."""
     loop = resolve(spec)()
     try:
         if not isinstance(loop, asyncio.AbstractEventLoop):
             raise TypeError(f"{spec} returned {type(loop)!r}, not an event loop")
         kind = type(loop)
-        return f"{kind.__module__}.{kind.__qualname__} ({detect_implementation(loop)})"
+        desc = f"{kind.__module__}.{kind.__qualname__} ({detect_implementation(loop)})"
+        return desc, isinstance(loop, asyncio.BaseEventLoop)
     finally:
         loop.close()
