@@ -69,6 +69,8 @@ def read_results(path: Path, suite: str) -> dict[str, Outcome]:
     rank = {"started": 0, "passed": 1, "skipped": 2, "failed": 3}
     for line in path.read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
+        if rec["event"] == "sessionfinish":
+            continue
         test_id = suite + "::" + rec["id"].split("::", 1)[-1]
         if rec["event"] == "collect":
             test_id = f"{suite}::<collect>::{rec['id']}"

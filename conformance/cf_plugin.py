@@ -52,6 +52,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         )
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _write({"id": "", "event": "sessionfinish", "exitstatus": int(exitstatus)})
+
+
 def pytest_collectreport(report: pytest.CollectReport) -> None:
     if report.failed:
         _write(

@@ -22,7 +22,7 @@ class ATSTestCase(tb.AIOTestCase):
     ``implementation`` is what uvloop's tests compare with ``'asyncio'`` to skip or adapt
     uvloop-only expectations: 'asyncio' for an asyncio-compatible loop (ats_cffi's is a
     SelectorEventLoop subclass), 'uvloop' when the factory makes a uvloop.Loop; the
-    runner's ``--implementation`` forces one.
+    runner's ``--implementation`` forces one. ``is_asyncio_loop()`` follows it.
     """
 
     implementation = "asyncio"
@@ -32,6 +32,12 @@ class ATSTestCase(tb.AIOTestCase):
 
     def new_policy(self) -> asyncio.AbstractEventLoopPolicy:
         return asyncio.DefaultEventLoopPolicy()
+
+    def is_asyncio_loop(self) -> bool:
+        """uvloop's own test asks whether the loop's class lives in ``asyncio.*`` (to tell
+        asyncio's from uvloop's); a loop subclassing asyncio's, in another module, answers
+        as its ``implementation`` says."""
+        return self.implementation == "asyncio"
 
 
 def _own_attrs(cls: type) -> dict[str, Any]:

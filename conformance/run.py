@@ -122,7 +122,7 @@ def run_suite(
             note = _run_once(
                 args, pytest_cmd(args, suite, hangs + before), results, uv_root, log, max(left, 1.0)
             )
-            if not note or len(_started(results)) == len(before):
+            if not note or _session_finished(results) or len(_started(results)) == len(before):
                 break
             crashes[suite.name + "::" + _started(results)[-1].split("::", 1)[1]] = note
             if "suite killed" in note:
@@ -131,6 +131,9 @@ def run_suite(
     verdict.seconds = time.monotonic() - start
     _add_notes(verdict, crashes, note)
     return verdict
+
+
+EXIT_GRACE = 30.0
 
 
 def _run_once(
@@ -151,17 +154,47 @@ def _run_once(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return f"suite killed after {args.suite_timeout:g} s"
+    deadline, finished_at = time.monotonic() + timeout, 0.0
+    while proc.poll() is None:
+        now = time.monotonic()
+        if not finished_at and _session_finished(results):
+            finished_at = now
+        if finished_at and now - finished_at > EXIT_GRACE:
+            _kill(proc)
+            return f"pytest did not exit {EXIT_GRACE:g} s after its tests (stacks in the .log)"
+        if now > deadline:
+            _kill(proc)
+            return f"suite killed after {args.suite_timeout:g} s"
+        time.sleep(0.2)
     if proc.returncode < 0:
         return f"pytest died of signal {-proc.returncode}"
     if proc.returncode not in (0, 1, 5):
         return f"pytest exited {proc.returncode}"
     return ""
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGABRT first (faulthandler writes every thread's stack to the log), then SIGKILL."""
+    proc.send_signal(signal.SIGABRT)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # and whatever it started
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _session_finished(results: Path) -> bool:
+    """Whether the last record says pytest's session finished (all its tests ran)."""
+    try:
+        with open(results, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 200))
+            return b'"event": "sessionfinish"' in f.read().splitlines()[-1]
+    except (OSError, IndexError):
+        return False
 
 
 def _add_notes(verdict: cf_expect.Verdict, crashes: dict[str, str], last: str) -> None:
@@ -173,7 +206,7 @@ def _add_notes(verdict: cf_expect.Verdict, crashes: dict[str, str], last: str) -
     if last and last not in crashes.values():
         notes.append(last)
     verdict.note = "; ".join(notes)
-    if last and not verdict.failed and not verdict.expected:
+    if last:  # the run was not clean: a failure of its own, listable as SUITE::<run>::<pytest>
         verdict.failed.append(f"{verdict.suite}::<run>::<pytest>")
         verdict.messages[verdict.failed[-1]] = last
 
