@@ -96,15 +96,16 @@ from _common import (
 SERVERS = ("ats", "asyncio", "uvloop", "uvloop_min")
 REFS = ("asyncio", "uvloop", "uvloop_min")
 LABELS = {"ats": "ats_cffi", "uvloop_min": "uvloop+httptools, minimal"}
-#: The echo cases also run the spliced ats echo (``servers.py ats_splice``): a row of its own.
-ECHO_SERVERS = ("ats", "ats_splice", "asyncio", "uvloop")
+#: The echo cases also run the spliced ats echo (``servers.py ats_splice``) and the asyncio
+#: Protocol echo on ats_cffi's asyncio loop (``ats_asyncio``): rows of their own.
+ECHO_SERVERS = ("ats", "ats_splice", "ats_asyncio", "asyncio", "uvloop")
 HTTP_SERVERS = ("ats", "asyncio", "uvloop", "uvloop_min")
 ACCEPT_SERVERS = ("ats", "asyncio", "uvloop")
 #: What each idle connection carries before it is left idle, and what ends its answer.
 IDLE_MESSAGES = {"echo": b"x", "http": b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"}
 #: How long after the idle client closed everything the server's RSS is read again, in s.
 CLOSED_SETTLE = 2.0
-SUBJECT_LABEL = {"ats": "", "ats_splice": ", splice"}
+SUBJECT_LABEL = {"ats": "", "ats_splice": ", splice", "ats_asyncio": ", asyncio loop"}
 KIB = 1024
 ECHO_CASES = [(m * KIB, c) for m in (1, 10, 100) for c in (10, 100)]
 HTTP_PEERS = HERE / "http_peers.py"

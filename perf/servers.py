@@ -1,6 +1,7 @@
-"""Echo servers for perf/echo_bench.py: ats_cffi, asyncio and uvloop.
+"""Echo servers for perf/echo_bench.py: ats_cffi (its VIO API, spliced, and an asyncio
+Protocol on its asyncio loop), asyncio and uvloop.
 
-    python perf/servers.py {ats,ats_splice,asyncio,uvloop} [--port P]
+    python perf/servers.py {ats,ats_splice,ats_asyncio,asyncio,uvloop} [--port P]
     python perf/servers.py ats [--net-threads N] [--accept-threads N] [--reuseport]
     python perf/servers.py {ats,asyncio,uvloop} --backlog N
 
@@ -181,7 +182,20 @@ def run_uvloop(port: int, water_mark: int = 0, backlog: int | None = None) -> No
     uvloop.run(serve_asyncio(port, backlog))
 
 
-SERVERS = {"ats": run_ats, "ats_splice": run_ats, "asyncio": run_asyncio, "uvloop": run_uvloop}
+def run_ats_asyncio(port: int, water_mark: int = 0, backlog: int | None = None) -> None:
+    """The same asyncio Protocol on ats_cffi's asyncio loop (``ats_cffi.asyncio``)."""
+    import ats_cffi.asyncio
+
+    ats_cffi.asyncio.run(serve_asyncio(port, backlog))
+
+
+SERVERS = {
+    "ats": run_ats,
+    "ats_splice": run_ats,
+    "ats_asyncio": run_ats_asyncio,
+    "asyncio": run_asyncio,
+    "uvloop": run_uvloop,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,8 +21,9 @@ DEDICATED = "DEDICATED"
 _tls = threading.local()
 
 
-def set_this_ethread(thread: EThread) -> None:
-    """Make ``thread`` the calling OS thread's EThread (its first step, on that thread)."""
+def set_this_ethread(thread: EThread | None) -> None:
+    """Make ``thread`` the calling OS thread's EThread (its first step, on that thread);
+    None: the thread runs no EThread (again)."""
     _tls.ethread = thread
 
 

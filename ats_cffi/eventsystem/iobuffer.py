@@ -358,7 +358,7 @@ class MIOBuffer:
                 self._many = None
         else:
             raise ValueError("r is not an allocated reader of this buffer")
-        r._detach()
+        r._drop_writer()
 
     def dealloc_all_readers(self) -> None:
         """Detach every reader of this buffer."""
@@ -369,7 +369,7 @@ class MIOBuffer:
         self._retain_from(rs[0] if len(rs) == 1 else min(rs, key=_reader_pos))
         self._one = self._many = None
         for r in rs:
-            r._detach()
+            r._drop_writer()
 
     def max_read_avail(self) -> int:
         """The largest ``read_avail()`` over all readers (the retained bytes if none)."""
@@ -449,7 +449,7 @@ class IOBufferReader:
                 self._pos = _by._head_pos
                 _by._head = None
 
-    def _detach(self) -> None:
+    def _drop_writer(self) -> None:
         self.writer = None
         self._block = _DETACHED
 

@@ -63,12 +63,16 @@ class EventIOType(IntEnum):
     EVENTIO_READWRITE_VC = 2
     EVENTIO_DNS_CONNECTION = 3
     EVENTIO_ASYNC_SIGNAL = 5
+    #: An fd watched level-triggered for an owner that collects its readiness (the asyncio
+    #: loop's ``add_reader``/``add_writer``; not an ATS type).
+    EVENTIO_READINESS = 6
 
 
 EVENTIO_NETACCEPT = EventIOType.EVENTIO_NETACCEPT
 EVENTIO_READWRITE_VC = EventIOType.EVENTIO_READWRITE_VC
 EVENTIO_DNS_CONNECTION = EventIOType.EVENTIO_DNS_CONNECTION
 EVENTIO_ASYNC_SIGNAL = EventIOType.EVENTIO_ASYNC_SIGNAL
+EVENTIO_READINESS = EventIOType.EVENTIO_READINESS
 
 #: Interest bits of EventIO.start/modify/refresh (epoll's, as in ATS on Linux).
 EVENTIO_READ: int = lib.EPOLLIN

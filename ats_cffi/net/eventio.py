@@ -49,14 +49,27 @@ class EventIO:
         closes inside ``NET_EVENT_ACCEPT``) costs no ``epoll_ctl`` at all. Nothing is lost:
         the ADD reports readiness that is already pending. A queued ADD that fails reaches
         ``PollDescriptor.take_failed``."""
+        self._register("EventIO.start", pd, fd, events, events | _EPOLLET | extra, defer)
+
+    def start_level(self, pd: PollDescriptor, fd: int, events: int) -> None:
+        """Register ``fd`` level-triggered for ``events`` (the asyncio loop's readers and
+        writers: asyncio's meaning is "call me while the fd is ready"). Unlike an
+        edge-triggered fd, its interest is the kernel's: change it with ``modify_level``.
+        Raises ``OSError`` naming ``epoll_ctl``."""
+        self._register("EventIO.start_level", pd, fd, events, events, False)
+
+    def _register(
+        self, call: str, pd: PollDescriptor, fd: int, events: int, mask: int, defer: bool
+    ) -> None:
+        # start/start_level: ``EPOLL_CTL_ADD`` of ``fd`` with the raw epoll ``mask``.
         if self.pd is not None:
-            raise RuntimeError("EventIO.start: already started")
+            raise RuntimeError(f"{call}: already started")
         token = pd.register(self)
         try:
             if defer:
-                pd.epoll.add_deferred(fd, events | _EPOLLET | extra, token)
+                pd.epoll.add_deferred(fd, mask, token)
             else:
-                pd.epoll.add(fd, events | _EPOLLET | extra, token)
+                pd.epoll.add(fd, mask, token)
         except BaseException:
             pd.unregister(token)
             raise
@@ -64,6 +77,14 @@ class EventIO:
         self.pd = pd
         self.events = events
         self.token = token
+
+    def modify_level(self, events: int) -> None:
+        """Change a level-triggered registration's interest to ``events`` (``EPOLL_CTL_MOD``)."""
+        pd = self.pd
+        if pd is None:
+            raise RuntimeError("EventIO.modify_level: not started")
+        pd.epoll.modify(self.fd, events, self.token)
+        self.events = events
 
     def modify(self, e: int) -> None:
         """Record interest: ``+EVENTIO_READ`` adds it, ``-EVENTIO_READ`` removes it.

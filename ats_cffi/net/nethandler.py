@@ -17,7 +17,8 @@ One pass (``wait_for_activity``, installed as the EThread's poll step):
 3. dispatch each result by its EventIO type: READWRITE_VC sets ``triggered`` and queues the
    VC on the ready lists (and takes it off the cop list: it is active); DNS_CONNECTION
    triggers the connection and refreshes its edge; ASYNC_SIGNAL drains the eventfd;
-   NETACCEPT runs the listener's accept pass;
+   NETACCEPT runs the listener's accept pass; READINESS (a level-triggered fd of the asyncio
+   loop) hands the mask to its owner (``ats_cffi/asyncio/selector.py``);
 4. ``process_ready_list``: each queued VC once — closed → freed; ``enabled and triggered`` →
    ``net_read_io`` / ``write_to_net``. A VC that is still triggered after its turn is queued
    for the *next* pass, so one flooding VC cannot starve the others. Then the spliced ends
@@ -71,6 +72,7 @@ EVENTIO_ASYNC_SIGNAL: Final = _ncodes.EVENTIO_ASYNC_SIGNAL
 EVENTIO_DNS_CONNECTION: Final = _ncodes.EVENTIO_DNS_CONNECTION
 EVENTIO_NETACCEPT: Final = _ncodes.EVENTIO_NETACCEPT
 EVENTIO_READ: Final = _ncodes.EVENTIO_READ
+EVENTIO_READINESS: Final = _ncodes.EVENTIO_READINESS
 EVENTIO_READWRITE_VC: Final = _ncodes.EVENTIO_READWRITE_VC
 
 log: Final = logging.getLogger("ats.iocore_net")
@@ -350,6 +352,8 @@ class NetHandler(Continuation):
                 eio.refresh(EVENTIO_READ)
             elif t is EVENTIO_NETACCEPT:
                 eio.data.accept_fast_event(self, eio.fd)
+            elif t is EVENTIO_READINESS:
+                eio.data.readiness(eio.fd, masks[i])
 
     # ------------------------------------------------------------------ VC life
 

@@ -62,13 +62,20 @@ POLL_CONT_SLOT: int | None = None
 
 
 def initialize_thread_for_net(thread: EThread) -> None:
-    """Make ``thread`` a net thread (runs on it): NetHandler + PollCont, the NetHandler as
-    the poll step, the thread's eventfd as an ``EVENTIO_ASYNC_SIGNAL`` EventIO, and the
-    InactivityCop every ``inactivity_check_frequency`` seconds."""
-    nh = NetHandler(thread)
-    thread.retry_delay = net_config.retry_delay / 1000.0
+    """Make ``thread`` one of the processor's net threads (runs on it): ``attach_net_handler``
+    and the thread's NetHandler and PollCont in its slots."""
+    nh = attach_net_handler(thread)
     thread.slots[_nh_mod.NET_HANDLER_SLOT] = nh  # type: ignore[index]
     thread.slots[POLL_CONT_SLOT] = nh.poll_cont  # type: ignore[index]
+
+
+def attach_net_handler(thread: EThread) -> NetHandler:
+    """Give ``thread`` (a REGULAR EThread) a NetHandler + PollCont: the NetHandler as the
+    poll step, the thread's eventfd as an ``EVENTIO_ASYNC_SIGNAL`` EventIO, and the
+    InactivityCop every ``inactivity_check_frequency`` seconds. The net threads of ``start``
+    get theirs so; the asyncio loop's thread too (it is none of the processor's)."""
+    nh = NetHandler(thread)
+    thread.retry_delay = net_config.retry_delay / 1000.0
     old, thread.tail_cb = thread.tail_cb, nh
     if old is not None:
         old.close()
@@ -77,6 +84,7 @@ def initialize_thread_for_net(thread: EThread) -> None:
     thread.schedule_imm(nh)
     nh.cop = InactivityCop(nh)
     thread.schedule_every(nh.cop, net_config.inactivity_check_frequency)
+    return nh
 
 
 def _parse_address(call: str, addr: Any) -> tuple[int, tuple]:

@@ -31,6 +31,11 @@ CONNECT_HEADROOM = 1.0
 #: Headroom under RLIMIT_NOFILE at which accepted connections are closed at once.
 EMERGENCY_FD_HEADROOM = 16
 
+#: The effective limit and the emergency fd number, set by ``change_net_connections_throttle``
+#: (when the net processor or an asyncio loop starts, and on a records change); 0: none.
+net_connections_throttle = 0
+_emergency_fd = 0
+
 
 class ThrottleType(IntEnum):
     ACCEPT = 0

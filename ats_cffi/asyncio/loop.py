@@ -1,0 +1,184 @@
+"""Loop: an asyncio event loop whose I/O runs on an EThread's NetHandler (DESIGN.md
+section 12).
+
+What is not I/O (tasks, futures, the ready queue, timers, debug mode, exception handlers,
+executors, signal handlers, subprocesses) is asyncio's own: the loop is asyncio's unix
+selector loop with two parts replaced:
+
+- the selector is a ``NetSelector`` (``selector.py``): the fds of ``add_reader`` /
+  ``add_writer`` (and of what asyncio builds on them: ``sock_*`` calls, datagram and pipe
+  transports, the signal wake-up pipe) are level-triggered EventIOs in the NetHandler's
+  epoll, and each ``select`` is one pass of the loop's EThread;
+- stream transports are ``VCTransport``s (``transport.py``): a UnixNetVConnection on the
+  same NetHandler, whose events the NetHandler's dispatch turns into protocol calls.
+
+The loop's EThread is none of ``net_processor``'s threads: it is run by whichever thread
+runs the loop (``run_forever`` makes it that thread's EThread for the while), so the VCs'
+InactivityCop, timeouts and stats work as on any net thread. ``call_soon_threadsafe``
+wakes the loop through the EThread's eventfd (``EVENTIO_ASYNC_SIGNAL``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+import weakref
+from asyncio import constants, sslproto
+from collections.abc import Callable
+from typing import Any
+
+from ats_cffi.asyncio.selector import NetSelector
+from ats_cffi.asyncio.server import ServerOptions
+from ats_cffi.asyncio.transport import VCTransport
+from ats_cffi.eventsystem.current import REGULAR, set_this_ethread, this_ethread
+from ats_cffi.eventsystem.ethread import EThread
+from ats_cffi.eventsystem.mutex import ProxyMutex
+from ats_cffi.net.processor import attach_net_handler
+from ats_cffi.net.throttle import change_net_connections_throttle
+
+_SelectorLoop: Any = asyncio.SelectorEventLoop
+
+
+def _new_net_thread(clock: Callable[[], float]) -> tuple[EThread, Any]:
+    thread = EThread(REGULAR, clock=clock, name="[asyncio loop]")
+    thread.tid = threading.get_ident()  # until a run binds it to the thread that runs it
+    try:
+        nh = attach_net_handler(thread)
+        change_net_connections_throttle()  # as the net processor's start does
+    except BaseException:
+        thread.join()  # releases the eventfd and the default poll step
+        raise
+    return thread, nh
+
+
+class Loop(_SelectorLoop):  # type: ignore[misc,valid-type]
+    """An asyncio event loop on the ATS net core (see the module doc)."""
+
+    def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
+        """``clock``: the EThread's (its InactivityCop and the connections' timeouts read
+        it; tests give a fake one). asyncio's timers keep ``loop.time()``."""
+        thread, nh = _new_net_thread(clock if clock is not None else time.monotonic)
+        self._ethread = thread
+        self._net_handler = nh
+        #: The mutex of every transport's continuation: one loop thread runs them all.
+        self._net_mutex = ProxyMutex()
+        #: Servers made by ``ats_cffi.asyncio.create_server``, with their options.
+        self._server_options: weakref.WeakKeyDictionary[Any, ServerOptions] = (
+            weakref.WeakKeyDictionary()
+        )
+        try:
+            super().__init__(NetSelector(thread, nh))
+        except BaseException:
+            thread.join()
+            raise
+
+    # ------------------------------------------------------------------ running
+
+    def run_forever(self) -> None:
+        thread = self._ethread
+        previous = this_ethread()
+        set_this_ethread(thread)
+        thread.tid = threading.get_ident()
+        try:
+            super().run_forever()
+        finally:
+            set_this_ethread(previous)
+
+    def _write_to_self(self) -> None:
+        # call_soon_threadsafe and the other wake-ups: the EThread's eventfd, which the
+        # NetHandler drains in its dispatch. (The signal wake-up fd stays asyncio's
+        # socketpair: signal.set_wakeup_fd writes one byte per signal, an eventfd takes 8.)
+        self._ethread.signal()
+
+    def close(self) -> None:
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        for tr in list(self._transports.values()):
+            if isinstance(tr, VCTransport):
+                tr._release()  # their fds close with the loop, as uvloop's handles do
+        try:
+            super().close()
+        finally:
+            self._ethread.join()  # closes the NetHandler (its VCs, its epoll) and the eventfd
+
+    # ------------------------------------------------------------------ transports
+
+    async def _accept_connection2(
+        self,
+        protocol_factory: Any,
+        conn: socket.socket,
+        extra: Any,
+        sslcontext: Any = None,
+        server: Any = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
+        options = self._server_options.get(server) if server is not None else None
+        if options is not None and options.refused(conn, self._net_handler.stats):
+            return  # closed before any protocol was made
+        await super()._accept_connection2(
+            protocol_factory, conn, extra, sslcontext, server, *args, **kwargs
+        )
+
+    def _make_socket_transport(
+        self,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        waiter: asyncio.Future[None] | None = None,
+        *,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+    ) -> VCTransport:
+        return VCTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(
+        self,
+        rawsock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        sslcontext: Any,
+        waiter: asyncio.Future[None] | None = None,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+        ssl_handshake_timeout: float = constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout: float = constants.SSL_SHUTDOWN_TIMEOUT,
+    ) -> asyncio.Transport:
+        # asyncio's TLS protocol over a VC transport, until the net core has TLS of its own.
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )  # fmt: skip
+        VCTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport  # type: ignore[no-any-return]
+
+    async def _sendfile_native(self, transp: Any, file: Any, offset: int, count: int | None) -> int:
+        if not isinstance(transp, VCTransport):
+            return await super()._sendfile_native(transp, file, offset, count)  # type: ignore[no-any-return]
+        # asyncio's native path waits for the socket with add_writer; the VC's socket is in
+        # the epoll set already (edge-triggered, for its life), so the wait is on a dup of
+        # it: another registration of the same socket. The transport is drained and paused
+        # meanwhile, as asyncio's is.
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        await transp._make_empty_waiter()
+        try:
+            with socket.socket(fileno=os.dup(transp._sock_fd)) as sock:
+                sock.setblocking(False)
+                return await self.sock_sendfile(sock, file, offset, count, fallback=False)  # type: ignore[no-any-return]
+        finally:
+            transp._reset_empty_waiter()
+            if resume_reading:
+                transp.resume_reading()
+
+
+def new_event_loop() -> Loop:
+    """A new ``Loop`` (for ``asyncio.Runner(loop_factory=...)``, ``uvicorn --loop``)."""
+    return Loop()

@@ -1,0 +1,100 @@
+"""ATS's connection management for asyncio servers on ``Loop``: ``create_server`` with a
+``ServerOptions``.
+
+A plain ``loop.create_server`` behaves as asyncio's. Through this module's
+``create_server``, a server's connections also get what ATS gives its own:
+
+- ``inactivity_timeout`` / ``active_timeout``: the loop's InactivityCop closes a connection
+  idle that long (or open that long); its protocol sees ``connection_lost(TimeoutError)``,
+  counted in ``proxy.process.net.inactivity_timeouts`` / ``active_timeouts``;
+- ``throttle``: a connection accepted while ``proxy.config.net.connections_throttle`` is
+  reached (every connection of the process counts: the net threads', the loops') is closed at
+  once, before any protocol is made, counted in ``proxy.process.net.connections_throttled_in``
+  and logged once a minute, as ATS's NetAccept does.
+
+DESIGN.md section 12 wants these servers to be NetAccepts on the loop's NetHandler; for now
+the accept is asyncio's (``add_reader`` on the listening socket, through the loop's
+selector) and the options act on what it accepts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import socket
+from typing import Any
+
+from ats_cffi.net import stats as st
+from ats_cffi.net.throttle import ThrottleType, check_net_throttle, throttle_warning
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerOptions:
+    """What ATS manages for one asyncio server's connections (module doc). Timeouts are in
+    seconds, > 0, or None for none."""
+
+    inactivity_timeout: float | None = None
+    active_timeout: float | None = None
+    throttle: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("inactivity_timeout", "active_timeout"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"ServerOptions: {name} must be a number or None, not {v!r}")
+            if not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"ServerOptions: {name} must be > 0 and finite, got {v!r}")
+        if not isinstance(self.throttle, bool):
+            raise TypeError(f"ServerOptions: throttle must be a bool, not {self.throttle!r}")
+
+    def apply(self, vc: Any) -> None:
+        """Set the timeouts on an accepted connection's VC."""
+        if self.inactivity_timeout is not None:
+            vc.set_inactivity_timeout(self.inactivity_timeout)
+        if self.active_timeout is not None:
+            vc.set_active_timeout(self.active_timeout)
+
+    def refused(self, conn: socket.socket, stats: Any) -> bool:
+        """Close ``conn`` (just accepted) if the throttle refuses it; True if it did."""
+        if not self.throttle or not check_net_throttle(ThrottleType.ACCEPT):
+            return False
+        conn.close()
+        stats[st.CONNECTIONS_THROTTLED_IN] += 1
+        throttle_warning(ThrottleType.ACCEPT)
+        return True
+
+
+async def create_server(
+    protocol_factory: Any,
+    host: Any = None,
+    port: Any = None,
+    *,
+    options: ServerOptions | None = None,
+    start_serving: bool = True,
+    **kwargs: Any,
+) -> asyncio.Server:
+    """``loop.create_server(protocol_factory, host, port, **kwargs)`` on the running
+    ``Loop``, its connections managed as ``options`` says (default ``ServerOptions()``).
+    ``TypeError`` if the running loop is not an ``ats_cffi.asyncio.Loop``."""
+    from ats_cffi.asyncio.loop import Loop
+
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, Loop):
+        raise TypeError(
+            f"create_server: the running loop must be an ats_cffi.asyncio.Loop, not "
+            f"{type(loop).__name__}"
+        )
+    if options is None:
+        options = ServerOptions()
+    elif not isinstance(options, ServerOptions):
+        raise TypeError(
+            f"create_server: options must be ServerOptions or None, not {type(options).__name__}"
+        )
+    server = await loop.create_server(protocol_factory, host, port, start_serving=False, **kwargs)
+    loop._server_options[server] = options  # before the first accept
+    if start_serving:
+        await server.start_serving()
+    return server

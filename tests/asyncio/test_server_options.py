@@ -1,0 +1,206 @@
+"""ATS's connection management for an asyncio server on Loop (``create_server`` with
+``ServerOptions``): the InactivityCop's timeouts, on the test's fake clock, and the
+connections throttle, with the net stats counting both."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import ats_cffi.asyncio as ats_asyncio
+from ats_cffi.net import stats as st
+from ats_cffi.net.config import net_config
+from ats_cffi.net.throttle import change_net_connections_throttle
+from tests.conftest import FakeClock
+
+CHECK_EVERY = net_config.inactivity_check_frequency
+
+
+class Recorder(asyncio.Protocol):
+    made: list[Recorder] = []
+
+    def __init__(self) -> None:
+        self.lost: list[BaseException | None] = []
+        Recorder.made.append(self)
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost.append(exc)
+
+
+@pytest.fixture(autouse=True)
+def fresh_recorder() -> Iterator[None]:
+    Recorder.made = []
+    yield
+    Recorder.made = []
+
+
+async def passes(n: int = 20) -> None:
+    """Let the loop run ``n`` passes (each one pass of its EThread: the cop when due)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def until(predicate: Any, what: str) -> None:
+    for _ in range(1000):
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def close(w: asyncio.StreamWriter, srv: asyncio.Server) -> None:
+    w.close()
+    await w.wait_closed()
+    srv.close()
+    await srv.wait_closed()
+
+
+def run_on_fake_clock(loop: ats_asyncio.Loop, main: Any) -> None:
+    try:
+        loop.run_until_complete(main)
+    finally:
+        loop.close()
+
+
+def test_an_idle_connection_is_closed_by_the_inactivity_cop() -> None:
+    clock = FakeClock()
+    loop = ats_asyncio.Loop(clock=clock)
+
+    async def main() -> None:
+        stats = loop._net_handler.stats
+        options = ats_asyncio.ServerOptions(inactivity_timeout=5.0)
+        srv = await ats_asyncio.create_server(Recorder, "127.0.0.1", 0, options=options)
+        port = srv.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"hi")
+        # bytes moved: the inactivity deadline is now + 5 s
+        assert await asyncio.wait_for(r.readexactly(2), 10) == b"hi"
+        (proto,) = Recorder.made
+        base = stats[st.INACTIVITY_TIMEOUTS]
+        clock.advance(CHECK_EVERY)  # a cop run lists the idle connection
+        await passes()
+        clock.advance(4.0 - CHECK_EVERY)  # 4 s idle: not yet
+        await passes()
+        assert proto.lost == []
+        clock.advance(1.5)  # 5.5 s idle: the next cop run closes it
+        await passes()
+        await until(lambda: proto.lost, "connection_lost")
+        assert isinstance(proto.lost[0], TimeoutError)
+        assert stats[st.INACTIVITY_TIMEOUTS] == base + 1
+        assert await asyncio.wait_for(r.read(), 10) == b""  # the client sees the close
+        await close(w, srv)
+
+    run_on_fake_clock(loop, main())
+
+
+def test_an_active_timeout_closes_a_busy_connection() -> None:
+    clock = FakeClock()
+    loop = ats_asyncio.Loop(clock=clock)
+
+    async def main() -> None:
+        stats = loop._net_handler.stats
+        base = stats[st.ACTIVE_TIMEOUTS]
+        options = ats_asyncio.ServerOptions(active_timeout=3.0)
+        srv = await ats_asyncio.create_server(Recorder, "127.0.0.1", 0, options=options)
+        port = srv.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(4):  # busy: a message every second, 4 s in all
+            w.write(b"x")
+            assert await asyncio.wait_for(r.readexactly(1), 10) == b"x"
+            clock.advance(1.0)
+            await passes()
+        await until(lambda: Recorder.made[0].lost, "connection_lost")
+        assert isinstance(Recorder.made[0].lost[0], TimeoutError)
+        assert stats[st.ACTIVE_TIMEOUTS] == base + 1
+        await close(w, srv)
+
+    run_on_fake_clock(loop, main())
+
+
+@pytest.fixture
+def throttle_at_4() -> Iterator[None]:
+    net_config.set("proxy.config.net.connections_throttle", 4)
+    change_net_connections_throttle()
+    try:
+        yield
+    finally:
+        net_config.reset()
+        change_net_connections_throttle()
+
+
+def test_the_throttle_refuses_connections_past_the_limit(throttle_at_4: None) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stats = loop._net_handler.stats  # type: ignore[attr-defined]
+        base = stats[st.CONNECTIONS_THROTTLED_IN]
+        assert st.net_stats.sum_unlocked(st.CONNECTIONS_CURRENTLY_OPEN) == 0
+        srv = await ats_asyncio.create_server(Recorder, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]
+        try:
+            # 4 open (4 * 1.1 >= 4): the 5th and 6th are closed at once, no protocol made
+            await until(lambda: stats[st.CONNECTIONS_THROTTLED_IN] == base + 2, "2 refused")
+            await until(lambda: len(Recorder.made) == 4, "4 accepted")
+            await passes()
+            assert len(Recorder.made) == 4
+            for c in clients:
+                c.settimeout(10)
+            got = [c.recv(1) if i >= 4 else None for i, c in enumerate(clients)]
+            assert got[4:] == [b"", b""]  # refused: closed by the server
+            clients[0].sendall(b"ok")  # the accepted ones are served
+            assert await loop.run_in_executor(None, clients[0].recv, 2) == b"ok"
+        finally:
+            for c in clients:
+                c.close()
+        srv.close()
+        await srv.wait_closed()
+
+    ats_asyncio.run(main())
+
+
+def test_a_plain_create_server_is_not_throttled(throttle_at_4: None) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        srv = await loop.create_server(Recorder, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]
+        try:
+            await until(lambda: len(Recorder.made) == 6, "6 accepted")
+        finally:
+            for c in clients:
+                c.close()
+        srv.close()
+        await srv.wait_closed()
+
+    ats_asyncio.run(main())
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="inactivity_timeout"):
+        ats_asyncio.ServerOptions(inactivity_timeout=0)
+    with pytest.raises(TypeError, match="active_timeout"):
+        ats_asyncio.ServerOptions(active_timeout="1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="throttle"):
+        ats_asyncio.ServerOptions(throttle=1)  # type: ignore[arg-type]
+
+    async def on_asyncio() -> None:
+        with pytest.raises(TypeError, match="ats_cffi.asyncio.Loop"):
+            await ats_asyncio.create_server(Recorder, "127.0.0.1", 0)
+
+    asyncio.run(on_asyncio())
+
+    async def bad_options() -> None:
+        with pytest.raises(TypeError, match="options"):
+            await ats_asyncio.create_server(Recorder, "127.0.0.1", 0, options={})  # type: ignore[arg-type]
+
+    ats_asyncio.run(bad_options())
