@@ -46,7 +46,7 @@ from servers import ATS_WATER_MARK
 LOADGEN_SRC = HERE / "loadgen.c"
 LOADGEN = OUT / "loadgen"
 SERVERS_PY = HERE / "servers.py"
-SERVERS = ("ats", "ats_splice", "asyncio", "uvloop")
+SERVERS = ("ats", "ats_splice", "ats_asyncio", "asyncio", "uvloop")
 CASES = [(1024, 10), (1024, 100), (102400, 10), (102400, 100)]
 
 

@@ -360,6 +360,26 @@ def test_write_to_a_reset_peer_raises_epipe_or_econnreset_not_sigpipe(pair) -> N
     assert "write" in str(info.value)
 
 
+def test_send_some_returns_counts_and_errnos_as_values(pair) -> None:
+    a, b = pair
+    assert s.send_some(b.fileno(), b"bytes") == 5  # bytes: passed as they are
+    assert s.send_some(b.fileno(), bytearray(b"arr")) == 3
+    assert s.send_some(b.fileno(), memoryview(b"__view__")[2:6]) == 4
+    assert a.recv(100) == b"bytesarrview"
+    with pytest.raises(TypeError, match="send_some"):
+        s.send_some(b.fileno(), "text")
+    for _ in range(1000):  # fill the socket: -EAGAIN, no exception
+        r = s.send_some(b.fileno(), b"x" * 65536)
+        if r < 0:
+            assert r == -errno.EAGAIN
+            break
+    else:
+        pytest.fail("the socket buffer never filled")
+    a.close()
+    results = {s.send_some(b.fileno(), b"x") for _ in range(3)}
+    assert results & {-errno.EPIPE, -errno.ECONNRESET}  # no SIGPIPE, no exception
+
+
 def test_input_pending_peeks_without_consuming(pair) -> None:
     a, b = pair
     assert s.input_pending(a.fileno()) is False  # nothing sent yet: EAGAIN, no exception

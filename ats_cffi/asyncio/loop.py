@@ -32,9 +32,10 @@ from typing import Any
 
 from ats_cffi.asyncio.selector import NetSelector
 from ats_cffi.asyncio.server import ServerOptions
-from ats_cffi.asyncio.transport import VCTransport
+from ats_cffi.asyncio.transport import READ_WATER_MARK, VCTransport
 from ats_cffi.eventsystem.current import REGULAR, set_this_ethread, this_ethread
 from ats_cffi.eventsystem.ethread import EThread
+from ats_cffi.eventsystem.iobuffer import MIOBuffer
 from ats_cffi.eventsystem.mutex import ProxyMutex
 from ats_cffi.net.processor import attach_net_handler
 from ats_cffi.net.throttle import change_net_connections_throttle
@@ -65,6 +66,9 @@ class Loop(_SelectorLoop):  # type: ignore[misc,valid-type]
         self._net_handler = nh
         #: The mutex of every transport's continuation: one loop thread runs them all.
         self._net_mutex = ProxyMutex()
+        #: Every transport's read buffer: a read step hands all it read to the protocol.
+        self._read_buffer = MIOBuffer(water_mark=READ_WATER_MARK)
+        self._read_reader = self._read_buffer.alloc_reader()
         #: Servers made by ``ats_cffi.asyncio.create_server``, with their options.
         self._server_options: weakref.WeakKeyDictionary[Any, ServerOptions] = (
             weakref.WeakKeyDictionary()

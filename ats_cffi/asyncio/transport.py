@@ -45,16 +45,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("asyncio")
 
-_AGAIN = _sys.AGAIN
+_send_some = _sys.send_some
+_NEG_EAGAIN = -errno.EAGAIN
+EVENT_CONT = _codes.EVENT_CONT
 _WRITE = int(VIOOp.WRITE)
 VC_EVENT_READ_READY = _codes.VC_EVENT_READ_READY
-VC_EVENT_READ_COMPLETE = _codes.VC_EVENT_READ_COMPLETE
 VC_EVENT_WRITE_COMPLETE = _codes.VC_EVENT_WRITE_COMPLETE
-VC_EVENT_WRITE_READY = _codes.VC_EVENT_WRITE_READY
 VC_EVENT_EOS = _codes.VC_EVENT_EOS
 VC_EVENT_ERROR = _codes.VC_EVENT_ERROR
 VC_EVENT_INACTIVITY_TIMEOUT = _codes.VC_EVENT_INACTIVITY_TIMEOUT
 VC_EVENT_ACTIVE_TIMEOUT = _codes.VC_EVENT_ACTIVE_TIMEOUT
+
+
+#: How much one read step may gather before ``data_received`` (asyncio's transports read up
+#: to 256 KiB per call), in the loop's one read buffer (``Loop._read_buffer``).
+READ_WATER_MARK = 256 * 1024
 
 
 def _oserror(err: int) -> OSError:
@@ -73,9 +78,13 @@ def new_vc(nh: NetHandler, fd: int, family: int) -> UnixNetVConnection:
 class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: ignore[misc]
     """A stream transport over a UnixNetVConnection (see the module doc)."""
 
+    __slots__ = (
+        "_sock_fd", "_cont", "_vc", "_sock", "_rbuf", "_rreader", "_wbuf", "_wreader",
+        "_buffered", "_protocol", "_server", "_conn_lost", "_closing", "_paused", "_reading",
+        "_eof", "_empty_waiter", "__weakref__",
+    )  # fmt: skip
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
-    _sock: socket.socket | None = None  # read by __del__ even if __init__ failed
 
     def __init__(
         self,
@@ -113,8 +122,10 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
             if options is not None:
                 options.apply(self._vc)
         self._sock = sock
-        self._rbuf = MIOBuffer()
-        self._rreader: IOBufferReader = self._rbuf.alloc_reader()
+        # The loop's one read buffer (as uvloop reads into one loop-wide buffer): each read
+        # step hands all it read to the protocol, so it holds nothing between steps.
+        self._rbuf: MIOBuffer = loop._read_buffer
+        self._rreader: IOBufferReader = loop._read_reader
         self._wbuf: MIOBuffer | None = None
         self._wreader: IOBufferReader | None = None
         self._buffered = False
@@ -190,12 +201,25 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         self._start_reading()
 
     def _vc_event(self, event: int, vio: Any) -> int:
-        if event == VC_EVENT_READ_READY or event == VC_EVENT_READ_COMPLETE:
-            self._read_ready()
+        if event == VC_EVENT_READ_READY:  # first: the event of nearly every call
+            if self._conn_lost:
+                self._rreader.consume(self._rreader.read_avail())
+            elif self._buffered:
+                self._read_into_protocol()
+            else:
+                data = self._rreader.read(-1)
+                try:
+                    self._protocol.data_received(data)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+                return EVENT_CONT
+            r = self._rreader  # a BufferedProtocol that failed: drop what it did not take
+            if r.read_avail():
+                r.consume(r.read_avail())
         elif event == VC_EVENT_WRITE_COMPLETE:
             self._write_done()
-        elif event == VC_EVENT_WRITE_READY:
-            pass  # nbytes is what the buffer holds: WRITE_COMPLETE says when it drained
         elif event == VC_EVENT_EOS:
             self._reading = False
             self._on_eof()
@@ -205,22 +229,9 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         elif event == VC_EVENT_INACTIVITY_TIMEOUT or event == VC_EVENT_ACTIVE_TIMEOUT:
             kind = "inactivity" if event == VC_EVENT_INACTIVITY_TIMEOUT else "active"
             self._force_close(TimeoutError(f"{kind} timeout of {self!r}"))
-        return _codes.EVENT_CONT
-
-    def _read_ready(self) -> None:
-        if self._conn_lost:
-            self._rreader.consume(self._rreader.read_avail())
-            return
-        if self._buffered:
-            self._read_into_protocol()
-            return
-        data = self._rreader.read(-1)
-        try:
-            self._protocol.data_received(data)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+        # WRITE_READY: nbytes is what the buffer holds, WRITE_COMPLETE says when it drained;
+        # READ_COMPLETE: the read VIO's nbytes is INT64_MAX.
+        return EVENT_CONT
 
     def _read_into_protocol(self) -> None:
         reader = self._rreader
@@ -264,7 +275,7 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         return r.read_avail() if r is not None and r.writer is not None else 0
 
     def write(self, data: Any) -> None:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
+        if data.__class__ is not bytes and not isinstance(data, (bytearray, memoryview)):
             raise TypeError(
                 f"data argument must be a bytes-like object, not {type(data).__name__!r}"
             )
@@ -279,18 +290,17 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
                 log.warning("socket.send() raised exception.")
             self._conn_lost += 1
             return
-        if not self.get_write_buffer_size():
-            try:
-                n = _sys.write(self._sock_fd, data)
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal_error(exc, "Fatal write error on socket transport")
+        r = self._wreader
+        if r is None or not r.read_avail():  # nothing waits: try the socket first
+            n = _send_some(self._sock_fd, data)
+            if n == len(data):
                 return
-            if n != _AGAIN:
-                if n == len(data):
+            if n < 0:
+                if n != _NEG_EAGAIN:
+                    self._fatal_error(_oserror(-n), "Fatal write error on socket transport")
                     return
-                data = memoryview(data)[n:]
+                n = 0
+            data = memoryview(data)[n:]
         self._buffer_write(data)
         self._maybe_pause_protocol()
 
@@ -410,9 +420,10 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
             loop._transports.pop(self._sock_fd, None)
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
-        if self._sock is not None:
+        sock = getattr(self, "_sock", None)  # unset if __init__ failed
+        if sock is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._sock.detach()
+            sock.detach()
             vc = getattr(self, "_vc", None)
             if vc is not None:
                 vc.do_io_close()
