@@ -14,6 +14,7 @@ parent closes once the child has it), so the suite's leak check does not see the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pwd
@@ -23,16 +24,38 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import ats_cffi.asyncio
+
+_T = TypeVar("_T")
 
 #: How long a real server has to come up (and to stop) before its test fails.
 START_TIMEOUT = 20.0
 HOST = "127.0.0.1"
 #: Where Debian's ``postgresql`` package puts the binaries (not on PATH).
 POSTGRES_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+
+
+#: Bound of each test's whole conversation with its server(s).
+TEST_TIMEOUT = 40.0
+
+
+def run_on_ats_loop(main: Callable[[], Awaitable[_T]], timeout: float = TEST_TIMEOUT) -> _T:
+    """Run ``main()`` on a new ``ats_cffi.asyncio`` loop (``asyncio.Runner`` with its
+    ``new_event_loop``: the loop is closed, its executor shut down, on return), checking
+    first that it runs on that loop, and bounded by ``timeout`` seconds."""
+
+    async def bounded() -> _T:
+        loop = asyncio.get_running_loop()
+        assert type(loop) is ats_cffi.asyncio.Loop, f"running on {type(loop)!r}"
+        return await asyncio.wait_for(main(), timeout)
+
+    with asyncio.Runner(loop_factory=ats_cffi.asyncio.new_event_loop) as runner:
+        return runner.run(bounded())
 
 
 class ServerFailed(AssertionError):
@@ -127,8 +150,10 @@ def spawn(
     log: Path,
     user: pwd.struct_passwd | None = None,
     stop_signal: int = signal.SIGTERM,
+    env: Mapping[str, str] | None = None,
 ) -> RealServer:
-    """Start ``argv`` with stdout and stderr into ``log`` (as ``user``, if given)."""
+    """Start ``argv`` with stdout and stderr into ``log`` (as ``user``, and with the
+    environment ``env``, if given)."""
     extra: dict[str, Any] = {}
     if user is not None:
         extra = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
@@ -139,6 +164,7 @@ def spawn(
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=log.parent,
+            env=env,
             start_new_session=True,  # a ^C at the terminal reaches pytest, not the server
             **extra,
         )
