@@ -45,17 +45,17 @@ TEST_TIMEOUT = 40.0
 
 
 def run_on_ats_loop(main: Callable[[], Awaitable[_T]], timeout: float = TEST_TIMEOUT) -> _T:
-    """Run ``main()`` on a new ``ats_cffi.asyncio`` loop (``asyncio.Runner`` with its
-    ``new_event_loop``: the loop is closed, its executor shut down, on return), checking
-    first that it runs on that loop, and bounded by ``timeout`` seconds."""
+    """Run ``main()`` on a new ``ats_cffi.asyncio`` loop (``ats_cffi.asyncio.run``:
+    ``asyncio.Runner`` with its ``new_event_loop``, so the loop is closed, its executor
+    shut down, on return), checking first that it runs on that loop, and bounded by
+    ``timeout`` seconds."""
 
     async def bounded() -> _T:
         loop = asyncio.get_running_loop()
         assert type(loop) is ats_cffi.asyncio.Loop, f"running on {type(loop)!r}"
         return await asyncio.wait_for(main(), timeout)
 
-    with asyncio.Runner(loop_factory=ats_cffi.asyncio.new_event_loop) as runner:
-        return runner.run(bounded())
+    return ats_cffi.asyncio.run(bounded())
 
 
 class ServerFailed(AssertionError):

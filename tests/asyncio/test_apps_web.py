@@ -50,16 +50,18 @@ def stream_chunk(i: int) -> bytes:
 @dataclass
 class Seen:
     """What the aiohttp app saw: the client's port of each request, the digests of the
-    bodies posted, and the websocket sessions that ended."""
+    bodies posted, the websocket sessions that ended, the classes of its transports."""
 
     peer_ports: list[int] = field(default_factory=list)
     digests: list[str] = field(default_factory=list)
     ws_closed: int = 0
+    transports: set[str] = field(default_factory=set)
 
 
 def aiohttp_app(seen: Seen) -> Any:
     async def hello(request: Any) -> Any:
         seen.peer_ports.append(request.transport.get_extra_info("peername")[1])
+        seen.transports.add(type(request.transport).__name__)
         return web.Response(text=f"hello from {loop_name()}")
 
     async def echo(request: Any) -> Any:
@@ -121,6 +123,7 @@ async def check_requests(session: Any, base: str, seen: Seen) -> None:
             assert await resp.text() == f"hello from {LOOP_NAME}"
     assert len(seen.peer_ports) == 5
     assert len(set(seen.peer_ports)) == 1, f"not one kept-alive connection: {seen.peer_ports}"
+    assert seen.transports == {"VCTransport"}, "not the loop's own stream transports"
     body = os.urandom(MIB)
     async with session.post(f"{base}/echo", data=body) as resp:
         assert resp.status == 200
