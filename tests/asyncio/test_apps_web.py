@@ -31,6 +31,9 @@ MIB = 1 << 20
 #: The streamed response: this many chunks of CHUNK bytes, each filled with its index.
 CHUNKS = 32
 CHUNK = 16 * 1024
+#: The big response for the slow reader: BIG bytes in pieces of PIECE.
+BIG = 32 * MIB
+PIECE = 64 * 1024
 CURL = shutil.which("curl")
 needs_curl = pytest.mark.skipif(CURL is None, reason="curl is not installed (apt-get install curl)")
 
@@ -42,6 +45,10 @@ def loop_name() -> str:
 
 def stream_chunk(i: int) -> bytes:
     return bytes([i % 256]) * CHUNK
+
+
+def big_piece(i: int) -> bytes:
+    return hashlib.sha256(i.to_bytes(4, "big")).digest() * (PIECE // 32)
 
 
 # --------------------------------------------------------------------------- aiohttp
@@ -56,6 +63,7 @@ class Seen:
     digests: list[str] = field(default_factory=list)
     ws_closed: int = 0
     transports: set[str] = field(default_factory=set)
+    write_buffer_sizes: list[int] = field(default_factory=list)
 
 
 def aiohttp_app(seen: Seen) -> Any:
@@ -80,6 +88,16 @@ def aiohttp_app(seen: Seen) -> Any:
         await resp.write_eof()
         return resp
 
+    async def big(request: Any) -> Any:
+        resp = web.StreamResponse()
+        resp.content_length = BIG
+        await resp.prepare(request)
+        for i in range(BIG // PIECE):
+            await resp.write(big_piece(i))  # waits while the transport's writing is paused
+            seen.write_buffer_sizes.append(request.transport.get_write_buffer_size())
+        await resp.write_eof()
+        return resp
+
     async def ws(request: Any) -> Any:
         sock = web.WebSocketResponse()
         await sock.prepare(request)
@@ -96,6 +114,7 @@ def aiohttp_app(seen: Seen) -> Any:
     app.router.add_post("/echo", echo)
     app.router.add_get("/stream", stream)
     app.router.add_get("/ws", ws)
+    app.router.add_get("/big", big)
     return app
 
 
@@ -207,6 +226,36 @@ def test_aiohttp_concurrent_clients() -> None:
     assert 1 <= len(set(seen.peer_ports)) <= 4, seen.peer_ports
 
 
+def test_aiohttp_slow_reader() -> None:
+    """A 32 MiB response to a client that pauses at every MiB: it arrives whole and in
+    order, and the server's writes were held back by the transport's flow control (its
+    write buffer was not empty at times, yet never grew past 1 MiB)."""
+    seen = Seen()
+
+    async def main() -> tuple[int, str]:
+        async with aiohttp_server(seen) as base:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{base}/big") as resp:
+                    assert resp.status == 200 and resp.content_length == BIG
+                    digest, n = hashlib.sha256(), 0
+                    async for piece in resp.content.iter_chunked(PIECE):
+                        digest.update(piece)
+                        n += len(piece)
+                        if n % MIB < len(piece):
+                            await asyncio.sleep(0.01)
+        return n, digest.hexdigest()
+
+    n, got = run_on_ats_loop(main)
+    expected = hashlib.sha256()
+    for i in range(BIG // PIECE):
+        expected.update(big_piece(i))
+    assert (n, got) == (BIG, expected.hexdigest())
+    sizes = seen.write_buffer_sizes
+    assert len(sizes) == BIG // PIECE
+    assert max(sizes) > 0, "the writes never waited: flow control not exercised"
+    assert max(sizes) <= MIB, f"the write buffer grew to {max(sizes)} bytes"
+
+
 # --------------------------------------------------------------------------- uvicorn + starlette
 
 
@@ -286,7 +335,7 @@ def test_uvicorn_starlette_in_process() -> None:
     async def main() -> None:
         config = uvicorn.Config(
             starlette_app(events), host=HOST, port=port, loop="none", lifespan="on",
-            http="httptools", ws="none", log_level="warning",
+            http="httptools", ws="none", log_config=None,  # the test process's logging left alone
         )  # fmt: skip
         server = uvicorn.Server(config)
         serving = asyncio.create_task(server.serve())
