@@ -184,6 +184,28 @@ def owned_tempdir(prefix: str, user: pwd.struct_passwd | None = None) -> Iterato
         shutil.rmtree(path, ignore_errors=True)
 
 
+def self_signed_cert(directory: Path, user: pwd.struct_passwd | None = None) -> Path | None:
+    """A self-signed certificate for 127.0.0.1 (an IP subjectAltName) made by the openssl
+    command into ``directory`` (``cert.pem``, and ``key.pem`` of mode 0600, both owned by
+    ``user`` if given); the certificate's path, or None if openssl is not installed."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return None
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    argv = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+    argv += ["-keyout", str(key), "-out", str(cert), "-subj", f"/CN={HOST}"]
+    argv += ["-addext", f"subjectAltName=IP:{HOST}"]
+    done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    if done.returncode != 0:
+        out = (done.stdout + done.stderr).decode(errors="replace")
+        raise ServerFailed(f"openssl req failed with status {done.returncode}:\n{out}")
+    key.chmod(0o600)
+    if user is not None:
+        for path in (cert, key):
+            os.chown(path, user.pw_uid, user.pw_gid)
+    return cert
+
+
 # --------------------------------------------------------------------------- redis
 
 
@@ -258,7 +280,8 @@ def postgres_server() -> Iterator[RealServer]:
     """A PostgreSQL cluster made by initdb in a temporary directory (trust auth, superuser
     ``postgres``), served on 127.0.0.1 at a free port (its unix socket in that directory,
     not the system's); stopped (fast shutdown) on exit. ``info`` holds ``user``,
-    ``database`` and ``dsn``."""
+    ``database``, ``dsn`` (without TLS: sslmode=disable) and, if the openssl command made
+    it a certificate and TLS is on, ``ssl_cert`` (the path of that self-signed one)."""
     binaries = postgres_binaries()
     assert binaries is not None, "PostgreSQL (initdb, postgres) is not installed"
     initdb, postgres = binaries
@@ -269,10 +292,14 @@ def postgres_server() -> Iterator[RealServer]:
         port = free_port()
         argv = [postgres, "-D", str(data), "-k", str(tmp), "-h", HOST, "-p", str(port)]
         argv += ["-c", "fsync=off", "-c", "max_connections=40", "-c", "shared_buffers=16MB"]
+        cert = self_signed_cert(tmp, user)
+        if cert is not None:
+            argv += ["-c", "ssl=on", "-c", f"ssl_cert_file={cert}"]
+            argv += ["-c", f"ssl_key_file={cert.with_name('key.pem')}"]
         log = tmp / "postgres.log"
         server = spawn("postgres", argv, port, log, user, stop_signal=signal.SIGINT)
-        server.info.update(user="postgres", database="postgres")
-        server.info["dsn"] = f"postgresql://postgres@{HOST}:{port}/postgres"
+        server.info.update(user="postgres", database="postgres", ssl_cert=cert)
+        server.info["dsn"] = f"postgresql://postgres@{HOST}:{port}/postgres?sslmode=disable"
         try:
             server.wait_ready("database system is ready to accept connections")
             yield server

@@ -10,6 +10,7 @@ import hashlib
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -21,7 +22,14 @@ from typing import Any
 import pytest
 
 import ats_cffi.asyncio
-from tests.asyncio.realservers import HOST, free_port, port_accepts, run_on_ats_loop, spawn
+from tests.asyncio.realservers import (
+    HOST,
+    free_port,
+    port_accepts,
+    run_on_ats_loop,
+    self_signed_cert,
+    spawn,
+)
 
 aiohttp = pytest.importorskip("aiohttp")
 web = pytest.importorskip("aiohttp.web")
@@ -119,30 +127,35 @@ def aiohttp_app(seen: Seen) -> Any:
 
 
 @asynccontextmanager
-async def aiohttp_server(seen: Seen) -> AsyncIterator[str]:
-    """The app served by AppRunner + TCPSite on 127.0.0.1 at port 0; yields its base URL,
-    and cleans the runner up on exit."""
+async def aiohttp_server(
+    seen: Seen, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[str]:
+    """The app served by AppRunner + TCPSite on 127.0.0.1 at port 0 (over TLS if given an
+    ``ssl_context``); yields its base URL, and cleans the runner up on exit."""
     runner = web.AppRunner(aiohttp_app(seen), access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, HOST, 0)
+        site = web.TCPSite(runner, HOST, 0, ssl_context=ssl_context)
         await site.start()
         (host, port) = runner.addresses[0][:2]
         assert host == HOST and port > 0
-        yield f"http://{HOST}:{port}"
+        yield f"{'https' if ssl_context else 'http'}://{HOST}:{port}"
     finally:
         await runner.cleanup()
 
 
-async def check_requests(session: Any, base: str, seen: Seen) -> None:
-    """GETs on one kept-alive connection, and a 1 MiB POST echoed byte for byte."""
+async def check_requests(
+    session: Any, base: str, seen: Seen, transport: str = "VCTransport"
+) -> None:
+    """GETs on one kept-alive connection (served over a ``transport``: the loop's own, or
+    asyncio's TLS one over it), and a 1 MiB POST echoed byte for byte."""
     for _ in range(5):
         async with session.get(f"{base}/hello") as resp:
             assert resp.status == 200
             assert await resp.text() == f"hello from {LOOP_NAME}"
     assert len(seen.peer_ports) == 5
     assert len(set(seen.peer_ports)) == 1, f"not one kept-alive connection: {seen.peer_ports}"
-    assert seen.transports == {"VCTransport"}, "not the loop's own stream transports"
+    assert seen.transports == {transport}
     body = os.urandom(MIB)
     async with session.post(f"{base}/echo", data=body) as resp:
         assert resp.status == 200
@@ -202,6 +215,40 @@ def test_aiohttp_server_and_client() -> None:
 
     port = run_on_ats_loop(main)
     assert not port_accepts(HOST, port), "the aiohttp server still listens after cleanup"
+
+
+@pytest.fixture
+def tls_cert(tmp_path: Path) -> Path:
+    """A self-signed certificate for 127.0.0.1 (its key beside it, key.pem)."""
+    cert = self_signed_cert(tmp_path)
+    if cert is None:
+        pytest.skip("the openssl command is not installed: no certificate for TLS")
+    return cert
+
+
+def test_aiohttp_tls(tls_cert: Path) -> None:
+    """HTTPS and wss: aiohttp's server with an SSLContext (asyncio's TLS protocol over the
+    loop's transport), aiohttp's client verifying the certificate: GETs on one kept-alive
+    connection, a 1 MiB echo, a streamed response, a websocket round trip; a client that
+    does not trust the certificate is refused."""
+    seen = Seen()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(tls_cert, tls_cert.with_name("key.pem"))
+    client_ctx = ssl.create_default_context(cafile=str(tls_cert))
+
+    async def main() -> None:
+        async with aiohttp_server(seen, server_ctx) as base:
+            assert base.startswith("https://")
+            connector = aiohttp.TCPConnector(ssl=client_ctx)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                await check_requests(session, base, seen, "_SSLProtocolTransport")
+                await check_stream(session, base)
+                await check_websocket(session, base, seen)
+            async with aiohttp.ClientSession() as session:  # the system's CAs: not ours
+                with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                    await session.get(f"{base}/hello")
+
+    run_on_ats_loop(main)
 
 
 def test_aiohttp_concurrent_clients() -> None:
