@@ -72,6 +72,7 @@ class Seen:
     ws_closed: int = 0
     transports: set[str] = field(default_factory=set)
     write_buffer_sizes: list[int] = field(default_factory=list)
+    big_ended: list[str] = field(default_factory=list)
 
 
 def aiohttp_app(seen: Seen) -> Any:
@@ -100,10 +101,15 @@ def aiohttp_app(seen: Seen) -> Any:
         resp = web.StreamResponse()
         resp.content_length = BIG
         await resp.prepare(request)
-        for i in range(BIG // PIECE):
-            await resp.write(big_piece(i))  # waits while the transport's writing is paused
-            seen.write_buffer_sizes.append(request.transport.get_write_buffer_size())
-        await resp.write_eof()
+        try:
+            for i in range(BIG // PIECE):
+                await resp.write(big_piece(i))  # waits while the transport's writing is paused
+                seen.write_buffer_sizes.append(request.transport.get_write_buffer_size())
+            await resp.write_eof()
+        except BaseException as exc:  # a ConnectionError if the client went away
+            seen.big_ended.append("lost" if isinstance(exc, ConnectionError) else repr(exc))
+            raise
+        seen.big_ended.append("done")
         return resp
 
     async def ws(request: Any) -> Any:
@@ -293,6 +299,7 @@ def test_aiohttp_slow_reader() -> None:
         return n, digest.hexdigest()
 
     n, got = run_on_ats_loop(main)
+    assert seen.big_ended == ["done"]
     expected = hashlib.sha256()
     for i in range(BIG // PIECE):
         expected.update(big_piece(i))
@@ -301,6 +308,52 @@ def test_aiohttp_slow_reader() -> None:
     assert len(sizes) == BIG // PIECE
     assert max(sizes) > 0, "the writes never waited: flow control not exercised"
     assert max(sizes) <= MIB, f"the write buffer grew to {max(sizes)} bytes"
+
+
+def test_aiohttp_many_connections() -> None:
+    """100 requests at once, each on a connection of its own (``force_close``): all
+    answered, on 100 distinct client ports; then the server still answers."""
+    seen = Seen()
+
+    async def one(session: Any, base: str) -> str:
+        async with session.get(f"{base}/hello") as resp:
+            return await resp.text()  # type: ignore[no-any-return]
+
+    async def main() -> list[str]:
+        async with aiohttp_server(seen) as base:
+            connector = aiohttp.TCPConnector(limit=0, force_close=True)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                answers = await asyncio.gather(*(one(session, base) for _ in range(100)))
+                answers.append(await one(session, base))
+        return answers
+
+    assert run_on_ats_loop(main) == [f"hello from {LOOP_NAME}"] * 101
+    assert len(set(seen.peer_ports[:100])) == 100
+
+
+def test_aiohttp_client_abort() -> None:
+    """A client that drops the connection 1 MiB into the 32 MiB response: the server's
+    handler stops (its write fails with a ConnectionError: asyncio's loop says "Cannot
+    write to closing transport", this one may fail the drain with "Connection lost"),
+    without a leak, and the server goes on answering."""
+    seen = Seen()
+
+    async def main() -> str:
+        async with aiohttp_server(seen) as base:
+            async with aiohttp.ClientSession() as session:
+                resp = await session.get(f"{base}/big")
+                assert len(await resp.content.readexactly(MIB)) == MIB
+                resp.close()  # drops the connection mid-body
+                for _ in range(500):
+                    if seen.big_ended:
+                        break
+                    await asyncio.sleep(0.01)
+                async with session.get(f"{base}/hello") as again:
+                    return await again.text()  # type: ignore[no-any-return]
+
+    assert run_on_ats_loop(main) == f"hello from {LOOP_NAME}"
+    assert seen.big_ended == ["lost"]
+    assert 0 < len(seen.write_buffer_sizes) < BIG // PIECE, "the handler wrote it all"
 
 
 # --------------------------------------------------------------------------- uvicorn + starlette
