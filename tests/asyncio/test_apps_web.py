@@ -13,7 +13,7 @@ import signal
 import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +53,14 @@ def loop_name() -> str:
 
 def stream_chunk(i: int) -> bytes:
     return bytes([i % 256]) * CHUNK
+
+
+async def eventually(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll ``predicate`` on the loop until it is true; fail after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"waited {timeout} s for {what}"
+        await asyncio.sleep(0.01)
 
 
 def big_piece(i: int) -> bytes:
@@ -195,10 +203,7 @@ async def check_websocket(session: Any, base: str, seen: Seen) -> None:
         assert await sock.receive_bytes(timeout=10) == payload[::-1]
         await sock.close()
         assert sock.closed
-    for _ in range(100):
-        if seen.ws_closed:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: seen.ws_closed > 0, "the server's websocket handler to end")
     assert seen.ws_closed == 1
 
 
@@ -344,10 +349,7 @@ def test_aiohttp_client_abort() -> None:
                 resp = await session.get(f"{base}/big")
                 assert len(await resp.content.readexactly(MIB)) == MIB
                 resp.close()  # drops the connection mid-body
-                for _ in range(500):
-                    if seen.big_ended:
-                        break
-                    await asyncio.sleep(0.01)
+                await eventually(lambda: bool(seen.big_ended), "the /big handler to end")
                 async with session.get(f"{base}/hello") as again:
                     return await again.text()  # type: ignore[no-any-return]
 
