@@ -213,6 +213,18 @@ def redis_binary() -> str | None:
     return find_binary("redis-server")
 
 
+def serving(server: RealServer, ready_marker: str, stop_name: str) -> Iterator[RealServer]:
+    """The body of a server fixture: wait for ``ready_marker`` in its log, hand the server
+    out, stop it (by ``stop_name``, its stop signal) and fail on a non-zero exit."""
+    try:
+        server.wait_ready(ready_marker)
+        yield server
+    finally:
+        status = server.stop()
+    if status != 0:
+        raise server.fail(f"exited with status {status} on {stop_name}")
+
+
 @contextlib.contextmanager
 def redis_server() -> Iterator[RealServer]:
     """A redis-server on 127.0.0.1 at a free port, no persistence; stopped on exit."""
@@ -223,13 +235,7 @@ def redis_server() -> Iterator[RealServer]:
         argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
         argv += ["--dir", str(tmp), "--daemonize", "no", "--protected-mode", "yes"]
         server = spawn("redis-server", argv, port, tmp / "redis.log")
-        try:
-            server.wait_ready("Ready to accept connections")
-            yield server
-        finally:
-            status = server.stop()
-        if status != 0:
-            raise server.fail(f"exited with status {status} on SIGTERM")
+        yield from serving(server, "Ready to accept connections", "SIGTERM")
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -300,10 +306,4 @@ def postgres_server() -> Iterator[RealServer]:
         server = spawn("postgres", argv, port, log, user, stop_signal=signal.SIGINT)
         server.info.update(user="postgres", database="postgres", ssl_cert=cert)
         server.info["dsn"] = f"postgresql://postgres@{HOST}:{port}/postgres?sslmode=disable"
-        try:
-            server.wait_ready("database system is ready to accept connections")
-            yield server
-        finally:
-            status = server.stop()
-        if status != 0:
-            raise server.fail(f"exited with status {status} on SIGINT")
+        yield from serving(server, "database system is ready to accept connections", "SIGINT")
