@@ -20,11 +20,9 @@ of it, NaN or infinity is a ``ValueError`` naming the key, as is a path record
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any
 
-from ats_cffi.net.config import INT_RECORD_MAX, RecordStore
+from ats_cffi.net.config import INT_RECORD_MAX, RecordStore, TypedRecord, coerce_typed
 from ats_cffi.sys import PORT_MAX, ip_family
 
 #: Most name servers a handler talks to (ATS's MAX_NAMED).
@@ -35,17 +33,6 @@ DOMAIN_SERVICE_PORT = 53
 NameServer = tuple[str, int]
 
 
-@dataclass(frozen=True)
-class Record:
-    key: str
-    attr: str
-    default: Any
-    kind: str  # "int", "float", "str" or "nameservers"
-    minimum: float
-    maximum: float
-    doc: str
-
-
 #: Longest ``lookup_timeout``: one hour (a question is never left unanswered longer).
 MAX_TIMEOUT = 3600.0
 #: Largest value of the count records (``max_dns_in_flight``, ``cache_size``).
@@ -53,6 +40,8 @@ MAX_COUNT = INT_RECORD_MAX
 #: Longest ``cache_ttl_max``: the largest TTL a DNS answer can carry (RFC 2181 §8).
 MAX_TTL = float(2**31 - 1)
 
+#: The DNS records (kinds "int", "float", "str" and "nameservers").
+Record = TypedRecord
 RECORDS: tuple[Record, ...] = (
     Record("proxy.config.dns.lookup_timeout", "lookup_timeout", 20.0, "float", 0.001, MAX_TIMEOUT,
            "s; wait for an answer before the question is sent again (to the next server)"),
@@ -135,15 +124,6 @@ def _port(text: str, token: str, key: str) -> int:
     return int(text)
 
 
-def _show(x: float) -> str:
-    """``x`` for a message: never a 400-digit int (nor str()'s ValueError past 4300 digits)."""
-    if isinstance(x, int) and x.bit_length() > 64:
-        return f"an integer of {x.bit_length()} bits"
-    if isinstance(x, float) and x.is_integer():
-        return str(int(x))
-    return str(x)
-
-
 class DNSConfig(RecordStore):
     """The live values of the DNS records."""
 
@@ -152,24 +132,7 @@ class DNSConfig(RecordStore):
     def _coerce(self, r: Record, value: Any) -> Any:
         if r.kind == "nameservers":
             return parse_nameservers(value, r.key)
-        if r.kind == "str":
-            if not isinstance(value, str):
-                raise TypeError(f"{r.key}: expected a str, got {type(value).__name__}")
-            if "\0" in value:  # a path: open() would fail later, naming neither key nor file
-                raise ValueError(f"{r.key}: path contains a NUL character: {value!r}")
-            return str(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{r.key}: expected a number, got {type(value).__name__}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{r.key}: expected a finite number, got {value}")
-        # The range first (exact for any int, however large), then the conversions, which
-        # can then neither overflow nor round.
-        if not r.minimum <= value <= r.maximum:
-            lo, hi = _show(r.minimum), _show(r.maximum)
-            raise ValueError(f"{r.key}: must be in {lo}..{hi}, got {_show(value)}")
-        if r.kind == "int" and value != int(value):
-            raise ValueError(f"{r.key}: expected an integer, got {value}")
-        return int(value) if r.kind == "int" else float(value)
+        return coerce_typed(r, value)
 
 
 dns_config = DNSConfig()

@@ -156,6 +156,53 @@ class RecordStore:
             raise AttributeError(f"{type(self).__name__}: no record named {name!r}")
 
 
+@dataclass(frozen=True)
+class TypedRecord:
+    """A record of the layers whose values are not all numbers (DNS, TLS): ``kind`` is
+    "int", "float", "str" (or a kind of the layer's own), in ``minimum..maximum``."""
+
+    key: str
+    attr: str
+    default: Any
+    kind: str
+    minimum: float
+    maximum: float
+    doc: str
+
+
+def _show(x: float) -> str:
+    """``x`` for a message: never a 400-digit int (nor str()'s ValueError past 4300 digits)."""
+    if isinstance(x, int) and x.bit_length() > 64:
+        return f"an integer of {x.bit_length()} bits"
+    if isinstance(x, float) and x.is_integer():
+        return str(int(x))
+    return str(x)
+
+
+def coerce_typed(r: TypedRecord, value: Any) -> Any:
+    """``value`` checked for record ``r`` of kind "int", "float" or "str": ``TypeError`` /
+    ``ValueError`` naming ``r.key``. A str may not hold NUL (the str records are paths and
+    names handed to C)."""
+    if r.kind == "str":
+        if not isinstance(value, str):
+            raise TypeError(f"{r.key}: expected a str, got {type(value).__name__}")
+        if "\0" in value:  # a path: open() would fail later, naming neither key nor file
+            raise ValueError(f"{r.key}: contains a NUL character: {value!r}")
+        return str(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{r.key}: expected a number, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{r.key}: expected a finite number, got {value}")
+    # The range first (exact for any int, however large), then the conversions, which
+    # can then neither overflow nor round.
+    if not r.minimum <= value <= r.maximum:
+        lo, hi = _show(r.minimum), _show(r.maximum)
+        raise ValueError(f"{r.key}: must be in {lo}..{hi}, got {_show(value)}")
+    if r.kind == "int" and value != int(value):
+        raise ValueError(f"{r.key}: expected an integer, got {value}")
+    return int(value) if r.kind == "int" else float(value)
+
+
 class NetConfig(RecordStore):
     """The live values of the net records (ATS's defaults)."""
 
