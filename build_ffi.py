@@ -22,7 +22,7 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 NATIVE = HERE / "ats_cffi"
 #: The C concerns of the extension: ``<name>.h`` (cdef and C header) and ``<name>.c``.
-C_PARTS = ("_native_sys", "_native_splice")
+C_PARTS = ("_native_sys", "_native_splice", "_native_tls")
 
 
 def cdef_of(header: Path) -> str:
@@ -30,6 +30,21 @@ def cdef_of(header: Path) -> str:
     return re.sub(r"(?m)^[ \t]*#[ \t]*(pragma|include)\b.*$", "", header.read_text())
 
 
+def check_openssl_headers() -> None:
+    """Stop the build with one line when libssl's headers are missing (the TLS helpers,
+    ``_native_tls``, are compiled against them)."""
+    import sysconfig
+
+    dirs = [sysconfig.get_paths()["include"], "/usr/include", "/usr/local/include"]
+    dirs += os.environ.get("CPATH", "").split(":")
+    if not any(d and (Path(d) / "openssl" / "ssl.h").is_file() for d in dirs):
+        raise SystemExit(
+            "ats_cffi: OpenSSL headers not found (openssl/ssl.h): install libssl-dev "
+            "(Debian/Ubuntu) or openssl-devel, then build again"
+        )
+
+
+check_openssl_headers()
 ffibuilder = FFI()
 ffibuilder.cdef("\n".join(cdef_of(NATIVE / f"{h}.h") for h in ("_native", *C_PARTS)))
 # One translation unit: the module includes the sources (setuptools takes no absolute
@@ -39,6 +54,7 @@ ffibuilder.set_source(
     "".join(f'#include "{part}.c"\n' for part in C_PARTS),
     include_dirs=[str(NATIVE)],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-fvisibility=hidden"],
+    libraries=["ssl", "crypto"],
 )
 
 #: The mypy options the compiled modules are checked with (mypyc compiles only what checks).

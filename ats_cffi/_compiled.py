@@ -26,6 +26,7 @@ MODULES = (
     "ats_cffi.net.queues",
     "ats_cffi.net.nethandler",
     "ats_cffi.net.splice",
+    "ats_cffi.net.tls.sslvc",
     "ats_cffi.apps.service",
     "ats_cffi.apps.http_responses",
     "ats_cffi.apps.http_limits",

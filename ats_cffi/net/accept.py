@@ -64,6 +64,7 @@ from ats_cffi.net.throttle import (
     check_net_throttle,
     throttle_warning,
 )
+from ats_cffi.net.tls.sslvc import SSLNetVConnection
 
 if TYPE_CHECKING:
     from ats_cffi.eventsystem.ethread import EThread
@@ -326,8 +327,13 @@ class NetAccept(Continuation):
             and not options.packet_mark
         )
         vcs = []
+        tls = self.opt.tls
         for fd in fds:
-            vc = UnixNetVConnection(options)
+            vc = (
+                UnixNetVConnection(options)
+                if tls is None
+                else SSLNetVConnection(options, tls, True)
+            )
             vc.counted_open = True
             vc.fd = fd
             vc.family = family

@@ -57,9 +57,9 @@ from ats_cffi.net.eventio import READ_WRITE, EventIO
 from ats_cffi.net.poll import PollCont
 from ats_cffi.net.queues import ConnectionQueues
 from ats_cffi.net.splice import SpliceDriver
-from ats_cffi.net.stats import net_stats
+from ats_cffi.net.stats import net_stats, tls_stats
 from ats_cffi.net.throttle import ThrottleType, check_net_throttle
-from ats_cffi.net.vcio import IOV_MAX, SPILL_SIZE
+from ats_cffi.net.vcio import IOV_MAX, SPILL_SIZE, TLS_MAX_RECORD
 
 if TYPE_CHECKING:
     from ats_cffi.net.netvc import NetState, UnixNetVConnection
@@ -129,6 +129,11 @@ class NetHandler(Continuation):
         self.iov_bases = ffi.new("char *[]", IOV_MAX)
         self.iov_offs = ffi.new("size_t[]", IOV_MAX)
         self.iov_lens = ffi.new("size_t[]", IOV_MAX)
+        # ... and the TLS write's (a result and a retry size; a record gathered from small
+        # blocks), and the thread's TLS counters (net/tls/stats.py).
+        self.tls_last = ffi.new("ssize_t[2]")
+        self.tls_gather = ffi.new("char[]", TLS_MAX_RECORD)
+        self.tls_stats = tls_stats.new_block()
         #: The thread's IOBuffer block freelist (ioblock.py), handed to the buffers by the
         #: byte moves; the thread's own from its first event (``start_net_event``).
         self.pool = new_thread_pool()
@@ -247,16 +252,16 @@ class NetHandler(Continuation):
                 if vc.closed:
                     self.free_netevent(vc)
                 elif reading:
-                    if s.enabled and s.triggered:
+                    if s.triggered and (s.enabled or vc.tls_turns):
                         vc.net_read_io(self)
                         w = vc.write
                         if w.in_ready and not vc.closed:
                             # Its continuation enabled the write side: write now, while the
                             # bytes just read are still in the CPU's cache.
                             w.in_ready = False
-                            if w.triggered and w.enabled:
+                            if w.triggered and (w.enabled or vc.tls_turns):
                                 vc.write_to_net(self)
-                elif s.triggered and (s.enabled or vc.connecting):
+                elif s.triggered and (s.enabled or vc.connecting or vc.tls_turns):
                     vc.write_to_net(self)
             except Exception:
                 self.vc_failed(vc)
@@ -453,6 +458,7 @@ class NetHandler(Continuation):
         self.signal_io.stop()
         self.poll_cont.close()
         net_stats.retire(self.stats)
+        tls_stats.retire(self.tls_stats)
 
 
 class InactivityCop(Continuation):

@@ -269,13 +269,23 @@ class UnixNetVConnection(NetVConnection):
             if limit > nh.max_read_per_pass:
                 limit = nh.max_read_per_pass
             buf: MIOBuffer = vio.buffer  # type: ignore[assignment]
-            total, last = read_into_buffer(nh, self.fd, buf, limit, not s.hup)
+            total, last = self.read_bytes(nh, buf, limit)
             if total:
                 self._read_signal_and_update(nh, s, m, total, last)
             else:
                 self._read_nothing(nh, s, last)
         finally:
             m.unlock()
+
+    def read_bytes(self, nh: NetHandler, buf: MIOBuffer, limit: int) -> tuple[int, int]:
+        """Move up to ``limit`` bytes from the socket into ``buf`` (vcio.py): ``(moved,
+        last)``. An SSLNetVConnection decrypts instead (net/tls/sslvc.py)."""
+        return read_into_buffer(nh, self.fd, buf, limit, not self.read.hup)
+
+    def write_bytes(self, nh: NetHandler, reader: IOBufferReader, towrite: int) -> tuple[int, int]:
+        """Move ``towrite`` bytes of ``reader`` to the socket (vcio.py): ``(moved, last)``.
+        An SSLNetVConnection encrypts instead."""
+        return write_from_reader(nh, self.fd, reader, towrite)
 
     def _read_signal_and_update(
         self, nh: NetHandler, s: NetState, m: ProxyMutex, total: int, last: int
@@ -346,7 +356,7 @@ class UnixNetVConnection(NetVConnection):
             towrite, signalled = self._write_amount(nh, s, m)
             if towrite > 0:
                 reader: IOBufferReader = vio.buffer  # type: ignore[assignment]
-                total, last = write_from_reader(nh, self.fd, reader, towrite)
+                total, last = self.write_bytes(nh, reader, towrite)
                 self._write_signal_and_update(nh, s, m, total, last, signalled)
         finally:
             m.unlock()

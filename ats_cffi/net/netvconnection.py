@@ -135,6 +135,7 @@ class NetVConnection(Continuation):
         "in_open",
         "counted_open",
         "connecting",
+        "tls_turns",
         "action",
         "_local_addr",
         "_remote_addr",
@@ -174,6 +175,10 @@ class NetVConnection(Continuation):
         self.counted_open = False
         #: Set from connect_up until the connect's first write edge (connect.py).
         self.connecting = False
+        #: Set while OpenSSL needs the VC's turns whether or not a VIO is enabled: during
+        #: the handshake, and while a read waits for the socket to take a write or the
+        #: other way round (an SSLNetVConnection's, net/tls/sslvc.py).
+        self.tls_turns = False
         #: The Action of the accept or connect that made the VC (a ConnectAction drives
         #: the connect).
         self.action: Action | None = None

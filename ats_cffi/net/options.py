@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from ats_cffi import sys as _sys
 from ats_cffi._native import lib
@@ -35,6 +36,12 @@ class NetVCOptions:
     ``linger_seconds``. Buffer sizes of 0 keep the kernel's defaults. ``packet_tos`` and
     ``packet_mark`` of 0 are not set. ``connect_timeout`` (s) bounds ``connect_re``
     (None: the ``proxy.config.net.connect_timeout`` record, 0: none).
+
+    ``tls``: a ``ClientContext`` (net/tls/): ``connect_re`` opens an SSLNetVConnection,
+    whose continuation hears ``NET_EVENT_OPEN`` once the TCP connect is done and its first
+    bytes once the handshake is. ``sni_servername``: the name sent in the SNI and verified
+    (ATS's name; None: the host name connected to, or for a numeric address that address,
+    verified as one without SNI).
     """
 
     sockopt_flags: int = SOCK_OPT_NO_DELAY
@@ -45,6 +52,8 @@ class NetVCOptions:
     packet_mark: int = 0
     connect_timeout: float | None = None
     local_address: tuple[str, int] | None = None
+    tls: Any = None
+    sni_servername: str | None = None
 
     def validate(self, call: str, family: int | None = None) -> None:
         """``TypeError``/``ValueError`` naming ``call`` and the option for a bad value;
@@ -57,6 +66,12 @@ class NetVCOptions:
             hi = 255 if name == "packet_tos" else INT_RECORD_MAX  # a byte; else a C int
             if not 0 <= v <= hi:
                 raise ValueError(f"{call}: NetVCOptions.{name} must be in 0..{hi}, got {v}")
+        _check_tls(call, "NetVCOptions", self.tls, server=False)
+        sni = self.sni_servername
+        if sni is not None and (not isinstance(sni, str) or not 0 < len(sni) < 256 or "\0" in sni):
+            raise ValueError(
+                f"{call}: NetVCOptions.sni_servername must be a host name, not {sni!r}"
+            )
         ct = self.connect_timeout
         if ct is not None:
             if isinstance(ct, bool) or not isinstance(ct, (int, float)):
@@ -144,6 +159,8 @@ class AcceptOptions:
     client the process could not connect onward is refused at accept. (Within an accept
     batch; beyond it, the connects count once their sessions call ``connect_re`` on a net
     thread, at once when the accept runs there, ``accept_threads=0``.)
+    ``tls``: a ``ServerContext`` (net/tls/): the accepted connections are
+    SSLNetVConnections, whose continuation hears their first bytes after the handshake.
     """
 
     port: int = 0
@@ -165,6 +182,7 @@ class AcceptOptions:
     reuseport: bool = False
     throttle_message: bytes | None = None
     connects_per_accept: int = 0
+    tls: Any = None
 
     def validate(self, call: str) -> None:
         if type(self.port) is not int:
@@ -205,6 +223,7 @@ class AcceptOptions:
             raise TypeError(f"{call}: AcceptOptions.throttle_message must be bytes or None")
         if self.f_inbound_transparent:
             raise ValueError(f"{call}: AcceptOptions.f_inbound_transparent is not supported")
+        _check_tls(call, "AcceptOptions", self.tls, server=True)
 
     def family(self) -> int:
         if self.local_address is not None and ":" in self.local_address:
@@ -235,3 +254,14 @@ class AcceptOptions:
             packet_tos=self.packet_tos,
             packet_mark=self.packet_mark,
         )
+
+
+def _check_tls(call: str, where: str, tls: Any, server: bool) -> None:
+    """``tls`` is None or the right side's context (``TypeError`` naming ``call``)."""
+    if tls is None:
+        return
+    from ats_cffi.net.tls.context import ClientContext, ServerContext
+
+    kind = ServerContext if server else ClientContext
+    if not isinstance(tls, kind):
+        raise TypeError(f"{call}: {where}.tls must be a {kind.__name__} or None, not {tls!r}")

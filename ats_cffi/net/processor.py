@@ -30,6 +30,7 @@ from ats_cffi.net.connect import ConnectAction
 from ats_cffi.net.nethandler import InactivityCop, NetHandler, get_net_handler
 from ats_cffi.net.netvc import NetVCOptions, UnixNetVConnection
 from ats_cffi.net.throttle import change_net_connections_throttle
+from ats_cffi.net.tls.sslvc import SSLNetVConnection
 
 log = logging.getLogger("ats.iocore_net")
 
@@ -261,6 +262,10 @@ class UnixNetProcessor:
                 raise ValueError(
                     f"connect_re: {address[0]!r} is a host name; start dns_processor to resolve it"
                 )
+            if options is not None and options.tls is not None and not options.sni_servername:
+                options = dataclasses.replace(
+                    options, sni_servername=address[0]
+                )  # the name asked for
             return resolver.connect_by_name(self, cont, address[0], address[1], options)
         opts = options if options is not None else NetVCOptions(
             sockopt_flags=net_config.sock_option_flag_out,
@@ -269,7 +274,11 @@ class UnixNetProcessor:
         )  # fmt: skip
         if not self.netthreads:
             raise RuntimeError("connect_re: net_processor is not started")
-        vc = UnixNetVConnection(opts)
+        if opts.tls is None:
+            vc = UnixNetVConnection(opts)
+        else:
+            host = opts.sni_servername or address[0]
+            vc = SSLNetVConnection(opts, opts.tls, False, host, (host, address[1]))
         vc.family = family
         vc.mutex = cont.mutex
         action = ConnectAction(cont, vc)

@@ -152,3 +152,36 @@ class NetStats(StatRegistry):
 
 
 net_stats = NetStats()
+
+#: The TLS stats ``proxy.process.ssl.*`` (ATS's names; the two byte counts, of plaintext,
+#: are ats_cffi's own), counted by SSLNetVConnection (net/tls/) in its thread's block
+#: (``NetHandler.tls_stats``).
+SSL_STAT_NAMES: tuple[str, ...] = (
+    "proxy.process.ssl.total_attempts_handshake_count_in",
+    "proxy.process.ssl.total_success_handshake_count_in",
+    "proxy.process.ssl.total_attempts_handshake_count_out",
+    "proxy.process.ssl.total_success_handshake_count_out",
+    "proxy.process.ssl.user_agent_session_hit",
+    "proxy.process.ssl.origin_session_reused",
+    "proxy.process.ssl.ssl_error_ssl",
+    "proxy.process.ssl.ssl_error_syscall",
+    "proxy.process.ssl.ssl_handshake_timeouts",
+    "proxy.process.ssl.read_bytes",
+    "proxy.process.ssl.write_bytes",
+)
+
+(
+    SSL_ATTEMPTS_IN,
+    SSL_SUCCESS_IN,
+    SSL_ATTEMPTS_OUT,
+    SSL_SUCCESS_OUT,
+    SSL_SESSION_HIT_IN,
+    SSL_SESSION_REUSED_OUT,
+    SSL_ERROR_SSL,
+    SSL_ERROR_SYSCALL,
+    SSL_HANDSHAKE_TIMEOUTS,
+    SSL_READ_BYTES,
+    SSL_WRITE_BYTES,
+) = range(len(SSL_STAT_NAMES))
+
+tls_stats = StatRegistry(SSL_STAT_NAMES)

@@ -15,7 +15,7 @@ when it moved bytes, 0 for EOF (reads), ``sys.AGAIN`` when the socket would bloc
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ats_cffi import sys as _sys
 from ats_cffi._native import ffi, lib
@@ -36,6 +36,10 @@ _read_spill: Final = lib.ats_read_spill
 _copy: Final = ffi.memmove
 _write_all: Final = lib.ats_write_all
 _writev_blocks: Final = lib.ats_writev_blocks
+_tls_read: Final = lib.ats_tls_read
+_tls_write_blocks: Final = lib.ats_tls_write_blocks
+#: The largest TLS record's plaintext (RFC 8446 section 5.1): the most one write gathers.
+TLS_MAX_RECORD: Final = 16384
 _CALLS_TO_READ: Final = st.CALLS_TO_READ
 _CALLS_TO_READ_NODATA: Final = st.CALLS_TO_READ_NODATA
 _READ_BYTES: Final = st.READ_BYTES
@@ -45,7 +49,7 @@ _WRITE_BYTES: Final = st.WRITE_BYTES
 
 
 def read_into_buffer(
-    nh: NetHandler, fd: int, buf: MIOBuffer, limit: int, stop_short: bool
+    nh: NetHandler, fd: int, buf: MIOBuffer, limit: int, stop_short: bool, ssl: Any = None
 ) -> tuple[int, int]:
     """Read up to ``limit`` bytes from ``fd`` into ``buf``, adding blocks while no reader is
     above the water mark (back-pressure: ``(0, 1)`` when there is no room at all).
@@ -62,6 +66,11 @@ def read_into_buffer(
     second ``read()`` just to see EAGAIN (libuv does the same). The caller clears it once a
     hang-up was reported: data and FIN can share one edge, and then only reading on to EOF
     reveals the FIN.
+
+    ``ssl``: the connection's OpenSSL object (an ``SSLNetVConnection``'s): the same steps
+    decrypt with ``SSL_read`` (``ats_tls_read``) instead of reading the socket. A short TLS
+    read proves nothing (``stop_short`` must be false), and ``last`` may also be
+    ``TLS_WANT_WRITE`` or ``TLS_FAILED`` (``_native_tls.h``).
     """
     stats = nh.stats
     lastp = nh.last
@@ -83,7 +92,10 @@ def read_into_buffer(
         else:
             toread = left
         s = nh.spill
-        r: int = _read_spill(fd, t.cdata, end, toread, s.cdata, spill, stop_short, lastp)
+        if ssl is None:
+            r: int = _read_spill(fd, t.cdata, end, toread, s.cdata, spill, stop_short, lastp)
+        else:
+            r = _tls_read(ssl, t.cdata, end, toread, s.cdata, spill, lastp)
         stats[_CALLS_TO_READ] += 1
         if r > 0:
             if r > toread:
@@ -158,25 +170,57 @@ def write_from_reader(
     if block.end - start >= towrite:
         total: int = _write_all(fd, block.cdata, start, towrite, nh.last)
     else:
-        bases = nh.iov_bases
-        offs = nh.iov_offs
-        lens = nh.iov_lens
-        n = 0
-        left = towrite
-        for block, start, end in reader.readable_blocks():
-            k = end - start
-            if k > left:
-                k = left
-            bases[n] = block.cdata
-            offs[n] = start
-            lens[n] = k
-            n += 1
-            left -= k
-            if left <= 0 or n == IOV_MAX:
-                break
-        total = _writev_blocks(fd, bases, offs, lens, n, nh.last)
+        n = _gather(nh, reader, towrite)
+        total = _writev_blocks(fd, nh.iov_bases, nh.iov_offs, nh.iov_lens, n, nh.last)
     # All written: the last send moved bytes (no need to read it back through cffi).
     last: int = total if total == towrite else nh.last[0]
+    _wrote(nh, reader, total)
+    return total, last
+
+
+def tls_write_from_reader(
+    nh: NetHandler, ssl: Any, reader: IOBufferReader, towrite: int, record: int, retry: int
+) -> tuple[int, int, int]:
+    """``write_from_reader`` through OpenSSL: records of at most ``record`` bytes, small
+    blocks gathered into one record (``ats_tls_write_blocks``). ``retry``: the size of the
+    write OpenSSL is waiting to see again (0: none). Returns ``(moved, last, retry)``, the
+    last being the size to retry with next time (``last`` is then ``sys.AGAIN``, or
+    ``TLS_WANT_READ``)."""
+    n = _gather(nh, reader, towrite)
+    out = nh.tls_last
+    total: int = _tls_write_blocks(
+        ssl, nh.iov_bases, nh.iov_offs, nh.iov_lens, n, record, retry, nh.tls_gather, out
+    )
+    last: int = total if total == towrite else out[0]
+    again: int = 0 if total == towrite else out[1]
+    _wrote(nh, reader, total)
+    return total, last, again
+
+
+def _gather(nh: NetHandler, reader: IOBufferReader, towrite: int) -> int:
+    """Fill the thread's iovec arrays with the first ``towrite`` bytes of ``reader`` (at most
+    ``IOV_MAX`` blocks); returns how many blocks."""
+    bases = nh.iov_bases
+    offs = nh.iov_offs
+    lens = nh.iov_lens
+    n = 0
+    left = towrite
+    for block, start, end in reader.readable_blocks():
+        k = end - start
+        if k > left:
+            k = left
+        bases[n] = block.cdata
+        offs[n] = start
+        lens[n] = k
+        n += 1
+        left -= k
+        if left <= 0 or n == IOV_MAX:
+            break
+    return n
+
+
+def _wrote(nh: NetHandler, reader: IOBufferReader, total: int) -> None:
+    """Consume and count the ``total`` bytes a write step moved."""
     stats = nh.stats
     stats[_CALLS_TO_WRITE] += 1
     if total > 0:
@@ -184,7 +228,13 @@ def write_from_reader(
         stats[_WRITE_BYTES] += total
     else:
         stats[_CALLS_TO_WRITE_NODATA] += 1
-    return total, last
 
 
-__all__ = ["IOV_MAX", "SPILL_SIZE", "read_into_buffer", "write_from_reader"]
+__all__ = [
+    "IOV_MAX",
+    "SPILL_SIZE",
+    "TLS_MAX_RECORD",
+    "read_into_buffer",
+    "tls_write_from_reader",
+    "write_from_reader",
+]

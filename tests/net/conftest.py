@@ -11,6 +11,7 @@ import struct
 import termios
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -251,3 +252,18 @@ class Echo(Continuation):
             self.rvio.reenable()
         elif event in (VC_EVENT_EOS, VC_EVENT_ERROR):
             self.vc.do_io_close()
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> Iterator[Any]:
+    """A test CA in ``tmp_path`` (``tls_certs.TestCA``), with the TLS records and stats
+    reset before and after."""
+    from ats_cffi.net.stats import tls_stats
+    from ats_cffi.net.tls import tls_config
+
+    from .tls_certs import TestCA
+
+    tls_config.reset()
+    tls_stats.reset()
+    yield TestCA(tmp_path)
+    tls_config.reset()
