@@ -251,15 +251,17 @@ def ensure_wrk() -> str:
 
 
 def run_wrk(
-    wrk: str, port: int, seconds: int, cpu: int | None, close: bool = False
-) -> tuple[dict, float, float]:
+    wrk: str, port: int, seconds: int, cpu: int | None, close: bool = False,
+    scheme: str = "http",
+) -> tuple[dict, float, float]:  # fmt: skip
     """One wrk run: (its WRK_JSON report, its own CPU seconds, wall seconds). ``close``: a
-    new connection per request (``Connection: close``, ``WRK_CLOSE_CONNS`` connections)."""
+    new connection per request (``Connection: close``, ``WRK_CLOSE_CONNS`` connections);
+    ``scheme``: ``https`` for a TLS server."""
     conns = WRK_CLOSE_CONNS if close else WRK_CONNS
     cmd = [wrk, "-c", str(conns), "-t", "1", "-d", f"{seconds}s", "-s", str(WRK_LUA)]
     if close:
         cmd += ["-H", "Connection: close"]
-    cmd.append(f"http://{HOST}:{port}/")
+    cmd.append(f"{scheme}://{HOST}:{port}/")
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=pin(cpu))
     out = p.stdout.read()  # type: ignore[union-attr]
@@ -282,6 +284,7 @@ def measure_wrk(
     seconds: int,
     cpu: int | None,
     close: bool = False,
+    scheme: str = "http",
 ) -> tuple[dict, float, float, float, float]:
     """Against ``server`` (listening on ``port``, its stderr in ``log``): an unmeasured wrk
     run of ``warmup`` s (none when 0), then a measured one of ``seconds`` s; the server is
@@ -290,9 +293,9 @@ def measure_wrk(
     server's stderr if a run fails."""
     try:
         if warmup > 0:
-            run_wrk(wrk, port, warmup, cpu, close)
+            run_wrk(wrk, port, warmup, cpu, close, scheme)
         u0, s0 = proc_cpu_times(server.pid)
-        report, client_cpu, wall = run_wrk(wrk, port, seconds, cpu, close)
+        report, client_cpu, wall = run_wrk(wrk, port, seconds, cpu, close, scheme)
         u1, s1 = proc_cpu_times(server.pid)
     except Exception as e:
         raise RuntimeError(f"{e}; server stderr: {log_tail(log)!r}") from e

@@ -1,7 +1,7 @@
 """ats_cffi vs asyncio vs uvloop, side by side: echo, HTTP hello, accept rate, idle connections.
 
     python perf/compare_peers.py [--quick] [-o out.json] [--md out.md] [--rounds N]
-                                 [--cases echo,http,accept,idle]
+                                 [--cases echo,http,tls,accept,idle]
 
 One interleaved session (ats asyncio uvloop, ats asyncio uvloop, ...: every case of a round,
 then the next round), with the server pinned to the first CPU and the clients (and this
@@ -23,6 +23,10 @@ and ``wrk`` (``apt-get install -y wrk`` when it is missing). Cases:
   Then the same with a new connection per request: ``wrk -c 50 -H 'Connection: close'``
   (accept, session set-up, one request, the server's close: what a client that does not
   keep connections alive costs).
+- tls (perf/tls_cases.py): the http hello over TLS 1.3 (ECDSA P-256, made for the session):
+  ``ats-cffi http --tls-cert --tls-key`` against asyncio's and uvloop's ``ssl=`` servers of
+  the same logic, with the plaintext ``ats-cffi http`` as the bound (rows marked ``,
+  plaintext``); keep-alive, then a new connection (a full handshake) per request.
 - accept: connect+close, as accept_bench.py (acceptgen ``wait`` mode, 100 connects in flight;
   ats = ``--accept-ats``, default ``ats_pt1``: accept on the one net thread, as the
   ``ats-cffi`` command does by default).
@@ -63,6 +67,7 @@ from collections.abc import Callable
 
 import accept_bench
 import echo_bench
+import tls_cases
 from _common import (
     BACKLOG,
     HERE,
@@ -106,6 +111,7 @@ IDLE_MESSAGES = {"echo": b"x", "http": b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r
 #: How long after the idle client closed everything the server's RSS is read again, in s.
 CLOSED_SETTLE = 2.0
 SUBJECT_LABEL = {"ats": "", "ats_splice": ", splice", "ats_asyncio": ", asyncio loop"}
+SUBJECT_LABEL["ats_plain"] = ", plaintext ats-cffi http (the bound)"
 KIB = 1024
 ECHO_CASES = [(m * KIB, c) for m in (1, 10, 100) for c in (10, 100)]
 HTTP_PEERS = HERE / "http_peers.py"
@@ -207,12 +213,18 @@ def run_echo(case: str, name: str, a: argparse.Namespace, cpus, msg: int, conns:
     return rec
 
 
-def run_http(case: str, name: str, a: argparse.Namespace, cpus, close: bool = False) -> dict:
+def run_http(
+    case: str, name: str, a: argparse.Namespace, cpus, close: bool = False, tls: bool = False
+) -> dict:
     with tempfile.TemporaryFile() as log:
-        server, port = start_http(name, cpus[0], log)
+        if tls:  # --cases tls (perf/tls_cases.py)
+            server, port = tls_cases.start_https(name, cpus[0], log, a.cert)
+        else:
+            server, port = start_http(name, cpus[0], log)
         rep, client_cpu, wall, usr, sys_ = measure_wrk(
-            server, port, log, a.wrk, a.http_warmup, a.http_duration, cpus[1], close
-        )
+            server, port, log, a.wrk, a.http_warmup, a.http_duration, cpus[1], close,
+            tls_cases.scheme(name) if tls else "http",
+        )  # fmt: skip
     n = rep["requests"]
     secs = rep["duration_us"] / 1e6
     cpu = usr + sys_
@@ -354,6 +366,12 @@ def plan(a: argparse.Namespace) -> list[Case]:
         cases.append((f"http hello, wrk -c {WRK_CONNS}", "req/s", run_http, (), HTTP_SERVERS))
         name = f"http hello, new conn. per request, wrk -c {WRK_CLOSE_CONNS}"
         cases.append((name, "req/s", run_http, (True,), HTTP_SERVERS))
+    if "tls" in a.cases:
+        servers = tls_cases.TLS_SERVERS
+        name = f"https hello, wrk -c {WRK_CONNS}"
+        cases.append((name, "req/s", run_http, (False, True), servers))
+        name = f"https hello, new TLS conn. per request, wrk -c {WRK_CLOSE_CONNS}"
+        cases.append((name, "req/s", run_http, (True, True), servers))
     if "accept" in a.cases:
         cases.append(("accept, connect+close", "acc/s", run_accept, (), ACCEPT_SERVERS))
         name = "accept, connect + 1-byte echo + close"
@@ -503,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="1 round of short runs (~2 min)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    p.add_argument("--cases", default="echo,http,accept,idle", help="comma-separated subset")
+    p.add_argument("--cases", default="echo,http,tls,accept,idle", help="comma-separated subset")
     p.add_argument("--accept-ats", default="ats_pt1", choices=[c for c in accept_bench.CONFIGS])
     p.add_argument("--idle-conns", type=int, default=IDLE_CONNS)
     p.add_argument("--idle-rounds", type=int, default=2, help="rounds with the idle cases")
@@ -511,8 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--md", help="also write the Markdown report here")
     a = p.parse_args(argv)
     a.cases = set(a.cases.split(","))
-    if a.cases - {"echo", "http", "accept", "idle"}:
-        p.error(f"unknown case(s) {sorted(a.cases - {'echo', 'http', 'accept', 'idle'})}")
+    known = {"echo", "http", "tls", "accept", "idle"}
+    if a.cases - known:
+        p.error(f"unknown case(s) {sorted(a.cases - known)}")
     a.echo_duration, a.echo_warmup = 2.0, 0.5
     a.http_duration, a.http_warmup = 3, 1
     a.accept_duration, a.accept_warmup = 3.0, 0.5
@@ -526,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
 
     echo_bench.build_loadgen()
     accept_bench.build_gen()
-    a.wrk = ensure_wrk() if "http" in a.cases else None
+    a.wrk = ensure_wrk() if a.cases & {"http", "tls"} else None
+    a.cert = tls_cases.certificate() if "tls" in a.cases else None
     raise_nofile(a.idle_conns + 1024 if "idle" in a.cases else 0)  # the children inherit it
     avail, cpus = pin_cpus()
     cases = plan(a)

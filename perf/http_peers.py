@@ -19,7 +19,9 @@ from ``on_message_complete``; no routes, no status but 200 (a malformed request 
 connection), no flow control. It bounds what the same-logic peers could save.
 
 Listens on 127.0.0.1, prints ``READY <port>`` once listening, and stops cleanly on SIGTERM
-or SIGINT.
+or SIGINT. With ``--tls-cert FILE --tls-key FILE`` it serves HTTPS: the loop's own TLS
+(``create_server(ssl=ctx)``: asyncio's SSLProtocol, uvloop's Cython one), TLS 1.2 and 1.3,
+ALPN ``http/1.1``, as ``ats-cffi http --tls-cert ... --tls-key ...``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import argparse
 import asyncio
 import email.utils
 import signal
+import ssl
 import sys
 import time
 
@@ -205,12 +208,23 @@ class MinimalProtocol(asyncio.Protocol):
             self.transport.close()  # type: ignore[union-attr]
 
 
-async def serve(port: int, backlog: int, protocol: type[asyncio.Protocol] = HttpProtocol) -> None:
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+async def serve(
+    port: int, backlog: int, protocol: type[asyncio.Protocol] = HttpProtocol,
+    tls: ssl.SSLContext | None = None,
+) -> None:  # fmt: skip
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = await loop.create_server(protocol, HOST, port, backlog=backlog)
+    server = await loop.create_server(protocol, HOST, port, backlog=backlog, ssl=tls)
     print(f"READY {server.sockets[0].getsockname()[1]}", flush=True)
     await stop.wait()
     server.close()
@@ -221,18 +235,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("loop", choices=["asyncio", "uvloop", "uvloop_min"])
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--backlog", type=int, default=4096, help="listen backlog (as ats's default)")
+    p.add_argument("--tls-cert", help="serve HTTPS with this certificate chain (PEM)")
+    p.add_argument("--tls-key", help="its private key (PEM)")
     args = p.parse_args(argv)
+    tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     if args.loop == "uvloop_min":
         import uvloop
 
-        uvloop.run(serve(args.port, args.backlog, MinimalProtocol))
+        uvloop.run(serve(args.port, args.backlog, MinimalProtocol, tls))
     elif args.loop == "uvloop":
         import uvloop
 
         HttpProtocol.server_name = b"uvloop"
-        uvloop.run(serve(args.port, args.backlog))
+        uvloop.run(serve(args.port, args.backlog, tls=tls))
     else:
-        asyncio.run(serve(args.port, args.backlog))
+        asyncio.run(serve(args.port, args.backlog, tls=tls))
     return 0
 
 

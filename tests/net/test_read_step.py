@@ -170,6 +170,8 @@ def test_a_write_enabled_by_its_read_goes_out_before_the_next_vcs_read(one_liste
         release.set()
         waiter.join()
         assert recv_exactly(ca, 1) == b"1" and recv_exactly(cb, 1) == b"2"
+    # The echoes can reach the clients before the net thread has logged WRITE_COMPLETE.
+    assert wait_until(lambda: len(log) >= 4)
     first, second = log[0][0], log[2][0]
     assert log[:4] == [
         (first, VC_EVENT_READ_READY),
