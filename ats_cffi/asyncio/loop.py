@@ -10,7 +10,9 @@ selector loop with two parts replaced:
   transports, the signal wake-up pipe) are level-triggered EventIOs in the NetHandler's
   epoll, and each ``select`` is one pass of the loop's EThread;
 - stream transports are ``VCTransport``s (``transport.py``): a UnixNetVConnection on the
-  same NetHandler, whose events the NetHandler's dispatch turns into protocol calls.
+  same NetHandler, whose events the NetHandler's dispatch turns into protocol calls; with
+  ``ssl=`` a context of ``ats_cffi.net.tls``, a ``TLSVCTransport`` (``tls.py``) over an
+  SSLNetVConnection (an ``ssl.SSLContext`` gets asyncio's own TLS protocol).
 
 The loop's EThread is none of ``net_processor``'s threads: it is run by whichever thread
 runs the loop (``run_forever`` makes it that thread's EThread for the while), so the VCs'
@@ -32,6 +34,7 @@ from typing import Any
 
 from ats_cffi.asyncio.selector import NetSelector
 from ats_cffi.asyncio.server import ServerOptions
+from ats_cffi.asyncio.tls import TLSVCTransport
 from ats_cffi.asyncio.transport import READ_WATER_MARK, VCTransport
 from ats_cffi.eventsystem.current import REGULAR, set_this_ethread, this_ethread
 from ats_cffi.eventsystem.ethread import EThread
@@ -39,6 +42,7 @@ from ats_cffi.eventsystem.iobuffer import MIOBuffer
 from ats_cffi.eventsystem.mutex import ProxyMutex
 from ats_cffi.net.processor import attach_net_handler
 from ats_cffi.net.throttle import change_net_connections_throttle
+from ats_cffi.net.tls.context import TLSContext
 
 _SelectorLoop: Any = asyncio.SelectorEventLoop
 
@@ -154,7 +158,12 @@ class Loop(_SelectorLoop):  # type: ignore[misc,valid-type]
         ssl_handshake_timeout: float = constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout: float = constants.SSL_SHUTDOWN_TIMEOUT,
     ) -> asyncio.Transport:
-        # asyncio's TLS protocol over a VC transport, until the net core has TLS of its own.
+        if isinstance(sslcontext, TLSContext):  # the net core's own TLS (tls.py)
+            return TLSVCTransport(
+                self, rawsock, protocol, waiter, extra, server, sslcontext, server_side,
+                server_hostname, ssl_handshake_timeout,
+            )  # fmt: skip
+        # An ssl.SSLContext: asyncio's TLS protocol over a VC transport.
         ssl_protocol = sslproto.SSLProtocol(
             self, protocol, sslcontext, waiter, server_side, server_hostname,
             ssl_handshake_timeout=ssl_handshake_timeout,

@@ -66,9 +66,13 @@ def _oserror(err: int) -> OSError:
     return OSError(err, os.strerror(err))  # the subclass of the errno (ConnectionResetError)
 
 
-def new_vc(nh: NetHandler, fd: int, family: int) -> UnixNetVConnection:
-    """A VC for the connected socket ``fd``, registered in ``nh``'s epoll (counted open)."""
-    vc = UnixNetVConnection()
+def new_vc(
+    nh: NetHandler, fd: int, family: int, vc: UnixNetVConnection | None = None
+) -> UnixNetVConnection:
+    """A VC (``vc``, or a new UnixNetVConnection) for the connected socket ``fd``,
+    registered in ``nh``'s epoll (counted open)."""
+    if vc is None:
+        vc = UnixNetVConnection()
     vc.fd = fd
     vc.family = family
     nh.start_io(vc)
@@ -85,6 +89,8 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
     )  # fmt: skip
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+    #: ``write`` tries the socket before the write VIO (not through TLS: tls.py).
+    _send_first = True
 
     def __init__(
         self,
@@ -116,7 +122,7 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         # in, as asyncio's reader callbacks and uvloop's do.
         ctx = contextvars.copy_context()
         self._cont = Continuation(loop._net_mutex, functools.partial(ctx.run, self._vc_event))
-        self._vc = new_vc(loop._net_handler, fd, sock.family)
+        self._vc = self._new_vc(loop._net_handler, fd, sock.family)
         if server is not None:
             options = loop._server_options.get(server)
             if options is not None:
@@ -141,6 +147,14 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         if server is not None:
             server._attach()
         loop._transports[fd] = self
+        self._begin(protocol, waiter)
+
+    def _new_vc(self, nh: NetHandler, fd: int, family: int) -> UnixNetVConnection:
+        return new_vc(nh, fd, family)
+
+    def _begin(self, protocol: asyncio.BaseProtocol, waiter: asyncio.Future[None] | None) -> None:
+        """``connection_made``, the first read and the waiter's result, in asyncio's order."""
+        loop = self._loop
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._start_reading)
         if waiter is not None:
@@ -291,7 +305,7 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
             self._conn_lost += 1
             return
         r = self._wreader
-        if r is None or not r.read_avail():  # nothing waits: try the socket first
+        if self._send_first and (r is None or not r.read_avail()):  # try the socket first
             n = _send_some(self._sock_fd, data)
             if n == len(data):
                 return

@@ -67,7 +67,9 @@ class TLSContext:
     def __init__(self, config: TLSConfig, alpn: tuple[str, ...]) -> None:
         self.config = config
         self.alpn = tuple(alpn)
-        self._wire = ffi.new("unsigned char[]", _alpn_wire(self.alpn)) if alpn else None
+        wire = _alpn_wire(self.alpn) if alpn else b""
+        self._wire = ffi.new("unsigned char[]", wire) if alpn else None
+        self._wire_len = len(wire) - 2
         self.ctx: Any = self._new_ctx()
         #: ``proxy.config.ssl.max_record_size``, read once per context.
         self.max_record_size: int = config.max_record_size
@@ -87,8 +89,9 @@ class TLSContext:
         _check(lib.ats_tls_ctx_set_ciphers(
             ctx, ciphers.encode() if ciphers else ffi.NULL,
             suites.encode() if suites else ffi.NULL, err, _ERRLEN), err)  # fmt: skip
-        if self._wire is not None:
-            lib.ats_tls_ctx_set_alpn(ctx, self.server, self._wire, len(self._wire) - 2)
+        if self._wire is not None and lib.ats_tls_ctx_set_alpn(
+            ctx, self.server, self._wire, self._wire_len) < 0:  # fmt: skip
+            raise TLSConfigError(f"ALPN protocols {self.alpn!r} refused by OpenSSL")
         return ctx
 
 

@@ -111,6 +111,7 @@ class SSLNetVConnection(UnixNetVConnection):
         "last_write_at",
         "saved_inactivity",
         "tls_error",
+        "tls_reason",
         "owed",
     )
 
@@ -135,6 +136,8 @@ class SSLNetVConnection(UnixNetVConnection):
         self.saved_inactivity = -1.0
         #: A failed handshake's errno for the continuation (0: EOS, the peer closed).
         self.tls_error = 0
+        #: OpenSSL's reason for a failed handshake ("" for none, or a peer that closed).
+        self.tls_reason = ""
         #: Zero-byte VIOs whose completion the handshake's end owes (``_OWED_*`` bits).
         self.owed = 0
 
@@ -333,8 +336,8 @@ class SSLNetVConnection(UnixNetVConnection):
         self.tls_turns = False
         if r == _TLS_FAILED:
             nh.tls_stats[st.SSL_ERROR_SSL] += 1
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("%r: TLS handshake failed: %s", self, error_text(_last_error()))
+            self.tls_reason = error_text(_last_error())
+            log.debug("%r: TLS handshake failed: %s", self, self.tls_reason)
             self.tls_error = _EPROTO
         else:
             nh.tls_stats[st.SSL_ERROR_SYSCALL] += 1
@@ -347,6 +350,28 @@ class SSLNetVConnection(UnixNetVConnection):
         for s in (self.read, self.write):
             s.triggered = True
             self._queue(nh, s)
+
+    def tls_info(self) -> dict[str, Any]:
+        """The established session (empty before the handshake is done): ``version``
+        ("TLSv1.3"), ``cipher``, ``alpn`` (None when none was chosen), ``servername`` (the
+        SNI), ``resumed``."""
+        ssl = self.ssl
+        if ssl is None or self.tls_state != ESTABLISHED:
+            return {}
+        out = ffi.new("char[]", 256)
+        texts = []
+        for f in (lib.ats_tls_cipher, lib.ats_tls_alpn, lib.ats_tls_servername):
+            n = f(ssl, out, 256)
+            texts.append(ffi.string(out).decode(errors="replace") if n > 0 else None)
+        v = lib.ats_tls_version(ssl)
+        version = {lib.ATS_TLS_V1_2: "TLSv1.2", lib.ATS_TLS_V1_3: "TLSv1.3"}.get(v, str(v))
+        return {
+            "version": version,
+            "cipher": texts[0],
+            "alpn": texts[1],
+            "servername": texts[2],
+            "resumed": bool(_session_reused(ssl)),
+        }
 
     # ------------------------------------------------------------------ timeouts, end
 
