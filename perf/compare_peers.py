@@ -18,7 +18,8 @@ and ``wrk`` (``apt-get install -y wrk`` when it is missing). Cases:
 - http: ``python -m ats_cffi http`` vs the same server logic on asyncio and on uvloop
   (perf/http_peers.py), all parsing with httptools, and beside them a minimal uvloop +
   httptools hello server (``uvloop_min``: what uvloop's own benchmarks run; it bounds what
-  the same-logic peers could save); ``wrk -c 100 -t 1 -d N`` on ``GET /``
+  the same-logic peers could save), and the same-logic server on ats_cffi's asyncio loop
+  (``ats_asyncio``, rows marked ``, asyncio loop``); ``wrk -c 100 -t 1 -d N`` on ``GET /``
   (keep-alive, ``Hello, World!``) after a 1 s unmeasured wrk run. Throughput: requests/s.
   Then the same with a new connection per request: ``wrk -c 50 -H 'Connection: close'``
   (accept, session set-up, one request, the server's close: what a client that does not
@@ -104,7 +105,7 @@ LABELS = {"ats": "ats_cffi", "uvloop_min": "uvloop+httptools, minimal"}
 #: The echo cases also run the spliced ats echo (``servers.py ats_splice``) and the asyncio
 #: Protocol echo on ats_cffi's asyncio loop (``ats_asyncio``): rows of their own.
 ECHO_SERVERS = ("ats", "ats_splice", "ats_asyncio", "asyncio", "uvloop")
-HTTP_SERVERS = ("ats", "asyncio", "uvloop", "uvloop_min")
+HTTP_SERVERS = ("ats", "ats_asyncio", "asyncio", "uvloop", "uvloop_min")
 ACCEPT_SERVERS = ("ats", "asyncio", "uvloop")
 #: What each idle connection carries before it is left idle, and what ends its answer.
 IDLE_MESSAGES = {"echo": b"x", "http": b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"}

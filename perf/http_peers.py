@@ -1,7 +1,7 @@
 """The HTTP hello server of ``python -m ats_cffi http``, rewritten on asyncio and on uvloop;
 and a minimal uvloop + httptools hello server.
 
-    python perf/http_peers.py {asyncio,uvloop,uvloop_min} [--port P] [--backlog N]
+    python perf/http_peers.py {asyncio,uvloop,uvloop_min,ats_asyncio} [--port P] [--backlog N]
 
 Peers for compare_peers.py: the same server logic as ``ats_cffi/apps/http.py`` (parsing with
 ``httptools.HttpRequestParser``), as an ``asyncio.Protocol``. ``GET /`` (and ``HEAD /``)
@@ -21,7 +21,8 @@ connection), no flow control. It bounds what the same-logic peers could save.
 Listens on 127.0.0.1, prints ``READY <port>`` once listening, and stops cleanly on SIGTERM
 or SIGINT. With ``--tls-cert FILE --tls-key FILE`` it serves HTTPS: the loop's own TLS
 (``create_server(ssl=ctx)``: asyncio's SSLProtocol, uvloop's Cython one), TLS 1.2 and 1.3,
-ALPN ``http/1.1``, as ``ats-cffi http --tls-cert ... --tls-key ...``.
+ALPN ``http/1.1``, as ``ats-cffi http --tls-cert ... --tls-key ...``. ``ats_asyncio`` runs
+the same-logic server on ats_cffi's asyncio loop, its TLS by ``ats_cffi.net.tls``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import signal
 import ssl
 import sys
 import time
+from typing import Any
 
 import httptools
 from _common import HOST
@@ -218,7 +220,7 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
 
 async def serve(
     port: int, backlog: int, protocol: type[asyncio.Protocol] = HttpProtocol,
-    tls: ssl.SSLContext | None = None,
+    tls: Any = None,
 ) -> None:  # fmt: skip
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -232,14 +234,22 @@ async def serve(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("loop", choices=["asyncio", "uvloop", "uvloop_min"])
+    p.add_argument("loop", choices=["asyncio", "uvloop", "uvloop_min", "ats_asyncio"])
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--backlog", type=int, default=4096, help="listen backlog (as ats's default)")
     p.add_argument("--tls-cert", help="serve HTTPS with this certificate chain (PEM)")
     p.add_argument("--tls-key", help="its private key (PEM)")
     args = p.parse_args(argv)
-    tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
-    if args.loop == "uvloop_min":
+    tls: Any = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    if args.loop == "ats_asyncio":  # ats_cffi's asyncio loop, TLS by the net core's own
+        import ats_cffi.asyncio
+        from ats_cffi.net.tls import ServerContext
+
+        if args.tls_cert:
+            tls = ServerContext.from_files(args.tls_cert, args.tls_key, alpn=("http/1.1",))
+        HttpProtocol.server_name = b"ats_cffi.asyncio"
+        ats_cffi.asyncio.run(serve(args.port, args.backlog, tls=tls))
+    elif args.loop == "uvloop_min":
         import uvloop
 
         uvloop.run(serve(args.port, args.backlog, MinimalProtocol, tls))

@@ -4,7 +4,8 @@
 socket, records decrypted into and encrypted from IOBuffer blocks in C) against the same
 server logic on asyncio and on uvloop with ``create_server(ssl=ctx)`` (perf/http_peers.py
 ``--tls-cert``), all with an ECDSA P-256 certificate made here, TLS 1.3, ALPN http/1.1;
-and, as the bound, the plaintext ``ats-cffi http`` (``ats_plain``).
+the same server on ats_cffi's asyncio loop with the net core's TLS (``ats_asyncio``,
+``ssl=ServerContext``); and, as the bound, the plaintext ``ats-cffi http`` (``ats_plain``).
 
 - keep-alive: ``wrk -c 100 https://``, server CPU per request;
 - a new connection per request (``Connection: close``): one full handshake each (wrk does
@@ -25,7 +26,7 @@ from _common import HOST, port_after, start_ready
 HERE = Path(__file__).resolve().parent
 HTTP_PEERS = HERE / "http_peers.py"
 #: The servers of the TLS cases: ats over TLS, the plaintext ats bound, the TLS peers.
-TLS_SERVERS = ("ats", "ats_plain", "asyncio", "uvloop")
+TLS_SERVERS = ("ats", "ats_plain", "ats_asyncio", "asyncio", "uvloop")
 
 
 def make_certificate(directory: Path) -> tuple[str, str]:
