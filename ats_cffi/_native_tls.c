@@ -55,6 +55,8 @@ SSL_CTX *ats_tls_ctx_new(int server, int min_version, int max_version, char *err
      * bytes (a gather buffer refilled); idle connections give their record buffers
      * back. */
     SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+    /* One read() takes every record waiting (up to OpenSSL's buffer), not 2 per record. */
+    SSL_CTX_set_read_ahead(ctx, 1);
     return ctx;
 }
 
@@ -272,6 +274,101 @@ int ats_tls_ctx_names(SSL_CTX *ctx, char *out, size_t len)
     return (int)at;
 }
 
+/* ---------------------------------------------------------------- the socket BIO */
+
+/* OpenSSL reads and writes the socket through this BIO, which also tells whether the
+ * socket's last read() was short: with EPOLLET, a short read proves the socket drained
+ * (as in ats_read_spill), so a read step can stop without one more read() just to see
+ * EAGAIN.  Writes use send(MSG_NOSIGNAL): no SIGPIPE. */
+typedef struct {
+    int fd;
+    int drained; /* the last read() was short, or would block */
+    int eof;
+} ats_bio_state;
+
+static BIO_METHOD *bio_method;
+
+static int bio_read(BIO *b, char *buf, int len)
+{
+    ats_bio_state *st = BIO_get_data(b);
+    ssize_t r;
+    BIO_clear_retry_flags(b);
+    do {
+        r = read(st->fd, buf, (size_t)len);
+    } while (r < 0 && errno == EINTR);
+    if (r > 0) {
+        st->drained = r < len;
+        return (int)r;
+    }
+    if (r == 0) {
+        st->eof = 1;
+        return 0;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        st->drained = 1;
+        BIO_set_retry_read(b);
+    }
+    return -1;
+}
+
+static int bio_write(BIO *b, const char *buf, int len)
+{
+    ats_bio_state *st = BIO_get_data(b);
+    ssize_t r;
+    BIO_clear_retry_flags(b);
+    do {
+        r = send(st->fd, buf, (size_t)len, MSG_NOSIGNAL);
+    } while (r < 0 && errno == EINTR);
+    if (r >= 0)
+        return (int)r;
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+        BIO_set_retry_write(b);
+    return -1;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    ats_bio_state *st = BIO_get_data(b);
+    (void)num;
+    (void)ptr;
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1;
+    case BIO_CTRL_EOF:
+        return st != NULL && st->eof;
+    default:
+        return 0;
+    }
+}
+
+static int bio_destroy(BIO *b)
+{
+    OPENSSL_free(BIO_get_data(b));
+    BIO_set_data(b, NULL);
+    return 1;
+}
+
+static BIO *bio_new(int fd)
+{
+    if (bio_method == NULL) {
+        BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "ats_cffi");
+        if (m == NULL || !BIO_meth_set_read(m, bio_read) || !BIO_meth_set_write(m, bio_write)
+            || !BIO_meth_set_ctrl(m, bio_ctrl) || !BIO_meth_set_destroy(m, bio_destroy))
+            return NULL;
+        bio_method = m; /* made once per process, on the first connection */
+    }
+    ats_bio_state *st = OPENSSL_zalloc(sizeof(*st));
+    BIO *b = st != NULL ? BIO_new(bio_method) : NULL;
+    if (b == NULL) {
+        OPENSSL_free(st);
+        return NULL;
+    }
+    st->fd = fd;
+    BIO_set_data(b, st);
+    BIO_set_init(b, 1);
+    return b;
+}
+
 /* ---------------------------------------------------------------- connections */
 
 SSL *ats_tls_new(SSL_CTX *ctx, int fd, int server, const char *host, SSL_SESSION *session)
@@ -280,8 +377,10 @@ SSL *ats_tls_new(SSL_CTX *ctx, int fd, int server, const char *host, SSL_SESSION
     SSL *ssl = SSL_new(ctx);
     if (ssl == NULL)
         return NULL;
-    if (SSL_set_fd(ssl, fd) != 1)
+    BIO *bio = bio_new(fd);
+    if (bio == NULL)
         goto fail;
+    SSL_set_bio(ssl, bio, bio); /* the SSL owns it now */
     if (server) {
         SSL_set_accept_state(ssl);
         return ssl;
@@ -343,10 +442,13 @@ int ats_tls_handshake(SSL *ssl)
 /* Decrypt into base[off, off+len) and then spill[0, spill_len) until both are full
  * or OpenSSL stops: one SSL_read_ex per record.  *last: the last record's size when
  * every call succeeded (OpenSSL or the socket may hold more: the VC stays
- * triggered), else the result code of the call that stopped. */
+ * triggered), else the result code of the call that stopped.  stop_short: once
+ * OpenSSL holds nothing more and the socket's last read() was short, stop as if it
+ * had said WANT_READ (-EAGAIN), as ats_read_spill's stop_short does. */
 ssize_t ats_tls_read(SSL *ssl, char *base, size_t off, size_t len, char *spill,
-                     size_t spill_len, ssize_t *last)
+                     size_t spill_len, int stop_short, ssize_t *last)
 {
+    ats_bio_state *st = BIO_get_data(SSL_get_rbio(ssl));
     size_t done = 0, all = len + spill_len;
     ssize_t r = 1;
     ERR_clear_error();
@@ -358,6 +460,10 @@ ssize_t ats_tls_read(SSL *ssl, char *base, size_t off, size_t len, char *spill,
         if (SSL_read_ex(ssl, p, want, &got) == 1) {
             done += got;
             r = (ssize_t)got;
+            if (stop_short && st->drained && !SSL_has_pending(ssl)) {
+                r = -EAGAIN; /* the socket's last read was short: drained, as EAGAIN */
+                break;
+            }
             continue;
         }
         r = tls_result(ssl, 0, errno);

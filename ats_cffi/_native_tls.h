@@ -72,7 +72,7 @@ SSL *ats_tls_new(SSL_CTX *ctx, int fd, int server, const char *host, SSL_SESSION
 void ats_tls_free(SSL *ssl);
 int ats_tls_handshake(SSL *ssl);
 ssize_t ats_tls_read(SSL *ssl, char *base, size_t off, size_t len, char *spill,
-                     size_t spill_len, ssize_t *last);
+                     size_t spill_len, int stop_short, ssize_t *last);
 /* last[2]: see _native_tls.c */
 ssize_t ats_tls_write_blocks(SSL *ssl, char **bases, size_t *offs, size_t *lens, int n,
                              size_t record, size_t retry, char *gather, ssize_t *last);

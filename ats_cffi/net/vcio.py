@@ -68,9 +68,10 @@ def read_into_buffer(
     reveals the FIN.
 
     ``ssl``: the connection's OpenSSL object (an ``SSLNetVConnection``'s): the same steps
-    decrypt with ``SSL_read`` (``ats_tls_read``) instead of reading the socket. A short TLS
-    read proves nothing (``stop_short`` must be false), and ``last`` may also be
-    ``TLS_WANT_WRITE`` or ``TLS_FAILED`` (``_native_tls.h``).
+    decrypt with ``SSL_read`` (``ats_tls_read``) instead of reading the socket. A short
+    read of plaintext proves nothing; ``stop_short`` then stops once OpenSSL holds no more
+    and the socket's own last read was short. ``last`` may also be ``TLS_WANT_WRITE`` or
+    ``TLS_FAILED`` (``_native_tls.h``).
     """
     stats = nh.stats
     lastp = nh.last
@@ -95,7 +96,7 @@ def read_into_buffer(
         if ssl is None:
             r: int = _read_spill(fd, t.cdata, end, toread, s.cdata, spill, stop_short, lastp)
         else:
-            r = _tls_read(ssl, t.cdata, end, toread, s.cdata, spill, lastp)
+            r = _tls_read(ssl, t.cdata, end, toread, s.cdata, spill, stop_short, lastp)
         stats[_CALLS_TO_READ] += 1
         if r > 0:
             if r > toread:
@@ -106,7 +107,7 @@ def read_into_buffer(
             total += r
             if r == toread + spill:
                 continue  # every read was whole: the socket may hold more
-            if stop_short:  # one read, and it was short (_read_spill stops there)
+            if stop_short and ssl is None:  # one read, and it was short (_read_spill stops)
                 last = _AGAIN
                 break
         # Only here does the last syscall's result need reading (a cffi item access):

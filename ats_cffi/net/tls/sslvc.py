@@ -20,7 +20,8 @@ and writes the socket itself. What TLS adds is here:
 - **The edge-trigger rule with OpenSSL's buffer.** Only OpenSSL's WANT_READ clears
   ``read.triggered``: a read step that stops at its limit or the water mark keeps it, so
   the plaintext OpenSSL still holds is read on the next turn, with no epoll edge (none
-  would come). A short TLS read proves nothing, unlike a socket's (``stop_short`` off).
+  would come). A short read of plaintext proves nothing; a short read() of the socket
+  (OpenSSL's, through the C BIO) with nothing left inside OpenSSL does, as for a plain VC.
 - **A read that must write** (OpenSSL answering the peer while the socket's send buffer
   is full): the read side waits for the write edge (``read_wants_write``), which queues it
   again; a write that must read, the other way round.
@@ -212,7 +213,7 @@ class SSLNetVConnection(UnixNetVConnection):
     # ------------------------------------------------------------------ bytes
 
     def read_bytes(self, nh: NetHandler, buf: MIOBuffer, limit: int) -> tuple[int, int]:
-        total, last = read_into_buffer(nh, self.fd, buf, limit, False, self.ssl)
+        total, last = read_into_buffer(nh, self.fd, buf, limit, not self.read.hup, self.ssl)
         if total:
             nh.tls_stats[st.SSL_READ_BYTES] += total
         if last >= 0 or last == _AGAIN:
