@@ -22,7 +22,7 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 NATIVE = HERE / "ats_cffi"
 #: The C concerns of the extension: ``<name>.h`` (cdef and C header) and ``<name>.c``.
-C_PARTS = ("_native_sys", "_native_splice", "_native_tls")
+C_PARTS = ("_native_sys", "_native_splice", "_native_tls_ctx", "_native_tls")
 
 
 def cdef_of(header: Path) -> str:

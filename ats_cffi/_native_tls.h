@@ -1,5 +1,6 @@
-/* The TLS helpers of ats_cffi._native (_native_tls.c): OpenSSL (libssl 3) as the
- * SSLNetVConnection uses it (ats_cffi/net/tls/).
+/* The TLS connections of ats_cffi._native (_native_tls.c): OpenSSL (libssl 3) as
+ * the SSLNetVConnection uses it (ats_cffi/net/tls/); its contexts are
+ * _native_tls_ctx.h's.
  *
  * Python reaches OpenSSL only through these functions, whose signatures do not
  * change with OpenSSL's macros.  The per-record loops are here: a read step
@@ -14,59 +15,14 @@
  * below.  OpenSSL's error queue is read and cleared inside each call. */
 #pragma once
 
-#include <openssl/ssl.h>
-#include <openssl/err.h>
+#include "_native_tls_ctx.h"
 
 /* OpenSSL wants to write and the socket would block (during a read, too). */
 #define ATS_TLS_WANT_WRITE -100001
 /* OpenSSL must read before a write can go on (a write step's result). */
 #define ATS_TLS_WANT_READ -100003
-/* A TLS protocol error (the reason: ats_tls_error_reason / ats_tls_error_string). */
+/* A TLS protocol error (the reason: ats_tls_last_error, ats_tls_error_string). */
 #define ATS_TLS_FAILED -100002
-/* Bytes of one key in a session ticket key file (ATS: name, HMAC secret, AES key). */
-#define ATS_TLS_TICKET_KEY_LEN 48
-/* Protocol versions (TLS1_2_VERSION, TLS1_3_VERSION). */
-#define ATS_TLS_V1_2 0x0303
-#define ATS_TLS_V1_3 0x0304
-
-typedef struct ssl_ctx_st SSL_CTX;
-typedef struct ssl_st SSL;
-typedef struct ssl_session_st SSL_SESSION;
-
-/* Certificate choice by SNI: the contexts of a multi-certificate configuration.
- * names[i] is a lower-case host name or "*.domain"; fallback may be NULL (then a
- * ClientHello whose name matches none is refused with unrecognized_name). */
-typedef struct {
-    int n;
-    const char **names;
-    SSL_CTX **ctxs;
-    SSL_CTX *fallback;
-} ats_tls_sni;
-
-/* Session ticket keys: n keys of ATS_TLS_TICKET_KEY_LEN bytes; the first one
- * encrypts, each decrypts (a ticket of an older key is renewed). */
-typedef struct {
-    int n;
-    const unsigned char *keys;
-} ats_tls_ticket_keys;
-
-SSL_CTX *ats_tls_ctx_new(int server, int min_version, int max_version, char *err,
-                         size_t errlen);
-void ats_tls_ctx_free(SSL_CTX *ctx);
-int ats_tls_ctx_load_cert(SSL_CTX *ctx, const char *cert, const char *key, char *err,
-                          size_t errlen);
-int ats_tls_ctx_set_ciphers(SSL_CTX *ctx, const char *tls12, const char *tls13, char *err,
-                            size_t errlen);
-/* wire: [length, 2 bytes big-endian][protocols in ALPN wire format], kept alive by
- * the caller as long as ctx */
-int ats_tls_ctx_set_alpn(SSL_CTX *ctx, int server, const unsigned char *wire,
-                         unsigned int len);
-int ats_tls_ctx_set_verify(SSL_CTX *ctx, int verify, const char *cafile, char *err,
-                           size_t errlen);
-void ats_tls_ctx_set_sni(SSL_CTX *ctx, const ats_tls_sni *table);
-int ats_tls_ctx_set_ticket_keys(SSL_CTX *ctx, const ats_tls_ticket_keys *keys);
-void ats_tls_ctx_set_num_tickets(SSL_CTX *ctx, int n);
-int ats_tls_ctx_names(SSL_CTX *ctx, char *out, size_t len);
 
 SSL *ats_tls_new(SSL_CTX *ctx, int fd, int server, const char *host, SSL_SESSION *session);
 void ats_tls_free(SSL *ssl);
@@ -77,7 +33,6 @@ ssize_t ats_tls_read(SSL *ssl, char *base, size_t off, size_t len, char *spill,
 ssize_t ats_tls_write_blocks(SSL *ssl, char **bases, size_t *offs, size_t *lens, int n,
                              size_t record, size_t retry, char *gather, ssize_t *last);
 int ats_tls_shutdown(SSL *ssl);
-int ats_tls_pending(SSL *ssl);
 int ats_tls_session_reused(SSL *ssl);
 int ats_tls_version(SSL *ssl);
 int ats_tls_alpn(SSL *ssl, char *out, size_t len);
@@ -87,5 +42,4 @@ SSL_SESSION *ats_tls_get_session(SSL *ssl);
 void ats_tls_session_free(SSL_SESSION *session);
 /* The OpenSSL error of this thread's last ATS_TLS_FAILED (0: none). */
 unsigned long ats_tls_last_error(void);
-int ats_tls_error_reason(unsigned long code);
 void ats_tls_error_string(unsigned long code, char *out, size_t len);

@@ -97,6 +97,9 @@ def test_a_verified_connection_to_openssl_s_server_and_a_resumed_second_one(
     assert first.end == (VC_EVENT_EOS, 0)
     assert first.body.startswith(b"HTTP/1.0 200 ok")
     assert b"TLSv1.3" in first.body
+    # The session is kept when the first VC is freed, on its net thread, just after the
+    # handler that closed it returned.
+    assert wait_until(lambda: net_stats.get(OPEN) == 0)
     second = fetch(net, s_server, ctx)
     assert second.end == (VC_EVENT_EOS, 0)
     snap = tls_stats.snapshot()
