@@ -282,7 +282,9 @@ def _summary(settings: Settings, workers: list[Worker]) -> str:
         for k, v in (w.summary or {}).items():
             totals[k] = totals.get(k, 0) + v
     app_names = [
-        k for k in totals if not k.startswith(("proxy.process.net.", "proxy.process.tcp."))
+        k
+        for k in totals
+        if not k.startswith(("proxy.process.net.", "proxy.process.tcp.", "proxy.process.ssl."))
     ]
     fields = summary_fields(totals, app_names)
     accepts = ",".join(
