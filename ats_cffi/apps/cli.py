@@ -2,7 +2,11 @@
 
     ats-cffi echo   [--listen HOST:PORT] [--vio]            (default 127.0.0.1:7007)
     ats-cffi tunnel --listen HOST:PORT --upstream HOST:PORT [--vio]
+                    [--upstream-tls [--upstream-ca FILE]]
     ats-cffi http   [--listen HOST:PORT]                    (default 127.0.0.1:8080)
+
+Each takes ``--tls-cert FILE --tls-key FILE`` (one certificate) or ``--tls-config FILE``
+(ATS's ssl_multicert.config: certificates chosen by SNI) to serve TLS (``apps/tls.py``).
 
 Once listening it prints ``ats-cffi SERVICE listening on HOST:PORT`` per listener. SIGTERM or
 SIGINT stop it gracefully (see ``ats_cffi.apps.runner``), SIGHUP reloads ``--config``.
@@ -41,6 +45,7 @@ from ats_cffi.apps.runner import (
     CommandError,
     Settings,
     UsageError,
+    command_tls,
     error_line,
     report_error,
     serve,
@@ -56,6 +61,8 @@ APP_RECORD_DEFAULTS: dict[str, Any] = {
     "proxy.config.accept_threads": 0,
 }
 _CHECK_FREQUENCY = "proxy.config.net.inactivity_check_frequency"
+#: The record ``--tls-config`` sets.
+MULTICERT_RECORD = "proxy.config.ssl.server.multicert.filename"
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -202,7 +209,52 @@ def build_parser() -> ArgumentParser:
     http = sub.add_parser("http", parents=[common], help="HTTP/1.1 server with a stats page")
     http.add_argument("--listen", type=parse_hostport, default=("127.0.0.1", 8080),
                       metavar="HOST:PORT", help="default 127.0.0.1:8080")  # fmt: skip
+    for sp in (echo, tunnel, http):
+        _tls_options(sp, upstream=sp is tunnel)
     return parser
+
+
+def _tls_options(sp: argparse.ArgumentParser, upstream: bool) -> None:
+    """The TLS options of a service (``upstream``: the tunnel's to its upstream too)."""
+    g = sp.add_argument_group("TLS")
+    g.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve TLS with this certificate chain (PEM, leaf first; with --tls-key)",
+    )
+    g.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
+    g.add_argument("--tls-config", metavar="FILE",
+                   help="serve TLS with the certificates of an ssl_multicert.config file, "
+                   "chosen by SNI (proxy.config.ssl.server.multicert.filename)")  # fmt: skip
+    if upstream:
+        g.add_argument("--upstream-tls", action="store_true",
+                       help="connect to the upstream over TLS, verifying its certificate "
+                       "against the upstream's host as given (also the SNI)")  # fmt: skip
+        g.add_argument("--upstream-ca", metavar="FILE",
+                       help="CA certificates (PEM) that verify the upstream (default: the "
+                       "system's; proxy.config.ssl.client.CA.cert.filename)")  # fmt: skip
+
+
+def _tls_settings(args: argparse.Namespace, cli_records: dict[str, Any]) -> dict[str, Any]:
+    """The TLS fields of ``Settings`` (``--tls-config`` goes in ``cli_records``, as the
+    record it sets); ``UsageError`` for options that do not go together."""
+    cert, key, multicert = args.tls_cert, args.tls_key, args.tls_config
+    if cert is not None and key is None:
+        raise UsageError("--tls-cert needs --tls-key (the certificate's private key)")
+    if key is not None and cert is None:
+        raise UsageError("--tls-key needs --tls-cert")
+    if multicert is not None:
+        if cert is not None:
+            raise UsageError("--tls-config and --tls-cert/--tls-key are mutually exclusive")
+        if not multicert:
+            raise UsageError("--tls-config: empty file name")
+        cli_records[MULTICERT_RECORD] = multicert
+    upstream_tls = getattr(args, "upstream_tls", False)
+    upstream_ca = getattr(args, "upstream_ca", None)
+    if upstream_ca is not None and not upstream_tls:
+        raise UsageError("--upstream-ca needs --upstream-tls")
+    return {"tls_cert": cert, "tls_key": key, "upstream_tls": upstream_tls,
+            "upstream_ca": upstream_ca}  # fmt: skip
 
 
 def _listen_host(host: str, option: str) -> str:
@@ -233,6 +285,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     upstream = getattr(args, "upstream", None)
     if upstream is not None and upstream[1] == 0:
         raise UsageError(f"--upstream: port must be in 1..{PORT_MAX}")
+    tls = _tls_settings(args, cli_records)
     return Settings(
         service=args.service,
         listen=listen,
@@ -246,6 +299,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         log_level=args.log_level,
         cli_records=cli_records,
         vio=getattr(args, "vio", False),
+        **tls,
     )
 
 
@@ -286,11 +340,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 start_name_resolution(settings.upstream[0], start=False)
             except ValueError as exc:
                 raise UsageError(f"--upstream: {exc}") from None
+        # Made here, once, before any worker is forked: the workers share them (and so
+        # the random ticket keys made when there is no ticket key file).
+        tls = command_tls(settings)
         if settings.workers > 1:
             from ats_cffi.apps.workers import run_workers
 
-            return run_workers(settings)
-        return serve(settings)
+            return run_workers(settings, tls)
+        return serve(settings, tls=tls)
     except CommandError as exc:
         return report_error(exc)
 

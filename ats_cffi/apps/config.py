@@ -6,11 +6,13 @@ root (``records: {net: {connections_throttle: 100}}``), which stands for ``proxy
 YAML needs PyYAML (``*.yaml``/``*.yml``); any other file is read as TOML.
 
 The keys are those of ``net_config`` (``proxy.config.net.*``, ``proxy.config.accept_threads``),
-of ``http_config`` (``proxy.config.http.*``: the http command's timeouts) and, when the DNS
-layer is installed, of ``dns_config`` (``proxy.config.dns.*``,
+of ``http_config`` (``proxy.config.http.*``: the http command's timeouts), of ``tls_config``
+(``proxy.config.ssl.*``: read when the command makes its TLS contexts, before it forks its
+workers) and, when the DNS layer is installed, of ``dns_config`` (``proxy.config.dns.*``,
 ``proxy.config.hostdb.host_file.path``). SIGHUP re-reads the file and applies the records in
-``DYNAMIC_RECORDS``; the others are read when the threads, listeners, services or resolver
-start, so a change to them needs a restart.
+``DYNAMIC_RECORDS`` (then the command re-reads the ticket key file its
+``proxy.config.ssl.server.ticket_key.filename`` names); the others are read when the threads,
+listeners, TLS contexts, services or resolver start, so a change to them needs a restart.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ats_cffi.net import change_net_connections_throttle, net_config
+from ats_cffi.net.tls import tls_config
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,8 +33,11 @@ else:  # pragma: no cover - Python 3.10
 
 log = logging.getLogger("ats.apps.config")
 
-#: Records the net layer reads each time it uses them (so a reload takes effect).
-DYNAMIC_RECORDS = net_config.dynamic_keys()
+#: The ticket key file's record: SIGHUP reads the file it names again (``apps/tls.py``).
+TICKET_KEY_RECORD = "proxy.config.ssl.server.ticket_key.filename"
+#: Records the net layer reads each time it uses them (so a reload takes effect), and the
+#: ticket key file.
+DYNAMIC_RECORDS = net_config.dynamic_keys() | {TICKET_KEY_RECORD}
 
 
 class ConfigError(ValueError):
@@ -86,11 +92,11 @@ def parse_records(path: str | Path) -> dict[str, Any]:
 
 def record_stores() -> list[Any]:
     """The live record stores: ``net_config``, the http command's ``http_config``
-    (``proxy.config.http.*``), and ``dns_config`` (``proxy.config.dns.*``,
-    ``proxy.config.hostdb.*``) when the DNS layer is installed."""
+    (``proxy.config.http.*``), ``tls_config`` (``proxy.config.ssl.*``), and ``dns_config``
+    (``proxy.config.dns.*``, ``proxy.config.hostdb.*``) when the DNS layer is installed."""
     from ats_cffi.apps.http import http_config
 
-    stores: list[Any] = [net_config, http_config]
+    stores: list[Any] = [net_config, http_config, tls_config]
     try:
         from ats_cffi.dns import dns_config  # type: ignore[import-not-found, attr-defined]
     except ImportError:
@@ -158,7 +164,7 @@ def reload_records(path: str | Path, pinned: frozenset[str] = frozenset()) -> li
         if key not in DYNAMIC_RECORDS:
             log.warning("%s: %s changed; it takes effect after a restart", path, key)
             continue
-        net_config.set(key, value)
+        _store_of(key, stores).set(key, value)
         changed.append(key)
     if "proxy.config.net.connections_throttle" in changed:
         change_net_connections_throttle()

@@ -7,7 +7,9 @@ the write side is shut down, and the connection closed.
 
 With ``native=False`` (``ats-cffi echo --vio``) the bytes go through VIOs and a Python
 continuation instead: one MIOBuffer per connection is both the read VIO's buffer and the
-write VIO's source, with the same water mark, EOS handling and timeouts.
+write VIO's source, with the same water mark, EOS handling and timeouts. A TLS connection
+(an SSLNetVConnection, from a listener with ``tls``) always takes that path: the splice
+would move its encrypted bytes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ats_cffi.eventsystem.codes import (
 )
 from ats_cffi.net import UnixNetVConnection
 from ats_cffi.net.splice import Splice
+from ats_cffi.net.tls import SSLNetVConnection
 
 TOTAL = "proxy.process.echo.total_client_connections"
 CURRENT = "proxy.process.echo.current_client_connections"
@@ -117,7 +120,7 @@ class SplicedEchoSession(BaseEchoSession):
 
 
 class EchoService(Service):
-    """``ats-cffi echo``: spliced sessions, or VIO ones with ``native=False``."""
+    """``ats-cffi echo``: spliced sessions, or VIO ones with ``native=False`` or TLS."""
 
     service_name = "echo"
     stat_names = (TOTAL, CURRENT)
@@ -129,7 +132,7 @@ class EchoService(Service):
         self.native = check_flag("EchoService", "native", native)
 
     def start_session(self, vc: UnixNetVConnection) -> None:
-        if self.native:
+        if self.native and not isinstance(vc, SSLNetVConnection):
             SplicedEchoSession(self, vc)
         else:
             EchoSession(self, vc)

@@ -29,8 +29,10 @@ from ats_cffi.apps.echo import EchoService
 from ats_cffi.apps.http import STATS_ROUTES, HttpService, http_config
 from ats_cffi.apps.service import ListenSpec, Service, format_hostport
 from ats_cffi.apps.stats import collect, summary_fields, summary_line
+from ats_cffi.apps.tls import CommandTLS, make_tls
 from ats_cffi.apps.tunnel import TunnelService, start_name_resolution
 from ats_cffi.net import net_config, net_processor, net_stats
+from ats_cffi.net.tls import ServerContext, TLSConfigError
 
 log = logging.getLogger("ats.apps")
 
@@ -91,6 +93,12 @@ class Settings:
     vio: bool = False
     #: Records set by command-line options (they win over the file, also on SIGHUP).
     cli_records: dict[str, Any] = field(default_factory=dict)
+    #: ``--tls-cert``/``--tls-key`` (``--tls-config`` is a record: ``cli_records``).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: tunnel: ``--upstream-tls``, ``--upstream-ca``.
+    upstream_tls: bool = False
+    upstream_ca: str | None = None
 
     def listeners(self) -> list[tuple[str, tuple[str, int]]]:
         """``(name, (host, port))`` of each listener: the service's, then the stats one."""
@@ -170,8 +178,27 @@ class Signals:
             self._r = self._w = -1
 
 
-def build_services(settings: Settings, worker: int | None) -> list[Service]:
-    """The service of ``settings`` and, with ``--stats``, its stats listener."""
+def command_tls(settings: Settings) -> CommandTLS:
+    """The TLS contexts of ``settings`` (``apps/tls.py``), from the records in force;
+    ``UsageError`` (one line, naming the file) for a certificate, key or CA file that
+    does not load."""
+    try:
+        return make_tls(
+            settings.service,
+            settings.tls_cert,
+            settings.tls_key,
+            settings.upstream_tls,
+            settings.upstream_ca,
+        )
+    except TLSConfigError as exc:
+        raise UsageError(f"TLS: {' '.join(str(exc).split())}") from None
+
+
+def build_services(
+    settings: Settings, worker: int | None, tls: CommandTLS | None = None
+) -> list[Service]:
+    """The service of ``settings`` and, with ``--stats``, its stats listener. A tunnel
+    connects to its upstream with ``tls.upstream`` (if any)."""
     timeout = settings.inactivity_timeout
     # 0: none given on the command line (the records' value then).
     http_timeout = timeout or http_config.keep_alive_no_activity_timeout_in
@@ -184,7 +211,10 @@ def build_services(settings: Settings, worker: int | None) -> list[Service]:
         main = EchoService(timeout, worker, native=not settings.vio)
     elif settings.service == "tunnel":
         assert settings.upstream is not None
-        main = TunnelService(settings.upstream, timeout, worker, native=not settings.vio)
+        upstream_tls = tls.upstream if tls is not None else None
+        main = TunnelService(
+            settings.upstream, timeout, worker, native=not settings.vio, upstream_tls=upstream_tls
+        )
     else:
         main = HttpService(inactivity_timeout=http_timeout, worker=worker, **http_timeouts)
     services = [main]
@@ -197,8 +227,11 @@ def build_services(settings: Settings, worker: int | None) -> list[Service]:
     return services
 
 
-def listen_spec(host: str, port: int, reuseport: bool, backdoor: bool) -> ListenSpec:
-    """A listener with the accept records in force (``accept_threads``, ``defer_accept``)."""
+def listen_spec(
+    host: str, port: int, reuseport: bool, backdoor: bool, tls: ServerContext | None = None
+) -> ListenSpec:
+    """A listener with the accept records in force (``accept_threads``, ``defer_accept``);
+    a TLS one with ``tls``."""
     return ListenSpec(
         host=host,
         port=port,
@@ -206,6 +239,7 @@ def listen_spec(host: str, port: int, reuseport: bool, backdoor: bool) -> Listen
         defer_accept=net_config.defer_accept,
         reuseport=reuseport,
         backdoor=backdoor,
+        tls=tls,
     )
 
 
@@ -260,13 +294,17 @@ def serve(
     settings: Settings,
     worker: int | None = None,
     report: Callable[[dict[str, Any]], None] | None = None,
+    tls: CommandTLS | None = None,
 ) -> int:
     """Run the service in this process until a stop signal; returns the exit status.
 
     ``report`` (workers) receives ``{"ready": [...]}`` once listening and ``{"summary": ...}``
-    at the end instead of the lines on stdout. ``UsageError``/``StartError`` for problems
-    found while starting.
+    at the end instead of the lines on stdout. ``tls``: the TLS contexts made before (the
+    parent's, for a worker); None: made here (``command_tls``). ``UsageError``/``StartError``
+    for problems found while starting.
     """
+    if tls is None:
+        tls = command_tls(settings)
     signals = Signals().install()
     parent = os.getppid()
     net_processor.start(settings.net_threads)
@@ -277,11 +315,12 @@ def serve(
                 stop_resolution = start_name_resolution(settings.upstream[0])
             except ValueError as exc:
                 raise UsageError(f"--upstream: {exc}") from None
-        services = build_services(settings, worker)
+        services = build_services(settings, worker, tls)
         reuseport = worker is not None
         bound = []
         for service, (name, (host, port)) in zip(services, settings.listeners()):
-            spec = listen_spec(host, port, reuseport, backdoor=name == "stats")
+            stats = name == "stats"  # plain HTTP, exempt from the throttle
+            spec = listen_spec(host, port, reuseport, stats, None if stats else tls.server)
             try:
                 real_port = service.listen(spec)
             except OSError as exc:
@@ -300,7 +339,7 @@ def serve(
             signals.wait(0.5)
             if signals.hups:
                 signals.hups = 0
-                reload_config(settings)
+                reload_config(settings, tls)
             if worker is not None and os.getppid() != parent:
                 log.error("worker %d: the parent process is gone; stopping", worker)
                 break
@@ -321,14 +360,18 @@ def serve(
     return 0
 
 
-def reload_config(settings: Settings) -> None:
-    """SIGHUP: re-read the records file (if any) and apply its dynamic records."""
+def reload_config(settings: Settings, tls: CommandTLS | None = None) -> None:
+    """SIGHUP: re-read the records file (if any) and apply its dynamic records, then the
+    ticket key file of ``tls``'s server context (``proxy.config.ssl.server.ticket_key
+    .filename``, which the records file may just have changed)."""
     if settings.config is None:
         log.info("SIGHUP: no --config file to reload")
-        return
-    try:
-        changed = reload_records(settings.config, frozenset(settings.cli_records))
-    except ConfigError as exc:
-        log.error("SIGHUP: %s; keeping the records in force", exc)
-        return
-    log.info("SIGHUP: reloaded %s (%s)", settings.config, ", ".join(changed) or "no change")
+    else:
+        try:
+            changed = reload_records(settings.config, frozenset(settings.cli_records))
+        except ConfigError as exc:
+            log.error("SIGHUP: %s; keeping the records in force", exc)
+        else:
+            log.info("SIGHUP: reloaded %s (%s)", settings.config, ", ".join(changed) or "no change")
+    if tls is not None:
+        tls.reload_ticket_keys()

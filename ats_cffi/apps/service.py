@@ -36,7 +36,8 @@ _FLOAT_MAX: Final = sys.float_info.max
 
 @dataclass(frozen=True)
 class ListenSpec:
-    """Where one listener listens and how it accepts."""
+    """Where one listener listens and how it accepts (``tls``: a ``ServerContext`` for a
+    TLS listener, None for a plain one)."""
 
     host: str
     port: int
@@ -44,6 +45,7 @@ class ListenSpec:
     defer_accept: int
     reuseport: bool = False
     backdoor: bool = False
+    tls: Any = None
 
     def accept_options(self) -> AcceptOptions:
         """The AcceptOptions of this listener; socket options from the ``*_in`` records, as
@@ -58,6 +60,7 @@ class ListenSpec:
             sockopt_flags=net_config.sock_option_flag_in,
             recv_bufsize=net_config.sock_recv_buffer_size_in,
             send_bufsize=net_config.sock_send_buffer_size_in,
+            tls=self.tls,
         )
 
 

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterable, Mapping
 
 from ats_cffi.net import net_stats
-from ats_cffi.net.stats import StatRegistry
+from ats_cffi.net.stats import StatRegistry, tls_stats
 
 #: Stats that go up and down (a Prometheus gauge): ATS names them for what is open or in
 #: progress now. Every other stat only grows (a counter).
@@ -71,8 +71,10 @@ def is_gauge(name: str) -> bool:
 
 
 def collect(app: AppStats | None = None) -> dict[str, int]:
-    """The net stats (``proxy.process.net.*``, ``proxy.process.tcp.*``) and ``app``'s."""
+    """The net stats (``proxy.process.net.*``, ``proxy.process.tcp.*``), the TLS stats
+    (``proxy.process.ssl.*``, zero without TLS, as in ATS) and ``app``'s."""
     values = net_stats.snapshot()
+    values.update(tls_stats.snapshot())
     if app is not None:
         values.update(app.snapshot())
     return values

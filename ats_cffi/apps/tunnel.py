@@ -16,7 +16,11 @@ By default (``native=True``) the two connections are spliced instead (``ats_cffi
 when both are on one net thread, as ``connect_re`` arranges): the same buffers, water mark,
 back-pressure and half-close rules, but the bytes move natively and the session hears only
 of the end (both directions finished, an error or a timeout). ``ats-cffi tunnel --vio``
-keeps the VIO path.
+keeps the VIO path, and so does a connection with TLS on either side (the splice would move
+its encrypted bytes).
+
+``upstream_tls`` (a ``ClientContext``; ``ats-cffi tunnel --upstream-tls``) makes the
+upstream connections TLS, verified for the upstream's host as given, which is also the SNI.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from ats_cffi.eventsystem.codes import (
     VC_EVENT_WRITE_COMPLETE,
     VC_EVENT_WRITE_READY,
 )
-from ats_cffi.net import UnixNetVConnection, net_processor
+from ats_cffi.net import NetVCOptions, UnixNetVConnection, net_config, net_processor
 from ats_cffi.net.codes import (
     IO_SHUTDOWN_WRITE,
     NET_EVENT_OPEN,
@@ -42,6 +46,7 @@ from ats_cffi.net.codes import (
 )
 from ats_cffi.net.ratelog import RateLimitedLog
 from ats_cffi.net.splice import Splice
+from ats_cffi.net.tls import ClientContext, SSLNetVConnection
 from ats_cffi.sys import PORT_MAX, ip_family
 
 log = logging.getLogger("ats.apps.tunnel")
@@ -122,7 +127,9 @@ class TunnelSession(Session):
         with self.mutex:  # type: ignore[union-attr]
             # The result is delivered with this mutex held: not before we have the action.
             try:
-                self.connect_action = net_processor.connect_re(self, service.upstream)
+                self.connect_action = net_processor.connect_re(
+                    self, service.upstream, service.connect_options()
+                )
             except (OSError, ValueError, RuntimeError) as exc:
                 service.connect_failed_log(
                     "tunnel: cannot connect to %r: %s", service.upstream, exc
@@ -146,7 +153,12 @@ class TunnelSession(Session):
                 self.client.set_inactivity_timeout(timeout)
                 server.set_inactivity_timeout(timeout)
             client = self.client
-            if self.service.native and server.nh is client.nh:  # type: ignore[attr-defined]
+            if (
+                self.service.native  # type: ignore[attr-defined]
+                and server.nh is client.nh
+                and not isinstance(client, SSLNetVConnection)
+                and not isinstance(server, SSLNetVConnection)
+            ):
                 self.set_handler(self.state_spliced)
                 self.splice = Splice(self, client, server, buffer_size=WATER_MARK)
                 return
@@ -242,13 +254,34 @@ class TunnelService(Service):
         inactivity_timeout: float = 0.0,
         worker: int | None = None,
         native: bool = True,
+        upstream_tls: ClientContext | None = None,
     ) -> None:
         super().__init__(inactivity_timeout, worker)
         self.upstream = check_upstream("TunnelService", upstream)
         self.native = check_flag("TunnelService", "native", native)
+        if upstream_tls is not None and not isinstance(upstream_tls, ClientContext):
+            raise TypeError(
+                "TunnelService: upstream_tls must be a ClientContext or None, "
+                f"not {type(upstream_tls).__name__}"
+            )
+        self.upstream_tls = upstream_tls
         #: Upstream connect failures: a flood of them (a dead upstream, the fd limit) is
         #: one line a minute, with a count.
         self.connect_failed_log = RateLimitedLog(log)
+
+    def connect_options(self) -> NetVCOptions | None:
+        """The options of an upstream connection: None (``connect_re``'s defaults, from the
+        ``*_out`` records) without TLS; with it, the same plus the client context and the
+        upstream's host as the SNI and the name verified."""
+        if self.upstream_tls is None:
+            return None
+        return NetVCOptions(
+            sockopt_flags=net_config.sock_option_flag_out,
+            recv_bufsize=net_config.sock_recv_buffer_size_out,
+            send_bufsize=net_config.sock_send_buffer_size_out,
+            tls=self.upstream_tls,
+            sni_servername=self.upstream[0],
+        )
 
     def start_session(self, vc: UnixNetVConnection) -> None:
         TunnelSession(self, vc)

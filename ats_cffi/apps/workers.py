@@ -1,8 +1,10 @@
 """``--workers N``: N processes serving the same port(s) with ``SO_REUSEPORT``.
 
-The parent starts no thread: it reserves each port (a socket bound with ``SO_REUSEPORT`` but
-not listening, so the kernel hands it no connection; for port 0 this picks the real port),
-forks the workers, and keeps the reservation until every worker listens. Each worker runs
+The parent starts no thread: it makes the TLS contexts (``apps/tls.py``: the workers
+inherit them, random ticket keys included, and resume each other's sessions), reserves each
+port (a socket bound with ``SO_REUSEPORT`` but not listening, so the kernel hands it no
+connection; for port 0 this picks the real port), forks the workers, and keeps the
+reservation until every worker listens. Each worker runs
 ``serve`` with ``reuseport`` listeners and reports to the parent through a pipe, one JSON
 object a line: ``{"ready": [[name, host, port], ...]}`` once listening, ``{"summary": ...}``
 at the end. The parent prints the listening lines once, forwards SIGTERM/SIGINT/SIGHUP to
@@ -30,12 +32,14 @@ from ats_cffi.apps.runner import (
     Settings,
     Signals,
     StartError,
+    command_tls,
     listen_error,
     listening_line,
     report_error,
     serve,
 )
 from ats_cffi.apps.stats import summary_fields, summary_line
+from ats_cffi.apps.tls import CommandTLS
 
 log = logging.getLogger("ats.apps.workers")
 
@@ -73,8 +77,9 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return s
 
 
-def _child(settings: Settings, index: int, wfd: int) -> int:
-    """The worker's body (after fork): serve, reporting through ``wfd``."""
+def _child(settings: Settings, index: int, wfd: int, tls: CommandTLS) -> int:
+    """The worker's body (after fork): serve with the parent's TLS contexts, reporting
+    through ``wfd``."""
 
     def report(msg: dict[str, Any]) -> None:
         data = (json.dumps(msg) + "\n").encode()
@@ -85,7 +90,7 @@ def _child(settings: Settings, index: int, wfd: int) -> int:
             pass  # the parent is gone (killed): nobody to tell; the worker stops on its own
 
     try:
-        return serve(settings, worker=index, report=report)
+        return serve(settings, worker=index, report=report, tls=tls)
     except CommandError as exc:
         return report_error(exc)
 
@@ -96,6 +101,7 @@ def _spawn(
     keep: list[socket.socket],
     others: list[int],
     signals: Signals,
+    tls: CommandTLS,
 ) -> Worker:
     r, w = os.pipe2(os.O_CLOEXEC)
     sys.stdout.flush()
@@ -119,7 +125,7 @@ def _spawn(
                 s.close()
             signal.set_wakeup_fd(-1)  # the parent's pipe: this process gets its own
             signals.close_fds()
-            code = _child(settings, index, w)
+            code = _child(settings, index, w, tls)
         except BaseException:
             log.exception("worker %d failed", index)
         finally:
@@ -178,8 +184,12 @@ def _reap(workers: list[Worker]) -> list[Worker]:
     return ended
 
 
-def run_workers(settings: Settings) -> int:
-    """Run ``settings.workers`` worker processes (see the module doc); exit status."""
+def run_workers(settings: Settings, tls: CommandTLS | None = None) -> int:
+    """Run ``settings.workers`` worker processes (see the module doc); exit status.
+    ``tls``: the TLS contexts every worker serves with (None: made here, before the
+    workers are forked, so that they share them: ``apps/tls.py``)."""
+    if tls is None:
+        tls = command_tls(settings)
     listeners = settings.listeners()
     reserved: list[socket.socket] = []
     try:
@@ -196,7 +206,7 @@ def run_workers(settings: Settings) -> int:
     try:
         for i in range(settings.workers):
             others = [w.fd for w in workers]
-            workers.append(_spawn(child_settings, i, reserved, others, signals))
+            workers.append(_spawn(child_settings, i, reserved, others, signals, tls))
         return _supervise(settings, workers, reserved, signals)
     finally:
         for s in reserved:
@@ -282,7 +292,9 @@ def _summary(settings: Settings, workers: list[Worker]) -> str:
         for k, v in (w.summary or {}).items():
             totals[k] = totals.get(k, 0) + v
     app_names = [
-        k for k in totals if not k.startswith(("proxy.process.net.", "proxy.process.tcp."))
+        k
+        for k in totals
+        if not k.startswith(("proxy.process.net.", "proxy.process.tcp.", "proxy.process.ssl."))
     ]
     fields = summary_fields(totals, app_names)
     accepts = ",".join(
