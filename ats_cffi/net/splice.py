@@ -60,6 +60,7 @@ from ats_cffi.eventsystem.vio import INT64_MAX, VIO
 from ats_cffi.net import stats as st
 from ats_cffi.net.eventio import READ_WRITE
 from ats_cffi.net.netvc import UnixNetVConnection
+from ats_cffi.net.tls.sslvc import SSLNetVConnection
 
 if TYPE_CHECKING:
     from ats_cffi.net.nethandler import NetHandler
@@ -276,6 +277,11 @@ class Splice(Continuation):
                 raise RuntimeError("Splice: a and b are on different net threads")
             if vc.splice_end is not None:
                 raise RuntimeError(f"Splice: {name} is already spliced")
+            if isinstance(vc, SSLNetVConnection):
+                raise TypeError(
+                    f"Splice: {name} is a TLS connection: its socket carries records, not "
+                    "the bytes (move them through its VIOs)"
+                )
         assert nh is not None
         if nh.thread.tid != threading.get_ident():
             raise RuntimeError("Splice: must be created on the VCs' net thread")

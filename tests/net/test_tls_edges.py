@@ -316,3 +316,21 @@ def test_a_close_sends_close_notify_and_an_abort_does_not(net, listen, ca) -> No
                     s.recv(10)
             else:
                 assert s.recv(10) == b""
+
+
+def test_a_tls_connection_cannot_be_spliced(net, listen, ca) -> None:
+    from ats_cffi.net.splice import Splice
+
+    errors: list[str] = []
+
+    def on_vc(vc: Any) -> None:  # on the VC's net thread
+        try:
+            Splice(Continuation(ProxyMutex(), lambda event, data: None), vc)
+        except TypeError as exc:
+            errors.append(str(exc))
+        vc.do_io_close()
+
+    _, acceptor, port = listen(on_vc, tls=server_ctx(ca))
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        acceptor.wait()
+    assert errors and "TLS connection" in errors[0]
