@@ -42,15 +42,15 @@ WRK_LUA = HERE / "wrk_report.lua"
 T = TypeVar("T")
 
 
-def build_c(src: Path, exe: Path) -> Path:
-    """Compile ``src`` with ``cc -O2`` into ``exe`` unless ``exe`` is newer than ``src`` and
-    the headers of perf/ it may include."""
+def build_c(src: Path, exe: Path, libs: Sequence[str] = ()) -> Path:
+    """Compile ``src`` with ``cc -O2`` into ``exe`` (linked with ``libs``, e.g. ``-lssl``)
+    unless ``exe`` is newer than ``src`` and the headers of perf/ it may include."""
     exe.parent.mkdir(exist_ok=True)
     newest = max(p.stat().st_mtime for p in (src, *HERE.glob("*.h")))
     if exe.exists() and exe.stat().st_mtime >= newest:
         return exe
     cc = os.environ.get("CC") or shutil.which("cc") or "gcc"
-    cmd = [cc, "-O2", "-Wall", "-Wextra", "-o", str(exe), str(src)]
+    cmd = [cc, "-O2", "-Wall", "-Wextra", "-o", str(exe), str(src), *libs]
     print("+", " ".join(cmd), file=sys.stderr)
     subprocess.run(cmd, check=True)
     return exe

@@ -27,7 +27,10 @@ and ``wrk`` (``apt-get install -y wrk`` when it is missing). Cases:
 - tls (perf/tls_cases.py): the http hello over TLS 1.3 (ECDSA P-256, made for the session):
   ``ats-cffi http --tls-cert --tls-key`` against asyncio's and uvloop's ``ssl=`` servers of
   the same logic, with the plaintext ``ats-cffi http`` as the bound (rows marked ``,
-  plaintext``); keep-alive, then a new connection (a full handshake) per request.
+  plaintext``); keep-alive, then a new connection (a full handshake) per request. Then the
+  echo over TLS (perf/servers.py ``--tls-cert`` vs perf/tlsloadgen.c, handshakes before the
+  warm-up): 100 KiB x 10 and 100 connections and 1 KiB x 100, ats (VIOs), ats_asyncio,
+  asyncio, uvloop; no splice (it cannot do TLS). Throughput: round trips/s.
 - accept: connect+close, as accept_bench.py (acceptgen ``wait`` mode, 100 connects in flight;
   ats = ``--accept-ats``, default ``ats_pt1``: accept on the one net thread, as the
   ``ats-cffi`` command does by default).
@@ -205,8 +208,11 @@ def record(case: str, server: str, value: float, cpu: float, client: float, **ex
     }
 
 
-def run_echo(case: str, name: str, a: argparse.Namespace, cpus, msg: int, conns: int) -> dict:
-    r = echo_bench.run_one(name, msg, conns, a.echo_duration, a.echo_warmup, cpus)
+def run_echo(
+    case: str, name: str, a: argparse.Namespace, cpus, msg: int, conns: int, tls: bool = False
+) -> dict:
+    tls_files = a.cert if tls else None  # --cases tls (perf/tls_cases.py)
+    r = echo_bench.run_one(name, msg, conns, a.echo_duration, a.echo_warmup, cpus, tls=tls_files)
     errors = max(r["errors"], 0) + (r["client_rc"] != 0)
     rec = record(case, name, r["rt_per_s"], r["server_cpu_us_per_rt"], r["client_cpu_frac"], raw=r)
     rec["errors"] = errors
@@ -373,6 +379,9 @@ def plan(a: argparse.Namespace) -> list[Case]:
         cases.append((name, "req/s", run_http, (False, True), servers))
         name = f"https hello, new TLS conn. per request, wrk -c {WRK_CLOSE_CONNS}"
         cases.append((name, "req/s", run_http, (True, True), servers))
+        for msg, conns in tls_cases.ECHO_CASES:
+            name = f"tls echo {msg // KIB} KiB x {conns}"
+            cases.append((name, "rt/s", run_echo, (msg, conns, True), tls_cases.ECHO_SERVERS))
     if "accept" in a.cases:
         cases.append(("accept, connect+close", "acc/s", run_accept, (), ACCEPT_SERVERS))
         name = "accept, connect + 1-byte echo + close"
@@ -547,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     echo_bench.build_loadgen()
     accept_bench.build_gen()
     a.wrk = ensure_wrk() if a.cases & {"http", "tls"} else None
-    a.cert = tls_cases.certificate() if "tls" in a.cases else None
+    a.cert = tls_cases.prepare() if "tls" in a.cases else None
     raise_nofile(a.idle_conns + 1024 if "idle" in a.cases else 0)  # the children inherit it
     avail, cpus = pin_cpus()
     cases = plan(a)

@@ -9,6 +9,10 @@ in flight per connection. With 2+ CPUs the server is pinned to one CPU and the c
 (and this driver) to another. Per run it measures round trips/s (from the client) and the
 server's CPU time (utime+stime of all its threads, /proc/PID/stat) over the client's
 measured window, divided by round trips. The table shows medians over the rounds.
+
+``run_one(..., tls=(cert, key))`` runs the same echo over TLS (servers.py ``--tls-cert``)
+against perf/tlsloadgen.c, loadgen.c's TLS sibling (``build_tlsloadgen``): compare_peers.py's
+TLS echo cases (perf/tls_cases.py).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from servers import ATS_WATER_MARK
 
 LOADGEN_SRC = HERE / "loadgen.c"
 LOADGEN = OUT / "loadgen"
+TLS_LOADGEN_SRC = HERE / "tlsloadgen.c"
+TLS_LOADGEN = OUT / "tlsloadgen"
 SERVERS_PY = HERE / "servers.py"
 SERVERS = ("ats", "ats_splice", "ats_asyncio", "asyncio", "uvloop")
 CASES = [(1024, 10), (1024, 100), (102400, 10), (102400, 100)]
@@ -54,15 +60,22 @@ def build_loadgen() -> Path:
     return build_c(LOADGEN_SRC, LOADGEN)
 
 
+def build_tlsloadgen() -> Path:
+    return build_c(TLS_LOADGEN_SRC, TLS_LOADGEN, ["-lssl", "-lcrypto"])
+
+
 def ready_port(line: str) -> int | None:
     """The port of servers.py's ``READY <port>`` line."""
     return int(line.split()[1]) if line.startswith("READY ") else None
 
 
 def start_server(
-    name: str, cpu: int | None, wm: int = ATS_WATER_MARK
+    name: str, cpu: int | None, wm: int = ATS_WATER_MARK, tls: tuple[str, str] | None = None
 ) -> tuple[subprocess.Popen, int]:
+    """``tls``: (certificate, key) files: the echo over TLS."""
     cmd = [sys.executable, str(SERVERS_PY), name, "--port", "0", "--water-mark", str(wm)]
+    if tls:
+        cmd += ["--tls-cert", tls[0], "--tls-key", tls[1]]
     return start_ready(cmd, cpu, ready_port)
 
 
@@ -78,10 +91,14 @@ def run_one(
     warmup: float,
     cpus: tuple,
     wm: int = ATS_WATER_MARK,
+    tls: tuple[str, str] | None = None,
 ) -> dict:
-    server, port = start_server(name, cpus[0], wm)
+    """One server against a fresh load generator run. ``tls``: (certificate, key) files,
+    for the echo over TLS against tlsloadgen (its handshakes come before the warm-up)."""
+    server, port = start_server(name, cpus[0], wm, tls)
+    gen = TLS_LOADGEN if tls else LOADGEN
     try:
-        cmd = [str(LOADGEN), HOST, str(port), str(conns), str(msg), str(duration), str(warmup)]
+        cmd = [str(gen), HOST, str(port), str(conns), str(msg), str(duration), str(warmup)]
         out, rc, cpu0, cpu1, other_err = run_client(
             cmd, cpus[1], lambda: proc_cpu_seconds(server.pid), duration + warmup + 30
         )
@@ -105,6 +122,7 @@ def run_one(
         "server_cpu_us_per_rt": srv_cpu / rts * 1e6 if rts else float("nan"),
         "server_cpu_frac": srv_cpu / secs,
         "client_cpu_frac": res.get("cpu_seconds", float("nan")) / secs,
+        **({"tls_cipher": res.get("cipher")} if tls else {}),
     }
 
 

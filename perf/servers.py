@@ -4,9 +4,17 @@ Protocol on its asyncio loop), asyncio and uvloop.
     python perf/servers.py {ats,ats_splice,ats_asyncio,asyncio,uvloop} [--port P]
     python perf/servers.py ats [--net-threads N] [--accept-threads N] [--reuseport]
     python perf/servers.py {ats,asyncio,uvloop} --backlog N
+    python perf/servers.py {ats,ats_asyncio,asyncio,uvloop} --tls-cert FILE --tls-key FILE
 
 Listens on 127.0.0.1:P (0: any free port), prints ``READY <port>`` on stdout once
 listening, echoes every byte back, and exits cleanly on SIGTERM or SIGINT.
+
+With ``--tls-cert``/``--tls-key`` the same echo runs over TLS: ats with the net core's
+(``AcceptOptions(tls=ServerContext.from_files(...))``: SSLNetVConnections under the same
+VIO continuation), ats_asyncio with ``create_server(ssl=ServerContext...)`` (the net core's
+TLS under the loop's transports), asyncio and uvloop with their own (``ssl=`` an
+``ssl.SSLContext``, TLS 1.2 minimum). ats_splice cannot: a splice would move the encrypted
+bytes.
 """
 
 from __future__ import annotations
@@ -14,7 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import ssl
 import sys
+from typing import Any
 
 from _common import HOST
 
@@ -116,12 +126,19 @@ def run_ats(
     reuseport: bool = False,
     backlog: int | None = None,
     splice: bool = False,
+    tls: tuple[str, str] | None = None,
 ) -> None:
     """``splice``: the native echo (``ats_splice_acceptor``) instead of the VIO one.
+    ``tls``: (certificate, key) files, for TLS on every accepted connection (not with
+    ``splice``).
     ``accept_threads`` None: the ``proxy.config.accept_threads`` record (1); 0: accept on
     every net thread (EPOLLEXCLUSIVE, or one socket per thread with ``reuseport``).
     ``backlog`` None: the ``proxy.config.net.listen_backlog`` record (somaxconn)."""
     from ats_cffi.net import AcceptOptions, net_processor
+    from ats_cffi.net.tls import ServerContext
+
+    if tls and splice:
+        raise ValueError("a splice cannot serve TLS (it would move the encrypted bytes)")
 
     # Blocked before the net threads exist (they inherit the mask), then taken by sigwait:
     # a handler calling Event.set() while this thread sits in Event.wait() can deadlock on
@@ -135,6 +152,7 @@ def run_ats(
         accept_threads=accept_threads,
         reuseport=reuseport,
         backlog=backlog,
+        tls=ServerContext.from_files(*tls) if tls else None,
     )
     acceptor = ats_splice_acceptor(water_mark) if splice else ats_echo_acceptor(water_mark)
     action = net_processor.accept(acceptor, opt)
@@ -159,34 +177,55 @@ class EchoProtocol(asyncio.Protocol):
         self.transport.write(data)
 
 
-async def serve_asyncio(port: int, backlog: int | None = None) -> None:
+def ssl_context(tls: tuple[str, str]) -> ssl.SSLContext:
+    """The asyncio and uvloop echos' TLS: the certificate and key, TLS 1.2 or 1.3."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(*tls)
+    return ctx
+
+
+async def serve_asyncio(port: int, backlog: int | None = None, tls: Any = None) -> None:
+    """``tls``: what ``create_server`` takes as ``ssl`` (None: plaintext)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    kw = {} if backlog is None else {"backlog": backlog}
-    server = await loop.create_server(EchoProtocol, HOST, port, **kw)
+    kw: dict[str, Any] = {} if backlog is None else {"backlog": backlog}
+    server = await loop.create_server(EchoProtocol, HOST, port, ssl=tls, **kw)
     ready(server.sockets[0].getsockname()[1])
     await stop.wait()
     server.close()
     await server.wait_closed()
 
 
-def run_asyncio(port: int, water_mark: int = 0, backlog: int | None = None) -> None:
-    asyncio.run(serve_asyncio(port, backlog))
+TLSFiles = tuple[str, str] | None
 
 
-def run_uvloop(port: int, water_mark: int = 0, backlog: int | None = None) -> None:
+def run_asyncio(
+    port: int, water_mark: int = 0, backlog: int | None = None, tls: TLSFiles = None
+) -> None:
+    asyncio.run(serve_asyncio(port, backlog, ssl_context(tls) if tls else None))
+
+
+def run_uvloop(
+    port: int, water_mark: int = 0, backlog: int | None = None, tls: TLSFiles = None
+) -> None:
     import uvloop
 
-    uvloop.run(serve_asyncio(port, backlog))
+    uvloop.run(serve_asyncio(port, backlog, ssl_context(tls) if tls else None))
 
 
-def run_ats_asyncio(port: int, water_mark: int = 0, backlog: int | None = None) -> None:
-    """The same asyncio Protocol on ats_cffi's asyncio loop (``ats_cffi.asyncio``)."""
+def run_ats_asyncio(
+    port: int, water_mark: int = 0, backlog: int | None = None, tls: TLSFiles = None
+) -> None:
+    """The same asyncio Protocol on ats_cffi's asyncio loop (``ats_cffi.asyncio``); with
+    ``tls``, its TLS is the net core's (``ssl=`` a ``ServerContext``)."""
     import ats_cffi.asyncio
+    from ats_cffi.net.tls import ServerContext
 
-    ats_cffi.asyncio.run(serve_asyncio(port, backlog))
+    ctx = ServerContext.from_files(*tls) if tls else None
+    ats_cffi.asyncio.run(serve_asyncio(port, backlog, ctx))
 
 
 SERVERS = {
@@ -226,7 +265,17 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="listen backlog (default: asyncio's 100; ats: the listen_backlog record)",
     )
+    p.add_argument("--tls-cert", metavar="FILE", help="serve TLS: the certificate (PEM)")
+    p.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
     args = p.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    if tls and args.server == "ats_splice":
+        p.error(
+            "ats_splice cannot serve TLS: the splice pumps a connection's raw bytes, which "
+            "would be the encrypted records (use ats, the VIO echo)"
+        )
     if args.server in ("ats", "ats_splice"):
         run_ats(
             args.port,
@@ -236,9 +285,10 @@ def main(argv: list[str] | None = None) -> int:
             args.reuseport,
             args.backlog,
             splice=args.server == "ats_splice",
+            tls=tls,
         )
     else:
-        SERVERS[args.server](args.port, args.water_mark, args.backlog)
+        SERVERS[args.server](args.port, args.water_mark, args.backlog, tls)
     return 0
 
 

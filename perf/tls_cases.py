@@ -1,4 +1,5 @@
-"""The TLS cases of compare_peers.py (``--cases tls``): the HTTP hello server over TLS.
+"""The TLS cases of compare_peers.py (``--cases tls``): the HTTP hello server and the echo
+over TLS.
 
 ``ats-cffi http --tls-cert --tls-key`` (SSLNetVConnection: OpenSSL reads and writes the
 socket, records decrypted into and encrypted from IOBuffer blocks in C) against the same
@@ -10,6 +11,16 @@ the same server on ats_cffi's asyncio loop with the net core's TLS (``ats_asynci
 - keep-alive: ``wrk -c 100 https://``, server CPU per request;
 - a new connection per request (``Connection: close``): one full handshake each (wrk does
   not resume sessions), so requests/s is handshakes/s.
+
+And the echo of perf/servers.py over TLS (``--tls-cert``; the same logic on each server:
+ats's VIO continuation on SSLNetVConnections, the asyncio Protocol on ats_cffi's asyncio
+loop with ``ssl=ServerContext``, on asyncio and on uvloop with ``ssl=`` an
+``ssl.SSLContext``), loaded by perf/tlsloadgen.c: closed loop, one message in flight per
+connection, every connection's handshake done before the warm-up, TLS 1.3 with OpenSSL's
+default suite order (TLS_AES_256_GCM_SHA384 on all four). 100 KiB messages x 10 and 100
+connections, and 1 KiB x 100 (per-record costs); server CPU per round trip and round
+trips/s, as the plaintext echo rows. The spliced echo cannot do TLS (it would move the
+records), so these rows have no splice.
 """
 
 from __future__ import annotations
@@ -21,12 +32,17 @@ import sys
 import tempfile
 from pathlib import Path
 
+import echo_bench
 from _common import HOST, port_after, start_ready
 
 HERE = Path(__file__).resolve().parent
 HTTP_PEERS = HERE / "http_peers.py"
 #: The servers of the TLS cases: ats over TLS, the plaintext ats bound, the TLS peers.
 TLS_SERVERS = ("ats", "ats_plain", "ats_asyncio", "asyncio", "uvloop")
+#: The servers of the TLS echo cases (perf/servers.py with ``--tls-cert``).
+ECHO_SERVERS = ("ats", "ats_asyncio", "asyncio", "uvloop")
+#: (message size, connections) of the TLS echo cases.
+ECHO_CASES = [(1024, 100), (102400, 10), (102400, 100)]
 
 
 def make_certificate(directory: Path) -> tuple[str, str]:
@@ -67,6 +83,13 @@ def certificate() -> tuple[str, str]:
     """The session's certificate, in a directory that lives as long as the process."""
     d = tempfile.mkdtemp(prefix="ats-tls-bench-")
     return make_certificate(Path(d))
+
+
+def prepare() -> tuple[str, str]:
+    """What the TLS cases need before they run: tlsloadgen built, and the session's
+    certificate (returned)."""
+    echo_bench.build_tlsloadgen()
+    return certificate()
 
 
 def start_https(
