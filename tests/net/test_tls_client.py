@@ -99,7 +99,7 @@ def test_a_verified_connection_to_openssl_s_server_and_a_resumed_second_one(
     assert b"TLSv1.3" in first.body
     # The session is kept when the first VC is freed, on its net thread, just after the
     # handler that closed it returned.
-    assert wait_until(lambda: net_stats.get(OPEN) == 0)
+    assert wait_until(lambda: ctx.sessions_kept() == 1)
     second = fetch(net, s_server, ctx)
     assert second.end == (VC_EVENT_EOS, 0)
     snap = tls_stats.snapshot()

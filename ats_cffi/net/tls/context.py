@@ -277,6 +277,11 @@ class ClientContext(TLSContext):
                 session = s
         return lib.ats_tls_new(self.ctx, fd, 0, host.encode() if host else ffi.NULL, session)
 
+    def sessions_kept(self) -> int:
+        """How many sessions the cache holds (at most ``origin_session_cache.size``)."""
+        with self._lock:
+            return len(self._sessions)
+
     def keep_session(self, key: Any, ssl: Any) -> None:
         """Keep the session of the connection ``ssl`` (ending now) for the next one to
         ``key``, if it can be resumed."""
