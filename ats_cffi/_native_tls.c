@@ -206,7 +206,9 @@ ssize_t ats_tls_read(SSL *ssl, char *base, size_t off, size_t len, char *spill,
     return (ssize_t)done;
 }
 
-/* Encrypt n (base, off, len) blocks, at most `record` bytes a record: a block with a
+/* Encrypt n (base, off, len) blocks, at most `record` bytes a record (the first
+ * `small_until` bytes in records of ATS_TLS_SMALL_RECORD bytes: dynamic record
+ * sizing switches within a write, as ATS's load_buffer_and_write does): a block with a
  * whole record left is written from its memory, smaller pieces are gathered into
  * `gather` (at least `record` bytes) first.  `retry`: the size of the write that
  * last returned WANT_WRITE, which OpenSSL needs repeated with the same bytes (they
@@ -215,7 +217,8 @@ ssize_t ats_tls_read(SSL *ssl, char *base, size_t off, size_t len, char *spill,
  * -EAGAIN here, as for a socket; ATS_TLS_WANT_READ when OpenSSL must read first);
  * last[1]: the size to retry with after -EAGAIN. */
 ssize_t ats_tls_write_blocks(SSL *ssl, char **bases, size_t *offs, size_t *lens, int n,
-                             size_t record, size_t retry, char *gather, ssize_t *last)
+                             size_t record, size_t small_until, size_t retry, char *gather,
+                             ssize_t *last)
 {
     size_t total = 0, done = 0, pos = 0; /* pos: offset in block i */
     int i = 0;
@@ -225,7 +228,8 @@ ssize_t ats_tls_write_blocks(SSL *ssl, char **bases, size_t *offs, size_t *lens,
     last[1] = 0;
     ERR_clear_error();
     while (done < total) {
-        size_t size = retry ? retry : (total - done < record ? total - done : record);
+        size_t limit = done < small_until ? ATS_TLS_SMALL_RECORD : record;
+        size_t size = retry ? retry : (total - done < limit ? total - done : limit);
         retry = 0;
         if (size > total - done)
             size = total - done;

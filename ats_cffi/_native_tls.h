@@ -21,6 +21,8 @@
 #define ATS_TLS_WANT_WRITE -100001
 /* OpenSSL must read before a write can go on (a write step's result). */
 #define ATS_TLS_WANT_READ -100003
+/* Dynamic record sizing's small records (ATS's SSL_DEF_TLS_RECORD_SIZE). */
+#define ATS_TLS_SMALL_RECORD 1300
 /* A TLS protocol error (the reason: ats_tls_last_error, ats_tls_error_string). */
 #define ATS_TLS_FAILED -100002
 
@@ -31,7 +33,8 @@ ssize_t ats_tls_read(SSL *ssl, char *base, size_t off, size_t len, char *spill,
                      size_t spill_len, int stop_short, ssize_t *last);
 /* last[2]: see _native_tls.c */
 ssize_t ats_tls_write_blocks(SSL *ssl, char **bases, size_t *offs, size_t *lens, int n,
-                             size_t record, size_t retry, char *gather, ssize_t *last);
+                             size_t record, size_t small_until, size_t retry, char *gather,
+                             ssize_t *last);
 int ats_tls_shutdown(SSL *ssl);
 int ats_tls_session_reused(SSL *ssl);
 int ats_tls_version(SSL *ssl);

@@ -40,6 +40,8 @@ _tls_read: Final = lib.ats_tls_read
 _tls_write_blocks: Final = lib.ats_tls_write_blocks
 #: The largest TLS record's plaintext (RFC 8446 section 5.1): the most one write gathers.
 TLS_MAX_RECORD: Final = 16384
+#: Dynamic record sizing's small records (``_native_tls.h``).
+TLS_SMALL_RECORD: Final[int] = lib.ATS_TLS_SMALL_RECORD
 _CALLS_TO_READ: Final = st.CALLS_TO_READ
 _CALLS_TO_READ_NODATA: Final = st.CALLS_TO_READ_NODATA
 _READ_BYTES: Final = st.READ_BYTES
@@ -180,18 +182,21 @@ def write_from_reader(
 
 
 def tls_write_from_reader(
-    nh: NetHandler, ssl: Any, reader: IOBufferReader, towrite: int, record: int, retry: int
-) -> tuple[int, int, int]:
-    """``write_from_reader`` through OpenSSL: records of at most ``record`` bytes, small
-    blocks gathered into one record (``ats_tls_write_blocks``). ``retry``: the size of the
+    nh: NetHandler, ssl: Any, reader: IOBufferReader, towrite: int, record: int,
+    small_until: int, retry: int,
+) -> tuple[int, int, int]:  # fmt: skip
+    """``write_from_reader`` through OpenSSL: records of at most ``record`` bytes (of
+    ``TLS_SMALL_RECORD`` bytes for the first ``small_until``), small blocks gathered into
+    one record (``ats_tls_write_blocks``). ``retry``: the size of the
     write OpenSSL is waiting to see again (0: none). Returns ``(moved, last, retry)``, the
     last being the size to retry with next time (``last`` is then ``sys.AGAIN``, or
     ``TLS_WANT_READ``)."""
     n = _gather(nh, reader, towrite)
     out = nh.tls_last
     total: int = _tls_write_blocks(
-        ssl, nh.iov_bases, nh.iov_offs, nh.iov_lens, n, record, retry, nh.tls_gather, out
-    )
+        ssl, nh.iov_bases, nh.iov_offs, nh.iov_lens, n, record, small_until, retry,
+        nh.tls_gather, out,
+    )  # fmt: skip
     last: int = total if total == towrite else out[0]
     again: int = 0 if total == towrite else out[1]
     _wrote(nh, reader, total)
@@ -235,6 +240,7 @@ __all__ = [
     "IOV_MAX",
     "SPILL_SIZE",
     "TLS_MAX_RECORD",
+    "TLS_SMALL_RECORD",
     "read_into_buffer",
     "tls_write_from_reader",
     "write_from_reader",

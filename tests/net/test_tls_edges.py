@@ -3,6 +3,7 @@ each bad peer ends its own connection only, counted, and the listener serves on.
 
 from __future__ import annotations
 
+import logging
 import select
 import socket
 import ssl
@@ -244,7 +245,7 @@ BAD_INPUT = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
-def test_bad_input_ends_that_connection_only_counted(net, listen, ca, case) -> None:
+def test_bad_input_ends_that_connection_only_counted(net, listen, ca, case, caplog) -> None:
     ClosingEcho.ends = []
     _, _, port = listen(ClosingEcho, tls=server_ctx(ca))
     data, then, stat, event = BAD_INPUT[case]
@@ -259,6 +260,8 @@ def test_bad_input_ends_that_connection_only_counted(net, listen, ca, case) -> N
     assert wait_until(lambda: net_stats.get(OPEN) == 0)
     with connect(port, client_ctx(ca)) as s:  # the listener serves on
         assert echo_round_trip(s, b"after") == b"after"
+    # No traceback: nothing logged at ERROR (a failed turn, a handler that raised).
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_a_renegotiation_attempt_is_refused_and_the_listener_serves_on(net, listen, ca) -> None:

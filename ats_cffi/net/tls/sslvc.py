@@ -29,8 +29,9 @@ and writes the socket itself. What TLS adds is here:
   record again; the reader's bytes are not consumed until written, and ``write_retry``
   keeps the record's size.
 - **Record sizes** (``proxy.config.ssl.max_record_size``): the largest, a fixed size, or
-  dynamic as in ATS (``-1``: ``SMALL_RECORD`` bytes until ``RECORD_BYTES_THRESHOLD`` were
-  sent, and again after ``RECORD_IDLE_THRESHOLD`` s without a write).
+  dynamic as in ATS (``-1``: ``vcio.TLS_SMALL_RECORD`` bytes until
+  ``RECORD_BYTES_THRESHOLD`` were sent, and again after ``RECORD_IDLE_THRESHOLD`` s without
+  a write).
 - **The handshake timeout** (``proxy.config.ssl.handshake_timeout_in``, inbound) is an
   inactivity timeout set when the handshake starts, so the InactivityCop closes a stalled
   one (``ssl_handshake_timeouts``); the continuation's own is put back once it is done.
@@ -78,8 +79,8 @@ _tls_shutdown: Final = lib.ats_tls_shutdown
 _session_reused: Final = lib.ats_tls_session_reused
 _last_error: Final = lib.ats_tls_last_error
 
-#: Dynamic record sizing (ATS's SSL_DEF_TLS_RECORD_SIZE, _BYTE_THRESHOLD, _MSEC_THRESHOLD).
-SMALL_RECORD: Final = 1300
+#: Dynamic record sizing (ATS's SSL_DEF_TLS_RECORD_BYTE_THRESHOLD, _MSEC_THRESHOLD; the
+#: small records' size is ``vcio.TLS_SMALL_RECORD``).
 RECORD_BYTES_THRESHOLD: Final = 1_000_000
 RECORD_IDLE_THRESHOLD: Final = 1.0
 
@@ -227,8 +228,9 @@ class SSLNetVConnection(UnixNetVConnection):
         return total, self._io_error(nh, last)
 
     def write_bytes(self, nh: NetHandler, reader: IOBufferReader, towrite: int) -> tuple[int, int]:
+        record, small_until = self._record_sizes(nh)
         total, last, retry = tls_write_from_reader(
-            nh, self.ssl, reader, towrite, self._record_size(nh), self.write_retry
+            nh, self.ssl, reader, towrite, record, small_until, self.write_retry
         )
         self.write_retry = retry
         if total:
@@ -254,15 +256,19 @@ class SSLNetVConnection(UnixNetVConnection):
         nh.tls_stats[st.SSL_ERROR_SYSCALL] += 1
         return last
 
-    def _record_size(self, nh: NetHandler) -> int:
+    def _record_sizes(self, nh: NetHandler) -> tuple[int, int]:
+        """The write step's largest record, and how many of its first bytes go in small
+        records (dynamic sizing: until ``RECORD_BYTES_THRESHOLD`` bytes were sent since
+        the connection began or was last idle ``RECORD_IDLE_THRESHOLD`` s)."""
         size: int = self.tls.max_record_size
         if size > 0:
-            return size
+            return size, 0
         if size == 0:
-            return TLS_MAX_RECORD
+            return TLS_MAX_RECORD, 0
         if self.last_write_at and nh.now - self.last_write_at > RECORD_IDLE_THRESHOLD:
             self.bytes_sent = 0  # idle: small records again, as for a new connection
-        return SMALL_RECORD if self.bytes_sent < RECORD_BYTES_THRESHOLD else TLS_MAX_RECORD
+        left = RECORD_BYTES_THRESHOLD - self.bytes_sent
+        return TLS_MAX_RECORD, left if left > 0 else 0
 
     # ------------------------------------------------------------------ handshake
 
