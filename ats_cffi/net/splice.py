@@ -240,6 +240,40 @@ class SpliceEnd:
         self.splice.vc_closed()
 
 
+def _check_splice(vcs: tuple[UnixNetVConnection, ...], buffer_size: Any) -> NetHandler:
+    """``Splice``'s arguments checked: ``TypeError``/``ValueError``/``RuntimeError`` naming
+    the bad one. The VCs' NetHandler (the calling thread's)."""
+    for name, vc in zip(("a", "b"), vcs):
+        if not isinstance(vc, UnixNetVConnection):
+            raise TypeError(f"Splice: {name} must be a UnixNetVConnection")
+    if type(buffer_size) is not int:
+        raise TypeError("Splice: buffer_size must be an int")
+    if not MIN_BUFFER_SIZE <= buffer_size <= MAX_BUFFER_SIZE:
+        raise ValueError(
+            f"Splice: buffer_size must be in {MIN_BUFFER_SIZE}..{MAX_BUFFER_SIZE}, "
+            f"got {buffer_size}"
+        )
+    nh = vcs[0].nh
+    for name, vc in zip(("a", "b"), vcs):
+        if vc.closed or vc.fd < 0:
+            raise RuntimeError(f"Splice: {name} is closed")
+        if vc.nh is None or vc.connecting:
+            raise RuntimeError(f"Splice: {name} is not connected on a net thread")
+        if vc.nh is not nh:
+            raise RuntimeError("Splice: a and b are on different net threads")
+        if vc.splice_end is not None:
+            raise RuntimeError(f"Splice: {name} is already spliced")
+        if isinstance(vc, SSLNetVConnection):
+            raise TypeError(
+                f"Splice: {name} is a TLS connection: its socket carries records, not "
+                "the bytes (move them through its VIOs)"
+            )
+    assert nh is not None
+    if nh.thread.tid != threading.get_ident():
+        raise RuntimeError("Splice: must be created on the VCs' net thread")
+    return nh
+
+
 class Splice(Continuation):
     """Joins ``a`` to ``b`` (or ``a`` to itself) natively; see the module doc.
 
@@ -257,34 +291,7 @@ class Splice(Continuation):
     ) -> None:
         check_continuation("Splice", cont)
         vcs: tuple[UnixNetVConnection, ...] = (a,) if b is None or b is a else (a, b)
-        for name, vc in zip(("a", "b"), vcs):
-            if not isinstance(vc, UnixNetVConnection):
-                raise TypeError(f"Splice: {name} must be a UnixNetVConnection")
-        if type(buffer_size) is not int:
-            raise TypeError("Splice: buffer_size must be an int")
-        if not MIN_BUFFER_SIZE <= buffer_size <= MAX_BUFFER_SIZE:
-            raise ValueError(
-                f"Splice: buffer_size must be in {MIN_BUFFER_SIZE}..{MAX_BUFFER_SIZE}, "
-                f"got {buffer_size}"
-            )
-        nh = a.nh
-        for name, vc in zip(("a", "b"), vcs):
-            if vc.closed or vc.fd < 0:
-                raise RuntimeError(f"Splice: {name} is closed")
-            if vc.nh is None or vc.connecting:
-                raise RuntimeError(f"Splice: {name} is not connected on a net thread")
-            if vc.nh is not nh:
-                raise RuntimeError("Splice: a and b are on different net threads")
-            if vc.splice_end is not None:
-                raise RuntimeError(f"Splice: {name} is already spliced")
-            if isinstance(vc, SSLNetVConnection):
-                raise TypeError(
-                    f"Splice: {name} is a TLS connection: its socket carries records, not "
-                    "the bytes (move them through its VIOs)"
-                )
-        assert nh is not None
-        if nh.thread.tid != threading.get_ident():
-            raise RuntimeError("Splice: must be created on the VCs' net thread")
+        nh = _check_splice(vcs, buffer_size)
         super().__init__(cont.mutex)
         self.cont = cont
         self.nh = nh
