@@ -280,6 +280,14 @@ ssize_t ats_tls_write_blocks(SSL *ssl, char **bases, size_t *offs, size_t *lens,
     return (ssize_t)done;
 }
 
+/* ats_tls_write_blocks of one block (the common case: no iovec arrays to fill). */
+ssize_t ats_tls_write(SSL *ssl, char *base, size_t off, size_t len, size_t record,
+                      size_t small_until, size_t retry, char *gather, ssize_t *last)
+{
+    return ats_tls_write_blocks(ssl, &base, &off, &len, 1, record, small_until, retry, gather,
+                                last);
+}
+
 /* Send close_notify, once, without waiting for the peer's. */
 int ats_tls_shutdown(SSL *ssl)
 {

@@ -35,6 +35,8 @@ ssize_t ats_tls_read(SSL *ssl, char *base, size_t off, size_t len, char *spill,
 ssize_t ats_tls_write_blocks(SSL *ssl, char **bases, size_t *offs, size_t *lens, int n,
                              size_t record, size_t small_until, size_t retry, char *gather,
                              ssize_t *last);
+ssize_t ats_tls_write(SSL *ssl, char *base, size_t off, size_t len, size_t record,
+                      size_t small_until, size_t retry, char *gather, ssize_t *last);
 int ats_tls_shutdown(SSL *ssl);
 int ats_tls_session_reused(SSL *ssl);
 int ats_tls_version(SSL *ssl);

@@ -38,6 +38,7 @@ _write_all: Final = lib.ats_write_all
 _writev_blocks: Final = lib.ats_writev_blocks
 _tls_read: Final = lib.ats_tls_read
 _tls_write_blocks: Final = lib.ats_tls_write_blocks
+_tls_write: Final = lib.ats_tls_write
 #: The largest TLS record's plaintext (RFC 8446 section 5.1): the most one write gathers.
 TLS_MAX_RECORD: Final = 16384
 #: Dynamic record sizing's small records (``_native_tls.h``).
@@ -191,12 +192,18 @@ def tls_write_from_reader(
     write OpenSSL is waiting to see again (0: none). Returns ``(moved, last, retry)``, the
     last being the size to retry with next time (``last`` is then ``sys.AGAIN``, or
     ``TLS_WANT_READ``)."""
-    n = _gather(nh, reader, towrite)
     out = nh.tls_last
-    total: int = _tls_write_blocks(
-        ssl, nh.iov_bases, nh.iov_offs, nh.iov_lens, n, record, small_until, retry,
-        nh.tls_gather, out,
-    )  # fmt: skip
+    block, start = reader.first_block()
+    if block.end - start >= towrite:
+        total: int = _tls_write(
+            ssl, block.cdata, start, towrite, record, small_until, retry, nh.tls_gather, out
+        )
+    else:
+        n = _gather(nh, reader, towrite)
+        total = _tls_write_blocks(
+            ssl, nh.iov_bases, nh.iov_offs, nh.iov_lens, n, record, small_until, retry,
+            nh.tls_gather, out,
+        )  # fmt: skip
     last: int = total if total == towrite else out[0]
     again: int = 0 if total == towrite else out[1]
     _wrote(nh, reader, total)

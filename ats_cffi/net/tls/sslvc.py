@@ -112,6 +112,7 @@ class SSLNetVConnection(UnixNetVConnection):
         "bytes_sent",
         "last_write_at",
         "saved_inactivity",
+        "record_setting",
         "tls_error",
         "tls_reason",
         "owed",
@@ -136,6 +137,8 @@ class SSLNetVConnection(UnixNetVConnection):
         self.last_write_at = 0.0
         #: The continuation's inactivity timeout while the handshake's is set (-1: none).
         self.saved_inactivity = -1.0
+        #: ``proxy.config.ssl.max_record_size`` as the context read it (``_record_sizes``).
+        self.record_setting: int = tls.max_record_size
         #: A failed handshake's errno for the continuation (0: EOS, the peer closed).
         self.tls_error = 0
         #: OpenSSL's reason for a failed handshake ("" for none, or a peer that closed).
@@ -260,7 +263,7 @@ class SSLNetVConnection(UnixNetVConnection):
         """The write step's largest record, and how many of its first bytes go in small
         records (dynamic sizing: until ``RECORD_BYTES_THRESHOLD`` bytes were sent since
         the connection began or was last idle ``RECORD_IDLE_THRESHOLD`` s)."""
-        size: int = self.tls.max_record_size
+        size = self.record_setting
         if size > 0:
             return size, 0
         if size == 0:
