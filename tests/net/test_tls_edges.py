@@ -22,12 +22,13 @@ from ats_cffi.eventsystem.codes import (
     VC_EVENT_READ_COMPLETE,
     VC_EVENT_READ_READY,
     VC_EVENT_WRITE_COMPLETE,
+    VC_EVENT_WRITE_READY,
 )
 from ats_cffi.net import net_stats
 from ats_cffi.net.stats import tls_stats
 from ats_cffi.net.tls import ServerContext, tls_config
 
-from .conftest import OPEN, Echo, payload_of, unread_bytes, wait_until
+from .conftest import OPEN, Echo, on_thread, payload_of, unread_bytes, wait_until
 from .test_tls_server import client_ctx, connect, echo_round_trip
 from .tls_certs import TestCA
 
@@ -337,3 +338,39 @@ def test_a_tls_connection_cannot_be_spliced(net, listen, ca) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=5):
         acceptor.wait()
     assert errors and "TLS connection" in errors[0]
+
+
+def test_the_continuation_hears_nothing_until_the_handshake_is_done(net, listen, ca) -> None:
+    # A plain VC with an empty write VIO gets WRITE_READY at the socket's first write edge;
+    # a TLS one's first write edges drive the handshake, and its continuation hears its
+    # first event (here WRITE_READY: room to write) only once the handshake is done.
+    events: list[int] = []
+
+    def on_vc(vc: Any) -> None:
+        buf = MIOBuffer(4096)
+        cont = Continuation(ProxyMutex(), lambda event, vio: events.append(event))
+        with cont.mutex:  # type: ignore[union-attr]
+            vc.do_io_read(cont, 1 << 20, buf)
+            vc.do_io_write(cont, 1 << 20, MIOBuffer(4096).alloc_reader())
+
+    _, acceptor, port = listen(on_vc, tls=server_ctx(ca))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with raw:
+        acceptor.wait()
+        vc = acceptor.vcs[0]
+        for _ in range(3):  # passes of the VC's thread: its write edge has been seen
+            on_thread(vc.thread, lambda: None)
+        assert vc.ssl is not None and vc.tls_turns  # the handshake started, not done
+        assert events == []
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = client_ctx(ca).wrap_bio(incoming, outgoing, server_hostname="localhost")
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                incoming.write(raw.recv(65536))
+        raw.sendall(outgoing.read())
+        assert wait_until(lambda: VC_EVENT_WRITE_READY in events)
+        vc.do_io_close()
