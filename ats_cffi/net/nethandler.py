@@ -130,7 +130,7 @@ class NetHandler(Continuation):
         self.iov_offs = ffi.new("size_t[]", IOV_MAX)
         self.iov_lens = ffi.new("size_t[]", IOV_MAX)
         # ... and the TLS write's (a result and a retry size; a record gathered from small
-        # blocks), and the thread's TLS counters (net/tls/stats.py).
+        # blocks), and the thread's TLS counters (net/stats.py, tls_stats).
         self.tls_last = ffi.new("ssize_t[2]")
         self.tls_gather = ffi.new("char[]", TLS_MAX_RECORD)
         self.tls_stats = tls_stats.new_block()
