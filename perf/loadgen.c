@@ -89,6 +89,27 @@ static int do_recv(struct conn *c) {
   }
 }
 
+static long rts;
+
+/* One epoll event of a connection: send what the socket takes, then every echo
+ * that is complete; a completed round trip starts the next message, whose echo
+ * may already be readable with no further edge. -1 on an error. */
+static int on_event(void *ptr, uint32_t events) {
+  struct conn *c = ptr;
+  if (events & EPOLLOUT && c->sent < msg_size && do_send(c) < 0)
+    return -1;
+  for (;;) {
+    int r = do_recv(c);
+    if (r <= 0)
+      return r;
+    rts++;
+    c->seq = (uint8_t)(c->seq + 1);
+    c->sent = c->recvd = 0;
+    if (do_send(c) < 0)
+      return -1;
+  }
+}
+
 int main(int argc, char **argv) {
   if (argc < 6 || argc > 7) {
     fprintf(stderr,
@@ -149,53 +170,9 @@ int main(int argc, char **argv) {
     if (do_send(&conns[i]) < 0)
       die("send");
 
-  long rts = 0;
-  struct window w;
-  window_start(&w, warmup, duration);
-  while (!errors) {
-    int pass = window_pass(&w);
-    if (pass & WINDOW_BEGINS)
-      rts = 0;
-    if (pass & WINDOW_OVER)
-      break;
-    int n = epoll_wait(ep, evs, nconns, 50);
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      die("epoll_wait");
-    }
-    for (int k = 0; k < n; k++) {
-      struct conn *c = evs[k].data.ptr;
-      if (evs[k].events & EPOLLOUT && c->sent < msg_size) {
-        if (do_send(c) < 0) {
-          errors++;
-          break;
-        }
-      }
-      /* Loop: a completed round trip starts the next message, whose echo
-       * may already be readable with no further edge. */
-      for (;;) {
-        int r = do_recv(c);
-        if (r < 0) {
-          errors++;
-          break;
-        }
-        if (r == 0)
-          break;
-        rts++;
-        c->seq = (uint8_t)(c->seq + 1);
-        c->sent = c->recvd = 0;
-        if (do_send(c) < 0) {
-          errors++;
-          break;
-        }
-      }
-      if (errors)
-        break;
-    }
-  }
   double seconds, cpu_seconds;
-  window_done(&w, &seconds, &cpu_seconds);
+  run_window(ep, evs, nconns, warmup, duration, on_event, &rts, &errors, &seconds,
+             &cpu_seconds);
   printf("{\"round_trips\": %ld, \"seconds\": %.6f, \"errors\": %ld, "
          "\"conns\": %d, \"msg_size\": %zu, \"cpu_seconds\": %.6f}\n",
          rts, seconds, errors, nconns, msg_size, cpu_seconds);

@@ -12,11 +12,13 @@
 #define LOADGEN_COMMON_H
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <time.h>
 
@@ -105,6 +107,37 @@ static inline void window_done(struct window *w, double *seconds,
   fflush(stderr);
   *seconds = t - w->t_measure;
   *cpu_seconds = cpu - w->cpu_measure;
+}
+/* The closed loop over the window: epoll_wait passes on EP (at most MAX events
+ * into EVS), each event's data.ptr and mask handed to ON_EVENT, until the window
+ * is over or *ERRORS is set (ON_EVENT's -1 counts one and ends the pass).
+ * *COUNT is zeroed when counting begins; SECONDS and CPU_SECONDS as window_done's. */
+static inline void run_window(int ep, struct epoll_event *evs, int max, double warmup,
+                              double duration, int (*on_event)(void *, uint32_t),
+                              long *count, long *errors, double *seconds,
+                              double *cpu_seconds) {
+  struct window w;
+  window_start(&w, warmup, duration);
+  while (!*errors) {
+    int pass = window_pass(&w);
+    if (pass & WINDOW_BEGINS)
+      *count = 0;
+    if (pass & WINDOW_OVER)
+      break;
+    int n = epoll_wait(ep, evs, max, 50);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      die("epoll_wait");
+    }
+    for (int k = 0; k < n; k++) {
+      if (on_event(evs[k].data.ptr, evs[k].events) < 0) {
+        (*errors)++;
+        break;
+      }
+    }
+  }
+  window_done(&w, seconds, cpu_seconds);
 }
 
 #endif
