@@ -111,24 +111,12 @@ static int on_event(void *ptr, uint32_t events) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 6 || argc > 7) {
-    fprintf(stderr,
-            "usage: %s 127.0.0.1 PORT CONNS MSG_SIZE DURATION_S [WARMUP_S]\n",
-            argv[0]);
+  struct loadgen_args args;
+  if (parse_loadgen_args("loadgen", argc, argv, &args))
     return 2;
-  }
-  if (check_loopback("loadgen", argv[1]))
-    return 2;
-  int port = atoi(argv[2]);
-  int nconns = atoi(argv[3]);
-  msg_size = (size_t)atol(argv[4]);
-  double duration = atof(argv[5]);
-  double warmup = argc > 6 ? atof(argv[6]) : 1.0;
-  if (port <= 0 || port > 65535 || nconns <= 0 || msg_size == 0 ||
-      duration <= 0 || warmup < 0) {
-    fprintf(stderr, "loadgen: bad arguments\n");
-    return 2;
-  }
+  int port = args.port, nconns = args.nconns;
+  double duration = args.duration, warmup = args.warmup;
+  msg_size = args.msg_size;
 
   pattern = malloc(msg_size + 256);
   rbuf = malloc(msg_size);

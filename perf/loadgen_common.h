@@ -13,6 +13,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -108,6 +109,42 @@ static inline void window_done(struct window *w, double *seconds,
   *seconds = t - w->t_measure;
   *cpu_seconds = cpu - w->cpu_measure;
 }
+/* The command line of loadgen and tlsloadgen:
+ *   PROG 127.0.0.1 PORT CONNS MSG_SIZE DURATION_S [WARMUP_S]
+ * 0, or 2 after a line on stderr. MSG_SIZE is at most INT_MAX - 256 (the pattern
+ * is MSG_SIZE + 256 bytes, and TLS writes take an int). */
+struct loadgen_args {
+  int port;
+  int nconns;
+  size_t msg_size;
+  double duration;
+  double warmup;
+};
+
+static inline int parse_loadgen_args(const char *prog, int argc, char **argv,
+                                     struct loadgen_args *a) {
+  if (argc < 6 || argc > 7) {
+    fprintf(stderr,
+            "usage: %s 127.0.0.1 PORT CONNS MSG_SIZE DURATION_S [WARMUP_S]\n",
+            argv[0]);
+    return 2;
+  }
+  if (check_loopback(prog, argv[1]))
+    return 2;
+  a->port = atoi(argv[2]);
+  a->nconns = atoi(argv[3]);
+  long msg = atol(argv[4]);
+  a->duration = atof(argv[5]);
+  a->warmup = argc > 6 ? atof(argv[6]) : 1.0;
+  if (a->port <= 0 || a->port > 65535 || a->nconns <= 0 || msg <= 0 ||
+      msg > INT_MAX - 256 || a->duration <= 0 || a->warmup < 0) {
+    fprintf(stderr, "%s: bad arguments\n", prog);
+    return 2;
+  }
+  a->msg_size = (size_t)msg;
+  return 0;
+}
+
 /* The closed loop over the window: epoll_wait passes on EP (at most MAX events
  * into EVS), each event's data.ptr and mask handed to ON_EVENT, until the window
  * is over or *ERRORS is set (ON_EVENT's -1 counts one and ends the pass).
