@@ -145,6 +145,17 @@ static inline int parse_loadgen_args(const char *prog, int argc, char **argv,
   return 0;
 }
 
+/* The message pattern (MSG_SIZE + 256 bytes, pattern[i] = i & 0xff: each message
+ * starts at its own offset) and the buffer echoes are read into (MSG_SIZE bytes). */
+static inline void alloc_pattern(size_t msg_size, uint8_t **pattern, uint8_t **rbuf) {
+  *pattern = malloc(msg_size + 256);
+  *rbuf = malloc(msg_size);
+  if (!*pattern || !*rbuf)
+    die("malloc");
+  for (size_t i = 0; i < msg_size + 256; i++)
+    (*pattern)[i] = (uint8_t)i;
+}
+
 /* The closed loop over the window: epoll_wait passes on EP (at most MAX events
  * into EVS), each event's data.ptr and mask handed to ON_EVENT, until the window
  * is over or *ERRORS is set (ON_EVENT's -1 counts one and ends the pass).

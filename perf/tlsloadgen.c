@@ -62,7 +62,7 @@ struct conn {
 };
 
 static size_t msg_size;
-static uint8_t *pattern; /* msg_size + 256 bytes: pattern[i] = i & 0xff */
+static uint8_t *pattern; /* msg_size + 256 bytes (alloc_pattern) */
 static uint8_t *rbuf;
 static long errors;
 static long rts;
@@ -191,14 +191,11 @@ int main(int argc, char **argv) {
   double duration = args.duration, warmup = args.warmup;
   msg_size = args.msg_size;
 
-  pattern = malloc(msg_size + 256);
-  rbuf = malloc(msg_size);
+  alloc_pattern(msg_size, &pattern, &rbuf);
   struct conn *conns = calloc((size_t)nconns, sizeof *conns);
   struct epoll_event *evs = calloc((size_t)nconns, sizeof *evs);
-  if (!pattern || !rbuf || !conns || !evs)
+  if (!conns || !evs)
     die("malloc");
-  for (size_t i = 0; i < msg_size + 256; i++)
-    pattern[i] = (uint8_t)i;
 
   SSL_CTX *ctx = client_ctx();
   int ep = epoll_create1(EPOLL_CLOEXEC);
