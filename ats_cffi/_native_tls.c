@@ -185,6 +185,9 @@ ssize_t ats_tls_read(SSL *ssl, char *base, size_t off, size_t len, char *spill,
     size_t done = 0, all = len + spill_len;
     ssize_t r = 1;
     ERR_clear_error();
+    /* Only a read() of this step proves the socket drained: one of an earlier turn
+     * (a handshake's, say) may have been followed by arrivals whose edge is gone. */
+    st->drained = 0;
     while (done < all) {
         char *p = done < len ? base + off + done : spill + (done - len);
         size_t want = done < len ? len - done : all - done;

@@ -374,3 +374,38 @@ def test_the_continuation_hears_nothing_until_the_handshake_is_done(net, listen,
         raw.sendall(outgoing.read())
         assert wait_until(lambda: VC_EVENT_WRITE_READY in events)
         vc.do_io_close()
+
+
+def test_a_short_read_of_an_earlier_turn_does_not_pass_for_drained(net, listen, ca) -> None:
+    # The client's Finished and a first message arrive in one read() (short: the socket
+    # was drained then), during the handshake, while the continuation reads nothing: the
+    # message waits inside OpenSSL. A second message then arrives (its edge comes and goes:
+    # no read VIO). When the continuation starts reading, OpenSSL hands over the first
+    # from its buffer without a read(): that earlier short read proves nothing now, and
+    # the second must be read too.
+    vcs: list[Any] = []
+    _, acceptor, port = listen(vcs.append, tls=server_ctx(ca))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with raw:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = client_ctx(ca).wrap_bio(incoming, outgoing, server_hostname="localhost")
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                incoming.write(raw.recv(65536))
+        obj.write(b"first")
+        raw.sendall(outgoing.read())  # the Finished and the first message, at once
+        acceptor.wait()
+        vc = vcs[0]
+        assert wait_until(lambda: on_thread(vc.thread, lambda: vc.tls_state == 1))
+        obj.write(b"second")
+        raw.sendall(outgoing.read())
+        assert wait_until(lambda: unread_bytes(vc.fd) > 0)
+        readers: list[Reader] = []
+        on_thread(vc.thread, lambda: readers.append(Reader(vc, 11)))
+        assert wait_until(lambda: readers[0].done.is_set())
+        assert bytes(readers[0].got) == b"firstsecond"
+        vc.do_io_close()

@@ -21,7 +21,8 @@ and writes the socket itself. What TLS adds is here:
   ``read.triggered``: a read step that stops at its limit or the water mark keeps it, so
   the plaintext OpenSSL still holds is read on the next turn, with no epoll edge (none
   would come). A short read of plaintext proves nothing; a short read() of the socket
-  (OpenSSL's, through the C BIO) with nothing left inside OpenSSL does, as for a plain VC.
+  in the same step (OpenSSL's, through the C BIO) with nothing left inside OpenSSL does, as
+  for a plain VC (one of an earlier turn does not: arrivals since have had their edge).
 - **A read that must write** (OpenSSL answering the peer while the socket's send buffer
   is full): the read side waits for the write edge (``read_wants_write``), which queues it
   again; a write that must read, the other way round.
