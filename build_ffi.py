@@ -3,11 +3,14 @@ mypyc-compiled modules listed in ``ats_cffi/_compiled.py``.
 
 The cdef and the C live in ``ats_cffi/`` as files C tooling can read: ``_native.h`` (the
 cdef of the system calls bound directly), and per C concern a header (which is also its
-cdef) and a source: ``_native_sys`` (the syscall helpers), ``_native_splice`` (the splice
-pump). This file only wires them together.
+cdef) and a source: ``_native_sys`` (the syscall helpers), ``_native_rw`` (the read and
+write loops), ``_native_splice`` (the splice pump), ``_native_tls_ctx``/``_native_tls``.
+Also ``ats_cffi._fastio`` (``_fastio.c``), the VC path's per-event reads and writes as a
+CPython extension of its own, over ``_native_rw``'s loops (why: its header comment). This
+file only wires them together.
 
-``python build_ffi.py`` rebuilds both in place (after editing a compiled module, too);
-with ``ATS_CFFI_PURE=1`` it builds the cffi module only.
+``python build_ffi.py`` rebuilds all three in place (after editing a compiled module, too);
+with ``ATS_CFFI_PURE=1`` it builds the two C extensions only.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 NATIVE = HERE / "ats_cffi"
 #: The C concerns of the extension: ``<name>.h`` (cdef and C header) and ``<name>.c``.
-C_PARTS = ("_native_sys", "_native_splice", "_native_tls_ctx", "_native_tls")
+C_PARTS = ("_native_sys", "_native_rw", "_native_splice", "_native_tls_ctx", "_native_tls")
 
 
 def cdef_of(header: Path) -> str:
@@ -44,6 +47,9 @@ def check_openssl_headers() -> None:
         )
 
 
+#: The C compiler's options, for both C extensions.
+C_FLAGS = ["-O2", "-std=gnu11", "-Wall", "-fvisibility=hidden"]
+
 check_openssl_headers()
 ffibuilder = FFI()
 ffibuilder.cdef("\n".join(cdef_of(NATIVE / f"{h}.h") for h in ("_native", *C_PARTS)))
@@ -53,9 +59,23 @@ ffibuilder.set_source(
     "ats_cffi._native",
     "".join(f'#include "{part}.c"\n' for part in C_PARTS),
     include_dirs=[str(NATIVE)],
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-fvisibility=hidden"],
+    extra_compile_args=C_FLAGS,
     libraries=["ssl", "crypto"],
 )
+
+
+def fastio_extension() -> Any:
+    """The ``ats_cffi._fastio`` extension (``_fastio.c``, which includes ``_native_rw.c``)."""
+    from setuptools import Extension
+
+    return Extension(
+        "ats_cffi._fastio",
+        sources=["ats_cffi/_fastio.c"],
+        include_dirs=["ats_cffi"],
+        depends=["ats_cffi/_native_rw.c", "ats_cffi/_native_rw.h"],
+        extra_compile_args=C_FLAGS,
+    )
+
 
 #: The mypy options the compiled modules are checked with (mypyc compiles only what checks).
 MYPY_OPTIONS = ("--follow-imports=silent", "--ignore-missing-imports", "--python-version=3.10")
@@ -84,9 +104,20 @@ def mypyc_extensions() -> list[Any]:
 
 
 def build_compiled_in_place() -> None:
-    """Compile the mypyc modules next to their sources (what ``pip install -e .`` does)."""
+    """Compile ``_fastio`` and the mypyc modules next to their sources (what ``pip install
+    -e .`` does)."""
     from setuptools import setup
 
+    cwd = os.getcwd()
+    os.chdir(HERE)
+    try:
+        setup(
+            name="ats_cffi",
+            script_args=["-q", "build_ext", "--inplace"],
+            ext_modules=[fastio_extension()],
+        )
+    finally:
+        os.chdir(cwd)
     ext = mypyc_extensions()
     if ext:
         cwd = os.getcwd()

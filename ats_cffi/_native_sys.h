@@ -1,4 +1,5 @@
-/* The syscall helpers of ats_cffi._native (_native_sys.c).
+/* The syscall helpers of ats_cffi._native (_native_sys.c); the read and write
+ * loops are _native_rw.h's.
  *
  * Each one exists because the loop it holds would otherwise cross from Python
  * into C once per syscall or once per struct field (DESIGN.md section 9).  They
@@ -24,10 +25,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 
-/* Most iovecs one writev of ats_writev_blocks takes; the callers size their
- * block arrays with it (lib.ATS_IOV_MAX). */
-#define ATS_IOV_MAX 64
-
 int ats_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t token);
 int ats_epoll_wait(int epfd, struct epoll_event *evs, int maxevents, int timeout,
                    uint64_t *tokens, uint32_t *masks);
@@ -35,13 +32,6 @@ int ats_eventfd_read(int fd, uint64_t *value);
 int ats_eventfd_write(int fd, uint64_t value);
 int ats_accept4(int fd, int flags, struct sockaddr_storage *ss, socklen_t *len);
 int ats_accept_batch(int fd, int flags, int *fds, int max, int *last_err);
-ssize_t ats_read_fill(int fd, char *base, size_t off, size_t len, int stop_short,
-                      ssize_t *last);
-ssize_t ats_read_spill(int fd, char *base, size_t off, size_t len, char *spill,
-                       size_t spill_len, int stop_short, ssize_t *last);
-ssize_t ats_write_all(int fd, const char *base, size_t off, size_t len, ssize_t *last);
-ssize_t ats_writev_blocks(int fd, char **bases, size_t *offs, size_t *lens, int n,
-                          ssize_t *last);
 int ats_so_error(int fd);
 int ats_sockaddr_make(int family, const char *host, int port, uint32_t flowinfo,
                       uint32_t scope_id, struct sockaddr_storage *ss, socklen_t *len);

@@ -5,12 +5,28 @@ from __future__ import annotations
 import _thread
 import sys
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Final
 
 from mypy_extensions import mypyc_attr
 
-_get_ident: Final = _thread.get_ident
+
+def _ident_function() -> Callable[[], int]:
+    """``ats_cffi._fastio.get_ident`` (the ident of the calling thread, as
+    ``threading.get_ident``, with no int made per call), or ``_thread.get_ident`` before the
+    C extensions are built."""
+    try:
+        from ats_cffi._fastio import get_ident
+    except ImportError:
+        return _thread.get_ident
+    return get_ident
+
+
+#: ``threading.get_ident``, as cheap as it gets: what every "am I the holder" and "am I on
+#: the VC's thread" test calls (several times per event).
+get_ident: Final = _ident_function()
+_get_ident: Final = get_ident
 _allocate_lock: Final = _thread.allocate_lock
 _monotonic: Final = time.monotonic
 _TIMEOUT_MAX: Final = _thread.TIMEOUT_MAX

@@ -15,7 +15,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, Final
 
-_get_ident: Final = threading.get_ident
+from ats_cffi.eventsystem.mutex import get_ident
+
+_get_ident: Final = get_ident
 
 __all__ = ["ThreadCache"]
 

@@ -105,6 +105,10 @@ class NetHandler(Continuation):
     def __init__(self, thread: EThread, config: NetConfig = net_config) -> None:
         super().__init__(ProxyMutex())
         self.thread = thread
+        #: ``thread.tid``, read again at the start of each pass: what ``reenable`` compares
+        #: with the calling thread (a typed field, not an attribute of the EThread looked up
+        #: per call). The thread that runs a pass is the handler's until the next one.
+        self.tid: int = thread.tid or 0
         self.clock = thread.clock
         self.config = config
         self.stats = net_stats.new_block()
@@ -281,6 +285,8 @@ class NetHandler(Continuation):
 
     def wait_for_activity(self, timeout_ms: int) -> None:
         """One pass of the net loop (see the module doc); the EThread's poll step."""
+        tid = self.thread.tid
+        self.tid = tid if tid is not None else 0
         self.stats[st.NET_HANDLER_RUN] += 1
         if self.retry_states and self.retry_due <= self.clock():
             self.process_retries()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import threading
 from typing import TYPE_CHECKING, Any, Final
 
 from ats_cffi import sys as _sys
@@ -24,7 +23,7 @@ from ats_cffi.eventsystem import codes as _codes
 from ats_cffi.eventsystem.continuation import Continuation, deliver, freed_handler
 from ats_cffi.eventsystem.ethread import on_event_thread
 from ats_cffi.eventsystem.iobuffer import IOBufferReader, MIOBuffer
-from ats_cffi.eventsystem.mutex import ProxyMutex
+from ats_cffi.eventsystem.mutex import ProxyMutex, get_ident
 from ats_cffi.eventsystem.vio import VIO, VIOOp
 from ats_cffi.net import stats as st
 from ats_cffi.net.config import INT_RECORD_MAX
@@ -62,7 +61,7 @@ _WRITE: Final[int] = VIOOp.WRITE
 _NONE: Final = VIOOp.NONE
 _AGAIN: Final[int] = _sys.AGAIN
 _ECONNRESET: Final[int] = errno.ECONNRESET
-_get_ident: Final = threading.get_ident
+_get_ident: Final = get_ident
 _lib_close: Final = lib.close
 
 # Events that close a VC whose VIO has no continuation to tell.

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import errno
 import sys
-import threading
 from typing import TYPE_CHECKING, Any, Final
 
 from ats_cffi import sys as _sys
@@ -39,7 +38,7 @@ from ats_cffi._native import lib
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
 from ats_cffi.eventsystem.event import Action
 from ats_cffi.eventsystem.iobuffer import IOBufferReader, MIOBuffer
-from ats_cffi.eventsystem.mutex import ProxyMutex
+from ats_cffi.eventsystem.mutex import ProxyMutex, get_ident
 from ats_cffi.eventsystem.vio import INT64_MAX, VIO, VIOOp
 from ats_cffi.net.codes import (
     EVENTIO_READWRITE_VC,
@@ -60,7 +59,7 @@ _READ: Final[int] = VIOOp.READ
 _WRITE: Final[int] = VIOOp.WRITE
 _NONE: Final = VIOOp.NONE
 _FLOAT_MAX: Final = sys.float_info.max
-_get_ident: Final = threading.get_ident
+_get_ident: Final = get_ident
 _AF_INET: Final = lib.AF_INET
 
 #: ``shutdown_flags`` bits: the direction was shut down (``do_io_shutdown``).
@@ -294,7 +293,7 @@ class NetVConnection(Continuation):
         if nh is None:
             return
         vc: UnixNetVConnection = self  # type: ignore[assignment]  # the one kind there is
-        if nh.thread.tid == _get_ident():
+        if nh.tid == _get_ident():
             self.rearm_inactivity(nh)
             if s.triggered and not s.in_ready:
                 nh.enqueue_ready(vc, s)

@@ -7,6 +7,9 @@ flags) is ``UnixNetVConnection``'s (``net_read_io``, ``write_to_net``), as ATS k
 with the VIO's mutex held, use the NetHandler's native scratch (``nh.last``, the iovec
 arrays, made once per thread) and the buffer's trusted methods (``commit``, ``advance``):
 one native call per run of free or filled space, no allocation, and EAGAIN is a value.
+A plain socket's reads, and its writes from one block, go through ``ats_cffi._fastio``
+(a block passed as its bytearray, the GIL kept: ``_fastio.c`` says why); the rest through
+cffi.
 
 Results are ``(moved, last)``: the bytes moved, and the result of the last syscall: > 0
 when it moved bytes, 0 for EOF (reads), ``sys.AGAIN`` when the socket would block, another
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
+from ats_cffi import _fastio
 from ats_cffi import sys as _sys
 from ats_cffi._native import ffi, lib
 from ats_cffi.eventsystem.ioblock import IOBufferBlock, take_block
@@ -32,9 +36,10 @@ IOV_MAX: Final[int] = lib.ATS_IOV_MAX
 #: The net thread's spare block, which a read spills into past the tail block's free space
 #: (uvloop reads into one 256 KiB buffer per loop; 128 KiB covers the water marks in use).
 SPILL_SIZE: Final = 128 * 1024
-_read_spill: Final = lib.ats_read_spill
+_read_spill: Final = _fastio.read_spill
+_last: Final = _fastio.last
 _copy: Final = ffi.memmove
-_write_all: Final = lib.ats_write_all
+_write_all: Final = _fastio.write_all
 _writev_blocks: Final = lib.ats_writev_blocks
 _tls_read: Final = lib.ats_tls_read
 _tls_write_blocks: Final = lib.ats_tls_write_blocks
@@ -97,7 +102,7 @@ def read_into_buffer(
             toread = left
         s = nh.spill
         if ssl is None:
-            r: int = _read_spill(fd, t.cdata, end, toread, s.cdata, spill, stop_short, lastp)
+            r: int = _read_spill(fd, t.data, end, toread, s.data, spill, stop_short)
         else:
             r = _tls_read(ssl, t.cdata, end, toread, s.cdata, spill, stop_short, lastp)
         stats[_CALLS_TO_READ] += 1
@@ -113,9 +118,9 @@ def read_into_buffer(
             if stop_short and ssl is None:  # one read, and it was short (_read_spill stops)
                 last = _AGAIN
                 break
-        # Only here does the last syscall's result need reading (a cffi item access):
-        # nothing read, or a short read followed by EAGAIN, EOF or an error.
-        last = lastp[0]
+        # Only here does the last syscall's result need reading (one more call): nothing
+        # read, or a short read followed by EAGAIN, EOF or an error.
+        last = _last() if ssl is None else lastp[0]
         if last <= 0:
             break
     if total:
@@ -170,14 +175,15 @@ def write_from_reader(
     what was written. The bytes of one block go out in one ``send`` loop; spread over
     several blocks, in ``writev`` calls of up to ``IOV_MAX`` blocks, repeated in C until
     all are written or the socket blocks."""
+    # All written: the last send moved bytes (no need to ask for its result).
     block, start = reader.first_block()
     if block.end - start >= towrite:
-        total: int = _write_all(fd, block.cdata, start, towrite, nh.last)
+        total: int = _write_all(fd, block.data, start, towrite)
+        last: int = total if total == towrite else _last()
     else:
         n = _gather(nh, reader, towrite)
         total = _writev_blocks(fd, nh.iov_bases, nh.iov_offs, nh.iov_lens, n, nh.last)
-    # All written: the last send moved bytes (no need to read it back through cffi).
-    last: int = total if total == towrite else nh.last[0]
+        last = total if total == towrite else nh.last[0]
     _wrote(nh, reader, total)
     return total, last
 

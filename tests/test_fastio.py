@@ -1,0 +1,78 @@
+"""ats_cffi._fastio: the VC path's per-event reads and writes (``_fastio.c``), on real
+socket pairs: bytes moved, the last syscall's result, and bad arguments refused with an
+error naming the call before any syscall."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+import pytest
+
+from ats_cffi import _fastio
+from ats_cffi.sys import AGAIN
+
+
+def test_read_spill_fills_the_block_then_the_spill_in_one_call(pair) -> None:
+    a, b = pair
+    b.sendall(bytes(range(100)))
+    base, spill = bytearray(64), bytearray(256)
+    n = _fastio.read_spill(a.fileno(), base, 54, 10, spill, 256, True)
+    assert n == 100
+    assert base[54:] == bytes(range(10)) and spill[:90] == bytes(range(10, 100))
+    assert _fastio.last() == 100  # one readv, short of the 266 asked: drained
+
+
+def test_read_spill_reports_eagain_and_eof_as_last(pair) -> None:
+    a, b = pair
+    base = bytearray(16)
+    assert _fastio.read_spill(a.fileno(), base, 0, 16, base, 0, True) == 0
+    assert _fastio.last() == AGAIN
+    b.sendall(b"xyz")
+    b.shutdown(socket.SHUT_WR)
+    assert _fastio.read_spill(a.fileno(), base, 0, 16, base, 0, False) == 3
+    assert _fastio.last() == 0  # read on to EOF: the hang-up is seen
+    assert base[:3] == b"xyz"
+
+
+def test_write_all_writes_a_span_and_stops_at_a_full_socket(pair) -> None:
+    a, b = pair
+    data = bytearray(b"0123456789")
+    assert _fastio.write_all(a.fileno(), data, 2, 5) == 5
+    assert _fastio.last() == 5
+    assert b.recv(16) == b"23456"
+    big = bytearray(1 << 22)
+    n = _fastio.write_all(a.fileno(), big, 0, len(big))
+    assert 0 < n < len(big)
+    assert _fastio.last() == AGAIN
+
+
+def test_write_all_to_a_closed_peer_is_a_value_not_a_signal(pair) -> None:
+    a, b = pair
+    b.close()
+    assert _fastio.write_all(a.fileno(), bytearray(b"x"), 0, 1) == 0
+    assert _fastio.last() in (-errno.EPIPE, -errno.ECONNRESET)
+
+
+@pytest.mark.parametrize(
+    ("call", "args", "exc", "words"),
+    [
+        ("read_spill", (3, b"abc", 0, 1, bytearray(1), 0, True), TypeError, "base must be"),
+        ("read_spill", (3, bytearray(4), 2, 3, bytearray(1), 0, True), ValueError, "holds 4"),
+        ("read_spill", (3, bytearray(4), 0, 4, bytearray(1), 2, True), ValueError, "spill"),
+        ("read_spill", (-1, bytearray(4), 0, 4, bytearray(1), 0, True), ValueError, ">= 0"),
+        ("read_spill", ("3", bytearray(4), 0, 4, bytearray(1), 0, True), TypeError, "an int"),
+        ("read_spill", (3, bytearray(4)), TypeError, "takes 7 arguments"),
+        ("write_all", (3, memoryview(bytearray(4)), 0, 1), TypeError, "bytearray"),
+        ("write_all", (3, bytearray(4), 5, 0), ValueError, "holds 4"),
+        ("write_all", (2**40, bytearray(4), 0, 1), ValueError, "fd must be a file"),
+        ("last", (1,), TypeError, "takes 0 arguments"),
+    ],
+)
+def test_bad_arguments_name_the_call_and_move_nothing(pair, call, args, exc, words) -> None:
+    a, b = pair
+    b.sendall(b"keep")
+    args = tuple(a.fileno() if x == 3 and i == 0 else x for i, x in enumerate(args))
+    with pytest.raises(exc, match=words):
+        getattr(_fastio, call)(*args)
+    assert a.recv(16) == b"keep"  # no read happened
