@@ -156,12 +156,19 @@ def pool_index(size: int) -> int:
 class BlockPool:
     """Free blocks by size index, each list bounded to ``budget`` bytes (at least
     ``min_blocks`` blocks). ``lows`` is each list's shortest length since the last trim:
-    that many blocks were not needed in the interval."""
+    that many blocks were not needed in the interval.
 
-    __slots__ = ("lists", "caps", "lows")
+    Each list is linked through the free blocks' own ``next`` field, as ATS's freelists
+    are: taking and giving a block are a few stores, where a Python list freed its item
+    array whenever it went empty and allocated it again at the next give (one block per
+    message going out and back: a malloc and a free per message)."""
+
+    __slots__ = ("heads", "counts", "caps", "lows")
 
     def __init__(self, budget: int, min_blocks: int) -> None:
-        self.lists: list[list[IOBufferBlock]] = [[] for _ in range(_NSIZES)]
+        #: The first free block of each size index (its ``next``, the second...), or None.
+        self.heads: list[IOBufferBlock | None] = [None] * _NSIZES
+        self.counts: list[int] = [0] * _NSIZES
         self.caps: list[int] = [
             max(min_blocks, min(POOL_MAX_BLOCKS, budget >> (i + POOL_MIN_SHIFT)))
             for i in range(_NSIZES)
@@ -170,43 +177,70 @@ class BlockPool:
 
     def pop(self, i: int) -> IOBufferBlock | None:
         """A free block of size index ``i``, or None."""
-        free = self.lists[i]
-        if not free:
+        b = self.heads[i]
+        if b is None:
             return None
-        b = free.pop()
-        n = len(free)
+        self.heads[i] = b.next
+        b.next = None
+        n = self.counts[i] - 1
+        self.counts[i] = n
         if n < self.lows[i]:
             self.lows[i] = n
         return b
 
     def push(self, i: int, b: IOBufferBlock) -> bool:
         """Keep ``b`` (emptied) unless the list is full; False if it was not kept."""
-        free = self.lists[i]
-        if len(free) >= self.caps[i]:
+        n = self.counts[i]
+        if n >= self.caps[i]:
             return False
         b.start = 0
         b.end = 0
-        b.next = None
-        free.append(b)
+        b.next = self.heads[i]
+        self.heads[i] = b
+        self.counts[i] = n + 1
         return True
 
+    def blocks(self, i: int) -> list[IOBufferBlock]:
+        """The free blocks of size index ``i``, the next one taken first (a copy)."""
+        out: list[IOBufferBlock] = []
+        b = self.heads[i]
+        while b is not None:
+            out.append(b)
+            b = b.next
+        return out
+
+    def clear(self) -> None:
+        """Drop every free block."""
+        for i in range(_NSIZES):
+            self.heads[i] = None
+            self.counts[i] = 0
+            self.lows[i] = 0
+
     def trim(self) -> int:
-        """Drop the blocks no take needed since the last trim; the number dropped."""
+        """Drop the blocks no take needed since the last trim (the coldest: those given
+        back longest ago, at the end of the list); the number dropped."""
         dropped = 0
         lows = self.lows
-        for i, free in enumerate(self.lists):
-            k = lows[i]
-            if k > len(free):
-                k = len(free)
+        for i in range(_NSIZES):
+            n = self.counts[i]
+            k = lows[i] if lows[i] < n else n
             if k:
-                del free[len(free) - k :]
+                keep = n - k
+                if keep == 0:
+                    self.heads[i] = None
+                else:
+                    b = self.heads[i]
+                    for _ in range(keep - 1):
+                        b = b.next  # type: ignore[union-attr]  # counts[i] blocks follow
+                    b.next = None  # type: ignore[union-attr]
+                self.counts[i] = keep
                 dropped += k
-            lows[i] = len(free)
+            lows[i] = self.counts[i]
         return dropped
 
     def free_blocks(self) -> int:
         """How many free blocks the pool holds."""
-        return sum(len(free) for free in self.lists)
+        return sum(self.counts)
 
 
 _global: Final = BlockPool(GLOBAL_POOL_BYTES, 16)
@@ -243,7 +277,7 @@ def take_block(size: int, pool: BlockPool | None = None, i: int = -2) -> IOBuffe
         b = (pool if pool is not None else thread_pool()).pop(i)
         if b is not None:
             return b
-        if _global.lists[i]:
+        if _global.heads[i] is not None:
             with _global_lock:
                 b = _global.pop(i)
             if b is not None:

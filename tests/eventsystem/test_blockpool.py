@@ -34,13 +34,11 @@ SIZE = 4096
 def empty_pools() -> None:
     """Each test starts with this thread's pool and the global one empty."""
     for pool in (thread_pool(), ioblock._global):
-        for free in pool.lists:
-            free.clear()
-        pool.lows[:] = [0] * len(pool.lows)
+        pool.clear()
 
 
 def pooled(size: int = SIZE) -> list[IOBufferBlock]:
-    return thread_pool().lists[size.bit_length() - 1 - ioblock.POOL_MIN_SHIFT]
+    return thread_pool().blocks(size.bit_length() - 1 - ioblock.POOL_MIN_SHIFT)
 
 
 def holds_no_block(r: IOBufferReader) -> bool:
@@ -142,7 +140,7 @@ def test_a_full_thread_pool_overflows_to_the_global_one_then_drops() -> None:
         give_block(b)
     assert len(pooled(size)) == t_cap
     i = size.bit_length() - 1 - ioblock.POOL_MIN_SHIFT
-    assert len(ioblock._global.lists[i]) == g_cap
+    assert len(ioblock._global.blocks(i)) == g_cap
 
 
 def test_a_thread_with_an_empty_pool_takes_from_the_global_one() -> None:
@@ -200,7 +198,8 @@ class PooledBufferMachine(BufferMachine):
     def no_pooled_block_is_in_use(self) -> None:
         if not hasattr(self, "buf"):
             return
-        free = [b for lst in thread_pool().lists for b in lst]
+        pool = thread_pool()
+        free = [b for i in range(len(pool.heads)) for b in pool.blocks(i)]
         assert len({id(b) for b in free}) == len(free)  # none given twice
         in_use = {id(self.buf._tail)}
         for r in self.live.values():
