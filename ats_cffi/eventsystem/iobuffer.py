@@ -517,8 +517,8 @@ class IOBufferReader:
         pos = self._pos = self._pos + n
         w = self.writer
         only = w is not None and w._one is self
-        if only and pos == w._written:  # type: ignore[union-attr]
-            w._drop_chain(self, pool)  # type: ignore[union-attr]
+        if w is not None and only and pos == w._written:  # (w narrowed: typed reads)
+            w._drop_chain(self, pool)
             return
         b = self._block
         off = self._off + n
