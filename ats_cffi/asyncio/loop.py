@@ -12,7 +12,11 @@ selector loop with two parts replaced:
 - stream transports are ``VCTransport``s (``transport.py``): a UnixNetVConnection on the
   same NetHandler, whose events the NetHandler's dispatch turns into protocol calls; with
   ``ssl=`` a context of ``ats_cffi.net.tls``, a ``TLSVCTransport`` (``tls.py``) over an
-  SSLNetVConnection (an ``ssl.SSLContext`` gets asyncio's own TLS protocol).
+  SSLNetVConnection (an ``ssl.SSLContext`` gets asyncio's own TLS protocol);
+- servers (asyncio's ``Server`` objects, unchanged) accept through the net core: each
+  listening socket (TCP or AF_UNIX) is a NetAccept on the loop's NetHandler
+  (``accept.py``), whose accept pass makes a VC per connection and its transport straight
+  from it: no socket object, no Task per connection.
 
 The loop's EThread is none of ``net_processor``'s threads: it is run by whichever thread
 runs the loop (``run_forever`` makes it that thread's EThread for the while), so the VCs'
@@ -32,6 +36,7 @@ from asyncio import constants, sslproto
 from collections.abc import Callable
 from typing import Any
 
+from ats_cffi.asyncio.accept import FAMILIES, ServerAccept
 from ats_cffi.asyncio.selector import NetSelector
 from ats_cffi.asyncio.server import ServerOptions
 from ats_cffi.asyncio.tls import TLSVCTransport
@@ -77,6 +82,8 @@ class Loop(_SelectorLoop):  # type: ignore[misc,valid-type]
         self._server_options: weakref.WeakKeyDictionary[Any, ServerOptions] = (
             weakref.WeakKeyDictionary()
         )
+        #: The accept of each serving listening socket, by its fd (accept.py).
+        self._server_accepts: dict[int, ServerAccept] = {}
         try:
             super().__init__(NetSelector(thread, nh))
         except BaseException:
@@ -109,6 +116,9 @@ class Loop(_SelectorLoop):  # type: ignore[misc,valid-type]
         for tr in list(self._transports.values()):
             if isinstance(tr, VCTransport):
                 tr._release()  # their fds close with the loop, as uvloop's handles do
+        for accept in self._server_accepts.values():
+            accept.close()  # the listening sockets stay their servers'
+        self._server_accepts.clear()
         try:
             super().close()
         finally:
@@ -116,22 +126,37 @@ class Loop(_SelectorLoop):  # type: ignore[misc,valid-type]
 
     # ------------------------------------------------------------------ transports
 
-    async def _accept_connection2(
+    def _start_serving(
         self,
         protocol_factory: Any,
-        conn: socket.socket,
-        extra: Any,
+        sock: socket.socket,
         sslcontext: Any = None,
         server: Any = None,
-        *args: Any,
-        **kwargs: Any,
+        backlog: int = 100,
+        ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT,
     ) -> None:
+        # Server._start_serving's call: the socket's connections come from a NetAccept on
+        # the loop's NetHandler (accept.py), not from asyncio's reader.
+        if sock.family not in FAMILIES or sock.type != socket.SOCK_STREAM:
+            super()._start_serving(
+                protocol_factory, sock, sslcontext, server, backlog,
+                ssl_handshake_timeout, ssl_shutdown_timeout,
+            )  # fmt: skip
+            return
         options = self._server_options.get(server) if server is not None else None
-        if options is not None and options.refused(conn, self._net_handler.stats):
-            return  # closed before any protocol was made
-        await super()._accept_connection2(
-            protocol_factory, conn, extra, sslcontext, server, *args, **kwargs
-        )
+        self._server_accepts[sock.fileno()] = ServerAccept(
+            self, sock, protocol_factory, sslcontext, server, ssl_handshake_timeout,
+            ssl_shutdown_timeout, options,
+        )  # fmt: skip
+
+    def _stop_serving(self, sock: socket.socket) -> None:
+        accept = self._server_accepts.pop(sock.fileno(), None)
+        if accept is None:
+            super()._stop_serving(sock)
+            return
+        accept.close()
+        sock.close()
 
     def _make_socket_transport(
         self,
@@ -146,7 +171,7 @@ class Loop(_SelectorLoop):  # type: ignore[misc,valid-type]
 
     def _make_ssl_transport(
         self,
-        rawsock: socket.socket,
+        rawsock: socket.socket | None,
         protocol: asyncio.BaseProtocol,
         sslcontext: Any,
         waiter: asyncio.Future[None] | None = None,
@@ -157,11 +182,15 @@ class Loop(_SelectorLoop):  # type: ignore[misc,valid-type]
         server: Any = None,
         ssl_handshake_timeout: float = constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout: float = constants.SSL_SHUTDOWN_TIMEOUT,
+        vc: Any = None,
+        context: Any = None,
     ) -> asyncio.Transport:
+        # ``vc`` (with ``rawsock`` None) and ``context``: a connection the loop's NetAccept
+        # accepted, and the context its callbacks run in (accept.py).
         if isinstance(sslcontext, TLSContext):  # the net core's own TLS (tls.py)
             return TLSVCTransport(
                 self, rawsock, protocol, waiter, extra, server, sslcontext, server_side,
-                server_hostname, ssl_handshake_timeout,
+                server_hostname, ssl_handshake_timeout, vc, context,
             )  # fmt: skip
         # An ssl.SSLContext: asyncio's TLS protocol over a VC transport.
         ssl_protocol = sslproto.SSLProtocol(
@@ -169,7 +198,7 @@ class Loop(_SelectorLoop):  # type: ignore[misc,valid-type]
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )  # fmt: skip
-        VCTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        VCTransport(self, rawsock, ssl_protocol, None, extra, server, vc, context)
         return ssl_protocol._app_transport  # type: ignore[no-any-return]
 
     async def _sendfile_native(self, transp: Any, file: Any, offset: int, count: int | None) -> int:

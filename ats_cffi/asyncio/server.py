@@ -1,8 +1,10 @@
 """ATS's connection management for asyncio servers on ``Loop``: ``create_server`` with a
 ``ServerOptions``.
 
-A plain ``loop.create_server`` behaves as asyncio's. Through this module's
-``create_server``, a server's connections also get what ATS gives its own:
+Every server of ``Loop`` accepts through the net core: a NetAccept on the loop's NetHandler
+(``accept.py``). A plain ``loop.create_server`` otherwise behaves as asyncio's (its listener is
+exempt from the connections throttle). Through this module's ``create_server``, a server's
+connections also get what ATS gives its own:
 
 - ``inactivity_timeout`` / ``active_timeout``: the loop's InactivityCop closes a connection
   idle that long (or open that long); its protocol sees ``connection_lost(TimeoutError)``,
@@ -10,11 +12,7 @@ A plain ``loop.create_server`` behaves as asyncio's. Through this module's
 - ``throttle``: a connection accepted while ``proxy.config.net.connections_throttle`` is
   reached (every connection of the process counts: the net threads', the loops') is closed at
   once, before any protocol is made, counted in ``proxy.process.net.connections_throttled_in``
-  and logged once a minute, as ATS's NetAccept does.
-
-DESIGN.md section 12 wants these servers to be NetAccepts on the loop's NetHandler; for now
-the accept is asyncio's (``add_reader`` on the listening socket, through the loop's
-selector) and the options act on what it accepts.
+  and logged once a minute: the NetAccept's own throttle.
 """
 
 from __future__ import annotations
@@ -22,11 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import socket
 from typing import Any
-
-from ats_cffi.net import stats as st
-from ats_cffi.net.throttle import ThrottleType, check_net_throttle, throttle_warning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,15 +51,6 @@ class ServerOptions:
         if self.active_timeout is not None:
             vc.set_active_timeout(self.active_timeout)
 
-    def refused(self, conn: socket.socket, stats: Any) -> bool:
-        """Close ``conn`` (just accepted) if the throttle refuses it; True if it did."""
-        if not self.throttle or not check_net_throttle(ThrottleType.ACCEPT):
-            return False
-        conn.close()
-        stats[st.CONNECTIONS_THROTTLED_IN] += 1
-        throttle_warning(ThrottleType.ACCEPT)
-        return True
-
 
 async def create_server(
     protocol_factory: Any,
@@ -94,7 +79,7 @@ async def create_server(
             f"create_server: options must be ServerOptions or None, not {type(options).__name__}"
         )
     server = await loop.create_server(protocol_factory, host, port, start_serving=False, **kwargs)
-    loop._server_options[server] = options  # before the first accept
+    loop._server_options[server] = options  # before start_serving makes its NetAccepts
     if start_serving:
         await server.start_serving()
     return server

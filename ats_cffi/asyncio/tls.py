@@ -20,9 +20,10 @@ falls back to reads and writes. ``get_extra_info``: ``sslcontext`` (the context)
 
 from __future__ import annotations
 
+import contextvars
 import socket
 import ssl
-from asyncio import constants, futures
+from asyncio import constants
 from typing import TYPE_CHECKING, Any
 
 from ats_cffi.asyncio.transport import EVENT_CONT, VCTransport, new_vc
@@ -50,20 +51,23 @@ class TLSVCTransport(VCTransport):
     _send_first = False
 
     def __init__(
-        self, loop: Any, sock: socket.socket, protocol: asyncio.BaseProtocol,
+        self, loop: Any, sock: socket.socket | None, protocol: asyncio.BaseProtocol,
         waiter: asyncio.Future[None] | None, extra: dict[str, Any] | None, server: Any,
         tls: Any, server_side: bool, server_hostname: str | None,
-        handshake_timeout: float | None,
+        handshake_timeout: float | None, vc: UnixNetVConnection | None = None,
+        context: contextvars.Context | None = None,
     ) -> None:  # fmt: skip
+        """As ``VCTransport``'s; ``vc``, if given, is an SSLNetVConnection of ``tls``
+        (the loop's NetAccept makes them for a server with ``ssl=`` one of its contexts)."""
         self._tls = tls
         self._server_side = server_side
         self._hostname = server_hostname
         self._handshake_timeout = handshake_timeout or constants.SSL_HANDSHAKE_TIMEOUT
         self._handshaking = True
-        super().__init__(loop, sock, protocol, waiter, extra, server)
-        self._extra["sslcontext"] = tls
-        self._extra["ssl_object"] = None
-        self._extra["peercert"] = None
+        super().__init__(loop, sock, protocol, waiter, extra, server, vc, context)
+        self._set_extra("sslcontext", tls)
+        self._set_extra("ssl_object", None)
+        self._set_extra("peercert", None)
 
     def _new_vc(self, nh: NetHandler, fd: int, family: int) -> UnixNetVConnection:
         host = self._hostname
@@ -71,7 +75,12 @@ class TLSVCTransport(VCTransport):
         vc = SSLNetVConnection(None, self._tls, self._server_side, host, (host, port))
         return new_vc(nh, fd, family, vc)
 
-    def _begin(self, protocol: asyncio.BaseProtocol, waiter: asyncio.Future[None] | None) -> None:
+    def _begin(
+        self,
+        protocol: asyncio.BaseProtocol,
+        waiter: asyncio.Future[None] | None,
+        context: contextvars.Context,
+    ) -> None:
         """The handshake first: a read VIO of zero bytes, which completes when it is done,
         and the handshake timeout as the VC's inactivity timeout meanwhile."""
         self._handshake_waiter = waiter
@@ -91,12 +100,9 @@ class TLSVCTransport(VCTransport):
         if event == VC_EVENT_READ_COMPLETE:
             vc.set_inactivity_timeout(self._saved_timeout)
             info = vc.tls_info()
-            self._extra["tls"] = info
-            self._extra["cipher"] = (info.get("cipher"), info.get("version"), None)
-            loop.call_soon(self._protocol.connection_made, self)
-            loop.call_soon(self._start_reading)
-            if waiter is not None:
-                loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+            self._set_extra("tls", info)
+            self._set_extra("cipher", (info.get("cipher"), info.get("version"), None))
+            loop.call_soon(self._connection_made, self._protocol, waiter)
             return EVENT_CONT
         exc = self._handshake_error(event, vc)
         self._closing = True

@@ -16,13 +16,22 @@ uvloop calls them from libuv's callbacks):
   (asyncio's ``_FlowControlMixin``, 64 KiB by default).
 - ``connection_made``, then the first read, then a waiter's result, and
   ``connection_lost`` are scheduled with ``call_soon`` in asyncio's order.
+
+A transport is made over a connected socket (``create_connection``,
+``connect_accepted_socket``: the socket object is kept, detached at the close, and its
+extras read at once, as asyncio's) or over a VC the loop's NetAccept accepted (``accept.py``):
+then there is no socket object unless ``get_extra_info('socket')`` asks for one, and
+``sockname``/``peername`` are read from the fd when first asked (None once the socket has
+lost its peer, where asyncio kept the address ``accept()`` gave).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import errno
 import functools
+import inspect
 import logging
 import os
 import socket
@@ -39,8 +48,6 @@ from ats_cffi.net.codes import IO_SHUTDOWN_WRITE
 from ats_cffi.net.netvc import UnixNetVConnection
 
 if TYPE_CHECKING:
-    import asyncio
-
     from ats_cffi.net.nethandler import NetHandler
 
 log = logging.getLogger("asyncio")
@@ -60,6 +67,30 @@ VC_EVENT_ACTIVE_TIMEOUT = _codes.VC_EVENT_ACTIVE_TIMEOUT
 #: How much one read step may gather before ``data_received`` (asyncio's transports read up
 #: to 256 KiB per call), in the loop's one read buffer (``Loop._read_buffer``).
 READ_WATER_MARK = 256 * 1024
+
+
+#: The extras an accepted transport reads when first asked (``VCTransport._lazy_extra``).
+_LAZY_EXTRA = frozenset(("socket", "sockname", "peername"))
+#: The extras of a transport that has none yet (never written: ``_set_extra`` replaces it).
+_NO_EXTRA: dict[str, Any] = {}
+_AF_INET = socket.AF_INET
+_AF_INET6 = socket.AF_INET6
+#: Python 3.13's ``Server._attach``/``_detach`` take the transport (``close_clients``).
+_SERVER_TAKES_TRANSPORT = "transport" in inspect.signature(asyncio.Server._attach).parameters
+
+
+def _server_attach(server: Any, transport: VCTransport) -> None:
+    if _SERVER_TAKES_TRANSPORT:
+        server._attach(transport)
+    else:
+        server._attach()
+
+
+def _server_detach(server: Any, transport: VCTransport) -> None:
+    if _SERVER_TAKES_TRANSPORT:
+        server._detach(transport)
+    else:
+        server._detach()
 
 
 def _oserror(err: int) -> OSError:
@@ -85,7 +116,7 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
     __slots__ = (
         "_sock_fd", "_cont", "_vc", "_sock", "_rbuf", "_rreader", "_wbuf", "_wreader",
         "_buffered", "_protocol", "_server", "_conn_lost", "_closing", "_paused", "_reading",
-        "_eof", "_empty_waiter", "__weakref__",
+        "_eof", "_empty_waiter", "_open", "__weakref__",
     )  # fmt: skip
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
@@ -95,38 +126,50 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
     def __init__(
         self,
         loop: Any,
-        sock: socket.socket,
+        sock: socket.socket | None,
         protocol: asyncio.BaseProtocol,
         waiter: asyncio.Future[None] | None = None,
         extra: dict[str, Any] | None = None,
         server: Any = None,
+        vc: UnixNetVConnection | None = None,
+        context: contextvars.Context | None = None,
     ) -> None:
-        super().__init__(extra, loop)
-        self._extra["socket"] = trsock.TransportSocket(sock)
-        try:
-            self._extra["sockname"] = sock.getsockname()
-        except OSError:
-            self._extra["sockname"] = None
-        if "peername" not in self._extra:
+        """Over ``sock`` (a connected socket: its fd gets a new VC, the socket object is
+        kept and detached at the close), or over ``vc``, a connection the loop's NetAccept
+        accepted (``accept.py``), with ``sock`` None: no socket object, its ``socket``,
+        ``sockname`` and ``peername`` extras read when asked. ``context``: the one the
+        protocol's callbacks run in (default: a copy of the current one)."""
+        super().__init__(extra if extra is not None or sock is not None else _NO_EXTRA, loop)
+        self._open = False
+        if sock is not None:
+            self._extra["socket"] = trsock.TransportSocket(sock)
             try:
-                self._extra["peername"] = sock.getpeername()
+                self._extra["sockname"] = sock.getsockname()
             except OSError:
-                self._extra["peername"] = None
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        self._sock_fd = fd = sock.fileno()
+                self._extra["sockname"] = None
+            if "peername" not in self._extra:
+                try:
+                    self._extra["peername"] = sock.getpeername()
+                except OSError:
+                    self._extra["peername"] = None
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass
+            fd = sock.fileno()
+        elif vc is not None:
+            fd = vc.fd  # started by the accept, with TCP_NODELAY
+        else:
+            raise TypeError("VCTransport: a socket or a VC is needed")
+        self._sock_fd = fd
         # The protocol's callbacks run in (a copy of) the context the transport was made
         # in, as asyncio's reader callbacks and uvloop's do.
-        ctx = contextvars.copy_context()
+        ctx = context if context is not None else contextvars.copy_context()
         self._cont = Continuation(loop._net_mutex, functools.partial(ctx.run, self._vc_event))
-        self._vc = self._new_vc(loop._net_handler, fd, sock.family)
-        if server is not None:
-            options = loop._server_options.get(server)
-            if options is not None:
-                options.apply(self._vc)
+        if vc is None:
+            vc = self._new_vc(loop._net_handler, fd, sock.family)  # type: ignore[union-attr]
+        self._vc = vc
         self._sock = sock
         # The loop's one read buffer (as uvloop reads into one loop-wide buffer): each read
         # step hands all it read to the protocol, so it holds nothing between steps.
@@ -145,29 +188,49 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         self._eof = False
         self._empty_waiter: asyncio.Future[None] | None = None
         if server is not None:
-            server._attach()
+            _server_attach(server, self)
         loop._transports[fd] = self
-        self._begin(protocol, waiter)
+        self._open = True
+        self._begin(protocol, waiter, ctx)
 
     def _new_vc(self, nh: NetHandler, fd: int, family: int) -> UnixNetVConnection:
         return new_vc(nh, fd, family)
 
-    def _begin(self, protocol: asyncio.BaseProtocol, waiter: asyncio.Future[None] | None) -> None:
+    def _begin(
+        self,
+        protocol: asyncio.BaseProtocol,
+        waiter: asyncio.Future[None] | None,
+        context: contextvars.Context,
+    ) -> None:
         """``connection_made``, the first read and the waiter's result, in asyncio's order."""
-        loop = self._loop
-        loop.call_soon(protocol.connection_made, self)
-        loop.call_soon(self._start_reading)
-        if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        self._loop.call_soon(self._connection_made, protocol, waiter, context=context)
+
+    def _connection_made(
+        self, protocol: asyncio.BaseProtocol, waiter: asyncio.Future[None] | None = None
+    ) -> None:
+        # One callback for asyncio's three (connection_made, the reader added, the waiter's
+        # result). The reading starts even if connection_made raised (its handle logs the
+        # error). With a waiter, it starts one pass later, after the waiting task has run:
+        # this loop's protocol callbacks come from within the select, before the handles
+        # queued meanwhile (asyncio's reader callbacks come after them), so the first
+        # bytes would otherwise reach the protocol before create_connection returned.
+        try:
+            protocol.connection_made(self)
+        finally:
+            if waiter is None:
+                self._start_reading()
+            else:
+                futures._set_result_unless_cancelled(waiter, None)
+                self._loop.call_soon(self._start_reading)
 
     def __repr__(self) -> str:
         info = [self.__class__.__name__]
-        if self._sock is None:
+        if not self._open:
             info.append("closed")
         elif self._closing:
             info.append("closing")
         info.append(f"fd={self._sock_fd}")
-        if self._sock is not None:
+        if self._open:
             info.append("read=polling" if self._reading else "read=idle")
             info.append(f"write=<bufsize={self.get_write_buffer_size()}>")
         return "<{}>".format(" ".join(info))
@@ -183,6 +246,47 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
 
     def is_closing(self) -> bool:
         return self._closing
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        extra = self._extra
+        if name in extra:
+            return extra[name]
+        if name not in _LAZY_EXTRA or not self._open:
+            return default
+        value = self._lazy_extra(name)
+        self._set_extra(name, value)
+        return value
+
+    def _set_extra(self, name: str, value: Any) -> None:
+        if self._extra is _NO_EXTRA:
+            self._extra = {}
+        self._extra[name] = value
+
+    def _lazy_extra(self, name: str) -> Any:
+        """``socket``, ``sockname`` or ``peername`` of an accepted connection, asked for the
+        first time: read from the fd (None for an address the socket no longer has)."""
+        if name == "socket":
+            return trsock.TransportSocket(self._socket())
+        fd = self._sock_fd
+        family = self._vc.family
+        try:
+            if family == _AF_INET or family == _AF_INET6:
+                addr = _sys.getsockname(fd) if name == "sockname" else _sys.getpeername(fd)
+                if family == _AF_INET or not addr[3]:  # type: ignore[misc]
+                    return addr
+            # A path, or an IPv6 scope: in the socket module's spelling.
+            sock = self._socket()
+            return sock.getsockname() if name == "sockname" else sock.getpeername()
+        except OSError:
+            return None
+
+    def _socket(self) -> socket.socket:
+        """The socket object of the fd, made when first asked (detached at the close)."""
+        sock = self._sock
+        if sock is None:
+            sock = self._sock = socket.socket(fileno=self._sock_fd)
+            sock.setblocking(False)  # it is: the object learns it
+        return sock
 
     # ------------------------------------------------------------------ reading
 
@@ -419,28 +523,29 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
 
     def _release(self) -> None:
         """Close the VC (its fd) and forget the socket object, which no longer owns it."""
-        sock, self._sock = self._sock, None
-        if sock is None:
+        if not self._open:
             return
-        sock.detach()
+        self._open = False
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.detach()
         self._vc.do_io_close()
         self._cont.handler = None
         self._protocol = None
         loop, self._loop = self._loop, None
         server, self._server = self._server, None
         if server is not None:
-            server._detach()
+            _server_detach(server, self)
         if loop is not None:
             loop._transports.pop(self._sock_fd, None)
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
-        sock = getattr(self, "_sock", None)  # unset if __init__ failed
-        if sock is not None:
+        if getattr(self, "_open", False):  # unset or False if __init__ failed
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            sock.detach()
-            vc = getattr(self, "_vc", None)
-            if vc is not None:
-                vc.do_io_close()
+            sock = self._sock
+            if sock is not None:
+                sock.detach()
+            self._vc.do_io_close()
 
     # ------------------------------------------------------------------ sendfile
 

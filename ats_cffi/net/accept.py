@@ -175,6 +175,9 @@ class NetAccept(Continuation):
         #: file status flags before ``do_listen`` made it non-blocking.
         self.caller_fd: int | None = None
         self._caller_flags = 0
+        #: Listen sockets that another owner closes (``adopt_listen_fd``): never shut down
+        #: or closed here.
+        self.borrowed_fds: set[int] = set()
         self.n_accepted = 0
 
     # ------------------------------------------------------------------ the socket
@@ -192,7 +195,7 @@ class NetAccept(Continuation):
     @property
     def port(self) -> int:
         addr = self.local_addr
-        return addr[1] if addr else 0
+        return addr[1] if isinstance(addr, tuple) else 0  # an AF_UNIX path has none
 
     def do_listen(self, fd: int | None = None) -> None:
         """Use ``fd`` (already listening) or open the socket ``opt`` describes."""
@@ -203,6 +206,17 @@ class NetAccept(Continuation):
             fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
             self.caller_fd, self._caller_flags = fd, flags
         self.server_fds.append(fd if fd is not None else open_listen_socket(self.opt))
+        if not self._counted:
+            self._counted = True
+            self.stats[st.ACCEPTS_CURRENTLY_OPEN] += 1
+
+    def adopt_listen_fd(self, fd: int, family: int) -> None:
+        """Accept on ``fd``, a non-blocking listening stream socket of ``family`` (``AF_UNIX``
+        too) that its owner keeps and closes (an asyncio server's): ``close_listener`` stops
+        accepting on it and leaves it open."""
+        self.family = family
+        self.borrowed_fds.add(fd)
+        self.server_fds.append(fd)
         if not self._counted:
             self._counted = True
             self.stats[st.ACCEPTS_CURRENTLY_OPEN] += 1
@@ -224,6 +238,11 @@ class NetAccept(Continuation):
         """Register the listen socket in each net thread's epoll; with ``reuseport``, give
         each thread a socket of its own on the same port first."""
         self.fast.register(threads, get_nh)
+
+    def init_accept_on(self, nh: NetHandler) -> None:
+        """Register the listen socket in ``nh``'s epoll only (the calling thread is ``nh``'s:
+        an asyncio loop's listener, accepted on by the loop's own NetHandler)."""
+        self.fast.register_on(nh, self.server_fd)
 
     def init_accept(self, thread: EThread) -> None:
         """Poll the listen socket on every loop pass of ``thread`` (``frequent_accept=False``)."""
@@ -396,10 +415,11 @@ class NetAccept(Continuation):
         is handed back open, with its old flags (and not shut down unless accept threads
         blocked on it must be woken)."""
         keep = self.caller_fd if refused else None
+        borrowed = self.borrowed_fds
         with self.fd_lock:
             fds = list(self.server_fds)
         for fd in fds:
-            if fd == keep and not self.accept_threads.threads:
+            if (fd == keep and not self.accept_threads.threads) or fd in borrowed:
                 continue
             try:
                 _sys.shutdown(fd, lib.SHUT_RDWR)  # wakes accept threads blocked in accept4
@@ -411,6 +431,8 @@ class NetAccept(Continuation):
             self.fast.stop_ios()
             fds, self.server_fds = self.server_fds, []
             for fd in fds:
+                if fd in borrowed:
+                    continue
                 if fd == keep:
                     try:
                         fcntl.fcntl(fd, fcntl.F_SETFL, self._caller_flags)

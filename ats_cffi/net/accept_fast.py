@@ -70,6 +70,13 @@ class FastAccept:
 
         run_on_threads(threads, register, "accept")
 
+    def register_on(self, nh: NetHandler, fd: int) -> None:
+        """Register ``fd`` in ``nh``'s epoll alone (from ``nh``'s thread)."""
+        eio = EventIO(EVENTIO_NETACCEPT, self.na)
+        eio.start(nh.pd, fd, EVENTIO_READ)
+        with self.na.fd_lock:
+            self.ios.append(eio)
+
     def poll_every_pass(self, thread: EThread) -> None:
         """Run the accept pass on every loop pass of ``thread``."""
         na = self.na

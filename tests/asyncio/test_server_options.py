@@ -15,47 +15,10 @@ import ats_cffi.asyncio as ats_asyncio
 from ats_cffi.net import stats as st
 from ats_cffi.net.config import net_config
 from ats_cffi.net.throttle import change_net_connections_throttle
+from tests.asyncio.recorder import Recorder, fresh_recorder, passes, until  # noqa: F401
 from tests.conftest import FakeClock
 
 CHECK_EVERY = net_config.inactivity_check_frequency
-
-
-class Recorder(asyncio.Protocol):
-    made: list[Recorder] = []
-
-    def __init__(self) -> None:
-        self.lost: list[BaseException | None] = []
-        Recorder.made.append(self)
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.transport.write(data)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.lost.append(exc)
-
-
-@pytest.fixture(autouse=True)
-def fresh_recorder() -> Iterator[None]:
-    Recorder.made = []
-    yield
-    Recorder.made = []
-
-
-async def passes(n: int = 20) -> None:
-    """Let the loop run ``n`` passes (each one pass of its EThread: the cop when due)."""
-    for _ in range(n):
-        await asyncio.sleep(0)
-
-
-async def until(predicate: Any, what: str) -> None:
-    for _ in range(1000):
-        if predicate():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def close(w: asyncio.StreamWriter, srv: asyncio.Server) -> None:
