@@ -1,7 +1,7 @@
-"""ats_cffi vs asyncio vs uvloop, side by side: echo, HTTP hello, accept rate, idle connections.
+"""ats_cffi vs asyncio vs uvloop, side by side: echo, HTTP hello, asyncio apps, accept, idle.
 
     python perf/compare_peers.py [--quick] [-o out.json] [--md out.md] [--rounds N]
-                                 [--cases echo,http,tls,accept,idle]
+                                 [--cases echo,http,uvicorn,tls,accept,idle,streams]
 
 One interleaved session (ats asyncio uvloop, ats asyncio uvloop, ...: every case of a round,
 then the next round), with the server pinned to the first CPU and the clients (and this
@@ -24,6 +24,12 @@ and ``wrk`` (``apt-get install -y wrk`` when it is missing). Cases:
   Then the same with a new connection per request: ``wrk -c 50 -H 'Connection: close'``
   (accept, session set-up, one request, the server's close: what a client that does not
   keep connections alive costs).
+- uvicorn (perf/asyncio_cases.py): a minimal ASGI hello app under uvicorn + httptools, the
+  loop set by uvicorn's ``loop=`` (``ats_cffi.asyncio:new_event_loop``, ``asyncio``,
+  ``uvloop``), ``wrk -c 100`` keep-alive as http; rows marked ``, asyncio loop``.
+- streams (perf/asyncio_cases.py; not in the default run): the echo written with asyncio
+  streams (``start_server``, read/write/drain) on the three loops, 1 and 100 KiB x 10 and
+  100 connections, loaded as the echo case; rows marked ``, asyncio loop``.
 - tls (perf/tls_cases.py): the http hello over TLS 1.3 (ECDSA P-256, made for the session):
   ``ats-cffi http --tls-cert --tls-key`` against asyncio's and uvloop's ``ssl=`` servers of
   the same logic, with the plaintext ``ats-cffi http`` as the bound (rows marked ``,
@@ -62,7 +68,6 @@ import json
 import os
 import shlex
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,6 +75,7 @@ import time
 from collections.abc import Callable
 
 import accept_bench
+import asyncio_cases
 import echo_bench
 import tls_cases
 from _common import (
@@ -77,11 +83,9 @@ from _common import (
     HERE,
     HOST,
     LINGER0,
-    SATURATED,
     WRK_CLOSE_CONNS,
     WRK_CONNS,
     ensure_wrk,
-    fmt_ratio,
     host_meta,
     log_tail,
     measure_wrk,
@@ -101,10 +105,8 @@ from _common import (
     write_json,
     wrk_errors,
 )
+from peers_report import CLOSED_SETTLE, SERVERS, summarize, table
 
-SERVERS = ("ats", "asyncio", "uvloop", "uvloop_min")
-REFS = ("asyncio", "uvloop", "uvloop_min")
-LABELS = {"ats": "ats_cffi", "uvloop_min": "uvloop+httptools, minimal"}
 #: The echo cases also run the spliced ats echo (``servers.py ats_splice``) and the asyncio
 #: Protocol echo on ats_cffi's asyncio loop (``ats_asyncio``): rows of their own.
 ECHO_SERVERS = ("ats", "ats_splice", "ats_asyncio", "asyncio", "uvloop")
@@ -112,14 +114,13 @@ HTTP_SERVERS = ("ats", "ats_asyncio", "asyncio", "uvloop", "uvloop_min")
 ACCEPT_SERVERS = ("ats", "asyncio", "uvloop")
 #: What each idle connection carries before it is left idle, and what ends its answer.
 IDLE_MESSAGES = {"echo": b"x", "http": b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"}
-#: How long after the idle client closed everything the server's RSS is read again, in s.
-CLOSED_SETTLE = 2.0
-SUBJECT_LABEL = {"ats": "", "ats_splice": ", splice", "ats_asyncio": ", asyncio loop"}
-SUBJECT_LABEL["ats_plain"] = ", plaintext ats-cffi http (the bound)"
 KIB = 1024
 ECHO_CASES = [(m * KIB, c) for m in (1, 10, 100) for c in (10, 100)]
 HTTP_PEERS = HERE / "http_peers.py"
 IDLE_CONNS = 10_000
+#: The cases of a run without ``--cases`` (KNOWN_CASES: every one).
+DEFAULT_CASES = "echo,http,uvicorn,tls,accept,idle"
+KNOWN_CASES = DEFAULT_CASES + ",streams"
 
 
 # -- the idle client (a child process: ``compare_peers.py idle-client PORT N``) -----------
@@ -209,10 +210,15 @@ def record(case: str, server: str, value: float, cpu: float, client: float, **ex
 
 
 def run_echo(
-    case: str, name: str, a: argparse.Namespace, cpus, msg: int, conns: int, tls: bool = False
-) -> dict:
-    tls_files = a.cert if tls else None  # --cases tls (perf/tls_cases.py)
-    r = echo_bench.run_one(name, msg, conns, a.echo_duration, a.echo_warmup, cpus, tls=tls_files)
+    case: str, name: str, a: argparse.Namespace, cpus, msg: int, conns: int, tls: bool = False,
+    streams: bool = False,
+) -> dict:  # fmt: skip
+    """``tls``: --cases tls (perf/tls_cases.py); ``streams``: --cases streams (the asyncio
+    streams echo, perf/asyncio_cases.py)."""
+    tls_files = a.cert if tls else None
+    r = echo_bench.run_one(
+        name, msg, conns, a.echo_duration, a.echo_warmup, cpus, tls=tls_files, streams=streams
+    )
     errors = max(r["errors"], 0) + (r["client_rc"] != 0)
     rec = record(case, name, r["rt_per_s"], r["server_cpu_us_per_rt"], r["client_cpu_frac"], raw=r)
     rec["errors"] = errors
@@ -221,11 +227,16 @@ def run_echo(
 
 
 def run_http(
-    case: str, name: str, a: argparse.Namespace, cpus, close: bool = False, tls: bool = False
-) -> dict:
+    case: str, name: str, a: argparse.Namespace, cpus, close: bool = False, tls: bool = False,
+    uvicorn: bool = False,
+) -> dict:  # fmt: skip
+    """``tls``: --cases tls (perf/tls_cases.py); ``uvicorn``: --cases uvicorn (the ASGI
+    hello under uvicorn, perf/asyncio_cases.py)."""
     with tempfile.TemporaryFile() as log:
-        if tls:  # --cases tls (perf/tls_cases.py)
+        if tls:
             server, port = tls_cases.start_https(name, cpus[0], log, a.cert)
+        elif uvicorn:
+            server, port = asyncio_cases.start_uvicorn(name, cpus[0], log)
         else:
             server, port = start_http(name, cpus[0], log)
         rep, client_cpu, wall, usr, sys_ = measure_wrk(
@@ -373,6 +384,13 @@ def plan(a: argparse.Namespace) -> list[Case]:
         cases.append((f"http hello, wrk -c {WRK_CONNS}", "req/s", run_http, (), HTTP_SERVERS))
         name = f"http hello, new conn. per request, wrk -c {WRK_CLOSE_CONNS}"
         cases.append((name, "req/s", run_http, (True,), HTTP_SERVERS))
+    if "uvicorn" in a.cases:
+        name = f"uvicorn + httptools hello, wrk -c {WRK_CONNS}"
+        cases.append((name, "req/s", run_http, (False, False, True), asyncio_cases.SERVERS))
+    if "streams" in a.cases:
+        for msg, conns in asyncio_cases.STREAMS_CASES:
+            name = f"streams echo {msg // KIB} KiB x {conns}"
+            cases.append((name, "rt/s", run_echo, (msg, conns, False, True), asyncio_cases.SERVERS))
     if "tls" in a.cases:
         servers = tls_cases.TLS_SERVERS
         name = f"https hello, wrk -c {WRK_CONNS}"
@@ -394,136 +412,6 @@ def plan(a: argparse.Namespace) -> list[Case]:
     return cases
 
 
-def summarize(runs: list[dict], cases: list[Case]) -> list[dict]:
-    """One row per case and ats server (``ats``, and ``ats_splice`` where it ran): the
-    row's ``ats`` entry is that server's figures, beside the same peers' ones."""
-    rows = []
-    for case, unit, _, _, servers in cases:
-        for subject in (s for s in servers if s in SUBJECT_LABEL):
-            rows.append(_row(runs, case + SUBJECT_LABEL[subject], case, unit, subject))
-    return rows
-
-
-def _row(runs: list[dict], label: str, case: str, unit: str, subject: str) -> dict:
-    row: dict = {"case": label, "unit": unit, "idle": unit == "KiB/conn", "subject": subject}
-    for s in SERVERS:
-        s_run = subject if s == "ats" else s
-        rs = [r for r in runs if r["case"] == case and r["server"] == s_run and "error" not in r]
-        failed = sum(1 for r in runs if r["case"] == case and r["server"] == s_run and "error" in r)
-        if not rs:
-            row[s] = None if not failed else {"failed": failed}
-            continue
-        row[s] = {
-            "n": len(rs),
-            "value": statistics.median(r["value"] for r in rs),
-            "value_min": min(r["value"] for r in rs),
-            "value_max": max(r["value"] for r in rs),
-            "cpu": statistics.median(r["cpu"] for r in rs),
-            "client_cpu_frac": statistics.median(r["client_cpu_frac"] for r in rs),
-            "errors": sum(r["errors"] for r in rs),
-            "failed": failed,
-        }
-        kept = [
-            (r["rss_closed_kib"] - r["rss_before_kib"]) / 1024 for r in rs if "rss_closed_kib" in r
-        ]
-        row[s]["kept_mib"] = statistics.median(kept) if kept else None
-    ats = row["ats"]
-    for ref in REFS:
-        other = row[ref]
-        ok = ats and other and "value" in ats and "value" in other
-        row[f"value_vs_{ref}"] = ats["value"] / other["value"] if ok else None
-        row[f"cpu_vs_{ref}"] = ats["cpu"] / other["cpu"] if ok and other["cpu"] else None
-    return row
-
-
-def _cell_value(v: dict | None, unit: str) -> str:
-    if v is None:
-        return "-"
-    if "value" not in v:
-        return f"failed x{v['failed']}"
-    text = f"{v['value']:.1f}" if unit == "KiB/conn" else f"{v['value']:,.0f}"
-    return text + (f" ({v['errors']} err)" if v["errors"] else "")
-
-
-def _cell_cpu(v: dict | None, idle: bool) -> str:
-    if not v or "cpu" not in v:
-        return "-"
-    return f"{v['cpu']:.2%}" if idle else f"{v['cpu']:.1f} µs"
-
-
-def _cell_client(row: dict) -> tuple[str, bool]:
-    parts, sat = [], False
-    for s in SERVERS:
-        v = row[s]
-        c = v.get("client_cpu_frac", float("nan")) if v else float("nan")
-        if c != c:
-            parts.append("-")
-        else:
-            parts.append(f"{c:.0%}" + ("*" if c >= SATURATED else ""))
-            sat |= c >= SATURATED
-    return " / ".join(parts), sat
-
-
-def table(rows: list[dict]) -> str:
-    names = [LABELS.get(s, s) for s in SERVERS]
-    ratios = [f"ats/{LABELS.get(r, r)}" for r in REFS]
-    cpus = [f"{n} CPU/op" for n in names]
-    head = ["case (unit)", *names, *ratios, *cpus, *ratios, "client CPU " + " / ".join(SERVERS)]
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "|---|" + "---:|" * (2 * len(SERVERS) + 2 * len(REFS)) + "---|",
-    ]
-    saturated = []
-    for row in rows:
-        client, sat = _cell_client(row)
-        if sat:
-            saturated.append(row["case"])
-        cells = [f"{row['case']} ({row['unit']})"]
-        cells += [_cell_value(row[s], row["unit"]) for s in SERVERS]
-        cells += [fmt_ratio(row[f"value_vs_{r}"] or float("nan")) for r in REFS]
-        cells += [_cell_cpu(row[s], row["idle"]) for s in SERVERS]
-        cells += [fmt_ratio(row[f"cpu_vs_{r}"] or float("nan")) for r in REFS]
-        cells.append(client if not row["idle"] else "-")
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Throughput: median over the rounds (rt/s: echo round trips; req/s: wrk requests; "
-        "acc/s: the server's own accept count; conn/s: connections whose byte came back). "
-        "CPU/op: the server process's user+system CPU over the client's measured window / "
-        "operations. ats/peer: ats_cffi's value divided by the peer's: > 1 is better for "
-        "throughput, < 1 is better for CPU/op (`-`: the peer does not run that case). Idle "
-        "rows: KiB/conn is the server's VmRSS growth per idle connection, each of which "
-        "carried one message first, and CPU/op is the server's CPU while they sit idle, as "
-        "a share of one core; < 1 is better for both (a ratio is `-` when the peer's value "
-        "is 0: asyncio and uvloop run no timer then).",
-    ]
-    closed = [
-        f"{row['case']}: "
-        + ", ".join(
-            f"{LABELS.get(s, s)} {row[s]['kept_mib']:.1f}" for s in SERVERS if _kept(row[s])
-        )
-        for row in rows
-        if row["idle"]
-    ]
-    if closed:
-        lines.append(
-            f"RSS still above its start {CLOSED_SETTLE:g} s after the idle connections "
-            "closed (MiB, median): " + "; ".join(closed) + "."
-        )
-    if saturated:
-        lines.append(
-            "`*`: the client's core was >= 95% busy (the client core was the limit), so "
-            "throughput there is bounded by the load generator too; compare CPU/op for: "
-            + "; ".join(saturated)
-            + "."
-        )
-    return "\n".join(lines)
-
-
-def _kept(v: dict | None) -> bool:
-    return bool(v) and v.get("kept_mib") is not None  # type: ignore[union-attr]
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["idle-client"]:
@@ -531,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="1 round of short runs (~2 min)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    p.add_argument("--cases", default="echo,http,tls,accept,idle", help="comma-separated subset")
+    p.add_argument("--cases", default=DEFAULT_CASES, help=f"comma-separated, of: {KNOWN_CASES}")
     p.add_argument("--accept-ats", default="ats_pt1", choices=[c for c in accept_bench.CONFIGS])
     p.add_argument("--idle-conns", type=int, default=IDLE_CONNS)
     p.add_argument("--idle-rounds", type=int, default=2, help="rounds with the idle cases")
@@ -539,9 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--md", help="also write the Markdown report here")
     a = p.parse_args(argv)
     a.cases = set(a.cases.split(","))
-    known = {"echo", "http", "tls", "accept", "idle"}
-    if a.cases - known:
-        p.error(f"unknown case(s) {sorted(a.cases - known)}")
+    if a.cases - set(KNOWN_CASES.split(",")):
+        p.error(f"unknown case(s) {sorted(a.cases - set(KNOWN_CASES.split(',')))}")
     a.echo_duration, a.echo_warmup = 2.0, 0.5
     a.http_duration, a.http_warmup = 3, 1
     a.accept_duration, a.accept_warmup = 3.0, 0.5
@@ -555,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
 
     echo_bench.build_loadgen()
     accept_bench.build_gen()
-    a.wrk = ensure_wrk() if a.cases & {"http", "tls"} else None
+    a.wrk = ensure_wrk() if a.cases & {"http", "uvicorn", "tls"} else None
     a.cert = tls_cases.prepare() if "tls" in a.cases else None
     raise_nofile(a.idle_conns + 1024 if "idle" in a.cases else 0)  # the children inherit it
     avail, cpus = pin_cpus()

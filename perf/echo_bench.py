@@ -70,12 +70,16 @@ def ready_port(line: str) -> int | None:
 
 
 def start_server(
-    name: str, cpu: int | None, wm: int = ATS_WATER_MARK, tls: tuple[str, str] | None = None
-) -> tuple[subprocess.Popen, int]:
-    """``tls``: (certificate, key) files: the echo over TLS."""
+    name: str, cpu: int | None, wm: int = ATS_WATER_MARK, tls: tuple[str, str] | None = None,
+    streams: bool = False,
+) -> tuple[subprocess.Popen, int]:  # fmt: skip
+    """``tls``: (certificate, key) files: the echo over TLS. ``streams``: the asyncio
+    servers' streams echo (``servers.py --streams``) instead of their Protocol."""
     cmd = [sys.executable, str(SERVERS_PY), name, "--port", "0", "--water-mark", str(wm)]
     if tls:
         cmd += ["--tls-cert", tls[0], "--tls-key", tls[1]]
+    if streams:
+        cmd.append("--streams")
     return start_ready(cmd, cpu, ready_port)
 
 
@@ -92,10 +96,12 @@ def run_one(
     cpus: tuple,
     wm: int = ATS_WATER_MARK,
     tls: tuple[str, str] | None = None,
+    streams: bool = False,
 ) -> dict:
     """One server against a fresh load generator run. ``tls``: (certificate, key) files,
-    for the echo over TLS against tlsloadgen (its handshakes come before the warm-up)."""
-    server, port = start_server(name, cpus[0], wm, tls)
+    for the echo over TLS against tlsloadgen (its handshakes come before the warm-up).
+    ``streams``: the asyncio servers' streams echo (``start_server``)."""
+    server, port = start_server(name, cpus[0], wm, tls, streams)
     gen = TLS_LOADGEN if tls else LOADGEN
     try:
         cmd = [str(gen), HOST, str(port), str(conns), str(msg), str(duration), str(warmup)]

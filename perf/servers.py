@@ -5,9 +5,14 @@ Protocol on its asyncio loop), asyncio and uvloop.
     python perf/servers.py ats [--net-threads N] [--accept-threads N] [--reuseport]
     python perf/servers.py {ats,asyncio,uvloop} --backlog N
     python perf/servers.py {ats,ats_asyncio,asyncio,uvloop} --tls-cert FILE --tls-key FILE
+    python perf/servers.py {ats_asyncio,asyncio,uvloop} --streams
 
 Listens on 127.0.0.1:P (0: any free port), prints ``READY <port>`` on stdout once
 listening, echoes every byte back, and exits cleanly on SIGTERM or SIGINT.
+
+``--streams``: the asyncio echo written with streams instead of a Protocol
+(``asyncio.start_server``, a handler that reads up to 64 KiB, writes it and drains, until
+EOF), the same code on the three loops.
 
 With ``--tls-cert``/``--tls-key`` the same echo runs over TLS: ats with the net core's
 (``AcceptOptions(tls=ServerContext.from_files(...))``: SSLNetVConnections under the same
@@ -177,6 +182,18 @@ class EchoProtocol(asyncio.Protocol):
         self.transport.write(data)
 
 
+async def echo_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The streams echo (``--streams``): what an asyncio user writes first."""
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass  # the load generator's closes may reset (SO_LINGER 0)
+    finally:
+        writer.close()
+
+
 def ssl_context(tls: tuple[str, str]) -> ssl.SSLContext:
     """The asyncio and uvloop echos' TLS: the certificate and key, TLS 1.2 or 1.3."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -185,14 +202,20 @@ def ssl_context(tls: tuple[str, str]) -> ssl.SSLContext:
     return ctx
 
 
-async def serve_asyncio(port: int, backlog: int | None = None, tls: Any = None) -> None:
-    """``tls``: what ``create_server`` takes as ``ssl`` (None: plaintext)."""
+async def serve_asyncio(
+    port: int, backlog: int | None = None, tls: Any = None, streams: bool = False
+) -> None:
+    """``tls``: what ``create_server`` takes as ``ssl`` (None: plaintext). ``streams``:
+    ``echo_stream`` under ``asyncio.start_server`` instead of ``EchoProtocol``."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     kw: dict[str, Any] = {} if backlog is None else {"backlog": backlog}
-    server = await loop.create_server(EchoProtocol, HOST, port, ssl=tls, **kw)
+    if streams:
+        server = await asyncio.start_server(echo_stream, HOST, port, ssl=tls, **kw)
+    else:
+        server = await loop.create_server(EchoProtocol, HOST, port, ssl=tls, **kw)
     ready(server.sockets[0].getsockname()[1])
     await stop.wait()
     server.close()
@@ -203,29 +226,32 @@ TLSFiles = tuple[str, str] | None
 
 
 def run_asyncio(
-    port: int, water_mark: int = 0, backlog: int | None = None, tls: TLSFiles = None
-) -> None:
-    asyncio.run(serve_asyncio(port, backlog, ssl_context(tls) if tls else None))
+    port: int, water_mark: int = 0, backlog: int | None = None, tls: TLSFiles = None,
+    streams: bool = False,
+) -> None:  # fmt: skip
+    asyncio.run(serve_asyncio(port, backlog, ssl_context(tls) if tls else None, streams))
 
 
 def run_uvloop(
-    port: int, water_mark: int = 0, backlog: int | None = None, tls: TLSFiles = None
-) -> None:
+    port: int, water_mark: int = 0, backlog: int | None = None, tls: TLSFiles = None,
+    streams: bool = False,
+) -> None:  # fmt: skip
     import uvloop
 
-    uvloop.run(serve_asyncio(port, backlog, ssl_context(tls) if tls else None))
+    uvloop.run(serve_asyncio(port, backlog, ssl_context(tls) if tls else None, streams))
 
 
 def run_ats_asyncio(
-    port: int, water_mark: int = 0, backlog: int | None = None, tls: TLSFiles = None
-) -> None:
-    """The same asyncio Protocol on ats_cffi's asyncio loop (``ats_cffi.asyncio``); with
+    port: int, water_mark: int = 0, backlog: int | None = None, tls: TLSFiles = None,
+    streams: bool = False,
+) -> None:  # fmt: skip
+    """The same asyncio code on ats_cffi's asyncio loop (``ats_cffi.asyncio``); with
     ``tls``, its TLS is the net core's (``ssl=`` a ``ServerContext``)."""
     import ats_cffi.asyncio
     from ats_cffi.net.tls import ServerContext
 
     ctx = ServerContext.from_files(*tls) if tls else None
-    ats_cffi.asyncio.run(serve_asyncio(port, backlog, ctx))
+    ats_cffi.asyncio.run(serve_asyncio(port, backlog, ctx, streams))
 
 
 SERVERS = {
@@ -267,7 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--tls-cert", metavar="FILE", help="serve TLS: the certificate (PEM)")
     p.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
+    p.add_argument(
+        "--streams",
+        action="store_true",
+        help="ats_asyncio, asyncio, uvloop: the echo with asyncio.start_server (streams)",
+    )
     args = p.parse_args(argv)
+    if args.streams and args.server in ("ats", "ats_splice"):
+        p.error("--streams is the asyncio echo: ats_asyncio, asyncio or uvloop")
     if bool(args.tls_cert) != bool(args.tls_key):
         p.error("--tls-cert and --tls-key go together")
     tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
@@ -288,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             tls=tls,
         )
     else:
-        SERVERS[args.server](args.port, args.water_mark, args.backlog, tls)
+        SERVERS[args.server](args.port, args.water_mark, args.backlog, tls, args.streams)
     return 0
 
 

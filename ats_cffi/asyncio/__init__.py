@@ -11,6 +11,9 @@ Use it as uvloop is used::
 ``uvicorn --loop ats_cffi.asyncio:new_event_loop`` runs a web app on it.
 ``create_server(..., options=ServerOptions(...))`` adds ATS's connection management to an
 asyncio server: inactivity and active timeouts, the connections throttle (``server.py``).
+``await start_metrics_server(host, port)`` serves the net stats as the ``ats-cffi`` command
+does (``/_stats``, ``/metrics``); ``stats()`` and ``metrics_text()`` give them to code that
+serves them itself (``metrics.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from ats_cffi.asyncio.loop import Loop, new_event_loop
+from ats_cffi.asyncio.metrics import metrics_text, start_metrics_server, stats, stats_json
 from ats_cffi.asyncio.server import ServerOptions, create_server
 
 _T = TypeVar("_T")
@@ -30,8 +34,12 @@ __all__ = [
     "ServerOptions",
     "create_server",
     "install",
+    "metrics_text",
     "new_event_loop",
     "run",
+    "start_metrics_server",
+    "stats",
+    "stats_json",
 ]
 
 
