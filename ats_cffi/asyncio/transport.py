@@ -39,11 +39,13 @@ import warnings
 from asyncio import constants, futures, protocols, transports, trsock
 from typing import TYPE_CHECKING, Any
 
+from ats_cffi import _fastio
 from ats_cffi import sys as _sys
 from ats_cffi.eventsystem import codes as _codes
 from ats_cffi.eventsystem.continuation import Continuation
 from ats_cffi.eventsystem.iobuffer import IOBufferReader, MIOBuffer
 from ats_cffi.eventsystem.vio import INT64_MAX, VIOOp
+from ats_cffi.net import stats as st
 from ats_cffi.net.codes import IO_SHUTDOWN_WRITE
 from ats_cffi.net.netvc import UnixNetVConnection
 
@@ -52,7 +54,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("asyncio")
 
-_send_some = _sys.send_some
+_send_some = _fastio.send_some
+_CALLS_TO_WRITE = st.CALLS_TO_WRITE
+_CALLS_TO_WRITE_NODATA = st.CALLS_TO_WRITE_NODATA
+_WRITE_BYTES = st.WRITE_BYTES
 _NEG_EAGAIN = -errno.EAGAIN
 EVENT_CONT = _codes.EVENT_CONT
 _WRITE = int(VIOOp.WRITE)
@@ -411,6 +416,12 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         r = self._wreader
         if self._send_first and (r is None or not r.read_avail()):  # try the socket first
             n = _send_some(self._sock_fd, data)
+            stats = self._loop._net_handler.stats  # counted as the VC's write steps are
+            stats[_CALLS_TO_WRITE] += 1
+            if n > 0:
+                stats[_WRITE_BYTES] += n
+            else:
+                stats[_CALLS_TO_WRITE_NODATA] += 1
             if n == len(data):
                 return
             if n < 0:

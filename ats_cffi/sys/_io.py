@@ -9,6 +9,7 @@ import errno
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ats_cffi import _fastio
 from ats_cffi._native import ffi, lib
 from ats_cffi.sys._check import (
     AGAIN,
@@ -26,8 +27,6 @@ from ats_cffi.sys._scratch import scratch
 
 _CData = ffi.CData
 _ENOTSOCK = errno.ENOTSOCK
-_EINTR = errno.EINTR
-_MSG_NOSIGNAL = lib.MSG_NOSIGNAL
 _ECONNRESET = errno.ECONNRESET
 
 
@@ -149,23 +148,11 @@ def write(fd: int, data: Any) -> int:
 def send_some(fd: int, data: Any) -> int:
     """Hot path (an asyncio transport's write): one ``send()`` (no SIGPIPE) of a bytes-like
     object, retried after EINTR: the count sent, or ``-errno`` (``-EAGAIN`` when the socket
-    is full; an error of the socket is a value here too). A ``bytes`` object is passed as it
-    is, with no cdata made for it. ``TypeError`` for data that is not bytes-like."""
-    if data.__class__ is bytes:
-        cbuf = data
-    else:
-        try:
-            cbuf = ffi.from_buffer(data)
-        except TypeError as exc:
-            raise type_error("send_some", exc) from None
-    n = len(cbuf)
-    while True:
-        r: int = lib.send(fd, cbuf, n, _MSG_NOSIGNAL)
-        if r >= 0:
-            return r
-        err: int = ffi.errno
-        if err != _EINTR:
-            return -err
+    is full; an error of the socket is a value here too). ``ats_cffi._fastio``'s: a
+    ``bytes`` object is passed as it is, another through the buffer protocol, and the call
+    costs no cffi crossing. ``TypeError`` (naming ``send_some``) for data that is not
+    bytes-like."""
+    return _fastio.send_some(fd, data)
 
 
 def write_block(fd: int, base: Any, offset: int, length: int) -> tuple[int, int]:

@@ -20,6 +20,9 @@ from tests.asyncio.test_server_options import until
 OPEN = "proxy.process.net.connections_currently_open"
 READ_BYTES = "proxy.process.net.read_bytes"
 CALLS_TO_READ = "proxy.process.net.calls_to_read"
+WRITE_BYTES = "proxy.process.net.write_bytes"
+CALLS_TO_WRITE = "proxy.process.net.calls_to_write"
+ACCEPTS = "proxy.process.tcp.total_accepts"
 OPENMETRICS_ACCEPT = (  # what Prometheus 3 sends when it scrapes
     "application/openmetrics-text;version=1.0.0;escaping=underscores;q=0.5,"
     "application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;q=0.3,"
@@ -111,6 +114,10 @@ def test_a_connection_served_and_closed_shows_in_the_stats_pages() -> None:
         assert after[OPEN] == before[OPEN]
         assert after[READ_BYTES] >= before[READ_BYTES] + len(payload)  # + the scrapes'
         assert after[CALLS_TO_READ] > during[CALLS_TO_READ] > before[CALLS_TO_READ]
+        # The echo's writes (sent at once by transport.write) and the pages' count too.
+        assert during[WRITE_BYTES] >= before[WRITE_BYTES] + len(payload)
+        assert during[CALLS_TO_WRITE] > before[CALLS_TO_WRITE]
+        assert during[ACCEPTS] >= before[ACCEPTS] + 2  # the echo's client, the scrape
         # stats() is the same registry: read on the loop, no scrape open now.
         await until(lambda: ats_asyncio.stats()[OPEN] == before[OPEN] - 1, "the scrape closed")
         assert ats_asyncio.stats()[READ_BYTES] >= after[READ_BYTES]
