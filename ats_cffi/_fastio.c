@@ -116,6 +116,93 @@ static PyObject *fast_write_all(PyObject *mod, PyObject *const *args, Py_ssize_t
     return PyLong_FromSsize_t(n);
 }
 
+/* The IOBufferBlock fields writev_chain reads (ats_cffi/eventsystem/ioblock.py):
+ * interned once, at the module's init. */
+static PyObject *name_data, *name_start, *name_end, *name_next;
+
+/* An int field of a block, >= 0, or -1 with an exception set. */
+static Py_ssize_t block_int(PyObject *block, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(block, name);
+    if (v == NULL)
+        return -1;
+    Py_ssize_t n = PyLong_Check(v) ? PyLong_AsSsize_t(v) : -1;
+    Py_DECREF(v);
+    if (n < 0 && !PyErr_Occurred())
+        PyErr_Format(PyExc_ValueError, "writev_chain: a block's %U is not an int >= 0", name);
+    return n;
+}
+
+/* Fill the iovec arrays from the chain at block (its bytes from off on, then
+ * each next block's from its start), towrite bytes or ATS_IOV_MAX runs at
+ * most; the bytearrays are kept in held (new references).  The run count, or -1
+ * with an exception set. */
+static int chain_runs(PyObject *block, Py_ssize_t off, Py_ssize_t towrite, char **bases,
+                      size_t *offs, size_t *lens, PyObject **held)
+{
+    int n = 0;
+    Py_INCREF(block);
+    while (block != Py_None && towrite > 0 && n < ATS_IOV_MAX) {
+        Py_ssize_t end = block_int(block, name_end);
+        PyObject *data = end < 0 ? NULL : PyObject_GetAttr(block, name_data);
+        if (data == NULL)
+            goto fail;
+        if (!PyByteArray_CheckExact(data) || off > end || end > PyByteArray_GET_SIZE(data)) {
+            PyErr_SetString(PyExc_ValueError, "writev_chain: a block's span is not its data's");
+            Py_DECREF(data);
+            goto fail;
+        }
+        held[n] = data;
+        Py_ssize_t k = end - off < towrite ? end - off : towrite;
+        bases[n] = PyByteArray_AS_STRING(data);
+        offs[n] = (size_t)off;
+        lens[n] = (size_t)k;
+        n++;
+        towrite -= k;
+        PyObject *next = PyObject_GetAttr(block, name_next);
+        Py_DECREF(block);
+        block = next;
+        if (block == NULL)
+            goto fail;
+        if (block != Py_None && (off = block_int(block, name_start)) < 0)
+            goto fail;
+    }
+    Py_DECREF(block);
+    return n;
+fail:
+    Py_XDECREF(block);
+    while (n > 0)
+        Py_DECREF(held[--n]);
+    return -1;
+}
+
+/* writev_chain(fd, block, off, towrite) -> bytes written: the first towrite
+ * bytes of a reader's chain (ats_writev_blocks over its blocks, at most
+ * ATS_IOV_MAX of them), read through the blocks' own fields, where the cffi
+ * path filled three cffi arrays item by item. */
+static PyObject *fast_writev_chain(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const char call[] = "writev_chain";
+    if (check_nargs(nargs, 4, call) < 0)
+        return NULL;
+    Py_ssize_t fd = arg_size(args, 0, call), off = arg_size(args, 2, call);
+    Py_ssize_t towrite = arg_size(args, 3, call);
+    if (fd < 0 || off < 0 || towrite < 0 || fd > INT_MAX)
+        return fd > INT_MAX ? bad_fd(call, fd) : NULL;
+    char *bases[ATS_IOV_MAX];
+    size_t offs[ATS_IOV_MAX], lens[ATS_IOV_MAX];
+    PyObject *held[ATS_IOV_MAX];
+    int n = chain_runs(args[1], off, towrite, bases, offs, lens, held);
+    if (n < 0)
+        return NULL; /* chain_runs released what it held */
+    ssize_t last = 1;
+    ssize_t done = n ? ats_writev_blocks((int)fd, bases, offs, lens, n, &last) : 0;
+    for (int i = 0; i < n; i++)
+        Py_DECREF(held[i]);
+    last_result = last;
+    return PyLong_FromSsize_t(done);
+}
+
 /* send_some(fd, data) -> one send() (MSG_NOSIGNAL, EINTR retried) of a
  * bytes-like object: the count sent, or -errno (-EAGAIN when the socket is
  * full).  A bytes object is used as it is; another through the buffer protocol. */
@@ -189,6 +276,8 @@ static PyMethodDef fastio_methods[] = {
      "write_all(fd, base, off, len) -> bytes written"},
     {"last", (PyCFunction)(void (*)(void))fast_last, METH_FASTCALL,
      "last() -> the last syscall's result of this thread's last call"},
+    {"writev_chain", (PyCFunction)(void (*)(void))fast_writev_chain, METH_FASTCALL,
+     "writev_chain(fd, block, off, towrite) -> bytes written from a block chain"},
     {"send_some", (PyCFunction)(void (*)(void))fast_send_some, METH_FASTCALL,
      "send_some(fd, data) -> one send() of a bytes-like object: the count, or -errno"},
     {"get_ident", fast_get_ident, METH_NOARGS,
@@ -204,5 +293,11 @@ static struct PyModuleDef fastio_module = {
 
 PyMODINIT_FUNC PyInit__fastio(void)
 {
+    name_data = PyUnicode_InternFromString("data");
+    name_start = PyUnicode_InternFromString("start");
+    name_end = PyUnicode_InternFromString("end");
+    name_next = PyUnicode_InternFromString("next");
+    if (!name_data || !name_start || !name_end || !name_next)
+        return NULL;
     return PyModule_Create(&fastio_module);
 }

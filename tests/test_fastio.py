@@ -10,6 +10,7 @@ import socket
 import pytest
 
 from ats_cffi import _fastio
+from ats_cffi.eventsystem.ioblock import IOBufferBlock
 from ats_cffi.sys import AGAIN
 
 
@@ -45,6 +46,42 @@ def test_write_all_writes_a_span_and_stops_at_a_full_socket(pair) -> None:
     n = _fastio.write_all(a.fileno(), big, 0, len(big))
     assert 0 < n < len(big)
     assert _fastio.last() == AGAIN
+
+
+def chain(*parts: bytes) -> IOBufferBlock:
+    """Blocks holding ``parts``, each at offset 2 of its block, linked in order."""
+    first = prev = None
+    for part in parts:
+        b = IOBufferBlock(len(part) + 4)
+        b.data[2 : 2 + len(part)] = part
+        b.start, b.end = 2, 2 + len(part)
+        if prev is None:
+            first = b
+        else:
+            prev.next = b
+        prev = b
+    return first
+
+
+def test_writev_chain_writes_the_runs_of_a_block_chain(pair) -> None:
+    a, b = pair
+    first = chain(b"hello ", b"", b"chained ", b"world")
+    assert _fastio.writev_chain(a.fileno(), first, 3, 15) == 15  # from "ello", 15 bytes
+    assert _fastio.last() == 15
+    assert b.recv(64) == b"ello chained wo"
+    assert _fastio.writev_chain(a.fileno(), first, 8, 0) == 0  # nothing asked: no syscall
+
+
+def test_writev_chain_refuses_a_block_whose_span_is_not_its_data(pair) -> None:
+    a, b = pair
+    first = chain(b"abc", b"def")
+    first.next.end = 99
+    with pytest.raises(ValueError, match="writev_chain: a block's span"):
+        _fastio.writev_chain(a.fileno(), first, 2, 6)
+    with pytest.raises(AttributeError):
+        _fastio.writev_chain(a.fileno(), object(), 0, 1)
+    with pytest.raises(BlockingIOError):
+        b.recv(16)  # nothing was written
 
 
 def test_write_all_to_a_closed_peer_is_a_value_not_a_signal(pair) -> None:

@@ -7,9 +7,9 @@ flags) is ``UnixNetVConnection``'s (``net_read_io``, ``write_to_net``), as ATS k
 with the VIO's mutex held, use the NetHandler's native scratch (``nh.last``, the iovec
 arrays, made once per thread) and the buffer's trusted methods (``commit``, ``advance``):
 one native call per run of free or filled space, no allocation, and EAGAIN is a value.
-A plain socket's reads, and its writes from one block, go through ``ats_cffi._fastio``
-(a block passed as its bytearray, the GIL kept: ``_fastio.c`` says why); the rest through
-cffi.
+A plain socket's reads and writes go through ``ats_cffi._fastio`` (a block passed as its
+bytearray, a chain of blocks as its first block, the GIL kept: ``_fastio.c`` says why); a
+TLS connection's through cffi.
 
 Results are ``(moved, last)``: the bytes moved, and the result of the last syscall: > 0
 when it moved bytes, 0 for EOF (reads), ``sys.AGAIN`` when the socket would block, another
@@ -40,7 +40,7 @@ _read_spill: Final = _fastio.read_spill
 _last: Final = _fastio.last
 _copy: Final = ffi.memmove
 _write_all: Final = _fastio.write_all
-_writev_blocks: Final = lib.ats_writev_blocks
+_writev_chain: Final = _fastio.writev_chain
 _tls_read: Final = lib.ats_tls_read
 _tls_write_blocks: Final = lib.ats_tls_write_blocks
 _tls_write: Final = lib.ats_tls_write
@@ -181,9 +181,8 @@ def write_from_reader(
         total: int = _write_all(fd, block.data, start, towrite)
         last: int = total if total == towrite else _last()
     else:
-        n = _gather(nh, reader, towrite)
-        total = _writev_blocks(fd, nh.iov_bases, nh.iov_offs, nh.iov_lens, n, nh.last)
-        last = total if total == towrite else nh.last[0]
+        total = _writev_chain(fd, block, start, towrite)
+        last = total if total == towrite else _last()
     _wrote(nh, reader, total)
     return total, last
 
