@@ -79,8 +79,10 @@ class IOBufferBlock:
     """One fixed-size block of a buffer chain: valid bytes are ``data[start:end]``.
 
     The free space ``data[end:]`` is where the writer (or a native read) puts new bytes.
-    Native code is always handed ``(block.cdata, offset, length)``; no pointer arithmetic is
-    done on the Python side.
+    Native code is handed ``(block.cdata, offset, length)``, or the bytearray ``data`` with
+    an offset and a length; no pointer arithmetic is done on the Python side.
+    ``ats_cffi._fastio.writev_chain`` reads ``data``, ``start``, ``end`` and ``next`` of
+    the blocks of a chain by name: keep those four names.
     """
 
     __slots__ = ("data", "size", "start", "end", "next", "view", "lent", "index", "_cdata")
@@ -153,9 +155,23 @@ def pool_index(size: int) -> int:
     return _INDEX.get(size, -1)
 
 
+class FreeList:
+    """The free blocks of one size: linked through their own ``next`` field (``head`` the
+    first), with their ``count``, ``cap`` and ``low`` (the shortest ``count`` since the
+    last trim). Typed fields: a take or a give reads and writes them with no boxing."""
+
+    __slots__ = ("head", "count", "cap", "low")
+
+    def __init__(self, cap: int) -> None:
+        self.head: IOBufferBlock | None = None
+        self.count = 0
+        self.cap = cap
+        self.low = 0
+
+
 class BlockPool:
     """Free blocks by size index, each list bounded to ``budget`` bytes (at least
-    ``min_blocks`` blocks). ``lows`` is each list's shortest length since the last trim:
+    ``min_blocks`` blocks). Each list's ``low`` is its shortest length since the last trim:
     that many blocks were not needed in the interval.
 
     Each list is linked through the free blocks' own ``next`` field, as ATS's freelists
@@ -163,47 +179,53 @@ class BlockPool:
     array whenever it went empty and allocated it again at the next give (one block per
     message going out and back: a malloc and a free per message)."""
 
-    __slots__ = ("heads", "counts", "caps", "lows")
+    __slots__ = ("lists",)
 
     def __init__(self, budget: int, min_blocks: int) -> None:
-        #: The first free block of each size index (its ``next``, the second...), or None.
-        self.heads: list[IOBufferBlock | None] = [None] * _NSIZES
-        self.counts: list[int] = [0] * _NSIZES
-        self.caps: list[int] = [
-            max(min_blocks, min(POOL_MAX_BLOCKS, budget >> (i + POOL_MIN_SHIFT)))
+        self.lists: list[FreeList] = [
+            FreeList(max(min_blocks, min(POOL_MAX_BLOCKS, budget >> (i + POOL_MIN_SHIFT))))
             for i in range(_NSIZES)
         ]
-        self.lows: list[int] = [0] * _NSIZES
 
     def pop(self, i: int) -> IOBufferBlock | None:
         """A free block of size index ``i``, or None."""
-        b = self.heads[i]
+        fl = self.lists[i]
+        b = fl.head
         if b is None:
             return None
-        self.heads[i] = b.next
+        fl.head = b.next
         b.next = None
-        n = self.counts[i] - 1
-        self.counts[i] = n
-        if n < self.lows[i]:
-            self.lows[i] = n
+        n = fl.count - 1
+        fl.count = n
+        if n < fl.low:
+            fl.low = n
         return b
 
     def push(self, i: int, b: IOBufferBlock) -> bool:
         """Keep ``b`` (emptied) unless the list is full; False if it was not kept."""
-        n = self.counts[i]
-        if n >= self.caps[i]:
+        fl = self.lists[i]
+        n = fl.count
+        if n >= fl.cap:
             return False
         b.start = 0
         b.end = 0
-        b.next = self.heads[i]
-        self.heads[i] = b
-        self.counts[i] = n + 1
+        b.next = fl.head
+        fl.head = b
+        fl.count = n + 1
         return True
+
+    def has_free(self, i: int) -> bool:
+        """Whether a block of size index ``i`` is free (a peek, without the lock)."""
+        return self.lists[i].head is not None
+
+    def cap(self, i: int) -> int:
+        """How many free blocks of size index ``i`` the pool keeps at most."""
+        return self.lists[i].cap
 
     def blocks(self, i: int) -> list[IOBufferBlock]:
         """The free blocks of size index ``i``, the next one taken first (a copy)."""
         out: list[IOBufferBlock] = []
-        b = self.heads[i]
+        b = self.lists[i].head
         while b is not None:
             out.append(b)
             b = b.next
@@ -211,36 +233,35 @@ class BlockPool:
 
     def clear(self) -> None:
         """Drop every free block."""
-        for i in range(_NSIZES):
-            self.heads[i] = None
-            self.counts[i] = 0
-            self.lows[i] = 0
+        for fl in self.lists:
+            fl.head = None
+            fl.count = 0
+            fl.low = 0
 
     def trim(self) -> int:
         """Drop the blocks no take needed since the last trim (the coldest: those given
         back longest ago, at the end of the list); the number dropped."""
         dropped = 0
-        lows = self.lows
-        for i in range(_NSIZES):
-            n = self.counts[i]
-            k = lows[i] if lows[i] < n else n
+        for fl in self.lists:
+            n = fl.count
+            k = fl.low if fl.low < n else n
             if k:
                 keep = n - k
+                b = fl.head
                 if keep == 0:
-                    self.heads[i] = None
+                    fl.head = None
                 else:
-                    b = self.heads[i]
                     for _ in range(keep - 1):
-                        b = b.next  # type: ignore[union-attr]  # counts[i] blocks follow
+                        b = b.next  # type: ignore[union-attr]  # count blocks follow
                     b.next = None  # type: ignore[union-attr]
-                self.counts[i] = keep
+                fl.count = keep
                 dropped += k
-            lows[i] = self.counts[i]
+            fl.low = fl.count
         return dropped
 
     def free_blocks(self) -> int:
         """How many free blocks the pool holds."""
-        return sum(self.counts)
+        return sum(fl.count for fl in self.lists)
 
 
 _global: Final = BlockPool(GLOBAL_POOL_BYTES, 16)
@@ -277,7 +298,7 @@ def take_block(size: int, pool: BlockPool | None = None, i: int = -2) -> IOBuffe
         b = (pool if pool is not None else thread_pool()).pop(i)
         if b is not None:
             return b
-        if _global.heads[i] is not None:
+        if _global.has_free(i):
             with _global_lock:
                 b = _global.pop(i)
             if b is not None:

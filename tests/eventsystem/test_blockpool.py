@@ -146,7 +146,7 @@ def test_a_full_thread_pool_overflows_to_the_global_one_then_drops() -> None:
 def test_a_thread_with_an_empty_pool_takes_from_the_global_one() -> None:
     given: list[IOBufferBlock] = []
 
-    cap = thread_pool().caps[SIZE.bit_length() - 1 - ioblock.POOL_MIN_SHIFT]  # any thread's
+    cap = thread_pool().cap(SIZE.bit_length() - 1 - ioblock.POOL_MIN_SHIFT)  # any thread's
 
     def overflow() -> None:  # another thread fills its pool, then the global one
         for _ in range(cap + 2):
@@ -176,9 +176,9 @@ def test_trim_drops_what_was_not_needed_since_the_last_trim() -> None:
 
 def test_pool_caps_follow_the_byte_budget() -> None:
     pool = BlockPool(64 * 1024, 2)
-    assert pool.caps[SIZE.bit_length() - 1 - ioblock.POOL_MIN_SHIFT] == 16
-    assert pool.caps[-1] == 2  # 2 MiB blocks: the minimum
-    assert pool.caps[0] == min(POOL_MAX_BLOCKS, 64 * 1024 // 128)
+    assert pool.cap(SIZE.bit_length() - 1 - ioblock.POOL_MIN_SHIFT) == 16
+    assert pool.cap(len(pool.lists) - 1) == 2  # 2 MiB blocks: the minimum
+    assert pool.cap(0) == min(POOL_MAX_BLOCKS, 64 * 1024 // 128)
 
 
 class PooledBufferMachine(BufferMachine):
@@ -199,7 +199,7 @@ class PooledBufferMachine(BufferMachine):
         if not hasattr(self, "buf"):
             return
         pool = thread_pool()
-        free = [b for i in range(len(pool.heads)) for b in pool.blocks(i)]
+        free = [b for i in range(len(pool.lists)) for b in pool.blocks(i)]
         assert len({id(b) for b in free}) == len(free)  # none given twice
         in_use = {id(self.buf._tail)}
         for r in self.live.values():
