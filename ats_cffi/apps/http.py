@@ -288,7 +288,7 @@ class HttpSession(Session):
             self.finish()
         elif wvio is not None and wvio.nbytes != self.queued:
             wvio.nbytes = self.queued
-            self.vc.reenable(wvio)
+            wvio.reenable()  # (a VC's NetState calls its VC natively, not by name)
 
     def begin_transaction_timeouts(self) -> None:
         """A request spans reads: until it is complete, no byte for the transaction's
