@@ -96,6 +96,9 @@ _feed_data: Final = httptools.HttpRequestParser.feed_data
 _get_method: Final = httptools.HttpRequestParser.get_method
 _should_keep_alive: Final = httptools.HttpRequestParser.should_keep_alive
 _should_upgrade: Final = httptools.HttpRequestParser.should_upgrade
+#: The hello route, kept as a constant: compared with a request's route, not looked up in
+#: the module's dict each time.
+_HELLO: Final = hello
 
 #: Block size of a session's buffers: ATS's first read buffer for a client connection (4 KiB).
 #: A request and its response usually fit one block; a new connection then allocates and
@@ -285,7 +288,7 @@ class HttpSession(Session):
             self.finish()
         elif wvio is not None and wvio.nbytes != self.queued:
             wvio.nbytes = self.queued
-            self.vc.reenable(wvio)
+            wvio.reenable()  # (a VC's NetState calls its VC natively, not by name)
 
     def begin_transaction_timeouts(self) -> None:
         """A request spans reads: until it is complete, no byte for the transaction's
@@ -362,7 +365,7 @@ class HttpSession(Session):
         elif method != b"GET" and not head:
             status, ctype, body = 405, TEXT, b"Method Not Allowed\n"
             allow = ALLOW
-        elif route is hello:
+        elif route is _HELLO:
             # The common response, whole from the per-second cache.
             counts = self.counts
             counts[_I_REQUESTS] += 1
@@ -517,11 +520,15 @@ class HttpService(Service):
         self.transaction_no_activity_timeout = transaction_no_activity_timeout
         self.transaction_active_timeout = transaction_active_timeout
         if not isinstance(routes, dict) or not all(
-            isinstance(path, bytes) and path.startswith(b"/") and callable(route)
+            isinstance(path, bytes)
+            and path.startswith(b"/")
+            and b"?" not in path
+            and callable(route)
             for path, route in routes.items()
         ):
             raise TypeError(
-                "HttpService: routes must be a dict of b'/path' -> route(service) callables"
+                "HttpService: routes must be a dict of b'/path' -> route(service) callables "
+                "(a path without '?': a request's query string is not part of its route)"
             )
         if stats_source is not None and not isinstance(stats_source, Service):
             raise TypeError(

@@ -7,6 +7,10 @@ idle keep-alive connection then holds no parser, and the next request of any con
 the thread takes one from the pool. A parser is given back only at a message boundary of a
 request that kept the connection, the one state in which the next bytes may come from any
 client; one that failed, or saw a close or an upgrade, is dropped with its session.
+
+A thread's pool is a free list through the idle links (``ParserLink.next``): a take and a
+give are a few field stores. A list that a lone connection's requests empty and refill each
+time reallocates its item array twice per request (CPython frees it when it empties).
 """
 
 from __future__ import annotations
@@ -21,7 +25,15 @@ from ats_cffi.eventsystem.threadcache import ThreadCache
 if TYPE_CHECKING:
     from ats_cffi.apps.http import HttpSession
 
-__all__ = ["POOL_MAX", "ParserLink", "give_parser", "parser_pool", "pooled_parsers", "take_parser"]
+__all__ = [
+    "POOL_MAX",
+    "ParserLink",
+    "ParserPool",
+    "give_parser",
+    "parser_pool",
+    "pooled_parsers",
+    "take_parser",
+]
 
 #: Most idle parsers a thread keeps (more are freed).
 POOL_MAX: Final = 256
@@ -32,10 +44,12 @@ class ParserLink:
     hands each callback to that session (the head's to http_limits.py, which keeps what it
     needs of them in the session)."""
 
-    __slots__ = ("parser", "session")
+    __slots__ = ("parser", "session", "next")
 
     def __init__(self) -> None:
         self.session: HttpSession | None = None
+        #: The next idle link of its thread's pool while it is pooled (``ParserPool``).
+        self.next: ParserLink | None = None
         self.parser = httptools.HttpRequestParser(self)
 
     def on_message_begin(self) -> None:
@@ -57,31 +71,59 @@ class ParserLink:
         self.session.on_message_complete()  # type: ignore[union-attr]
 
 
-_pools: Final = ThreadCache(list)
+class ParserPool:
+    """A thread's idle parsers: the links of a free list (``head`` the last given back)."""
+
+    __slots__ = ("head", "count")
+
+    def __init__(self) -> None:
+        self.head: ParserLink | None = None
+        self.count = 0
+
+    def clear(self) -> None:
+        """Drop every idle parser (freed with their links)."""
+        link = self.head
+        self.head = None
+        self.count = 0
+        while link is not None:
+            following = link.next
+            link.next = None
+            link = following
 
 
-def parser_pool() -> list[ParserLink]:
+_pools: Final = ThreadCache(ParserPool)
+
+
+def parser_pool() -> ParserPool:
     """The calling thread's pool of idle parsers (a session keeps it: it runs on one
     thread)."""
-    pool: list[ParserLink] = _pools.get()
+    pool: ParserPool = _pools.get()
     return pool
 
 
-def take_parser(session: HttpSession, pool: list[ParserLink]) -> ParserLink:
+def take_parser(session: HttpSession, pool: ParserPool) -> ParserLink:
     """A parser for ``session``: from ``pool`` (its thread's), else a new one."""
-    link = pool.pop() if pool else ParserLink()
+    link = pool.head
+    if link is not None:
+        pool.head = link.next
+        pool.count -= 1
+        link.next = None
+    else:
+        link = ParserLink()
     link.session = session
     return link
 
 
-def give_parser(link: ParserLink, pool: list[ParserLink]) -> None:
+def give_parser(link: ParserLink, pool: ParserPool) -> None:
     """``link``'s session is idle between requests (the module doc): its parser goes back to
     ``pool`` (its thread's), or is freed when the pool is full."""
     link.session = None
-    if len(pool) < POOL_MAX:
-        pool.append(link)
+    if pool.count < POOL_MAX:
+        link.next = pool.head
+        pool.head = link
+        pool.count += 1
 
 
 def pooled_parsers() -> int:
     """How many idle parsers the calling thread's pool holds."""
-    return len(parser_pool())
+    return parser_pool().count

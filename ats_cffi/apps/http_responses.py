@@ -76,10 +76,13 @@ HTTP_ROUTES: dict[bytes, Route] = {b"/": hello, **STATS_ROUTES}
 
 
 def find_route(routes: dict[bytes, Route], url: bytes) -> Route | None:
-    """The route of request target ``url`` (its query string ignored), or None."""
-    if _QMARK in url:  # (an int operand: much cheaper than b"?")
-        url = url.split(b"?", 1)[0]
-    return routes.get(url)
+    """The route of request target ``url`` (its query string ignored), or None. No route's
+    path holds a ``?`` (``HttpService`` checks): a target found whole has no query string,
+    and only one that is not found is looked for a ``?``."""
+    route = routes.get(url)
+    if route is None and _QMARK in url:  # (an int operand: much cheaper than b"?")
+        route = routes.get(url.split(b"?", 1)[0])
+    return route
 
 
 def negotiate(route: Route, accept: bytes) -> Route:

@@ -286,6 +286,7 @@ def test_a_service_refuses_a_bad_inactivity_timeout_when_made(value: Any, error:
         (lambda m: m.tunnel.TunnelService(("", 80)), ValueError, "upstream host"),
         (lambda m: m.tunnel.TunnelService(("::1", 80), native=1), TypeError, "native"),
         (lambda m: m.http.HttpService(routes={"/": print}), TypeError, "routes must be"),
+        (lambda m: m.http.HttpService(routes={b"/a?b": print}), TypeError, "without '?'"),
         (lambda m: m.http.HttpService(stats_source="x"), TypeError, "stats_source"),
     ],
 )
