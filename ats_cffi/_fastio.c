@@ -73,17 +73,34 @@ static int check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char *call)
     return -1;
 }
 
+#define ARG(i) (1u << (i))
+
+/* Check a call's argument count, and read its fd (argument 0) and the size
+ * arguments whose bits are set in mask into v[i]: 0, or -1 with an exception. */
+static int sizes(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *call,
+                 unsigned mask, Py_ssize_t *v)
+{
+    if (check_nargs(nargs, want, call) < 0)
+        return -1;
+    for (int i = 0; i < want; i++)
+        if ((mask | ARG(0)) & ARG(i) && (v[i] = arg_size(args, i, call)) < 0)
+            return -1;
+    if (v[0] > INT_MAX) {
+        bad_fd(call, v[0]);
+        return -1;
+    }
+    return 0;
+}
+
 /* read_spill(fd, base, off, len, spill, spill_len, stop_short) -> bytes read:
  * ats_read_spill into the bytearrays base[off:off+len] and spill[:spill_len]. */
 static PyObject *fast_read_spill(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     static const char call[] = "read_spill";
-    if (check_nargs(nargs, 7, call) < 0)
+    Py_ssize_t v[7];
+    if (sizes(args, nargs, 7, call, ARG(2) | ARG(3) | ARG(5), v) < 0)
         return NULL;
-    Py_ssize_t fd = arg_size(args, 0, call), off = arg_size(args, 2, call);
-    Py_ssize_t len = arg_size(args, 3, call), spill_len = arg_size(args, 5, call);
-    if (fd < 0 || off < 0 || len < 0 || spill_len < 0 || fd > INT_MAX)
-        return fd > INT_MAX ? bad_fd(call, fd) : NULL;
+    Py_ssize_t fd = v[0], off = v[2], len = v[3], spill_len = v[5];
     int stop_short = PyObject_IsTrue(args[6]);
     char *base = arg_span(args[1], off, len, call, "base");
     char *spill = spill_len ? arg_span(args[4], 0, spill_len, call, "spill") : NULL;
@@ -101,12 +118,10 @@ static PyObject *fast_read_spill(PyObject *mod, PyObject *const *args, Py_ssize_
 static PyObject *fast_write_all(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     static const char call[] = "write_all";
-    if (check_nargs(nargs, 4, call) < 0)
+    Py_ssize_t v[4];
+    if (sizes(args, nargs, 4, call, ARG(2) | ARG(3), v) < 0)
         return NULL;
-    Py_ssize_t fd = arg_size(args, 0, call), off = arg_size(args, 2, call);
-    Py_ssize_t len = arg_size(args, 3, call);
-    if (fd < 0 || off < 0 || len < 0 || fd > INT_MAX)
-        return fd > INT_MAX ? bad_fd(call, fd) : NULL;
+    Py_ssize_t fd = v[0], off = v[2], len = v[3];
     char *base = arg_span(args[1], off, len, call, "base");
     if (base == NULL)
         return NULL;
@@ -183,12 +198,10 @@ fail:
 static PyObject *fast_writev_chain(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     static const char call[] = "writev_chain";
-    if (check_nargs(nargs, 4, call) < 0)
+    Py_ssize_t v[4];
+    if (sizes(args, nargs, 4, call, ARG(2) | ARG(3), v) < 0)
         return NULL;
-    Py_ssize_t fd = arg_size(args, 0, call), off = arg_size(args, 2, call);
-    Py_ssize_t towrite = arg_size(args, 3, call);
-    if (fd < 0 || off < 0 || towrite < 0 || fd > INT_MAX)
-        return fd > INT_MAX ? bad_fd(call, fd) : NULL;
+    Py_ssize_t fd = v[0], off = v[2], towrite = v[3];
     char *bases[ATS_IOV_MAX];
     size_t offs[ATS_IOV_MAX], lens[ATS_IOV_MAX];
     PyObject *held[ATS_IOV_MAX];
@@ -209,11 +222,10 @@ static PyObject *fast_writev_chain(PyObject *mod, PyObject *const *args, Py_ssiz
 static PyObject *fast_send_some(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     static const char call[] = "send_some";
-    if (check_nargs(nargs, 2, call) < 0)
+    Py_ssize_t v[2];
+    if (sizes(args, nargs, 2, call, 0, v) < 0)
         return NULL;
-    Py_ssize_t fd = arg_size(args, 0, call);
-    if (fd < 0 || fd > INT_MAX)
-        return fd > INT_MAX ? bad_fd(call, fd) : NULL;
+    Py_ssize_t fd = v[0];
     PyObject *data = args[1];
     Py_buffer view = {0};
     const char *p;
