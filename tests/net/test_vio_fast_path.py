@@ -148,6 +148,23 @@ def test_responses_that_fill_blocks_exactly_or_span_them_arrive_whole(listen, re
     assert r.wvio.ndone == 13 * len(reply) or r.vc.closed
 
 
+def test_a_write_of_more_blocks_than_one_writev_takes_arrives_whole(listen) -> None:
+    # The Responder's write buffer has 16-byte blocks: each 20,000-byte reply is 1,250 of
+    # them, 64 (IOV_MAX) per writev: the write step goes on where each call stopped.
+    from ats_cffi.net.vcio import IOV_MAX
+
+    responders: list[Responder] = []
+    reply = payload_of(20_000, seed=7)
+    assert len(reply) // 16 > 4 * IOV_MAX
+    _, acceptor, port = listen(on_vc=lambda vc: responders.append(Responder(vc, reply)))
+    with client(port) as c:
+        acceptor.wait()
+        c.sendall(b"qqq")
+        assert recv_exactly(c, 3 * len(reply)) == reply * 3
+    assert wait_until(lambda: net_stats.get(OPEN) == 0)
+    assert responders[0].wvio.ndone == 3 * len(reply) or responders[0].vc.closed
+
+
 @interpreted_only
 def test_a_write_within_one_block_takes_the_one_block_path(listen, monkeypatch) -> None:
     # A new buffer's reader stands on its empty first block, and a reader that consumed a
@@ -156,13 +173,13 @@ def test_a_write_within_one_block_takes_the_one_block_path(listen, monkeypatch) 
     from ats_cffi.net import vcio
 
     spans: list[int] = []
-    slow = vcio._writev_blocks
+    slow = vcio._writev_chain
 
-    def traced(fd: int, bases: Any, offs: Any, lens: Any, n: int, last: Any) -> Any:
-        spans.append(n)
-        return slow(fd, bases, offs, lens, n, last)
+    def traced(fd: int, block: Any, off: int, towrite: int) -> Any:
+        spans.append(towrite)
+        return slow(fd, block, off, towrite)
 
-    monkeypatch.setattr(vcio, "_writev_blocks", traced)
+    monkeypatch.setattr(vcio, "_writev_chain", traced)
     responders: list[Responder] = []
     reply = b"r" * 8  # two replies fill a 16-byte block exactly
     _, acceptor, port = listen(on_vc=lambda vc: responders.append(Responder(vc, reply)))
