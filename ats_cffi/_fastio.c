@@ -253,6 +253,21 @@ static PyObject *fast_send_some(PyObject *mod, PyObject *const *args, Py_ssize_t
     return PyLong_FromSsize_t(r);
 }
 
+/* bytes_at(data, off, n) -> bytes(data[off:off+n]) of a bytearray, in one copy
+ * (IOBufferReader.read of a message that one block holds: asyncio's
+ * data_received gets these). */
+static PyObject *fast_bytes_at(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const char call[] = "bytes_at";
+    if (check_nargs(nargs, 3, call) < 0)
+        return NULL;
+    Py_ssize_t off = arg_size(args, 1, call), n = arg_size(args, 2, call);
+    if (off < 0 || n < 0)
+        return NULL;
+    char *base = arg_span(args[0], off, n, call, "data");
+    return base == NULL ? NULL : PyBytes_FromStringAndSize(base + off, n);
+}
+
 /* last() -> the result of the calling thread's last syscall of a call above:
  * > 0 bytes moved, 0 EOF (reads), -errno. */
 static PyObject *fast_last(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
@@ -290,6 +305,8 @@ static PyMethodDef fastio_methods[] = {
      "last() -> the last syscall's result of this thread's last call"},
     {"writev_chain", (PyCFunction)(void (*)(void))fast_writev_chain, METH_FASTCALL,
      "writev_chain(fd, block, off, towrite) -> bytes written from a block chain"},
+    {"bytes_at", (PyCFunction)(void (*)(void))fast_bytes_at, METH_FASTCALL,
+     "bytes_at(data, off, n) -> bytes(data[off:off+n]) of a bytearray, one copy"},
     {"send_some", (PyCFunction)(void (*)(void))fast_send_some, METH_FASTCALL,
      "send_some(fd, data) -> one send() of a bytes-like object: the count, or -errno"},
     {"get_ident", fast_get_ident, METH_NOARGS,

@@ -84,6 +84,15 @@ def test_writev_chain_refuses_a_block_whose_span_is_not_its_data(pair) -> None:
         b.recv(16)  # nothing was written
 
 
+def test_bytes_at_copies_a_span_of_a_bytearray() -> None:
+    data = bytearray(b"0123456789")
+    assert _fastio.bytes_at(data, 3, 4) == b"3456" and _fastio.bytes_at(data, 10, 0) == b""
+    with pytest.raises(ValueError, match="bytes_at: data holds 10"):
+        _fastio.bytes_at(data, 8, 3)
+    with pytest.raises(TypeError, match="bytes_at: data must be a bytearray"):
+        _fastio.bytes_at(b"0123", 0, 1)
+
+
 def test_write_all_to_a_closed_peer_is_a_value_not_a_signal(pair) -> None:
     a, b = pair
     b.close()

@@ -1,10 +1,13 @@
 """Copying bytes out of an IOBufferReader into Python objects (``IOBufferReader.read`` and
-``memcpy``), through the reader's public steps only: ``read_avail``, ``readable_blocks``
-and ``advance``. The net core never copies this way: it hands blocks to native code."""
+``memcpy``), through the reader's public steps only: ``read_avail``, ``first_block``,
+``readable_blocks`` and ``advance``. The net core never copies this way: it hands blocks
+to native code. A read that one block holds (an asyncio transport's ``data_received``
+gets these) is one copy, by ``ats_cffi._fastio.bytes_at``."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
 from ats_cffi.eventsystem.ioblock import check_int
 
@@ -14,17 +17,39 @@ if TYPE_CHECKING:
 __all__ = ["copy_into", "read_bytes"]
 
 
+def _slice_bytes(data: bytearray, off: int, n: int) -> bytes:
+    return bytes(memoryview(data)[off : off + n])
+
+
+def _bytes_at_function() -> Callable[[bytearray, int, int], bytes]:
+    """``ats_cffi._fastio.bytes_at`` (one copy, one call), or a slice of a view before the
+    C extensions are built (the buffer layer works without them)."""
+    try:
+        from ats_cffi._fastio import bytes_at
+    except ImportError:
+        return _slice_bytes
+    return bytes_at
+
+
+#: ``bytes(data[off:off + n])`` of a block's bytearray.
+_bytes_at: Final = _bytes_at_function()
+
+
 def read_bytes(reader: IOBufferReader, n: Any) -> bytes:
     """``reader.read(n)``: up to ``n`` bytes (all if negative) copied out and consumed."""
     avail = reader.read_avail()  # ValueError once the reader was deallocated
-    if type(n) is not int:
-        check_int("n", n)
-    if n < 0 or n > avail:
-        n = avail
-    if n == 0:
+    count: int = n if type(n) is int else check_int("n", n)  # typed: compiled arithmetic
+    if count < 0 or count > avail:
+        count = avail
+    if count == 0:
         return b""
+    block, start = reader.first_block()
+    if block.end - start >= count:  # all in one block (a message read whole): one copy
+        out = _bytes_at(block.data, start, count)
+        reader.advance(count)
+        return out
     parts = []
-    left = n
+    left = count
     for b, start, end in reader.readable_blocks():
         k = end - start if end - start < left else left
         parts.append(b.view[start : start + k])
@@ -32,7 +57,7 @@ def read_bytes(reader: IOBufferReader, n: Any) -> bytes:
         if not left:
             break
     out = parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
-    reader.advance(n)
+    reader.advance(count)
     return out
 
 
