@@ -25,8 +25,10 @@
 
 static _Thread_local Py_ssize_t last_result = 1;
 
-/* Argument i of a call as a Py_ssize_t >= 0, or -1 with an exception set. */
-static Py_ssize_t arg_size(PyObject *const *args, int i, const char *call)
+/* Argument i of a call, which is not an int >= 0: -1 with the exception set
+ * that names the call and the argument (the cold half of arg_size). */
+static Py_ssize_t __attribute__((noinline, cold))
+bad_size(PyObject *const *args, int i, const char *call)
 {
     if (!PyLong_Check(args[i])) {
         PyErr_Format(PyExc_TypeError, "%s: argument %d must be an int, not %.100s", call,
@@ -34,17 +36,32 @@ static Py_ssize_t arg_size(PyObject *const *args, int i, const char *call)
         return -1;
     }
     Py_ssize_t v = PyLong_AsSsize_t(args[i]);
-    if (v < 0) {
-        if (!PyErr_Occurred())
-            PyErr_Format(PyExc_ValueError, "%s: argument %d must be >= 0", call, i + 1);
-        return -1;
+    if (v >= 0)
+        return v; /* an int subclass */
+    if (!PyErr_Occurred())
+        PyErr_Format(PyExc_ValueError, "%s: argument %d must be >= 0", call, i + 1);
+    return -1;
+}
+
+/* Argument i of a call as a Py_ssize_t >= 0, or -1 with an exception set.
+ * Inlined at each call site: the per-event calls read three to five sizes, and
+ * an exact int that fits is the only case that needs to be quick. */
+static inline __attribute__((always_inline)) Py_ssize_t
+arg_size(PyObject *const *args, int i, const char *call)
+{
+    PyObject *o = args[i];
+    if (PyLong_CheckExact(o)) {
+        Py_ssize_t v = PyLong_AsSsize_t(o);
+        if (v >= 0)
+            return v;
+        PyErr_Clear(); /* an overflow: bad_size says so with the call's name */
     }
-    return v;
+    return bad_size(args, i, call);
 }
 
 /* A bytearray argument's memory, checked to hold [off, off + len); NULL with an
  * exception set otherwise. */
-static char *arg_span(PyObject *obj, Py_ssize_t off, Py_ssize_t len, const char *call,
+static inline char *arg_span(PyObject *obj, Py_ssize_t off, Py_ssize_t len, const char *call,
                       const char *name)
 {
     if (!PyByteArray_CheckExact(obj)) {
@@ -65,7 +82,7 @@ static PyObject *bad_fd(const char *call, Py_ssize_t fd)
     return PyErr_Format(PyExc_ValueError, "%s: fd must be a file descriptor, got %zd", call, fd);
 }
 
-static int check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char *call)
+static inline int check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char *call)
 {
     if (nargs == want)
         return 0;
@@ -76,8 +93,10 @@ static int check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char *call)
 #define ARG(i) (1u << (i))
 
 /* Check a call's argument count, and read its fd (argument 0) and the size
- * arguments whose bits are set in mask into v[i]: 0, or -1 with an exception. */
-static int sizes(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *call,
+ * arguments whose bits are set in mask into v[i]: 0, or -1 with an exception.
+ * Inlined: want and mask are constants at every call site, so the loop unrolls
+ * into one test per argument. */
+static inline __attribute__((always_inline)) int sizes(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *call,
                  unsigned mask, Py_ssize_t *v)
 {
     if (check_nargs(nargs, want, call) < 0)
