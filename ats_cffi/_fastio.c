@@ -287,6 +287,95 @@ static PyObject *fast_bytes_at(PyObject *mod, PyObject *const *args, Py_ssize_t 
     return base == NULL ? NULL : PyBytes_FromStringAndSize(base + off, n);
 }
 
+/* A buffer argument of at least need bytes (PyBUF_SIMPLE): 0, or -1 with an
+ * exception set naming the call and the argument. */
+static int arg_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t need, const char *call,
+                      const char *name)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0) {
+        PyErr_Format(PyExc_TypeError, "%s: %s must be a buffer, not %.100s", call, name,
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (view->len < need) {
+        PyErr_Format(PyExc_ValueError, "%s: %s holds %zd bytes, not %zd", call, name,
+                     view->len, need);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* Fill out (a list of 2 * n slots) with [eio, mask, ...] for the events whose
+ * token is its slot's current one; returns how many items. */
+static Py_ssize_t ready_items(const uint64_t *tokens, const uint32_t *masks, Py_ssize_t n,
+                              PyObject *slots, const uint64_t *slot_tokens, Py_ssize_t nslots,
+                              PyObject *out)
+{
+    Py_ssize_t k = 0;
+    if (nslots > PyList_GET_SIZE(slots))
+        nslots = PyList_GET_SIZE(slots);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t token = tokens[i];
+        uint64_t slot = token & 0xFFFFFFFFu;
+        if (slot >= (uint64_t)nslots || slot_tokens[slot] != token)
+            continue; /* stopped after the kernel queued the event */
+        PyObject *eio = PyList_GET_ITEM(slots, slot);
+        PyObject *mask = PyLong_FromUnsignedLong(masks[i]);
+        if (mask == NULL)
+            return -1;
+        Py_INCREF(eio);
+        PyList_SET_ITEM(out, k, eio);
+        PyList_SET_ITEM(out, k + 1, mask);
+        k += 2;
+    }
+    return k;
+}
+
+/* ready_events(tokens, masks, n, slots, slot_tokens) -> [eio, mask, ...]: a
+ * NetHandler pass's events (the first n of the uint64 tokens and uint32 masks
+ * of the last epoll_wait) whose token is still registered in the
+ * PollDescriptor's table (net/poll.py: slot = the token's low 32 bits, valid
+ * while slot_tokens[slot] == token), in one call per pass, with no int made
+ * per event for its token. */
+static PyObject *fast_ready_events(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const char call[] = "ready_events";
+    if (check_nargs(nargs, 5, call) < 0)
+        return NULL;
+    Py_ssize_t n = arg_size(args, 2, call);
+    if (n < 0)
+        return NULL;
+    if (!PyList_CheckExact(args[3])) {
+        return PyErr_Format(PyExc_TypeError, "%s: slots must be a list, not %.100s", call,
+                            Py_TYPE(args[3])->tp_name);
+    }
+    Py_buffer tv, mv, sv;
+    if (arg_buffer(args[0], &tv, n * 8, call, "tokens") < 0)
+        return NULL;
+    if (arg_buffer(args[1], &mv, n * 4, call, "masks") < 0) {
+        PyBuffer_Release(&tv);
+        return NULL;
+    }
+    if (arg_buffer(args[4], &sv, 0, call, "slot_tokens") < 0) {
+        PyBuffer_Release(&tv);
+        PyBuffer_Release(&mv);
+        return NULL;
+    }
+    PyObject *out = PyList_New(2 * n);
+    Py_ssize_t k = out == NULL ? -1
+                               : ready_items(tv.buf, mv.buf, n, args[3], sv.buf, sv.len / 8, out);
+    PyBuffer_Release(&tv);
+    PyBuffer_Release(&mv);
+    PyBuffer_Release(&sv);
+    if (k < 0) {
+        Py_XDECREF(out);
+        return NULL;
+    }
+    Py_SET_SIZE(out, k); /* the slots past k were never filled */
+    return out;
+}
+
 /* last() -> the result of the calling thread's last syscall of a call above:
  * > 0 bytes moved, 0 EOF (reads), -errno. */
 static PyObject *fast_last(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
@@ -328,6 +417,8 @@ static PyMethodDef fastio_methods[] = {
      "bytes_at(data, off, n) -> bytes(data[off:off+n]) of a bytearray, one copy"},
     {"send_some", (PyCFunction)(void (*)(void))fast_send_some, METH_FASTCALL,
      "send_some(fd, data) -> one send() of a bytes-like object: the count, or -errno"},
+    {"ready_events", (PyCFunction)(void (*)(void))fast_ready_events, METH_FASTCALL,
+     "ready_events(tokens, masks, n, slots, slot_tokens) -> [eio, mask, ...] of a pass"},
     {"get_ident", fast_get_ident, METH_NOARGS,
      "get_ident() -> threading.get_ident(), the same int object each time per thread"},
     {NULL, NULL, 0, NULL},

@@ -113,7 +113,7 @@ class EventIO:
         pd, self.pd = self.pd, None
         if pd is None:
             return
-        pd.ios.pop(self.token, None)
+        pd.unregister(self.token)
         fd = self.fd
         if fd >= 0:
             ep = pd.epoll

@@ -38,6 +38,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, Final
 
+from ats_cffi import _fastio
 from ats_cffi._native import ffi, lib
 from ats_cffi.eventsystem import codes as _codes
 from ats_cffi.eventsystem.continuation import Continuation
@@ -82,6 +83,7 @@ _READ_BITS: Final[int] = lib.EPOLLIN | lib.EPOLLERR | lib.EPOLLHUP | lib.EPOLLRD
 _WRITE_BITS: Final[int] = lib.EPOLLOUT | lib.EPOLLERR | lib.EPOLLHUP
 _HUP_BITS: Final[int] = lib.EPOLLRDHUP | lib.EPOLLHUP | lib.EPOLLERR
 _RDHUP: Final = lib.EPOLLRDHUP
+_ready_events: Final = _fastio.ready_events
 
 #: The EventProcessor slot holding each net thread's NetHandler (set by the processor).
 NET_HANDLER_SLOT: int | None = None
@@ -320,21 +322,19 @@ class NetHandler(Continuation):
         return timeout_ms
 
     def dispatch(self, n: int) -> None:
+        # [eio, mask, ...]: the pass's events whose token is still registered (poll.py).
         pd = self.pd
-        tokens = pd.epoll.tokens
-        masks = pd.epoll.masks
-        ios = pd.ios
+        ep = pd.epoll
+        evs = _ready_events(ep.tokens, ep.masks, n, pd.slots, pd.slot_tokens)
         cop_list = self.cop_list
         rl = self.read_ready_list
         wl = self.write_ready_list
-        for i in range(n):
-            eio = ios.get(tokens[i])
-            if eio is None:
-                continue  # stopped after the kernel queued the event
+        for i in range(0, len(evs), 2):
+            eio: EventIO = evs[i]
             t = eio.type
             if t is EVENTIO_READWRITE_VC:
                 vc: UnixNetVConnection = eio.data
-                flags: int = masks[i]
+                flags: int = evs[i + 1]
                 if vc.in_cop and not vc.active_timeout_in:
                     # Active: it cannot be idle before the next cop run. A VC with an active
                     # timeout stays listed, or a busy one would never be checked.
@@ -364,7 +364,7 @@ class NetHandler(Continuation):
             elif t is EVENTIO_NETACCEPT:
                 eio.data.accept_fast_event(self, eio.fd)
             elif t is EVENTIO_READINESS:
-                eio.data.readiness(eio.fd, masks[i])
+                eio.data.readiness(eio.fd, evs[i + 1])
 
     # ------------------------------------------------------------------ VC life
 

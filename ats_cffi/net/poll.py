@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+from array import array
 from typing import TYPE_CHECKING, Any
 
 from ats_cffi._native import ffi, lib
@@ -22,18 +24,34 @@ log = logging.getLogger("ats.iocore_net")
 POLL_DESCRIPTOR_SIZE = 1024
 
 
-class PollDescriptor:
-    """One epoll instance with preallocated result arrays, and the token → EventIO map.
+#: A token's low 32 bits: its registration's slot (``PollDescriptor.slots``); the bits above
+#: (up to bit 62: bit 63 marks a spliced end, net/splice.py): its generation.
+SLOT_MASK = 0xFFFFFFFF
+SLOT_BITS = 32
+#: Generations run from 1 up to here, then start again at 1 (see ``register``).
+GENERATIONS = 1 << 31
 
-    Tokens are 64-bit integers handed out once per registration and never reused, so an
-    event for a closed-and-reused fd number can never reach the new owner.
+
+class PollDescriptor:
+    """One epoll instance with preallocated result arrays, and the registrations by token.
+
+    A token is a slot number and a generation: ``slots[slot]`` is the EventIO and
+    ``slot_tokens[slot]`` the token it was registered with (0: the slot is free). An event
+    reaches its EventIO only if its token is the slot's current one: an event the kernel
+    queued before a ``stop`` reaches no one, even when a new registration has taken the
+    slot since (every registration gets the next generation). The NetHandler's dispatch
+    looks its events up in C (``_fastio.ready_events``), once per pass, without an int
+    object per event; a list and an array of 8-byte tokens cost less per connection than a
+    dict keyed by ints.
     """
 
     __slots__ = (
         "epoll",
-        "ios",
+        "slots",
+        "slot_tokens",
+        "free_slots",
         "result",
-        "_next_token",
+        "_generation",
         "notify_c",
         "notify",
         "nnotify_c",
@@ -42,9 +60,11 @@ class PollDescriptor:
 
     def __init__(self, size: int = POLL_DESCRIPTOR_SIZE) -> None:
         self.epoll = Epoll(size)
-        self.ios: dict[int, EventIO] = {}
+        self.slots: list[EventIO | None] = []
+        self.slot_tokens = array("Q")
+        self.free_slots: list[int] = []
         self.result = 0
-        self._next_token = 1
+        self._generation = 1
         # The spliced ends' side of a pass (net/splice.py): the tokens of the ends that need
         # Python, their count, and the native pumps' counters (reads, read bytes, writes,
         # written bytes) until the NetHandler adds them to its stats.
@@ -54,13 +74,42 @@ class PollDescriptor:
         self.counters_c = ffi.new("uint64_t[]", lib.ATS_CTR_COUNT)
 
     def register(self, eio: EventIO) -> int:
-        token = self._next_token
-        self._next_token = token + 1
-        self.ios[token] = eio
+        """A new token for ``eio``: a free slot (or a new one) and the next generation. The
+        generations wrap after 2**31 registrations: a stale event could then only reach a
+        new owner if its slot were freed and taken 2**31 times within one pass."""
+        gen = self._generation
+        self._generation = gen + 1 if gen + 1 < GENERATIONS else 1
+        if self.free_slots:
+            slot = self.free_slots.pop()
+            self.slots[slot] = eio
+        else:
+            slot = len(self.slots)
+            if slot > SLOT_MASK:
+                raise OSError(errno.EMFILE, "PollDescriptor.register: no slot left")
+            self.slots.append(eio)
+            self.slot_tokens.append(0)
+        token = gen << SLOT_BITS | slot
+        self.slot_tokens[slot] = token
         return token
 
     def unregister(self, token: int) -> None:
-        self.ios.pop(token, None)
+        """Free ``token``'s slot (nothing if it is not registered)."""
+        slot = token & SLOT_MASK
+        if slot < len(self.slots) and self.slot_tokens[slot] == token:
+            self.slots[slot] = None
+            self.slot_tokens[slot] = 0
+            self.free_slots.append(slot)
+
+    def lookup(self, token: int) -> EventIO | None:
+        """The EventIO registered with ``token``, or None."""
+        slot = token & SLOT_MASK
+        if slot < len(self.slots) and self.slot_tokens[slot] == token:
+            return self.slots[slot]
+        return None
+
+    def registered(self) -> list[EventIO]:
+        """Every EventIO registered now."""
+        return [eio for eio in self.slots if eio is not None]
 
     def take_failed(self) -> list[tuple[EventIO, int]]:
         """The registrations whose deferred ``EPOLL_CTL_ADD`` failed at the last wait, with
@@ -68,13 +117,15 @@ class PollDescriptor:
         failed, self.epoll.failed = self.epoll.failed, []
         out = []
         for _fd, token, err in failed:
-            eio = self.ios.get(token)
+            eio = self.lookup(token)
             if eio is not None:
                 out.append((eio, err))
         return out
 
     def close(self) -> None:
-        self.ios.clear()
+        self.slots.clear()
+        del self.slot_tokens[:]
+        self.free_slots.clear()
         self.epoll.close()
 
 

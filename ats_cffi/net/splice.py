@@ -142,10 +142,9 @@ class SpliceDriver:
         m: int = pd.nnotify_c[0]
         if not m:
             return
-        ios = pd.ios
         notify = pd.notify
         for i in range(m):
-            eio = ios.get(notify[i])
+            eio = pd.lookup(notify[i])
             end = eio.data.splice_end if eio is not None else None
             if end is not None:
                 end.splice.take(end)
