@@ -50,14 +50,25 @@ ATS_WATER_MARK = 131072
 
 def ats_echo_acceptor(water_mark: int = ATS_WATER_MARK):
     """An accept continuation that starts an ats_cffi echo on every connection it gets."""
-    from ats_cffi.eventsystem import INT64_MAX, Continuation, EventCode, MIOBuffer, ProxyMutex
+    from ats_cffi.eventsystem import (
+        INT64_MAX,
+        VC_EVENT_EOS,
+        VC_EVENT_ERROR,
+        VC_EVENT_READ_READY,
+        VC_EVENT_WRITE_COMPLETE,
+        VC_EVENT_WRITE_READY,
+        Continuation,
+        MIOBuffer,
+        ProxyMutex,
+    )
     from ats_cffi.net.codes import NET_EVENT_ACCEPT
 
-    read_ready = EventCode.VC_EVENT_READ_READY
-    write_ready = EventCode.VC_EVENT_WRITE_READY
-    write_complete = EventCode.VC_EVENT_WRITE_COMPLETE
-    eos = EventCode.VC_EVENT_EOS
-    error = EventCode.VC_EVENT_ERROR
+    # The codes as README's echo compares them (plain ints), bound once as a closure's.
+    read_ready = VC_EVENT_READ_READY
+    write_ready = VC_EVENT_WRITE_READY
+    write_complete = VC_EVENT_WRITE_COMPLETE
+    eos = VC_EVENT_EOS
+    error = VC_EVENT_ERROR
 
     class Echo(Continuation):
         """Reads into a buffer whose reader is the write VIO's: every read is written back.
@@ -105,7 +116,7 @@ def ats_splice_acceptor(buffer_size: int = ATS_WATER_MARK):
     """An accept continuation that splices every connection to itself (net/splice.py): the
     echo's bytes move natively through a ``buffer_size``-byte buffer (the same bound as the
     VIO echo's water mark); the Python side sees only the end of each connection."""
-    from ats_cffi.eventsystem import Continuation, EventCode, ProxyMutex
+    from ats_cffi.eventsystem import VC_EVENT_EOS, VC_EVENT_ERROR, Continuation, ProxyMutex
     from ats_cffi.net.codes import NET_EVENT_ACCEPT
     from ats_cffi.net.splice import Splice
 
@@ -117,7 +128,7 @@ def ats_splice_acceptor(buffer_size: int = ATS_WATER_MARK):
         def on_event(self, event: int, data) -> None:
             if event == NET_EVENT_ACCEPT:
                 Splice(self, data, buffer_size=buffer_size)
-            elif event in (EventCode.VC_EVENT_EOS, EventCode.VC_EVENT_ERROR):
+            elif event == VC_EVENT_EOS or event == VC_EVENT_ERROR:
                 data.close()
 
     return Acceptor()

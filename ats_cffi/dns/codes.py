@@ -10,6 +10,7 @@ passes a ``HostEnt`` on success and a null pointer on failure; here the data is 
 from __future__ import annotations
 
 from enum import Enum, IntEnum
+from typing import Final
 
 from ats_cffi.eventsystem.codes import DNS_EVENT_EVENTS_START
 
@@ -18,7 +19,8 @@ class DNSEventCode(IntEnum):
     DNS_EVENT_LOOKUP = DNS_EVENT_EVENTS_START
 
 
-DNS_EVENT_LOOKUP = DNSEventCode.DNS_EVENT_LOOKUP
+# Plain ints, as eventsystem/codes.py's: what handlers compare ``event`` with.
+DNS_EVENT_LOOKUP: Final = DNSEventCode.DNS_EVENT_LOOKUP.value
 
 
 class DNSError(Enum):

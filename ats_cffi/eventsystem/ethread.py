@@ -249,13 +249,15 @@ class EThread:
             or period != period
             or e.mutex is None
             or e.callback_event.__class__ is not int
+            or not isinstance(e.continuation, Continuation)
         ):
             self._check_event(e)
         self._schedule(e, signal)
 
     @staticmethod
     def _check_event(e: Event) -> None:
-        # schedule()'s slow path: anything but floats, a mutex and a plain int code.
+        # schedule()'s slow path: anything but floats, a mutex, a plain int code and a
+        # Continuation.
         cont = e.continuation
         if not isinstance(cont, Continuation):
             raise TypeError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from enum import IntEnum
+from typing import Final
 
 from ats_cffi._native import lib
 from ats_cffi.eventsystem.codes import NET_EVENT_EVENTS_START
@@ -17,11 +18,12 @@ class NetEventCode(IntEnum):
     NET_EVENT_ACCEPT_FAILED = NET_EVENT_EVENTS_START + 4
 
 
-NET_EVENT_OPEN = NetEventCode.NET_EVENT_OPEN
-NET_EVENT_OPEN_FAILED = NetEventCode.NET_EVENT_OPEN_FAILED
-NET_EVENT_ACCEPT = NetEventCode.NET_EVENT_ACCEPT
-NET_EVENT_ACCEPT_SUCCEED = NetEventCode.NET_EVENT_ACCEPT_SUCCEED
-NET_EVENT_ACCEPT_FAILED = NetEventCode.NET_EVENT_ACCEPT_FAILED
+# Plain ints, as eventsystem/codes.py's: what handlers compare ``event`` with.
+NET_EVENT_OPEN: Final = NetEventCode.NET_EVENT_OPEN.value
+NET_EVENT_OPEN_FAILED: Final = NetEventCode.NET_EVENT_OPEN_FAILED.value
+NET_EVENT_ACCEPT: Final = NetEventCode.NET_EVENT_ACCEPT.value
+NET_EVENT_ACCEPT_SUCCEED: Final = NetEventCode.NET_EVENT_ACCEPT_SUCCEED.value
+NET_EVENT_ACCEPT_FAILED: Final = NetEventCode.NET_EVENT_ACCEPT_FAILED.value
 
 
 #: ATS's net errnos (I_Net.h), beyond the system's: ``NET_EVENT_OPEN_FAILED`` carries
