@@ -74,6 +74,9 @@ class Loop(_SelectorLoop):  # type: ignore[misc,valid-type]
         thread, nh = _new_net_thread(clock if clock is not None else time.monotonic)
         self._ethread = thread
         self._net_handler = nh
+        #: The NetHandler's stats block, read once: ``nh.stats`` makes a new object of it
+        #: each time it is read. Each transport's ``write`` counts in it.
+        self._net_stats = nh.stats
         #: The mutex of every transport's continuation: one loop thread runs them all.
         self._net_mutex = ProxyMutex()
         #: Every transport's read buffer: a read step hands all it read to the protocol.

@@ -78,6 +78,10 @@ _LAZY_EXTRA = frozenset(("socket", "sockname", "peername"))
 #: The extras of a transport that has none yet (never written: ``_set_extra`` replaces it).
 _NO_EXTRA: dict[str, Any] = {}
 _AF_INET = socket.AF_INET
+#: asyncio's default write buffer limits, one int object each for every transport (the low
+#: one, which ``_FlowControlMixin`` computes, would otherwise be an object per transport).
+_HIGH_WATER = 64 * 1024
+_LOW_WATER = _HIGH_WATER // 4
 _AF_INET6 = socket.AF_INET6
 #: Python 3.13's ``Server._attach``/``_detach`` take the transport (``close_clients``).
 _SERVER_TAKES_TRANSPORT = "transport" in inspect.signature(asyncio.Server._attach).parameters
@@ -393,6 +397,13 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
 
     # ------------------------------------------------------------------ writing
 
+    def _set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None and low is None:
+            self._high_water = _HIGH_WATER
+            self._low_water = _LOW_WATER
+        else:
+            super()._set_write_buffer_limits(high, low)
+
     def get_write_buffer_size(self) -> int:
         r = self._wreader
         return r.read_avail() if r is not None and r.writer is not None else 0
@@ -416,7 +427,7 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         r = self._wreader
         if self._send_first and (r is None or not r.read_avail()):  # try the socket first
             n = _send_some(self._sock_fd, data)
-            stats = self._loop._net_handler.stats  # counted as the VC's write steps are
+            stats = self._loop._net_stats  # counted as the VC's write steps are
             stats[_CALLS_TO_WRITE] += 1
             if n > 0:
                 stats[_WRITE_BYTES] += n

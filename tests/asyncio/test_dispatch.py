@@ -102,6 +102,21 @@ def test_add_reader_refuses_the_fd_of_an_open_transport() -> None:
     ats_asyncio.run(main())
 
 
+def test_default_write_buffer_limits_are_asyncios() -> None:
+    async def main() -> None:
+        async with echoed():
+            tr = Recorder.made[0].transport
+            assert tr.get_write_buffer_limits() == (16 * 1024, 64 * 1024)
+            tr.set_write_buffer_limits(high=1000)
+            assert tr.get_write_buffer_limits() == (250, 1000)
+            tr.set_write_buffer_limits()
+            assert tr.get_write_buffer_limits() == (16 * 1024, 64 * 1024)
+            with pytest.raises(ValueError):
+                tr.set_write_buffer_limits(high=1, low=2)
+
+    ats_asyncio.run(main())
+
+
 def test_a_released_transport_leaves_the_next_owner_of_its_fd() -> None:
     d = TransportDispatch(ProxyMutex(), lambda t, event, vio: 0)
     old, new = object(), object()
