@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ats_cffi.asyncio.accept import FAMILIES, ServerAccept
+from ats_cffi.asyncio.dispatch import TransportDispatch
 from ats_cffi.asyncio.selector import NetSelector
 from ats_cffi.asyncio.server import ServerOptions
 from ats_cffi.asyncio.tls import TLSVCTransport
@@ -73,11 +74,17 @@ class Loop(_SelectorLoop):  # type: ignore[misc,valid-type]
         thread, nh = _new_net_thread(clock if clock is not None else time.monotonic)
         self._ethread = thread
         self._net_handler = nh
+        #: The NetHandler's stats block, read once: ``nh.stats`` makes a new object of it
+        #: each time it is read. Each transport's ``write`` counts in it.
+        self._net_stats = nh.stats
         #: The mutex of every transport's continuation: one loop thread runs them all.
         self._net_mutex = ProxyMutex()
         #: Every transport's read buffer: a read step hands all it read to the protocol.
         self._read_buffer = MIOBuffer(water_mark=READ_WATER_MARK)
         self._read_reader = self._read_buffer.alloc_reader()
+        #: The open VCTransports by fd (asyncio's ``_transports`` keeps the loop's other
+        #: transports), and the one continuation of their VCs.
+        self._vc_dispatch = TransportDispatch(self._net_mutex, VCTransport._vc_event)
         #: Servers made by ``ats_cffi.asyncio.create_server``, with their options.
         self._server_options: weakref.WeakKeyDictionary[Any, ServerOptions] = (
             weakref.WeakKeyDictionary()
@@ -113,9 +120,8 @@ class Loop(_SelectorLoop):  # type: ignore[misc,valid-type]
             raise RuntimeError("Cannot close a running event loop")
         if self.is_closed():
             return
-        for tr in list(self._transports.values()):
-            if isinstance(tr, VCTransport):
-                tr._release()  # their fds close with the loop, as uvloop's handles do
+        for tr in self._vc_dispatch.transports():
+            tr._release()  # their fds close with the loop, as uvloop's handles do
         for accept in self._server_accepts.values():
             accept.close()  # the listening sockets stay their servers'
         self._server_accepts.clear()
@@ -125,6 +131,14 @@ class Loop(_SelectorLoop):  # type: ignore[misc,valid-type]
             self._ethread.join()  # closes the NetHandler (its VCs, its epoll) and the eventfd
 
     # ------------------------------------------------------------------ transports
+
+    def _ensure_fd_no_transport(self, fd: Any) -> None:
+        # add_reader, add_writer and the sock_* calls refuse an fd that a transport uses:
+        # asyncio's check (a valid fd, none of its transports), then the VCTransports.
+        super()._ensure_fd_no_transport(fd)
+        transport = self._vc_dispatch.get(fd if isinstance(fd, int) else int(fd.fileno()))
+        if transport is not None and not transport.is_closing():
+            raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
 
     def _start_serving(
         self,

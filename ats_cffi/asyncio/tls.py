@@ -21,6 +21,7 @@ falls back to reads and writes. ``get_extra_info``: ``sslcontext`` (the context)
 from __future__ import annotations
 
 import contextvars
+import functools
 import socket
 import ssl
 from asyncio import constants
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ats_cffi.asyncio.transport import EVENT_CONT, VCTransport, new_vc
 from ats_cffi.eventsystem import codes as _codes
+from ats_cffi.eventsystem.continuation import Continuation
 from ats_cffi.net.netvc import UnixNetVConnection
 from ats_cffi.net.tls.sslvc import SSLNetVConnection
 
@@ -82,16 +84,20 @@ class TLSVCTransport(VCTransport):
         context: contextvars.Context,
     ) -> None:
         """The handshake first: a read VIO of zero bytes, which completes when it is done,
-        and the handshake timeout as the VC's inactivity timeout meanwhile."""
+        and the handshake timeout as the VC's inactivity timeout meanwhile. Its events go
+        to a continuation of this transport's own (``_handshake_event``), until the first
+        read gives the VIO the loop's (``VCTransport._start_reading``)."""
         self._handshake_waiter = waiter
         vc = self._vc
         self._saved_timeout = vc.inactivity_timeout_in
         vc.set_inactivity_timeout(self._handshake_timeout)
-        vc.do_io_read(self._cont, 0, self._rbuf)
+        loop = self._loop
+        handler = functools.partial(context.run, self._handshake_event)
+        vc.do_io_read(Continuation(loop._net_mutex, handler), 0, loop._read_buffer)
 
-    def _vc_event(self, event: int, vio: Any) -> int:
-        if not self._handshaking:
-            return VCTransport._vc_event(self, event, vio)
+    def _handshake_event(self, event: int, vio: Any) -> int:
+        if not self._handshaking:  # after it, until the first read: as any transport's
+            return self._vc_event(event, vio)
         self._handshaking = False
         vc: Any = self._vc
         loop = self._loop

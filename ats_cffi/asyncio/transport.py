@@ -2,7 +2,8 @@
 NetHandler (DESIGN.md section 12).
 
 The VC's events become protocol calls, made directly from the NetHandler's dispatch (as
-uvloop calls them from libuv's callbacks):
+uvloop calls them from libuv's callbacks) through the loop's one continuation of all its
+transports (``dispatch.py``), which holds each transport from its making to its close:
 
 - ``VC_EVENT_READ_READY`` → ``data_received(bytes)``, or ``get_buffer``/``buffer_updated``
   for a ``BufferedProtocol``; ``VC_EVENT_EOS`` → ``eof_received`` (the transport closes
@@ -30,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import errno
-import functools
 import inspect
 import logging
 import os
@@ -42,7 +42,6 @@ from typing import TYPE_CHECKING, Any
 from ats_cffi import _fastio
 from ats_cffi import sys as _sys
 from ats_cffi.eventsystem import codes as _codes
-from ats_cffi.eventsystem.continuation import Continuation
 from ats_cffi.eventsystem.iobuffer import IOBufferReader, MIOBuffer
 from ats_cffi.eventsystem.vio import INT64_MAX, VIOOp
 from ats_cffi.net import stats as st
@@ -79,6 +78,10 @@ _LAZY_EXTRA = frozenset(("socket", "sockname", "peername"))
 #: The extras of a transport that has none yet (never written: ``_set_extra`` replaces it).
 _NO_EXTRA: dict[str, Any] = {}
 _AF_INET = socket.AF_INET
+#: asyncio's default write buffer limits, one int object each for every transport (the low
+#: one, which ``_FlowControlMixin`` computes, would otherwise be an object per transport).
+_HIGH_WATER = 64 * 1024
+_LOW_WATER = _HIGH_WATER // 4
 _AF_INET6 = socket.AF_INET6
 #: Python 3.13's ``Server._attach``/``_detach`` take the transport (``close_clients``).
 _SERVER_TAKES_TRANSPORT = "transport" in inspect.signature(asyncio.Server._attach).parameters
@@ -119,9 +122,9 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
     """A stream transport over a UnixNetVConnection (see the module doc)."""
 
     __slots__ = (
-        "_sock_fd", "_cont", "_vc", "_sock", "_rbuf", "_rreader", "_wbuf", "_wreader",
-        "_buffered", "_protocol", "_server", "_conn_lost", "_closing", "_paused", "_reading",
-        "_eof", "_empty_waiter", "_open", "__weakref__",
+        "_sock_fd", "_context", "_vc", "_sock", "_wreader", "_buffered", "_protocol",
+        "_server", "_conn_lost", "_closing", "_paused", "_reading", "_eof", "_empty_waiter",
+        "_open", "__weakref__",
     )  # fmt: skip
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
@@ -170,17 +173,14 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         self._sock_fd = fd
         # The protocol's callbacks run in (a copy of) the context the transport was made
         # in, as asyncio's reader callbacks and uvloop's do.
-        ctx = context if context is not None else contextvars.copy_context()
-        self._cont = Continuation(loop._net_mutex, functools.partial(ctx.run, self._vc_event))
+        ctx = self._context = context if context is not None else contextvars.copy_context()
         if vc is None:
             vc = self._new_vc(loop._net_handler, fd, sock.family)  # type: ignore[union-attr]
         self._vc = vc
         self._sock = sock
-        # The loop's one read buffer (as uvloop reads into one loop-wide buffer): each read
-        # step hands all it read to the protocol, so it holds nothing between steps.
-        self._rbuf: MIOBuffer = loop._read_buffer
-        self._rreader: IOBufferReader = loop._read_reader
-        self._wbuf: MIOBuffer | None = None
+        #: The reader of what ``write`` kept (made at the first such write); the VC reads
+        #: into the loop's one read buffer (``Loop._read_buffer``, as uvloop reads into one
+        #: loop-wide buffer): each read step hands all it read to the protocol.
         self._wreader: IOBufferReader | None = None
         self._buffered = False
         self._protocol: Any = None
@@ -194,7 +194,9 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         self._empty_waiter: asyncio.Future[None] | None = None
         if server is not None:
             _server_attach(server, self)
-        loop._transports[fd] = self
+        # Held by the loop until _release, as uvloop's loop holds an open handle: the VC's
+        # events find the transport there.
+        loop._vc_dispatch.add(fd, self)
         self._open = True
         self._begin(protocol, waiter, ctx)
 
@@ -299,7 +301,8 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         if self._closing or self._paused or self._conn_lost:
             return
         self._reading = True
-        self._vc.do_io_read(self._cont, INT64_MAX, self._rbuf)
+        loop = self._loop
+        self._vc.do_io_read(loop._vc_dispatch, INT64_MAX, loop._read_buffer)
 
     def _stop_reading(self) -> None:
         if self._reading:
@@ -324,13 +327,16 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         self._start_reading()
 
     def _vc_event(self, event: int, vio: Any) -> int:
+        """An event of the VC, in the transport's context: the loop's ``TransportDispatch``
+        calls this function (not an override of a subclass) for every transport."""
         if event == VC_EVENT_READ_READY:  # first: the event of nearly every call
+            r: IOBufferReader = self._loop._read_reader
             if self._conn_lost:
-                self._rreader.consume(self._rreader.read_avail())
+                r.consume(r.read_avail())
             elif self._buffered:
-                self._read_into_protocol()
+                self._read_into_protocol(r)
             else:
-                data = self._rreader.read(-1)
+                data = r.read(-1)
                 try:
                     self._protocol.data_received(data)
                 except (SystemExit, KeyboardInterrupt):
@@ -338,8 +344,7 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
                 except BaseException as exc:
                     self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
                 return EVENT_CONT
-            r = self._rreader  # a BufferedProtocol that failed: drop what it did not take
-            if r.read_avail():
+            if r.read_avail():  # a BufferedProtocol that failed: drop what it did not take
                 r.consume(r.read_avail())
         elif event == VC_EVENT_WRITE_COMPLETE:
             self._write_done()
@@ -356,8 +361,7 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         # READ_COMPLETE: the read VIO's nbytes is INT64_MAX.
         return EVENT_CONT
 
-    def _read_into_protocol(self) -> None:
-        reader = self._rreader
+    def _read_into_protocol(self, reader: IOBufferReader) -> None:
         while reader.read_avail() and not self._conn_lost:
             try:
                 buf = self._protocol.get_buffer(-1)
@@ -393,6 +397,13 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
 
     # ------------------------------------------------------------------ writing
 
+    def _set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None and low is None:
+            self._high_water = _HIGH_WATER
+            self._low_water = _LOW_WATER
+        else:
+            super()._set_write_buffer_limits(high, low)
+
     def get_write_buffer_size(self) -> int:
         r = self._wreader
         return r.read_avail() if r is not None and r.writer is not None else 0
@@ -416,7 +427,7 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         r = self._wreader
         if self._send_first and (r is None or not r.read_avail()):  # try the socket first
             n = _send_some(self._sock_fd, data)
-            stats = self._loop._net_handler.stats  # counted as the VC's write steps are
+            stats = self._loop._net_stats  # counted as the VC's write steps are
             stats[_CALLS_TO_WRITE] += 1
             if n > 0:
                 stats[_WRITE_BYTES] += n
@@ -435,15 +446,14 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
 
     def _buffer_write(self, data: Any) -> None:
         """Keep ``data`` for the VC's write VIO, which writes it when the socket has room."""
-        wbuf = self._wbuf
-        if wbuf is None:
-            wbuf = self._wbuf = MIOBuffer()
-            self._wreader = wbuf.alloc_reader()
-        n = wbuf.write(data)
+        r = self._wreader
+        if r is None:
+            r = self._wreader = MIOBuffer().alloc_reader()
+        n = r.writer.write(data)
         vc = self._vc
         w = vc.write
         if w.op != _WRITE or w.cont is None:  # not started yet
-            vc.do_io_write(self._cont, n, self._wreader)
+            vc.do_io_write(self._loop._vc_dispatch, n, r)
         else:
             w.nbytes += n
             w.reenable()
@@ -541,14 +551,13 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         if sock is not None:
             sock.detach()
         self._vc.do_io_close()
-        self._cont.handler = None
         self._protocol = None
         loop, self._loop = self._loop, None
         server, self._server = self._server, None
         if server is not None:
             _server_detach(server, self)
         if loop is not None:
-            loop._transports.pop(self._sock_fd, None)
+            loop._vc_dispatch.remove(self._sock_fd, self)
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if getattr(self, "_open", False):  # unset or False if __init__ failed

@@ -1,0 +1,155 @@
+"""The loop's one continuation of its transports (``TransportDispatch``): every VC's events
+find their transport by fd and run in that transport's context; the loop holds a transport
+from its making to its close."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+import ats_cffi.asyncio as ats_asyncio
+from ats_cffi.asyncio.dispatch import TransportDispatch
+from ats_cffi.eventsystem.codes import VC_EVENT_READ_READY
+from ats_cffi.eventsystem.mutex import ProxyMutex
+from ats_cffi.net.netvc import UnixNetVConnection
+from tests.asyncio.recorder import Recorder, fresh_recorder, until  # noqa: F401
+
+who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+
+
+@asynccontextmanager
+async def echoed(n: int = 1, factory: Any = Recorder) -> AsyncIterator[list[socket.socket]]:
+    """A server and ``n`` non-blocking clients of it, each echoed one byte; closed after."""
+    loop = asyncio.get_running_loop()
+    srv = await loop.create_server(factory, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+    try:
+        for i, c in enumerate(clients):
+            c.setblocking(False)
+            await loop.sock_sendall(c, b"%d" % i)
+            assert await loop.sock_recv(c, 1) == b"%d" % i
+        yield clients
+    finally:
+        for c in clients:
+            c.close()
+        srv.close()
+        await srv.wait_closed()
+
+
+def test_connections_of_a_loop_share_its_one_continuation() -> None:
+    async def main() -> None:
+        loop: Any = asyncio.get_running_loop()
+        dispatch = loop._vc_dispatch
+        async with echoed(3):
+            transports = [p.transport for p in Recorder.made]
+            fds = [t._sock_fd for t in transports]
+            for t, fd in zip(transports, fds):
+                assert t._vc.read.cont is dispatch and t._vc.write.cont in (None, dispatch)
+                assert dispatch.get(fd) is t
+            assert set(dispatch.transports()) == set(transports)
+            for t in transports:
+                t.close()
+            await until(lambda: all(dispatch.get(fd) is None for fd in fds), "the releases")
+            assert list(dispatch.transports()) == []
+
+    ats_asyncio.run(main())
+
+
+def test_each_connection_runs_its_callbacks_in_its_own_context() -> None:
+    seen: list[tuple[str, str]] = []
+
+    class Tag(Recorder):
+        def data_received(self, data: bytes) -> None:
+            seen.append(("data", who.get()))
+            who.set(data.decode())
+            super().data_received(data)
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            seen.append(("lost", who.get()))
+
+    async def main() -> None:
+        async with echoed(2, Tag) as (a, b):
+            a.close()  # EOF: the transport closes, connection_lost in a's context
+            await until(lambda: len(seen) == 3, "the first connection_lost")
+            b.close()
+            await until(lambda: len(seen) == 4, "the second connection_lost")
+
+    ats_asyncio.run(main())
+    assert seen == [("data", "nobody"), ("data", "nobody"), ("lost", "0"), ("lost", "1")]
+
+
+def test_add_reader_refuses_the_fd_of_an_open_transport() -> None:
+    async def main() -> None:
+        loop: Any = asyncio.get_running_loop()
+        async with echoed():
+            fd = Recorder.made[0].transport._sock_fd
+            with pytest.raises(RuntimeError, match="is used by transport"):
+                loop.add_reader(fd, lambda: None)
+            s = socket.socket(fileno=fd)  # a file object of the same fd
+            try:
+                with pytest.raises(RuntimeError, match="is used by transport"):
+                    loop.add_writer(s, lambda: None)
+            finally:
+                s.detach()
+
+    ats_asyncio.run(main())
+
+
+def test_default_write_buffer_limits_are_asyncios() -> None:
+    async def main() -> None:
+        async with echoed():
+            tr = Recorder.made[0].transport
+            assert tr.get_write_buffer_limits() == (16 * 1024, 64 * 1024)
+            tr.set_write_buffer_limits(high=1000)
+            assert tr.get_write_buffer_limits() == (250, 1000)
+            tr.set_write_buffer_limits()
+            assert tr.get_write_buffer_limits() == (16 * 1024, 64 * 1024)
+            with pytest.raises(ValueError):
+                tr.set_write_buffer_limits(high=1, low=2)
+
+    ats_asyncio.run(main())
+
+
+def test_a_released_transport_leaves_the_next_owner_of_its_fd() -> None:
+    d = TransportDispatch(ProxyMutex(), lambda t, event, vio: 0)
+    old, new = object(), object()
+    d.add(5, old)
+    d.add(5, new)  # the fd was closed and made again: another connection's
+    d.remove(5, old)
+    assert d.get(5) is new
+    d.remove(5, new)
+    assert d.get(5) is None
+    assert d.get(-1) is None and d.get(10**6) is None
+    d.add(300, old)
+    assert d.get(300) is old and list(d.transports()) == [old]
+
+
+def test_an_event_runs_the_handler_in_the_transports_context() -> None:
+    calls: list[tuple[Any, int, Any, str]] = []
+
+    class T:
+        def __init__(self) -> None:
+            self._context = contextvars.copy_context()
+            self._context.run(who.set, "t")
+
+    def on_event(t: Any, event: int, vio: Any) -> int:
+        calls.append((t, event, vio, who.get()))
+        return 42
+
+    d = TransportDispatch(ProxyMutex(), on_event)
+    vc = UnixNetVConnection()
+    vc.fd = 9
+    with pytest.raises(KeyError):  # a VC of no transport
+        d.handle_event(VC_EVENT_READ_READY, vc.read)
+    t = T()
+    d.add(9, t)
+    assert d.handle_event(VC_EVENT_READ_READY, vc.write) == 42
+    assert calls == [(t, VC_EVENT_READ_READY, vc.write, "t")]
+    assert who.get() == "nobody"
