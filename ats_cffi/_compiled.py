@@ -21,6 +21,7 @@ MODULES = (
     "ats_cffi.eventsystem.iocopy",
     "ats_cffi.eventsystem.vio",
     "ats_cffi.net.eventio",
+    "ats_cffi.net.poll",
     "ats_cffi.net.netvconnection",
     "ats_cffi.net.vcio",
     "ats_cffi.net.netvc",

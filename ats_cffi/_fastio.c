@@ -11,8 +11,10 @@
  * (An asyncio transport's write, send_some, is one such call too.)
  * Here the arguments come as an array, a block is passed as its bytearray (its
  * memory is PyByteArray_AS_STRING, with no cdata), and the GIL stays held, as
- * uvloop holds it around libuv's reads and writes: what may block (epoll_wait,
- * accept4 on an accept thread) stays cffi's and releases it.
+ * uvloop holds it around libuv's reads and writes.  The one call here that may
+ * block, a NetHandler pass's wait (net_wait), releases the GIL; it runs the cffi
+ * module's ats_net_wait through its address.  Whatever else may block (accept4 on
+ * an accept thread) stays cffi's and releases it.
  *
  * The loops are _native_rw.c's, compiled into this module from the same source.
  * Each call leaves the result of its last syscall in a per-thread slot that
@@ -23,7 +25,16 @@
 
 #include "_native_rw.c"
 
-static _Thread_local Py_ssize_t last_result = 1;
+#include <stdint.h>
+#include <sys/epoll.h>
+
+/* The per-thread slots below use the initial-exec TLS model: a direct %fs access,
+ * where a shared object's default model calls __tls_get_addr on every access (about
+ * 80 instructions per round trip of the VIO echo).  glibc keeps a static TLS surplus for
+ * objects loaded by dlopen with such variables; these 16 bytes fit it. */
+#define FAST_TLS _Thread_local __attribute__((tls_model("initial-exec")))
+
+static FAST_TLS Py_ssize_t last_result = 1;
 
 /* Argument i of a call, which is not an int >= 0: -1 with the exception set
  * that names the call and the argument (the cold half of arg_size). */
@@ -376,6 +387,71 @@ static PyObject *fast_ready_events(PyObject *mod, PyObject *const *args, Py_ssiz
     return out;
 }
 
+/* The NetHandler's wait (ats_net_wait, _native_splice.c), called through the
+ * address that net_args carries: the cffi module keeps the one definition. */
+typedef int (*net_wait_fn)(int epfd, struct epoll_event *evs, int maxevents, int timeout,
+                           uint64_t *tokens, uint32_t *masks, uint64_t *notify, int *nnotify,
+                           uint64_t *ctr);
+
+#define NET_ARGS 9
+
+/* net_wait(net_args, timeout_ms) -> the count of the pass's events, or -errno:
+ * ats_net_wait with the GIL released (it may block up to timeout_ms), its
+ * arguments the 9 ints of Epoll.net_args (the function's address, the epoll fd,
+ * the events array's address, its size, then the addresses of the tokens,
+ * masks, notify, nnotify and counters arrays), made once per epoll instance.
+ * -EINTR (the caller waits again) once the handlers of the signal that
+ * interrupted the wait have run; an exception one of them raised ends the call.
+ * Where the cffi call converted seven pointers per call and two interpreted
+ * methods ran around it, a pass's wait is this one call. */
+static PyObject *fast_net_wait(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const char call[] = "net_wait";
+    if (check_nargs(nargs, 2, call) < 0)
+        return NULL;
+    PyObject *t = args[0];
+    if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != NET_ARGS) {
+        return PyErr_Format(PyExc_TypeError, "%s: net_args must be a tuple of %d ints", call,
+                            NET_ARGS);
+    }
+    uintptr_t a[NET_ARGS];
+    for (int i = 0; i < NET_ARGS; i++) {
+        /* Items 1 and 3 (the fd, the size) are ints >= 0, the others addresses > 0. */
+        int is_int = i == 1 || i == 3;
+        PyObject *o = PyTuple_GET_ITEM(t, i);
+        unsigned long long v = PyLong_CheckExact(o) ? PyLong_AsUnsignedLongLong(o) : 0;
+        if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear(); /* negative or too large: refused below */
+            v = is_int ? ULLONG_MAX : 0;
+        }
+        if (is_int ? v > INT_MAX : v == 0)
+            return PyErr_Format(PyExc_ValueError, "%s: net_args[%d] must be %s", call, i,
+                                is_int ? "an int in 0..INT_MAX" : "an address");
+        a[i] = (uintptr_t)v;
+    }
+    if (!PyLong_CheckExact(args[1])) {
+        return PyErr_Format(PyExc_TypeError, "%s: timeout_ms must be an int, not %.100s", call,
+                            Py_TYPE(args[1])->tp_name);
+    }
+    int overflow = 0;
+    long timeout = PyLong_AsLongAndOverflow(args[1], &overflow);
+    if (overflow || timeout < -1 || timeout > INT_MAX) {
+        return PyErr_Format(PyExc_ValueError, "%s: timeout_ms must be -1 or 0..%d", call,
+                            INT_MAX);
+    }
+    net_wait_fn fn = (net_wait_fn)a[0];
+    int n;
+    Py_BEGIN_ALLOW_THREADS
+    n = fn((int)a[1], (struct epoll_event *)a[2], (int)a[3], (int)timeout, (uint64_t *)a[4],
+           (uint32_t *)a[5], (uint64_t *)a[6], (int *)a[7], (uint64_t *)a[8]);
+    Py_END_ALLOW_THREADS
+    /* A signal interrupted the wait: its Python handler runs now (as the interpreter
+     * runs it between bytecodes), and what it raises ends the call. */
+    if (n == -EINTR && PyErr_CheckSignals() < 0)
+        return NULL;
+    return PyLong_FromLong(n);
+}
+
 /* last() -> the result of the calling thread's last syscall of a call above:
  * > 0 bytes moved, 0 EOF (reads), -errno. */
 static PyObject *fast_last(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
@@ -389,7 +465,7 @@ static PyObject *fast_last(PyObject *mod, PyObject *const *args, Py_ssize_t narg
  * calling thread's ident is made once, kept in a per-thread slot (one int per
  * thread that ever asks, never freed), and returned again.  The mutexes and the
  * VCs' "am I on my thread" tests ask several times per event. */
-static _Thread_local PyObject *thread_ident;
+static FAST_TLS PyObject *thread_ident;
 
 static PyObject *fast_get_ident(PyObject *mod, PyObject *unused)
 {
@@ -419,6 +495,8 @@ static PyMethodDef fastio_methods[] = {
      "send_some(fd, data) -> one send() of a bytes-like object: the count, or -errno"},
     {"ready_events", (PyCFunction)(void (*)(void))fast_ready_events, METH_FASTCALL,
      "ready_events(tokens, masks, n, slots, slot_tokens) -> [eio, mask, ...] of a pass"},
+    {"net_wait", (PyCFunction)(void (*)(void))fast_net_wait, METH_FASTCALL,
+     "net_wait(net_args, timeout_ms) -> events of a NetHandler pass, or -errno (GIL released)"},
     {"get_ident", fast_get_ident, METH_NOARGS,
      "get_ident() -> threading.get_ident(), the same int object each time per thread"},
     {NULL, NULL, 0, NULL},

@@ -78,7 +78,19 @@ class ProxyMutex:
 
     def try_lock(self) -> bool:
         """Take the lock if that needs no wait; True on success (also when already held)."""
-        me = _get_ident()
+        return ProxyMutex._try_as(self, _get_ident())
+
+    def try_lock_as(self, me: int) -> bool:
+        """``try_lock`` by the calling thread, whose ident ``me`` the caller knows: a
+        NetHandler's pass gives its own thread's (``NetHandler.tid``) for each VC's turn,
+        instead of a lookup of the ident per call. ``me`` must be the caller's ident. A
+        subclass's ``try_lock`` runs instead, so that its override is honoured."""
+        if type(self) is not ProxyMutex:
+            return self.try_lock()
+        return ProxyMutex._try_as(self, me)
+
+    def _try_as(self, me: int) -> bool:
+        # try_lock's work, for the thread whose ident is ``me``.
         if self._owner == me:
             self._depth += 1
             return True
@@ -112,7 +124,7 @@ class ProxyMutex:
             waiters.append(waiter)
             # The append and this attempt are one step with respect to unlock (``_NATIVE``):
             # a release before it lets this attempt succeed, one after it wakes the waiter.
-            if ProxyMutex.try_lock(self):
+            if ProxyMutex._try_as(self, me):
                 waiters.remove(waiter)
                 return True
             if deadline:
@@ -124,7 +136,7 @@ class ProxyMutex:
                 waiters = self._waiters
                 if waiters is not None and waiter in waiters:
                     waiters.remove(waiter)
-                return ProxyMutex.try_lock(self)
+                return ProxyMutex._try_as(self, me)
 
     def _wake_waiters(self) -> None:
         """``_NATIVE``: wake every thread waiting in ``lock`` (the mutex was just freed)."""
@@ -156,7 +168,19 @@ class ProxyMutex:
 
     def unlock(self) -> None:
         """Release one level. Raises ``RuntimeError`` if this thread does not hold it."""
-        if self._owner != _get_ident():
+        ProxyMutex._unlock_as(self, _get_ident())
+
+    def unlock_as(self, me: int) -> None:
+        """``unlock`` by the calling thread, whose ident ``me`` the caller knows (as for
+        ``try_lock_as``; a subclass's ``unlock`` runs instead)."""
+        if type(self) is not ProxyMutex:
+            self.unlock()
+        else:
+            ProxyMutex._unlock_as(self, me)
+
+    def _unlock_as(self, me: int) -> None:
+        # unlock's work, for the thread whose ident is ``me``.
+        if self._owner != me:
             raise RuntimeError("ProxyMutex.unlock: the calling thread does not hold the mutex")
         depth = self._depth - 1
         self._depth = depth

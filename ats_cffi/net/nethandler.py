@@ -50,7 +50,7 @@ from ats_cffi.eventsystem.ioblock import (
     take_block,
     trim_pools,
 )
-from ats_cffi.eventsystem.mutex import ProxyMutex
+from ats_cffi.eventsystem.mutex import ProxyMutex, get_ident
 from ats_cffi.net import codes as _ncodes
 from ats_cffi.net import stats as st
 from ats_cffi.net.config import NetConfig, net_config
@@ -84,6 +84,7 @@ _WRITE_BITS: Final[int] = lib.EPOLLOUT | lib.EPOLLERR | lib.EPOLLHUP
 _HUP_BITS: Final[int] = lib.EPOLLRDHUP | lib.EPOLLHUP | lib.EPOLLERR
 _RDHUP: Final = lib.EPOLLRDHUP
 _ready_events: Final = _fastio.ready_events
+_get_ident: Final = get_ident
 
 #: The EventProcessor slot holding each net thread's NetHandler (set by the processor).
 NET_HANDLER_SLOT: int | None = None
@@ -109,7 +110,9 @@ class NetHandler(Continuation):
         self.thread = thread
         #: ``thread.tid``, read again at the start of each pass: what ``reenable`` compares
         #: with the calling thread (a typed field, not an attribute of the EThread looked up
-        #: per call). The thread that runs a pass is the handler's until the next one.
+        #: per call). The thread that runs a pass is the handler's until the next one (the
+        #: calling thread's ident when the EThread has none: passes run by hand). The VCs'
+        #: turns take their VIO's mutex as this thread (``ProxyMutex.try_lock_as``).
         self.tid: int = thread.tid or 0
         self.clock = thread.clock
         self.config = config
@@ -288,7 +291,7 @@ class NetHandler(Continuation):
     def wait_for_activity(self, timeout_ms: int) -> None:
         """One pass of the net loop (see the module doc); the EThread's poll step."""
         tid = self.thread.tid
-        self.tid = tid if tid is not None else 0
+        self.tid = tid if tid is not None else _get_ident()
         self.stats[st.NET_HANDLER_RUN] += 1
         if self.retry_states and self.retry_due <= self.clock():
             self.process_retries()

@@ -94,7 +94,9 @@ class UnixNetVConnection(NetVConnection):
         """Re-enable and, on the VC's thread, process the VIO at once (ATS's reenable_re)."""
         self.reenable(vio)
         nh = self.nh
-        if nh is not None and nh.thread.tid == _get_ident() and not self.closed:
+        # On the thread of the handler's pass (its ``tid``, which the turn's mutex is taken
+        # as): the turn runs now; otherwise the reenable above queued it.
+        if nh is not None and nh.tid == _get_ident() and not self.closed:
             s = self._state_of(vio)
             if s.enabled and s.triggered:
                 if s is self.read:
@@ -236,7 +238,7 @@ class UnixNetVConnection(NetVConnection):
             return None
         m = vio.mutex
         assert m is not None  # an active VIO holds its continuation's mutex (or the VC's)
-        if not m.try_lock():
+        if not m.try_lock_as(nh.tid):  # the pass runs on the handler's thread
             nh.retry_later(self, s)
             return None
         return m
@@ -274,7 +276,7 @@ class UnixNetVConnection(NetVConnection):
             else:
                 self._read_nothing(nh, s, last)
         finally:
-            m.unlock()
+            m.unlock_as(nh.tid)
 
     def read_bytes(self, nh: NetHandler, buf: MIOBuffer, limit: int) -> tuple[int, int]:
         """Move up to ``limit`` bytes from the socket into ``buf`` (vcio.py): ``(moved,
@@ -358,7 +360,7 @@ class UnixNetVConnection(NetVConnection):
                 total, last = self.write_bytes(nh, reader, towrite)
                 self._write_signal_and_update(nh, s, m, total, last, signalled)
         finally:
-            m.unlock()
+            m.unlock_as(nh.tid)
 
     def _write_amount(self, nh: NetHandler, s: NetState, m: ProxyMutex) -> tuple[int, bool]:
         """How many bytes this write step may write, and whether ``WRITE_READY`` went first.

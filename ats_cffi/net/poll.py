@@ -6,18 +6,22 @@ import errno
 import logging
 import os
 from array import array
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
+from ats_cffi import _fastio
 from ats_cffi._native import ffi, lib
 from ats_cffi.eventsystem.continuation import Continuation
 from ats_cffi.eventsystem.mutex import ProxyMutex
 from ats_cffi.net.codes import EVENTIO_READWRITE_VC
 from ats_cffi.sys import Epoll
+from ats_cffi.sys._check import EINTR, oserror
 
 if TYPE_CHECKING:
     from ats_cffi.net.eventio import EventIO
 
 log = logging.getLogger("ats.iocore_net")
+_net_wait: Final = _fastio.net_wait
+_EINTR: Final[int] = EINTR
 
 #: Events taken from the kernel per epoll_wait (ATS's POLL_DESCRIPTOR_SIZE is larger; one
 #: pass handles at most this many, the rest come on the next pass).
@@ -72,6 +76,7 @@ class PollDescriptor:
         self.notify = memoryview(ffi.buffer(self.notify_c)).cast("B").cast("Q")
         self.nnotify_c = ffi.new("int *")
         self.counters_c = ffi.new("uint64_t[]", lib.ATS_CTR_COUNT)
+        self.epoll.set_net_wait(self.notify_c, self.nnotify_c, self.counters_c)
 
     def register(self, eio: EventIO) -> int:
         """A new token for ``eio``: a free slot (or a new one) and the next generation. The
@@ -140,10 +145,24 @@ class PollCont(Continuation):
 
     def do_poll(self, timeout_ms: int) -> int:
         """``epoll_wait`` up to ``timeout_ms``; the results stay in the descriptor. Spliced
-        fds are pumped natively; their ends that need Python are in ``pd.notify``."""
+        fds are pumped natively; their ends that need Python are in ``pd.notify``. One call
+        into C (``_fastio.net_wait``, the GIL released while it waits) after the queued
+        ADDs are issued. ``OSError`` naming ``epoll_wait`` when it fails (EBADF once the
+        descriptor is closed)."""
         pd = self.poll_descriptor
         ep = pd.epoll
-        pd.result = n = ep.wait_net(timeout_ms, pd.notify_c, pd.nnotify_c, pd.counters_c)
+        if ep.pending:
+            ep.flush()
+        args = ep.net_args
+        if args is None:
+            raise oserror("epoll_wait", errno.EBADF)
+        while True:
+            n: int = _net_wait(args, timeout_ms)
+            if n >= 0:
+                break
+            if n != -_EINTR:  # interrupted: the signal's handlers ran (net_wait)
+                raise oserror("epoll_wait", -n)
+        pd.result = n
         if ep.failed:
             self.registrations_failed()
         return n

@@ -38,8 +38,9 @@ class Epoll(FdOwner):
         "_masks_c",
         "tokens",
         "masks",
-        "_pending",
+        "pending",
         "failed",
+        "net_args",
     )
 
     def __init__(self, max_events: int = 1024) -> None:
@@ -57,15 +58,18 @@ class Epoll(FdOwner):
         self._masks_c = ffi.new("uint32_t[]", max_events)
         self.tokens = memoryview(ffi.buffer(self._tokens_c)).cast("B").cast("Q")
         self.masks = memoryview(ffi.buffer(self._masks_c)).cast("B").cast("I")
-        # fd -> (events, token, token given to add_deferred): the queued ADDs.
-        self._pending: dict[int, tuple[int, int, int]] = {}
+        #: fd -> (events, token, token given to add_deferred): the queued ADDs (a
+        #: NetHandler's wait issues them first when there are any: ``flush``).
+        self.pending: dict[int, tuple[int, int, int]] = {}
         self.failed: list[tuple[int, int, int]] = []
+        #: The NetHandler's wait's arguments (``set_net_wait``), None once closed.
+        self.net_args: tuple[int, ...] | None = None
 
     def ctl(self, op: int, fd: int, events: int, token: int | None = None) -> None:
         """``epoll_ctl(op, fd)`` with ``events`` and a 64-bit ``token`` (default: ``fd``)."""
         if token is None:
             token = fd
-        pending = self._pending
+        pending = self.pending
         if pending and type(fd) is int and fd in pending:
             if op == _CTL_MOD:
                 check_int("epoll_ctl", "events", events)
@@ -96,9 +100,9 @@ class Epoll(FdOwner):
             check_int("epoll_ctl", "token", token)
         if self._fd < 0:
             raise oserror("epoll_ctl", errno.EBADF)
-        if fd in self._pending:
+        if fd in self.pending:
             raise oserror("epoll_ctl", errno.EEXIST)
-        self._pending[fd] = (events, token, token)
+        self.pending[fd] = (events, token, token)
 
     def modify(self, fd: int, events: int, token: int | None = None) -> None:
         """Change or re-arm ``fd`` (``EPOLL_CTL_MOD``): with edge trigger, a MOD with the
@@ -113,15 +117,15 @@ class Epoll(FdOwner):
         """Forget ``fd``, which the caller is about to close: its queued ADD (if any) is
         dropped, and no syscall is made, since closing an fd's last reference removes it
         from every epoll set (an fd shared with a ``dup`` needs ``delete`` instead)."""
-        if self._pending:
-            self._pending.pop(fd, None)
+        if self.pending:
+            self.pending.pop(fd, None)
 
     def flush(self) -> int:
         """Issue the queued ADDs now; returns how many failed (recorded in ``failed``)."""
-        pending = self._pending
+        pending = self.pending
         if not pending:
             return 0
-        self._pending = {}
+        self.pending = {}
         ctl = lib.ats_epoll_ctl
         epfd = self._fd
         nfailed = 0
@@ -134,7 +138,7 @@ class Epoll(FdOwner):
 
     def wait(self, timeout_ms: int = -1) -> int:
         """Wait up to ``timeout_ms`` (-1: forever, 0: poll) and return the number of events."""
-        if self._pending:
+        if self.pending:
             self.flush()
         while True:
             try:
@@ -148,34 +152,27 @@ class Epoll(FdOwner):
             if n != -EINTR:
                 raise oserror("epoll_wait", -n)
 
-    def wait_net(self, timeout_ms: int, notify: Any, nnotify: Any, counters: Any) -> int:
-        """``wait`` for a NetHandler pass (``ats_net_wait``): events whose token has bit 63
-        set belong to spliced fds (``ats_cffi.net.splice``) and are handled natively, not
-        returned. The tokens of the spliced ends that need Python go to ``notify``
-        (``nnotify[0]`` of them); the native pumps add to ``counters`` (``uint64_t[4]``).
-        Returns the number of the other events, in ``tokens``/``masks`` as for ``wait``."""
-        if self._pending:
-            self.flush()
-        while True:
-            n = lib.ats_net_wait(
-                self._fd,
-                self._evs,
-                self.max_events,
-                timeout_ms,
-                self._tokens_c,
-                self._masks_c,
-                notify,
-                nnotify,
-                counters,
-            )
-            if n >= 0:
-                return n
-            if n != -EINTR:
-                raise oserror("epoll_wait", -n)
+    def set_net_wait(self, notify: Any, nnotify: Any, counters: Any) -> tuple[int, ...]:
+        """Make ``net_args``: what ``ats_cffi._fastio.net_wait`` takes to run a NetHandler
+        pass's wait (``ats_net_wait``, through its address, with the GIL released): events
+        whose token has bit 63 set belong to spliced fds (``ats_cffi.net.splice``) and are
+        handled natively, not returned; the tokens of the spliced ends that need Python go to
+        ``notify`` (``nnotify[0]`` of them); the native pumps add to ``counters``
+        (``uint64_t[4]``). The other events are in ``tokens``/``masks`` as for ``wait``. The
+        arrays are the caller's and this object's: both keep them for as long as
+        ``net_args`` is set (``close`` clears it)."""
+        if self._fd < 0:
+            raise oserror("epoll_wait", errno.EBADF)
+        addr = [ffi.addressof(lib, "ats_net_wait"), self._evs, self._tokens_c, self._masks_c]
+        addr += [notify, nnotify, counters]
+        a = [int(ffi.cast("uintptr_t", p)) for p in addr]
+        self.net_args = (a[0], self._fd, a[1], self.max_events, *a[2:])
+        return self.net_args
 
     def close(self) -> None:
         """Close the epoll fd (queued ADDs are dropped); a second call does nothing."""
-        self._pending = {}
+        self.pending = {}
+        self.net_args = None
         super().close()
 
     def __repr__(self) -> str:

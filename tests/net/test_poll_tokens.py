@@ -4,6 +4,7 @@ on a real epoll fd and socket pairs."""
 
 from __future__ import annotations
 
+import errno
 import socket
 
 import pytest
@@ -102,3 +103,81 @@ def test_ready_events_ignores_a_token_past_the_table() -> None:
     tokens = (5 << 32 | 7).to_bytes(8, "little")
     masks = (1).to_bytes(4, "little")
     assert _fastio.ready_events(tokens, masks, 1, [None], bytes(8)) == []
+
+
+def test_a_pass_waits_through_net_wait_and_a_closed_descriptor_fails_naming_epoll_wait() -> None:
+    from ats_cffi.net import PollCont
+
+    pc = PollCont(None, 10)
+    pd = pc.poll_descriptor
+    a, b = socket.socketpair()
+    eio = EventIO(EVENTIO_DNS_CONNECTION)
+    try:
+        eio.start(pd, a.fileno(), EVENTIO_READ, defer=True)  # issued by the wait itself
+        b.send(b"x")
+        assert pc.do_poll(1000) == 1 and pd.epoll.tokens[0] == eio.token
+        assert not pd.epoll.pending
+    finally:
+        eio.stop()
+        a.close()
+        b.close()
+        pc.close()
+    assert pd.epoll.net_args is None
+    with pytest.raises(OSError, match="epoll_wait") as info:
+        pc.do_poll(0)
+    assert info.value.errno == errno.EBADF
+
+
+@pytest.mark.parametrize(
+    "args, exc, words",
+    [
+        (([1] * 9, 0), TypeError, "net_wait: net_args must be a tuple of 9 ints"),
+        (((1,) * 8, 0), TypeError, "net_wait: net_args must be a tuple of 9 ints"),
+        (((0,) + (1,) * 8, 0), ValueError, r"net_wait: net_args\[0\] must be an address"),
+        (((1, -1) + (1,) * 7, 0), ValueError, r"net_wait: net_args\[1\] must be an int in"),
+        (((1,) * 9, -2), ValueError, "net_wait: timeout_ms must be -1 or 0.."),
+        (((1,) * 9, 0.5), TypeError, "net_wait: timeout_ms must be an int, not float"),
+        (((1,) * 9,), TypeError, "net_wait takes 2 arguments"),
+    ],
+)
+def test_net_wait_refuses_bad_arguments_before_any_call(args, exc, words) -> None:
+    with pytest.raises(exc, match=words):
+        _fastio.net_wait(*args)
+
+
+def test_a_signal_during_the_wait_runs_its_handler_before_the_wait_goes_on() -> None:
+    """The handler makes a registered socket readable: the wait that goes on after the
+    interruption sees it only if the handler ran inside the call (net_wait), not after."""
+    import signal
+
+    from ats_cffi.net import PollCont
+
+    pc = PollCont(None, 10)
+    a, b = socket.socketpair()
+    eio = EventIO(EVENTIO_DNS_CONNECTION)
+    eio.start(pc.poll_descriptor, a.fileno(), EVENTIO_READ)
+
+    class Alarm(Exception):
+        pass
+
+    def on_alarm(signum, frame):
+        b.send(b"x")
+
+    def raise_alarm(signum, frame):
+        raise Alarm
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        assert pc.do_poll(3000) == 1  # woken by the handler's byte, not the timeout
+        signal.signal(signal.SIGALRM, raise_alarm)
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(Alarm):
+            pc.do_poll(3000)  # what a handler raises ends the wait
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        eio.stop()
+        a.close()
+        b.close()
+        pc.close()

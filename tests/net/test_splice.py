@@ -379,7 +379,7 @@ def _fail_registration(vc: Any, err: int) -> None:
     """What ``Epoll.flush`` does when the deferred EPOLL_CTL_ADD of ``vc`` fails (ENOMEM
     cannot be provoked on demand): the queued ADD is gone, the failure recorded."""
     ep = vc.nh.pd.epoll
-    assert ep._pending.pop(vc.fd, None) is not None  # queued in NET_EVENT_ACCEPT
+    assert ep.pending.pop(vc.fd, None) is not None  # queued in NET_EVENT_ACCEPT
     ep.failed.append((vc.fd, vc.ep.token, err))
 
 
