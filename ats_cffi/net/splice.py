@@ -28,9 +28,10 @@ it (the pumps list the ends whose bytes moved, once per cop period, and the cop 
 VCs' deadlines); the pumps' reads and writes are added to ``proxy.process.net.*`` at each
 cop run and when a splice stops.
 
-What an idle spliced connection holds: its VC, one ``SpliceEnd`` (per VC), the ``Splice``,
-and one native array of its ends, each with the pipe that reads it (an echo's one end is
-~130 bytes, one allocation); no buffer, and no entry in any per-thread collection.
+What an idle spliced connection holds: its VC, the ``Splice`` (each VC's ``splice_end``:
+no Python object per end), and one native array of its ends, each with the pipe that reads
+it (an echo's one end: 112 bytes, one allocation); no buffer, and no entry in any
+per-thread collection.
 
 Events to ``cont`` (with its mutex held, ``data`` the Splice):
 
@@ -104,6 +105,8 @@ _splice_take: Final = lib.ats_splice_take
 _splice_release: Final = lib.ats_splice_release
 _trim: Final = lib.ats_splice_trim
 _moved: Final = lib.ats_splice_moved
+# ``Splice.in_ready``: ends to pump (bit i: end i), and whether it is on the ready list.
+_LISTED: Final[int] = 4
 
 
 class SpliceDriver:
@@ -122,28 +125,28 @@ class SpliceDriver:
 
     def __init__(self, nh: NetHandler) -> None:
         self.nh = nh
-        #: Ends to pump (or whose status to take) on this pass.
-        self.ready: list[SpliceEnd] = []
-        #: Ends whose owner's mutex was busy; all due at ``retry_due`` (0.0: none).
-        self.retries: list[SpliceEnd] = []
+        #: Splices with ends to pump (or whose status to take) on this pass.
+        self.ready: list[Splice] = []
+        #: Splices whose owner's mutex was busy; all due at ``retry_due`` (0.0: none).
+        self.retries: list[Splice] = []
         self.retry_due = 0.0
         #: Where ``ats_splice_moved`` puts its list (the thread's: no copy).
         self.moved_p = ffi.new("uint64_t **")
 
-    def kick(self, end: SpliceEnd) -> None:
-        """Pump ``end`` (and take its status) on this pass or the next."""
-        if not end.in_ready:
-            end.in_ready = True
-            self.ready.append(end)
+    def kick(self, splice: Splice, i: int) -> None:
+        """Pump ``splice``'s end ``i`` (and take its status) on this pass or the next."""
+        r = splice.in_ready
+        splice.in_ready = r | (1 << i) | _LISTED
+        if not r & _LISTED:
+            self.ready.append(splice)
 
-    def retry_later(self, end: SpliceEnd) -> None:
-        """``end``'s owner's mutex is busy: its turn again after ``net.retry_delay`` (as
-        ``NetHandler.retry_later`` for a VC side)."""
-        end.in_ready = True
+    def retry_later(self, splice: Splice) -> None:
+        """``splice``'s owner's mutex is busy: its event again after ``net.retry_delay``
+        (as ``NetHandler.retry_later`` for a VC side)."""
         if not self.retries:
             nh = self.nh
             self.retry_due = nh.clock() + nh.config.retry_delay / 1000.0
-        self.retries.append(end)
+        self.retries.append(splice)
 
     def after_wait(self) -> None:
         """Take the status of the ends the native pass reported."""
@@ -155,28 +158,30 @@ class SpliceDriver:
         notify = pd.notify
         for i in range(m):
             eio = ios.get(notify[i])
-            end = eio.data.splice_end if eio is not None else None
-            if end is not None:
-                splice: Splice | None = end.splice
+            if eio is not None:
+                vc = eio.data
+                splice: Splice | None = vc.splice_end
                 if splice is not None:
-                    splice.take(end, 0)
+                    splice.take(0 if vc is splice.a else 1, 0)
 
     def after_ready(self) -> None:
         """Pump the ends queued for this pass, the ones whose retry is due included."""
         if self.retries and self.retry_due <= self.nh.now:
-            ends, self.retries = self.retries, []
+            retries, self.retries = self.retries, []
             self.retry_due = 0.0
-            for end in ends:
-                end.in_ready = False
-                self.kick(end)
+            for splice in retries:  # (its event goes through an end still spliced)
+                self.kick(splice, 0 if splice.a.splice_end is splice else 1)
         if not self.ready:
             return
-        ends, self.ready = self.ready, []
-        for end in ends:
-            end.in_ready = False
-            splice = end.splice
-            if splice is not None and end.vc.splice_end is end:
-                splice.take(end, 1)
+        ready, self.ready = self.ready, []
+        for splice in ready:
+            bits = splice.in_ready
+            splice.in_ready = 0
+            if bits & 1 and splice.a.splice_end is splice:
+                splice.take(0, 1)
+            b = splice.b
+            if bits & 2 and b is not None and b.splice_end is splice:
+                splice.take(1, 1)
 
     def fold_counters(self) -> None:
         """Add the native pumps' reads and writes to this thread's net stats."""
@@ -219,44 +224,19 @@ class SpliceDriver:
         if self.nh.thread.tid == threading.get_ident():
             lib.ats_splice_free_all()
 
-    def start_io_failed(self, end: SpliceEnd, err: int) -> None:
-        """``end``'s socket could not be registered: no byte will move on it."""
-        splice = end.splice
+    def start_io_failed(self, vc: UnixNetVConnection, err: int) -> None:
+        """``vc``'s socket could not be registered: no byte will move on it."""
+        splice: Splice | None = vc.splice_end
         if splice is not None:
-            splice.fail(end, err)
+            splice.fail(vc, err)
 
-    def release(self, end: SpliceEnd) -> None:
-        """``end``'s VC was freed (``NetHandler.free_netevent``): no pipe may touch its fd
-        again. Once no VC of the splice is left, nothing reaches the splice any more: its
-        reference cycles (ends, handler) are cut, so that it and its native pipe buffers are
-        released as soon as its owner lets go, not by the cyclic collector some time later;
-        its pipes' buffers go back to this thread now (no pump runs on them any more)."""
-        splice = end.splice
-        if splice is not None:
-            splice.vc_closed()
-            splice.release_end()
-
-
-class SpliceEnd:
-    """One spliced VC (its ``splice_end``): the VC, its splice (None once released), and
-    its index ``i`` in the splice's native array. The VC's VIOs are the splice's, taken
-    with no buffer: the VC moves no byte itself."""
-
-    __slots__ = ("vc", "splice", "i", "in_ready")
-
-    def __init__(self, vc: UnixNetVConnection, splice: Splice, i: int) -> None:
-        self.vc = vc
-        self.splice: Splice | None = splice
-        self.i = i
-        self.in_ready = False  # on its SpliceDriver's ready or retry list
-        vc.do_io_read(splice, INT64_MAX, None)
-        vc.do_io_write(splice, INT64_MAX, None)
-
-    def vc_closed(self) -> None:
-        """The VC is being closed (by anyone, any thread): its pipes stop now."""
-        splice = self.splice
-        if splice is not None:
-            splice.vc_closed()
+    def release(self, splice: Splice) -> None:
+        """A VC of ``splice`` was freed (``NetHandler.free_netevent``): no pipe may touch its
+        fd again. Once no VC of the splice is left, nothing reaches the splice any more:
+        its pipes' buffers go back to this thread now (no pump runs on them any more), and
+        its handler drops any event that still comes."""
+        splice.vc_closed()
+        splice.release_end()
 
 
 def _check_splice(vcs: tuple[UnixNetVConnection, ...], buffer_size: Any) -> NetHandler:
@@ -321,23 +301,32 @@ class Splice(Continuation):
         self.closed = False
         #: An event for ``cont`` that could not be delivered yet (its mutex was busy).
         self.pending_event = 0
-        # (No handler set: ``handle_event``. Two fields, not tuples: fewer objects.)
-        self.n = 1 if b is None else 2
+        # (No handler set: ``handle_event``. Two fields, not a tuple; no object per end.)
+        self.a = a
+        self.b = b
+        #: The ends whose pump is due (bit i: end i), and ``_LISTED`` (SpliceDriver).
+        self.in_ready = 0
         #: The native ends, each with the pipe that reads it (pipe i: end i's fd to end
-        #: i+1's, mod n): one allocation, Python's. The ends and the VCs keep it alive while
-        #: the sockets are registered, and only the net thread drops the last reference
-        #: (free_netevent), never during a pump. A pipe's buffer is native: taken from the
-        #: thread's freelist only while bytes wait for the sink, given back as soon as none
-        #: do (an idle splice holds no buffer), or at the release.
-        self.c: Any = ffi.new("struct ats_splice_end[]", self.n)
-        self.end_a = SpliceEnd(a, self, 0)
-        self.end_b: SpliceEnd | None = None if b is None else SpliceEnd(b, self, 1)
+        #: i+1's, mod n): one allocation, Python's. The VCs keep it alive (through their
+        #: ``splice_end``) while the sockets are registered, and only the net thread drops
+        #: the last reference (free_netevent), never during a pump. A pipe's buffer is
+        #: native: taken from the thread's freelist only while bytes wait for the sink,
+        #: given back as soon as none do (an idle splice holds no buffer), or at the release.
+        self.c: Any = ffi.new("struct ats_splice_end[]", 1 if b is None else 2)
+        for vc in self.vcs:
+            # The VC's VIOs, taken by the splice with no buffer: it moves no byte itself.
+            vc.do_io_read(self, INT64_MAX, None)
+            vc.do_io_write(self, INT64_MAX, None)
         self._start(buffer_size)
 
-    def _end(self, i: int) -> SpliceEnd:
-        e = self.end_a if i == 0 else self.end_b
-        assert e is not None
-        return e
+    @property
+    def n(self) -> int:
+        """The number of ends: 2, or 1 (an echo)."""
+        return 1 if self.b is None else 2
+
+    def _vc(self, i: int) -> UnixNetVConnection:
+        b = self.b
+        return b if i and b is not None else self.a
 
     def _start(self, buffer_size: int) -> None:
         """Set the pipes up from each VC's edge state (it hands its pending error over),
@@ -345,14 +334,14 @@ class Splice(Continuation):
         n = self.n
         nh = self.nh
         c = self.c
-        state = [self._end(i).vc.start_splice(self._end(i)) for i in range(n)]
+        state = [vc.start_splice(self) for vc in self.vcs]
         for i in range(n):
             j = (i + 1) % n
             src_triggered, src_hup, src_error, _ = state[i]
             e = c[i]
             p = e.pipe
-            p.src_fd = self._end(i).vc.fd
-            p.dst_fd = self._end(j).vc.fd
+            p.src_fd = self._vc(i).fd
+            p.dst_fd = self._vc(j).fd
             p.cap = buffer_size
             p.budget = min(nh.max_read_per_pass, 0xFFFFFFFF)
             p.src_ready = src_triggered
@@ -365,20 +354,20 @@ class Splice(Continuation):
             p.src_end = c + i
             p.dst_end = c + j
             c[j].out = ffi.addressof(p)
-            e.token = self._end(i).vc.ep.token
+            e.token = self._vc(i).ep.token
         driver = nh.splice
         for i in range(n):
-            end = self._end(i)
             tag = SPLICE_TAG | int(ffi.cast("uintptr_t", c + i))
             # EPOLL_CTL_MOD also re-arms the edges: readiness pending now is reported on the
             # next pass, to the native side.
-            nh.pd.epoll.modify(end.vc.fd, _REG_EVENTS, tag)
-            driver.kick(end)
+            nh.pd.epoll.modify(self._vc(i).fd, _REG_EVENTS, tag)
+            driver.kick(self, i)
 
     @property
     def vcs(self) -> tuple[UnixNetVConnection, ...]:
         """The spliced VCs: ``(a, b)``, or ``(a,)``."""
-        return tuple(self._end(i).vc for i in range(self.n))
+        b = self.b
+        return (self.a,) if b is None else (self.a, b)
 
     @property
     def pipes(self) -> tuple[Any, ...]:
@@ -388,36 +377,36 @@ class Splice(Continuation):
 
     # ------------------------------------------------------------------ the NetHandler side
 
-    def take(self, end: SpliceEnd, pump: int) -> None:
-        """Act on the status bits the native side left on ``end`` (NetHandler thread),
+    def take(self, i: int, pump: int) -> None:
+        """Act on the status bits the native side left on end ``i`` (NetHandler thread),
         after pumping its pipes first if ``pump`` (its turn on the ready list)."""
-        status: int = _splice_take(self.c, end.i, pump and not self.stopped, self.nh.pd.counters_c)
+        status: int = _splice_take(self.c, i, pump and not self.stopped, self.nh.pd.counters_c)
         if self.stopped:
             if self.pending_event:
-                self.deliver(self.pending_event, end)
+                self.deliver(self.pending_event)
             return
         if status & _ERROR:
             for i in range(self.n):
                 p = self.c[i].pipe
                 if p.err:
                     self.lerrno = p.err
-                    self.error_vc = self._end((i + 1) % self.n if p.err_on_dst else i).vc
+                    self.error_vc = self._vc((i + 1) % self.n if p.err_on_dst else i)
                     break
             self.stop()
-            self.deliver(VC_EVENT_ERROR, end)
+            self.deliver(VC_EVENT_ERROR)
         elif status & _DONE and _splice_finished(self.c, self.n):
             self.stop()
-            self.deliver(VC_EVENT_EOS, end)
+            self.deliver(VC_EVENT_EOS)
         elif status & _MORE:
-            self.nh.splice.kick(end)
+            self.nh.splice.kick(self, i)
 
-    def deliver(self, event: int, end: SpliceEnd) -> None:
+    def deliver(self, event: int) -> None:
         """Tell ``cont`` (try-lock; on failure, again after ``net.retry_delay``)."""
         m = self.mutex
         assert m is not None
         if not m.try_lock():
             self.pending_event = event
-            self.nh.splice.retry_later(end)
+            self.nh.splice.retry_later(self)
             return
         self.pending_event = 0
         try:
@@ -462,21 +451,21 @@ class Splice(Continuation):
         thread's net stats up to date."""
         for i in range(self.n):
             p = self.c[i].pipe
-            self._end(i).vc.read.ndone = p.nread
-            self._end((i + 1) % self.n).vc.write.ndone = p.nwritten
+            self._vc(i).read.ndone = p.nread
+            self._vc((i + 1) % self.n).write.ndone = p.nwritten
         nh = self.nh
         if nh.thread.tid == threading.get_ident():
             nh.splice.fold_counters()
 
-    def fail(self, end: SpliceEnd, err: int) -> None:
-        """``end``'s VC can move no byte any more (its epoll registration failed): stop and
-        tell ``cont`` ``VC_EVENT_ERROR`` (net thread)."""
+    def fail(self, vc: UnixNetVConnection, err: int) -> None:
+        """``vc`` can move no byte any more (its epoll registration failed): stop and tell
+        ``cont`` ``VC_EVENT_ERROR`` (net thread)."""
         if self.stopped:
             return
         self.lerrno = err
-        self.error_vc = end.vc
+        self.error_vc = vc
         self.stop()
-        self.deliver(VC_EVENT_ERROR, end)
+        self.deliver(VC_EVENT_ERROR)
 
     def transferred(self) -> tuple[int, ...]:
         """Bytes written so far per direction: ``(a->b, b->a)``, or ``(a->a,)``."""
@@ -489,16 +478,14 @@ class Splice(Continuation):
 
     def release_end(self) -> None:
         """A VC of the splice was freed (``SpliceDriver.release``, net thread). Once none is
-        left, nothing reaches the splice any more: its pipes' buffers go back, and its
-        reference cycles (ends, handler) are cut."""
-        b = self.end_b
-        if self.end_a.vc.splice_end is not None or (b is not None and b.vc.splice_end is not None):
+        left (a freed VC drops its ``splice_end``), nothing reaches the splice any more: its
+        pipes' buffers go back, and its events go to ``freed_handler``. (No cycle is left to
+        cut: a freed VC drops its VIOs' continuation too.)"""
+        b = self.b
+        if self.a.splice_end is not None or (b is not None and b.splice_end is not None):
             return
         _splice_release(self.c, self.n)
         self.handler = freed_handler
-        self.end_a.splice = None
-        if b is not None:
-            b.splice = None
 
     def close(self) -> None:
         """Stop and close both VCs (with ``cont``'s mutex held, or on the net thread)."""
@@ -506,12 +493,12 @@ class Splice(Continuation):
             return
         self.closed = True
         self.stop()
-        for i in range(self.n):
-            self._end(i).vc.do_io_close()
+        for vc in self.vcs:
+            vc.do_io_close()
 
     def __repr__(self) -> str:
         fds = ",".join(str(vc.fd) for vc in self.vcs)
         return f"<Splice fds={fds} moved={self.transferred()} stopped={self.stopped}>"
 
 
-__all__ = ["DEFAULT_BUFFER_SIZE", "SPLICE_TAG", "Splice", "SpliceDriver", "SpliceEnd"]
+__all__ = ["DEFAULT_BUFFER_SIZE", "SPLICE_TAG", "Splice", "SpliceDriver"]
