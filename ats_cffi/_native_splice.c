@@ -59,6 +59,10 @@ struct ats_pool {
     char *scratch;
     size_t scratch_cap;
     int scratch_used;   /* since the last trim */
+    uint64_t *moved;    /* the tokens of the ends whose bytes moved (ats_splice_moved) */
+    size_t nmoved;
+    size_t moved_cap;
+    uint32_t period;    /* bumped by each ats_splice_moved: an end is listed once per period */
 };
 
 static __thread struct ats_pool ats_pool;
@@ -150,6 +154,7 @@ void ats_splice_free_all(void)
     for (int i = 0; i < pl->n; i++)
         free(pl->b[i].ptr);
     free(pl->scratch);
+    free(pl->moved);
     memset(pl, 0, sizeof *pl);
 }
 
@@ -161,6 +166,45 @@ int ats_splice_free_buffers(void)
 size_t ats_splice_scratch_size(void)
 {
     return ats_pool.scratch_cap;
+}
+
+/* Bytes moved on end's fd: list its token for the InactivityCop, once per period (an
+ * end keeps no counter that the cop would have to visit; an idle one costs the cop
+ * nothing).  With no memory to list it, the next move tries again. */
+static void ats_end_moved(struct ats_splice_end *end)
+{
+    struct ats_pool *pl = &ats_pool;
+    uint32_t mark = pl->period + 1;
+    if (end->moved == mark)
+        return;
+    if (pl->nmoved == pl->moved_cap) {
+        size_t cap = pl->moved_cap ? 2 * pl->moved_cap : 64;
+        uint64_t *m = realloc(pl->moved, cap * sizeof *m);
+        if (m == NULL)
+            return;
+        pl->moved = m;
+        pl->moved_cap = cap;
+    }
+    pl->moved[pl->nmoved++] = end->token;
+    end->moved = mark;
+}
+
+size_t ats_splice_moved(uint64_t **tokens)
+{
+    struct ats_pool *pl = &ats_pool;
+    size_t n = pl->nmoved;
+    *tokens = pl->moved;
+    pl->nmoved = 0;
+    pl->period++;
+    if (n < pl->moved_cap / 4 && pl->moved_cap > 64) { /* a burst is over: shrink */
+        uint64_t *m = realloc(pl->moved, pl->moved_cap / 2 * sizeof *m);
+        if (m != NULL) {
+            pl->moved = m;
+            pl->moved_cap /= 2;
+            *tokens = m;
+        }
+    }
+    return n;
 }
 
 /* What one write or read step of the pump did. */
@@ -195,10 +239,10 @@ static enum ats_step ats_pipe_write_step(struct ats_pipe *p, uint64_t *ctr)
     ssize_t r = send(p->dst_fd, p->buf + p->head, p->tail - p->head, MSG_NOSIGNAL);
     ctr[ATS_CTR_WRITES]++;
     if (r > 0) {
-        p->head += (size_t)r;
+        p->head += (uint32_t)r;
         p->nwritten += (uint64_t)r;
         ctr[ATS_CTR_WRITE_BYTES] += (uint64_t)r;
-        p->dst_end->activity++;
+        ats_end_moved(p->dst_end);
         if (p->head == p->tail)
             p->head = p->tail = 0;
         else
@@ -219,7 +263,7 @@ static enum ats_step ats_pipe_keep(struct ats_pipe *p, const char *data, size_t 
     }
     memcpy(p->buf, data, n);
     p->head = 0;
-    p->tail = n;
+    p->tail = (uint32_t)n;
     return ATS_STEP_MOVED;
 }
 
@@ -239,7 +283,7 @@ static enum ats_step ats_pipe_pass_on(struct ats_pipe *p, uint64_t *ctr, const c
             sent = (size_t)r;
             p->nwritten += (uint64_t)r;
             ctr[ATS_CTR_WRITE_BYTES] += (uint64_t)r;
-            p->dst_end->activity++;
+            ats_end_moved(p->dst_end);
             if (sent < n)
                 p->dst_ready = 0; /* short write: the socket buffer is full */
         } else if (ats_pipe_step_error(p, r < 0 ? errno : EIO, 1) == ATS_STEP_FAILED) {
@@ -293,12 +337,12 @@ static enum ats_step ats_pipe_read_step(struct ats_pipe *p, uint64_t *ctr, size_
         p->nread += (uint64_t)r;
         *got += (size_t)r;
         ctr[ATS_CTR_READ_BYTES] += (uint64_t)r;
-        p->src_end->activity++;
+        ats_end_moved(p->src_end);
         if ((size_t)r < want && !p->src_hup)
             p->src_ready = 0; /* a short read drained the socket */
         if (scratch)
             return ats_pipe_pass_on(p, ctr, space, (size_t)r);
-        p->tail += (size_t)r;
+        p->tail += (uint32_t)r;
         return ATS_STEP_MOVED;
     }
     if (r == 0) {
@@ -393,20 +437,50 @@ void ats_pipe_release(struct ats_pipe *p)
 uint32_t ats_splice_end_event(struct ats_splice_end *end, uint32_t mask, uint64_t *ctr)
 {
     uint32_t st = 0;
-    struct ats_pipe *in = end->in;
+    struct ats_pipe *in = &end->pipe;
     struct ats_pipe *out = end->out;
-    if (in != NULL && (mask & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP | EPOLLPRI))) {
+    if ((mask & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP | EPOLLPRI))) {
         in->src_ready = 1;
         if (mask & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
             in->src_hup = 1;
     }
     if (out != NULL && (mask & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
         out->dst_ready = 1;
-    if (in != NULL)
-        st |= ats_pipe_pump(in, ctr);
+    st |= ats_pipe_pump(in, ctr);
     if (out != NULL && out != in)
         st |= ats_pipe_pump(out, ctr);
     return st;
+}
+
+uint32_t ats_splice_take(struct ats_splice_end *ends, int i, int pump, uint64_t *ctr)
+{
+    struct ats_splice_end *end = &ends[i];
+    uint32_t st = end->status;
+    if (pump)
+        st |= ats_splice_end_event(end, 0, ctr);
+    end->status = 0;
+    end->queued = 0;
+    return st;
+}
+
+int ats_splice_finished(struct ats_splice_end *ends, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (!ats_pipe_done(&ends[i].pipe))
+            return 0;
+    return 1;
+}
+
+void ats_splice_stop(struct ats_splice_end *ends, int n)
+{
+    for (int i = 0; i < n; i++)
+        ats_pipe_stop(&ends[i].pipe);
+}
+
+void ats_splice_release(struct ats_splice_end *ends, int n)
+{
+    for (int i = 0; i < n; i++)
+        ats_pipe_release(&ends[i].pipe);
 }
 
 /* epoll_wait for a NetHandler pass.  Events of spliced fds are handled here;

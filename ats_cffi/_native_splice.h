@@ -5,11 +5,13 @@
  * spliced fd, registered in epoll with ATS_SPLICE_TAG | (address of its end)
  * as its data, so that ats_net_wait pumps its pipes without returning the
  * event to Python.  Python hears of an end only when something needs it (the
- * status bits below).  The pipe and end structs are Python's (ffi.new, see
- * ats_cffi/net/splice.py); a pipe's buffer is native: taken from the pump's
+ * status bits below).  A splice's ends, each with the pipe that reads it, are one
+ * array that Python allocates (ffi.new, see ats_cffi/net/splice.py) and keeps while
+ * their fds are registered; a pipe's buffer is native: taken from the pump's
  * thread's freelist when bytes must wait for the sink, given back as soon as the
  * pipe holds none (an idle pipe holds no buffer), and trimmed by the thread's
- * InactivityCop (ats_splice_trim).
+ * InactivityCop (ats_splice_trim).  The cop learns which ends moved bytes from a
+ * per-thread list (ats_splice_moved), not from a counter per end.
  *
  * Threads: a pipe is pumped only on its NetHandler's thread, which alone
  * touches its fields, except `done`: any thread may stop a pipe (a close), so
@@ -44,33 +46,37 @@
 
 struct ats_splice_end;
 
+/* 80 bytes: an idle spliced connection holds its ends and nothing else (see the .c). */
 struct ats_pipe {
     int src_fd;
     int dst_fd;
-    char *buf;      /* cap bytes while it holds unwritten ones, else NULL (see the .c) */
-    size_t cap;
-    size_t head;    /* first byte not yet written */
-    size_t tail;    /* one past the last byte read */
-    size_t budget;  /* bytes read per pump at most */
-    int src_ready;  /* an edge was seen on src and no EAGAIN since */
-    int dst_ready;
-    int src_hup;    /* the peer hung up: a short read no longer means drained */
-    int src_eof;
-    _Atomic int done; /* finished, failed or stopped: the pump does nothing more */
-    int err;        /* errno of the failure, 0 if none */
-    int err_on_dst;
+    char *buf;         /* cap bytes while it holds unwritten ones, else NULL (see the .c) */
+    uint32_t cap;      /* (Python bounds it: at most 64 MiB) */
+    uint32_t head;     /* first byte not yet written */
+    uint32_t tail;     /* one past the last byte read */
+    uint32_t budget;   /* bytes read per pump at most */
     uint64_t nread;
     uint64_t nwritten;
     struct ats_splice_end *src_end;
     struct ats_splice_end *dst_end;
+    _Atomic int done;  /* finished, failed or stopped: the pump does nothing more */
+    int err;           /* errno of the failure, 0 if none */
+    uint8_t err_on_dst;
+    uint8_t src_ready; /* an edge was seen on src and no EAGAIN since */
+    uint8_t dst_ready;
+    uint8_t src_hup;   /* the peer hung up: a short read no longer means drained */
+    uint8_t src_eof;
 };
 
+/* One spliced fd, with the pipe that reads it: a splice is an array of one end (an
+ * echo: its pipe writes back to its own fd) or two (each pipe writes to the other's
+ * fd), one allocation. */
 struct ats_splice_end {
+    struct ats_pipe pipe;  /* the pipe reading this fd */
+    struct ats_pipe *out;  /* the pipe writing this fd (this end's own, or the other's) */
     uint64_t token;        /* the EventIO token Python knows this end by */
-    struct ats_pipe *in;   /* the pipe reading this fd, or NULL */
-    struct ats_pipe *out;  /* the pipe writing this fd, or NULL */
-    uint64_t activity;     /* bumped when bytes move on this fd (the InactivityCop) */
     uint32_t status;       /* status bits not yet taken by Python */
+    uint32_t moved;        /* the InactivityCop period its bytes last moved in, plus one */
     int queued;            /* already in this pass's notify list */
 };
 
@@ -83,6 +89,13 @@ int ats_pipe_done(struct ats_pipe *p);
  * to the calling thread's freelist if that thread pumps, else free() it. */
 void ats_pipe_release(struct ats_pipe *p);
 uint32_t ats_splice_end_event(struct ats_splice_end *end, uint32_t mask, uint64_t *ctr);
+/* Python's calls on a splice, ends[0..n): end i's status bits (after pumping it, if
+ * pump), which it clears; whether every pipe is done; stop every pipe (any thread);
+ * give the pipes' buffers back (the splice is over: no pump runs on it any more). */
+uint32_t ats_splice_take(struct ats_splice_end *ends, int i, int pump, uint64_t *ctr);
+int ats_splice_finished(struct ats_splice_end *ends, int n);
+void ats_splice_stop(struct ats_splice_end *ends, int n);
+void ats_splice_release(struct ats_splice_end *ends, int n);
 int ats_net_wait(int epfd, struct epoll_event *evs, int maxevents, int timeout,
                  uint64_t *tokens, uint32_t *masks, uint64_t *notify, int *nnotify,
                  uint64_t *ctr);
@@ -93,6 +106,10 @@ int ats_net_wait(int epfd, struct epoll_event *evs, int maxevents, int timeout,
  * of it (the thread's NetHandler closes).  The two others are for tests: the
  * freelist's length, and the scratch's size (0: none). */
 void ats_splice_trim(void);
+/* The tokens of the ends whose bytes moved since the last call (*tokens, valid until
+ * the thread's next pump), each once; the return value counts them.  The InactivityCop
+ * pushes their VCs' inactivity deadlines. */
+size_t ats_splice_moved(uint64_t **tokens);
 void ats_splice_free_all(void);
 int ats_splice_free_buffers(void);
 size_t ats_splice_scratch_size(void);

@@ -94,17 +94,19 @@ def pipe() -> Iterator[tuple[Any, Any, socket.socket, socket.socket, socket.sock
     closed after the test."""
     a, b = socket.socketpair()
     c, d = socket.socketpair()
-    p = ffi.new("struct ats_pipe *")
-    src, dst = ffi.new("struct ats_splice_end *"), ffi.new("struct ats_splice_end *")
+    ends = ffi.new("struct ats_splice_end[2]")  # the source's, with the pipe; the sink's
+    src, dst = ends + 0, ends + 1
+    p = ffi.addressof(ends[0], "pipe")
     p.src_fd, p.dst_fd = a.fileno(), c.fileno()
     p.cap = p.budget = 4096
     p.src_end, p.dst_end = src, dst
-    setattr(src, "in", p)  # a Python keyword as a C field name
     dst.out = p
+    lib.ats_pipe_stop(ffi.addressof(ends[1], "pipe"))  # the sink's own pipe: none here
     try:
         yield p, src, a, b, d
     finally:
         lib.ats_pipe_release(p)
+        lib.ats_splice_free_all()  # this thread's scratch and moved list
         for s in (a, b, c, d):
             s.close()
 

@@ -410,7 +410,7 @@ class NetHandler(Continuation):
         if vc.closed:
             return
         if vc.splice_end is not None:
-            self.splice.start_io_failed(vc.splice_end, err)
+            self.splice.start_io_failed(vc, err)
             return
         vc.lerrno = err
         vc.read.pending_error = err

@@ -40,7 +40,7 @@ from ats_cffi.net.vcio import read_into_buffer, write_from_reader
 
 if TYPE_CHECKING:
     from ats_cffi.net.nethandler import NetHandler
-    from ats_cffi.net.splice import SpliceEnd
+    from ats_cffi.net.splice import Splice
 
 log: Final = logging.getLogger("ats.iocore_net")
 
@@ -459,15 +459,15 @@ class UnixNetVConnection(NetVConnection):
         self._reschedule(self.write, nh)
         self._reschedule(self.read, nh)
 
-    def start_splice(self, end: SpliceEnd) -> tuple[bool, bool, int, bool]:
-        """From now on ``end`` (splice.py) moves this VC's bytes natively; the splice has
+    def start_splice(self, splice: Splice) -> tuple[bool, bool, int, bool]:
+        """From now on ``splice`` (splice.py) moves this VC's bytes natively; it has
         taken both VIOs, with no buffer. Returns the edge state its pipes start from: read
         triggered, hang-up seen, the error a read found after its data (handed over: the VC
         will not deliver it), write triggered."""
         r = self.read
         state = (r.triggered, r.hup, r.pending_error, self.write.triggered)
         r.pending_error = 0
-        self.splice_end = end
+        self.splice_end = splice
         return state
 
     # ------------------------------------------------------------------ timeouts

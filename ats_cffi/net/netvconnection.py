@@ -183,7 +183,7 @@ class NetVConnection(Continuation):
         self.action: Action | None = None
         self._local_addr: Any = None
         self._remote_addr: Any = None
-        #: Set while the VC's bytes move natively (splice.py): its SpliceEnd.
+        #: Set while the VC's bytes move natively (splice.py): its Splice.
         self.splice_end: Any = None
 
     # ------------------------------------------------------------------ addresses

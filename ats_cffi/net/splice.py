@@ -24,8 +24,14 @@ client cannot starve the others), finished, or failed. ATS's machinery stays in 
 everything else: the VCs stay open VCs of their NetHandler (stats, ``connections_currently
 _open``, shutdown); their read and write VIOs belong to the splice, so the InactivityCop's
 timeouts (``set_inactivity_timeout``, ``default_inactivity_timeout``, active timeouts) reach
-it (activity is counted natively per end and read by the cop); the pumps' reads and writes
-are added to ``proxy.process.net.*`` at each cop run and when a splice stops.
+it (the pumps list the ends whose bytes moved, once per cop period, and the cop pushes those
+VCs' deadlines); the pumps' reads and writes are added to ``proxy.process.net.*`` at each
+cop run and when a splice stops.
+
+What an idle spliced connection holds: its VC, the ``Splice`` (each VC's ``splice_end``:
+no Python object per end), and one native array of its ends, each with the pipe that reads
+it (an echo's one end: 112 bytes, one allocation); no buffer, and no entry in any
+per-thread collection.
 
 Events to ``cont`` (with its mutex held, ``data`` the Splice):
 
@@ -56,7 +62,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ats_cffi._native import ffi, lib
 from ats_cffi.eventsystem import codes as _codes
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation, freed_handler
-from ats_cffi.eventsystem.vio import INT64_MAX, VIO
+from ats_cffi.eventsystem.vio import INT64_MAX
 from ats_cffi.net import stats as st
 from ats_cffi.net.eventio import READ_WRITE
 from ats_cffi.net.netvc import UnixNetVConnection
@@ -91,10 +97,16 @@ _CTR_WRITES: Final[int] = lib.ATS_CTR_WRITES
 _CTR_WRITE_BYTES: Final[int] = lib.ATS_CTR_WRITE_BYTES
 _CTR_COUNT: Final[int] = lib.ATS_CTR_COUNT
 # A pipe's ``done`` is the one field another thread may write (a close): C11 atomic, so it
-# is set and read through these, never as a field.
+# is set and read through these (one call for all of a splice's pipes), never as a field.
 _pipe_stop: Final = lib.ats_pipe_stop
-_pipe_done: Final = lib.ats_pipe_done
+_splice_stop: Final = lib.ats_splice_stop
+_splice_finished: Final = lib.ats_splice_finished
+_splice_take: Final = lib.ats_splice_take
+_splice_release: Final = lib.ats_splice_release
 _trim: Final = lib.ats_splice_trim
+_moved: Final = lib.ats_splice_moved
+# ``Splice.in_ready``: ends to pump (bit i: end i), and whether it is on the ready list.
+_LISTED: Final[int] = 4
 
 
 class SpliceDriver:
@@ -109,32 +121,32 @@ class SpliceDriver:
     thread's own code touches it.
     """
 
-    __slots__ = ("nh", "ready", "retries", "retry_due", "ends")
+    __slots__ = ("nh", "ready", "retries", "retry_due", "moved_p")
 
     def __init__(self, nh: NetHandler) -> None:
         self.nh = nh
-        #: Ends to pump (or whose status to take) on this pass.
-        self.ready: list[SpliceEnd] = []
-        #: Ends whose owner's mutex was busy; all due at ``retry_due`` (0.0: none).
-        self.retries: list[SpliceEnd] = []
+        #: Splices with ends to pump (or whose status to take) on this pass.
+        self.ready: list[Splice] = []
+        #: Splices whose owner's mutex was busy; all due at ``retry_due`` (0.0: none).
+        self.retries: list[Splice] = []
         self.retry_due = 0.0
-        #: Every end spliced on this thread and not yet released.
-        self.ends: set[SpliceEnd] = set()
+        #: Where ``ats_splice_moved`` puts its list (the thread's: no copy).
+        self.moved_p = ffi.new("uint64_t **")
 
-    def kick(self, end: SpliceEnd) -> None:
-        """Pump ``end`` (and take its status) on this pass or the next."""
-        if not end.in_ready:
-            end.in_ready = True
-            self.ready.append(end)
+    def kick(self, splice: Splice, i: int) -> None:
+        """Pump ``splice``'s end ``i`` (and take its status) on this pass or the next."""
+        r = splice.in_ready
+        splice.in_ready = r | (1 << i) | _LISTED
+        if not r & _LISTED:
+            self.ready.append(splice)
 
-    def retry_later(self, end: SpliceEnd) -> None:
-        """``end``'s owner's mutex is busy: its turn again after ``net.retry_delay`` (as
-        ``NetHandler.retry_later`` for a VC side)."""
-        end.in_ready = True
+    def retry_later(self, splice: Splice) -> None:
+        """``splice``'s owner's mutex is busy: its event again after ``net.retry_delay``
+        (as ``NetHandler.retry_later`` for a VC side)."""
         if not self.retries:
             nh = self.nh
             self.retry_due = nh.clock() + nh.config.retry_delay / 1000.0
-        self.retries.append(end)
+        self.retries.append(splice)
 
     def after_wait(self) -> None:
         """Take the status of the ends the native pass reported."""
@@ -145,25 +157,30 @@ class SpliceDriver:
         notify = pd.notify
         for i in range(m):
             eio = pd.lookup(notify[i])
-            end = eio.data.splice_end if eio is not None else None
-            if end is not None:
-                end.splice.take(end)
+            if eio is not None:
+                vc = eio.data
+                splice: Splice | None = vc.splice_end
+                if splice is not None:
+                    splice.take(0 if vc is splice.a else 1, 0)
 
     def after_ready(self) -> None:
         """Pump the ends queued for this pass, the ones whose retry is due included."""
         if self.retries and self.retry_due <= self.nh.now:
-            ends, self.retries = self.retries, []
+            retries, self.retries = self.retries, []
             self.retry_due = 0.0
-            for end in ends:
-                end.in_ready = False
-                self.kick(end)
+            for splice in retries:  # (its event goes through an end still spliced)
+                self.kick(splice, 0 if splice.a.splice_end is splice else 1)
         if not self.ready:
             return
-        ends, self.ready = self.ready, []
-        for end in ends:
-            end.in_ready = False
-            if end.vc.splice_end is end:
-                end.splice.pump(end)
+        ready, self.ready = self.ready, []
+        for splice in ready:
+            bits = splice.in_ready
+            splice.in_ready = 0
+            if bits & 1 and splice.a.splice_end is splice:
+                splice.take(0, 1)
+            b = splice.b
+            if bits & 2 and b is not None and b.splice_end is splice:
+                splice.take(1, 1)
 
     def fold_counters(self) -> None:
         """Add the native pumps' reads and writes to this thread's net stats."""
@@ -181,14 +198,20 @@ class SpliceDriver:
     def before_cop(self, now: float) -> None:
         """The InactivityCop's run: fold the counters, push the inactivity deadline of every
         spliced VC whose bytes moved (natively: no read or write step saw them) since the
-        last run, and free the thread's pipe buffers that no pipe needed since then."""
+        last run (the pumps listed their tokens), and free the thread's pipe buffers that
+        no pipe needed since then."""
         self.fold_counters()
         _trim()
-        for end in self.ends:
-            activity: int = end.c.activity
-            if activity != end.seen_activity:
-                end.seen_activity = activity
-                end.vc.net_activity(now)
+        p = self.moved_p
+        n: int = _moved(p)
+        if not n:
+            return
+        tokens = p[0]
+        pd = self.nh.pd
+        for i in range(n):
+            eio = pd.lookup(tokens[i])
+            if eio is not None:  # (a VC freed since has no EventIO any more)
+                eio.data.net_activity(now)
 
     def close(self) -> None:
         """The NetHandler closes (``NetHandler.close``): fold the counters, and free the
@@ -200,43 +223,19 @@ class SpliceDriver:
         if self.nh.thread.tid == threading.get_ident():
             lib.ats_splice_free_all()
 
-    def start_io_failed(self, end: SpliceEnd, err: int) -> None:
-        """``end``'s socket could not be registered: no byte will move on it."""
-        end.splice.fail(end, err)
+    def start_io_failed(self, vc: UnixNetVConnection, err: int) -> None:
+        """``vc``'s socket could not be registered: no byte will move on it."""
+        splice: Splice | None = vc.splice_end
+        if splice is not None:
+            splice.fail(vc, err)
 
-    def release(self, end: SpliceEnd) -> None:
-        """``end``'s VC was freed (``NetHandler.free_netevent``): no pipe may touch its fd
-        again. Once no VC of the splice is left, nothing reaches the splice any more: its
-        reference cycles (ends, handler) are cut, so that it and its native pipe buffers are
-        released as soon as its owner lets go, not by the cyclic collector some time later."""
-        self.ends.discard(end)
-        splice = end.splice
+    def release(self, splice: Splice) -> None:
+        """A VC of ``splice`` was freed (``NetHandler.free_netevent``): no pipe may touch its
+        fd again. Once no VC of the splice is left, nothing reaches the splice any more:
+        its pipes' buffers go back to this thread now (no pump runs on them any more), and
+        its handler drops any event that still comes."""
         splice.vc_closed()
-        if all(e not in self.ends for e in splice.ends):
-            splice.handler = freed_handler
-            for e in splice.ends:
-                e.splice = None  # type: ignore[assignment]
-
-
-class SpliceEnd:
-    """One spliced VC: its native end, its VIOs (the splice's), and what Python tracks."""
-
-    __slots__ = ("vc", "c", "splice", "seen_activity", "in_ready", "rvio", "wvio")
-
-    def __init__(self, vc: UnixNetVConnection, splice: Splice) -> None:
-        self.vc = vc
-        self.c = ffi.new("struct ats_splice_end *")
-        self.c.token = vc.ep.token
-        self.splice = splice
-        self.seen_activity = 0
-        self.in_ready = False  # on its SpliceDriver's ready or retry list
-        # The VC's VIOs, taken by the splice with no buffer: the VC moves no byte itself.
-        self.rvio: VIO = vc.do_io_read(splice, INT64_MAX, None)
-        self.wvio: VIO = vc.do_io_write(splice, INT64_MAX, None)
-
-    def vc_closed(self) -> None:
-        """The VC is being closed (by anyone, any thread): its pipes stop now."""
-        self.splice.vc_closed()
+        splice.release_end()
 
 
 def _check_splice(vcs: tuple[UnixNetVConnection, ...], buffer_size: Any) -> NetHandler:
@@ -289,100 +288,124 @@ class Splice(Continuation):
         buffer_size: int = DEFAULT_BUFFER_SIZE,
     ) -> None:
         check_continuation("Splice", cont)
-        vcs: tuple[UnixNetVConnection, ...] = (a,) if b is None or b is a else (a, b)
-        nh = _check_splice(vcs, buffer_size)
+        if b is a:
+            b = None
+        nh = _check_splice((a,) if b is None else (a, b), buffer_size)
         super().__init__(cont.mutex)
         self.cont = cont
         self.nh = nh
-        self.vcs = vcs
         self.lerrno = 0
         self.error_vc: UnixNetVConnection | None = None
         self.stopped = False
         self.closed = False
         #: An event for ``cont`` that could not be delivered yet (its mutex was busy).
         self.pending_event = 0
-        # (Tuples, and no handler set: ``handle_event``; fewer objects per splice.)
-        self.ends: tuple[SpliceEnd, ...] = tuple([SpliceEnd(vc, self) for vc in vcs])
-        # Each VC's edge state, which its pipes start from (it hands its pending error over).
-        state = {end: end.vc.start_splice(end) for end in self.ends}
-        # Pipes: a -> b and b -> a, or a -> a. The structs are Python's: the ends and the
-        # VCs keep them alive while the sockets are registered, and only the net thread
-        # drops the last reference (free_netevent), never during a pump. A pipe's buffer is
-        # native: taken from the thread's freelist only while bytes wait for the sink, and
-        # given back as soon as none do (an idle splice holds no buffer), or with the struct.
-        pipes: list[Any] = []
-        for src, dst in self._pipe_ends():
-            src_triggered, src_hup, src_error, _ = state[src]
-            p = ffi.gc(ffi.new("struct ats_pipe *"), lib.ats_pipe_release)
-            p.src_fd = src.vc.fd
-            p.dst_fd = dst.vc.fd
+        # (No handler set: ``handle_event``. Two fields, not a tuple; no object per end.)
+        self.a = a
+        self.b = b
+        #: The ends whose pump is due (bit i: end i), and ``_LISTED`` (SpliceDriver).
+        self.in_ready = 0
+        #: The native ends, each with the pipe that reads it (pipe i: end i's fd to end
+        #: i+1's, mod n): one allocation, Python's. The VCs keep it alive (through their
+        #: ``splice_end``) while the sockets are registered, and only the net thread drops
+        #: the last reference (free_netevent), never during a pump. A pipe's buffer is
+        #: native: taken from the thread's freelist only while bytes wait for the sink,
+        #: given back as soon as none do (an idle splice holds no buffer), or at the release.
+        self.c: Any = ffi.new("struct ats_splice_end[]", 1 if b is None else 2)
+        for vc in self.vcs:
+            # The VC's VIOs, taken by the splice with no buffer: it moves no byte itself.
+            vc.do_io_read(self, INT64_MAX, None)
+            vc.do_io_write(self, INT64_MAX, None)
+        self._start(buffer_size)
+
+    @property
+    def n(self) -> int:
+        """The number of ends: 2, or 1 (an echo)."""
+        return 1 if self.b is None else 2
+
+    def _vc(self, i: int) -> UnixNetVConnection:
+        b = self.b
+        return b if i and b is not None else self.a
+
+    def _start(self, buffer_size: int) -> None:
+        """Set the pipes up from each VC's edge state (it hands its pending error over),
+        then register the sockets to the native side."""
+        n = self.n
+        nh = self.nh
+        c = self.c
+        state = [vc.start_splice(self) for vc in self.vcs]
+        for i in range(n):
+            j = (i + 1) % n
+            src_triggered, src_hup, src_error, _ = state[i]
+            e = c[i]
+            p = e.pipe
+            p.src_fd = self._vc(i).fd
+            p.dst_fd = self._vc(j).fd
             p.cap = buffer_size
-            p.budget = nh.max_read_per_pass
+            p.budget = min(nh.max_read_per_pass, 0xFFFFFFFF)
             p.src_ready = src_triggered
             p.src_hup = src_hup
-            p.dst_ready = state[dst][3]
+            p.dst_ready = state[j][3]
             if src_error:  # seen by the VC's last read, after its data
                 p.err = src_error
-                _pipe_stop(p)
-                src.c.status |= _ERROR
-            p.src_end = src.c
-            p.dst_end = dst.c
-            setattr(src.c, "in", p)  # a Python keyword as a C field name
-            dst.c.out = p
-            pipes.append(p)
-        self.pipes: tuple[Any, ...] = tuple(pipes)
+                _pipe_stop(ffi.addressof(p))
+                e.status |= _ERROR
+            p.src_end = c + i
+            p.dst_end = c + j
+            c[j].out = ffi.addressof(p)
+            e.token = self._vc(i).ep.token
         driver = nh.splice
-        for end in self.ends:
-            tag = SPLICE_TAG | int(ffi.cast("uintptr_t", end.c))
+        for i in range(n):
+            tag = SPLICE_TAG | int(ffi.cast("uintptr_t", c + i))
             # EPOLL_CTL_MOD also re-arms the edges: readiness pending now is reported on the
             # next pass, to the native side.
-            nh.pd.epoll.modify(end.vc.fd, _REG_EVENTS, tag)
-            driver.ends.add(end)
-            driver.kick(end)
+            nh.pd.epoll.modify(self._vc(i).fd, _REG_EVENTS, tag)
+            driver.kick(self, i)
+
+    @property
+    def vcs(self) -> tuple[UnixNetVConnection, ...]:
+        """The spliced VCs: ``(a, b)``, or ``(a,)``."""
+        b = self.b
+        return (self.a,) if b is None else (self.a, b)
+
+    @property
+    def pipes(self) -> tuple[Any, ...]:
+        """The native pipes (``struct ats_pipe *``): ``(a->b, b->a)``, or ``(a->a,)``;
+        valid while the splice is (for tests and debugging)."""
+        return tuple(ffi.addressof(self.c[i], "pipe") for i in range(self.n))
 
     # ------------------------------------------------------------------ the NetHandler side
 
-    def pump(self, end: SpliceEnd) -> None:
-        """Pump ``end``'s pipes (its turn on the ready list) and take its status."""
-        if not self.stopped:
-            end.c.status |= lib.ats_splice_end_event(end.c, 0, self.nh.pd.counters_c)
-        self.take(end)
-
-    def take(self, end: SpliceEnd) -> None:
-        """Act on the status bits the native side left on ``end`` (NetHandler thread)."""
-        c = end.c
-        status = c.status
-        c.status = 0
-        c.queued = 0
+    def take(self, i: int, pump: int) -> None:
+        """Act on the status bits the native side left on end ``i`` (NetHandler thread),
+        after pumping its pipes first if ``pump`` (its turn on the ready list)."""
+        status: int = _splice_take(self.c, i, pump and not self.stopped, self.nh.pd.counters_c)
         if self.stopped:
             if self.pending_event:
-                self.deliver(self.pending_event, end)
+                self.deliver(self.pending_event)
             return
         if status & _ERROR:
-            for p, e in zip(self.pipes, self._pipe_ends()):
+            for i in range(self.n):
+                p = self.c[i].pipe
                 if p.err:
                     self.lerrno = p.err
-                    self.error_vc = e[1].vc if p.err_on_dst else e[0].vc
+                    self.error_vc = self._vc((i + 1) % self.n if p.err_on_dst else i)
                     break
             self.stop()
-            self.deliver(VC_EVENT_ERROR, end)
-        elif status & _DONE and all(_pipe_done(p) for p in self.pipes):
+            self.deliver(VC_EVENT_ERROR)
+        elif status & _DONE and _splice_finished(self.c, self.n):
             self.stop()
-            self.deliver(VC_EVENT_EOS, end)
+            self.deliver(VC_EVENT_EOS)
         elif status & _MORE:
-            self.nh.splice.kick(end)
+            self.nh.splice.kick(self, i)
 
-    def _pipe_ends(self) -> list[tuple[SpliceEnd, SpliceEnd]]:
-        e = self.ends
-        return [(e[0], e[0])] if len(e) == 1 else [(e[0], e[1]), (e[1], e[0])]
-
-    def deliver(self, event: int, end: SpliceEnd) -> None:
+    def deliver(self, event: int) -> None:
         """Tell ``cont`` (try-lock; on failure, again after ``net.retry_delay``)."""
         m = self.mutex
         assert m is not None
         if not m.try_lock():
             self.pending_event = event
-            self.nh.splice.retry_later(end)
+            self.nh.splice.retry_later(self)
             return
         self.pending_event = 0
         try:
@@ -419,39 +442,49 @@ class Splice(Continuation):
         if self.stopped:
             return
         self.stopped = True
-        for p in self.pipes:
-            _pipe_stop(p)
+        _splice_stop(self.c, self.n)
         self.sync()
 
     def sync(self) -> None:
         """Bring the VIOs' ``ndone`` and (on the net thread, whose counters they are) the
         thread's net stats up to date."""
-        for p, (src, dst) in zip(self.pipes, self._pipe_ends()):
-            src.rvio.ndone = p.nread
-            dst.wvio.ndone = p.nwritten
+        for i in range(self.n):
+            p = self.c[i].pipe
+            self._vc(i).read.ndone = p.nread
+            self._vc((i + 1) % self.n).write.ndone = p.nwritten
         nh = self.nh
         if nh.thread.tid == threading.get_ident():
             nh.splice.fold_counters()
 
-    def fail(self, end: SpliceEnd, err: int) -> None:
-        """``end``'s VC can move no byte any more (its epoll registration failed): stop and
-        tell ``cont`` ``VC_EVENT_ERROR`` (net thread)."""
+    def fail(self, vc: UnixNetVConnection, err: int) -> None:
+        """``vc`` can move no byte any more (its epoll registration failed): stop and tell
+        ``cont`` ``VC_EVENT_ERROR`` (net thread)."""
         if self.stopped:
             return
         self.lerrno = err
-        self.error_vc = end.vc
+        self.error_vc = vc
         self.stop()
-        self.deliver(VC_EVENT_ERROR, end)
+        self.deliver(VC_EVENT_ERROR)
 
     def transferred(self) -> tuple[int, ...]:
         """Bytes written so far per direction: ``(a->b, b->a)``, or ``(a->a,)``."""
-        return tuple(p.nwritten for p in self.pipes)
+        return tuple(self.c[i].pipe.nwritten for i in range(self.n))
 
     def vc_closed(self) -> None:
         """A VC of the splice is being closed (by anyone): no pipe may touch its fd again."""
-        for p in self.pipes:
-            _pipe_stop(p)
+        _splice_stop(self.c, self.n)
         self.stopped = True
+
+    def release_end(self) -> None:
+        """A VC of the splice was freed (``SpliceDriver.release``, net thread). Once none is
+        left (a freed VC drops its ``splice_end``), nothing reaches the splice any more: its
+        pipes' buffers go back, and its events go to ``freed_handler``. (No cycle is left to
+        cut: a freed VC drops its VIOs' continuation too.)"""
+        b = self.b
+        if self.a.splice_end is not None or (b is not None and b.splice_end is not None):
+            return
+        _splice_release(self.c, self.n)
+        self.handler = freed_handler
 
     def close(self) -> None:
         """Stop and close both VCs (with ``cont``'s mutex held, or on the net thread)."""
@@ -467,4 +500,4 @@ class Splice(Continuation):
         return f"<Splice fds={fds} moved={self.transferred()} stopped={self.stopped}>"
 
 
-__all__ = ["DEFAULT_BUFFER_SIZE", "SPLICE_TAG", "Splice", "SpliceDriver", "SpliceEnd"]
+__all__ = ["DEFAULT_BUFFER_SIZE", "SPLICE_TAG", "Splice", "SpliceDriver"]

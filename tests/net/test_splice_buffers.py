@@ -1,7 +1,10 @@
 """What a spliced connection keeps (ats_cffi/_native_splice.c): a pipe holds a buffer only
 while bytes wait for its sink; a drained buffer goes back to its net thread's freelist,
 where a pipe of the same size takes it again, and the InactivityCop's runs free what no
-pipe needed for a whole period."""
+pipe needed for a whole period. What an idle one costs: the Splice is its VCs'
+``splice_end`` (no object per end), its ends are one native array that nothing per thread
+lists, the InactivityCop hears only of the ends whose bytes moved, and a buffer still held
+when the splice is released goes back to the freelist."""
 
 from __future__ import annotations
 
@@ -186,3 +189,94 @@ def test_a_size_too_large_for_the_scratch_reads_into_a_pooled_buffer(listen: Any
         assert on_thread(thread, lambda: holds(p)) == -1
         assert on_thread(thread, lib.ats_splice_scratch_size) == 0
         assert free_buffers(thread) == 1
+
+
+def moved_tokens(thread: Any) -> list[int]:
+    """The tokens the pumps of ``thread`` listed since the last call (as the cop takes
+    them)."""
+
+    def take() -> list[int]:
+        pp = ffi.new("uint64_t **")
+        n = lib.ats_splice_moved(pp)
+        return [pp[0][i] for i in range(n)]
+
+    return on_thread(thread, take)
+
+
+def test_the_cop_hears_only_of_the_ends_that_moved_bytes(listen: Any) -> None:
+    owner = EchoOwner()
+    _, acc, port = listen(owner.on_vc)
+    with client(port) as c1, client(port) as c2:
+        acc.wait()
+        acc.wait()
+        c1.sendall(b"1")
+        c2.sendall(b"2")
+        assert recv_exactly(c1, 1) == b"1" and recv_exactly(c2, 1) == b"2"
+        sp1, sp2 = owner.splices
+        thread = sp1.nh.thread
+        (vc1,), (vc2,) = sp1.vcs, sp2.vcs
+        assert vc1.splice_end is sp1 and vc2.splice_end is sp2
+        assert sorted(moved_tokens(thread)) == sorted([vc1.ep.token, vc2.ep.token])
+        for _ in range(3):  # several messages: listed once
+            c2.sendall(b"again")
+            assert recv_exactly(c2, 5) == b"again"
+        assert moved_tokens(thread) == [vc2.ep.token]
+        assert moved_tokens(thread) == []  # both idle: the cop visits neither
+
+
+def test_a_splice_released_while_holding_bytes_gives_its_buffer_back(listen: Any) -> None:
+    owner = EchoOwner(setup=small_sndbuf)
+    _, acc, port = listen(owner.on_vc)
+    with small_client(port) as c:
+        acc.wait()
+        p, thread = owner.pipe()
+
+        def send() -> None:
+            try:
+                c.sendall(payload_of(BIG, seed=40))
+            except OSError:
+                pass  # the splice closed under it
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        seen: list[tuple[int, int]] = []
+
+        def look() -> bool:
+            seen.append(on_thread(thread, lambda: (holds(p), lib.ats_splice_free_buffers())))
+            return seen[-1][0] > 0
+
+        assert wait_until(look, what="a kept remainder")
+        pooled = seen[-1][1]
+        sp = owner.splices[0]
+        on_thread(thread, sp.close)  # the VC is freed: the splice released
+        assert sp.vcs[0].fd == -1
+        assert free_buffers(thread) == pooled + 1
+        assert p.buf == ffi.NULL
+        sender.join(10)  # (the close reset the connection: its sendall failed)
+        assert not sender.is_alive()
+
+
+def test_a_tunnel_is_one_splice_for_both_vcs(listen: Any) -> None:
+    """Both VCs of a tunnel name the one Splice; its pipes move both ways."""
+    vcs: list[Any] = []
+    owner = EchoOwner()
+    ready = threading.Event()
+
+    def on_vc(vc: Any) -> None:
+        vcs.append(vc)
+        if len(vcs) == 2:
+            with owner.mutex:  # type: ignore[union-attr]
+                owner.splices.append(Splice(owner, vcs[0], vcs[1]))
+            ready.set()
+
+    _, acc, port = listen(on_vc)
+    with client(port) as c1, client(port) as c2:
+        assert ready.wait(10)
+        (sp,) = owner.splices
+        assert sp.vcs == tuple(vcs) and all(vc.splice_end is sp for vc in vcs)
+        c1.sendall(b"to two")
+        assert recv_exactly(c2, 6) == b"to two"
+        c2.sendall(b"to one")
+        assert recv_exactly(c1, 6) == b"to one"
+        # (counted after the send returned: after the peer may have read them)
+        assert wait_until(lambda: sp.transferred() == (6, 6), what="the counts")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from ats_cffi.eventsystem.codes import EVENT_DONE, EVENT_IMMEDIATE, VC_EVENT_INACTIVITY_TIMEOUT
@@ -61,13 +62,18 @@ def test_the_splice_driver_holds_nothing_once_its_spliced_vcs_are_freed(
         assert recv_exactly(c, 7) == b"spliced"
         (splice,) = owner.splices
         driver = splice.nh.splice
-        assert len(driver.ends) == 1
+        # The VC names its splice; the driver lists no spliced end (nor any per-end object).
+        assert splice.vcs[0].splice_end is splice
+        assert not hasattr(driver, "ends")
     assert wait_until(lambda: owner.events)
     action.cancel()
     assert wait_until(lambda: net_stats.get(OPEN) == 0)
-    assert not driver.ends and not driver.ready and not driver.retries
+    assert not driver.ready and not driver.retries
     assert driver.retry_due == 0.0
-    # Its reference cycles are cut, so that reference counting frees it (and its native
-    # pipe buffers) as soon as its owner lets go.
+    # No reference cycle is left, so that reference counting frees it (and its native
+    # ends) as soon as its owner lets go: only the owner's lists, this frame and the call
+    # hold it.
     assert splice.handler is freed_handler
-    assert all(end.splice is None for end in splice.ends)
+    assert all(vc.splice_end is None for vc in splice.vcs)
+    owner.events.clear()
+    assert sys.getrefcount(splice) == 3
