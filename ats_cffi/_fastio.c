@@ -298,6 +298,48 @@ static PyObject *fast_bytes_at(PyObject *mod, PyObject *const *args, Py_ssize_t 
     return base == NULL ? NULL : PyBytes_FromStringAndSize(base + off, n);
 }
 
+/* put(dst, off, src) -> None: src's bytes copied into the bytearray dst at
+ * off, all of them (ValueError if they do not fit), with memmove (src may be dst).
+ * src is bytes or a bytearray, or else any object with the buffer protocol: what
+ * MIOBuffer.write copies into a block, where a slice of the block's memoryview
+ * made a slice object and two buffer views per write. */
+static PyObject *fast_put(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const char call[] = "put";
+    if (check_nargs(nargs, 3, call) < 0)
+        return NULL;
+    Py_ssize_t off = arg_size(args, 1, call);
+    if (off < 0)
+        return NULL;
+    PyObject *src = args[2];
+    Py_buffer view = {0};
+    const char *p;
+    Py_ssize_t n;
+    if (PyBytes_CheckExact(src)) {
+        p = PyBytes_AS_STRING(src);
+        n = PyBytes_GET_SIZE(src);
+    } else if (PyByteArray_CheckExact(src)) {
+        p = PyByteArray_AS_STRING(src);
+        n = PyByteArray_GET_SIZE(src);
+    } else {
+        if (PyObject_GetBuffer(src, &view, PyBUF_SIMPLE) < 0) {
+            PyErr_Format(PyExc_TypeError, "%s: src must be a bytes-like object, not %.100s",
+                         call, Py_TYPE(src)->tp_name);
+            return NULL;
+        }
+        p = view.buf;
+        n = view.len;
+    }
+    char *base = arg_span(args[0], off, n, call, "dst");
+    if (base != NULL)
+        memmove(base + off, p, (size_t)n);
+    if (view.obj != NULL)
+        PyBuffer_Release(&view);
+    if (base == NULL)
+        return NULL;
+    Py_RETURN_NONE; /* the caller knows len(src): no int made for it */
+}
+
 /* A buffer argument of at least need bytes (PyBUF_SIMPLE): 0, or -1 with an
  * exception set naming the call and the argument. */
 static int arg_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t need, const char *call,
@@ -497,6 +539,8 @@ static PyMethodDef fastio_methods[] = {
      "ready_events(tokens, masks, n, slots, slot_tokens) -> [eio, mask, ...] of a pass"},
     {"net_wait", (PyCFunction)(void (*)(void))fast_net_wait, METH_FASTCALL,
      "net_wait(net_args, timeout_ms) -> events of a NetHandler pass, or -errno (GIL released)"},
+    {"put", (PyCFunction)(void (*)(void))fast_put, METH_FASTCALL,
+     "put(dst, off, src) -> None: src copied into the bytearray dst at off"},
     {"get_ident", fast_get_ident, METH_NOARGS,
      "get_ident() -> threading.get_ident(), the same int object each time per thread"},
     {NULL, NULL, 0, NULL},

@@ -122,3 +122,32 @@ def test_bad_arguments_name_the_call_and_move_nothing(pair, call, args, exc, wor
     with pytest.raises(exc, match=words):
         getattr(_fastio, call)(*args)
     assert a.recv(16) == b"keep"  # no read happened
+
+
+def test_put_copies_bytes_a_bytearray_or_any_buffer_into_a_span() -> None:
+    dst = bytearray(b"." * 10)
+    assert _fastio.put(dst, 2, b"abc") is None
+    _fastio.put(dst, 5, bytearray(b"de"))
+    _fastio.put(dst, 7, memoryview(b"xyz"))
+    assert dst == b"..abcdexyz"
+    _fastio.put(dst, 0, memoryview(dst)[2:5])  # src inside dst: memmove
+    assert dst == b"abcbcdexyz"
+    _fastio.put(dst, 10, b"")  # an empty copy at the end
+
+
+@pytest.mark.parametrize(
+    ("args", "exc", "words"),
+    [
+        ((bytearray(4), 2, b"abc"), ValueError, r"put: dst holds 4 bytes, not \[2, 2 \+ 3\)"),
+        ((bytes(4), 0, b"a"), TypeError, "put: dst must be a bytearray, not bytes"),
+        ((bytearray(4), 0, "a"), TypeError, "put: src must be a bytes-like object, not str"),
+        ((bytearray(4), -1, b"a"), ValueError, "put: argument 2 must be >= 0"),
+        ((bytearray(4), 0), TypeError, "put takes 3 arguments"),
+    ],
+)
+def test_put_refuses_bad_arguments_and_copies_nothing(args, exc, words) -> None:
+    dst = args[0]
+    before = bytes(dst)
+    with pytest.raises(exc, match=words):
+        _fastio.put(*args)
+    assert bytes(dst) == before
