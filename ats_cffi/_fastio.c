@@ -246,6 +246,29 @@ static PyObject *fast_writev_chain(PyObject *mod, PyObject *const *args, Py_ssiz
     return PyLong_FromSsize_t(done);
 }
 
+/* The bytes of a bytes-like argument: bytes and bytearray read in place, anything
+ * else through the buffer protocol (view, which the caller releases when view->obj
+ * is set).  0, or -1 with a TypeError naming the call and the argument. */
+static int arg_bytes(PyObject *obj, Py_buffer *view, const char **p, Py_ssize_t *n,
+                     const char *call, const char *name)
+{
+    if (PyBytes_CheckExact(obj)) {
+        *p = PyBytes_AS_STRING(obj);
+        *n = PyBytes_GET_SIZE(obj);
+    } else if (PyByteArray_CheckExact(obj)) {
+        *p = PyByteArray_AS_STRING(obj);
+        *n = PyByteArray_GET_SIZE(obj);
+    } else if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0) {
+        PyErr_Format(PyExc_TypeError, "%s: %s must be a bytes-like object, not %.100s", call,
+                     name, Py_TYPE(obj)->tp_name);
+        return -1;
+    } else {
+        *p = view->buf;
+        *n = view->len;
+    }
+    return 0;
+}
+
 /* send_some(fd, data) -> one send() (MSG_NOSIGNAL, EINTR retried) of a
  * bytes-like object: the count sent, or -errno (-EAGAIN when the socket is
  * full).  A bytes object is used as it is; another through the buffer protocol. */
@@ -256,22 +279,11 @@ static PyObject *fast_send_some(PyObject *mod, PyObject *const *args, Py_ssize_t
     if (sizes(args, nargs, 2, call, 0, v) < 0)
         return NULL;
     Py_ssize_t fd = v[0];
-    PyObject *data = args[1];
     Py_buffer view = {0};
     const char *p;
     Py_ssize_t len;
-    if (PyBytes_CheckExact(data)) {
-        p = PyBytes_AS_STRING(data);
-        len = PyBytes_GET_SIZE(data);
-    } else {
-        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
-            PyErr_Format(PyExc_TypeError, "%s: data must be a bytes-like object, not %.100s",
-                         call, Py_TYPE(data)->tp_name);
-            return NULL;
-        }
-        p = view.buf;
-        len = view.len;
-    }
+    if (arg_bytes(args[1], &view, &p, &len, call, "data") < 0)
+        return NULL;
     ssize_t r;
     do {
         r = send((int)fd, p, (size_t)len, MSG_NOSIGNAL);
@@ -311,25 +323,11 @@ static PyObject *fast_put(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     Py_ssize_t off = arg_size(args, 1, call);
     if (off < 0)
         return NULL;
-    PyObject *src = args[2];
     Py_buffer view = {0};
     const char *p;
     Py_ssize_t n;
-    if (PyBytes_CheckExact(src)) {
-        p = PyBytes_AS_STRING(src);
-        n = PyBytes_GET_SIZE(src);
-    } else if (PyByteArray_CheckExact(src)) {
-        p = PyByteArray_AS_STRING(src);
-        n = PyByteArray_GET_SIZE(src);
-    } else {
-        if (PyObject_GetBuffer(src, &view, PyBUF_SIMPLE) < 0) {
-            PyErr_Format(PyExc_TypeError, "%s: src must be a bytes-like object, not %.100s",
-                         call, Py_TYPE(src)->tp_name);
-            return NULL;
-        }
-        p = view.buf;
-        n = view.len;
-    }
+    if (arg_bytes(args[2], &view, &p, &n, call, "src") < 0)
+        return NULL;
     char *base = arg_span(args[0], off, n, call, "dst");
     if (base != NULL)
         memmove(base + off, p, (size_t)n);
