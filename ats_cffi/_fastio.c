@@ -101,6 +101,16 @@ static inline int check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char *cal
     return -1;
 }
 
+/* Check a call's argument count and read its size argument i (>= 0): the value,
+ * or -1 with an exception set. */
+static Py_ssize_t count_and_size(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
+                                 int i, const char *call)
+{
+    if (check_nargs(nargs, want, call) < 0)
+        return -1;
+    return arg_size(args, i, call);
+}
+
 #define ARG(i) (1u << (i))
 
 /* Check a call's argument count, and read its fd (argument 0) and the size
@@ -318,9 +328,7 @@ static PyObject *fast_bytes_at(PyObject *mod, PyObject *const *args, Py_ssize_t 
 static PyObject *fast_put(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     static const char call[] = "put";
-    if (check_nargs(nargs, 3, call) < 0)
-        return NULL;
-    Py_ssize_t off = arg_size(args, 1, call);
+    Py_ssize_t off = count_and_size(args, nargs, 3, 1, call);
     if (off < 0)
         return NULL;
     Py_buffer view = {0};
@@ -338,159 +346,7 @@ static PyObject *fast_put(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     Py_RETURN_NONE; /* the caller knows len(src): no int made for it */
 }
 
-/* A buffer argument of at least need bytes (PyBUF_SIMPLE): 0, or -1 with an
- * exception set naming the call and the argument. */
-static int arg_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t need, const char *call,
-                      const char *name)
-{
-    if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0) {
-        PyErr_Format(PyExc_TypeError, "%s: %s must be a buffer, not %.100s", call, name,
-                     Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    if (view->len < need) {
-        PyErr_Format(PyExc_ValueError, "%s: %s holds %zd bytes, not %zd", call, name,
-                     view->len, need);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    return 0;
-}
-
-/* Fill out (a list of 2 * n slots) with [eio, mask, ...] for the events whose
- * token is its slot's current one; returns how many items. */
-static Py_ssize_t ready_items(const uint64_t *tokens, const uint32_t *masks, Py_ssize_t n,
-                              PyObject *slots, const uint64_t *slot_tokens, Py_ssize_t nslots,
-                              PyObject *out)
-{
-    Py_ssize_t k = 0;
-    if (nslots > PyList_GET_SIZE(slots))
-        nslots = PyList_GET_SIZE(slots);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        uint64_t token = tokens[i];
-        uint64_t slot = token & 0xFFFFFFFFu;
-        if (slot >= (uint64_t)nslots || slot_tokens[slot] != token)
-            continue; /* stopped after the kernel queued the event */
-        PyObject *eio = PyList_GET_ITEM(slots, slot);
-        PyObject *mask = PyLong_FromUnsignedLong(masks[i]);
-        if (mask == NULL)
-            return -1;
-        Py_INCREF(eio);
-        PyList_SET_ITEM(out, k, eio);
-        PyList_SET_ITEM(out, k + 1, mask);
-        k += 2;
-    }
-    return k;
-}
-
-/* ready_events(tokens, masks, n, slots, slot_tokens) -> [eio, mask, ...]: a
- * NetHandler pass's events (the first n of the uint64 tokens and uint32 masks
- * of the last epoll_wait) whose token is still registered in the
- * PollDescriptor's table (net/poll.py: slot = the token's low 32 bits, valid
- * while slot_tokens[slot] == token), in one call per pass, with no int made
- * per event for its token. */
-static PyObject *fast_ready_events(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
-{
-    static const char call[] = "ready_events";
-    if (check_nargs(nargs, 5, call) < 0)
-        return NULL;
-    Py_ssize_t n = arg_size(args, 2, call);
-    if (n < 0)
-        return NULL;
-    if (!PyList_CheckExact(args[3])) {
-        return PyErr_Format(PyExc_TypeError, "%s: slots must be a list, not %.100s", call,
-                            Py_TYPE(args[3])->tp_name);
-    }
-    Py_buffer tv, mv, sv;
-    if (arg_buffer(args[0], &tv, n * 8, call, "tokens") < 0)
-        return NULL;
-    if (arg_buffer(args[1], &mv, n * 4, call, "masks") < 0) {
-        PyBuffer_Release(&tv);
-        return NULL;
-    }
-    if (arg_buffer(args[4], &sv, 0, call, "slot_tokens") < 0) {
-        PyBuffer_Release(&tv);
-        PyBuffer_Release(&mv);
-        return NULL;
-    }
-    PyObject *out = PyList_New(2 * n);
-    Py_ssize_t k = out == NULL ? -1
-                               : ready_items(tv.buf, mv.buf, n, args[3], sv.buf, sv.len / 8, out);
-    PyBuffer_Release(&tv);
-    PyBuffer_Release(&mv);
-    PyBuffer_Release(&sv);
-    if (k < 0) {
-        Py_XDECREF(out);
-        return NULL;
-    }
-    Py_SET_SIZE(out, k); /* the slots past k were never filled */
-    return out;
-}
-
-/* The NetHandler's wait (ats_net_wait, _native_splice.c), called through the
- * address that net_args carries: the cffi module keeps the one definition. */
-typedef int (*net_wait_fn)(int epfd, struct epoll_event *evs, int maxevents, int timeout,
-                           uint64_t *tokens, uint32_t *masks, uint64_t *notify, int *nnotify,
-                           uint64_t *ctr);
-
-#define NET_ARGS 9
-
-/* net_wait(net_args, timeout_ms) -> the count of the pass's events, or -errno:
- * ats_net_wait with the GIL released (it may block up to timeout_ms), its
- * arguments the 9 ints of Epoll.net_args (the function's address, the epoll fd,
- * the events array's address, its size, then the addresses of the tokens,
- * masks, notify, nnotify and counters arrays), made once per epoll instance.
- * -EINTR (the caller waits again) once the handlers of the signal that
- * interrupted the wait have run; an exception one of them raised ends the call.
- * Where the cffi call converted seven pointers per call and two interpreted
- * methods ran around it, a pass's wait is this one call. */
-static PyObject *fast_net_wait(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
-{
-    static const char call[] = "net_wait";
-    if (check_nargs(nargs, 2, call) < 0)
-        return NULL;
-    PyObject *t = args[0];
-    if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != NET_ARGS) {
-        return PyErr_Format(PyExc_TypeError, "%s: net_args must be a tuple of %d ints", call,
-                            NET_ARGS);
-    }
-    uintptr_t a[NET_ARGS];
-    for (int i = 0; i < NET_ARGS; i++) {
-        /* Items 1 and 3 (the fd, the size) are ints >= 0, the others addresses > 0. */
-        int is_int = i == 1 || i == 3;
-        PyObject *o = PyTuple_GET_ITEM(t, i);
-        unsigned long long v = PyLong_CheckExact(o) ? PyLong_AsUnsignedLongLong(o) : 0;
-        if (v == (unsigned long long)-1 && PyErr_Occurred()) {
-            PyErr_Clear(); /* negative or too large: refused below */
-            v = is_int ? ULLONG_MAX : 0;
-        }
-        if (is_int ? v > INT_MAX : v == 0)
-            return PyErr_Format(PyExc_ValueError, "%s: net_args[%d] must be %s", call, i,
-                                is_int ? "an int in 0..INT_MAX" : "an address");
-        a[i] = (uintptr_t)v;
-    }
-    if (!PyLong_CheckExact(args[1])) {
-        return PyErr_Format(PyExc_TypeError, "%s: timeout_ms must be an int, not %.100s", call,
-                            Py_TYPE(args[1])->tp_name);
-    }
-    int overflow = 0;
-    long timeout = PyLong_AsLongAndOverflow(args[1], &overflow);
-    if (overflow || timeout < -1 || timeout > INT_MAX) {
-        return PyErr_Format(PyExc_ValueError, "%s: timeout_ms must be -1 or 0..%d", call,
-                            INT_MAX);
-    }
-    net_wait_fn fn = (net_wait_fn)a[0];
-    int n;
-    Py_BEGIN_ALLOW_THREADS
-    n = fn((int)a[1], (struct epoll_event *)a[2], (int)a[3], (int)timeout, (uint64_t *)a[4],
-           (uint32_t *)a[5], (uint64_t *)a[6], (int *)a[7], (uint64_t *)a[8]);
-    Py_END_ALLOW_THREADS
-    /* A signal interrupted the wait: its Python handler runs now (as the interpreter
-     * runs it between bytecodes), and what it raises ends the call. */
-    if (n == -EINTR && PyErr_CheckSignals() < 0)
-        return NULL;
-    return PyLong_FromLong(n);
-}
+#include "_fastio_net.c"
 
 /* last() -> the result of the calling thread's last syscall of a call above:
  * > 0 bytes moved, 0 EOF (reads), -errno. */
@@ -539,6 +395,8 @@ static PyMethodDef fastio_methods[] = {
      "net_wait(net_args, timeout_ms) -> events of a NetHandler pass, or -errno (GIL released)"},
     {"put", (PyCFunction)(void (*)(void))fast_put, METH_FASTCALL,
      "put(dst, off, src) -> None: src copied into the bytearray dst at off"},
+    {"epoll_add_all", (PyCFunction)(void (*)(void))fast_epoll_add_all, METH_FASTCALL,
+     "epoll_add_all(epfd, pending, failed) -> ADDs that failed (appended to failed)"},
     {"get_ident", fast_get_ident, METH_NOARGS,
      "get_ident() -> threading.get_ident(), the same int object each time per thread"},
     {NULL, NULL, 0, NULL},

@@ -151,3 +151,36 @@ def test_put_refuses_bad_arguments_and_copies_nothing(args, exc, words) -> None:
     with pytest.raises(exc, match=words):
         _fastio.put(*args)
     assert bytes(dst) == before
+
+
+def test_epoll_add_all_registers_each_fd_and_lists_the_adds_that_failed(pair) -> None:
+    from ats_cffi.sys import Epoll
+
+    a, b = pair
+    ep = Epoll(4)
+    try:
+        failed: list = []
+        pending = {a.fileno(): (1, 7, 7), 100_000: (1, 8, 9)}  # the second fd is not open
+        assert _fastio.epoll_add_all(ep.fd, pending, failed) == 1
+        assert failed == [(100_000, 9, errno.EBADF)]
+        b.send(b"x")
+        assert ep.wait(0) == 1 and ep.tokens[0] == 7
+    finally:
+        ep.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "exc", "words"),
+    [
+        ((3, [], []), TypeError, "epoll_add_all: pending must be a dict and failed a list"),
+        ((3, {}, ()), TypeError, "epoll_add_all: pending must be a dict and failed a list"),
+        ((3, {4: (1, 2)}, []), ValueError, r"epoll_add_all: a bad entry in pending \(fd 4\)"),
+        ((3, {-4: (1, 2, 2)}, []), ValueError, "a bad entry in pending"),
+        ((3, {4: (2**33, 2, 2)}, []), ValueError, "a bad entry in pending"),
+        ((-1, {}, []), ValueError, "epoll_add_all: argument 1 must be >= 0"),
+        ((3, {}), TypeError, "epoll_add_all takes 3 arguments"),
+    ],
+)
+def test_epoll_add_all_refuses_bad_arguments(args, exc, words) -> None:
+    with pytest.raises(exc, match=words):
+        _fastio.epoll_add_all(*args)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 from typing import Any
 
+from ats_cffi._fastio import epoll_add_all as _add_all
 from ats_cffi._native import ffi, lib
 from ats_cffi.sys._check import EINTR, check_fd, check_int, oserror
 from ats_cffi.sys._fd import FdOwner
@@ -126,15 +127,7 @@ class Epoll(FdOwner):
         if not pending:
             return 0
         self.pending = {}
-        ctl = lib.ats_epoll_ctl
-        epfd = self._fd
-        nfailed = 0
-        for fd, (events, token, token0) in pending.items():
-            r = ctl(epfd, _CTL_ADD, fd, events, token)
-            if r < 0:
-                self.failed.append((fd, token0, -r))
-                nfailed += 1
-        return nfailed
+        return _add_all(self._fd, pending, self.failed)  # one call into C for all
 
     def wait(self, timeout_ms: int = -1) -> int:
         """Wait up to ``timeout_ms`` (-1: forever, 0: poll) and return the number of events."""
