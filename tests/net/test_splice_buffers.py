@@ -87,11 +87,22 @@ def small_client(port: int) -> socket.socket:
     return s
 
 
-def back_up(c: socket.socket, p: Any, thread: Any, data: bytes) -> tuple[threading.Thread, int]:
+def back_up(
+    c: socket.socket, p: Any, thread: Any, data: bytes, reset_ok: bool = False
+) -> tuple[threading.Thread, int]:
     """Send ``data`` (from a thread) without reading the echo, until the pipe keeps bytes
     that the sink did not take in a buffer of its own. Returns the sending thread, and the
-    length of the thread's freelist at that moment (read in the same turn of the thread)."""
-    t = threading.Thread(target=c.sendall, args=(data,), daemon=True)
+    length of the thread's freelist at that moment (read in the same turn of the thread).
+    ``reset_ok``: the test closes the splice under the sender, whose sendall then fails."""
+
+    def send() -> None:
+        try:
+            c.sendall(data)
+        except OSError:
+            if not reset_ok:
+                raise
+
+    t = threading.Thread(target=send, daemon=True)
     t.start()
     seen: list[tuple[int, int]] = []
 
@@ -230,23 +241,7 @@ def test_a_splice_released_while_holding_bytes_gives_its_buffer_back(listen: Any
     with small_client(port) as c:
         acc.wait()
         p, thread = owner.pipe()
-
-        def send() -> None:
-            try:
-                c.sendall(payload_of(BIG, seed=40))
-            except OSError:
-                pass  # the splice closed under it
-
-        sender = threading.Thread(target=send, daemon=True)
-        sender.start()
-        seen: list[tuple[int, int]] = []
-
-        def look() -> bool:
-            seen.append(on_thread(thread, lambda: (holds(p), lib.ats_splice_free_buffers())))
-            return seen[-1][0] > 0
-
-        assert wait_until(look, what="a kept remainder")
-        pooled = seen[-1][1]
+        sender, pooled = back_up(c, p, thread, payload_of(BIG, seed=40), reset_ok=True)
         sp = owner.splices[0]
         on_thread(thread, sp.close)  # the VC is freed: the splice released
         assert sp.vcs[0].fd == -1
