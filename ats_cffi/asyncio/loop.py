@@ -84,7 +84,9 @@ class Loop(_SelectorLoop):  # type: ignore[misc,valid-type]
         self._read_reader = self._read_buffer.alloc_reader()
         #: The open VCTransports by fd (asyncio's ``_transports`` keeps the loop's other
         #: transports), and the one continuation of their VCs.
-        self._vc_dispatch = TransportDispatch(self._net_mutex, VCTransport._vc_event)
+        self._vc_dispatch = TransportDispatch(
+            self._net_mutex, VCTransport._vc_event, self._read_reader
+        )
         #: Servers made by ``ats_cffi.asyncio.create_server``, with their options.
         self._server_options: weakref.WeakKeyDictionary[Any, ServerOptions] = (
             weakref.WeakKeyDictionary()

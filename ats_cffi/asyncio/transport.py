@@ -5,11 +5,11 @@ The VC's events become protocol calls, made directly from the NetHandler's dispa
 uvloop calls them from libuv's callbacks) through the loop's one continuation of all its
 transports (``dispatch.py``), which holds each transport from its making to its close:
 
-- ``VC_EVENT_READ_READY`` → ``data_received(bytes)``, or ``get_buffer``/``buffer_updated``
-  for a ``BufferedProtocol``; ``VC_EVENT_EOS`` → ``eof_received`` (the transport closes
-  unless it returns true); ``VC_EVENT_ERROR`` → ``connection_lost(OSError)``;
-  ``VC_EVENT_INACTIVITY_TIMEOUT``/``ACTIVE_TIMEOUT`` (the InactivityCop) →
-  ``connection_lost(TimeoutError)``.
+- ``VC_EVENT_READ_READY`` → ``data_received(bytes)`` (called by the compiled dispatch),
+  or ``get_buffer``/``buffer_updated`` for a ``BufferedProtocol``; ``VC_EVENT_EOS`` →
+  ``eof_received`` (the transport closes unless it returns true); ``VC_EVENT_ERROR`` →
+  ``connection_lost(OSError)``; ``VC_EVENT_INACTIVITY_TIMEOUT``/``ACTIVE_TIMEOUT`` (the
+  InactivityCop) → ``connection_lost(TimeoutError)``.
 - ``write`` tries the socket first and keeps only the rest (asyncio's rule), in an
   MIOBuffer that the VC's write VIO drains; the VIO's ``nbytes`` grows with each write, so
   its ``VC_EVENT_WRITE_COMPLETE`` means "drained": ``resume_writing``, a pending
@@ -39,12 +39,11 @@ import warnings
 from asyncio import constants, futures, protocols, transports, trsock
 from typing import TYPE_CHECKING, Any
 
-from ats_cffi import _fastio
 from ats_cffi import sys as _sys
+from ats_cffi.asyncio.dispatch import send_counted as _send_counted
 from ats_cffi.eventsystem import codes as _codes
 from ats_cffi.eventsystem.iobuffer import IOBufferReader, MIOBuffer
 from ats_cffi.eventsystem.vio import INT64_MAX, VIOOp
-from ats_cffi.net import stats as st
 from ats_cffi.net.codes import IO_SHUTDOWN_WRITE
 from ats_cffi.net.netvc import UnixNetVConnection
 
@@ -53,10 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("asyncio")
 
-_send_some = _fastio.send_some
-_CALLS_TO_WRITE = st.CALLS_TO_WRITE
-_CALLS_TO_WRITE_NODATA = st.CALLS_TO_WRITE_NODATA
-_WRITE_BYTES = st.WRITE_BYTES
 _NEG_EAGAIN = -errno.EAGAIN
 EVENT_CONT = _codes.EVENT_CONT
 _WRITE = int(VIOOp.WRITE)
@@ -122,7 +117,7 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
     """A stream transport over a UnixNetVConnection (see the module doc)."""
 
     __slots__ = (
-        "_sock_fd", "_context", "_vc", "_sock", "_wreader", "_buffered", "_protocol",
+        "_sock_fd", "_context", "_vc", "_sock", "_wreader", "_data_protocol", "_protocol",
         "_server", "_conn_lost", "_closing", "_paused", "_reading", "_eof", "_empty_waiter",
         "_open", "__weakref__",
     )  # fmt: skip
@@ -182,7 +177,9 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         #: into the loop's one read buffer (``Loop._read_buffer``, as uvloop reads into one
         #: loop-wide buffer): each read step hands all it read to the protocol.
         self._wreader: IOBufferReader | None = None
-        self._buffered = False
+        #: The protocol when it is a plain ``Protocol`` (its reads are handed over by the
+        #: compiled dispatch), None for a ``BufferedProtocol``.
+        self._data_protocol: Any = None
         self._protocol: Any = None
         self.set_protocol(protocol)
         self._server = server
@@ -245,7 +242,8 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
     # ------------------------------------------------------------------ protocol
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._buffered = isinstance(protocol, protocols.BufferedProtocol)
+        buffered = isinstance(protocol, protocols.BufferedProtocol)
+        self._data_protocol = None if buffered else protocol
         self._protocol = protocol
 
     def get_protocol(self) -> asyncio.BaseProtocol:
@@ -329,22 +327,13 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
     def _vc_event(self, event: int, vio: Any) -> int:
         """An event of the VC, in the transport's context: the loop's ``TransportDispatch``
         calls this function (not an override of a subclass) for every transport."""
-        if event == VC_EVENT_READ_READY:  # first: the event of nearly every call
+        if event == VC_EVENT_READ_READY:
+            # A BufferedProtocol's read, or one that arrived as the connection was lost (a
+            # plain Protocol's reads go to data_received in the dispatch: dispatch.py).
             r: IOBufferReader = self._loop._read_reader
-            if self._conn_lost:
-                r.consume(r.read_avail())
-            elif self._buffered:
+            if not self._conn_lost and self._data_protocol is None:
                 self._read_into_protocol(r)
-            else:
-                data = r.read(-1)
-                try:
-                    self._protocol.data_received(data)
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
-                return EVENT_CONT
-            if r.read_avail():  # a BufferedProtocol that failed: drop what it did not take
+            if r.read_avail():  # lost, or a BufferedProtocol that failed: dropped
                 r.consume(r.read_avail())
         elif event == VC_EVENT_WRITE_COMPLETE:
             self._write_done()
@@ -426,13 +415,7 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
             return
         r = self._wreader
         if self._send_first and (r is None or not r.read_avail()):  # try the socket first
-            n = _send_some(self._sock_fd, data)
-            stats = self._loop._net_stats  # counted as the VC's write steps are
-            stats[_CALLS_TO_WRITE] += 1
-            if n > 0:
-                stats[_WRITE_BYTES] += n
-            else:
-                stats[_CALLS_TO_WRITE_NODATA] += 1
+            n = _send_counted(self._loop._net_stats, self._sock_fd, data)
             if n == len(data):
                 return
             if n < 0:
@@ -551,7 +534,7 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         if sock is not None:
             sock.detach()
         self._vc.do_io_close()
-        self._protocol = None
+        self._protocol = self._data_protocol = None
         loop, self._loop = self._loop, None
         server, self._server = self._server, None
         if server is not None:

@@ -26,6 +26,7 @@ from ats_cffi._native import ffi, lib
 from ats_cffi.eventsystem.ioblock import IOBufferBlock, take_block
 from ats_cffi.eventsystem.iobuffer import IOBufferReader, MIOBuffer
 from ats_cffi.net import stats as st
+from ats_cffi.net.stats import StatBlock
 
 if TYPE_CHECKING:
     from ats_cffi.net.nethandler import NetHandler
@@ -239,10 +240,15 @@ def _gather(nh: NetHandler, reader: IOBufferReader, towrite: int) -> int:
 
 def _wrote(nh: NetHandler, reader: IOBufferReader, total: int) -> None:
     """Consume and count the ``total`` bytes a write step moved."""
-    stats = nh.stats
-    stats[_CALLS_TO_WRITE] += 1
     if total > 0:
         reader.advance(total, nh.pool)
+    count_write(nh.stats, total)
+
+
+def count_write(stats: StatBlock, total: int) -> None:
+    """Count a write step that moved ``total`` bytes (or failed: ``total`` <= 0)."""
+    stats[_CALLS_TO_WRITE] += 1
+    if total > 0:
         stats[_WRITE_BYTES] += total
     else:
         stats[_CALLS_TO_WRITE_NODATA] += 1
@@ -253,6 +259,7 @@ __all__ = [
     "SPILL_SIZE",
     "TLS_MAX_RECORD",
     "TLS_SMALL_RECORD",
+    "count_write",
     "read_into_buffer",
     "tls_write_from_reader",
     "write_from_reader",

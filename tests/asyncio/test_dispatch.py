@@ -15,7 +15,8 @@ import pytest
 
 import ats_cffi.asyncio as ats_asyncio
 from ats_cffi.asyncio.dispatch import TransportDispatch
-from ats_cffi.eventsystem.codes import VC_EVENT_READ_READY
+from ats_cffi.eventsystem.codes import EVENT_CONT, VC_EVENT_READ_READY, VC_EVENT_WRITE_READY
+from ats_cffi.eventsystem.iobuffer import MIOBuffer
 from ats_cffi.eventsystem.mutex import ProxyMutex
 from ats_cffi.net.netvc import UnixNetVConnection
 from tests.asyncio.recorder import Recorder, fresh_recorder, until  # noqa: F401
@@ -118,7 +119,7 @@ def test_default_write_buffer_limits_are_asyncios() -> None:
 
 
 def test_a_released_transport_leaves_the_next_owner_of_its_fd() -> None:
-    d = TransportDispatch(ProxyMutex(), lambda t, event, vio: 0)
+    d = TransportDispatch(ProxyMutex(), lambda t, event, vio: 0, MIOBuffer().alloc_reader())
     old, new = object(), object()
     d.add(5, old)
     d.add(5, new)  # the fd was closed and made again: another connection's
@@ -135,6 +136,9 @@ def test_an_event_runs_the_handler_in_the_transports_context() -> None:
     calls: list[tuple[Any, int, Any, str]] = []
 
     class T:
+        _conn_lost = 0
+        _data_protocol = None  # a BufferedProtocol's transport: its reads go to on_event
+
         def __init__(self) -> None:
             self._context = contextvars.copy_context()
             self._context.run(who.set, "t")
@@ -143,7 +147,7 @@ def test_an_event_runs_the_handler_in_the_transports_context() -> None:
         calls.append((t, event, vio, who.get()))
         return 42
 
-    d = TransportDispatch(ProxyMutex(), on_event)
+    d = TransportDispatch(ProxyMutex(), on_event, MIOBuffer().alloc_reader())
     vc = UnixNetVConnection()
     vc.fd = 9
     with pytest.raises(KeyError):  # a VC of no transport
@@ -152,4 +156,55 @@ def test_an_event_runs_the_handler_in_the_transports_context() -> None:
     d.add(9, t)
     assert d.handle_event(VC_EVENT_READ_READY, vc.write) == 42
     assert calls == [(t, VC_EVENT_READ_READY, vc.write, "t")]
+    assert who.get() == "nobody"
+
+
+def test_a_read_goes_to_data_received_in_the_transports_context() -> None:
+    """A plain Protocol's read: all the loop's read buffer holds, to ``data_received``, run
+    in the transport's context; what it raises reaches the transport's ``_fatal_error`` (in
+    that context too); a lost connection's read goes to ``on_event``, as other events do."""
+    seen: list[tuple[str, Any]] = []
+
+    class P:
+        def data_received(self, data: bytes) -> None:
+            seen.append(("data", data, who.get()))
+            if data == b"boom":
+                raise ValueError("boom")
+
+    class T:
+        _conn_lost = 0
+
+        def __init__(self) -> None:
+            self._data_protocol = P()
+            self._context = contextvars.copy_context()
+            self._context.run(who.set, "t")
+
+        def _fatal_error(self, exc: BaseException, message: str) -> None:
+            seen.append(("fatal", repr(exc), message, who.get()))
+
+    def on_event(t: Any, event: int, vio: Any) -> int:
+        seen.append(("event", event, who.get()))
+        return 7
+
+    buf = MIOBuffer()
+    d = TransportDispatch(ProxyMutex(), on_event, buf.alloc_reader())
+    vc = UnixNetVConnection()
+    vc.fd = 3
+    t = T()
+    d.add(3, t)
+    buf.write(b"hello ")
+    buf.write(b"world")
+    assert d.handle_event(VC_EVENT_READ_READY, vc.read) == EVENT_CONT
+    assert seen == [("data", b"hello world", "t")]
+    assert not d.reader.read_avail()
+    buf.write(b"boom")
+    assert d.handle_event(VC_EVENT_READ_READY, vc.read) == EVENT_CONT
+    assert seen[1:] == [
+        ("data", b"boom", "t"),
+        ("fatal", "ValueError('boom')", "Fatal error: protocol.data_received() call failed.", "t"),
+    ]
+    assert d.handle_event(VC_EVENT_WRITE_READY, vc.write) == 7
+    t._conn_lost = 1
+    assert d.handle_event(VC_EVENT_READ_READY, vc.read) == 7
+    assert seen[3:] == [("event", VC_EVENT_WRITE_READY, "t"), ("event", VC_EVENT_READ_READY, "t")]
     assert who.get() == "nobody"
