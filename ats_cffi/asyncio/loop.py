@@ -136,11 +136,15 @@ class Loop(_SelectorLoop):  # type: ignore[misc,valid-type]
 
     def _ensure_fd_no_transport(self, fd: Any) -> None:
         # add_reader, add_writer and the sock_* calls refuse an fd that a transport uses:
-        # asyncio's check (a valid fd, none of its transports), then the VCTransports.
+        # asyncio's check (a valid fd, none of its transports), then the VCTransports. A
+        # closing one's fd is the caller's to watch, as asyncio's closing transport removed
+        # its reader: the VC leaves the epoll set now (its close comes next).
         super()._ensure_fd_no_transport(fd)
         transport = self._vc_dispatch.get(fd if isinstance(fd, int) else int(fd.fileno()))
-        if transport is not None and not transport.is_closing():
-            raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
+        if transport is not None:
+            if not transport.is_closing():
+                raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
+            transport._leave_epoll()
 
     def _start_serving(
         self,

@@ -487,6 +487,16 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
             self._conn_lost += 1
             self._loop.call_soon(self._call_connection_lost, None)
 
+    def _leave_epoll(self) -> None:
+        """A closing transport's fd is wanted by ``add_reader``/``add_writer``: the VC stops
+        watching it (``EPOLL_CTL_DEL``), unless it still has bytes to write there."""
+        if self.get_write_buffer_size():
+            raise RuntimeError(
+                f"File descriptor {self._sock_fd} is used by transport {self!r}: "
+                "it is closing and still writing what it holds"
+            )
+        self._vc.ep.stop()
+
     def abort(self) -> None:
         self._force_close(None)
 

@@ -103,6 +103,41 @@ def test_add_reader_refuses_the_fd_of_an_open_transport() -> None:
     ats_asyncio.run(main())
 
 
+def test_add_reader_takes_the_fd_of_a_closing_transport() -> None:
+    """As on asyncio's loop: a closing transport no longer reads, its fd may be watched
+    until connection_lost closes it; one still writing what it holds keeps it."""
+
+    async def main() -> None:
+        loop: Any = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        c, d = socket.socketpair()
+        try:
+            a.setblocking(False)
+            tr, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+            fd = a.fileno()
+            tr.close()
+            readable = loop.create_future()
+            loop.add_reader(fd, lambda: readable.done() or readable.set_result(True))
+            b.send(b"x")
+            assert await asyncio.wait_for(readable, 5)
+            assert loop.remove_reader(fd)
+
+            c.setblocking(False)
+            tr2, _ = await loop.create_connection(asyncio.Protocol, sock=c)
+            tr2.write(b"y" * (8 << 20))  # more than the socket buffers take
+            assert tr2.get_write_buffer_size()
+            tr2.close()
+            with pytest.raises(RuntimeError, match="still writing"):
+                loop.add_reader(c.fileno(), lambda: None)
+            tr2.abort()
+            await asyncio.sleep(0)
+        finally:
+            for s in (a, b, c, d):
+                s.close()
+
+    ats_asyncio.run(main())
+
+
 def test_default_write_buffer_limits_are_asyncios() -> None:
     async def main() -> None:
         async with echoed():
