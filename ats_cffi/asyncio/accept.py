@@ -24,7 +24,9 @@ factory (or by the transport's making) closes that connection and, in debug mode
 the loop's exception handler. ``ServerOptions`` (``server.py``) act here: their timeouts
 are set on each VC before its transport is made; without ``throttle`` (and for every plain
 ``loop.create_server``) the listener is a ``backdoor`` one, exempt from the connections
-throttle. Like every accept of the core, a connection whose fd comes within
+throttle. With ``accept_threads``, the NetAccept's dedicated threads accept and hand the
+VCs to the loop's NetHandler (``net/accept_threads.py``), where the same ``NET_EVENT_ACCEPT``
+comes. Like every accept of the core, a connection whose fd comes within
 ``EMERGENCY_FD_HEADROOM`` of ``RLIMIT_NOFILE`` is closed at once (``net/throttle.py``).
 An accept error that is not transient (``EBADF``, ``EINVAL``...) goes to the loop's
 exception handler and the socket is no longer accepted on; a resource one (``EMFILE``...)
@@ -87,17 +89,21 @@ class ServerAccept(Continuation):
         #: What ``Server._start_serving`` ran in: each connection gets a copy of it.
         self.context = contextvars.copy_context()
         ip = sock.family != socket.AF_UNIX
+        n_threads = options.accept_threads if options is not None else 0
         opt = AcceptOptions(
             sockopt_flags=SOCK_OPT_NO_DELAY if ip else 0,
             defer_accept=0,
-            accept_threads=0,
+            accept_threads=n_threads,
             backdoor=options is None or not options.throttle,
             tls=sslcontext if isinstance(sslcontext, TLSContext) else None,
         )
         na = self.na = NetAccept(self, opt)
         na.adopt_listen_fd(sock.fileno(), sock.family)
         try:
-            na.init_accept_on(loop._net_handler)
+            if n_threads:
+                na.init_accept_loop(None, n_threads, loop._net_handler)
+            else:
+                na.init_accept_on(loop._net_handler)
         except BaseException:
             na.close_listener()
             raise

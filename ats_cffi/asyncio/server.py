@@ -12,7 +12,12 @@ connections also get what ATS gives its own:
 - ``throttle``: a connection accepted while ``proxy.config.net.connections_throttle`` is
   reached (every connection of the process counts: the net threads', the loops') is closed at
   once, before any protocol is made, counted in ``proxy.process.net.connections_throttled_in``
-  and logged once a minute: the NetAccept's own throttle.
+  and logged once a minute: the NetAccept's own throttle;
+- ``accept_threads``: that many dedicated threads accept on each listening socket (ATS's
+  ``proxy.config.accept_threads``: blocking ``accept4`` batches off the loop's thread), and
+  hand the connections to the loop's thread, where they start as the loop's own accepts
+  do; 0 (the default): the loop's NetHandler accepts. They stop and are joined when the
+  server closes.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import asyncio
 import dataclasses
 import math
 from typing import Any
+
+from ats_cffi.net.config import MAX_ACCEPT_THREADS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +38,7 @@ class ServerOptions:
     inactivity_timeout: float | None = None
     active_timeout: float | None = None
     throttle: bool = True
+    accept_threads: int = 0
 
     def __post_init__(self) -> None:
         for name in ("inactivity_timeout", "active_timeout"):
@@ -43,6 +51,13 @@ class ServerOptions:
                 raise ValueError(f"ServerOptions: {name} must be > 0 and finite, got {v!r}")
         if not isinstance(self.throttle, bool):
             raise TypeError(f"ServerOptions: throttle must be a bool, not {self.throttle!r}")
+        n = self.accept_threads
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"ServerOptions: accept_threads must be an int, not {n!r}")
+        if not 0 <= n <= MAX_ACCEPT_THREADS:
+            raise ValueError(
+                f"ServerOptions: accept_threads must be between 0 and {MAX_ACCEPT_THREADS}, got {n}"
+            )
 
     def apply(self, vc: Any) -> None:
         """Set the timeouts on an accepted connection's VC."""

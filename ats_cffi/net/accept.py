@@ -229,10 +229,13 @@ class NetAccept(Continuation):
 
     # ------------------------------------------------------------------ the three modes
 
-    def init_accept_loop(self, ep: EventProcessor, n_threads: int) -> None:
+    def init_accept_loop(
+        self, ep: EventProcessor | None, n_threads: int, target: NetHandler | None = None
+    ) -> None:
         """Start ``n_threads`` dedicated accept threads on the listen socket (which stays
-        non-blocking: they block in ``poll`` while the backlog is empty)."""
-        self.accept_threads.start(ep, n_threads)
+        non-blocking: they block in ``poll`` while the backlog is empty): ``ep``'s, or, with
+        ``target`` (an asyncio loop's NetHandler), threads that hand every VC to it."""
+        self.accept_threads.start(ep, n_threads, target)
 
     def init_accept_per_thread(self, threads: list[EThread], get_nh: Any) -> None:
         """Register the listen socket in each net thread's epoll; with ``reuseport``, give
@@ -412,14 +415,15 @@ class NetAccept(Continuation):
         socket(s). Any thread, the accept continuation's handler included; idempotent.
 
         ``refused``: ``main_accept`` failed, so the fd it was given is still the caller's: it
-        is handed back open, with its old flags (and not shut down unless accept threads
-        blocked on it must be woken)."""
+        is handed back open, with its old flags. Neither it nor a borrowed socket (its
+        owner's to close) is shut down, unless accept threads blocked on it must be woken."""
         keep = self.caller_fd if refused else None
         borrowed = self.borrowed_fds
         with self.fd_lock:
             fds = list(self.server_fds)
+        woken = bool(self.accept_threads.threads)
         for fd in fds:
-            if (fd == keep and not self.accept_threads.threads) or fd in borrowed:
+            if (fd == keep or fd in borrowed) and not woken:
                 continue
             try:
                 _sys.shutdown(fd, lib.SHUT_RDWR)  # wakes accept threads blocked in accept4

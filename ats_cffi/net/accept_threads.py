@@ -3,7 +3,9 @@
 
 Each thread takes the whole backlog per native call (up to ``ACCEPT_BATCH``) and blocks in
 ``poll`` while it is empty; the listen socket stays non-blocking, and ``close_listener``'s
-shutdown wakes the ``poll``. Each new VC is assigned round-robin to a net thread, and each
+shutdown wakes the ``poll``. Each new VC is assigned round-robin to a net thread (or to the
+one ``target`` thread: an asyncio loop's, whose servers' accept threads are their own
+EThreads, not the event processor's), and each
 net thread gets its share of a batch through its inbox (``_AcceptInbox``): one
 ``schedule_imm_signal``, whose handler starts their IO there (``NetAccept.start_vcs``),
 while none is pending; later batches join the pending one. A resource error sleeps
@@ -20,7 +22,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ats_cffi import sys as _sys
+from ats_cffi.eventsystem.codes import EVENT_IMMEDIATE
 from ats_cffi.eventsystem.continuation import Continuation
+from ats_cffi.eventsystem.ethread import DEDICATED, EThread
+from ats_cffi.eventsystem.event import Event
 from ats_cffi.eventsystem.mutex import ProxyMutex
 from ats_cffi.net import stats as st
 from ats_cffi.net.accept_errors import FATAL, RESOURCE
@@ -29,9 +34,9 @@ from ats_cffi.net.netvc import UnixNetVConnection
 from ats_cffi.net.stats import net_stats
 
 if TYPE_CHECKING:
-    from ats_cffi.eventsystem.ethread import EThread
     from ats_cffi.eventsystem.processor import EventProcessor
     from ats_cffi.net.accept import NetAccept
+    from ats_cffi.net.nethandler import NetHandler
 
 log = logging.getLogger("ats.iocore_net_accept")
 _EAGAIN = errno.EAGAIN
@@ -45,13 +50,26 @@ class AcceptThreads:
         self.threads: list[EThread] = []
         #: The hand-off per net thread (``_AcceptInbox``), made on first use.
         self.inboxes: dict[EThread, _AcceptInbox] = {}
+        #: The one NetHandler every VC goes to (an asyncio loop's), or None: round-robin
+        #: over the net processor's threads.
+        self.target: NetHandler | None = None
 
-    def start(self, ep: EventProcessor, n_threads: int) -> None:
-        """Start ``n_threads`` accept threads on the listen socket."""
+    def start(self, ep: EventProcessor | None, n_threads: int, target: NetHandler | None) -> None:
+        """Start ``n_threads`` accept threads on the listen socket: ``ep``'s dedicated
+        threads handing VCs to its net threads, or, with ``target``, threads of their own
+        handing every VC to ``target``'s thread (joined by ``stop``)."""
+        self.target = target
         for i in range(n_threads):
             port = self.na.port
             cont = Continuation(handler=self.na.accept_loop_event)
-            self.threads.append(ep.spawn_thread(cont, f"[ACCEPT {i}:{port}]"))
+            name = f"[ACCEPT {i}:{port}]"
+            if target is None:
+                assert ep is not None
+                self.threads.append(ep.spawn_thread(cont, name))
+                continue
+            t = EThread(DEDICATED, -1, i, target.thread.clock, name)
+            self.threads.append(t)
+            t.start(oneevent=Event(cont, EVENT_IMMEDIATE))
 
     def run(self) -> None:
         """Body of an accept thread: ``do_blocking_accept`` with a stat block of its own."""
@@ -96,8 +114,12 @@ class AcceptThreads:
             return True
         etype = self.na.opt.etype
         shares: dict[EThread, list[UnixNetVConnection]] = {}
+        only = self.target
         for vc in vcs:
-            target = ep.assign_thread(etype) if ep is not None else None
+            if only is not None:
+                target: EThread | None = only.thread
+            else:
+                target = ep.assign_thread(etype) if ep is not None else None
             if target is None:
                 for v in vcs:
                     v.closed = 1
@@ -112,7 +134,7 @@ class AcceptThreads:
         for target, share in shares.items():
             inbox = inboxes.get(target)
             if inbox is None:
-                inbox = inboxes.setdefault(target, _AcceptInbox(self.na, target))
+                inbox = inboxes.setdefault(target, _AcceptInbox(self.na, target, only))
             inbox.add(share)
         return True
 
@@ -136,10 +158,13 @@ class _AcceptInbox(Continuation):
     one event: while that event is pending, later batches join it instead of scheduling
     (and waking the thread) again. One per listener and net thread, made once."""
 
-    def __init__(self, na: NetAccept, thread: EThread) -> None:
+    def __init__(self, na: NetAccept, thread: EThread, nh: NetHandler | None) -> None:
         super().__init__(ProxyMutex(), self.start)
         self.na = na
         self.thread = thread
+        #: ``thread``'s NetHandler if known (an asyncio loop's: its thread is none of the
+        #: net processor's), else looked up in the thread's slot.
+        self.nh = nh
         self.vcs: list[UnixNetVConnection] = []
         self.lock = threading.Lock()
         self.scheduled = False
@@ -174,4 +199,5 @@ class _AcceptInbox(Continuation):
             vcs, self.vcs = self.vcs, []
             self.scheduled = False
         if vcs:
-            self.na.start_vcs(get_net_handler(e.ethread), vcs)
+            nh = self.nh
+            self.na.start_vcs(nh if nh is not None else get_net_handler(e.ethread), vcs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -148,6 +149,45 @@ def test_a_plain_create_server_is_not_throttled(throttle_at_4: None) -> None:
     ats_asyncio.run(main())
 
 
+def test_accept_threads_hand_their_connections_to_the_loop() -> None:
+    """``accept_threads=2``: two dedicated threads accept (off the loop's thread) and the
+    connections are served on the loop's, counted in the net stats; closing the server
+    stops and joins the threads, leaving no fd (the autouse fixture checks)."""
+
+    async def main() -> None:
+        loop_thread = threading.get_ident()
+        before = {t.name for t in threading.enumerate()}
+        total = st.net_stats.sum_unlocked(st.TOTAL_ACCEPTS)
+        options = ats_asyncio.ServerOptions(accept_threads=2)
+        made_on: list[int] = []
+
+        class Where(Recorder):
+            def connection_made(self, transport: Any) -> None:
+                made_on.append(threading.get_ident())
+                super().connection_made(transport)
+
+        srv = await ats_asyncio.create_server(Where, "127.0.0.1", 0, options=options)
+        port = srv.sockets[0].getsockname()[1]
+        names = {t.name for t in threading.enumerate()} - before
+        assert names == {f"[ACCEPT 0:{port}]", f"[ACCEPT 1:{port}]"}
+        streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
+        for i, (_, w) in enumerate(streams):
+            w.write(b"%02d" % i)
+        for i, (r, _) in enumerate(streams):
+            assert await asyncio.wait_for(r.readexactly(2), 10) == b"%02d" % i
+        assert made_on == [loop_thread] * 20
+        assert st.net_stats.sum_unlocked(st.TOTAL_ACCEPTS) == total + 20
+        for _, w in streams:
+            w.close()
+            await w.wait_closed()
+        await until(lambda: all(p.lost for p in Recorder.made), "20 connection_lost")
+        srv.close()
+        await srv.wait_closed()
+        assert {t.name for t in threading.enumerate() if t.is_alive()} - before == set()
+
+    ats_asyncio.run(main())
+
+
 def test_options_are_checked() -> None:
     with pytest.raises(ValueError, match="inactivity_timeout"):
         ats_asyncio.ServerOptions(inactivity_timeout=0)
@@ -155,6 +195,10 @@ def test_options_are_checked() -> None:
         ats_asyncio.ServerOptions(active_timeout="1")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="throttle"):
         ats_asyncio.ServerOptions(throttle=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="accept_threads"):
+        ats_asyncio.ServerOptions(accept_threads=True)
+    with pytest.raises(ValueError, match="accept_threads must be between 0 and 1024, got -1"):
+        ats_asyncio.ServerOptions(accept_threads=-1)
 
     async def on_asyncio() -> None:
         with pytest.raises(TypeError, match="ats_cffi.asyncio.Loop"):
