@@ -104,16 +104,20 @@ class DefaultTailHandler:
 
     def __init__(self, thread: EThread) -> None:
         self.thread = thread
+        evfd = thread.evfd
+        assert evfd is not None  # a REGULAR thread's: made with the thread
         self.epoll = Epoll(4)
         try:
-            self.epoll.add(thread.evfd.fd, 1)  # EPOLLIN, level-triggered
+            self.epoll.add(evfd.fd, 1)  # EPOLLIN, level-triggered
         except BaseException:
             self.epoll.close()
             raise
 
     def wait_for_activity(self, timeout_ms: int) -> None:
         if self.epoll.wait(timeout_ms):
-            self.thread.evfd.read()
+            evfd = self.thread.evfd
+            if evfd is not None:
+                evfd.read()
 
     def close(self) -> None:
         self.epoll.close()
@@ -125,15 +129,17 @@ class EThread:
 
     def __init__(
         self,
-        tt: str = REGULAR,
-        etype: int = 0,
-        id: int = 0,
-        clock: Clock = time.monotonic,
-        name: str | None = None,
+        tt: Any = REGULAR,
+        etype: Any = 0,
+        id: Any = 0,
+        clock: Any = time.monotonic,
+        name: Any = None,
     ) -> None:
         """``ValueError``/``TypeError`` for a ``tt`` other than REGULAR/DEDICATED, a
         non-int ``etype``/``id``, a ``clock`` that is not callable or reads NaN, or a
-        ``name`` that is not a str."""
+        ``name`` that is not a str. (The arguments are typed ``Any``, as those of every
+        public method that checks its own: compiled, a typed parameter would be refused
+        before the check, with mypyc's message instead of one naming the call.)"""
         if tt != REGULAR and tt != DEDICATED:
             raise ValueError(f"EThread: tt must be REGULAR or DEDICATED, got {tt!r}")
         _check_int("EThread", "etype", etype)
@@ -141,11 +147,11 @@ class EThread:
         check_clock("EThread", clock)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"EThread: name must be a str or None, not {type(name).__name__}")
-        self.tt = tt
-        self.etype = etype
-        self.id = id
-        self.clock = clock
-        self.name = name or f"[ET {etype} {id}]"
+        self.tt: str = tt
+        self.etype: int = etype
+        self.id: int = id
+        self.clock: Clock = clock
+        self.name: str = name or f"[ET {etype} {id}]"
         self.tid: int | None = None
         self.slots: list[Any] = []
         self.signal_count = 0
@@ -177,14 +183,14 @@ class EThread:
     # ------------------------------------------------------------------ scheduling
 
     def schedule_imm(
-        self, cont: Continuation, callback_event: int = EVENT_IMMEDIATE, cookie: Any = None
+        self, cont: Any, callback_event: Any = EVENT_IMMEDIATE, cookie: Any = None
     ) -> Event:
         """Run ``cont`` on this thread as soon as possible; returns the cancellable Event."""
         check_continuation("schedule_imm", cont, True)
         return self._schedule(new_event("schedule_imm", cont, callback_event, cookie), False)
 
     def schedule_imm_signal(
-        self, cont: Continuation, callback_event: int = EVENT_IMMEDIATE, cookie: Any = None
+        self, cont: Any, callback_event: Any = EVENT_IMMEDIATE, cookie: Any = None
     ) -> Event:
         """As ``schedule_imm``, and always wake the thread (writes its eventfd)."""
         check_continuation("schedule_imm_signal", cont, True)
@@ -193,9 +199,9 @@ class EThread:
 
     def schedule_in(
         self,
-        cont: Continuation,
-        delay: float,
-        callback_event: int = EVENT_INTERVAL,
+        cont: Any,
+        delay: Any,
+        callback_event: Any = EVENT_INTERVAL,
         cookie: Any = None,
     ) -> Event:
         """Run ``cont`` ``delay`` seconds from now. ``ValueError`` for a negative delay."""
@@ -205,9 +211,9 @@ class EThread:
 
     def schedule_at(
         self,
-        cont: Continuation,
-        atime: float,
-        callback_event: int = EVENT_INTERVAL,
+        cont: Any,
+        atime: Any,
+        callback_event: Any = EVENT_INTERVAL,
         cookie: Any = None,
     ) -> Event:
         """Run ``cont`` when the thread's clock reaches ``atime``."""
@@ -218,9 +224,9 @@ class EThread:
 
     def schedule_every(
         self,
-        cont: Continuation,
-        period: float,
-        callback_event: int = EVENT_INTERVAL,
+        cont: Any,
+        period: Any,
+        callback_event: Any = EVENT_INTERVAL,
         cookie: Any = None,
     ) -> Event:
         """Run ``cont`` every ``period`` seconds; a negative period means every loop pass."""
@@ -230,7 +236,7 @@ class EThread:
         e = new_event("schedule_every", cont, callback_event, cookie, at, period)
         return self._schedule(e, False)
 
-    def schedule(self, e: Event, signal: bool = False) -> None:
+    def schedule(self, e: Any, signal: Any = False) -> None:
         """Queue ``e`` on this thread (locally when called from it, else cross-thread).
 
         ``TypeError`` unless ``e`` is an Event whose continuation is a Continuation and
@@ -240,24 +246,27 @@ class EThread:
         """
         if not isinstance(e, Event):
             raise TypeError(f"schedule: e must be an Event, not {type(e).__name__}")
-        at = e.timeout_at
-        period = e.period
+        # Read untyped: compiled, a typed read would itself raise for a bad field (with
+        # mypyc's message, not the one _check_event gives).
+        fields: Any = e
+        at = fields.timeout_at
+        period = fields.period
         if (
             at.__class__ is not float
             or period.__class__ is not float
             or at != at
             or period != period
-            or e.mutex is None
-            or e.callback_event.__class__ is not int
-            or not isinstance(e.continuation, Continuation)
+            or fields.mutex is None
+            or fields.callback_event.__class__ is not int
+            or not isinstance(fields.continuation, Continuation)
         ):
             self._check_event(e)
         self._schedule(e, signal)
 
     @staticmethod
-    def _check_event(e: Event) -> None:
+    def _check_event(e: Any) -> None:
         # schedule()'s slow path: anything but floats, a mutex, a plain int code and a
-        # Continuation.
+        # Continuation. ``e`` untyped: its fields may hold anything here.
         cont = e.continuation
         if not isinstance(cont, Continuation):
             raise TypeError(
@@ -347,7 +356,7 @@ class EThread:
             if m is not None:
                 m.unlock()
 
-    def run_pass(self, max_wait_ms: int = MAX_IDLE_WAIT_MS) -> None:
+    def run_pass(self, max_wait_ms: Any = MAX_IDLE_WAIT_MS) -> None:
         """One pass of the loop (see the module docstring), its poll step waiting at most
         ``max_wait_ms`` (an int, 0..MAX_WAIT_MS: ``TypeError``/``ValueError`` otherwise)."""
         if max_wait_ms.__class__ is not int or not 0 <= max_wait_ms <= MAX_WAIT_MS:
@@ -404,7 +413,7 @@ class EThread:
             timeout = EVERY_PASS_MAX_WAIT_MS
         self.tail_cb.wait_for_activity(timeout)  # type: ignore[union-attr]
 
-    def next_timer_ms(self, cap_ms: int) -> int:
+    def next_timer_ms(self, cap_ms: Any) -> int:
         """Milliseconds until the next timer, capped at ``cap_ms`` (an int,
         0..MAX_WAIT_MS); 0 when work is queued."""
         if cap_ms.__class__ is not int or not 0 <= cap_ms <= MAX_WAIT_MS:
@@ -428,8 +437,8 @@ class EThread:
 
     def start(
         self,
-        init: Callable[[EThread], None] | None = None,
-        oneevent: Event | None = None,
+        init: Any = None,
+        oneevent: Any = None,
     ) -> None:
         """Start the OS thread; ``init(thread)`` runs on it first. Returns once it ran.
 
@@ -498,7 +507,7 @@ class EThread:
         if self.evfd is not None:
             self.signal()
 
-    def join(self, timeout: float | None = None) -> bool:
+    def join(self, timeout: Any = None) -> bool:
         """Wait for the OS thread to end; True if it has (or never started)."""
         t = self._os_thread
         if t is None:
@@ -527,7 +536,7 @@ class EThread:
         t = self._os_thread
         return t is not None and t.is_alive()
 
-    def get_slot(self, offset: int) -> Any:
+    def get_slot(self, offset: Any) -> Any:
         """The per-thread object allocated at ``offset`` by ``EventProcessor.allocate``.
 
         ``TypeError`` unless ``offset`` is an int, ``ValueError`` unless it is one of the
