@@ -21,7 +21,9 @@ from typing import Any, Final
 from ats_cffi import _fastio
 from ats_cffi.eventsystem import codes as _codes
 from ats_cffi.eventsystem.continuation import Continuation
+from ats_cffi.eventsystem.ioblock import BlockPool
 from ats_cffi.eventsystem.iobuffer import IOBufferReader
+from ats_cffi.eventsystem.iocopy import read_bytes
 from ats_cffi.eventsystem.mutex import ProxyMutex
 from ats_cffi.net.netvconnection import NetState, NetVConnection
 from ats_cffi.net.stats import StatBlock
@@ -53,16 +55,22 @@ class TransportDispatch(Continuation):
     thread runs it all, under the loop's net mutex. A ``VC_EVENT_READ_READY`` of a transport
     whose ``_data_protocol`` is set (a plain ``Protocol``) and whose connection is not lost
     is handled here: all that ``reader`` (the loop's one read buffer) holds goes to
-    ``data_received``; what it raises goes to the transport's ``_fatal_error``."""
+    ``data_received``; what it raises goes to the transport's ``_fatal_error``. ``pool``:
+    the loop thread's block pool (its NetHandler's), where the read blocks go back."""
 
-    __slots__ = ("on_event", "reader", "_by_fd")
+    __slots__ = ("on_event", "reader", "pool", "_by_fd")
 
     def __init__(
-        self, mutex: ProxyMutex, on_event: Callable[[Any, int, Any], Any], reader: IOBufferReader
+        self,
+        mutex: ProxyMutex,
+        on_event: Callable[[Any, int, Any], Any],
+        reader: IOBufferReader,
+        pool: BlockPool | None = None,
     ) -> None:
         super().__init__(mutex)
         self.on_event = on_event
         self.reader = reader
+        self.pool = pool
         self._by_fd: list[Any] = []
 
     def handle_event(self, event: int = 0, data: Any = None) -> Any:
@@ -83,7 +91,9 @@ class TransportDispatch(Continuation):
     def _data_received(self, t: Any, protocol: Any) -> None:
         ctx = t._context
         try:
-            _run(ctx, protocol.data_received, self.reader.read(-1))
+            # The loop's read buffer keeps its block (refilled by the next read, as
+            # uvloop's loop-wide buffer): no trip through the pool per read.
+            _run(ctx, protocol.data_received, read_bytes(self.reader, -1, self.pool, True))
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:

@@ -85,7 +85,7 @@ class Loop(_SelectorLoop):  # type: ignore[misc,valid-type]
         #: The open VCTransports by fd (asyncio's ``_transports`` keeps the loop's other
         #: transports), and the one continuation of their VCs.
         self._vc_dispatch = TransportDispatch(
-            self._net_mutex, VCTransport._vc_event, self._read_reader
+            self._net_mutex, VCTransport._vc_event, self._read_reader, nh.pool
         )
         #: Servers made by ``ats_cffi.asyncio.create_server``, with their options.
         self._server_options: weakref.WeakKeyDictionary[Any, ServerOptions] = (

@@ -171,9 +171,13 @@ class MIOBuffer:
         if r is not None and self._tail is not _NO_BLOCK and r._pos == self._written:
             self._drop_chain(r, pool)
 
-    def _drop_chain(self, r: IOBufferReader, pool: BlockPool | None) -> None:
-        # ``r``, the only reader, has read everything: no byte of the chain is needed.
+    def _drop_chain(self, r: IOBufferReader, pool: BlockPool | None, keep: bool = False) -> None:
+        # ``r``, the only reader, has read everything: no byte of the chain is needed. With
+        # ``keep``, a lone block (not lent) is emptied in place and stays the tail.
         b: IOBufferBlock | None = r._block
+        if keep and b is self._tail and b is not _NO_BLOCK and not b.lent:
+            b.start = b.end = r._off = 0
+            return
         while b is not None:
             nb = b.next
             give_block(b, pool)
@@ -506,10 +510,11 @@ class IOBufferReader:
             raise ValueError(f"n must be between 0 and read_avail() ({self.read_avail()}), got {n}")
         self.advance(n)
 
-    def advance(self, n: int, pool: BlockPool | None = None) -> None:
+    def advance(self, n: int, pool: BlockPool | None = None, keep: bool = False) -> None:
         """Trusted ``consume(n)``: the caller knows that ``0 <= n <= read_avail()`` (it has just
         written those bytes to a socket, or parsed them). No check. Blocks given back go to
-        ``pool`` (the calling thread's; None looks it up)."""
+        ``pool`` (the calling thread's; None looks it up). ``keep``: a buffer refilled at
+        once (the asyncio loop's one read buffer) keeps its block when this empties it."""
         # Walk forward; finish on the block holding the next unread byte so that consumed
         # blocks are released as soon as possible: to the freelist, if this is the only
         # reader (nothing else can reach a block it has stepped past; module doc).
@@ -517,7 +522,7 @@ class IOBufferReader:
         w = self.writer
         only = w is not None and w._one is self
         if w is not None and only and pos == w._written:  # (w narrowed: typed reads)
-            w._drop_chain(self, pool)
+            w._drop_chain(self, pool, keep)
             return
         b = self._block
         off = self._off + n
@@ -564,17 +569,10 @@ class IOBufferReader:
 
     def readable_views(self) -> list[memoryview]:
         """Read-only views of the unread bytes, one per block; nothing is copied or consumed."""
-        b: IOBufferBlock | None = self._first()
-        off = self._off
         out = []
-        while b is not None:
-            e = b.end
-            if e > off:
-                b.lent = True
-                out.append(b.view[off:e].toreadonly())
-            b = b.next
-            if b is not None:
-                off = b.start
+        for b, off, e in _iter_blocks(self._first(), self._off):
+            b.lent = True
+            out.append(b.view[off:e].toreadonly())
         return out
 
     def read(self, n: Any = -1) -> bytes:

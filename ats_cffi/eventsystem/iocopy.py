@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ats_cffi.eventsystem.ioblock import check_int
 
 if TYPE_CHECKING:
+    from ats_cffi.eventsystem.ioblock import BlockPool
     from ats_cffi.eventsystem.iobuffer import IOBufferReader
 
 __all__ = ["copy_into", "put_bytes", "read_bytes"]
@@ -57,8 +58,12 @@ def _put_function() -> Callable[[bytearray, int, Any], None]:
 put_bytes: Final = _put_function()
 
 
-def read_bytes(reader: IOBufferReader, n: Any) -> bytes:
-    """``reader.read(n)``: up to ``n`` bytes (all if negative) copied out and consumed."""
+def read_bytes(
+    reader: IOBufferReader, n: Any, pool: BlockPool | None = None, keep: bool = False
+) -> bytes:
+    """``reader.read(n)``: up to ``n`` bytes (all if negative) copied out and consumed;
+    the blocks it finished go back to ``pool`` (the calling thread's: None looks it up),
+    but for a lone one with ``keep`` (``IOBufferReader.advance``)."""
     avail = reader.read_avail()  # ValueError once the reader was deallocated
     count: int = n if type(n) is int else check_int("n", n)  # typed: compiled arithmetic
     if count < 0 or count > avail:
@@ -68,7 +73,7 @@ def read_bytes(reader: IOBufferReader, n: Any) -> bytes:
     block, start = reader.first_block()
     if block.end - start >= count:  # all in one block (a message read whole): one copy
         out = _bytes_at(block.data, start, count)
-        reader.advance(count)
+        reader.advance(count, pool, keep)
         return out
     parts = []
     left = count
@@ -79,7 +84,7 @@ def read_bytes(reader: IOBufferReader, n: Any) -> bytes:
         if not left:
             break
     out = parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
-    reader.advance(count)
+    reader.advance(count, pool, keep)
     return out
 
 

@@ -24,6 +24,7 @@ from ats_cffi.eventsystem.ioblock import (
     trim_pools,
 )
 from ats_cffi.eventsystem.iobuffer import IOBufferReader, MIOBuffer
+from ats_cffi.eventsystem.iocopy import read_bytes
 
 from .test_iobuffer import BufferMachine
 
@@ -59,6 +60,29 @@ def test_a_buffer_read_empty_gives_its_block_back_and_the_next_write_takes_it_ag
     buf.write(b"again")
     assert r.first_block()[0] is block and not pooled()
     assert r.read() == b"again"
+
+
+def test_a_read_with_keep_empties_a_lone_block_in_place() -> None:
+    """``keep`` (the asyncio loop's one read buffer): a lone block read empty stays the
+    buffer's, emptied, and the next write fills it; a chain of several, or a lent block,
+    goes back to the pool as without it."""
+    buf = MIOBuffer(SIZE)
+    r = buf.alloc_reader()
+    buf.write(b"hello")
+    block, _ = r.first_block()
+    assert read_bytes(r, -1, None, True) == b"hello"
+    assert r.first_block() == (block, 0) and not pooled() and r.read_avail() == 0
+    assert block.start == block.end == 0
+    buf.write(b"again")
+    assert r.first_block() == (block, 0) and read_bytes(r, -1, thread_pool(), True) == b"again"
+    data = bytes(range(256)) * 20  # 5120 bytes: two blocks
+    buf.write(data)
+    assert read_bytes(r, -1, None, True) == data
+    assert holds_no_block(r) and len(pooled()) == 2
+    buf.write(b"seen")
+    (view,) = r.readable_views()  # lent: never reused
+    assert read_bytes(r, -1, None, True) == b"seen"
+    assert holds_no_block(r) and len(pooled()) == 1 and bytes(view) == b"seen"
 
 
 def test_blocks_a_lone_reader_steps_past_go_back_at_once() -> None:
