@@ -40,6 +40,7 @@ import contextvars
 import logging
 import os
 import socket
+import threading
 from asyncio import constants, trsock
 from typing import Any
 
@@ -120,13 +121,16 @@ class ServerAccept(Continuation):
             ctx.run(self.accepted, data, ctx)
         elif event == EVENT_ERROR:
             err = -data if isinstance(data, int) else 0
-            self.loop.call_exception_handler(
-                {
-                    "message": "accept failed: the server no longer accepts on this socket",
-                    "exception": OSError(err, os.strerror(err)),
-                    "socket": trsock.TransportSocket(self.sock),
-                }
-            )
+            context = {
+                "message": "accept failed: the server no longer accepts on this socket",
+                "exception": OSError(err, os.strerror(err)),
+                "socket": trsock.TransportSocket(self.sock),
+            }
+            loop = self.loop
+            if loop._ethread.tid == threading.get_ident():
+                loop.call_exception_handler(context)
+            elif not loop.is_closed():  # from an accept thread: to the loop's own
+                loop.call_soon_threadsafe(loop.call_exception_handler, context)
         return EVENT_CONT
 
     def accepted(self, vc: UnixNetVConnection, ctx: contextvars.Context) -> None:

@@ -5,6 +5,8 @@ connections throttle, with the net stats counting both."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -184,6 +186,35 @@ def test_accept_threads_hand_their_connections_to_the_loop() -> None:
         srv.close()
         await srv.wait_closed()
         assert {t.name for t in threading.enumerate() if t.is_alive()} - before == set()
+
+    ats_asyncio.run(main())
+
+
+@pytest.mark.parametrize("threads", [0, 1])
+def test_a_fatal_accept_error_reaches_the_exception_handler_on_the_loop(threads: int) -> None:
+    """The listening socket shut down under the server (accept4 then fails with EINVAL):
+    the loop's exception handler hears it, on the loop's thread, from the loop's own accept
+    or from an accept thread; the server still closes cleanly."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        heard: list[tuple[dict[str, Any], int]] = []
+        loop.set_exception_handler(lambda _, ctx: heard.append((ctx, threading.get_ident())))
+        options = ats_asyncio.ServerOptions(accept_threads=threads)
+        srv = await ats_asyncio.create_server(Recorder, "127.0.0.1", 0, options=options)
+        (lsock,) = srv.sockets
+        dup = socket.socket(fileno=os.dup(lsock.fileno()))
+        try:
+            dup.shutdown(socket.SHUT_RDWR)
+        finally:
+            dup.close()
+        await until(lambda: heard, "the exception handler")
+        ((ctx, tid),) = heard
+        assert tid == threading.get_ident()
+        assert ctx["message"].startswith("accept failed")
+        assert isinstance(ctx["exception"], OSError) and ctx["exception"].errno == errno.EINVAL
+        srv.close()
+        await srv.wait_closed()
 
     ats_asyncio.run(main())
 
