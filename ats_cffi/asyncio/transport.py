@@ -40,6 +40,7 @@ from asyncio import constants, futures, protocols, transports, trsock
 from typing import TYPE_CHECKING, Any
 
 from ats_cffi import sys as _sys
+from ats_cffi.asyncio.dispatch import DATA_RECEIVED_FAILED
 from ats_cffi.asyncio.dispatch import send_counted as _send_counted
 from ats_cffi.eventsystem import codes as _codes
 from ats_cffi.eventsystem.iobuffer import IOBufferReader, MIOBuffer
@@ -328,11 +329,21 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         """An event of the VC, in the transport's context: the loop's ``TransportDispatch``
         calls this function (not an override of a subclass) for every transport."""
         if event == VC_EVENT_READ_READY:
-            # A BufferedProtocol's read, or one that arrived as the connection was lost (a
-            # plain Protocol's reads go to data_received in the dispatch: dispatch.py).
+            # A BufferedProtocol's read, or one that arrived as the connection was lost. (A
+            # plain Protocol's reads go to data_received in the dispatch, dispatch.py, but
+            # for one that comes some other way, as through a TLS transport's handshake
+            # continuation: handed over here, already in the transport's context.)
             r: IOBufferReader = self._loop._read_reader
-            if not self._conn_lost and self._data_protocol is None:
-                self._read_into_protocol(r)
+            if not self._conn_lost:
+                if self._data_protocol is None:
+                    self._read_into_protocol(r)
+                else:
+                    try:
+                        self._data_protocol.data_received(r.read(-1))
+                    except (SystemExit, KeyboardInterrupt):
+                        raise
+                    except BaseException as exc:
+                        self._fatal_error(exc, DATA_RECEIVED_FAILED)
             if r.read_avail():  # lost, or a BufferedProtocol that failed: dropped
                 r.consume(r.read_avail())
         elif event == VC_EVENT_WRITE_COMPLETE:

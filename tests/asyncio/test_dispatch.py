@@ -243,3 +243,31 @@ def test_a_read_goes_to_data_received_in_the_transports_context() -> None:
     assert d.handle_event(VC_EVENT_READ_READY, vc.read) == 7
     assert seen[3:] == [("event", VC_EVENT_WRITE_READY, "t"), ("event", VC_EVENT_READ_READY, "t")]
     assert who.get() == "nobody"
+
+
+def test_a_read_that_reaches_the_transport_itself_is_delivered() -> None:
+    """A plain Protocol's read that comes to the transport's own handler rather than the
+    dispatch (a TLS transport's handshake continuation forwards its events so) still goes
+    to data_received: no byte is dropped."""
+
+    async def main() -> None:
+        loop: Any = asyncio.get_running_loop()
+        got: list[bytes] = []
+
+        class P(asyncio.Protocol):
+            def data_received(self, data: bytes) -> None:
+                got.append(data)
+
+        a, b = socket.socketpair()
+        try:
+            a.setblocking(False)
+            tr, _ = await loop.create_connection(P, sock=a)
+            loop._read_buffer.write(b"early")
+            assert tr._vc_event(VC_EVENT_READ_READY, None) == EVENT_CONT
+            assert got == [b"early"] and not loop._read_reader.read_avail()
+            tr.close()
+            await asyncio.sleep(0)
+        finally:
+            b.close()
+
+    ats_asyncio.run(main())
