@@ -261,7 +261,7 @@ class EThread:
             or not isinstance(fields.continuation, Continuation)
         ):
             self._check_event(e)
-        self._schedule(e, signal)
+        self._schedule(e, bool(signal))
 
     @staticmethod
     def _check_event(e: Any) -> None:

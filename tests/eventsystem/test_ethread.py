@@ -934,3 +934,13 @@ def test_mutex_lock_with_a_timeout_beyond_what_the_os_waits_means_forever(timeou
     m = ProxyMutex()
     assert m.lock(timeout)
     m.unlock()
+
+
+def test_schedule_takes_any_truthy_signal(loose_thread) -> None:
+    """``schedule(e, signal)``: ``signal`` is tested for truth (an int 1 as much as True),
+    compiled as interpreted: each such schedule writes the eventfd."""
+    before = loose_thread.signal_count
+    loose_thread.schedule(Event(Continuation(handler=noop)), 1)
+    loose_thread.schedule(Event(Continuation(handler=noop)), 1)
+    loose_thread.schedule(Event(Continuation(handler=noop)), 0)  # not the first: no write
+    assert loose_thread.signal_count == before + 2
