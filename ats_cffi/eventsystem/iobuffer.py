@@ -14,8 +14,9 @@ Blocks come from the thread's freelist (``take_block``, ioblock.py) and go back 
 (``give_block``) as soon as no reader needs them, while the buffer has one reader: a block
 that reader has stepped past, and the whole chain once it has read every byte. A buffer
 holding no unread byte then holds no block (its tail is ``_NO_BLOCK``, shared and empty),
-so an idle connection keeps no data memory. With several readers, or none, blocks are left
-to the garbage collector.
+so an idle connection keeps no data memory; only a read with ``keep`` (``advance``: the
+asyncio loop's one read buffer, refilled at once) leaves a lone block in place. With several
+readers, or none, blocks are left to the garbage collector.
 
 Not thread-safe: like ATS, the owner (the VC, under its mutex) serialises access.
 
