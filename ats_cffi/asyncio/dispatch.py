@@ -8,13 +8,21 @@ by fd (fds are small and dense): 8 bytes a slot, and a lookup without an int obj
 Compiled (``ats_cffi/_compiled.py``), as the VC path that calls it: each event of every
 transport passes here, and an interpreted dispatch would be one more Python frame per event.
 For the same reason the two steps of nearly every round trip are here too: a read handed to
-a plain ``Protocol``'s ``data_received`` (``handle_event``), and ``write``'s first try of the
-socket with its counting (``send_counted``); the rest of each is ``transport.py``'s.
+a plain ``Protocol``'s ``data_received`` (``handle_event``), and ``write``'s checks and first
+try of the socket with its counting (``TransportCore.write``); the rest of each is
+``transport.py``'s.
+
+The table holds each transport's ``TransportCore``: the fields that those two steps read
+(the fd, the context, the protocol, the lost count, what ``write`` kept). They live here,
+not on the transport, because compiled code reads an interpreted object's slot by a
+generic attribute lookup (~150 instructions each; four per read cost ~700 per round trip
+of the asyncio echo), and a compiled object's field natively.
 """
 
 from __future__ import annotations
 
 import contextvars
+import errno
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
@@ -34,26 +42,94 @@ _run: Final = contextvars.Context.run
 _send_some: Final = _fastio.send_some
 _READ_READY: Final = _codes.VC_EVENT_READ_READY
 _EVENT_CONT: Final = _codes.EVENT_CONT
+_NEG_EAGAIN: Final = -errno.EAGAIN
 #: What the loop's exception handler is told when ``data_received`` raised.
 DATA_RECEIVED_FAILED: Final = "Fatal error: protocol.data_received() call failed."
 
 
-def send_counted(stats: StatBlock, fd: int, data: Any) -> int:
-    """``_fastio.send_some(fd, data)`` counted in the NetHandler's ``stats`` as a VC's
-    write step is (``calls_to_write``, ``write_bytes``, ``calls_to_write_nodata``)."""
-    n: int = _send_some(fd, data)
-    count_write(stats, n)
-    return n
+class TransportCore:
+    """A VCTransport's fields that its reads and writes touch (the module doc says why they
+    are here), and ``write``'s first steps. ``transport``: the VCTransport, which calls this
+    ``write`` and is called back for all the rest (``_write_rest``, ``_write_lost``,
+    ``_write_failed``). ``send_first``: ``write`` tries the socket before keeping bytes for
+    the write VIO (not through TLS)."""
+
+    __slots__ = (
+        "transport", "fd", "context", "stats", "send_first", "protocol", "lost", "eof",
+        "empty_waiter", "wreader",
+    )  # fmt: skip
+
+    def __init__(
+        self, transport: Any, fd: int, context: Any, stats: StatBlock, send_first: bool
+    ) -> None:
+        self.transport = transport
+        self.fd = fd
+        self.context = context
+        self.stats = stats
+        self.send_first = send_first
+        #: The protocol when it is a plain ``Protocol``: its reads go to ``data_received``
+        #: from the dispatch. None for a ``BufferedProtocol``, and once released.
+        self.protocol: Any = None
+        #: asyncio's ``_conn_lost``: set once the connection is lost or closed; then each
+        #: ``write`` counts one more (asyncio warns past a threshold).
+        self.lost = 0
+        #: ``write_eof`` was called.
+        self.eof = False
+        #: A sendfile's waiter for the write buffer to drain (``write`` refuses meanwhile).
+        self.empty_waiter: Any = None
+        #: The reader of what ``write`` kept (made at the first such write), which the
+        #: VC's write VIO drains.
+        self.wreader: IOBufferReader | None = None
+
+    def write(self, data: Any) -> None:
+        """asyncio's ``write``: the checks, then one ``send`` when nothing is kept before
+        (counted in the NetHandler's ``stats`` as a VC's write step is); what it did not
+        take goes to the transport's ``_write_rest``."""
+        if type(data) is not bytes and not isinstance(data, (bytearray, memoryview)):
+            raise TypeError(
+                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
+            )
+        if self.eof:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if self.empty_waiter is not None:
+            raise RuntimeError("unable to write; sendfile is in progress")
+        size = len(data)
+        if not size:
+            return
+        if self.lost:
+            self.transport._write_lost()
+            return
+        r = self.wreader
+        sent = 0
+        if self.send_first and (r is None or not r.read_avail()):  # the socket first
+            n: int = _send_some(self.fd, data)
+            count_write(self.stats, n)
+            if n == size:
+                return
+            if n < 0:
+                if n != _NEG_EAGAIN:
+                    self.transport._write_failed(-n)
+                    return
+            else:
+                sent = n
+        self.transport._write_rest(data, sent)
+
+
+def _call_data_received(protocol: Any, data: bytes) -> None:
+    """``protocol.data_received(data)``, for ``Context.run``: a method call, where passing
+    the bound method would make one per read."""
+    protocol.data_received(data)
 
 
 class TransportDispatch(Continuation):
-    """``handle_event(event, vio)``: ``on_event(t, event, vio)`` in ``t._context``, for
-    ``t`` the transport added for the fd of ``vio``'s VC. ``KeyError`` for a VC of no
-    transport (the VC then closes: ``UnixNetVConnection._signal_and_update``).
+    """``handle_event(event, vio)``: ``on_event(t, event, vio)`` in the transport's
+    context, for ``t`` the transport whose core was added for the fd of ``vio``'s VC.
+    ``KeyError`` for a VC of no transport (the VC then closes:
+    ``UnixNetVConnection._signal_and_update``).
 
     ``on_event`` is one function for every transport (``VCTransport._vc_event``). The loop's
     thread runs it all, under the loop's net mutex. A ``VC_EVENT_READ_READY`` of a transport
-    whose ``_data_protocol`` is set (a plain ``Protocol``) and whose connection is not lost
+    whose core has a ``protocol`` (a plain ``Protocol``) and whose connection is not lost
     is handled here: all that ``reader`` (the loop's one read buffer) holds goes to
     ``data_received``; what it raises goes to the transport's ``_fatal_error``. ``pool``:
     the loop thread's block pool (its NetHandler's), where the read blocks go back."""
@@ -71,53 +147,55 @@ class TransportDispatch(Continuation):
         self.on_event = on_event
         self.reader = reader
         self.pool = pool
-        self._by_fd: list[Any] = []
+        self._by_fd: list[TransportCore | None] = []
 
     def handle_event(self, event: int = 0, data: Any = None) -> Any:
         vio: NetState = data
         vc: NetVConnection = vio.vc_server
         fd = vc.fd
         by_fd = self._by_fd
-        t = by_fd[fd] if 0 <= fd < len(by_fd) else None
-        if t is None:
+        c = by_fd[fd] if 0 <= fd < len(by_fd) else None
+        if c is None:
             raise KeyError(fd)
-        if event == _READ_READY and not t._conn_lost:
-            protocol = t._data_protocol
+        if event == _READ_READY and not c.lost:
+            protocol = c.protocol
             if protocol is not None:
-                self._data_received(t, protocol)
+                self._data_received(c, protocol)
                 return _EVENT_CONT
-        return _run(t._context, self.on_event, t, event, data)
+        return _run(c.context, self.on_event, c.transport, event, data)
 
-    def _data_received(self, t: Any, protocol: Any) -> None:
-        ctx = t._context
+    def _data_received(self, c: TransportCore, protocol: Any) -> None:
+        ctx = c.context
         try:
             # The loop's read buffer keeps its block (refilled by the next read, as
             # uvloop's loop-wide buffer): no trip through the pool per read.
-            _run(ctx, protocol.data_received, read_bytes(self.reader, -1, self.pool, True))
+            data = read_bytes(self.reader, -1, self.pool, True)
+            _run(ctx, _call_data_received, protocol, data)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            _run(ctx, t._fatal_error, exc, DATA_RECEIVED_FAILED)
+            _run(ctx, c.transport._fatal_error, exc, DATA_RECEIVED_FAILED)
 
-    def add(self, fd: int, transport: Any) -> None:
-        """Make ``transport`` the one of ``fd`` (replacing any other)."""
+    def add(self, fd: int, core: TransportCore) -> None:
+        """Make ``core`` the one of ``fd`` (replacing any other)."""
         by_fd = self._by_fd
         if fd >= len(by_fd):
             by_fd.extend([None] * max(fd + 1 - len(by_fd), len(by_fd), 64))
-        by_fd[fd] = transport
+        by_fd[fd] = core
 
-    def remove(self, fd: int, transport: Any) -> None:
-        """Forget ``transport`` as the one of ``fd``, if it still is (a closed VC's fd may
-        be another connection's by now)."""
+    def remove(self, fd: int, core: TransportCore) -> None:
+        """Forget ``core`` as the one of ``fd``, if it still is (a closed VC's fd may be
+        another connection's by now)."""
         by_fd = self._by_fd
-        if 0 <= fd < len(by_fd) and by_fd[fd] is transport:
+        if 0 <= fd < len(by_fd) and by_fd[fd] is core:
             by_fd[fd] = None
 
     def get(self, fd: int) -> Any:
         """The transport of ``fd``, or None."""
         by_fd = self._by_fd
-        return by_fd[fd] if 0 <= fd < len(by_fd) else None
+        c = by_fd[fd] if 0 <= fd < len(by_fd) else None
+        return c.transport if c is not None else None
 
     def transports(self) -> Iterator[Any]:
         """Every transport of the table (a snapshot: one may be removed meanwhile)."""
-        return iter([t for t in self._by_fd if t is not None])
+        return iter([c.transport for c in self._by_fd if c is not None])

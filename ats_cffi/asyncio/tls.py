@@ -112,7 +112,7 @@ class TLSVCTransport(VCTransport):
             return EVENT_CONT
         exc = self._handshake_error(event, vc)
         self._closing = True
-        self._conn_lost += 1
+        self._core.lost += 1
         self._release()  # the protocol was never told of the connection: it hears nothing
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)

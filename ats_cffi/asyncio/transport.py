@@ -40,8 +40,7 @@ from asyncio import constants, futures, protocols, transports, trsock
 from typing import TYPE_CHECKING, Any
 
 from ats_cffi import sys as _sys
-from ats_cffi.asyncio.dispatch import DATA_RECEIVED_FAILED
-from ats_cffi.asyncio.dispatch import send_counted as _send_counted
+from ats_cffi.asyncio.dispatch import DATA_RECEIVED_FAILED, TransportCore
 from ats_cffi.eventsystem import codes as _codes
 from ats_cffi.eventsystem.iobuffer import IOBufferReader, MIOBuffer
 from ats_cffi.eventsystem.vio import INT64_MAX, VIOOp
@@ -53,7 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("asyncio")
 
-_NEG_EAGAIN = -errno.EAGAIN
 EVENT_CONT = _codes.EVENT_CONT
 _WRITE = int(VIOOp.WRITE)
 VC_EVENT_READ_READY = _codes.VC_EVENT_READ_READY
@@ -118,9 +116,8 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
     """A stream transport over a UnixNetVConnection (see the module doc)."""
 
     __slots__ = (
-        "_sock_fd", "_context", "_vc", "_sock", "_wreader", "_data_protocol", "_protocol",
-        "_server", "_conn_lost", "_closing", "_paused", "_reading", "_eof", "_empty_waiter",
-        "_open", "__weakref__",
+        "_sock_fd", "_core", "_vc", "_sock", "_protocol", "_server", "_closing", "_paused",
+        "_reading", "_open", "__weakref__",
     )  # fmt: skip
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
@@ -169,32 +166,27 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         self._sock_fd = fd
         # The protocol's callbacks run in (a copy of) the context the transport was made
         # in, as asyncio's reader callbacks and uvloop's do.
-        ctx = self._context = context if context is not None else contextvars.copy_context()
+        ctx = context if context is not None else contextvars.copy_context()
+        # What the reads and writes touch (the fields of asyncio's _conn_lost, _eof,
+        # _empty_waiter; the write buffer's reader): dispatch.py.
+        core = self._core = TransportCore(self, fd, ctx, loop._net_stats, self._send_first)
         if vc is None:
             vc = self._new_vc(loop._net_handler, fd, sock.family)  # type: ignore[union-attr]
         self._vc = vc
         self._sock = sock
-        #: The reader of what ``write`` kept (made at the first such write); the VC reads
-        #: into the loop's one read buffer (``Loop._read_buffer``, as uvloop reads into one
-        #: loop-wide buffer): each read step hands all it read to the protocol.
-        self._wreader: IOBufferReader | None = None
-        #: The protocol when it is a plain ``Protocol`` (its reads are handed over by the
-        #: compiled dispatch), None for a ``BufferedProtocol``.
-        self._data_protocol: Any = None
+        # The VC reads into the loop's one read buffer (``Loop._read_buffer``, as uvloop
+        # reads into one loop-wide buffer): each read step hands all it read to the protocol.
         self._protocol: Any = None
         self.set_protocol(protocol)
         self._server = server
-        self._conn_lost = 0
         self._closing = False
         self._paused = False
         self._reading = False
-        self._eof = False
-        self._empty_waiter: asyncio.Future[None] | None = None
         if server is not None:
             _server_attach(server, self)
         # Held by the loop until _release, as uvloop's loop holds an open handle: the VC's
         # events find the transport there.
-        loop._vc_dispatch.add(fd, self)
+        loop._vc_dispatch.add(fd, core)
         self._open = True
         self._begin(protocol, waiter, ctx)
 
@@ -244,7 +236,7 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         buffered = isinstance(protocol, protocols.BufferedProtocol)
-        self._data_protocol = None if buffered else protocol
+        self._core.protocol = None if buffered else protocol
         self._protocol = protocol
 
     def get_protocol(self) -> asyncio.BaseProtocol:
@@ -297,7 +289,7 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
     # ------------------------------------------------------------------ reading
 
     def _start_reading(self) -> None:
-        if self._closing or self._paused or self._conn_lost:
+        if self._closing or self._paused or self._core.lost:
             return
         self._reading = True
         loop = self._loop
@@ -334,12 +326,13 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
             # for one that comes some other way, as through a TLS transport's handshake
             # continuation: handed over here, already in the transport's context.)
             r: IOBufferReader = self._loop._read_reader
-            if not self._conn_lost:
-                if self._data_protocol is None:
+            core = self._core
+            if not core.lost:
+                if core.protocol is None:
                     self._read_into_protocol(r)
                 else:
                     try:
-                        self._data_protocol.data_received(r.read(-1))
+                        core.protocol.data_received(r.read(-1))
                     except (SystemExit, KeyboardInterrupt):
                         raise
                     except BaseException as exc:
@@ -362,7 +355,8 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         return EVENT_CONT
 
     def _read_into_protocol(self, reader: IOBufferReader) -> None:
-        while reader.read_avail() and not self._conn_lost:
+        core = self._core
+        while reader.read_avail() and not core.lost:
             try:
                 buf = self._protocol.get_buffer(-1)
                 if not len(buf):
@@ -405,44 +399,34 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
             super()._set_write_buffer_limits(high, low)
 
     def get_write_buffer_size(self) -> int:
-        r = self._wreader
+        r = self._core.wreader
         return r.read_avail() if r is not None and r.writer is not None else 0
 
     def write(self, data: Any) -> None:
-        if data.__class__ is not bytes and not isinstance(data, (bytearray, memoryview)):
-            raise TypeError(
-                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
-            )
-        if self._eof:
-            raise RuntimeError("Cannot call write() after write_eof()")
-        if self._empty_waiter is not None:
-            raise RuntimeError("unable to write; sendfile is in progress")
-        if not data:
-            return
-        if self._conn_lost:
-            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
-                log.warning("socket.send() raised exception.")
-            self._conn_lost += 1
-            return
-        r = self._wreader
-        if self._send_first and (r is None or not r.read_avail()):  # try the socket first
-            n = _send_counted(self._loop._net_stats, self._sock_fd, data)
-            if n == len(data):
-                return
-            if n < 0:
-                if n != _NEG_EAGAIN:
-                    self._fatal_error(_oserror(-n), "Fatal write error on socket transport")
-                    return
-                n = 0
-            data = memoryview(data)[n:]
-        self._buffer_write(data)
+        self._core.write(data)  # compiled; the rest comes back to the methods below
+
+    def _write_rest(self, data: Any, sent: int) -> None:
+        """What ``write``'s first ``send`` did not take (all of it when it sent nothing, or
+        did not try): kept for the write VIO."""
+        self._buffer_write(memoryview(data)[sent:] if sent else data)
         self._maybe_pause_protocol()
+
+    def _write_lost(self) -> None:
+        """A ``write`` after the connection was lost: counted, and warned of as asyncio."""
+        core = self._core
+        if core.lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+            log.warning("socket.send() raised exception.")
+        core.lost += 1
+
+    def _write_failed(self, err: int) -> None:
+        self._fatal_error(_oserror(err), "Fatal write error on socket transport")
 
     def _buffer_write(self, data: Any) -> None:
         """Keep ``data`` for the VC's write VIO, which writes it when the socket has room."""
-        r = self._wreader
+        core = self._core
+        r = core.wreader
         if r is None:
-            r = self._wreader = MIOBuffer().alloc_reader()
+            r = core.wreader = MIOBuffer().alloc_reader()
         n = r.writer.write(data)
         vc = self._vc
         w = vc.write
@@ -457,14 +441,15 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         self._maybe_resume_protocol()  # may write again
         if self.get_write_buffer_size():
             return
-        waiter = self._empty_waiter
+        core = self._core
+        waiter = core.empty_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         if self._closing:
-            if not self._conn_lost:
-                self._conn_lost += 1
+            if not core.lost:
+                core.lost += 1
                 self._loop.call_soon(self._call_connection_lost, None)
-        elif self._eof:
+        elif core.eof:
             self._shutdown_write()
 
     def _shutdown_write(self) -> None:
@@ -478,9 +463,10 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
             self.write(data)
 
     def write_eof(self) -> None:
-        if self._closing or self._eof:
+        core = self._core
+        if self._closing or core.eof:
             return
-        self._eof = True
+        core.eof = True
         if not self.get_write_buffer_size():
             self._shutdown_write()
 
@@ -495,7 +481,7 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         self._closing = True
         self._stop_reading()
         if not self.get_write_buffer_size():
-            self._conn_lost += 1
+            self._core.lost += 1
             self._loop.call_soon(self._call_connection_lost, None)
 
     def _leave_epoll(self) -> None:
@@ -523,9 +509,10 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         self._force_close(exc)
 
     def _force_close(self, exc: BaseException | None) -> None:
-        if self._conn_lost:
+        core = self._core
+        if core.lost:
             return
-        r = self._wreader
+        r = core.wreader
         if r is not None and r.writer is not None and r.read_avail():
             r.consume(r.read_avail())
             vc = self._vc
@@ -534,7 +521,7 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         if not self._closing:
             self._closing = True
             self._stop_reading()
-        self._conn_lost += 1
+        core.lost += 1
         self._loop.call_soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
@@ -542,7 +529,7 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
             self._protocol.connection_lost(exc)
         finally:
             self._release()
-            waiter = self._empty_waiter
+            waiter = self._core.empty_waiter
             if waiter is not None and not waiter.done():
                 waiter.set_exception(ConnectionError("Connection is closed by peer"))
 
@@ -555,13 +542,14 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         if sock is not None:
             sock.detach()
         self._vc.do_io_close()
-        self._protocol = self._data_protocol = None
+        core = self._core
+        self._protocol = core.protocol = None
         loop, self._loop = self._loop, None
         server, self._server = self._server, None
         if server is not None:
             _server_detach(server, self)
         if loop is not None:
-            loop._vc_dispatch.remove(self._sock_fd, self)
+            loop._vc_dispatch.remove(self._sock_fd, core)
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if getattr(self, "_open", False):  # unset or False if __init__ failed
@@ -574,12 +562,13 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
     # ------------------------------------------------------------------ sendfile
 
     def _make_empty_waiter(self) -> asyncio.Future[None]:
-        if self._empty_waiter is not None:
+        core = self._core
+        if core.empty_waiter is not None:
             raise RuntimeError("Empty waiter is already set")
-        self._empty_waiter = self._loop.create_future()
+        waiter = core.empty_waiter = self._loop.create_future()
         if not self.get_write_buffer_size():
-            self._empty_waiter.set_result(None)
-        return self._empty_waiter
+            waiter.set_result(None)
+        return waiter
 
     def _reset_empty_waiter(self) -> None:
-        self._empty_waiter = None
+        self._core.empty_waiter = None

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 
 import ats_cffi.asyncio as ats_asyncio
-from ats_cffi.asyncio.dispatch import TransportDispatch
+from ats_cffi.asyncio.dispatch import TransportCore, TransportDispatch
 from ats_cffi.eventsystem.codes import EVENT_CONT, VC_EVENT_READ_READY, VC_EVENT_WRITE_READY
 from ats_cffi.eventsystem.iobuffer import MIOBuffer
 from ats_cffi.eventsystem.mutex import ProxyMutex
 from ats_cffi.net.netvc import UnixNetVConnection
+from ats_cffi.net.stats import new_counters
 from tests.asyncio.recorder import Recorder, fresh_recorder, until  # noqa: F401
 
 who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
@@ -155,28 +156,27 @@ def test_default_write_buffer_limits_are_asyncios() -> None:
 
 def test_a_released_transport_leaves_the_next_owner_of_its_fd() -> None:
     d = TransportDispatch(ProxyMutex(), lambda t, event, vio: 0, MIOBuffer().alloc_reader())
-    old, new = object(), object()
+    ctx = contextvars.copy_context()
+    old, new = (TransportCore(t, 5, ctx, new_counters(1), True) for t in ("old", "new"))
     d.add(5, old)
     d.add(5, new)  # the fd was closed and made again: another connection's
     d.remove(5, old)
-    assert d.get(5) is new
+    assert d.get(5) == "new"
     d.remove(5, new)
     assert d.get(5) is None
     assert d.get(-1) is None and d.get(10**6) is None
     d.add(300, old)
-    assert d.get(300) is old and list(d.transports()) == [old]
+    assert d.get(300) == "old" and list(d.transports()) == ["old"]
 
 
 def test_an_event_runs_the_handler_in_the_transports_context() -> None:
     calls: list[tuple[Any, int, Any, str]] = []
 
-    class T:
-        _conn_lost = 0
-        _data_protocol = None  # a BufferedProtocol's transport: its reads go to on_event
-
+    class T:  # a BufferedProtocol's transport (no core.protocol): its reads go to on_event
         def __init__(self) -> None:
-            self._context = contextvars.copy_context()
-            self._context.run(who.set, "t")
+            ctx = contextvars.copy_context()
+            ctx.run(who.set, "t")
+            self.core = TransportCore(self, 9, ctx, new_counters(1), True)
 
     def on_event(t: Any, event: int, vio: Any) -> int:
         calls.append((t, event, vio, who.get()))
@@ -188,7 +188,7 @@ def test_an_event_runs_the_handler_in_the_transports_context() -> None:
     with pytest.raises(KeyError):  # a VC of no transport
         d.handle_event(VC_EVENT_READ_READY, vc.read)
     t = T()
-    d.add(9, t)
+    d.add(9, t.core)
     assert d.handle_event(VC_EVENT_READ_READY, vc.write) == 42
     assert calls == [(t, VC_EVENT_READ_READY, vc.write, "t")]
     assert who.get() == "nobody"
@@ -207,12 +207,11 @@ def test_a_read_goes_to_data_received_in_the_transports_context() -> None:
                 raise ValueError("boom")
 
     class T:
-        _conn_lost = 0
-
         def __init__(self) -> None:
-            self._data_protocol = P()
-            self._context = contextvars.copy_context()
-            self._context.run(who.set, "t")
+            ctx = contextvars.copy_context()
+            ctx.run(who.set, "t")
+            self.core = TransportCore(self, 3, ctx, new_counters(1), True)
+            self.core.protocol = P()
 
         def _fatal_error(self, exc: BaseException, message: str) -> None:
             seen.append(("fatal", repr(exc), message, who.get()))
@@ -226,7 +225,7 @@ def test_a_read_goes_to_data_received_in_the_transports_context() -> None:
     vc = UnixNetVConnection()
     vc.fd = 3
     t = T()
-    d.add(3, t)
+    d.add(3, t.core)
     buf.write(b"hello ")
     buf.write(b"world")
     assert d.handle_event(VC_EVENT_READ_READY, vc.read) == EVENT_CONT
@@ -239,7 +238,7 @@ def test_a_read_goes_to_data_received_in_the_transports_context() -> None:
         ("fatal", "ValueError('boom')", "Fatal error: protocol.data_received() call failed.", "t"),
     ]
     assert d.handle_event(VC_EVENT_WRITE_READY, vc.write) == 7
-    t._conn_lost = 1
+    t.core.lost = 1
     assert d.handle_event(VC_EVENT_READ_READY, vc.read) == 7
     assert seen[3:] == [("event", VC_EVENT_WRITE_READY, "t"), ("event", VC_EVENT_READ_READY, "t")]
     assert who.get() == "nobody"

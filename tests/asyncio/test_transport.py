@@ -257,3 +257,60 @@ def test_write_checks_its_argument() -> None:
         await srv.wait_closed()
 
     ats_asyncio.run(main())
+
+
+def test_a_write_that_the_socket_refuses_reaches_connection_lost() -> None:
+    """The first ``send`` of a ``write`` fails (the peer reset; reading paused, so only the
+    write can see it): the protocol hears ``connection_lost`` with the error."""
+    lost: list[BaseException | None] = []
+
+    class P(asyncio.Protocol):
+        def connection_lost(self, exc: BaseException | None) -> None:
+            lost.append(exc)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        lsock = socket.create_server(("127.0.0.1", 0))
+        tr, _ = await loop.create_connection(P, "127.0.0.1", lsock.getsockname()[1])
+        tr.pause_reading()
+        s, _ = lsock.accept()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # a reset
+        lsock.close()
+        for _ in range(500):
+            tr.write(b"x")
+            if lost:
+                break
+            await asyncio.sleep(0.01)
+        assert tr.is_closing() and not tr.get_write_buffer_size()
+
+    ats_asyncio.run(main())
+    assert isinstance(lost[0], OSError)
+    assert lost[0].errno in (errno.ECONNRESET, errno.EPIPE)
+
+
+def test_writes_after_the_close_are_dropped_and_warned_of(caplog: Any) -> None:
+    """As asyncio's transports: no error, nothing sent, a warning once the count of such
+    writes reaches asyncio's threshold."""
+    from asyncio import constants
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        lsock = socket.create_server(("127.0.0.1", 0))
+        tr, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", lsock.getsockname()[1])
+        s, _ = lsock.accept()
+        tr.close()
+        with caplog.at_level("WARNING", logger="asyncio"):
+            for _ in range(constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES - 1):
+                tr.write(b"late")
+            assert not caplog.records
+            tr.write(b"late")
+            assert [r.getMessage() for r in caplog.records] == ["socket.send() raised exception."]
+        assert tr.get_write_buffer_size() == 0
+        await asyncio.sleep(0.05)
+        s.settimeout(5)
+        assert s.recv(100) == b""  # closed, nothing of the writes
+        s.close()
+        lsock.close()
+
+    ats_asyncio.run(main())
