@@ -80,7 +80,10 @@ class Loop(_SelectorLoop):  # type: ignore[misc,valid-type]
         #: The mutex of every transport's continuation: one loop thread runs them all.
         self._net_mutex = ProxyMutex()
         #: Every transport's read buffer: a read step hands all it read to the protocol.
-        self._read_buffer = MIOBuffer(water_mark=READ_WATER_MARK)
+        #: Its one block is READ_WATER_MARK bytes, kept when emptied (uvloop reads into
+        #: one 256 KiB buffer per loop): a message of up to that size is read into one
+        #: block and copied out once, where 32 KiB blocks made a chain to join per read.
+        self._read_buffer = MIOBuffer(READ_WATER_MARK, READ_WATER_MARK)
         self._read_reader = self._read_buffer.alloc_reader()
         #: The open VCTransports by fd (asyncio's ``_transports`` keeps the loop's other
         #: transports), and the one continuation of their VCs.
