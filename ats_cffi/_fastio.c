@@ -132,15 +132,45 @@ static inline __attribute__((always_inline)) int sizes(PyObject *const *args, Py
     return 0;
 }
 
+/* Length argument i of a call, which may be -1 for all the room there is (room):
+ * the caller's usual length passed as a small int, whose object Python keeps, where
+ * a length of 32 KiB or more would be a new int object per call.  Else as arg_size. */
+static inline __attribute__((always_inline)) Py_ssize_t
+arg_len(PyObject *const *args, int i, const char *call, Py_ssize_t room)
+{
+    PyObject *o = args[i];
+    if (PyLong_CheckExact(o)) {
+        Py_ssize_t v = PyLong_AsSsize_t(o);
+        if (v >= 0)
+            return v;
+        if (v == -1 && !PyErr_Occurred())
+            return room;
+        PyErr_Clear();
+    }
+    return bad_size(args, i, call);
+}
+
 /* read_spill(fd, base, off, len, spill, spill_len, stop_short) -> bytes read:
- * ats_read_spill into the bytearrays base[off:off+len] and spill[:spill_len]. */
+ * ats_read_spill into the bytearrays base[off:off+len] and spill[:spill_len].
+ * len -1: to the end of base; spill_len -1: all of spill. */
 static PyObject *fast_read_spill(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     static const char call[] = "read_spill";
     Py_ssize_t v[7];
-    if (sizes(args, nargs, 7, call, ARG(2) | ARG(3) | ARG(5), v) < 0)
+    if (sizes(args, nargs, 7, call, ARG(2), v) < 0)
         return NULL;
-    Py_ssize_t fd = v[0], off = v[2], len = v[3], spill_len = v[5];
+    Py_ssize_t fd = v[0], off = v[2];
+    /* Both must be bytearrays (the spill too when none of it is asked for). */
+    if (arg_span(args[1], 0, 0, call, "base") == NULL
+        || arg_span(args[4], 0, 0, call, "spill") == NULL)
+        return NULL;
+    Py_ssize_t room = PyByteArray_GET_SIZE(args[1]) - off; /* < 0: arg_span refuses off */
+    Py_ssize_t len = arg_len(args, 3, call, room > 0 ? room : 0);
+    if (len < 0)
+        return NULL;
+    Py_ssize_t spill_len = arg_len(args, 5, call, PyByteArray_GET_SIZE(args[4]));
+    if (spill_len < 0)
+        return NULL;
     int stop_short = PyObject_IsTrue(args[6]);
     char *base = arg_span(args[1], off, len, call, "base");
     char *spill = spill_len ? arg_span(args[4], 0, spill_len, call, "spill") : NULL;
@@ -378,7 +408,8 @@ static PyObject *fast_get_ident(PyObject *mod, PyObject *unused)
 
 static PyMethodDef fastio_methods[] = {
     {"read_spill", (PyCFunction)(void (*)(void))fast_read_spill, METH_FASTCALL,
-     "read_spill(fd, base, off, len, spill, spill_len, stop_short) -> bytes read"},
+     "read_spill(fd, base, off, len, spill, spill_len, stop_short) -> bytes read"
+     " (len -1: to the end of base; spill_len -1: all of spill)"},
     {"write_all", (PyCFunction)(void (*)(void))fast_write_all, METH_FASTCALL,
      "write_all(fd, base, off, len) -> bytes written"},
     {"last", (PyCFunction)(void (*)(void))fast_last, METH_FASTCALL,

@@ -184,3 +184,20 @@ def test_epoll_add_all_registers_each_fd_and_lists_the_adds_that_failed(pair) ->
 def test_epoll_add_all_refuses_bad_arguments(args, exc, words) -> None:
     with pytest.raises(exc, match=words):
         _fastio.epoll_add_all(*args)
+
+
+def test_read_spill_takes_minus_one_for_all_the_room(pair) -> None:
+    """len -1: to the end of base (from off); spill_len -1: all of spill."""
+    a, b = pair
+    b.sendall(bytes(range(40)))
+    base, spill = bytearray(16), bytearray(8)
+    assert _fastio.read_spill(a.fileno(), base, 10, -1, spill, -1, True) == 14
+    assert base[10:] == bytes(range(6)) and spill == bytearray(range(6, 14))
+    assert _fastio.read_spill(a.fileno(), base, 0, -1, spill, 0, True) == 16
+    assert base == bytearray(range(14, 30))
+    with pytest.raises(ValueError, match="holds 16"):
+        _fastio.read_spill(a.fileno(), base, 17, -1, spill, 0, True)
+    with pytest.raises(ValueError, match=">= 0"):
+        _fastio.read_spill(a.fileno(), base, 0, -2, spill, 0, True)
+    with pytest.raises(TypeError, match="spill must be"):
+        _fastio.read_spill(a.fileno(), base, 0, -1, b"x", -1, True)

@@ -103,7 +103,12 @@ def read_into_buffer(
             toread = left
         s = nh.spill
         if ssl is None:
-            r: int = _read_spill(fd, t.data, end, toread, s.data, spill, stop_short)
+            # -1: all the room of the block, all of the spare (the usual sizes, over 256:
+            # an int object per call otherwise).
+            r: int = _read_spill(
+                fd, t.data, end, -1 if toread == t.size - end else toread,
+                s.data, -1 if spill == s.size else spill, stop_short,
+            )  # fmt: skip
         else:
             r = _tls_read(ssl, t.cdata, end, toread, s.cdata, spill, stop_short, lastp)
         stats[_CALLS_TO_READ] += 1
