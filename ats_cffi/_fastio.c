@@ -8,7 +8,7 @@
  * re-acquire of the GIL around a call that never blocks (the sockets are
  * non-blocking).  Measured with callgrind on the VIO echo, 1 KiB messages:
  * about 1,700 instructions per call, of which ats_read_spill itself took 114.
- * (An asyncio transport's write, send_some, is one such call too.)
+ * (An asyncio transport's write, send_left, is one such call too.)
  * Here the arguments come as an array, a block is passed as its bytearray (its
  * memory is PyByteArray_AS_STRING, with no cdata), and the GIL stays held, as
  * uvloop holds it around libuv's reads and writes.  The one call here that may
@@ -183,11 +183,12 @@ static PyObject *fast_read_spill(PyObject *mod, PyObject *const *args, Py_ssize_
     return PyLong_FromSsize_t(n);
 }
 
-/* write_all(fd, base, off, len) -> bytes written: ats_write_all from the
- * bytearray base[off:off+len]. */
-static PyObject *fast_write_all(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+/* write_left(fd, base, off, len) -> bytes left unwritten (0: all were written):
+ * ats_write_all from the bytearray base[off:off+len].  The count left, not the
+ * count written, so that the usual result is 0, whose int object Python keeps. */
+static PyObject *fast_write_left(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
-    static const char call[] = "write_all";
+    static const char call[] = "write_left";
     Py_ssize_t v[4];
     if (sizes(args, nargs, 4, call, ARG(2) | ARG(3), v) < 0)
         return NULL;
@@ -198,7 +199,7 @@ static PyObject *fast_write_all(PyObject *mod, PyObject *const *args, Py_ssize_t
     ssize_t last = 1;
     ssize_t n = ats_write_all((int)fd, base, (size_t)off, (size_t)len, &last);
     last_result = last;
-    return PyLong_FromSsize_t(n);
+    return PyLong_FromSsize_t(len - n);
 }
 
 /* The IOBufferBlock fields writev_chain reads (ats_cffi/eventsystem/ioblock.py):
@@ -309,30 +310,47 @@ static int arg_bytes(PyObject *obj, Py_buffer *view, const char **p, Py_ssize_t 
     return 0;
 }
 
-/* send_some(fd, data) -> one send() (MSG_NOSIGNAL, EINTR retried) of a
- * bytes-like object: the count sent, or -errno (-EAGAIN when the socket is
- * full).  A bytes object is used as it is; another through the buffer protocol. */
-static PyObject *fast_send_some(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+/* One send() (MSG_NOSIGNAL, EINTR retried) of the bytes-like args[1] to the fd
+ * args[0]: the count sent, or -errno (-EAGAIN when the socket is full); *len its
+ * size.  A bytes object is used as it is; another through the buffer protocol.
+ * -1 - INT_MAX with an exception set for bad arguments. */
+#define SEND_FAILED (-1 - (Py_ssize_t)INT_MAX)
+static Py_ssize_t send_once(PyObject *const *args, Py_ssize_t nargs, const char *call,
+                            Py_ssize_t *len)
 {
-    static const char call[] = "send_some";
     Py_ssize_t v[2];
     if (sizes(args, nargs, 2, call, 0, v) < 0)
-        return NULL;
-    Py_ssize_t fd = v[0];
+        return SEND_FAILED;
     Py_buffer view = {0};
     const char *p;
-    Py_ssize_t len;
-    if (arg_bytes(args[1], &view, &p, &len, call, "data") < 0)
-        return NULL;
+    if (arg_bytes(args[1], &view, &p, len, call, "data") < 0)
+        return SEND_FAILED;
     ssize_t r;
     do {
-        r = send((int)fd, p, (size_t)len, MSG_NOSIGNAL);
+        r = send((int)v[0], p, (size_t)*len, MSG_NOSIGNAL);
     } while (r < 0 && errno == EINTR);
     if (r < 0)
         r = -errno;
     if (view.obj != NULL)
         PyBuffer_Release(&view);
-    return PyLong_FromSsize_t(r);
+    return r;
+}
+
+/* send_some(fd, data) -> one send() of a bytes-like object: the count sent, or
+ * -errno (-EAGAIN when the socket is full). */
+static PyObject *fast_send_some(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t len, r = send_once(args, nargs, "send_some", &len);
+    return r == SEND_FAILED ? NULL : PyLong_FromSsize_t(r);
+}
+
+/* send_left(fd, data) -> one send() of a bytes-like object: the bytes of data it
+ * did not send (0: all of them, the usual result, an int object Python keeps), or
+ * -errno (-EAGAIN when the socket is full). */
+static PyObject *fast_send_left(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t len, r = send_once(args, nargs, "send_left", &len);
+    return r == SEND_FAILED ? NULL : PyLong_FromSsize_t(r < 0 ? r : len - r);
 }
 
 /* bytes_at(data, off, n) -> bytes(data[off:off+n]) of a bytearray, in one copy
@@ -410,8 +428,8 @@ static PyMethodDef fastio_methods[] = {
     {"read_spill", (PyCFunction)(void (*)(void))fast_read_spill, METH_FASTCALL,
      "read_spill(fd, base, off, len, spill, spill_len, stop_short) -> bytes read"
      " (len -1: to the end of base; spill_len -1: all of spill)"},
-    {"write_all", (PyCFunction)(void (*)(void))fast_write_all, METH_FASTCALL,
-     "write_all(fd, base, off, len) -> bytes written"},
+    {"write_left", (PyCFunction)(void (*)(void))fast_write_left, METH_FASTCALL,
+     "write_left(fd, base, off, len) -> bytes left unwritten (0: all written)"},
     {"last", (PyCFunction)(void (*)(void))fast_last, METH_FASTCALL,
      "last() -> the last syscall's result of this thread's last call"},
     {"writev_chain", (PyCFunction)(void (*)(void))fast_writev_chain, METH_FASTCALL,
@@ -420,6 +438,8 @@ static PyMethodDef fastio_methods[] = {
      "bytes_at(data, off, n) -> bytes(data[off:off+n]) of a bytearray, one copy"},
     {"send_some", (PyCFunction)(void (*)(void))fast_send_some, METH_FASTCALL,
      "send_some(fd, data) -> one send() of a bytes-like object: the count, or -errno"},
+    {"send_left", (PyCFunction)(void (*)(void))fast_send_left, METH_FASTCALL,
+     "send_left(fd, data) -> one send(): the bytes not sent (0: all), or -errno"},
     {"ready_events", (PyCFunction)(void (*)(void))fast_ready_events, METH_FASTCALL,
      "ready_events(tokens, masks, n, slots, slot_tokens) -> [eio, mask, ...] of a pass"},
     {"net_wait", (PyCFunction)(void (*)(void))fast_net_wait, METH_FASTCALL,

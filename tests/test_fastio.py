@@ -36,15 +36,15 @@ def test_read_spill_reports_eagain_and_eof_as_last(pair) -> None:
     assert base[:3] == b"xyz"
 
 
-def test_write_all_writes_a_span_and_stops_at_a_full_socket(pair) -> None:
+def test_write_left_writes_a_span_and_stops_at_a_full_socket(pair) -> None:
     a, b = pair
     data = bytearray(b"0123456789")
-    assert _fastio.write_all(a.fileno(), data, 2, 5) == 5
+    assert _fastio.write_left(a.fileno(), data, 2, 5) == 0  # all of it
     assert _fastio.last() == 5
     assert b.recv(16) == b"23456"
     big = bytearray(1 << 22)
-    n = _fastio.write_all(a.fileno(), big, 0, len(big))
-    assert 0 < n < len(big)
+    left = _fastio.write_left(a.fileno(), big, 0, len(big))
+    assert 0 < left < len(big)
     assert _fastio.last() == AGAIN
 
 
@@ -93,11 +93,25 @@ def test_bytes_at_copies_a_span_of_a_bytearray() -> None:
         _fastio.bytes_at(b"0123", 0, 1)
 
 
-def test_write_all_to_a_closed_peer_is_a_value_not_a_signal(pair) -> None:
+def test_write_left_to_a_closed_peer_is_a_value_not_a_signal(pair) -> None:
     a, b = pair
     b.close()
-    assert _fastio.write_all(a.fileno(), bytearray(b"x"), 0, 1) == 0
+    assert _fastio.write_left(a.fileno(), bytearray(b"x"), 0, 1) == 1  # none written
     assert _fastio.last() in (-errno.EPIPE, -errno.ECONNRESET)
+
+
+def test_send_left_is_what_one_send_did_not_take(pair) -> None:
+    a, b = pair
+    assert _fastio.send_left(a.fileno(), b"bytes") == 0
+    assert _fastio.send_left(a.fileno(), memoryview(b"__view__")[2:6]) == 0
+    assert b.recv(16) == b"bytesview"
+    big = b"x" * (1 << 22)
+    left = _fastio.send_left(a.fileno(), big)
+    assert 0 < left < len(big)
+    assert _fastio.send_left(a.fileno(), b"more") == -errno.EAGAIN
+    with pytest.raises(TypeError, match="send_left"):
+        _fastio.send_left(a.fileno(), "text")
+    b.close()
 
 
 @pytest.mark.parametrize(
@@ -109,9 +123,9 @@ def test_write_all_to_a_closed_peer_is_a_value_not_a_signal(pair) -> None:
         ("read_spill", (-1, bytearray(4), 0, 4, bytearray(1), 0, True), ValueError, ">= 0"),
         ("read_spill", ("3", bytearray(4), 0, 4, bytearray(1), 0, True), TypeError, "an int"),
         ("read_spill", (3, bytearray(4)), TypeError, "takes 7 arguments"),
-        ("write_all", (3, memoryview(bytearray(4)), 0, 1), TypeError, "bytearray"),
-        ("write_all", (3, bytearray(4), 5, 0), ValueError, "holds 4"),
-        ("write_all", (2**40, bytearray(4), 0, 1), ValueError, "fd must be a file"),
+        ("write_left", (3, memoryview(bytearray(4)), 0, 1), TypeError, "bytearray"),
+        ("write_left", (3, bytearray(4), 5, 0), ValueError, "holds 4"),
+        ("write_left", (2**40, bytearray(4), 0, 1), ValueError, "fd must be a file"),
         ("last", (1,), TypeError, "takes 0 arguments"),
     ],
 )

@@ -39,7 +39,7 @@ from ats_cffi.net.vcio import count_write
 
 #: ``Context.run`` itself: a call of it is one C call, not a method looked up by name.
 _run: Final = contextvars.Context.run
-_send_some: Final = _fastio.send_some
+_send_left: Final = _fastio.send_left
 _READ_READY: Final = _codes.VC_EVENT_READ_READY
 _EVENT_CONT: Final = _codes.EVENT_CONT
 _NEG_EAGAIN: Final = -errno.EAGAIN
@@ -102,16 +102,17 @@ class TransportCore:
         r = self.wreader
         sent = 0
         if self.send_first and (r is None or not r.read_avail()):  # the socket first
-            n: int = _send_some(self.fd, data)
-            count_write(self.stats, n)
-            if n == size:
+            left: int = _send_left(self.fd, data)
+            if not left:
+                count_write(self.stats, size)
                 return
-            if n < 0:
-                if n != _NEG_EAGAIN:
-                    self.transport._write_failed(-n)
+            count_write(self.stats, left if left < 0 else size - left)
+            if left < 0:
+                if left != _NEG_EAGAIN:
+                    self.transport._write_failed(-left)
                     return
             else:
-                sent = n
+                sent = size - left
         self.transport._write_rest(data, sent)
 
 

@@ -40,7 +40,7 @@ SPILL_SIZE: Final = 128 * 1024
 _read_spill: Final = _fastio.read_spill
 _last: Final = _fastio.last
 _copy: Final = ffi.memmove
-_write_all: Final = _fastio.write_all
+_write_left: Final = _fastio.write_left
 _writev_chain: Final = _fastio.writev_chain
 _tls_read: Final = lib.ats_tls_read
 _tls_write_blocks: Final = lib.ats_tls_write_blocks
@@ -184,8 +184,9 @@ def write_from_reader(
     # All written: the last send moved bytes (no need to ask for its result).
     block, start = reader.first_block()
     if block.end - start >= towrite:
-        total: int = _write_all(fd, block.data, start, towrite)
-        last: int = total if total == towrite else _last()
+        left: int = _write_left(fd, block.data, start, towrite)
+        total: int = towrite - left
+        last: int = total if not left else _last()
     else:
         total = _writev_chain(fd, block, start, towrite)
         last = total if total == towrite else _last()
