@@ -93,7 +93,7 @@ class TransportCore:
             raise RuntimeError("Cannot call write() after write_eof()")
         if self.empty_waiter is not None:
             raise RuntimeError("unable to write; sendfile is in progress")
-        size = len(data)
+        size = len(data) if type(data) is not memoryview else data.nbytes  # in bytes
         if not size:
             return
         if self.lost:

@@ -408,7 +408,7 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
     def _write_rest(self, data: Any, sent: int) -> None:
         """What ``write``'s first ``send`` did not take (all of it when it sent nothing, or
         did not try): kept for the write VIO."""
-        self._buffer_write(memoryview(data)[sent:] if sent else data)
+        self._buffer_write(memoryview(data).cast("B")[sent:] if sent else data)  # bytes
         self._maybe_pause_protocol()
 
     def _write_lost(self) -> None:

@@ -314,3 +314,33 @@ def test_writes_after_the_close_are_dropped_and_warned_of(caplog: Any) -> None:
         lsock.close()
 
     ats_asyncio.run(main())
+
+
+def test_a_memoryview_of_wide_items_arrives_byte_exact() -> None:
+    """``write`` of a memoryview whose items are 4 bytes, larger than the socket takes at
+    once: its first ``send`` is counted in bytes, and the rest kept from the right byte."""
+    import array
+
+    items = array.array("i", range(2_000_000))  # 8 MB
+    want = items.tobytes()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        lsock = socket.create_server(("127.0.0.1", 0))
+        tr, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", lsock.getsockname()[1])
+        s, _ = lsock.accept()
+        tr.write(memoryview(items))
+        assert tr.get_write_buffer_size() > 0  # a part was kept
+        tr.close()
+        s.setblocking(False)
+        got = bytearray()
+        while True:
+            chunk = await loop.sock_recv(s, 1 << 20)
+            if not chunk:
+                break
+            got += chunk
+        s.close()
+        lsock.close()
+        assert len(got) == len(want) and got == want
+
+    ats_asyncio.run(main())
