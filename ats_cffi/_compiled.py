@@ -3,7 +3,7 @@
 A departure from DESIGN.md section 9 (C helpers only for per-syscall loops), made for the
 HTTP keep-alive goal of issue 8: perf/README.md's "Where an HTTP keep-alive request's time
 goes" measured that the time is ATS's VIO/IOBuffer/signal protocol run by the interpreter.
-They are the per-event and per-request path: continuations and mutexes, the event
+They are the per-event and per-request path: continuations, mutexes and events, the event
 thread's loop (``EThread``: each pass's timers, queues and poll step), IOBuffers and VIOs,
 EventIO, the VC's read/write/signal path, its NetHandler and the thread's splice driver,
 the app session and HTTP service, and the asyncio loop's dispatch of its VCs' events to
@@ -17,6 +17,7 @@ MODULES = (
     "ats_cffi.eventsystem.continuation",
     "ats_cffi.eventsystem.mutex",
     "ats_cffi.eventsystem.threadcache",
+    "ats_cffi.eventsystem.event",
     "ats_cffi.eventsystem.ethread",
     "ats_cffi.eventsystem.ioblock",
     "ats_cffi.eventsystem.iobuffer",

@@ -111,7 +111,7 @@ def check_continuation(call: str, cont: Any, need_handler: bool = False) -> Cont
             f"{call}: cont ({type(cont).__name__}) was not initialised: its __init__ must "
             "call Continuation.__init__"
         ) from None
-    if m.__class__ is not ProxyMutex:
+    if type(m) is not ProxyMutex:
         if m is None:
             cont.mutex = ProxyMutex()
         elif not isinstance(m, ProxyMutex):

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from ats_cffi._native import lib
 from ats_cffi.eventsystem.codes import EVENT_IMMEDIATE, EVENT_INTERVAL
-from ats_cffi.eventsystem.continuation import Continuation, check_continuation
+from ats_cffi.eventsystem.continuation import Continuation, check_continuation, deliver
 from ats_cffi.eventsystem.current import DEDICATED, REGULAR, set_this_ethread
 from ats_cffi.eventsystem.current import on_event_thread as on_event_thread  # re-exported
 from ats_cffi.eventsystem.current import this_ethread as this_ethread  # re-exported
@@ -43,7 +43,7 @@ from ats_cffi.eventsystem.event import (
     check_time,
     new_event,
 )
-from ats_cffi.eventsystem.mutex import ProxyMutex
+from ats_cffi.eventsystem.mutex import ProxyMutex, get_ident
 from ats_cffi.sys import Epoll, EventFD
 
 log = logging.getLogger("ats.iocore_thread")
@@ -164,7 +164,8 @@ class EThread:
         self._ready: deque[tuple[int, Event]] = deque()
         self._heap: list[tuple[float, int, Event]] = []
         self._every_pass: list[tuple[int, Event]] = []
-        self._seq = _SEQ
+        # The bound ``__next__``: compiled, ``next(it)`` looks ``next`` up by name each call.
+        self._next_seq: Callable[[], int] = _SEQ.__next__
         self._stop = False
         #: The thread ended (or was joined without running): nothing can be queued on it.
         self._released = False
@@ -252,12 +253,12 @@ class EThread:
         at = fields.timeout_at
         period = fields.period
         if (
-            at.__class__ is not float
-            or period.__class__ is not float
+            type(at) is not float
+            or type(period) is not float
             or at != at
             or period != period
             or fields.mutex is None
-            or fields.callback_event.__class__ is not int
+            or type(fields.callback_event) is not int
             or not isinstance(fields.continuation, Continuation)
         ):
             self._check_event(e)
@@ -288,8 +289,8 @@ class EThread:
         if self.tt != REGULAR:
             raise RuntimeError(f"schedule: {self.name} is a dedicated thread and runs no loop")
         e.ethread = self
-        e.seq = next(self._seq)
-        if self.tid == threading.get_ident():
+        e.seq = self._next_seq()
+        if self.tid == get_ident():
             self._enqueue_local(e)
             return e
         with self._ext_lock:
@@ -322,9 +323,13 @@ class EThread:
             evfd.write(1)
 
     def _enqueue_local(self, e: Event) -> None:
-        if e.period < 0:
+        # Read as floats (compiled: unboxed, compared natively); a field spoiled after it
+        # was checked raises TypeError here, which the caller's batch logs.
+        period: float = e.period
+        at: float = e.timeout_at
+        if period < 0:
             self._every_pass.append((e.seq, e))
-        elif e.timeout_at <= 0:
+        elif at <= 0:
             self._ready.append((e.seq, e))
         else:
             heapq.heappush(self._heap, (e.timeout_at, e.seq, e))
@@ -337,7 +342,7 @@ class EThread:
         if m is not None and not m.try_lock():
             if e.period >= 0:  # an every-pass event is simply tried on the next pass
                 e.timeout_at = self.clock() + self.retry_delay
-                e.seq = next(self._seq)
+                e.seq = self._next_seq()
                 heapq.heappush(self._heap, (e.timeout_at, e.seq, e))
             return
         seq = e.seq
@@ -345,12 +350,12 @@ class EThread:
             if e.cancelled:
                 return
             try:
-                e.continuation.handle_event(callback_event, e)  # type: ignore[union-attr]
+                deliver(e.continuation, callback_event, e)  # type: ignore[arg-type]
             except Exception:
                 log.exception("%s: handler of %r raised", self.name, e)
             if e.period > 0 and not e.cancelled and e.seq == seq:
                 e.timeout_at = max(self.clock(), e.timeout_at) + e.period
-                e.seq = next(self._seq)
+                e.seq = self._next_seq()
                 heapq.heappush(self._heap, (e.timeout_at, e.seq, e))
         finally:
             if m is not None:
@@ -359,7 +364,7 @@ class EThread:
     def run_pass(self, max_wait_ms: Any = MAX_IDLE_WAIT_MS) -> None:
         """One pass of the loop (see the module docstring), its poll step waiting at most
         ``max_wait_ms`` (an int, 0..MAX_WAIT_MS: ``TypeError``/``ValueError`` otherwise)."""
-        if max_wait_ms.__class__ is not int or not 0 <= max_wait_ms <= MAX_WAIT_MS:
+        if type(max_wait_ms) is not int or not 0 <= max_wait_ms <= MAX_WAIT_MS:
             max_wait_ms = check_wait_ms("run_pass", "max_wait_ms", max_wait_ms)
         self._run_pass(max_wait_ms)
 
@@ -416,7 +421,7 @@ class EThread:
     def next_timer_ms(self, cap_ms: Any) -> int:
         """Milliseconds until the next timer, capped at ``cap_ms`` (an int,
         0..MAX_WAIT_MS); 0 when work is queued."""
-        if cap_ms.__class__ is not int or not 0 <= cap_ms <= MAX_WAIT_MS:
+        if type(cap_ms) is not int or not 0 <= cap_ms <= MAX_WAIT_MS:
             cap_ms = check_wait_ms("next_timer_ms", "cap_ms", cap_ms)
         if self._ready or self._ext:
             return 0
@@ -542,7 +547,7 @@ class EThread:
         ``TypeError`` unless ``offset`` is an int, ``ValueError`` unless it is one of the
         thread's slots (0 <= offset < number of slots)."""
         slots = self.slots
-        if offset.__class__ is not int or not 0 <= offset < len(slots):
+        if type(offset) is not int or not 0 <= offset < len(slots):
             _check_int("get_slot", "offset", offset)
             if not slots:
                 raise ValueError(f"get_slot: {self.name} has no slots (offset {offset})")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from mypy_extensions import mypyc_attr
+
 from ats_cffi.eventsystem.codes import EVENT_NONE
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
 from ats_cffi.eventsystem.current import REGULAR, this_ethread
@@ -57,6 +59,7 @@ def check_callback_event(call: str, value: Any, name: str = "callback_event") ->
     return value
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Action:
     """What ``connect_re``, ``main_accept`` and the schedulers return.
 
@@ -71,14 +74,16 @@ class Action:
 
     __slots__ = ("continuation", "mutex", "cancelled", "__weakref__")
 
-    def __init__(self, cont: Continuation | None = None) -> None:
+    def __init__(self, cont: Any = None) -> None:
         """``TypeError`` unless ``cont`` is a Continuation (given a mutex if it has none)
         or None."""
+        self.continuation: Continuation | None = None
+        self.mutex: ProxyMutex | None = None
         if cont is not None:
-            check_continuation(type(self).__name__, cont)
-        self.continuation = cont
-        self.mutex: ProxyMutex | None = cont.mutex if cont is not None else None
-        self.cancelled = False
+            c = check_continuation(type(self).__name__, cont)
+            self.continuation = c
+            self.mutex = c.mutex
+        self.cancelled: bool = False
 
     def cancel(self) -> None:
         m = self.mutex
@@ -117,45 +122,54 @@ class Event(Action):
 
     def __init__(
         self,
-        cont: Continuation,
-        callback_event: int = EVENT_NONE,
+        cont: Any,
+        callback_event: Any = EVENT_NONE,
         cookie: Any = None,
-        timeout_at: float = 0.0,
-        period: float = 0.0,
+        timeout_at: Any = 0.0,
+        period: Any = 0.0,
     ) -> None:
         """``TypeError`` unless ``cont`` is a Continuation (it gets a mutex if it has
         none), ``callback_event`` an int and ``timeout_at``/``period`` numbers;
         ``ValueError`` for a NaN time."""
-        if cont is None:
-            raise TypeError("Event: cont must be a Continuation, not NoneType")
-        super().__init__(cont)
+        # Action.__init__ without its class-name lookup: an Event is made per schedule.
+        c = check_continuation("Event", cont)
+        self.continuation = c
+        self.mutex = c.mutex
+        self.cancelled = False
         if type(callback_event) is not int:
             check_callback_event("Event", callback_event)
+        if type(timeout_at) is not float or timeout_at != timeout_at:
+            timeout_at = check_number("Event", "timeout_at", timeout_at)
+        if type(period) is not float or period != period:
+            period = check_number("Event", "period", period)
         self.ethread: EThread | None = None
-        self.callback_event = callback_event
-        self.cookie = cookie
-        self.timeout_at = check_number("Event", "timeout_at", timeout_at)
-        self.period = check_number("Event", "period", period)
+        # Typed Any, not int/float: a field given a bad value after construction is
+        # refused by ``EThread.schedule`` with a message naming it (compiled, a typed field
+        # would refuse the assignment itself, naming nothing).
+        self.callback_event: Any = callback_event
+        self.cookie: Any = cookie
+        self.timeout_at: Any = timeout_at
+        self.period: Any = period
         # Bumped by every (re)schedule: a queue entry whose recorded seq differs is stale
         # (the heap and the every-pass list remove lazily).
-        self.seq = 0
+        self.seq: int = 0
 
-    def schedule_imm(self, callback_event: int | None = None) -> None:
+    def schedule_imm(self, callback_event: Any = None) -> None:
         """Re-schedule this event to run now on its thread (from within its handler)."""
         self._reschedule("schedule_imm", 0.0, 0.0, callback_event)
 
-    def schedule_in(self, delay: float, callback_event: int | None = None) -> None:
+    def schedule_in(self, delay: Any, callback_event: Any = None) -> None:
         """Re-schedule this event ``delay`` seconds from now."""
         delay = check_time("schedule_in", "delay", delay)
         t = self._thread("schedule_in")
         self._reschedule("schedule_in", t.clock() + delay, 0.0, callback_event)
 
-    def schedule_at(self, atime: float, callback_event: int | None = None) -> None:
+    def schedule_at(self, atime: Any, callback_event: Any = None) -> None:
         """Re-schedule this event for when its thread's clock reaches ``atime``."""
         atime = check_time("schedule_at", "atime", atime)
         self._reschedule("schedule_at", atime, 0.0, callback_event)
 
-    def schedule_every(self, period: float, callback_event: int | None = None) -> None:
+    def schedule_every(self, period: Any, callback_event: Any = None) -> None:
         """Make this event periodic (``period`` < 0: every loop pass)."""
         period = check_period("schedule_every", period)
         t = self._thread("schedule_every")
@@ -167,7 +181,7 @@ class Event(Action):
             raise RuntimeError(f"Event.{call}: the event was never scheduled on a thread")
         return self.ethread
 
-    def _reschedule(self, call: str, at: float, period: float, callback_event: int | None) -> None:
+    def _reschedule(self, call: str, at: float, period: float, callback_event: Any) -> None:
         if callback_event is not None and type(callback_event) is not int:
             check_callback_event(f"Event.{call}", callback_event)
         t = self._thread(call)
@@ -196,19 +210,8 @@ def new_event(
     timeout_at: float = 0.0,
     period: float = 0.0,
 ) -> Event:
-    """An Event for the scheduler ``call``, whose ``cont`` and times are already checked
-    (the schedulers' fast path: ``Event(...)`` checks them again). ``TypeError`` naming
-    ``call`` unless ``callback_event`` is an int."""
+    """An Event for the scheduler ``call``, whose ``cont`` and times are already checked:
+    ``TypeError`` naming ``call`` unless ``callback_event`` is an int."""
     if type(callback_event) is not int:
         check_callback_event(call, callback_event)
-    e = Event.__new__(Event)
-    e.continuation = cont
-    e.mutex = cont.mutex
-    e.cancelled = False
-    e.ethread = None
-    e.callback_event = callback_event
-    e.cookie = cookie
-    e.timeout_at = timeout_at
-    e.period = period
-    e.seq = 0
-    return e
+    return Event(cont, callback_event, cookie, timeout_at, period)

@@ -93,7 +93,7 @@ class IOBufferBlock:
         Raises TypeError for a non-integer size (bool included), ValueError for one that is
         negative or above MAX_BLOCK_SIZE.
         """
-        if size.__class__ is not int:
+        if type(size) is not int:
             check_int("IOBufferBlock: size", size)
             size = int(size)
         if not 0 <= size <= MAX_BLOCK_SIZE:

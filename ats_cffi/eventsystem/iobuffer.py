@@ -90,13 +90,13 @@ class MIOBuffer:
         ValueError if block_size is not in 1..MAX_BLOCK_SIZE or water_mark < 0.
         """
         # (Two buffers per connection: the checks cost a call only for what is not an int.)
-        if block_size.__class__ is not int:
+        if type(block_size) is not int:
             check_int("block_size", block_size)
         if not 0 < block_size <= MAX_BLOCK_SIZE:
             raise ValueError(f"block_size must be between 1 and {MAX_BLOCK_SIZE}, got {block_size}")
         self._block_size: int = block_size
         self._pool_index = pool_index(block_size)  # where its blocks come from and go back
-        if water_mark.__class__ is not int or water_mark < 0:
+        if type(water_mark) is not int or water_mark < 0:
             _check_water_mark(water_mark)  # raises unless an int subclass >= 0
         self._water_mark: int = water_mark
         self._tail = _NO_BLOCK
@@ -488,7 +488,7 @@ class IOBufferReader:
         w = self.writer
         if w is None:
             raise self._dead()
-        if n.__class__ is not int:
+        if type(n) is not int:
             check_int("n", n)
         return w._written - self._pos > n
 

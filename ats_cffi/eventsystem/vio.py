@@ -51,7 +51,7 @@ class VIO:
     def __init__(self, op: Any = VIOOp.NONE) -> None:
         """An idle VIO for operation ``op`` (a VIOOp or its int value: ``TypeError`` /
         ``ValueError`` otherwise)."""
-        if op.__class__ is not VIOOp:
+        if type(op) is not VIOOp:
             if not isinstance(op, int) or isinstance(op, bool):
                 raise TypeError(f"VIO: op must be a VIOOp, not {type(op).__name__}")
             if op not in VIOOp._value2member_map_:

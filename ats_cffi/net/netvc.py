@@ -119,9 +119,7 @@ class UnixNetVConnection(NetVConnection):
 
         ``alerrno``: -1 (a normal close) or an errno >= 0 (an abort; a non-zero one is kept
         in ``lerrno``). ``TypeError``/``ValueError`` for anything else."""
-        if alerrno.__class__ is not int and (
-            isinstance(alerrno, bool) or not isinstance(alerrno, int)
-        ):
+        if type(alerrno) is not int and (isinstance(alerrno, bool) or not isinstance(alerrno, int)):
             raise TypeError(f"do_io_close: alerrno must be an int, not {type(alerrno).__name__}")
         if not -1 <= alerrno <= INT_RECORD_MAX:
             raise ValueError(f"do_io_close: alerrno must be -1 or an errno, got {alerrno}")

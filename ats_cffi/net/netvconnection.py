@@ -231,7 +231,7 @@ class NetVConnection(Continuation):
         """Read up to ``nbytes`` into ``buf`` for ``cont``; ``buf=None`` stops reading."""
         if self.closed:
             self._check_open("do_io_read")
-        if nbytes.__class__ is not int or not 0 <= nbytes <= INT64_MAX:
+        if type(nbytes) is not int or not 0 <= nbytes <= INT64_MAX:
             self._check_nbytes("do_io_read", nbytes)
         if cont is not None:
             check_continuation("do_io_read", cont)
@@ -243,7 +243,7 @@ class NetVConnection(Continuation):
         """Write ``nbytes`` from ``reader`` for ``cont``; ``reader=None`` stops writing."""
         if self.closed:
             self._check_open("do_io_write")
-        if nbytes.__class__ is not int or not 0 <= nbytes <= INT64_MAX:
+        if type(nbytes) is not int or not 0 <= nbytes <= INT64_MAX:
             self._check_nbytes("do_io_write", nbytes)
         if cont is not None:
             check_continuation("do_io_write", cont)

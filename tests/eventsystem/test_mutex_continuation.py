@@ -6,11 +6,13 @@ import ast
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ats_cffi.eventsystem import Action, Continuation, Event, ProxyMutex, current, ethread, event
+import ats_cffi
+from ats_cffi.eventsystem import Action, Continuation, Event, ProxyMutex, current, ethread
 from ats_cffi.eventsystem.continuation import check_continuation, deliver
 from tests.conftest import wait_until, yield_to_other_threads
 from tests.eventsystem.conftest import WAIT, HeldElsewhere
@@ -477,7 +479,9 @@ def test_event_never_scheduled_cannot_be_rescheduled() -> None:
 def test_event_module_imports_ethread_only_for_type_hints() -> None:
     # ethread imports event; what Action.cancel asks (the current thread) lives in
     # current.py, so no import goes back at run time, not even inside a function.
-    with open(event.__file__, encoding="utf-8") as f:
+    # The source, not ``event.__file__``: compiled, that names the extension module.
+    source = Path(ats_cffi.__file__).parent / "eventsystem" / "event.py"
+    with open(source, encoding="utf-8") as f:
         tree = ast.parse(f.read())
     hints_only = {
         id(node)
