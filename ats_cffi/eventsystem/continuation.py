@@ -60,7 +60,9 @@ class Continuation:
 
     def set_handler(self, handler: Handler) -> None:
         """Make ``handler(event, data)`` receive the following events (ATS's SET_HANDLER)."""
-        if not callable(handler):
+        # A bound method (the usual handler) is callable: ``callable`` is looked up by name
+        # in compiled code, so it is asked only of anything else.
+        if type(handler) is not MethodType and not callable(handler):
             raise TypeError(f"set_handler: handler must be callable, not {type(handler).__name__}")
         self.handler = handler
 

@@ -27,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from ats_cffi._native import lib
 from ats_cffi.eventsystem.codes import EVENT_IMMEDIATE, EVENT_INTERVAL
@@ -63,6 +63,8 @@ MAX_WAIT_MS = lib.INT_MAX
 # no entry on the first thread can carry, so the entry left there is stale, never run.
 # (Per-thread counters could collide and deliver the moved event twice.)
 _SEQ = itertools.count(1)
+_heappush: Final = heapq.heappush
+_heappop: Final = heapq.heappop
 
 Clock = Callable[[], float]
 
@@ -332,7 +334,7 @@ class EThread:
         elif at <= 0:
             self._ready.append((e.seq, e))
         else:
-            heapq.heappush(self._heap, (e.timeout_at, e.seq, e))
+            _heappush(self._heap, (e.timeout_at, e.seq, e))
 
     # ------------------------------------------------------------------ the loop
 
@@ -343,7 +345,7 @@ class EThread:
             if e.period >= 0:  # an every-pass event is simply tried on the next pass
                 e.timeout_at = self.clock() + self.retry_delay
                 e.seq = self._next_seq()
-                heapq.heappush(self._heap, (e.timeout_at, e.seq, e))
+                _heappush(self._heap, (e.timeout_at, e.seq, e))
             return
         seq = e.seq
         try:
@@ -356,7 +358,7 @@ class EThread:
             if e.period > 0 and not e.cancelled and e.seq == seq:
                 e.timeout_at = max(self.clock(), e.timeout_at) + e.period
                 e.seq = self._next_seq()
-                heapq.heappush(self._heap, (e.timeout_at, e.seq, e))
+                _heappush(self._heap, (e.timeout_at, e.seq, e))
         finally:
             if m is not None:
                 m.unlock()
@@ -387,7 +389,7 @@ class EThread:
         if heap:
             now = self.clock()
             while heap and heap[0][0] <= now:
-                _, seq, e = heapq.heappop(heap)
+                _, seq, e = _heappop(heap)
                 if e.seq == seq and not e.cancelled:
                     ready.append((seq, e))
         # Events queued by the handlers below run on the next pass, after its poll step.

@@ -85,6 +85,8 @@ _HUP_BITS: Final[int] = lib.EPOLLRDHUP | lib.EPOLLHUP | lib.EPOLLERR
 _RDHUP: Final = lib.EPOLLRDHUP
 _ready_events: Final = _fastio.ready_events
 _get_ident: Final = get_ident
+_NET_HANDLER_RUN: Final[int] = st.NET_HANDLER_RUN
+_OPEN: Final[int] = st.CONNECTIONS_CURRENTLY_OPEN
 
 #: The EventProcessor slot holding each net thread's NetHandler (set by the processor).
 NET_HANDLER_SLOT: int | None = None
@@ -292,7 +294,7 @@ class NetHandler(Continuation):
         """One pass of the net loop (see the module doc); the EThread's poll step."""
         tid = self.thread.tid
         self.tid = tid if tid is not None else _get_ident()
-        self.stats[st.NET_HANDLER_RUN] += 1
+        self.stats[_NET_HANDLER_RUN] += 1
         if self.retry_states and self.retry_due <= self.clock():
             self.process_retries()
         self.process_enabled_list()
@@ -384,7 +386,7 @@ class NetHandler(Continuation):
         vc.in_open = True
         if not vc.counted_open:
             vc.counted_open = True
-            self.stats[st.CONNECTIONS_CURRENTLY_OPEN] += 1
+            self.stats[_OPEN] += 1
 
     def count_connect(self, vc: UnixNetVConnection) -> None:
         """``connect_re`` on this thread: count ``vc`` open now, before its socket exists,
@@ -392,14 +394,14 @@ class NetHandler(Continuation):
         the connections throttle refuses it (``connect_up`` then reports that)."""
         if not check_net_throttle(ThrottleType.CONNECT):
             vc.counted_open = True
-            self.stats[st.CONNECTIONS_CURRENTLY_OPEN] += 1
+            self.stats[_OPEN] += 1
 
     def free_unstarted(self, vc: UnixNetVConnection) -> None:
         """Free ``vc``, which never reached ``start_io`` (a connect cancelled or failed
         before), and uncount it if ``count_connect`` counted it."""
         if vc.counted_open:
             vc.counted_open = False
-            self.stats[st.CONNECTIONS_CURRENTLY_OPEN] -= 1
+            self.stats[_OPEN] -= 1
         vc.free()
 
     def start_io_failed(self, vc: UnixNetVConnection, err: int) -> None:
@@ -434,7 +436,7 @@ class NetHandler(Continuation):
             vc.in_open = False
         if vc.counted_open:
             vc.counted_open = False
-            self.stats[st.CONNECTIONS_CURRENTLY_OPEN] -= 1
+            self.stats[_OPEN] -= 1
         self.queues.remove(vc)
         if vc.in_cop:
             self.cop_list.discard(vc)
