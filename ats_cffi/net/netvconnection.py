@@ -139,6 +139,9 @@ class NetVConnection(Continuation):
         "_local_addr",
         "_remote_addr",
         "splice_end",
+        "queue",
+        "queue_prev",
+        "queue_next",
     )
 
     def __init__(self, options: Any) -> None:
@@ -185,6 +188,11 @@ class NetVConnection(Continuation):
         self._remote_addr: Any = None
         #: Set while the VC's bytes move natively (splice.py): its Splice.
         self.splice_end: Any = None
+        #: The NetHandler's connection queue the VC is in (``queues.NO_QUEUE``,
+        #: ``KEEP_ALIVE``, ``ACTIVE``) and its neighbours there: written by net/queues.py only.
+        self.queue = 0
+        self.queue_prev: NetVConnection | None = None
+        self.queue_next: NetVConnection | None = None
 
     # ------------------------------------------------------------------ addresses
 
@@ -355,12 +363,12 @@ class NetVConnection(Continuation):
     def add_to_keep_alive_queue(self) -> None:
         """The session waits idle for its next request (VC's thread): the thread may close
         it, oldest first, over ``max_connections_in`` (net/queues.py)."""
-        self._queues("add_to_keep_alive_queue").add_keep_alive(self)  # type: ignore[arg-type]
+        self._queues("add_to_keep_alive_queue").add_keep_alive(self)
 
     def add_to_active_queue(self) -> bool:
         """A request begins (VC's thread): False when the thread serves
         ``max_requests_in`` requests already; the session then closes the connection."""
-        return self._queues("add_to_active_queue").add_active(self)  # type: ignore[arg-type]
+        return self._queues("add_to_active_queue").add_active(self)
 
     def _queues(self, call: str) -> ConnectionQueues:
         nh = self.nh

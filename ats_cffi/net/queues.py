@@ -33,7 +33,67 @@ _DUE: Final = 1e-6
 
 if TYPE_CHECKING:
     from ats_cffi.net.nethandler import NetHandler
-    from ats_cffi.net.netvc import UnixNetVConnection
+    from ats_cffi.net.netvconnection import NetVConnection
+
+
+#: ``vc.queue``: in neither queue, in the keep-alive queue, in the active queue.
+NO_QUEUE: Final = 0
+KEEP_ALIVE: Final = 1
+ACTIVE: Final = 2
+
+
+class VCQueue:
+    """One queue of VCs, oldest first: a doubly-linked list through the VCs' own
+    ``queue_prev``/``queue_next`` (ATS's intrusive ``Queue<UnixNetVConnection>``), so that a
+    VC moves between queues with a few field writes, no hashing and no allocation. ``kind``
+    is what the VCs in it have in ``queue``; this module alone writes those three fields."""
+
+    __slots__ = ("kind", "head", "tail", "count")
+
+    def __init__(self, kind: int) -> None:
+        self.kind = kind
+        self.head: NetVConnection | None = None
+        self.tail: NetVConnection | None = None
+        self.count = 0
+
+    def push(self, vc: NetVConnection) -> None:
+        """``vc`` (in no queue) becomes the newest."""
+        tail = self.tail
+        vc.queue = self.kind
+        vc.queue_prev = tail
+        vc.queue_next = None
+        if tail is None:
+            self.head = vc
+        else:
+            tail.queue_next = vc
+        self.tail = vc
+        self.count += 1
+
+    def unlink(self, vc: NetVConnection) -> None:
+        """Take ``vc`` (in this queue) out."""
+        prev = vc.queue_prev
+        nxt = vc.queue_next
+        if prev is None:
+            self.head = nxt
+        else:
+            prev.queue_next = nxt
+        if nxt is None:
+            self.tail = prev
+        else:
+            nxt.queue_prev = prev
+        vc.queue = NO_QUEUE
+        vc.queue_prev = None
+        vc.queue_next = None
+        self.count -= 1
+
+    def vcs(self) -> list[NetVConnection]:
+        """The VCs, oldest first."""
+        out = []
+        vc = self.head
+        while vc is not None:
+            out.append(vc)
+            vc = vc.queue_next
+        return out
 
 
 class ConnectionQueues:
@@ -43,12 +103,10 @@ class ConnectionQueues:
         self.nh = nh
         #: Net threads the ``*_in`` limits are shared by (set when the processor starts).
         self.threads = 1
-        #: Idle keep-alive VCs, oldest first (a dict: ordered, O(1) removal). A VC is
-        #: taken out with ``in`` and ``del`` (native operations), not ``pop``: compiled, a
-        #: ``dict.pop`` is a method call by name, about three times their cost.
-        self.keep_alive: dict[UnixNetVConnection, None] = {}
+        #: Idle keep-alive VCs, oldest first.
+        self.keep_alive = VCQueue(KEEP_ALIVE)
         #: VCs with a request in progress, oldest first.
-        self.active: dict[UnixNetVConnection, None] = {}
+        self.active = VCQueue(ACTIVE)
 
     def _per_thread(self, total: int) -> int:
         """This thread's share of ``total`` (rounded up; 0: no limit)."""
@@ -59,31 +117,36 @@ class ConnectionQueues:
 
     # ------------------------------------------------------------------ the VC's moves
 
-    def add_keep_alive(self, vc: UnixNetVConnection) -> None:
+    def add_keep_alive(self, vc: NetVConnection) -> None:
         """``vc`` waits idle for its next request: the newest of the keep-alive queue. Then
         the oldest ones close while the thread holds too many connections."""
-        _take_out(vc, self.active, self.keep_alive)
-        self.keep_alive[vc] = None
+        self.remove(vc)
+        self.keep_alive.push(vc)
         self.manage_keep_alive_queue()
 
-    def add_active(self, vc: UnixNetVConnection) -> bool:
+    def add_active(self, vc: NetVConnection) -> bool:
         """A request begins on ``vc``: False (and ``vc`` in no queue) when the thread serves
         ``max_requests_in`` requests already and none of them has timed out."""
-        if _take_out(vc, self.keep_alive, self.active):
-            self.active[vc] = None  # active already: the newest again
+        q = vc.queue
+        if q == ACTIVE:
+            self.active.unlink(vc)  # active already: the newest again
+            self.active.push(vc)
             return True
+        if q == KEEP_ALIVE:
+            self.keep_alive.unlink(vc)
         if not self.manage_active_queue():
             self.nh.stats[st.REQUESTS_THROTTLED_IN] += 1
             return False
-        self.active[vc] = None
+        self.active.push(vc)
         return True
 
-    def remove(self, vc: UnixNetVConnection) -> None:
-        """``vc`` leaves both queues (closed, or no longer a session's)."""
-        if vc in self.keep_alive:
-            del self.keep_alive[vc]
-        if vc in self.active:
-            del self.active[vc]
+    def remove(self, vc: NetVConnection) -> None:
+        """``vc`` leaves its queue, if any (closed, or no longer a session's)."""
+        q = vc.queue
+        if q == KEEP_ALIVE:
+            self.keep_alive.unlink(vc)
+        elif q == ACTIVE:
+            self.active.unlink(vc)
 
     # ------------------------------------------------------------------ the limits
 
@@ -93,29 +156,33 @@ class ConnectionQueues:
         limit = self._per_thread(self.nh.config.max_connections_in)
         if not limit:
             return
-        while self.keep_alive and len(self.keep_alive) + len(self.active) > limit:
-            vc = next(iter(self.keep_alive))
-            del self.keep_alive[vc]
+        ka = self.keep_alive
+        while ka.head is not None and ka.count + self.active.count > limit:
+            vc = ka.head
+            ka.unlink(vc)
             self._close(vc, keep_alive=True)
 
     def manage_active_queue(self) -> bool:
         """Whether one more request fits under the thread's share of ``max_requests_in``,
         after closing active connections whose timeouts have passed."""
         limit = self._per_thread(self.nh.config.max_requests_in)
-        if not limit or len(self.active) < limit:
+        active = self.active
+        if not limit or active.count < limit:
             return True
         now = self.nh.now
-        for vc in list(self.active):
+        for vc in active.vcs():  # a snapshot: closing one may unlink others
+            if vc.queue != ACTIVE:
+                continue
             inactive = vc.next_inactivity_timeout_at and vc.next_inactivity_timeout_at <= now
             expired = vc.next_activity_timeout_at and vc.next_activity_timeout_at <= now
             if inactive or expired:
-                del self.active[vc]
+                active.unlink(vc)
                 self._close(vc, keep_alive=False)
-                if len(self.active) < limit:
+                if active.count < limit:
                     return True
-        return len(self.active) < limit
+        return active.count < limit
 
-    def _close(self, vc: UnixNetVConnection, keep_alive: bool) -> None:
+    def _close(self, vc: NetVConnection, keep_alive: bool) -> None:
         """Make ``vc``'s session close it: a keep-alive VC's inactivity timeout is due now,
         and the VC signals it as the InactivityCop would (an active one's own timeout has
         passed already). A VC whose mutex another thread holds keeps its deadline, and the
@@ -140,20 +207,4 @@ class ConnectionQueues:
             vc.handle_event(VC_EVENT_INACTIVITY_TIMEOUT, None)
 
 
-def _take_out(
-    vc: UnixNetVConnection,
-    likely: dict[UnixNetVConnection, None],
-    other: dict[UnixNetVConnection, None],
-) -> bool:
-    """Take ``vc`` out of the queue it is in (one at most), looked for in ``likely`` first;
-    whether it was in ``other``."""
-    if vc in likely:
-        del likely[vc]
-        return False
-    if vc in other:
-        del other[vc]
-        return True
-    return False
-
-
-__all__ = ["ConnectionQueues"]
+__all__ = ["ConnectionQueues", "VCQueue"]
