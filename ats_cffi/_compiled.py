@@ -7,7 +7,8 @@ They are the per-event and per-request path: continuations, mutexes and events, 
 thread's loop (``EThread``: each pass's timers, queues and poll step), IOBuffers and VIOs,
 EventIO, the VC's read/write/signal path, its NetHandler and the thread's splice driver,
 the app session and HTTP service, and the asyncio loop's dispatch of its VCs' events to
-their transports. They stay plain Python source: the source is the program, mypyc only
+their transports and its most called methods (``call_soon``, ``get_debug``,
+``create_task``). They stay plain Python source: the source is the program, mypyc only
 compiles it, and ``ATS_CFFI_PURE=1`` in the environment runs it interpreted
 (``ats_cffi/__init__.py``).
 This file is read by ``build_ffi.py`` too, without importing the package: keep it data.
@@ -38,4 +39,5 @@ MODULES = (
     "ats_cffi.apps.http_parser",
     "ats_cffi.apps.http",
     "ats_cffi.asyncio.dispatch",
+    "ats_cffi.asyncio.loopcore",
 )

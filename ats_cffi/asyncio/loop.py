@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -38,6 +39,7 @@ from typing import Any
 
 from ats_cffi.asyncio.accept import FAMILIES, ServerAccept
 from ats_cffi.asyncio.dispatch import TransportDispatch
+from ats_cffi.asyncio.loopcore import LoopCore
 from ats_cffi.asyncio.selector import NetSelector
 from ats_cffi.asyncio.server import ServerOptions
 from ats_cffi.asyncio.tls import TLSVCTransport
@@ -51,6 +53,10 @@ from ats_cffi.net.throttle import change_net_connections_throttle
 from ats_cffi.net.tls.context import TLSContext
 
 _SelectorLoop: Any = asyncio.SelectorEventLoop
+#: What LoopCore runs (``create_task`` has its ``context`` argument from 3.11).
+_CORE_METHODS = ("get_debug", "call_soon") + (
+    ("create_task",) if sys.version_info >= (3, 11) else ()
+)
 
 
 def _new_net_thread(clock: Callable[[], float]) -> tuple[EThread, Any]:
@@ -101,6 +107,13 @@ class Loop(_SelectorLoop):  # type: ignore[misc,valid-type]
         except BaseException:
             thread.join()
             raise
+        # The compiled common case of asyncio's most called methods (loopcore.py), bound
+        # as this loop's own attributes unless a subclass overrides them.
+        core = LoopCore(self)
+        cls = type(self)
+        for name in _CORE_METHODS:
+            if getattr(cls, name) is getattr(_SelectorLoop, name):
+                setattr(self, name, getattr(core, name))
 
     # ------------------------------------------------------------------ running
 

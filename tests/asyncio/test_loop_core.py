@@ -1,0 +1,114 @@
+"""The loop's compiled call_soon / get_debug / create_task (ats_cffi/asyncio/loopcore.py):
+asyncio's behaviour in every case, its own method where the fast path does not apply."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import sys
+from typing import Any
+
+import pytest
+
+import ats_cffi.asyncio as ats_asyncio
+from ats_cffi.asyncio import Loop
+
+VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="unset")
+
+
+def test_the_loop_binds_the_compiled_methods() -> None:
+    loop = ats_asyncio.new_event_loop()
+    try:
+        for name in ("get_debug", "call_soon"):
+            assert name in vars(loop), name
+        assert ("create_task" in vars(loop)) == (sys.version_info >= (3, 11))
+    finally:
+        loop.close()
+
+
+def test_call_soon_runs_in_order_with_args_and_context_and_cancels() -> None:
+    loop = ats_asyncio.new_event_loop()
+    got: list[Any] = []
+    try:
+        ctx = contextvars.copy_context()
+        ctx.run(VAR.set, "given")
+        h1 = loop.call_soon(got.append, 1)
+        h2 = loop.call_soon(lambda: got.append(VAR.get()), context=ctx)
+        h3 = loop.call_soon(got.append, 3)
+        h4 = loop.call_soon(got.append, 4)
+        h4.cancel()
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert got == [1, "given", 3]
+        assert all(isinstance(h, asyncio.Handle) for h in (h1, h2, h3, h4))
+        assert h4.cancelled() and not h1.cancelled()
+    finally:
+        loop.close()
+
+
+def test_call_soon_on_a_closed_loop_raises_as_asyncio() -> None:
+    loop = ats_asyncio.new_event_loop()
+    loop.close()
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        loop.call_soon(print)
+    coro = asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        loop.create_task(coro)
+    coro.close()
+
+
+def test_get_debug_follows_set_debug_and_debug_mode_checks_the_callback() -> None:
+    loop = ats_asyncio.new_event_loop()
+    try:
+        loop.set_debug(True)
+        assert loop.get_debug() is True
+        with pytest.raises(TypeError, match="coroutines cannot be used with call_soon"):
+            loop.call_soon(asyncio.sleep)  # asyncio's debug check, through its own method
+        h = loop.call_soon(print)
+        assert h._source_traceback  # made in debug mode
+        loop.set_debug(False)
+        assert loop.get_debug() is False
+        assert loop.call_soon(print)._source_traceback is None
+    finally:
+        loop.close()
+
+
+def test_create_task_names_and_a_task_factory_is_used() -> None:
+    made: list[Any] = []
+
+    def factory(loop: Any, coro: Any, **kwargs: Any) -> asyncio.Task:
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        made.append(task)
+        return task
+
+    async def answer() -> int:
+        return 42
+
+    async def main() -> tuple[int, str, int]:
+        loop = asyncio.get_running_loop()
+        plain = loop.create_task(answer(), name="plain")
+        first = await plain
+        loop.set_task_factory(factory)
+        second = await loop.create_task(answer(), name="made")
+        return first + second, plain.get_name(), len(made)
+
+    assert ats_asyncio.run(main()) == (84, "plain", 1)
+    assert made[0].get_name() == "made"
+
+
+def test_a_subclass_keeps_its_own_call_soon() -> None:
+    calls: list[Any] = []
+
+    class Counting(Loop):
+        def call_soon(self, callback: Any, *args: Any, context: Any = None) -> Any:
+            calls.append(callback)
+            return super().call_soon(callback, *args, context=context)
+
+    loop = Counting()
+    try:
+        assert "call_soon" not in vars(loop) and "get_debug" in vars(loop)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert calls and calls[0] == loop.stop
+    finally:
+        loop.close()
