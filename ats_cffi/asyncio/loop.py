@@ -53,10 +53,24 @@ from ats_cffi.net.throttle import change_net_connections_throttle
 from ats_cffi.net.tls.context import TLSContext
 
 _SelectorLoop: Any = asyncio.SelectorEventLoop
-#: What LoopCore runs (``create_task`` has its ``context`` argument from 3.11).
-_CORE_METHODS = ("get_debug", "call_soon") + (
-    ("create_task",) if sys.version_info >= (3, 11) else ()
-)
+#: What LoopCore runs, each with what the loop's class must keep asyncio's for it to be
+#: bound: ``call_later`` calls ``call_at`` and reads ``time``; ``create_task`` has its
+#: ``context`` argument from 3.11.
+_CORE_METHODS = (
+    ("get_debug",),
+    ("call_soon",),
+    ("call_at",),
+    ("call_later", "call_at", "time"),
+) + ((("create_task",),) if sys.version_info >= (3, 11) else ())
+
+
+def _bind_core(loop: Any, core: LoopCore) -> None:
+    """Make ``core``'s methods (the compiled common case of asyncio's most called ones,
+    loopcore.py) the loop's own attributes, but where its class overrides what they use."""
+    cls = type(loop)
+    for names in _CORE_METHODS:
+        if all(getattr(cls, n) is getattr(_SelectorLoop, n) for n in names):
+            setattr(loop, names[0], getattr(core, names[0]))
 
 
 def _new_net_thread(clock: Callable[[], float]) -> tuple[EThread, Any]:
@@ -107,13 +121,7 @@ class Loop(_SelectorLoop):  # type: ignore[misc,valid-type]
         except BaseException:
             thread.join()
             raise
-        # The compiled common case of asyncio's most called methods (loopcore.py), bound
-        # as this loop's own attributes unless a subclass overrides them.
-        core = LoopCore(self)
-        cls = type(self)
-        for name in _CORE_METHODS:
-            if getattr(cls, name) is getattr(_SelectorLoop, name):
-                setattr(self, name, getattr(core, name))
+        _bind_core(self, LoopCore(self))
 
     # ------------------------------------------------------------------ running
 

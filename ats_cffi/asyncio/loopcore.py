@@ -2,55 +2,128 @@
 
 asyncio's ``BaseEventLoop`` is Python: every ``call_soon`` (each step of each Task, each
 done Future's callbacks), every ``get_debug`` (asked by each new Future and Task and
-Handle) and every ``create_task`` runs two or three interpreted frames. A uvicorn request
-makes about a dozen such calls, where uvloop runs them in C (profile of
-perf/uvicorn_hello.py under wrk: about 25 interpreted loop calls per request).
+Handle), every ``call_later`` (a timeout) and every ``create_task`` runs two to six
+interpreted frames. A uvicorn request makes about 25 such calls, where uvloop runs them
+in C (cProfile of perf/uvicorn_hello.py under wrk).
 
 ``LoopCore`` holds the same code for the common case, compiled; ``Loop.__init__``
 (loop.py) binds its methods as the loop's own instance attributes, so that
 ``loop.call_soon(...)`` finds them first and no interpreted frame runs. A subclass that
-overrides one of them keeps its own. Anything else — a closed loop, debug mode, a task
+overrides one of them (or what it uses: ``call_later`` reads ``time`` and schedules
+as ``call_at``) keeps its own. Anything else — a closed loop, debug mode, a task
 factory — goes to asyncio's own method, unchanged: the fast path is asyncio's behaviour
 for a running, non-debug loop, not a new one.
 """
 
 from __future__ import annotations
 
+import contextvars
+import heapq
+import time
 from asyncio import base_events, events, tasks
 from typing import Any, Final
 
 _Handle: Final = events.Handle
+_TimerHandle: Final = events.TimerHandle
 _Task: Final = tasks.Task
-_call_soon: Final = base_events.BaseEventLoop.call_soon
-_create_task: Final = base_events.BaseEventLoop.create_task
+_Base: Final = base_events.BaseEventLoop
+_call_soon: Final = _Base.call_soon
+_call_later: Final = _Base.call_later
+_call_at: Final = _Base.call_at
+_create_task: Final = _Base.create_task
+_monotonic: Final = time.monotonic
+_heappush: Final = heapq.heappush
+_copy_context: Final = contextvars.copy_context
+_new: Final = object.__new__
+
+#: The fields ``Handle.__init__`` sets (CPython 3.10 to 3.13): ``call_soon`` makes its
+#: Handle by setting them itself, what ``__init__`` does outside debug mode, without its
+#: interpreted frame. Another Python's Handle, with other fields, is made by its own
+#: ``__init__``.
+_HANDLE_SLOTS: Final = (
+    "_callback", "_args", "_cancelled", "_loop", "_source_traceback", "_repr", "__weakref__",
+    "_context",
+)  # fmt: skip
+_SET_HANDLE_FIELDS: Final[bool] = tuple(
+    getattr(_Handle, "__slots__", ())
+) == _HANDLE_SLOTS and tuple(getattr(_TimerHandle, "__slots__", ())) == ("_scheduled", "_when")
+
+
+def _set_handle_fields(handle: Any, callback: Any, args: Any, loop: Any, context: Any) -> None:
+    """What ``Handle.__init__`` sets outside debug mode (``_SET_HANDLE_FIELDS``)."""
+    handle._context = context if context is not None else _copy_context()
+    handle._loop = loop
+    handle._callback = callback
+    handle._args = args
+    handle._cancelled = False
+    handle._repr = None
+    handle._source_traceback = None
 
 
 class LoopCore:
-    """``get_debug``, ``call_soon`` and ``create_task`` of ``loop`` (an asyncio
-    ``BaseEventLoop``), compiled; see the module doc."""
+    """``get_debug``, ``call_soon``, ``call_later``, ``call_at`` and ``create_task`` of
+    ``loop`` (an asyncio ``BaseEventLoop`` whose ``time`` is asyncio's), compiled; see the
+    module doc."""
 
-    __slots__ = ("loop", "ready")
+    __slots__ = ("loop", "attrs", "ready")
 
     def __init__(self, loop: Any) -> None:
         self.loop = loop
+        #: The loop's instance dict, where asyncio keeps ``_debug``, ``_closed`` and
+        #: ``_task_factory``: read here by key (compiled, a dict lookup; ``loop._debug``
+        #: would be a lookup by name through the loop's classes first).
+        self.attrs: dict[str, Any] = loop.__dict__
         #: asyncio's ready queue: made once in ``BaseEventLoop.__init__``, never replaced.
         self.ready: Any = loop._ready
 
     def get_debug(self) -> Any:
-        return self.loop._debug
+        return self.attrs["_debug"]
 
     def call_soon(self, callback: Any, *args: Any, context: Any = None) -> Any:
+        attrs = self.attrs
         loop = self.loop
-        if loop._closed or loop._debug:
+        if attrs["_closed"] or attrs["_debug"]:
             # asyncio's: it raises for a closed loop, checks the thread and the callback
             # in debug mode, and trims the handle's source traceback
             return _call_soon(loop, callback, *args, context=context)
-        handle = _Handle(callback, args, loop, context)
+        handle: Any
+        if not _SET_HANDLE_FIELDS:
+            handle = _Handle(callback, args, loop, context)
+        else:
+            handle = _new(_Handle)
+            _set_handle_fields(handle, callback, args, loop, context)
         self.ready.append(handle)
         return handle
 
-    def create_task(self, coro: Any, *, name: Any = None, context: Any = None) -> Any:
+    def call_later(self, delay: Any, callback: Any, *args: Any, context: Any = None) -> Any:
+        attrs = self.attrs
+        if delay is None or attrs["_closed"] or attrs["_debug"]:
+            return _call_later(self.loop, delay, callback, *args, context=context)
+        return self._timer(_monotonic() + delay, callback, args, context)
+
+    def call_at(self, when: Any, callback: Any, *args: Any, context: Any = None) -> Any:
+        attrs = self.attrs
+        if when is None or attrs["_closed"] or attrs["_debug"]:
+            return _call_at(self.loop, when, callback, *args, context=context)
+        return self._timer(when, callback, args, context)
+
+    def _timer(self, when: Any, callback: Any, args: Any, context: Any) -> Any:
+        # asyncio's call_at outside debug mode: a TimerHandle, scheduled.
         loop = self.loop
-        if loop._closed or loop._debug or loop._task_factory is not None:
+        timer: Any
+        if not _SET_HANDLE_FIELDS:
+            timer = _TimerHandle(when, callback, args, loop, context)
+        else:
+            timer = _new(_TimerHandle)
+            _set_handle_fields(timer, callback, args, loop, context)
+            timer._when = when
+        _heappush(self.attrs["_scheduled"], timer)  # replaced when cancelled timers are purged
+        timer._scheduled = True
+        return timer
+
+    def create_task(self, coro: Any, *, name: Any = None, context: Any = None) -> Any:
+        attrs = self.attrs
+        loop = self.loop
+        if attrs["_closed"] or attrs["_debug"] or attrs["_task_factory"] is not None:
             return _create_task(loop, coro, name=name, context=context)
         return _Task(coro, loop=loop, name=name, context=context)

@@ -112,3 +112,97 @@ def test_a_subclass_keeps_its_own_call_soon() -> None:
         assert calls and calls[0] == loop.stop
     finally:
         loop.close()
+
+
+def test_a_call_soon_handle_has_every_field_that_asyncio_gives_one() -> None:
+    loop = ats_asyncio.new_event_loop()
+    try:
+        ctx = contextvars.copy_context()
+        fast = loop.call_soon(print, 1, 2, context=ctx)
+        made = asyncio.Handle(print, (1, 2), loop, ctx)
+        for name in asyncio.Handle.__slots__:
+            if name != "__weakref__":
+                assert getattr(fast, name) == getattr(made, name), name
+        assert type(fast) is asyncio.Handle and repr(fast) == repr(made)
+        own = loop.call_soon(print)  # no context given: a copy of the current one
+        assert isinstance(own._context, contextvars.Context)
+        assert own._context is not ctx
+        fast.cancel()
+        assert fast.cancelled() and fast._callback is None and fast._args is None
+    finally:
+        loop.close()
+
+
+def test_call_at_and_call_later_run_due_timers_in_deadline_order() -> None:
+    loop = ats_asyncio.new_event_loop()
+    got: list[Any] = []
+    try:
+        assert "call_at" in vars(loop) and "call_later" in vars(loop)
+        now = loop.time()
+        late = loop.call_at(now - 1.0, got.append, "late")
+        loop.call_at(now - 2.0, got.append, "early")
+        dropped = loop.call_at(now - 3.0, got.append, "cancelled")
+        dropped.cancel()
+        soon = loop.call_later(0, got.append, "now")
+        never = loop.call_later(3600, got.append, "never")
+        assert isinstance(late, asyncio.TimerHandle) and late.when() == now - 1.0
+        assert soon.when() >= now and never.when() >= now + 3599
+        loop.call_later(0, loop.stop)
+        loop.run_forever()
+        assert got == ["early", "late", "now"]
+        never.cancel()
+    finally:
+        loop.close()
+
+
+def test_a_timer_has_every_field_that_asyncio_gives_one() -> None:
+    loop = ats_asyncio.new_event_loop()
+    try:
+        ctx = contextvars.copy_context()
+        fast = loop.call_at(5.0, print, "x", context=ctx)
+        made = asyncio.TimerHandle(5.0, print, ("x",), loop, ctx)
+        for name in (*asyncio.Handle.__slots__, *asyncio.TimerHandle.__slots__):
+            if name not in ("__weakref__", "_scheduled"):
+                assert getattr(fast, name) == getattr(made, name), name
+        assert fast._scheduled and fast in loop._scheduled and fast == made
+        fast.cancel()
+        assert fast.cancelled() and loop._timer_cancelled_count == 1
+    finally:
+        loop.close()
+
+
+def test_bad_timer_arguments_and_a_closed_loop_raise_as_asyncio() -> None:
+    loop = ats_asyncio.new_event_loop()
+    try:
+        with pytest.raises(TypeError):
+            loop.call_later(None, print)
+        with pytest.raises(TypeError):
+            loop.call_at(None, print)
+        with pytest.raises(TypeError):
+            loop.call_later("1", print)
+    finally:
+        loop.close()
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        loop.call_later(1, print)
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        loop.call_at(1.0, print)
+
+
+def test_a_subclass_with_its_own_call_at_or_time_keeps_asyncio_call_later() -> None:
+    class OwnCallAt(Loop):
+        def call_at(self, when: Any, callback: Any, *args: Any, context: Any = None) -> Any:
+            return super().call_at(when, callback, *args, context=context)
+
+    class OwnTime(Loop):
+        def time(self) -> float:
+            return 1000.0
+
+    for cls in (OwnCallAt, OwnTime):
+        loop = cls()
+        try:
+            assert "call_later" not in vars(loop), cls
+            assert ("call_at" in vars(loop)) == (cls is OwnTime)
+            if cls is OwnTime:
+                assert loop.call_later(1.0, print).when() == 1001.0
+        finally:
+            loop.close()
