@@ -61,6 +61,7 @@ _CORE_METHODS = (
     ("call_soon",),
     ("call_at",),
     ("call_later", "call_at", "time"),
+    ("_run_once", "time", "_process_events"),
 ) + ((("create_task",),) if sys.version_info >= (3, 11) else ())
 
 
@@ -70,7 +71,7 @@ def _bind_core(loop: Any, core: LoopCore) -> None:
     cls = type(loop)
     for names in _CORE_METHODS:
         if all(getattr(cls, n) is getattr(_SelectorLoop, n) for n in names):
-            setattr(loop, names[0], getattr(core, names[0]))
+            setattr(loop, names[0], getattr(core, names[0].lstrip("_")))
 
 
 def _new_net_thread(clock: Callable[[], float]) -> tuple[EThread, Any]:

@@ -31,8 +31,15 @@ _call_soon: Final = _Base.call_soon
 _call_later: Final = _Base.call_later
 _call_at: Final = _Base.call_at
 _create_task: Final = _Base.create_task
+_run_once: Final = _Base._run_once  # type: ignore[attr-defined]
 _monotonic: Final = time.monotonic
 _heappush: Final = heapq.heappush
+_heappop: Final = heapq.heappop
+_heapify: Final = heapq.heapify
+# asyncio's private constants of _run_once (not in typeshed)
+_MIN_SCHEDULED: Final[int] = base_events._MIN_SCHEDULED_TIMER_HANDLES  # type: ignore[attr-defined]
+_MIN_CANCELLED_FRACTION: Final[float] = base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION  # type: ignore[attr-defined]
+_MAX_SELECT_TIMEOUT: Final[float] = base_events.MAXIMUM_SELECT_TIMEOUT  # type: ignore[attr-defined]
 _copy_context: Final = contextvars.copy_context
 _new: Final = object.__new__
 
@@ -61,9 +68,9 @@ def _set_handle_fields(handle: Any, callback: Any, args: Any, loop: Any, context
 
 
 class LoopCore:
-    """``get_debug``, ``call_soon``, ``call_later``, ``call_at`` and ``create_task`` of
-    ``loop`` (an asyncio ``BaseEventLoop`` whose ``time`` is asyncio's), compiled; see the
-    module doc."""
+    """``get_debug``, ``call_soon``, ``call_later``, ``call_at``, ``create_task`` and
+    ``_run_once`` of ``loop`` (an asyncio ``BaseEventLoop`` whose ``time`` is asyncio's),
+    compiled; see the module doc."""
 
     __slots__ = ("loop", "attrs", "ready")
 
@@ -127,3 +134,62 @@ class LoopCore:
         if attrs["_closed"] or attrs["_debug"] or attrs["_task_factory"] is not None:
             return _create_task(loop, coro, name=name, context=context)
         return _Task(coro, loop=loop, name=name, context=context)
+
+    def run_once(self) -> None:
+        """asyncio's ``_run_once`` (one pass: drop cancelled timers, select, move the due
+        timers to the ready queue, run what was ready), outside debug mode, where it times
+        each callback: then asyncio's own."""
+        attrs = self.attrs
+        loop = self.loop
+        if attrs["_debug"]:
+            _run_once(loop)
+            return
+        self._drop_cancelled_timers()
+        ready = self.ready
+        scheduled = attrs["_scheduled"]
+        timeout: Any = None
+        if ready or attrs["_stopping"]:
+            timeout = 0
+        elif scheduled:
+            wait = scheduled[0]._when - _monotonic()
+            timeout = min(wait if wait > 0 else 0, _MAX_SELECT_TIMEOUT)
+        event_list = attrs["_selector"].select(timeout)
+        if event_list:
+            loop._process_events(event_list)
+        event_list = None
+        end_time = _monotonic() + attrs["_clock_resolution"]
+        while scheduled:
+            handle = scheduled[0]
+            if handle._when >= end_time:
+                break
+            handle = _heappop(scheduled)
+            handle._scheduled = False
+            ready.append(handle)
+        # What is ready now, not what these callbacks make ready: that runs next pass.
+        for _ in range(len(ready)):
+            handle = ready.popleft()
+            if not handle._cancelled:
+                handle._run()
+        handle = None
+
+    def _drop_cancelled_timers(self) -> None:
+        # asyncio's: rebuild the heap when over half of 100+ timers are cancelled, else
+        # pop the cancelled ones at its head.
+        attrs = self.attrs
+        scheduled = attrs["_scheduled"]
+        n: int = len(scheduled)
+        if n > _MIN_SCHEDULED and attrs["_timer_cancelled_count"] / n > _MIN_CANCELLED_FRACTION:
+            kept = []
+            for handle in scheduled:
+                if handle._cancelled:
+                    handle._scheduled = False
+                else:
+                    kept.append(handle)
+            _heapify(kept)
+            attrs["_scheduled"] = kept
+            attrs["_timer_cancelled_count"] = 0
+            return
+        while scheduled and scheduled[0]._cancelled:
+            attrs["_timer_cancelled_count"] -= 1
+            handle = _heappop(scheduled)
+            handle._scheduled = False

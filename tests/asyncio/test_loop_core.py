@@ -206,3 +206,67 @@ def test_a_subclass_with_its_own_call_at_or_time_keeps_asyncio_call_later() -> N
                 assert loop.call_later(1.0, print).when() == 1001.0
         finally:
             loop.close()
+
+
+def test_a_pass_drops_cancelled_timers_as_asyncio() -> None:
+    loop = ats_asyncio.new_event_loop()
+    try:
+        assert "_run_once" in vars(loop)
+        far = [loop.call_later(3600 + i, print) for i in range(150)]
+        for h in far[:100]:  # over half of 100+: the heap is rebuilt without them
+            h.cancel()
+        assert loop._timer_cancelled_count == 100
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert loop._timer_cancelled_count == 0 and len(loop._scheduled) == 50
+        assert all(not h._scheduled for h in far[:100]) and all(h._scheduled for h in far[100:])
+        for h in far[100:103]:  # a few, at the head: popped one by one
+            h.cancel()
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert loop._timer_cancelled_count == 0 and len(loop._scheduled) == 47
+        for h in far[103:]:
+            h.cancel()
+    finally:
+        loop.close()
+
+
+def test_what_a_callback_makes_ready_runs_on_the_next_pass() -> None:
+    loop = ats_asyncio.new_event_loop()
+    passes: list[int] = []
+    try:
+        n = [0]
+        real_select = loop._selector.select
+
+        def counting_select(timeout: Any) -> Any:
+            n[0] += 1
+            return real_select(timeout)
+
+        loop._selector.select = counting_select
+
+        def first() -> None:
+            passes.append(n[0])
+            loop.call_soon(second)
+
+        def second() -> None:
+            passes.append(n[0])
+            loop.stop()
+
+        loop.call_soon(first)
+        loop.run_forever()
+        assert passes == [1, 2]
+    finally:
+        loop.close()
+
+
+def test_debug_mode_runs_asyncio_own_pass_and_reports_a_slow_callback(caplog) -> None:
+    loop = ats_asyncio.new_event_loop()
+    try:
+        loop.set_debug(True)
+        loop.slow_callback_duration = 0.0
+        loop.call_soon(loop.stop)
+        with caplog.at_level("WARNING", logger="asyncio"):
+            loop.run_forever()
+        assert "Executing <Handle" in caplog.text
+    finally:
+        loop.close()
