@@ -3,7 +3,7 @@ section 12).
 
 What is not I/O (tasks, futures, the ready queue, timers, debug mode, exception handlers,
 executors, signal handlers, subprocesses) is asyncio's own: the loop is asyncio's unix
-selector loop with two parts replaced:
+selector loop with two parts replaced, and a third run compiled:
 
 - the selector is a ``NetSelector`` (``selector.py``): the fds of ``add_reader`` /
   ``add_writer`` (and of what asyncio builds on them: ``sock_*`` calls, datagram and pipe
@@ -13,6 +13,10 @@ selector loop with two parts replaced:
   same NetHandler, whose events the NetHandler's dispatch turns into protocol calls; with
   ``ssl=`` a context of ``ats_cffi.net.tls``, a ``TLSVCTransport`` (``tls.py``) over an
   SSLNetVConnection (an ``ssl.SSLContext`` gets asyncio's own TLS protocol);
+- asyncio's most called loop methods (``call_soon``, ``call_later``/``call_at``,
+  ``create_task``, ``get_debug``, the pass ``_run_once``) run compiled in the common case
+  (``loopcore.py``): the same code for an open loop outside debug mode, asyncio's own
+  method otherwise;
 - servers (asyncio's ``Server`` objects, unchanged) accept through the net core: each
   listening socket (TCP or AF_UNIX) is a NetAccept on the loop's NetHandler
   (``accept.py``), whose accept pass makes a VC per connection and its transport straight
