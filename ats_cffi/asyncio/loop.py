@@ -3,7 +3,7 @@ section 12).
 
 What is not I/O (tasks, futures, the ready queue, timers, debug mode, exception handlers,
 executors, signal handlers, subprocesses) is asyncio's own: the loop is asyncio's unix
-selector loop with two parts replaced, and a third run compiled:
+selector loop, with these parts replaced or compiled:
 
 - the selector is a ``NetSelector`` (``selector.py``): the fds of ``add_reader`` /
   ``add_writer`` (and of what asyncio builds on them: ``sock_*`` calls, datagram and pipe
