@@ -58,7 +58,7 @@ from ats_cffi.net.eventio import READ_WRITE, EventIO
 from ats_cffi.net.poll import PollCont
 from ats_cffi.net.queues import ConnectionQueues
 from ats_cffi.net.splice import SpliceDriver
-from ats_cffi.net.stats import net_stats, tls_stats
+from ats_cffi.net.stats import StatBlock, net_stats, tls_stats
 from ats_cffi.net.throttle import ThrottleType, check_net_throttle
 from ats_cffi.net.vcio import IOV_MAX, SPILL_SIZE, TLS_MAX_RECORD
 
@@ -118,7 +118,10 @@ class NetHandler(Continuation):
         self.tid: int = thread.tid or 0
         self.clock = thread.clock
         self.config = config
-        self.stats = net_stats.new_block()
+        #: The stat blocks as registered (retired at close; ``new_owned_block``).
+        self._stats_owned = net_stats.new_owned_block()
+        self._tls_stats_owned = tls_stats.new_owned_block()
+        self.stats: StatBlock = self._stats_owned
         self.poll_cont = PollCont(ProxyMutex(), config.poll_timeout)
         self.pd = self.poll_cont.poll_descriptor
         self.read_ready_list: list[UnixNetVConnection] = []
@@ -144,7 +147,7 @@ class NetHandler(Continuation):
         # blocks), and the thread's TLS counters (net/stats.py, tls_stats).
         self.tls_last = ffi.new("ssize_t[2]")
         self.tls_gather = ffi.new("char[]", TLS_MAX_RECORD)
-        self.tls_stats = tls_stats.new_block()
+        self.tls_stats: StatBlock = self._tls_stats_owned
         #: The thread's IOBuffer block freelist (ioblock.py), handed to the buffers by the
         #: byte moves; the thread's own from its first event (``start_net_event``).
         self.pool = new_thread_pool()
@@ -468,8 +471,8 @@ class NetHandler(Continuation):
         self.splice.close()
         self.signal_io.stop()
         self.poll_cont.close()
-        net_stats.retire(self.stats)
-        tls_stats.retire(self.tls_stats)
+        net_stats.retire(self._stats_owned)
+        tls_stats.retire(self._tls_stats_owned)
 
 
 class InactivityCop(Continuation):

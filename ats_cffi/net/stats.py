@@ -7,7 +7,7 @@ writes; readers sum the live blocks plus what retired blocks left behind.
 from __future__ import annotations
 
 import threading
-from typing import cast
+from typing import Any, cast
 
 from librt.vecs import vec
 from mypy_extensions import i64
@@ -95,6 +95,13 @@ class StatRegistry:
         with self._lock:
             self._blocks.append(block)
         return block
+
+    def new_owned_block(self) -> Any:
+        """``new_block()`` for an owner that is compiled: it keeps this object for
+        ``retire`` and assigns it to its ``StatBlock`` field for the counting. Compiled, a
+        ``StatBlock`` field holds the counters by value: each read of it makes a new object,
+        which ``retire`` (that finds a block by identity) would not find."""
+        return self.new_block()
 
     def retire(self, block: StatBlock) -> None:
         """Stop tracking ``block``, keeping its counts (volatile gauges excepted)."""

@@ -163,3 +163,16 @@ def test_closing_the_loop_closes_open_transports() -> None:
     loop.close()
     assert client.get_extra_info("socket").fileno() == -1
     assert loop.is_closed()
+
+
+def test_closing_the_loop_retires_its_stat_blocks() -> None:
+    # Compiled, a NetHandler's stat block field is read back as a new object each time:
+    # retire() found nothing and each closed loop left its two blocks registered.
+    from ats_cffi.net.stats import net_stats, tls_stats
+
+    before = len(net_stats._blocks), len(tls_stats._blocks)
+    for _ in range(3):
+        loop = ats_asyncio.new_event_loop()
+        assert len(net_stats._blocks) == before[0] + 1
+        loop.close()
+    assert (len(net_stats._blocks), len(tls_stats._blocks)) == before
