@@ -31,6 +31,8 @@ MODULES = (
     "ats_cffi.net.netvc",
     "ats_cffi.net.queues",
     "ats_cffi.net.nethandler",
+    "ats_cffi.net.accept",
+    "ats_cffi.net.accept_fast",
     "ats_cffi.net.splice",
     "ats_cffi.net.tls.sslvc",
     "ats_cffi.apps.service",

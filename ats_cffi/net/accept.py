@@ -56,7 +56,7 @@ from ats_cffi.net.config import ACCEPT_BATCH, SOCK_OPT_NO_DELAY, net_config
 from ats_cffi.net.netvc import UnixNetVConnection
 from ats_cffi.net.options import AcceptOptions
 from ats_cffi.net.ratelog import RateLimitedLog
-from ats_cffi.net.stats import net_stats
+from ats_cffi.net.stats import StatBlock, net_stats
 from ats_cffi.net.throttle import (
     ThrottleType,
     batch_may_throttle,
@@ -169,7 +169,8 @@ class NetAccept(Continuation):
         self._resource_log = RateLimitedLog(log)
         #: Counts of this listener (retired, folded into the totals, when it closes); it is
         #: in ``accepts_currently_open`` from its first listen socket until it closes.
-        self.stats = net_stats.new_block()
+        self._stats_owned = net_stats.new_owned_block()  # as registered, for retire
+        self.stats: StatBlock = self._stats_owned
         self._counted = False
         #: The fd given to ``main_accept`` (the caller's until the call succeeded) and its
         #: file status flags before ``do_listen`` made it non-blocking.
@@ -261,7 +262,7 @@ class NetAccept(Continuation):
         """Body of a dedicated accept thread (``accept_threads.py``)."""
         self.accept_threads.run()
 
-    def do_blocking_accept(self, thread: EThread, stats: list[int]) -> None:
+    def do_blocking_accept(self, thread: EThread, stats: StatBlock) -> None:
         """An accept thread's loop until cancelled (``accept_threads.py``)."""
         self.accept_threads.do_blocking_accept(stats)
 
@@ -299,7 +300,7 @@ class NetAccept(Continuation):
             if vc.closed and vc.recursion == 0 and vc.nh is not None:
                 free(vc)
 
-    def _throttled(self, fd: int, stats: list[int], pending: int) -> bool:
+    def _throttled(self, fd: int, stats: StatBlock, pending: int) -> bool:
         """Refuse ``fd`` when the process is throttled, ``pending`` connections about to
         open counted; True if it was closed."""
         emergency = check_emergency_throttle(fd)
@@ -318,7 +319,7 @@ class NetAccept(Continuation):
         throttle_warning(ThrottleType.ACCEPT, fd if emergency else -1)
         return True
 
-    def make_vcs(self, fds: list[int], stats: list[int]) -> list[UnixNetVConnection]:
+    def make_vcs(self, fds: list[int], stats: StatBlock) -> list[UnixNetVConnection]:
         """VCs for the accepted ``fds`` (any thread), after the throttle: a refused fd is
         closed and counted in ``connections_throttled_in``."""
         # Counted open here, where the fd is born, so that the throttle sees connections
@@ -375,7 +376,7 @@ class NetAccept(Continuation):
             vcs.append(vc)
         return vcs
 
-    def accept_error(self, err: int, stats: list[int]) -> int:
+    def accept_error(self, err: int, stats: StatBlock) -> int:
         """Act on the accept error ``err`` and return its class (``accept_errors.py``): a
         resource error is counted and logged (once a minute), a fatal one reported to the
         accept continuation (``EVENT_ERROR``, ``-errno``). The caller retries at once
@@ -387,7 +388,7 @@ class NetAccept(Continuation):
             self._fatal(err)
         return seriousness
 
-    def _resource_error(self, err: int, stats: list[int]) -> None:
+    def _resource_error(self, err: int, stats: StatBlock) -> None:
         stats[st.ACCEPTS_THROTTLE_BACKOFF] += 1
         self._resource_log(
             "accept on port %d: %s; backing off %d ms",
@@ -447,7 +448,7 @@ class NetAccept(Continuation):
             if self._counted:
                 self._counted = False
                 self.stats[st.ACCEPTS_CURRENTLY_OPEN] -= 1
-        net_stats.retire(self.stats)  # its counts stay in the totals
+        net_stats.retire(self._stats_owned)  # its counts stay in the totals
         if self.processor is not None:
             try:
                 self.processor.accepts.remove(self)

@@ -31,7 +31,7 @@ from ats_cffi.net import stats as st
 from ats_cffi.net.accept_errors import FATAL, RESOURCE
 from ats_cffi.net.config import ACCEPT_BATCH, net_config
 from ats_cffi.net.netvc import UnixNetVConnection
-from ats_cffi.net.stats import net_stats
+from ats_cffi.net.stats import StatBlock, net_stats
 
 if TYPE_CHECKING:
     from ats_cffi.eventsystem.processor import EventProcessor
@@ -79,7 +79,7 @@ class AcceptThreads:
         finally:
             net_stats.retire(stats)
 
-    def do_blocking_accept(self, stats: list[int]) -> None:
+    def do_blocking_accept(self, stats: StatBlock) -> None:
         """Until cancelled: take the backlog, hand the VCs off, wait (module doc)."""
         na = self.na
         fd = na.server_fd
