@@ -8,9 +8,9 @@ thread's loop (``EThread``: each pass's timers, queues and poll step), IOBuffers
 EventIO, the accept pass, the VC's read/write/signal path, its NetHandler and the
 thread's splice driver, the app session and HTTP service, and the asyncio loop's dispatch
 of its VCs' events to their transports and its most called methods (``call_soon``,
-``call_later``, ``create_task``, ``_run_once``, ...). They stay plain Python source: the source is the program, mypyc only
-compiles it, and ``ATS_CFFI_PURE=1`` in the environment runs it interpreted
-(``ats_cffi/__init__.py``).
+``call_later``, ``create_task``, ``_run_once``, ...). They stay plain Python source: the
+source is the program, mypyc only compiles it, and ``ATS_CFFI_PURE=1`` in the environment
+runs it interpreted (``ats_cffi/__init__.py``).
 This file is read by ``build_ffi.py`` too, without importing the package: keep it data.
 """
 
