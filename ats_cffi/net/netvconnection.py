@@ -48,6 +48,7 @@ from ats_cffi.net.codes import (
 )
 from ats_cffi.net.eventio import EventIO
 from ats_cffi.net.options import NetVCOptions
+from ats_cffi.net.queues import NO_QUEUE
 
 if TYPE_CHECKING:
     from ats_cffi.eventsystem.ethread import EThread
@@ -188,9 +189,9 @@ class NetVConnection(Continuation):
         self._remote_addr: Any = None
         #: Set while the VC's bytes move natively (splice.py): its Splice.
         self.splice_end: Any = None
-        #: The NetHandler's connection queue the VC is in (``queues.NO_QUEUE``,
+        #: The NetHandler's connection queue the VC is in (``NO_QUEUE``,
         #: ``KEEP_ALIVE``, ``ACTIVE``) and its neighbours there: written by net/queues.py only.
-        self.queue = 0
+        self.queue = NO_QUEUE
         self.queue_prev: NetVConnection | None = None
         self.queue_next: NetVConnection | None = None
 
