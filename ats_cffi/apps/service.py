@@ -80,6 +80,10 @@ def _closed_handler(event: int, data: Any) -> None:
     """A closed session's handler: events that still come (none should) are ignored."""
 
 
+#: Bound once: compiled, a module's function used as a value is looked up by name.
+_CLOSED_HANDLER: Final = _closed_handler
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)
 class Session(Continuation):
     """One connection's state machine. Subclasses drive VIOs in ``handle_event``."""
@@ -124,7 +128,7 @@ class Session(Continuation):
         counting frees it and its buffers at once, not the cyclic collector some time later
         (ATS frees a session's buffers when it closes). Nothing of the session is used after
         this."""
-        self.handler = _closed_handler
+        self.handler = _CLOSED_HANDLER
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)

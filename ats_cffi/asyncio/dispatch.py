@@ -43,6 +43,9 @@ _send_left: Final = _fastio.send_left
 _READ_READY: Final = _codes.VC_EVENT_READ_READY
 _EVENT_CONT: Final = _codes.EVENT_CONT
 _NEG_EAGAIN: Final = -errno.EAGAIN
+#: Bound once: compiled, a builtin that is not one of mypyc's primitives is looked up by
+#: name in the builtins module on every use.
+_memoryview: Final = memoryview
 #: What the loop's exception handler is told when ``data_received`` raised.
 DATA_RECEIVED_FAILED: Final = "Fatal error: protocol.data_received() call failed."
 
@@ -93,7 +96,7 @@ class TransportCore:
             raise RuntimeError("Cannot call write() after write_eof()")
         if self.empty_waiter is not None:
             raise RuntimeError("unable to write; sendfile is in progress")
-        size = len(data) if type(data) is not memoryview else data.nbytes  # in bytes
+        size = len(data) if type(data) is not _memoryview else data.nbytes  # in bytes
         if not size:
             return
         if self.lost:
@@ -120,6 +123,10 @@ def _call_data_received(protocol: Any, data: bytes) -> None:
     """``protocol.data_received(data)``, for ``Context.run``: a method call, where passing
     the bound method would make one per read."""
     protocol.data_received(data)
+
+
+#: Bound once: compiled, a module's function passed as a value is looked up by name.
+_CALL_DATA_RECEIVED: Final = _call_data_received
 
 
 class TransportDispatch(Continuation):
@@ -171,7 +178,7 @@ class TransportDispatch(Continuation):
             # The loop's read buffer keeps its block (refilled by the next read, as
             # uvloop's loop-wide buffer): no trip through the pool per read.
             data = read_bytes(self.reader, -1, self.pool, True)
-            _run(ctx, _call_data_received, protocol, data)
+            _run(ctx, _CALL_DATA_RECEIVED, protocol, data)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import MethodType
-from typing import Any
+from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -12,6 +12,13 @@ from ats_cffi.eventsystem.codes import EVENT_DONE
 from ats_cffi.eventsystem.mutex import ProxyMutex
 
 Handler = Callable[[int, Any], Any]
+#: Compiled, a plain imported name is looked up in the module's dict on every use.
+_MethodType: Final = MethodType
+#: Whether a class keeps ``Continuation.handle_event``, by class: asked of the class by name
+#: it costs two attribute lookups per continuation made (a connection's). Bounded: classes
+#: made on the fly (a factory's) do not pile up.
+_keeps_handle_event: Final[dict[type, bool]] = {}
+_KEEPS_HANDLE_EVENT_MAX: Final = 256
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -37,7 +44,14 @@ class Continuation:
         #: The class keeps this ``handle_event``: an event may go to ``handler`` directly
         #: (``deliver``). Compiled, ``handle_event`` called on an instance of a Python
         #: subclass is looked up by name on each call, in case the subclass overrides it.
-        self.calls_handler = type(self).handle_event is Continuation.handle_event
+        cls = type(self)
+        keeps = _keeps_handle_event.get(cls)
+        if keeps is None:
+            keeps = cls.handle_event is Continuation.handle_event
+            if len(_keeps_handle_event) >= _KEEPS_HANDLE_EVENT_MAX:
+                _keeps_handle_event.clear()
+            _keeps_handle_event[cls] = keeps
+        self.calls_handler = keeps
         if handler is not None:
             self.set_handler(handler)
 
@@ -46,12 +60,12 @@ class Continuation:
         """The current handler (None if none is set)."""
         h = self._handler
         if h is not None and self._method:
-            return MethodType(h, self)  # type: ignore[no-any-return]
+            return _MethodType(h, self)  # type: ignore[no-any-return]
         return h
 
     @handler.setter
     def handler(self, handler: Handler | None) -> None:
-        if type(handler) is MethodType and handler.__self__ is self:  # type: ignore[attr-defined]
+        if type(handler) is _MethodType and handler.__self__ is self:  # type: ignore[attr-defined]
             self._handler = handler.__func__  # type: ignore[attr-defined]
             self._method = True
         else:
@@ -62,7 +76,7 @@ class Continuation:
         """Make ``handler(event, data)`` receive the following events (ATS's SET_HANDLER)."""
         # A bound method (the usual handler) is callable: ``callable`` is looked up by name
         # in compiled code, so it is asked only of anything else.
-        if type(handler) is not MethodType and not callable(handler):
+        if type(handler) is not _MethodType and not callable(handler):
             raise TypeError(f"set_handler: handler must be callable, not {type(handler).__name__}")
         self.handler = handler
 

@@ -49,15 +49,17 @@ from ats_cffi.sys import Epoll, EventFD
 log = logging.getLogger("ats.iocore_thread")
 
 #: Delay before an event whose mutex was busy is tried again (ATS's DELAY_FOR_RETRY).
-DELAY_FOR_RETRY = 0.010
+DELAY_FOR_RETRY: Final = 0.010
 #: Longest sleep of an idle thread with no timer; it wakes earlier on any signal.
-MAX_IDLE_WAIT_MS = 1000
+MAX_IDLE_WAIT_MS: Final = 1000
 #: Longest sleep while every-pass (negative period) events exist: they run each pass, so a
 #: pass must come at least this often (ATS's net poll timeout).
-EVERY_PASS_MAX_WAIT_MS = 10
+EVERY_PASS_MAX_WAIT_MS: Final = 10
 
 #: Largest wait a poll step accepts: ``epoll_wait`` takes its timeout as a C int.
-MAX_WAIT_MS = lib.INT_MAX
+MAX_WAIT_MS: Final[int] = lib.INT_MAX
+#: Bound once: compiled, a plain imported name is looked up in the module's dict per use.
+_REGULAR: Final = REGULAR
 
 # One sequence for every thread: an event moved from one thread to another gets a number
 # no entry on the first thread can carry, so the entry left there is stale, never run.
@@ -288,7 +290,7 @@ class EThread:
 
     def _schedule(self, e: Event, signal: bool) -> Event:
         # schedule() for arguments already checked (the schedulers' path); returns ``e``.
-        if self.tt != REGULAR:
+        if self.tt != _REGULAR:
             raise RuntimeError(f"schedule: {self.name} is a dedicated thread and runs no loop")
         e.ethread = self
         e.seq = self._next_seq()

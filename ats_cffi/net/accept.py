@@ -39,7 +39,7 @@ import fcntl
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ats_cffi import sys as _sys
 from ats_cffi._native import ffi, lib
@@ -72,15 +72,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ats.iocore_net_accept")
 
-_TOTAL_ACCEPTS = st.TOTAL_ACCEPTS
-_CONNECTIONS_CURRENTLY_OPEN = st.CONNECTIONS_CURRENTLY_OPEN
+_TOTAL_ACCEPTS: Final = st.TOTAL_ACCEPTS
+_CONNECTIONS_CURRENTLY_OPEN: Final = st.CONNECTIONS_CURRENTLY_OPEN
 # TCP_NODELAY on each accepted socket, the one option of the default NetVCOptions: set with
 # one cffi call from a value made once (read-only, so shared by every thread).
-_NODELAY_VALUE = ffi.new("int *", 1)
-_INT_SIZE = ffi.sizeof("int")
-_setsockopt = lib.setsockopt
-_IPPROTO_TCP = lib.IPPROTO_TCP
-_TCP_NODELAY = lib.TCP_NODELAY
+_NODELAY_VALUE: Final = ffi.new("int *", 1)
+_INT_SIZE: Final[int] = ffi.sizeof("int")
+_setsockopt: Final = lib.setsockopt
+_IPPROTO_TCP: Final[int] = lib.IPPROTO_TCP
+_TCP_NODELAY: Final[int] = lib.TCP_NODELAY
+# Names of interpreted modules, bound once: compiled, a plain imported name is looked up in
+# this module's dict on every use.
+_SOCK_OPT_NO_DELAY: Final = SOCK_OPT_NO_DELAY
+_NET_EVENT_ACCEPT: Final = NET_EVENT_ACCEPT
+_batch_may_throttle: Final = batch_may_throttle
 
 
 __all__ = [
@@ -294,7 +299,7 @@ class NetAccept(Continuation):
                 if action.cancelled:
                     vc.do_io_close()
                 else:
-                    vc.signal_action(action.continuation, NET_EVENT_ACCEPT)  # type: ignore[arg-type]
+                    vc.signal_action(action.continuation, _NET_EVENT_ACCEPT)  # type: ignore[arg-type]
             finally:
                 m.unlock()  # type: ignore[union-attr]
             if vc.closed and vc.recursion == 0 and vc.nh is not None:
@@ -325,7 +330,7 @@ class NetAccept(Continuation):
         # Counted open here, where the fd is born, so that the throttle sees connections
         # still on their way to a net thread.
         onward = self.opt.connects_per_accept
-        if batch_may_throttle(fds, self.opt.backdoor, 1 + onward):
+        if _batch_may_throttle(fds, self.opt.backdoor, 1 + onward):
             kept: list[int] = []
             for fd in fds:  # one by one: each one taken counts against the next, and the
                 # connects it and those before it will open (counted once they start)
@@ -343,7 +348,7 @@ class NetAccept(Continuation):
         action = self.action
         defer = self.defer
         nodelay_only = (
-            options.sockopt_flags == SOCK_OPT_NO_DELAY
+            options.sockopt_flags == _SOCK_OPT_NO_DELAY
             and not options.recv_bufsize
             and not options.send_bufsize
             and not options.packet_tos

@@ -13,7 +13,7 @@ about the answers still queued.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ats_cffi._native import lib
 from ats_cffi.net.codes import EVENTIO_READ, EVENTIO_WRITE, EventIOType
@@ -21,7 +21,7 @@ from ats_cffi.net.codes import EVENTIO_READ, EVENTIO_WRITE, EventIOType
 if TYPE_CHECKING:
     from ats_cffi.net.poll import PollDescriptor
 
-_EPOLLET = lib.EPOLLET
+_EPOLLET: Final[int] = lib.EPOLLET
 
 
 class EventIO:
@@ -129,4 +129,4 @@ class EventIO:
         return f"<EventIO {self.type.name} fd={self.fd} events={self.events:#x}>"
 
 
-READ_WRITE = EVENTIO_READ | EVENTIO_WRITE
+READ_WRITE: Final[int] = EVENTIO_READ | EVENTIO_WRITE

@@ -63,6 +63,9 @@ _AGAIN: Final[int] = _sys.AGAIN
 _ECONNRESET: Final[int] = errno.ECONNRESET
 _get_ident: Final = get_ident
 _lib_close: Final = lib.close
+# Bound once: compiled, a plain imported name is looked up in the module's dict on every use.
+_ConnectAction: Final = ConnectAction
+_freed_handler: Final = freed_handler
 
 # Events that close a VC whose VIO has no continuation to tell.
 _CLOSING_EVENTS: Final = frozenset(
@@ -440,7 +443,7 @@ class UnixNetVConnection(NetVConnection):
         closed; the caller frees it once no handler of it is on the stack."""
         self.recursion += 1
         try:
-            cont.handle_event(event, self)
+            deliver(cont, event, self)
         except Exception:
             log.exception("handler of event %d raised: closing the VC", event)
             self.do_io_close()
@@ -545,23 +548,28 @@ class UnixNetVConnection(NetVConnection):
         if ep.pd is not None:
             ep.stop()
         ep.data = None
-        self.handler = freed_handler
+        self.handler = _freed_handler
         self.splice_end = None
         fd = self.fd
         if fd >= 0:
             self.fd = -1
             if _lib_close(fd) < 0 and ffi.errno != errno.EINTR:
                 log.error("close of fd %d failed: %s", fd, os.strerror(ffi.errno))
-        for s in (self.read, self.write):
-            s.enabled = s.triggered = s.in_ready = False
-            vio = s
-            vio.cont = vio.buffer = vio.vc_server = None
-            vio.op = _NONE
+        _drop_state(self.read)
+        _drop_state(self.write)
         action = self.action
         if action is not None:
             self.action = None
-            if isinstance(action, ConnectAction):
+            if isinstance(action, _ConnectAction):
                 action.cancel_timeout()
+
+
+def _drop_state(s: NetState) -> None:
+    """A freed VC's side: off, and its VIO holds nothing (``UnixNetVConnection.free``)."""
+    s.enabled = s.triggered = s.in_ready = False
+    vio = s
+    vio.cont = vio.buffer = vio.vc_server = None
+    vio.op = _NONE
 
 
 __all__ = [

@@ -62,6 +62,10 @@ _NONE: Final = VIOOp.NONE
 _FLOAT_MAX: Final = sys.float_info.max
 _get_ident: Final = get_ident
 _AF_INET: Final = lib.AF_INET
+# Names of interpreted modules, bound once (compiled, a plain imported name is looked up in
+# the module's dict on every use): a VC is made per connection.
+_NetVCOptions: Final = NetVCOptions
+_EVENTIO_READWRITE_VC: Final = EVENTIO_READWRITE_VC
 
 #: ``shutdown_flags`` bits: the direction was shut down (``do_io_shutdown``).
 NET_VC_SHUTDOWN_READ: Final = 1
@@ -149,10 +153,10 @@ class NetVConnection(Continuation):
         super().__init__(ProxyMutex())
         self.fd = -1
         self.family = _AF_INET
-        if type(options) is not NetVCOptions:  # one test per VC: the accept path's case
+        if type(options) is not _NetVCOptions:  # one test per VC: the accept path's case
             if options is None:
-                options = NetVCOptions()
-            elif not isinstance(options, NetVCOptions):
+                options = _NetVCOptions()
+            elif not isinstance(options, _NetVCOptions):
                 raise TypeError(
                     "UnixNetVConnection: options must be NetVCOptions or None, "
                     f"not {type(options).__name__}"
@@ -166,7 +170,7 @@ class NetVConnection(Continuation):
         self.shutdown_flags = 0
         self.nh: NetHandler | None = None
         self.thread: EThread | None = None
-        self.ep = EventIO(EVENTIO_READWRITE_VC, self)
+        self.ep = EventIO(_EVENTIO_READWRITE_VC, self)
         self.inactivity_timeout_in = 0.0
         self.active_timeout_in = 0.0
         self.next_inactivity_timeout_at = 0.0

@@ -30,10 +30,10 @@ POLL_DESCRIPTOR_SIZE = 1024
 
 #: A token's low 32 bits: its registration's slot (``PollDescriptor.slots``); the bits above
 #: (up to bit 62: bit 63 marks a spliced end, net/splice.py): its generation.
-SLOT_MASK = 0xFFFFFFFF
-SLOT_BITS = 32
+SLOT_MASK: Final = 0xFFFFFFFF
+SLOT_BITS: Final = 32
 #: Generations run from 1 up to here, then start again at 1 (see ``register``).
-GENERATIONS = 1 << 31
+GENERATIONS: Final = 1 << 31
 
 
 class PollDescriptor:

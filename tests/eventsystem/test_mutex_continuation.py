@@ -413,6 +413,23 @@ def test_deliver_calls_the_handler_or_the_subclass_override_of_handle_event() ->
         deliver(Continuation(), 4, None)
 
 
+def test_whether_a_class_keeps_handle_event_is_asked_once_per_class_in_a_bounded_cache() -> None:
+    from ats_cffi.eventsystem import continuation as cm
+
+    # Classes made on the fly (a factory's, per call) do not pile up in the cache, and each
+    # instance still gets its own class's answer, also for a class seen again after a clear.
+    made = []
+    for i in range(3 * cm._KEEPS_HANDLE_EVENT_MAX):
+        if i % 2:
+            cls = type(f"Over{i}", (Continuation,), {"handle_event": lambda self, e=0, d=None: e})
+        else:
+            cls = type(f"Plain{i}", (Continuation,), {})
+        made.append(cls)
+        assert cls().calls_handler == (i % 2 == 0)
+        assert len(cm._keeps_handle_event) <= cm._KEEPS_HANDLE_EVENT_MAX
+    assert made[0]().calls_handler and not made[1]().calls_handler
+
+
 def test_continuation_mutex_must_be_a_proxy_mutex() -> None:
     with pytest.raises(TypeError, match="mutex must be a ProxyMutex, not RLock"):
         Continuation(mutex=threading.RLock())  # type: ignore[arg-type]
