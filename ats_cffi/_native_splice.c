@@ -463,6 +463,31 @@ uint32_t ats_splice_take(struct ats_splice_end *ends, int i, int pump, uint64_t 
     return st;
 }
 
+uint64_t ats_splice_setup(struct ats_splice_end *ends, int n, int i, int src_fd, int dst_fd,
+                          uint32_t cap, uint32_t budget, int src_ready, int src_hup,
+                          int dst_ready, int err, uint64_t token)
+{
+    struct ats_splice_end *end = &ends[i];
+    struct ats_pipe *p = &end->pipe;
+    p->src_fd = src_fd;
+    p->dst_fd = dst_fd;
+    p->cap = cap;
+    p->budget = budget;
+    p->src_ready = (uint8_t)(src_ready != 0);
+    p->src_hup = (uint8_t)(src_hup != 0);
+    p->dst_ready = (uint8_t)(dst_ready != 0);
+    p->src_end = end;
+    p->dst_end = &ends[(i + 1) % n];
+    p->dst_end->out = p;
+    end->token = token;
+    if (err) {
+        p->err = err;
+        ats_pipe_stop(p);
+        end->status |= ATS_SPLICE_ERROR;
+    }
+    return ATS_SPLICE_TAG | (uint64_t)(uintptr_t)end;
+}
+
 int ats_splice_finished(struct ats_splice_end *ends, int n)
 {
     for (int i = 0; i < n; i++)

@@ -93,6 +93,15 @@ uint32_t ats_splice_end_event(struct ats_splice_end *end, uint32_t mask, uint64_
  * pump), which it clears; whether every pipe is done; stop every pipe (any thread);
  * give the pipes' buffers back (the splice is over: no pump runs on it any more). */
 uint32_t ats_splice_take(struct ats_splice_end *ends, int i, int pump, uint64_t *ctr);
+/* Set end i of ends[0..n) up (one call per end, before any pump runs): its pipe reads
+ * src_fd into a buffer of cap bytes (at most budget per pump) and writes to end
+ * (i+1)%n's fd, dst_fd; the edge state it starts from (src_ready, src_hup, dst_ready),
+ * the error the socket's last read found after its data (err, 0: none: the pipe starts
+ * failed), and the end's EventIO token.  Returns the end's epoll data: ATS_SPLICE_TAG |
+ * its address. */
+uint64_t ats_splice_setup(struct ats_splice_end *ends, int n, int i, int src_fd, int dst_fd,
+                          uint32_t cap, uint32_t budget, int src_ready, int src_hup,
+                          int dst_ready, int err, uint64_t token);
 int ats_splice_finished(struct ats_splice_end *ends, int n);
 void ats_splice_stop(struct ats_splice_end *ends, int n);
 void ats_splice_release(struct ats_splice_end *ends, int n);

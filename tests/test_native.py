@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import select
 import socket
 from collections.abc import Iterator
@@ -109,6 +110,31 @@ def pipe() -> Iterator[tuple[Any, Any, socket.socket, socket.socket, socket.sock
         lib.ats_splice_free_all()  # this thread's scratch and moved list
         for s in (a, b, c, d):
             s.close()
+
+
+def test_splice_setup_links_the_ends_and_starts_from_the_edge_state_it_is_given() -> None:
+    ends = ffi.new("struct ats_splice_end[2]")
+    tags = [
+        lib.ats_splice_setup(ends, 2, 0, 7, 8, 4096, 1024, 1, 0, 1, 0, 41),
+        lib.ats_splice_setup(ends, 2, 1, 8, 7, 4096, 1024, 0, 1, 0, errno.ECONNRESET, 42),
+    ]
+    for i in (0, 1):
+        assert tags[i] == lib.ATS_SPLICE_TAG | int(ffi.cast("uintptr_t", ends + i))
+    a, b = ffi.addressof(ends[0], "pipe"), ffi.addressof(ends[1], "pipe")
+    assert (a.src_fd, a.dst_fd, a.cap, a.budget) == (7, 8, 4096, 1024)
+    assert (a.src_ready, a.src_hup, a.dst_ready, a.err) == (1, 0, 1, 0)
+    assert a.src_end == ends + 0 and a.dst_end == ends + 1 and ends[1].out == a
+    assert b.src_end == ends + 1 and b.dst_end == ends + 0 and ends[0].out == b
+    assert (ends[0].token, ends[1].token) == (41, 42)
+    # An error the socket's last read found after its data: that pipe starts failed.
+    assert not lib.ats_pipe_done(a) and ends[0].status == 0
+    assert lib.ats_pipe_done(b) and b.err == errno.ECONNRESET
+    assert ends[1].status == lib.ATS_SPLICE_ERROR
+    # One end (an echo): the pipe writes back to its own end.
+    one = ffi.new("struct ats_splice_end[1]")
+    lib.ats_splice_setup(one, 1, 0, 9, 9, 4096, 1024, 0, 0, 0, 0, 5)
+    p = ffi.addressof(one[0], "pipe")
+    assert p.src_end == one + 0 and p.dst_end == one + 0 and one[0].out == p
 
 
 def test_a_stopped_pipe_is_done_and_its_pump_moves_no_byte(pipe: Any) -> None:

@@ -56,12 +56,17 @@ reads EOF at once (its direction ends, passing the half-close on).
 from __future__ import annotations
 
 import logging
-import threading
 from typing import TYPE_CHECKING, Any, Final
 
 from ats_cffi._native import ffi, lib
 from ats_cffi.eventsystem import codes as _codes
-from ats_cffi.eventsystem.continuation import Continuation, check_continuation, freed_handler
+from ats_cffi.eventsystem.continuation import (
+    Continuation,
+    check_continuation,
+    deliver,
+    freed_handler,
+)
+from ats_cffi.eventsystem.mutex import get_ident
 from ats_cffi.eventsystem.vio import INT64_MAX
 from ats_cffi.net import stats as st
 from ats_cffi.net.eventio import READ_WRITE
@@ -98,11 +103,13 @@ _CTR_WRITE_BYTES: Final[int] = lib.ATS_CTR_WRITE_BYTES
 _CTR_COUNT: Final[int] = lib.ATS_CTR_COUNT
 # A pipe's ``done`` is the one field another thread may write (a close): C11 atomic, so it
 # is set and read through these (one call for all of a splice's pipes), never as a field.
-_pipe_stop: Final = lib.ats_pipe_stop
 _splice_stop: Final = lib.ats_splice_stop
 _splice_finished: Final = lib.ats_splice_finished
 _splice_take: Final = lib.ats_splice_take
 _splice_release: Final = lib.ats_splice_release
+_splice_setup: Final = lib.ats_splice_setup
+_get_ident: Final = get_ident
+_freed_handler: Final = freed_handler  # compiled, an imported name is looked up per use
 _trim: Final = lib.ats_splice_trim
 _moved: Final = lib.ats_splice_moved
 # ``Splice.in_ready``: ends to pump (bit i: end i), and whether it is on the ready list.
@@ -220,7 +227,7 @@ class SpliceDriver:
         another thread (an EThread that never started, released by ``join``), it must not
         free that thread's: no pipe of this handler ever ran there anyway."""
         self.fold_counters()
-        if self.nh.thread.tid == threading.get_ident():
+        if self.nh.thread.tid == _get_ident():
             lib.ats_splice_free_all()
 
     def start_io_failed(self, vc: UnixNetVConnection, err: int) -> None:
@@ -267,7 +274,7 @@ def _check_splice(vcs: tuple[UnixNetVConnection, ...], buffer_size: Any) -> NetH
                 "the bytes (move them through its VIOs)"
             )
     assert nh is not None
-    if nh.thread.tid != threading.get_ident():
+    if nh.thread.tid != _get_ident():
         raise RuntimeError("Splice: must be created on the VCs' net thread")
     return nh
 
@@ -334,32 +341,24 @@ class Splice(Continuation):
         nh = self.nh
         c = self.c
         state = [vc.start_splice(self) for vc in self.vcs]
+        budget = min(nh.max_read_per_pass, 0xFFFFFFFF)
+        tags = []
         for i in range(n):
             j = (i + 1) % n
-            src_triggered, src_hup, src_error, _ = state[i]
-            e = c[i]
-            p = e.pipe
-            p.src_fd = self._vc(i).fd
-            p.dst_fd = self._vc(j).fd
-            p.cap = buffer_size
-            p.budget = min(nh.max_read_per_pass, 0xFFFFFFFF)
-            p.src_ready = src_triggered
-            p.src_hup = src_hup
-            p.dst_ready = state[j][3]
-            if src_error:  # seen by the VC's last read, after its data
-                p.err = src_error
-                _pipe_stop(ffi.addressof(p))
-                e.status |= _ERROR
-            p.src_end = c + i
-            p.dst_end = c + j
-            c[j].out = ffi.addressof(p)
-            e.token = self._vc(i).ep.token
+            src_triggered, src_hup, src_error, _ = state[i]  # src_error: after its data
+            src = self._vc(i)
+            tags.append(
+                _splice_setup(
+                    c, n, i, src.fd, self._vc(j).fd, buffer_size, budget, src_triggered,
+                    src_hup, state[j][3], src_error, src.ep.token,
+                )
+            )  # fmt: skip
         driver = nh.splice
+        epoll = nh.pd.epoll
         for i in range(n):
-            tag = SPLICE_TAG | int(ffi.cast("uintptr_t", c + i))
             # EPOLL_CTL_MOD also re-arms the edges: readiness pending now is reported on the
             # next pass, to the native side.
-            nh.pd.epoll.modify(self._vc(i).fd, _REG_EVENTS, tag)
+            epoll.modify(self._vc(i).fd, _REG_EVENTS, tags[i])
             driver.kick(self, i)
 
     @property
@@ -416,7 +415,7 @@ class Splice(Continuation):
 
     def tell(self, event: int) -> None:
         try:
-            self.cont.handle_event(event, self)
+            deliver(self.cont, event, self)
         except Exception:
             log.exception("handler of %r raised on event %d: closing the splice", self, event)
             self.close()
@@ -453,7 +452,7 @@ class Splice(Continuation):
             self._vc(i).read.ndone = p.nread
             self._vc((i + 1) % self.n).write.ndone = p.nwritten
         nh = self.nh
-        if nh.thread.tid == threading.get_ident():
+        if nh.thread.tid == _get_ident():
             nh.splice.fold_counters()
 
     def fail(self, vc: UnixNetVConnection, err: int) -> None:
@@ -484,7 +483,7 @@ class Splice(Continuation):
         if self.a.splice_end is not None or (b is not None and b.splice_end is not None):
             return
         _splice_release(self.c, self.n)
-        self.handler = freed_handler
+        self.handler = _freed_handler
 
     def close(self) -> None:
         """Stop and close both VCs (with ``cont``'s mutex held, or on the net thread)."""
