@@ -84,6 +84,10 @@ class TransportCore:
         #: VC's write VIO drains.
         self.wreader: IOBufferReader | None = None
 
+    def __call__(self, data: Any) -> None:
+        """``write(data)``: a VCTransport's ``write`` is its core (the class doc says why)."""
+        self.write(data)
+
     def write(self, data: Any) -> None:
         """asyncio's ``write``: the checks, then one ``send`` when nothing is kept before
         (counted in the NetHandler's ``stats`` as a VC's write step is); what it did not

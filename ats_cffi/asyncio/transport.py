@@ -117,7 +117,7 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
 
     __slots__ = (
         "_sock_fd", "_core", "_vc", "_sock", "_protocol", "_server", "_closing", "_paused",
-        "_reading", "_open", "__weakref__",
+        "_reading", "_open", "write", "__weakref__",
     )  # fmt: skip
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
@@ -170,6 +170,11 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         # What the reads and writes touch (the fields of asyncio's _conn_lost, _eof,
         # _empty_waiter; the write buffer's reader): dispatch.py.
         core = self._core = TransportCore(self, fd, ctx, loop._net_stats, self._send_first)
+        #: ``write(data)`` is the compiled core's (a ``TransportCore`` is called as its
+        #: ``write``): a method of this class would put an interpreted frame on every write.
+        #: A slot holding the core, so a transport costs no bound method object and no new
+        #: reference cycle. A subclass that defines ``write`` still overrides it.
+        self.write = core
         if vc is None:
             vc = self._new_vc(loop._net_handler, fd, sock.family)  # type: ignore[union-attr]
         self._vc = vc
@@ -401,9 +406,6 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
     def get_write_buffer_size(self) -> int:
         r = self._core.wreader
         return r.read_avail() if r is not None and r.writer is not None else 0
-
-    def write(self, data: Any) -> None:
-        self._core.write(data)  # compiled; the rest comes back to the methods below
 
     def _write_rest(self, data: Any, sent: int) -> None:
         """What ``write``'s first ``send`` did not take (all of it when it sent nothing, or
