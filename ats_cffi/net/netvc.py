@@ -66,6 +66,7 @@ _lib_close: Final = lib.close
 # Bound once: compiled, a plain imported name is looked up in the module's dict on every use.
 _ConnectAction: Final = ConnectAction
 _freed_handler: Final = freed_handler
+_INT_RECORD_MAX: Final[int] = INT_RECORD_MAX
 
 # Events that close a VC whose VIO has no continuation to tell.
 _CLOSING_EVENTS: Final = frozenset(
@@ -124,8 +125,9 @@ class UnixNetVConnection(NetVConnection):
         in ``lerrno``). ``TypeError``/``ValueError`` for anything else."""
         if type(alerrno) is not int and (isinstance(alerrno, bool) or not isinstance(alerrno, int)):
             raise TypeError(f"do_io_close: alerrno must be an int, not {type(alerrno).__name__}")
-        if not -1 <= alerrno <= INT_RECORD_MAX:
-            raise ValueError(f"do_io_close: alerrno must be -1 or an errno, got {alerrno}")
+        err: int = alerrno  # an int (checked above): compared as one from here
+        if not -1 <= err <= _INT_RECORD_MAX:
+            raise ValueError(f"do_io_close: alerrno must be -1 or an errno, got {err}")
         if self.closed:
             return
         nh = self.nh
@@ -141,23 +143,19 @@ class UnixNetVConnection(NetVConnection):
                             continue  # do not wait (doc): close without it
                         m.lock()
                     held.append(m)
-                self._close_locked(alerrno, nh, False)
+                self._close_locked(err, nh, False)
             finally:
                 for m in reversed(held):
                     m.unlock()
             return
-        self._close_locked(alerrno, nh, self.recursion == 0)
+        self._close_locked(err, nh, self.recursion == 0)
 
     def _close_locked(self, alerrno: int, nh: NetHandler | None, close_inline: bool) -> None:
         if self.closed:
             return
-        for s in (self.read, self.write):
-            s.enabled = False
-            vio = s
-            vio.op = _NONE
-            vio.nbytes = 0
-            vio.buffer = None
-        if alerrno not in (0, -1):
+        _quiet_state(self.read)
+        _quiet_state(self.write)
+        if alerrno != 0 and alerrno != -1:
             self.lerrno = alerrno
         if self.splice_end is not None:
             self.splice_end.vc_closed()  # its pipes stop touching this fd now
@@ -562,6 +560,15 @@ class UnixNetVConnection(NetVConnection):
             self.action = None
             if isinstance(action, _ConnectAction):
                 action.cancel_timeout()
+
+
+def _quiet_state(s: NetState) -> None:
+    """A closed VC's side: off, and its VIO asks for nothing (``_close_locked``)."""
+    s.enabled = False
+    vio = s
+    vio.op = _NONE
+    vio.nbytes = 0
+    vio.buffer = None
 
 
 def _drop_state(s: NetState) -> None:
