@@ -58,7 +58,6 @@ VC_EVENT_WRITE_COMPLETE: Final[int] = _codes.VC_EVENT_WRITE_COMPLETE
 VC_EVENT_WRITE_READY: Final[int] = _codes.VC_EVENT_WRITE_READY
 _READ: Final[int] = VIOOp.READ
 _WRITE: Final[int] = VIOOp.WRITE
-_NONE: Final = VIOOp.NONE
 _AGAIN: Final[int] = _sys.AGAIN
 _ECONNRESET: Final[int] = errno.ECONNRESET
 _get_ident: Final = get_ident
@@ -153,8 +152,8 @@ class UnixNetVConnection(NetVConnection):
     def _close_locked(self, alerrno: int, nh: NetHandler | None, close_inline: bool) -> None:
         if self.closed:
             return
-        _quiet_state(self.read)
-        _quiet_state(self.write)
+        self.read.quiet()
+        self.write.quiet()
         if alerrno != 0 and alerrno != -1:
             self.lerrno = alerrno
         if self.splice_end is not None:
@@ -553,30 +552,13 @@ class UnixNetVConnection(NetVConnection):
             self.fd = -1
             if _lib_close(fd) < 0 and ffi.errno != errno.EINTR:
                 log.error("close of fd %d failed: %s", fd, os.strerror(ffi.errno))
-        _drop_state(self.read)
-        _drop_state(self.write)
+        self.read.clear()
+        self.write.clear()
         action = self.action
         if action is not None:
             self.action = None
             if isinstance(action, _ConnectAction):
                 action.cancel_timeout()
-
-
-def _quiet_state(s: NetState) -> None:
-    """A closed VC's side: off, and its VIO asks for nothing (``_close_locked``)."""
-    s.enabled = False
-    vio = s
-    vio.op = _NONE
-    vio.nbytes = 0
-    vio.buffer = None
-
-
-def _drop_state(s: NetState) -> None:
-    """A freed VC's side: off, and its VIO holds nothing (``UnixNetVConnection.free``)."""
-    s.enabled = s.triggered = s.in_ready = False
-    vio = s
-    vio.cont = vio.buffer = vio.vc_server = None
-    vio.op = _NONE
 
 
 __all__ = [

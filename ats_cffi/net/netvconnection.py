@@ -107,6 +107,20 @@ class NetState(VIO):
         if vc is not None:
             vc.reenable_re(self)
 
+    def quiet(self) -> None:
+        """The VC is closing: this side is off and its VIO asks for nothing."""
+        self.enabled = False
+        self.op = _NONE
+        self.nbytes = 0
+        self.buffer = None
+
+    def clear(self) -> None:
+        """The VC is freed (ATS's ``clear``): this side is off and its VIO holds nothing,
+        its continuation and VC included (no reference cycle is left)."""
+        self.enabled = self.triggered = self.in_ready = False
+        self.cont = self.buffer = self.vc_server = None
+        self.op = _NONE
+
     @property
     def vio(self) -> VIO:
         """The VIO of this direction: this object (a property, not a field, so that a state
