@@ -15,7 +15,7 @@ One pass (``wait_for_activity``, installed as the EThread's poll step):
    pumped natively inside that call; the thread's ``SpliceDriver`` takes the status of
    the ends that need Python (``splice.after_wait``);
 3. dispatch each result by its EventIO type: READWRITE_VC sets ``triggered`` and queues the
-   VC on the ready lists (and takes it off the cop list: it is active); DNS_CONNECTION
+   VC on the ready lists (and clears its ``in_cop``: it is active); DNS_CONNECTION
    triggers the connection and refreshes its edge; ASYNC_SIGNAL drains the eventfd;
    NETACCEPT runs the listener's accept pass; READINESS (a level-triggered fd of the asyncio
    loop) hands the mask to its owner (``ats_cffi/asyncio/selector.py``);
@@ -56,7 +56,7 @@ from ats_cffi.net import stats as st
 from ats_cffi.net.config import NetConfig, net_config
 from ats_cffi.net.eventio import READ_WRITE, EventIO
 from ats_cffi.net.poll import PollCont
-from ats_cffi.net.queues import ConnectionQueues
+from ats_cffi.net.queues import ConnectionQueues, OpenList
 from ats_cffi.net.splice import SpliceDriver
 from ats_cffi.net.stats import StatBlock, net_stats, tls_stats
 from ats_cffi.net.throttle import ThrottleType, check_net_throttle
@@ -133,8 +133,9 @@ class NetHandler(Continuation):
         #: ``retry_delay`` ms later (``retry_later``), not on the next pass.
         self.retry_states: list[tuple[UnixNetVConnection, NetState]] = []
         self.retry_due = 0.0
-        self.open_list: set[UnixNetVConnection] = set()
-        self.cop_list: set[UnixNetVConnection] = set()
+        #: Every VC started here and not freed (net/queues.py). A VC's ``in_cop`` says the
+        #: InactivityCop visits it on its next run: no event since the last one.
+        self.open_list = OpenList()
         self.now = self.clock()
         self.max_read_per_pass: int = config.max_read_per_pass
         # Native scratch of the byte moves (net/vcio.py), made once per thread: the C
@@ -334,7 +335,6 @@ class NetHandler(Continuation):
         pd = self.pd
         ep = pd.epoll
         evs = _ready_events(ep.tokens, ep.masks, n, pd.slots, pd.slot_tokens)
-        cop_list = self.cop_list
         rl = self.read_ready_list
         wl = self.write_ready_list
         for i in range(0, len(evs), 2):
@@ -345,8 +345,7 @@ class NetHandler(Continuation):
                 flags: int = evs[i + 1]
                 if vc.in_cop and not vc.active_timeout_in:
                     # Active: it cannot be idle before the next cop run. A VC with an active
-                    # timeout stays listed, or a busy one would never be checked.
-                    cop_list.discard(vc)
+                    # timeout stays due, or a busy one would never be checked.
                     vc.in_cop = False
                 if flags & _READ_BITS:
                     s = vc.read
@@ -386,7 +385,6 @@ class NetHandler(Continuation):
         vc.thread = self.thread
         vc.ep.start(self.pd, vc.fd, READ_WRITE, _RDHUP, defer)
         self.open_list.add(vc)
-        vc.in_open = True
         if not vc.counted_open:
             vc.counted_open = True
             self.stats[_OPEN] += 1
@@ -428,22 +426,16 @@ class NetHandler(Continuation):
 
     def start_cop(self, vc: UnixNetVConnection) -> None:
         """Put ``vc`` under the InactivityCop (from its next refill on)."""
-        if not vc.in_open:
-            self.open_list.add(vc)
-            vc.in_open = True
+        self.open_list.add(vc)
 
     def free_netevent(self, vc: UnixNetVConnection) -> None:
         """ATS's close_UnixNetVConnection: unlist, unregister and close ``vc``. Idempotent."""
-        if vc.in_open:
-            self.open_list.discard(vc)
-            vc.in_open = False
+        self.open_list.remove(vc)
         if vc.counted_open:
             vc.counted_open = False
             self.stats[_OPEN] -= 1
         self.queues.remove(vc)
-        if vc.in_cop:
-            self.cop_list.discard(vc)
-            vc.in_cop = False
+        vc.in_cop = False
         vc.read.in_ready = False
         vc.write.in_ready = False
         vc.next_inactivity_timeout_at = 0.0
@@ -465,7 +457,7 @@ class NetHandler(Continuation):
 
     def close(self) -> None:
         """Free every VC still open and close the epoll fd (thread shutdown)."""
-        for vc in list(self.open_list):
+        for vc in self.open_list.vcs():
             vc.closed = vc.closed or 1
             self.free_netevent(vc)
         self.splice.close()
@@ -478,8 +470,9 @@ class NetHandler(Continuation):
 class InactivityCop(Continuation):
     """Runs every ``inactivity_check_frequency`` seconds on its NetHandler's thread.
 
-    Visits only the VCs that had no epoll event since its last run (the cop list, refilled
-    from the open list at the end of each run); try-locks each (failures are counted in
+    Visits only the VCs that had no epoll event since its last run (ATS's cop list: the open
+    VCs whose ``in_cop`` each run sets at its end and an event clears; a flag in the VC, not
+    a second set of VCs); try-locks each (failures are counted in
     ``inactivity_cop_lock_acquire_failure``), frees closed ones, applies
     ``default_inactivity_timeout`` to VCs with pending I/O and none set, and signals
     ``VC_EVENT_INACTIVITY_TIMEOUT`` / ``VC_EVENT_ACTIVE_TIMEOUT``. ``visited`` counts visits.
@@ -499,13 +492,13 @@ class InactivityCop(Continuation):
         nh.now = now
         self.runs += 1
         stats = nh.stats
-        cop = nh.cop_list
         default = nh.config.default_inactivity_timeout
         nh.splice.before_cop(now)
         trim_pools()  # the IOBuffer blocks not needed since the last run go back
         nh.queues.manage_keep_alive_queue()
-        while cop:
-            vc = cop.pop()
+        for vc in nh.open_list.vcs():  # a snapshot: one VC's turn may free others
+            if not vc.in_cop:
+                continue  # an event since the last run (or opened since, or freed)
             vc.in_cop = False
             self.visited += 1
             m = vc.mutex
@@ -521,9 +514,7 @@ class InactivityCop(Continuation):
             finally:
                 m.unlock()  # type: ignore[union-attr]
         for vc in nh.open_list:
-            if not vc.in_cop:
-                vc.in_cop = True
-                cop.add(vc)
+            vc.in_cop = True
         return EVENT_DONE
 
     def check_vc(self, vc: UnixNetVConnection, now: float, default: Any, e: Any) -> None:

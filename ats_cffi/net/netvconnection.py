@@ -150,7 +150,7 @@ class NetVConnection(Continuation):
         "next_inactivity_timeout_at",
         "next_activity_timeout_at",
         "in_cop",
-        "in_open",
+        "open_index",
         "counted_open",
         "connecting",
         "tls_turns",
@@ -190,7 +190,8 @@ class NetVConnection(Continuation):
         self.next_inactivity_timeout_at = 0.0
         self.next_activity_timeout_at = 0.0
         self.in_cop = False
-        self.in_open = False
+        #: Its place in its NetHandler's open list (-1: in none): net/queues.py's OpenList.
+        self.open_index = -1
         # Counted in connections_currently_open (by the accept path at accept time, or by
         # start_io); uncounted exactly once, by free_netevent.
         self.counted_open = False

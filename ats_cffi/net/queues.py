@@ -23,6 +23,7 @@ Only the VC's net thread touches its queues (the session runs there).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
 from ats_cffi.eventsystem.codes import VC_EVENT_ACTIVE_TIMEOUT, VC_EVENT_INACTIVITY_TIMEOUT
@@ -33,6 +34,7 @@ _DUE: Final = 1e-6
 
 if TYPE_CHECKING:
     from ats_cffi.net.nethandler import NetHandler
+    from ats_cffi.net.netvc import UnixNetVConnection
     from ats_cffi.net.netvconnection import NetVConnection
 
 
@@ -207,4 +209,51 @@ class ConnectionQueues:
             vc.handle_event(VC_EVENT_INACTIVITY_TIMEOUT, None)
 
 
-__all__ = ["ConnectionQueues", "VCQueue"]
+class OpenList:
+    """A NetHandler's open VCs (ATS's ``open_list``): every VC its thread started and has
+    not freed, which the InactivityCop visits and the thread's shutdown frees.
+
+    A list with each VC's place in it kept in the VC (``open_index``, -1 when in none): an
+    add appends, a removal moves the last VC into the place left, and the cop takes a
+    snapshot with one copy. That is about 17 bytes a VC, where a set took 52 to 105 at
+    10,000 (a hash table is kept at most 60% full and grows fourfold), which was 8% of an
+    idle connection's memory. The order is not kept. This class alone writes
+    ``open_index``."""
+
+    __slots__ = ("_vcs",)
+
+    def __init__(self) -> None:
+        self._vcs: list[UnixNetVConnection] = []
+
+    def __len__(self) -> int:
+        return len(self._vcs)
+
+    def __iter__(self) -> Iterator[UnixNetVConnection]:
+        """The open VCs, while none is added or removed (``vcs()`` otherwise)."""
+        return iter(self._vcs)
+
+    def add(self, vc: UnixNetVConnection) -> None:
+        """``vc`` is open on this thread (nothing if it is already)."""
+        if vc.open_index < 0:
+            vcs = self._vcs
+            vc.open_index = len(vcs)
+            vcs.append(vc)
+
+    def remove(self, vc: UnixNetVConnection) -> None:
+        """``vc`` is no longer open here (nothing if it was not)."""
+        i = vc.open_index
+        if i < 0:
+            return
+        vc.open_index = -1
+        vcs = self._vcs
+        last = vcs.pop()
+        if last is not vc:
+            vcs[i] = last
+            last.open_index = i
+
+    def vcs(self) -> list[UnixNetVConnection]:
+        """The open VCs (a snapshot: freeing one removes it from the list, not from this)."""
+        return self._vcs[:]
+
+
+__all__ = ["ConnectionQueues", "OpenList", "VCQueue"]

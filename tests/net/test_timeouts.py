@@ -213,3 +213,32 @@ def test_default_inactivity_timeout_applies_to_vcs_with_pending_io_and_none_set(
             idle.do_io_close()
             assert no_io.recv(1) == b""
     assert wait_until(lambda: net_stats.get(OPEN) == 0, what="every VC freed")
+
+
+def test_a_vc_closed_during_another_vcs_cop_turn_gets_no_event(fake_listen, fake_clock):
+    # Both idle past their deadline in one cop run; whichever times out first closes the
+    # other too (a tunnel closing its peer): the other, closed, hears nothing more.
+    watchers: list[Watcher] = []
+
+    class Pair(Watcher):
+        def handle(self, event: int, vio: Any) -> None:
+            super().handle(event, vio)
+            if event == VC_EVENT_INACTIVITY_TIMEOUT:
+                for w in watchers:
+                    w.vc.do_io_close()
+
+    def on_vc(vc: Any) -> None:
+        watchers.append(Pair(vc))
+        vc.set_inactivity_timeout(0.25)
+
+    _, acceptor, port = fake_listen(on_vc=on_vc)
+    with client(port), client(port):
+        acceptor.wait(2)
+        assert wait_until(lambda: len(watchers) == 2)
+        open_before = net_stats.get(OPEN)
+        fake_clock.tick(0.25 + COP, COP)
+        assert wait_until(lambda: net_stats.get(OPEN) == open_before - 2)
+        timed_out = [w for w in watchers if w.events]
+        assert len(timed_out) == 1, [w.events for w in watchers]
+        assert timed_out[0].events == [(VC_EVENT_INACTIVITY_TIMEOUT, 0.25 + COP)]
+        assert net_stats.get(INACTIVITY_TIMEOUTS) == 1

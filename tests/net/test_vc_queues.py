@@ -14,7 +14,14 @@ from ats_cffi.net import stats as st
 from ats_cffi.net.config import NetConfig
 from ats_cffi.net.nethandler import NetHandler
 from ats_cffi.net.netvc import UnixNetVConnection
-from ats_cffi.net.queues import ACTIVE, KEEP_ALIVE, NO_QUEUE, ConnectionQueues, VCQueue
+from ats_cffi.net.queues import (
+    ACTIVE,
+    KEEP_ALIVE,
+    NO_QUEUE,
+    ConnectionQueues,
+    OpenList,
+    VCQueue,
+)
 
 
 @pytest.fixture
@@ -107,3 +114,32 @@ def test_many_moves_leave_consistent_links(nh: NetHandler, n: int) -> None:
         assert back == listed[::-1]
     assert {vc.queue for vc in pool} <= {NO_QUEUE, KEEP_ALIVE, ACTIVE}
     assert sum(vc.queue != NO_QUEUE for vc in pool) == queues.keep_alive.count + queues.active.count
+
+
+def test_the_open_list_adds_once_and_removes_from_anywhere_keeping_each_place() -> None:
+    ol = OpenList()
+    pool = vcs(6)
+    for vc in pool + pool[:2]:  # the second add of a VC does nothing
+        ol.add(vc)
+    assert len(ol) == 6 and sorted(map(id, ol)) == sorted(map(id, pool))
+    snapshot = ol.vcs()
+    for vc in (pool[0], pool[5], pool[2], pool[2]):  # the first, the last, one twice
+        ol.remove(vc)
+    assert snapshot == pool, "a snapshot is not the list"
+    left = list(ol)
+    assert sorted(map(id, left)) == sorted(map(id, (pool[1], pool[3], pool[4])))
+    assert all(left[vc.open_index] is vc for vc in left)
+    assert [vc.open_index for vc in (pool[0], pool[2], pool[5])] == [-1, -1, -1]
+    for vc in left:
+        ol.remove(vc)
+    assert len(ol) == 0 and list(ol) == []
+
+
+def test_a_freed_vc_leaves_the_open_list_and_is_not_due_for_the_cop(nh: NetHandler) -> None:
+    a, b = vcs(2)
+    for vc in (a, b):
+        nh.start_cop(vc)
+        vc.in_cop = True
+    nh.free_netevent(a)
+    assert list(nh.open_list) == [b] and b.open_index == 0
+    assert a.open_index == -1 and not a.in_cop
