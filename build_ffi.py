@@ -66,14 +66,19 @@ ffibuilder.set_source(
 
 def fastio_extension() -> Any:
     """The ``ats_cffi._fastio`` extension (``_fastio.c``, which includes ``_native_rw.c`` and
-    ``_fastio_net.c``)."""
+    ``_fastio_net.c`` and ``_fastio_slots.c``)."""
     from setuptools import Extension
 
     return Extension(
         "ats_cffi._fastio",
         sources=["ats_cffi/_fastio.c"],
         include_dirs=["ats_cffi"],
-        depends=["ats_cffi/_native_rw.c", "ats_cffi/_native_rw.h", "ats_cffi/_fastio_net.c"],
+        depends=[
+            "ats_cffi/_native_rw.c",
+            "ats_cffi/_native_rw.h",
+            "ats_cffi/_fastio_net.c",
+            "ats_cffi/_fastio_slots.c",
+        ],
         extra_compile_args=C_FLAGS,
     )
 

@@ -395,6 +395,7 @@ static PyObject *fast_put(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
 }
 
 #include "_fastio_net.c"
+#include "_fastio_slots.c"
 
 /* last() -> the result of the calling thread's last syscall of a call above:
  * > 0 bytes moved, 0 EOF (reads), -errno. */
@@ -448,6 +449,11 @@ static PyMethodDef fastio_methods[] = {
      "put(dst, off, src) -> None: src copied into the bytearray dst at off"},
     {"epoll_add_all", (PyCFunction)(void (*)(void))fast_epoll_add_all, METH_FASTCALL,
      "epoll_add_all(epfd, pending, failed) -> ADDs that failed (appended to failed)"},
+    {"slot_maker", (PyCFunction)(void (*)(void))fast_slot_maker, METH_FASTCALL,
+     "slot_maker(cls, names) -> maker; maker(*values) -> a new cls, each value in its slot"},
+    {"slot_runner", (PyCFunction)(void (*)(void))fast_slot_runner, METH_FASTCALL,
+     "slot_runner(cls, (cancelled, context, callback, args)) -> run; run(obj): asyncio's"
+     " Handle._run of an obj of cls"},
     {"get_ident", fast_get_ident, METH_NOARGS,
      "get_ident() -> threading.get_ident(), the same int object each time per thread"},
     {NULL, NULL, 0, NULL},
@@ -466,6 +472,8 @@ PyMODINIT_FUNC PyInit__fastio(void)
     name_end = PyUnicode_InternFromString("end");
     name_next = PyUnicode_InternFromString("next");
     if (!name_data || !name_start || !name_end || !name_next)
+        return NULL;
+    if (PyType_Ready(&SlotMakerType) < 0)
         return NULL;
     return PyModule_Create(&fastio_module);
 }

@@ -5,7 +5,11 @@ error naming the call before any syscall."""
 from __future__ import annotations
 
 import errno
+import gc
 import socket
+import sys
+import weakref
+from typing import Any
 
 import pytest
 
@@ -215,3 +219,104 @@ def test_read_spill_takes_minus_one_for_all_the_room(pair) -> None:
         _fastio.read_spill(a.fileno(), base, 0, -2, spill, 0, True)
     with pytest.raises(TypeError, match="spill must be"):
         _fastio.read_spill(a.fileno(), base, 0, -1, b"x", -1, True)
+
+
+class _Slotted:
+    __slots__ = ("a", "b", "__weakref__")
+
+
+class _SlottedChild(_Slotted):
+    __slots__ = ("c",)
+
+
+def test_slot_maker_makes_an_instance_with_each_value_in_its_slot() -> None:
+    make = _fastio.slot_maker(_SlottedChild, ("c", "a", "b"))
+    payload = object()
+    before = sys.getrefcount(payload)
+    obj = make(1, payload, "x")
+    assert type(obj) is _SlottedChild and (obj.a, obj.b, obj.c) == (payload, "x", 1)
+    assert sys.getrefcount(payload) == before + 1
+    ref = weakref.ref(obj)
+    del obj
+    assert ref() is None and sys.getrefcount(payload) == before
+    # Slots not named stay empty, as object.__new__ leaves them.
+    partial = _fastio.slot_maker(_SlottedChild, ["a"])(2)
+    assert partial.a == 2 and not hasattr(partial, "b") and not hasattr(partial, "c")
+    # A cycle through a slot is collected (the instance is tracked by the GC).
+    cyc = make(None, None, None)
+    cyc.a = cyc
+    ref = weakref.ref(cyc)
+    del cyc
+    gc.collect()
+    assert ref() is None
+
+
+@pytest.mark.parametrize(
+    ("cls", "names", "error", "match"),
+    [
+        (42, ("a",), TypeError, "cls must be a class, not int"),
+        (_Slotted, ("nope",), AttributeError, "nope"),
+        (_Slotted, ("__weakref__",), ValueError, "__weakref__ is not a slot"),
+        (_Slotted, ("a", "a"), ValueError, "a is named twice"),
+        (_Slotted, (), ValueError, "1 to 16 names, not 0"),
+        (_Slotted, (1,), TypeError, "a name must be a str, not int"),
+        (_SlottedChild, ("__init__",), ValueError, "__init__ is not a slot"),
+        (int, ("real",), ValueError, "real is not a slot"),
+    ],
+)
+def test_slot_maker_refuses_what_is_not_a_writable_slot(cls, names, error, match) -> None:
+    with pytest.raises(error, match=match):
+        _fastio.slot_maker(cls, names)
+
+
+def test_a_slot_makers_call_takes_exactly_its_values() -> None:
+    make = _fastio.slot_maker(_Slotted, ("a", "b"))
+    with pytest.raises(TypeError, match="2 positional values, not 1"):
+        make(1)
+    with pytest.raises(TypeError, match="no keyword arguments"):
+        make(1, 2, k=3)
+
+
+class _Runnable:
+    __slots__ = ("cancelled", "context", "callback", "args")
+
+
+def test_slot_runner_runs_the_callback_in_the_context_unless_cancelled() -> None:
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="outside")
+    run = _fastio.slot_runner(_Runnable, ("cancelled", "context", "callback", "args"))
+    h = _Runnable()
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "inside")
+    seen: list[Any] = []
+    h.cancelled, h.context, h.args = False, ctx, (1, 2)
+    h.callback = lambda a, b: seen.append((a, b, var.get()))
+    assert run(h) is None and seen == [(1, 2, "inside")] and var.get() == "outside"
+    h.cancelled = True
+    run(h)
+    assert len(seen) == 1, "a cancelled one does not run"
+    h.cancelled = False
+    h.callback = lambda a, b: 1 / 0
+    with pytest.raises(ZeroDivisionError):
+        run(h)
+    assert var.get() == "outside", "the context is left when the callback raised"
+    # The callback may empty the object's slots while it runs.
+    h.callback = lambda a, b: [delattr(h, n) for n in ("context", "callback", "args")]
+    run(h)
+    with pytest.raises(AttributeError, match="slot 1 of the runner is empty"):
+        run(h)
+
+
+def test_slot_runner_refuses_what_it_cannot_run() -> None:
+    run = _fastio.slot_runner(_Runnable, ("cancelled", "context", "callback", "args"))
+    with pytest.raises(TypeError, match="_Runnable expected, not int"):
+        run(1)
+    h = _Runnable()
+    h.cancelled, h.context, h.callback, h.args = False, {}, print, ()
+    with pytest.raises(TypeError, match="a context and a tuple, not dict and tuple"):
+        run(h)
+    with pytest.raises(TypeError, match="one positional argument"):
+        run()
+    with pytest.raises(ValueError, match="4 names, not 2"):
+        _fastio.slot_runner(_Runnable, ("cancelled", "context"))

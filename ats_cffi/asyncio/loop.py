@@ -66,6 +66,7 @@ _CORE_METHODS = (
     ("call_at",),
     ("call_later", "call_at", "time"),
     ("_run_once", "time", "_process_events"),
+    ("_timer_handle_cancelled",),
 ) + ((("create_task",),) if sys.version_info >= (3, 11) else ())
 
 

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import contextvars
 import heapq
+import inspect
 import time
-from asyncio import base_events, events, tasks
+from asyncio import base_events, events, format_helpers, tasks
 from typing import Any, Final
+
+from ats_cffi import _fastio
 
 _Handle: Final = events.Handle
 _TimerHandle: Final = events.TimerHandle
@@ -41,10 +44,9 @@ _MIN_SCHEDULED: Final[int] = base_events._MIN_SCHEDULED_TIMER_HANDLES  # type: i
 _MIN_CANCELLED_FRACTION: Final[float] = base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION  # type: ignore[attr-defined]
 _MAX_SELECT_TIMEOUT: Final[float] = base_events.MAXIMUM_SELECT_TIMEOUT  # type: ignore[attr-defined]
 _copy_context: Final = contextvars.copy_context
-_new: Final = object.__new__
 
 #: The fields ``Handle.__init__`` sets (CPython 3.10 to 3.13): ``call_soon`` makes its
-#: Handle by setting them itself, what ``__init__`` does outside debug mode, without its
+#: Handle with them set as ``__init__`` sets them outside debug mode, without its
 #: interpreted frame. Another Python's Handle, with other fields, is made by its own
 #: ``__init__``.
 _HANDLE_SLOTS: Final = (
@@ -54,23 +56,50 @@ _HANDLE_SLOTS: Final = (
 _SET_HANDLE_FIELDS: Final[bool] = tuple(
     getattr(_Handle, "__slots__", ())
 ) == _HANDLE_SLOTS and tuple(getattr(_TimerHandle, "__slots__", ())) == ("_scheduled", "_when")
+#: The order of the values given to the makers below.
+_MADE_FIELDS: Final = (
+    "_context", "_loop", "_callback", "_args", "_cancelled", "_repr", "_source_traceback",
+)  # fmt: skip
+#: ``maker(context, loop, callback, args, False, None, None)``: a new Handle, those fields
+#: set in one native call (``_fastio.slot_maker``), where setting them by name from
+#: compiled code cost ~120 instructions each; the timer's maker takes ``when`` and
+#: ``True`` (scheduled) too. None when the fields are not these.
+_make_handle: Final[Any] = _fastio.slot_maker(_Handle, _MADE_FIELDS) if _SET_HANDLE_FIELDS else None
+_make_timer: Final[Any] = (
+    _fastio.slot_maker(_TimerHandle, _MADE_FIELDS + ("_when", "_scheduled"))
+    if _SET_HANDLE_FIELDS
+    else None
+)
+#: ``run(handle)``: asyncio's ``Handle._run`` of a Handle or TimerHandle (not of a subclass,
+#: which may have its own), natively: nothing if cancelled, else the callback in the
+#: handle's context; what it raises goes to ``_callback_failed``.
+_run_handle: Final[Any] = (
+    _fastio.slot_runner(_Handle, ("_cancelled", "_context", "_callback", "_args"))
+    if _SET_HANDLE_FIELDS
+    else None
+)
+_format_callback_source: Final[Any] = format_helpers._format_callback_source
+#: Whether it takes ``debug`` (3.12+: Handle._run passes the loop's).
+_FORMAT_TAKES_DEBUG: Final[bool] = "debug" in inspect.signature(_format_callback_source).parameters
 
 
-def _set_handle_fields(handle: Any, callback: Any, args: Any, loop: Any, context: Any) -> None:
-    """What ``Handle.__init__`` sets outside debug mode (``_SET_HANDLE_FIELDS``)."""
-    handle._context = context if context is not None else _copy_context()
-    handle._loop = loop
-    handle._callback = callback
-    handle._args = args
-    handle._cancelled = False
-    handle._repr = None
-    handle._source_traceback = None
+def _callback_failed(loop: Any, handle: Any, exc: BaseException) -> None:
+    """What asyncio's ``Handle._run`` does when the callback raised: the loop's exception
+    handler hears of it, with the same message and context."""
+    if _FORMAT_TAKES_DEBUG:
+        cb = _format_callback_source(handle._callback, handle._args, debug=loop.get_debug())
+    else:
+        cb = _format_callback_source(handle._callback, handle._args)
+    context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
+    if handle._source_traceback:
+        context["source_traceback"] = handle._source_traceback
+    loop.call_exception_handler(context)
 
 
 class LoopCore:
-    """``get_debug``, ``call_soon``, ``call_later``, ``call_at``, ``create_task`` and
-    ``_run_once`` of ``loop`` (an asyncio ``BaseEventLoop`` whose ``time`` is asyncio's),
-    compiled; see the module doc."""
+    """``get_debug``, ``call_soon``, ``call_later``, ``call_at``, ``create_task``,
+    ``_timer_handle_cancelled`` and ``_run_once`` of ``loop`` (an asyncio
+    ``BaseEventLoop`` whose ``time`` is asyncio's), compiled; see the module doc."""
 
     __slots__ = ("loop", "attrs", "ready")
 
@@ -94,11 +123,12 @@ class LoopCore:
             # in debug mode, and trims the handle's source traceback
             return _call_soon(loop, callback, *args, context=context)
         handle: Any
-        if not _SET_HANDLE_FIELDS:
+        if _make_handle is None:
             handle = _Handle(callback, args, loop, context)
         else:
-            handle = _new(_Handle)
-            _set_handle_fields(handle, callback, args, loop, context)
+            if context is None:
+                context = _copy_context()
+            handle = _make_handle(context, loop, callback, args, False, None, None)
         self.ready.append(handle)
         return handle
 
@@ -118,15 +148,23 @@ class LoopCore:
         # asyncio's call_at outside debug mode: a TimerHandle, scheduled.
         loop = self.loop
         timer: Any
-        if not _SET_HANDLE_FIELDS:
+        if _make_timer is None:
             timer = _TimerHandle(when, callback, args, loop, context)
-        else:
-            timer = _new(_TimerHandle)
-            _set_handle_fields(timer, callback, args, loop, context)
-            timer._when = when
-        _heappush(self.attrs["_scheduled"], timer)  # replaced when cancelled timers are purged
-        timer._scheduled = True
+            _heappush(self.attrs["_scheduled"], timer)  # replaced when cancelled ones are purged
+            timer._scheduled = True
+            return timer
+        if context is None:
+            context = _copy_context()
+        # Made scheduled: it is in the heap before any code could see it.
+        timer = _make_timer(context, loop, callback, args, False, None, None, when, True)
+        _heappush(self.attrs["_scheduled"], timer)
         return timer
+
+    def timer_handle_cancelled(self, handle: Any) -> None:
+        """asyncio's ``_timer_handle_cancelled``: a scheduled timer was cancelled (each
+        cancelled ``call_later`` calls it, from ``TimerHandle.cancel``)."""
+        if handle._scheduled:
+            self.attrs["_timer_cancelled_count"] += 1
 
     def create_task(self, coro: Any, *, name: Any = None, context: Any = None) -> Any:
         attrs = self.attrs
@@ -168,7 +206,15 @@ class LoopCore:
         # What is ready now, not what these callbacks make ready: that runs next pass.
         for _ in range(len(ready)):
             handle = ready.popleft()
-            if not handle._cancelled:
+            t = type(handle)
+            if _run_handle is not None and (t is _Handle or t is _TimerHandle):
+                try:
+                    _run_handle(handle)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    _callback_failed(loop, handle, exc)
+            elif not handle._cancelled:
                 handle._run()
         handle = None
 

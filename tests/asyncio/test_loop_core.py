@@ -270,3 +270,57 @@ def test_debug_mode_runs_asyncio_own_pass_and_reports_a_slow_callback(caplog) ->
         assert "Executing <Handle" in caplog.text
     finally:
         loop.close()
+
+
+def _run_failing_callbacks(loop: asyncio.AbstractEventLoop) -> list[dict[str, Any]]:
+    """A call_soon and a call_later callback that raise, a cancelled timer, and one that
+    works after them: what the loop's exception handler heard."""
+    heard: list[dict[str, Any]] = []
+    got: list[Any] = []
+    loop.set_exception_handler(lambda _loop, context: heard.append(context))
+
+    def boom(arg: Any) -> None:
+        raise ValueError(arg)
+
+    loop.call_soon(boom, "soon")
+    loop.call_later(0, boom, "later")
+    loop.call_later(0, got.append, "dropped").cancel()
+    loop.call_later(0, got.append, "ran")
+    loop.call_later(0, loop.stop)
+    loop.run_forever()
+    assert got == ["ran"]
+    return heard
+
+
+def test_a_raising_callback_reaches_the_exception_handler_as_on_asyncio() -> None:
+    loops = [ats_asyncio.new_event_loop(), asyncio.SelectorEventLoop()]
+    try:
+        fast, ref = (_run_failing_callbacks(lp) for lp in loops)
+        assert [sorted(c) for c in fast] == [sorted(c) for c in ref]
+        assert [c["message"] for c in fast] == [c["message"] for c in ref]
+        assert [repr(c["exception"]) for c in fast] == ["ValueError('soon')", "ValueError('later')"]
+        assert [type(c["handle"]) for c in fast] == [asyncio.Handle, asyncio.TimerHandle]
+        assert fast[0]["message"].startswith("Exception in callback ")
+    finally:
+        for lp in loops:
+            lp.close()
+
+
+def test_a_handle_subclass_is_run_by_its_own_run() -> None:
+    loop = ats_asyncio.new_event_loop()
+    ran: list[str] = []
+
+    class Own(asyncio.Handle):
+        __slots__ = ()
+
+        def _run(self) -> None:
+            ran.append("own")
+            super()._run()
+
+    try:
+        loop._ready.append(Own(ran.append, ("callback",), loop, None))
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert ran == ["own", "callback"]
+    finally:
+        loop.close()
