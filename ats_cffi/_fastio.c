@@ -454,6 +454,12 @@ static PyMethodDef fastio_methods[] = {
     {"slot_runner", (PyCFunction)(void (*)(void))fast_slot_runner, METH_FASTCALL,
      "slot_runner(cls, (cancelled, context, callback, args)) -> run; run(obj): asyncio's"
      " Handle._run of an obj of cls"},
+    {"slot_heap_push", (PyCFunction)(void (*)(void))fast_slot_heap_push, METH_FASTCALL,
+     "slot_heap_push(cls, (key,)) -> push; push(heap, item): heapq.heappush, a cls by key"},
+    {"slot_heap_pop", (PyCFunction)(void (*)(void))fast_slot_heap_pop, METH_FASTCALL,
+     "slot_heap_pop(cls, (key,)) -> pop; pop(heap): heapq.heappop, a cls by key"},
+    {"slot_heapify", (PyCFunction)(void (*)(void))fast_slot_heapify, METH_FASTCALL,
+     "slot_heapify(cls, (key,)) -> heapify; heapify(heap): heapq.heapify, a cls by key"},
     {"get_ident", fast_get_ident, METH_NOARGS,
      "get_ident() -> threading.get_ident(), the same int object each time per thread"},
     {NULL, NULL, 0, NULL},

@@ -245,3 +245,176 @@ static PyObject *fast_slot_runner(PyObject *mod, PyObject *const *args, Py_ssize
 {
     return new_slot_object("slot_runner", args, nargs, slot_runner_call, 4);
 }
+
+/* The heap of a slot: slot_heap_push(cls, (key,)), slot_heap_pop and slot_heapify make
+ * push(heap, item), pop(heap) and heapify(heap): heapq's heappush, heappop and heapify
+ * (the same binary min-heap in a list, the same sifts, so the same order), where an
+ * item of exactly cls is ordered by its key slot, compared as doubles when both are
+ * floats (asyncio's TimerHandle.__lt__ compares _when: an interpreted frame per
+ * comparison, about 2 per uvicorn request), and anything else by its own "<".
+ * Items are held while a "<" in Python runs; a heap whose size that changed raises
+ * RuntimeError, as heapq does. */
+
+/* a < b by Python's "<", both held while it runs: 1, 0, or -1 with the exception set. */
+static int held_less(PyObject *a, PyObject *b)
+{
+    Py_INCREF(a);
+    Py_INCREF(b);
+    int r = PyObject_RichCompareBool(a, b, Py_LT);
+    Py_DECREF(a);
+    Py_DECREF(b);
+    return r;
+}
+
+/* a < b for the heap: 1, 0, or -1 with the exception set. */
+static int heap_less(SlotMaker *h, PyObject *a, PyObject *b)
+{
+    if (Py_IS_TYPE(a, h->cls) && Py_IS_TYPE(b, h->cls)) {
+        PyObject *ka = *(PyObject **)((char *)a + h->offsets[0]);
+        PyObject *kb = *(PyObject **)((char *)b + h->offsets[0]);
+        if (ka != NULL && kb != NULL) {
+            if (PyFloat_CheckExact(ka) && PyFloat_CheckExact(kb))
+                return PyFloat_AS_DOUBLE(ka) < PyFloat_AS_DOUBLE(kb);
+            return held_less(ka, kb);
+        }
+    }
+    return held_less(a, b);
+}
+
+/* heap[i] < heap[j], checking that the comparison left the list as long as `size`. */
+static int heap_less_at(SlotMaker *h, PyObject *heap, Py_ssize_t i, Py_ssize_t j,
+                        Py_ssize_t size)
+{
+    int r = heap_less(h, PyList_GET_ITEM(heap, i), PyList_GET_ITEM(heap, j));
+    if (r >= 0 && PyList_GET_SIZE(heap) != size) {
+        PyErr_SetString(PyExc_RuntimeError, "list changed size during iteration");
+        return -1;
+    }
+    return r;
+}
+
+static void heap_swap(PyObject *heap, Py_ssize_t i, Py_ssize_t j)
+{
+    PyObject **items = ((PyListObject *)heap)->ob_item;
+    PyObject *t = items[i];
+    items[i] = items[j];
+    items[j] = t;
+}
+
+/* Move heap[pos] up towards `start` while it is less than its parent. */
+static int heap_sift_down(SlotMaker *h, PyObject *heap, Py_ssize_t start, Py_ssize_t pos)
+{
+    Py_ssize_t size = PyList_GET_SIZE(heap);
+    while (pos > start) {
+        Py_ssize_t parent = (pos - 1) >> 1;
+        int lt = heap_less_at(h, heap, pos, parent, size);
+        if (lt < 0)
+            return -1;
+        if (!lt)
+            break;
+        heap_swap(heap, pos, parent);
+        pos = parent;
+    }
+    return 0;
+}
+
+/* Move the smaller child up into pos down to a leaf, then the item from pos back up. */
+static int heap_sift_up(SlotMaker *h, PyObject *heap, Py_ssize_t pos)
+{
+    Py_ssize_t size = PyList_GET_SIZE(heap), start = pos, half = size >> 1;
+    while (pos < half) {
+        Py_ssize_t child = 2 * pos + 1;
+        if (child + 1 < size) {
+            int lt = heap_less_at(h, heap, child, child + 1, size);
+            if (lt < 0)
+                return -1;
+            if (!lt)
+                child++;
+        }
+        heap_swap(heap, pos, child);
+        pos = child;
+    }
+    return heap_sift_down(h, heap, start, pos);
+}
+
+static PyObject *heap_arg(PyObject *const *args, size_t nargsf, PyObject *kwnames,
+                          Py_ssize_t want, const char *call)
+{
+    if (PyVectorcall_NARGS(nargsf) != want || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_Format(PyExc_TypeError, "%s: %zd positional argument(s)", call, want);
+        return NULL;
+    }
+    if (!PyList_Check(args[0])) {
+        PyErr_Format(PyExc_TypeError, "%s: heap must be a list, not %.100s", call,
+                     Py_TYPE(args[0])->tp_name);
+        return NULL;
+    }
+    return args[0];
+}
+
+static PyObject *slot_heap_push_call(PyObject *self_, PyObject *const *args, size_t nargsf,
+                                     PyObject *kwnames)
+{
+    PyObject *heap = heap_arg(args, nargsf, kwnames, 2, "heap push");
+    if (heap == NULL || PyList_Append(heap, args[1]) < 0)
+        return NULL;
+    if (heap_sift_down((SlotMaker *)self_, heap, 0, PyList_GET_SIZE(heap) - 1) < 0)
+        return NULL;
+    return Py_NewRef(Py_None);
+}
+
+static PyObject *slot_heap_pop_call(PyObject *self_, PyObject *const *args, size_t nargsf,
+                                    PyObject *kwnames)
+{
+    PyObject *heap = heap_arg(args, nargsf, kwnames, 1, "heap pop");
+    if (heap == NULL)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(heap);
+    if (n == 0) {
+        PyErr_SetString(PyExc_IndexError, "index out of range");
+        return NULL;
+    }
+    PyObject *last = Py_NewRef(PyList_GET_ITEM(heap, n - 1));
+    if (PyList_SetSlice(heap, n - 1, n, NULL) < 0) {
+        Py_DECREF(last);
+        return NULL;
+    }
+    if (n == 1)
+        return last;
+    PyObject **items = ((PyListObject *)heap)->ob_item;
+    PyObject *top = items[0]; /* the list's reference, handed to the caller */
+    items[0] = last;
+    if (heap_sift_up((SlotMaker *)self_, heap, 0) < 0) {
+        Py_DECREF(top);
+        return NULL;
+    }
+    return top;
+}
+
+static PyObject *slot_heapify_call(PyObject *self_, PyObject *const *args, size_t nargsf,
+                                   PyObject *kwnames)
+{
+    PyObject *heap = heap_arg(args, nargsf, kwnames, 1, "heapify");
+    if (heap == NULL)
+        return NULL;
+    for (Py_ssize_t i = (PyList_GET_SIZE(heap) >> 1) - 1; i >= 0; i--) {
+        if (heap_sift_up((SlotMaker *)self_, heap, i) < 0)
+            return NULL;
+    }
+    return Py_NewRef(Py_None);
+}
+
+static PyObject *fast_slot_heap_push(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    return new_slot_object("slot_heap_push", args, nargs, slot_heap_push_call, 1);
+}
+
+static PyObject *fast_slot_heap_pop(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    return new_slot_object("slot_heap_pop", args, nargs, slot_heap_pop_call, 1);
+}
+
+static PyObject *fast_slot_heapify(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    return new_slot_object("slot_heapify", args, nargs, slot_heapify_call, 1);
+}

@@ -320,3 +320,86 @@ def test_slot_runner_refuses_what_it_cannot_run() -> None:
         run()
     with pytest.raises(ValueError, match="4 names, not 2"):
         _fastio.slot_runner(_Runnable, ("cancelled", "context"))
+
+
+class _Keyed:
+    __slots__ = ("key", "tag")
+
+    def __init__(self, key: Any, tag: int) -> None:
+        self.key, self.tag = key, tag
+
+    def __lt__(self, other: Any) -> bool:
+        return self.key < other.key
+
+
+class _KeyedReversed(_Keyed):
+    __slots__ = ()
+
+    def __lt__(self, other: Any) -> bool:  # a subclass's own order is used
+        return self.key > other.key
+
+
+def _heap_ops() -> tuple[Any, Any, Any]:
+    return (
+        _fastio.slot_heap_push(_Keyed, ("key",)),
+        _fastio.slot_heap_pop(_Keyed, ("key",)),
+        _fastio.slot_heapify(_Keyed, ("key",)),
+    )
+
+
+@pytest.mark.parametrize("keys", ["floats", "ints", "mixed"])
+def test_the_slot_heap_keeps_heapqs_heap(keys: str) -> None:
+    import heapq
+    import random
+
+    push, pop, heapify = _heap_ops()
+    rng = random.Random(keys)
+
+    def key(i: int) -> Any:
+        k = rng.randrange(50)  # repeated keys too
+        return float(k) if keys == "floats" or (keys == "mixed" and i % 2) else k
+
+    items = [_Keyed(key(i), i) for i in range(300)]
+    ours: list[Any] = []
+    ref: list[Any] = []
+    for i, item in enumerate(items):
+        push(ours, item)
+        heapq.heappush(ref, item)
+        assert ours == ref, "the same heap, item for item"
+        if i % 3 == 2:
+            assert pop(ours) is heapq.heappop(ref)
+    mixed = items[::-1]
+    copy = list(mixed)
+    heapify(mixed)
+    heapq.heapify(copy)
+    assert mixed == copy
+    assert [pop(ours) for _ in range(len(ours))] == [heapq.heappop(ref) for _ in range(len(ref))]
+    with pytest.raises(IndexError, match="index out of range"):
+        pop(ours)
+
+
+def test_the_slot_heap_uses_a_subclass_own_order_and_refuses_bad_calls() -> None:
+    push, pop, heapify = _heap_ops()
+    heap: list[Any] = []
+    for k in (3, 1, 2):
+        push(heap, _KeyedReversed(k, k))
+    assert [pop(heap).key for _ in range(3)] == [3, 2, 1]
+    with pytest.raises(TypeError, match="heap must be a list, not tuple"):
+        push((), _Keyed(1, 1))
+    with pytest.raises(TypeError, match="heap pop: 1 positional argument"):
+        pop()
+    with pytest.raises(TypeError, match="'<' not supported"):
+        heapify([_Keyed(1, 1), _Keyed("a", 2)])
+
+    class Shrinks:
+        def __init__(self, heap: list[Any]) -> None:
+            self.heap = heap
+
+        def __lt__(self, other: Any) -> bool:
+            self.heap.clear()
+            return True
+
+    h: list[Any] = []
+    h.append(Shrinks(h))
+    with pytest.raises(RuntimeError, match="changed size"):
+        push(h, Shrinks(h))

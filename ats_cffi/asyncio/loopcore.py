@@ -36,9 +36,6 @@ _call_at: Final = _Base.call_at
 _create_task: Final = _Base.create_task
 _run_once: Final = _Base._run_once  # type: ignore[attr-defined]
 _monotonic: Final = time.monotonic
-_heappush: Final = heapq.heappush
-_heappop: Final = heapq.heappop
-_heapify: Final = heapq.heapify
 # asyncio's private constants of _run_once (not in typeshed)
 _MIN_SCHEDULED: Final[int] = base_events._MIN_SCHEDULED_TIMER_HANDLES  # type: ignore[attr-defined]
 _MIN_CANCELLED_FRACTION: Final[float] = base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION  # type: ignore[attr-defined]
@@ -77,6 +74,17 @@ _run_handle: Final[Any] = (
     _fastio.slot_runner(_Handle, ("_cancelled", "_context", "_callback", "_args"))
     if _SET_HANDLE_FIELDS
     else None
+)
+#: heapq's heappush, heappop and heapify of the timers, natively: a TimerHandle ordered
+#: by its ``_when`` (as its ``__lt__`` orders it), without the interpreted ``__lt__``.
+_heappush: Final[Any] = (
+    _fastio.slot_heap_push(_TimerHandle, ("_when",)) if _SET_HANDLE_FIELDS else heapq.heappush
+)
+_heappop: Final[Any] = (
+    _fastio.slot_heap_pop(_TimerHandle, ("_when",)) if _SET_HANDLE_FIELDS else heapq.heappop
+)
+_heapify: Final[Any] = (
+    _fastio.slot_heapify(_TimerHandle, ("_when",)) if _SET_HANDLE_FIELDS else heapq.heapify
 )
 _format_callback_source: Final[Any] = format_helpers._format_callback_source
 #: Whether it takes ``debug`` (3.12+: Handle._run passes the loop's).
