@@ -37,6 +37,11 @@ IOV_MAX: Final[int] = lib.ATS_IOV_MAX
 #: The net thread's spare block, which a read spills into past the tail block's free space
 #: (uvloop reads into one 256 KiB buffer per loop; 128 KiB covers the water marks in use).
 SPILL_SIZE: Final = 128 * 1024
+#: A tail block with this much room or more is read into alone, with a plain ``read``: the
+#: spill's second iovec makes a ``readv``, which costs the kernel more per call than a
+#: ``read`` (perf, 1 KiB round trips: ~0.2 us of ~7 us of system time), for the rare read
+#: that brings more (the asyncio loop's one 256 KiB buffer; uvloop reads 64 KiB a call).
+_READ_ALONE: Final = SPILL_SIZE
 _read_spill: Final = _fastio.read_spill
 _last: Final = _fastio.last
 _copy: Final = ffi.memmove
@@ -67,7 +72,8 @@ def read_into_buffer(
     (``nh.spill``) as far as the water mark allows (``_read_sizes``), in one ``readv``: a
     message larger than the tail's free space costs one syscall, as ATS's ``read_from_net``
     reads into every block up to the water mark at once, and uvloop into one loop-wide
-    buffer. Spilled bytes join the buffer (``_take_spill``).
+    buffer. Spilled bytes join the buffer (``_take_spill``). A tail block with
+    ``_READ_ALONE`` bytes of room or more is read alone, with a plain ``read``.
 
     ``stop_short``: a read that returns less than it asked for ends the step as if it had
     seen EAGAIN (``last`` is ``sys.AGAIN``). With EPOLLET, Linux reports a new edge for
@@ -142,12 +148,15 @@ def _read_sizes(nh: NetHandler, buf: MIOBuffer, free: int, left: int) -> tuple[i
     """How much of the tail block's ``free`` space and of the spare block the next read of
     at most ``left`` bytes may fill: no more than ``writable_block_if_room`` would let new
     blocks take (one is added while no reader has more than the water mark to read), which
-    also bounds a tail block larger than the buffer's blocks (a spare handed over)."""
+    also bounds a tail block larger than the buffer's blocks (a spare handed over). None
+    of the spare past ``_READ_ALONE`` bytes of room in the tail block."""
     room = buf.water_mark - buf.max_read_avail()
     if free > room + buf.block_size:
         free = room + buf.block_size
     if free >= left:
         return left, 0
+    if free >= _READ_ALONE:
+        return free, 0  # a plain read: the block holds more than most reads bring
     room -= free
     if room < 0:
         return free, 0

@@ -17,6 +17,7 @@ import pytest
 from ats_cffi import sys as asys
 from ats_cffi.eventsystem import INT64_MAX, Continuation, MIOBuffer, ProxyMutex
 from ats_cffi.eventsystem.codes import VC_EVENT_READ_READY, VC_EVENT_WRITE_COMPLETE
+from ats_cffi.net import stats as st
 from ats_cffi.net.nethandler import get_net_handler
 from ats_cffi.net.vcio import SPILL_SIZE, read_into_buffer
 
@@ -51,8 +52,14 @@ def read_step(thread: Any, fd: int, buf: MIOBuffer, limit: int = 1 << 30) -> dic
     def step() -> dict[str, Any]:
         nh = get_net_handler()
         spare = nh.spill
+        calls = nh.stats[st.CALLS_TO_READ]
         moved, last = read_into_buffer(nh, fd, buf, limit, True)
-        return {"moved": moved, "last": last, "new_spare": nh.spill is not spare}
+        return {
+            "moved": moved,
+            "last": last,
+            "new_spare": nh.spill is not spare,
+            "calls": nh.stats[st.CALLS_TO_READ] - calls,
+        }
 
     return on_thread(thread, step)
 
@@ -71,9 +78,27 @@ def test_a_message_larger_than_the_tail_is_one_read_and_the_spare_joins_the_buff
     data = payload_of(64 * 1024)
     a.sendall(data)
     got = read_step(thread, b.fileno(), buf)
-    assert got == {"moved": len(data), "last": asys.AGAIN, "new_spare": True}
+    assert got == {"moved": len(data), "last": asys.AGAIN, "new_spare": True, "calls": 1}
     assert chain_sizes(reader) == [(BLOCK, BLOCK), (SPILL_SIZE, len(data) - BLOCK)]
     assert reader.read(len(data)) == data
+
+
+def test_a_tail_block_with_room_for_most_reads_is_read_alone(sock_pair) -> None:
+    # 256 KiB blocks (the asyncio loop's buffer): a plain read, no spill. A message past
+    # the block takes a second read, into the next block.
+    a, b, thread = sock_pair
+    big = 256 * 1024
+    buf = MIOBuffer(big, 2 * big)
+    reader = buf.alloc_reader()
+    data = payload_of(big + 4000)
+    a.sendall(data)
+    got = read_step(thread, b.fileno(), buf)
+    assert got == {"moved": len(data), "last": asys.AGAIN, "new_spare": False, "calls": 2}
+    assert chain_sizes(reader) == [(big, big), (big, 4000)]
+    assert reader.read(len(data)) == data
+    a.sendall(data[:1000])
+    assert read_step(thread, b.fileno(), buf)["calls"] == 1
+    assert reader.read(1000) == data[:1000]
 
 
 def test_a_short_spill_is_copied_into_a_block_of_the_buffers_size(sock_pair) -> None:
@@ -83,7 +108,7 @@ def test_a_short_spill_is_copied_into_a_block_of_the_buffers_size(sock_pair) -> 
     data = payload_of(BLOCK + 904)
     a.sendall(data)
     got = read_step(thread, b.fileno(), buf)
-    assert got == {"moved": len(data), "last": asys.AGAIN, "new_spare": False}
+    assert got == {"moved": len(data), "last": asys.AGAIN, "new_spare": False, "calls": 1}
     assert chain_sizes(reader) == [(BLOCK, BLOCK), (BLOCK, 904)]
     assert reader.read(len(data)) == data
 
@@ -98,7 +123,7 @@ def test_the_water_mark_bounds_a_read_and_a_spare_handed_over(sock_pair) -> None
     data = payload_of(200 * 1024)
     a.sendall(data)
     got = read_step(thread, b.fileno(), buf)
-    assert got == {"moved": 12288, "last": 1, "new_spare": True}
+    assert got == {"moved": 12288, "last": 1, "new_spare": True, "calls": 1}
     assert read_step(thread, b.fileno(), buf)["moved"] == 0  # full: back-pressure
     out = bytearray(reader.read(10000))
     # 2,288 bytes left: the spare (the tail) takes up to the mark plus a block again.
