@@ -69,48 +69,44 @@ def chain_sizes(reader: Any) -> list[tuple[int, int]]:
     return [(b.size, end - start) for b, start, end in reader.readable_blocks()]
 
 
+def one_message(sock_pair: Any, block: int, water_mark: int, size: int) -> tuple[Any, Any]:
+    """A message of ``size`` bytes sent, then one read step into a new buffer of
+    ``block``-byte blocks: what the step returned and the chain's (block size, readable
+    bytes); every byte arrived in order."""
+    a, b, thread = sock_pair
+    buf = MIOBuffer(block, water_mark)
+    reader = buf.alloc_reader()
+    data = payload_of(size)
+    a.sendall(data)
+    got = read_step(thread, b.fileno(), buf)
+    chain = chain_sizes(reader)
+    assert reader.read(len(data)) == data
+    return got, chain
+
+
 def test_a_message_larger_than_the_tail_is_one_read_and_the_spare_joins_the_buffer(
     sock_pair,
 ) -> None:
-    a, b, thread = sock_pair
-    buf = MIOBuffer(BLOCK, 256 * 1024)
-    reader = buf.alloc_reader()
-    data = payload_of(64 * 1024)
-    a.sendall(data)
-    got = read_step(thread, b.fileno(), buf)
-    assert got == {"moved": len(data), "last": asys.AGAIN, "new_spare": True, "calls": 1}
-    assert chain_sizes(reader) == [(BLOCK, BLOCK), (SPILL_SIZE, len(data) - BLOCK)]
-    assert reader.read(len(data)) == data
+    got, chain = one_message(sock_pair, BLOCK, 256 * 1024, 64 * 1024)
+    assert got == {"moved": 64 * 1024, "last": asys.AGAIN, "new_spare": True, "calls": 1}
+    assert chain == [(BLOCK, BLOCK), (SPILL_SIZE, 64 * 1024 - BLOCK)]
 
 
 def test_a_tail_block_with_room_for_most_reads_is_read_alone(sock_pair) -> None:
     # 256 KiB blocks (the asyncio loop's buffer): a plain read, no spill. A message past
     # the block takes a second read, into the next block.
-    a, b, thread = sock_pair
     big = 256 * 1024
-    buf = MIOBuffer(big, 2 * big)
-    reader = buf.alloc_reader()
-    data = payload_of(big + 4000)
-    a.sendall(data)
-    got = read_step(thread, b.fileno(), buf)
-    assert got == {"moved": len(data), "last": asys.AGAIN, "new_spare": False, "calls": 2}
-    assert chain_sizes(reader) == [(big, big), (big, 4000)]
-    assert reader.read(len(data)) == data
-    a.sendall(data[:1000])
-    assert read_step(thread, b.fileno(), buf)["calls"] == 1
-    assert reader.read(1000) == data[:1000]
+    got, chain = one_message(sock_pair, big, 2 * big, big + 4000)
+    assert got == {"moved": big + 4000, "last": asys.AGAIN, "new_spare": False, "calls": 2}
+    assert chain == [(big, big), (big, 4000)]
+    got, chain = one_message(sock_pair, big, 2 * big, 1000)
+    assert got["calls"] == 1 and chain == [(big, 1000)]
 
 
 def test_a_short_spill_is_copied_into_a_block_of_the_buffers_size(sock_pair) -> None:
-    a, b, thread = sock_pair
-    buf = MIOBuffer(BLOCK, 256 * 1024)
-    reader = buf.alloc_reader()
-    data = payload_of(BLOCK + 904)
-    a.sendall(data)
-    got = read_step(thread, b.fileno(), buf)
-    assert got == {"moved": len(data), "last": asys.AGAIN, "new_spare": False, "calls": 1}
-    assert chain_sizes(reader) == [(BLOCK, BLOCK), (BLOCK, 904)]
-    assert reader.read(len(data)) == data
+    got, chain = one_message(sock_pair, BLOCK, 256 * 1024, BLOCK + 904)
+    assert got == {"moved": BLOCK + 904, "last": asys.AGAIN, "new_spare": False, "calls": 1}
+    assert chain == [(BLOCK, BLOCK), (BLOCK, 904)]
 
 
 def test_the_water_mark_bounds_a_read_and_a_spare_handed_over(sock_pair) -> None:
