@@ -1,6 +1,7 @@
 """ATS's per-thread connection queues (NetHandler, ATS 7+): the keep-alive queue and the
 active queue, which bound the inbound connections a net thread keeps and the requests it
-serves at once.
+serves at once; and the open list of every VC the thread started (``OpenList``), which
+the InactivityCop visits.
 
 A session (HTTP, say) puts its VC in the *active* queue when a request begins
 (``add_to_active_queue``) and in the *keep-alive* queue when it waits idle for the next one
