@@ -13,6 +13,7 @@
  * cancelled slot of obj (a cls) is true, callback(*args) in context (Context.run's steps:
  * PyContext_Enter, the call, PyContext_Exit); what it raises propagates.  That is
  * asyncio's Handle._run without its interpreted frame, for the loop's pass.
+ * slot_heap_push / slot_heap_pop / slot_heapify: heapq's, ordered by one slot (below).
  * The maker checks at creation that each name is a writable object slot of cls (a member
  * descriptor that cls has, from __slots__); the instance is made by cls's tp_alloc, as
  * object.__new__(cls) makes it (tracked by the GC, its other slots empty); no __init__
@@ -137,7 +138,8 @@ static PyTypeObject SlotMakerType = {
     .tp_call = PyVectorcall_Call,
     .tp_traverse = slot_maker_traverse,
     .tp_dealloc = slot_maker_dealloc,
-    .tp_doc = "a slot_maker's maker or a slot_runner's runner (_fastio_slots.c)",
+    .tp_doc = "a slot_maker's maker, a slot_runner's runner, or a slot heap's push, pop or"
+              " heapify (_fastio_slots.c)",
 };
 
 /* The offset of slot `name` of `cls`, or -1 with the exception set. */
