@@ -20,8 +20,10 @@ One pass (``wait_for_activity``, installed as the EThread's poll step):
    NETACCEPT runs the listener's accept pass; READINESS (a level-triggered fd of the asyncio
    loop) hands the mask to its owner (``ats_cffi/asyncio/selector.py``);
 4. ``process_ready_list``: each queued VC once — closed → freed; ``enabled and triggered`` →
-   ``net_read_io`` / ``write_to_net``. A VC that is still triggered after its turn is queued
-   for the *next* pass, so one flooding VC cannot starve the others. Then the spliced ends
+   ``net_read_io`` / ``write_to_net``, every read side first, then the write sides (as in
+   ATS: the replies of a pass go out together, see ``WRITE_BATCH_BYTES``). A VC that is
+   still triggered after its turn is queued for the *next* pass, so one flooding VC cannot
+   starve the others. Then the spliced ends
    that stopped at their read budget (or wait to deliver an event) get their turn
    (``splice.after_ready``).
 
@@ -86,6 +88,16 @@ _RDHUP: Final = lib.EPOLLRDHUP
 _ready_events: Final = _fastio.ready_events
 _get_ident: Final = get_ident
 _NET_HANDLER_RUN: Final[int] = st.NET_HANDLER_RUN
+_READ_BYTES: Final[int] = st.READ_BYTES
+#: How many bytes the read turns of one pass may bring in before the writes they enabled
+#: go out: below it, a write side that its own VC's read turn enabled waits for the pass's
+#: write sides, as in ATS; past it, it is written in that turn, while the bytes just read
+#: are still in the CPU's cache (100 KiB x 100 echo: a pass would hold every connection's
+#: message at once). Replies written together reach a peer that is still awake from the
+#: first one: each write to a peer asleep in its wait makes the kernel wake it, an
+#: interrupt to its CPU that the writer pays (1 KiB x 10 echo: about 0.3 such wake-ups a
+#: round trip written at once, 0.13 written together, and ~1.5 us less system time).
+WRITE_BATCH_BYTES: Final = 256 * 1024
 _OPEN: Final[int] = st.CONNECTIONS_CURRENTLY_OPEN
 
 #: The EventProcessor slot holding each net thread's NetHandler (set by the processor).
@@ -138,6 +150,8 @@ class NetHandler(Continuation):
         self.open_list = OpenList()
         self.now = self.clock()
         self.max_read_per_pass: int = config.max_read_per_pass
+        #: ``WRITE_BATCH_BYTES``, per handler (a test may lower it).
+        self.write_batch_bytes: int = WRITE_BATCH_BYTES
         # Native scratch of the byte moves (net/vcio.py), made once per thread: the C
         # helpers' out-parameter and iovec arrays.
         self.last = ffi.new("ssize_t *")
@@ -244,8 +258,10 @@ class NetHandler(Continuation):
                     self.enqueue_ready(vc, s)
 
     def process_ready_list(self) -> None:
-        """Each queued VC side once: read sides first, then write sides. A write side that
-        its VC's read turn enabled (an echo, a proxy's response) is written in that turn."""
+        """Each queued VC side once: read sides first, then write sides (those the read
+        turns enabled among them). A write side that its VC's read turn enabled (an echo, a
+        proxy's response) is written in that turn once the pass's reads brought in more than
+        ``write_batch_bytes``."""
         rl = self.read_ready_list
         if rl:
             self.read_ready_list = []
@@ -258,6 +274,8 @@ class NetHandler(Continuation):
     def _turns(self, vcs: list[UnixNetVConnection], reading: bool) -> None:
         # A VC whose turn raises (a bug, or a continuation that broke its buffers) is closed
         # on its own: the VCs after it on the list still get theirs.
+        stats = self.stats
+        batch_end = stats[_READ_BYTES] + self.write_batch_bytes
         for vc in vcs:
             s = vc.read if reading else vc.write
             if not s.in_ready:
@@ -270,9 +288,9 @@ class NetHandler(Continuation):
                     if s.triggered and (s.enabled or vc.tls_turns):
                         vc.net_read_io(self)
                         w = vc.write
-                        if w.in_ready and not vc.closed:
-                            # Its continuation enabled the write side: write now, while the
-                            # bytes just read are still in the CPU's cache.
+                        if w.in_ready and not vc.closed and stats[_READ_BYTES] > batch_end:
+                            # Its continuation enabled the write side, and the pass has read
+                            # more than a batch: write now, not after the pass's reads.
                             w.in_ready = False
                             if w.triggered and (w.enabled or vc.tls_turns):
                                 vc.write_to_net(self)
