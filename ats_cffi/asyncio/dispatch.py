@@ -12,6 +12,16 @@ a plain ``Protocol``'s ``data_received`` (``handle_event``), and ``write``'s che
 try of the socket with its counting (``TransportCore.write``); the rest of each is
 ``transport.py``'s.
 
+The writes of a pass are held until its end (``hold_writes``, ``release_writes``, around
+each pass of the loop's ``NetSelector``): a ``write`` of ``bytes`` that finds nothing kept
+before is kept by reference, not sent, and every write kept goes out after the pass's
+reads, as the NetHandler writes its VCs (``nethandler.WRITE_BATCH_BYTES`` bounds both).
+Replies sent together reach a peer still awake from the first: each send to a peer asleep
+in its wait makes the kernel wake it, an interrupt that the sender pays. Only ``bytes`` is
+held, as a ``bytearray`` or ``memoryview`` may change once ``write`` returned. A transport
+whose write buffer is looked at (``get_write_buffer_size``, so ``close``, ``write_eof``)
+or which is closed by force sends what it holds first, and so does a second ``write``.
+
 The table holds each transport's ``TransportCore``: the fields that those two steps read
 (the fd, the context, the protocol, the lost count, what ``write`` kept). They live here,
 not on the transport, because compiled code reads an interpreted object's slot by a
@@ -33,6 +43,7 @@ from ats_cffi.eventsystem.ioblock import BlockPool
 from ats_cffi.eventsystem.iobuffer import IOBufferReader
 from ats_cffi.eventsystem.iocopy import read_bytes
 from ats_cffi.eventsystem.mutex import ProxyMutex
+from ats_cffi.net.nethandler import WRITE_BATCH_BYTES
 from ats_cffi.net.netvconnection import NetState, NetVConnection
 from ats_cffi.net.stats import StatBlock
 from ats_cffi.net.vcio import count_write
@@ -55,21 +66,29 @@ class TransportCore:
     are here), and ``write``'s first steps. ``transport``: the VCTransport, which calls this
     ``write`` and is called back for all the rest (``_write_rest``, ``_write_lost``,
     ``_write_failed``). ``send_first``: ``write`` tries the socket before keeping bytes for
-    the write VIO (not through TLS)."""
+    the write VIO (not through TLS). ``dispatch``: the loop's, which holds the writes of a
+    pass (the module doc)."""
 
     __slots__ = (
-        "transport", "fd", "context", "stats", "send_first", "protocol", "lost", "eof",
-        "empty_waiter", "wreader",
+        "transport", "fd", "context", "stats", "send_first", "dispatch", "protocol", "lost",
+        "eof", "empty_waiter", "wreader", "held",
     )  # fmt: skip
 
     def __init__(
-        self, transport: Any, fd: int, context: Any, stats: StatBlock, send_first: bool
+        self,
+        transport: Any,
+        fd: int,
+        context: Any,
+        stats: StatBlock,
+        send_first: bool,
+        dispatch: TransportDispatch,
     ) -> None:
         self.transport = transport
         self.fd = fd
         self.context = context
         self.stats = stats
         self.send_first = send_first
+        self.dispatch = dispatch
         #: The protocol when it is a plain ``Protocol``: its reads go to ``data_received``
         #: from the dispatch. None for a ``BufferedProtocol``, and once released.
         self.protocol: Any = None
@@ -83,6 +102,8 @@ class TransportCore:
         #: The reader of what ``write`` kept (made at the first such write), which the
         #: VC's write VIO drains.
         self.wreader: IOBufferReader | None = None
+        #: The ``bytes`` that ``write`` holds until the end of the pass, or None.
+        self.held: bytes | None = None
 
     def __call__(self, data: Any) -> None:
         """``write(data)``: a VCTransport's ``write`` is its core (the class doc says why)."""
@@ -106,21 +127,49 @@ class TransportCore:
         if self.lost:
             self.transport._write_lost()
             return
+        if self.held is not None:
+            self.release_held(True)  # in order
         r = self.wreader
-        sent = 0
         if self.send_first and (r is None or not r.read_avail()):  # the socket first
-            left: int = _send_left(self.fd, data)
-            if not left:
-                count_write(self.stats, size)
+            d = self.dispatch
+            if d.holding and type(data) is bytes and size <= d.hold_room:
+                d.hold_room -= size
+                self.held = data
+                d.held.append(self)
                 return
-            count_write(self.stats, left if left < 0 else size - left)
-            if left < 0:
-                if left != _NEG_EAGAIN:
-                    self.transport._write_failed(-left)
-                    return
+            self._send(data, size, True)
+            return
+        self.transport._write_rest(data, 0)
+
+    def release_held(self, in_context: bool) -> None:
+        """Send what ``write`` holds, if anything. ``in_context``: called in the transport's
+        context (else what follows a short send runs in it)."""
+        data = self.held
+        if data is not None:
+            self.held = None
+            self._send(data, len(data), in_context)
+
+    def _send(self, data: Any, size: int, in_context: bool) -> None:
+        """One ``send`` of ``data`` (``size`` bytes), counted in the NetHandler's ``stats``
+        as a VC's write step is; what it did not take goes to the transport's
+        ``_write_rest``, an error to its ``_write_failed``."""
+        left: int = _send_left(self.fd, data)
+        if not left:
+            count_write(self.stats, size)
+            return
+        count_write(self.stats, left if left < 0 else size - left)
+        t = self.transport
+        if left < 0 and left != _NEG_EAGAIN:
+            if in_context:
+                t._write_failed(-left)
             else:
-                sent = size - left
-        self.transport._write_rest(data, sent)
+                _run(self.context, t._write_failed, -left)
+            return
+        sent = 0 if left < 0 else size - left
+        if in_context:
+            t._write_rest(data, sent)
+        else:
+            _run(self.context, t._write_rest, data, sent)
 
 
 def _call_data_received(protocol: Any, data: bytes) -> None:
@@ -146,7 +195,7 @@ class TransportDispatch(Continuation):
     ``data_received``; what it raises goes to the transport's ``_fatal_error``. ``pool``:
     the loop thread's block pool (its NetHandler's), where the read blocks go back."""
 
-    __slots__ = ("on_event", "reader", "pool", "_by_fd")
+    __slots__ = ("on_event", "reader", "pool", "_by_fd", "holding", "hold_room", "held")
 
     def __init__(
         self,
@@ -160,6 +209,12 @@ class TransportDispatch(Continuation):
         self.reader = reader
         self.pool = pool
         self._by_fd: list[TransportCore | None] = []
+        #: A pass is under way: the transports' writes are held (the module doc) ...
+        self.holding = False
+        #: ... up to this many more bytes ...
+        self.hold_room = 0
+        #: ... by these cores.
+        self.held: list[TransportCore] = []
 
     def handle_event(self, event: int = 0, data: Any = None) -> Any:
         vio: NetState = data
@@ -187,6 +242,26 @@ class TransportDispatch(Continuation):
             raise
         except BaseException as exc:
             _run(ctx, c.transport._fatal_error, exc, DATA_RECEIVED_FAILED)
+
+    def hold_writes(self) -> None:
+        """A pass begins: the transports' writes are held until ``release_writes``."""
+        self.holding = True
+        self.hold_room = WRITE_BATCH_BYTES
+
+    def release_writes(self) -> None:
+        """The pass is over: send what the transports' writes held."""
+        self.holding = False
+        held = self.held
+        if not held:
+            return
+        try:
+            for c in held:
+                try:
+                    c.release_held(False)
+                except Exception as exc:  # a bug of the transport: it alone is closed
+                    _run(c.context, c.transport._fatal_error, exc, "Fatal error on transport")
+        finally:
+            held.clear()  # a core not reached sends at its next write, or when looked at
 
     def add(self, fd: int, core: TransportCore) -> None:
         """Make ``core`` the one of ``fd`` (replacing any other)."""

@@ -123,7 +123,7 @@ class Loop(_SelectorLoop):  # type: ignore[misc,valid-type]
         #: The accept of each serving listening socket, by its fd (accept.py).
         self._server_accepts: dict[int, ServerAccept] = {}
         try:
-            super().__init__(NetSelector(thread, nh))
+            super().__init__(NetSelector(thread, nh, self._vc_dispatch))
         except BaseException:
             thread.join()
             raise

@@ -25,6 +25,7 @@ from ats_cffi.net.codes import EVENTIO_READINESS
 from ats_cffi.net.eventio import EventIO
 
 if TYPE_CHECKING:
+    from ats_cffi.asyncio.dispatch import TransportDispatch
     from ats_cffi.eventsystem.ethread import EThread
     from ats_cffi.net.nethandler import NetHandler
 
@@ -55,12 +56,14 @@ def wait_ms(timeout: float | None) -> int:
 
 class NetSelector(selectors._BaseSelectorImpl):  # type: ignore[misc,name-defined]
     """A ``selectors`` selector whose fds live in ``nh``'s epoll and whose ``select`` runs
-    one pass of ``thread`` (the loop's EThread, ``nh`` its poll step)."""
+    one pass of ``thread`` (the loop's EThread, ``nh`` its poll step), holding the writes
+    of ``dispatch``'s transports until the pass ends (dispatch.py)."""
 
-    def __init__(self, thread: EThread, nh: NetHandler) -> None:
+    def __init__(self, thread: EThread, nh: NetHandler, dispatch: TransportDispatch) -> None:
         super().__init__()
         self._thread = thread
         self._nh = nh
+        self._dispatch = dispatch
         self._ios: dict[int, EventIO] = {}
         self._ready: list[tuple[selectors.SelectorKey, int]] = []
 
@@ -116,7 +119,12 @@ class NetSelector(selectors._BaseSelectorImpl):  # type: ignore[misc,name-define
         thread = self._thread
         if thread.evfd is None:  # closed: nothing can be waited on
             return []
-        thread.run_pass(wait_ms(timeout))
+        dispatch = self._dispatch
+        dispatch.hold_writes()  # the transports' writes of the pass go out together
+        try:
+            thread.run_pass(wait_ms(timeout))
+        finally:
+            dispatch.release_writes()
         ready, self._ready = self._ready, []
         return ready
 

@@ -169,7 +169,9 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         ctx = context if context is not None else contextvars.copy_context()
         # What the reads and writes touch (the fields of asyncio's _conn_lost, _eof,
         # _empty_waiter; the write buffer's reader): dispatch.py.
-        core = self._core = TransportCore(self, fd, ctx, loop._net_stats, self._send_first)
+        core = self._core = TransportCore(
+            self, fd, ctx, loop._net_stats, self._send_first, loop._vc_dispatch
+        )
         #: ``write(data)`` is the compiled core's (a ``TransportCore`` is called as its
         #: ``write``): a method of this class would put an interpreted frame on every write.
         #: A slot holding the core, so a transport costs no bound method object and no new
@@ -404,7 +406,9 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
             super()._set_write_buffer_limits(high, low)
 
     def get_write_buffer_size(self) -> int:
-        r = self._core.wreader
+        core = self._core
+        core.release_held(True)  # a write held for the pass's end goes now (dispatch.py)
+        r = core.wreader
         return r.read_avail() if r is not None and r.writer is not None else 0
 
     def _write_rest(self, data: Any, sent: int) -> None:
@@ -466,6 +470,7 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
 
     def write_eof(self) -> None:
         core = self._core
+        core.release_held(True)  # may fail, and close by force
         if self._closing or core.eof:
             return
         core.eof = True
@@ -478,6 +483,7 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
     # ------------------------------------------------------------------ closing
 
     def close(self) -> None:
+        self._core.release_held(True)  # may fail, and close by force
         if self._closing:
             return
         self._closing = True
@@ -514,6 +520,9 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         core = self._core
         if core.lost:
             return
+        core.release_held(True)  # written before: asyncio's write would have sent it
+        if core.lost:
+            return  # its send failed: closed by force already
         r = core.wreader
         if r is not None and r.writer is not None and r.read_avail():
             r.consume(r.read_avail())

@@ -157,7 +157,7 @@ def test_default_write_buffer_limits_are_asyncios() -> None:
 def test_a_released_transport_leaves_the_next_owner_of_its_fd() -> None:
     d = TransportDispatch(ProxyMutex(), lambda t, event, vio: 0, MIOBuffer().alloc_reader())
     ctx = contextvars.copy_context()
-    old, new = (TransportCore(t, 5, ctx, new_counters(1), True) for t in ("old", "new"))
+    old, new = (TransportCore(t, 5, ctx, new_counters(1), True, d) for t in ("old", "new"))
     d.add(5, old)
     d.add(5, new)  # the fd was closed and made again: another connection's
     d.remove(5, old)
@@ -176,7 +176,7 @@ def test_an_event_runs_the_handler_in_the_transports_context() -> None:
         def __init__(self) -> None:
             ctx = contextvars.copy_context()
             ctx.run(who.set, "t")
-            self.core = TransportCore(self, 9, ctx, new_counters(1), True)
+            self.core = TransportCore(self, 9, ctx, new_counters(1), True, d)
 
     def on_event(t: Any, event: int, vio: Any) -> int:
         calls.append((t, event, vio, who.get()))
@@ -210,7 +210,7 @@ def test_a_read_goes_to_data_received_in_the_transports_context() -> None:
         def __init__(self) -> None:
             ctx = contextvars.copy_context()
             ctx.run(who.set, "t")
-            self.core = TransportCore(self, 3, ctx, new_counters(1), True)
+            self.core = TransportCore(self, 3, ctx, new_counters(1), True, d)
             self.core.protocol = P()
 
         def _fatal_error(self, exc: BaseException, message: str) -> None:
