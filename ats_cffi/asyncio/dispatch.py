@@ -129,6 +129,9 @@ class TransportCore:
             return
         if self.held is not None:
             self.release_held(True)  # in order
+            if self.lost:  # its send failed: lost, as a write after it
+                self.transport._write_lost()
+                return
         r = self.wreader
         if self.send_first and (r is None or not r.read_avail()):  # the socket first
             d = self.dispatch

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import ats_cffi.asyncio as ats_asyncio
+from ats_cffi.net import stats as st
 from ats_cffi.net.nethandler import WRITE_BATCH_BYTES
 
 
@@ -175,3 +176,21 @@ def test_a_held_write_that_fails_closes_the_transport_once(close: str) -> None:
 
     p, _ = served(act, 0)
     assert p.losses == 1
+
+
+def test_a_write_after_a_held_one_that_fails_is_dropped() -> None:
+    # The held write is sent first and fails: the connection is lost, and the next write
+    # is dropped and counted as asyncio's, not sent.
+    def act(t: Any, data: bytes, peer: socket.socket) -> int:
+        stats = asyncio.get_running_loop()._net_stats  # type: ignore[attr-defined]
+        before = stats[st.CALLS_TO_WRITE_NODATA]
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()  # a reset
+        t.write(b"held")
+        t.write(b"dropped")
+        t.close()
+        return stats[st.CALLS_TO_WRITE_NODATA] - before
+
+    p, _ = served(act, 0)
+    assert p.seen == [1] and p.losses == 1
+    assert p.transport._core.lost == 2
