@@ -13,9 +13,11 @@ try of the socket with its counting (``TransportCore.write``); the rest of each 
 ``transport.py``'s.
 
 The writes of a pass are held until its end (``hold_writes``, ``release_writes``, around
-each pass of the loop's ``NetSelector``): a ``write`` of ``bytes`` that finds nothing kept
-before is kept by reference, not sent, and every write kept goes out after the pass's
-reads, as the NetHandler writes its VCs (``nethandler.WRITE_BATCH_BYTES`` bounds both).
+each pass of the loop's ``NetSelector`` and around the ready callbacks that each loop pass
+runs, ``LoopCore.run_once``): a ``write`` of ``bytes`` that finds nothing kept before is
+kept by reference, not sent, and every write kept goes out after the pass's reads (or
+callbacks), as the NetHandler writes its VCs (``nethandler.WRITE_BATCH_BYTES`` bounds
+both).
 Replies sent together reach a peer still awake from the first: each send to a peer asleep
 in its wait makes the kernel wake it, an interrupt that the sender pays. Only ``bytes`` is
 held, as a ``bytearray`` or ``memoryview`` may change once ``write`` returned. A transport

@@ -25,6 +25,7 @@ from asyncio import base_events, events, format_helpers, tasks
 from typing import Any, Final
 
 from ats_cffi import _fastio
+from ats_cffi.asyncio.dispatch import TransportDispatch
 
 _Handle: Final = events.Handle
 _TimerHandle: Final = events.TimerHandle
@@ -109,10 +110,13 @@ class LoopCore:
     ``_timer_handle_cancelled`` and ``_run_once`` of ``loop`` (an asyncio
     ``BaseEventLoop`` whose ``time`` is asyncio's), compiled; see the module doc."""
 
-    __slots__ = ("loop", "attrs", "ready")
+    __slots__ = ("loop", "attrs", "ready", "dispatch")
 
     def __init__(self, loop: Any) -> None:
         self.loop = loop
+        #: The loop's ``TransportDispatch`` (dispatch.py), which holds the transports'
+        #: writes of the callbacks of a pass until they all ran, as those of its reads.
+        self.dispatch: TransportDispatch | None = getattr(loop, "_vc_dispatch", None)
         #: The loop's instance dict, where asyncio keeps ``_debug``, ``_closed`` and
         #: ``_task_factory``: read here by key (compiled, a dict lookup; ``loop._debug``
         #: would be a lookup by name through the loop's classes first).
@@ -212,18 +216,25 @@ class LoopCore:
             handle._scheduled = False
             ready.append(handle)
         # What is ready now, not what these callbacks make ready: that runs next pass.
-        for _ in range(len(ready)):
-            handle = ready.popleft()
-            t = type(handle)
-            if _run_handle is not None and (t is _Handle or t is _TimerHandle):
-                try:
-                    _run_handle(handle)
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    _callback_failed(loop, handle, exc)
-            elif not handle._cancelled:
-                handle._run()
+        dispatch = self.dispatch
+        if dispatch is not None:
+            dispatch.hold_writes()
+        try:
+            for _ in range(len(ready)):
+                handle = ready.popleft()
+                t = type(handle)
+                if _run_handle is not None and (t is _Handle or t is _TimerHandle):
+                    try:
+                        _run_handle(handle)
+                    except (SystemExit, KeyboardInterrupt):
+                        raise
+                    except BaseException as exc:
+                        _callback_failed(loop, handle, exc)
+                elif not handle._cancelled:
+                    handle._run()
+        finally:
+            if dispatch is not None:
+                dispatch.release_writes()
         handle = None
 
     def _drop_cancelled_timers(self) -> None:

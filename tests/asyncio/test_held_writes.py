@@ -1,9 +1,10 @@
 """The writes of a loop pass are held until its end (``ats_cffi/asyncio/dispatch.py``): a
 ``write`` of ``bytes`` in ``data_received`` reaches the peer after the pass's reads, not
-during the callback; every byte still arrives, in order, before a close or a half-close;
-a ``bytearray``, a write over the pass's budget and a write from a ready callback go at
-once. Over loopback a ``send`` has queued its bytes at the peer when it returns: a peek of
-the peer's socket from inside the callback tells whether the write was sent."""
+during the callback, and one in a ready callback once the pass's ready callbacks all ran;
+every byte still arrives, in order, before a close or a half-close; a ``bytearray`` and a
+write over the pass's budget go at once. Over loopback a ``send`` has queued its bytes at
+the peer when it returns: a peek of the peer's socket from inside the callback tells
+whether the write was sent."""
 
 from __future__ import annotations
 
@@ -155,14 +156,15 @@ def test_a_write_over_the_pass_budget_goes_at_once() -> None:
     assert got == big
 
 
-def test_a_write_from_a_ready_callback_goes_at_once() -> None:
+def test_the_writes_of_ready_callbacks_are_sent_once_they_all_ran() -> None:
     def act(t: Any, data: bytes, peer: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         loop.call_soon(lambda: p_seen.append((t.write(data), peek(peer))[1]))
+        loop.call_soon(lambda: p_seen.append(peek(peer)))
 
     p_seen: list[bytes] = []
     p, got = served(act, 4)
-    assert p_seen == [b"ping"] and got == b"ping"
+    assert p_seen == [b"", b""] and got == b"ping"
 
 
 @pytest.mark.parametrize("close", ["close", "abort"])
