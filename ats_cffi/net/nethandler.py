@@ -23,9 +23,8 @@ One pass (``wait_for_activity``, installed as the EThread's poll step):
    ``net_read_io`` / ``write_to_net``, every read side first, then the write sides (as in
    ATS: the replies of a pass go out together, see ``WRITE_BATCH_BYTES``). A VC that is
    still triggered after its turn is queued for the *next* pass, so one flooding VC cannot
-   starve the others. Then the spliced ends
-   that stopped at their read budget (or wait to deliver an event) get their turn
-   (``splice.after_ready``).
+   starve the others. Then the spliced ends that stopped at their read budget (or wait to
+   deliver an event) get their turn (``splice.after_ready``).
 
 Everything here runs on the handler's own thread; other threads reach it only through
 ``enqueue_enable`` (a locked list and the thread's eventfd).
@@ -88,6 +87,7 @@ _RDHUP: Final = lib.EPOLLRDHUP
 _ready_events: Final = _fastio.ready_events
 _get_ident: Final = get_ident
 _NET_HANDLER_RUN: Final[int] = st.NET_HANDLER_RUN
+_OPEN: Final[int] = st.CONNECTIONS_CURRENTLY_OPEN
 _READ_BYTES: Final[int] = st.READ_BYTES
 #: How many bytes the read turns of one pass may bring in before the writes they enabled
 #: go out: below it, a write side that its own VC's read turn enabled waits for the pass's
@@ -98,7 +98,6 @@ _READ_BYTES: Final[int] = st.READ_BYTES
 #: interrupt to its CPU that the writer pays (1 KiB x 10 echo: about 0.3 such wake-ups a
 #: round trip written at once, 0.13 written together, and ~1.5 us less system time).
 WRITE_BATCH_BYTES: Final = 256 * 1024
-_OPEN: Final[int] = st.CONNECTIONS_CURRENTLY_OPEN
 
 #: The EventProcessor slot holding each net thread's NetHandler (set by the processor).
 NET_HANDLER_SLOT: int | None = None
