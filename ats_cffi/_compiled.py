@@ -41,5 +41,6 @@ MODULES = (
     "ats_cffi.apps.http_parser",
     "ats_cffi.apps.http",
     "ats_cffi.asyncio.dispatch",
+    "ats_cffi.asyncio.transportvc",
     "ats_cffi.asyncio.loopcore",
 )

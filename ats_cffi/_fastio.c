@@ -183,6 +183,41 @@ static PyObject *fast_read_spill(PyObject *mod, PyObject *const *args, Py_ssize_
     return PyLong_FromSsize_t(n);
 }
 
+/* read_to_bytes(fd, len, stop_short, scratch) -> bytes: ats_read_fill of up to len
+ * bytes, returned as a new bytes object (b"" when none was read: last() says why).
+ * scratch None: straight into the new object, cut to what came (no copy: for large
+ * reads); else through the bytearray scratch[:len] (len -1: all of it), then copied
+ * out, which costs less than a large allocation for a small read. */
+static PyObject *fast_read_to_bytes(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const char call[] = "read_to_bytes";
+    Py_ssize_t v[4];
+    if (sizes(args, nargs, 4, call, 0, v) < 0)
+        return NULL;
+    PyObject *scratch = args[3];
+    int direct = scratch == Py_None;
+    if (!direct && arg_span(scratch, 0, 0, call, "scratch") == NULL)
+        return NULL;
+    Py_ssize_t len = direct ? arg_size(args, 1, call)
+                            : arg_len(args, 1, call, PyByteArray_GET_SIZE(scratch));
+    int stop_short = len < 0 ? -1 : PyObject_IsTrue(args[2]);
+    char *base = direct || stop_short < 0 ? NULL : arg_span(scratch, 0, len, call, "scratch");
+    if (stop_short < 0 || (!direct && base == NULL))
+        return NULL;
+    PyObject *out = direct ? PyBytes_FromStringAndSize(NULL, len) : NULL;
+    if (direct && out == NULL)
+        return NULL;
+    ssize_t last = 1;
+    ssize_t n = ats_read_fill((int)v[0], direct ? PyBytes_AS_STRING(out) : base, 0,
+                              (size_t)len, stop_short, &last);
+    last_result = last;
+    if (!direct)
+        return PyBytes_FromStringAndSize(base, n);
+    if (n < len && _PyBytes_Resize(&out, n) < 0)
+        return NULL; /* (out is released) */
+    return out;
+}
+
 /* write_left(fd, base, off, len) -> bytes left unwritten (0: all were written):
  * ats_write_all from the bytearray base[off:off+len].  The count left, not the
  * count written, so that the usual result is 0, whose int object Python keeps. */
@@ -429,6 +464,8 @@ static PyMethodDef fastio_methods[] = {
     {"read_spill", (PyCFunction)(void (*)(void))fast_read_spill, METH_FASTCALL,
      "read_spill(fd, base, off, len, spill, spill_len, stop_short) -> bytes read"
      " (len -1: to the end of base; spill_len -1: all of spill)"},
+    {"read_to_bytes", (PyCFunction)(void (*)(void))fast_read_to_bytes, METH_FASTCALL,
+     "read_to_bytes(fd, len, stop_short, scratch) -> the bytes read"},
     {"write_left", (PyCFunction)(void (*)(void))fast_write_left, METH_FASTCALL,
      "write_left(fd, base, off, len) -> bytes left unwritten (0: all written)"},
     {"last", (PyCFunction)(void (*)(void))fast_last, METH_FASTCALL,

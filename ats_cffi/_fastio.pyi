@@ -5,6 +5,9 @@ from typing import Any
 def read_spill(
     fd: int, base: bytearray, off: int, len: int, spill: bytearray, spill_len: int, stop_short: bool
 ) -> int: ...  # len -1: to the end of base; spill_len -1: all of spill
+def read_to_bytes(
+    fd: int, len: int, stop_short: bool, scratch: bytearray | None
+) -> bytes: ...  # len -1: all of scratch
 def write_left(fd: int, base: bytearray, off: int, len: int) -> int: ...
 def writev_chain(fd: int, block: Any, off: int, towrite: int) -> int: ...
 def bytes_at(data: bytearray, off: int, n: int) -> bytes: ...

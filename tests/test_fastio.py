@@ -40,6 +40,33 @@ def test_read_spill_reports_eagain_and_eof_as_last(pair) -> None:
     assert base[:3] == b"xyz"
 
 
+def test_read_to_bytes_reads_into_a_new_bytes_straight_or_through_the_scratch(pair) -> None:
+    a, b = pair
+    b.sendall(b"straight")
+    data = _fastio.read_to_bytes(a.fileno(), 100, True, None)
+    assert type(data) is bytes and data == b"straight"
+    assert _fastio.last() == 8  # one read, short of the 100 asked: drained
+    scratch = bytearray(b"-" * 16)
+    b.sendall(b"through the scratch")
+    assert _fastio.read_to_bytes(a.fileno(), -1, True, scratch) == b"through the scra"
+    assert scratch == b"through the scra" and _fastio.last() == 16  # filled: maybe more
+    assert _fastio.read_to_bytes(a.fileno(), 2, True, None) == b"tc"  # exactly as asked
+    assert _fastio.read_to_bytes(a.fileno(), 0, True, None) == b""  # nothing asked
+
+
+def test_read_to_bytes_reports_eagain_eof_and_errors_as_last(pair) -> None:
+    a, b = pair
+    for scratch in (None, bytearray(8)):
+        assert _fastio.read_to_bytes(a.fileno(), 8, True, scratch) == b""
+        assert _fastio.last() == AGAIN
+    b.sendall(b"tail")
+    b.shutdown(socket.SHUT_WR)
+    assert _fastio.read_to_bytes(a.fileno(), 1 << 16, False, None) == b"tail"
+    assert _fastio.last() == 0  # read on to EOF: the hang-up is seen
+    assert _fastio.read_to_bytes(2**30, 8, True, bytearray(8)) == b""  # no such fd
+    assert _fastio.last() == -errno.EBADF
+
+
 def test_write_left_writes_a_span_and_stops_at_a_full_socket(pair) -> None:
     a, b = pair
     data = bytearray(b"0123456789")
@@ -131,6 +158,12 @@ def test_send_left_is_what_one_send_did_not_take(pair) -> None:
         ("write_left", (3, bytearray(4), 5, 0), ValueError, "holds 4"),
         ("write_left", (2**40, bytearray(4), 0, 1), ValueError, "fd must be a file"),
         ("last", (1,), TypeError, "takes 0 arguments"),
+        ("read_to_bytes", (3, 4, True, b"abcd"), TypeError, "scratch must be a bytearray"),
+        ("read_to_bytes", (3, 5, True, bytearray(4)), ValueError, "scratch holds 4"),
+        ("read_to_bytes", (3, -1, True, None), ValueError, "argument 2 must be >= 0"),
+        ("read_to_bytes", (3, "4", True, None), TypeError, "argument 2 must be an int"),
+        ("read_to_bytes", (2**40, 4, True, None), ValueError, "fd must be a file"),
+        ("read_to_bytes", (3, 4, True), TypeError, "takes 4 arguments"),
     ],
 )
 def test_bad_arguments_name_the_call_and_move_nothing(pair, call, args, exc, words) -> None:

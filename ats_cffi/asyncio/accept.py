@@ -46,6 +46,7 @@ from typing import Any
 
 from ats_cffi.asyncio.server import ServerOptions
 from ats_cffi.asyncio.transport import VCTransport
+from ats_cffi.asyncio.transportvc import TransportVC
 from ats_cffi.eventsystem.codes import EVENT_CONT, EVENT_ERROR
 from ats_cffi.eventsystem.continuation import Continuation
 from ats_cffi.net.accept import NetAccept
@@ -97,6 +98,7 @@ class ServerAccept(Continuation):
             accept_threads=n_threads,
             backdoor=options is None or not options.throttle,
             tls=sslcontext if isinstance(sslcontext, TLSContext) else None,
+            vc_class=TransportVC if not isinstance(sslcontext, TLSContext) else None,
         )
         na = self.na = NetAccept(self, opt)
         na.adopt_listen_fd(sock.fileno(), sock.family)

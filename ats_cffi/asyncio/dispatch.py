@@ -73,7 +73,7 @@ class TransportCore:
 
     __slots__ = (
         "transport", "fd", "context", "stats", "send_first", "dispatch", "protocol", "lost",
-        "eof", "empty_waiter", "wreader", "held",
+        "eof", "empty_waiter", "wreader", "held", "data",
     )  # fmt: skip
 
     def __init__(
@@ -106,6 +106,9 @@ class TransportCore:
         self.wreader: IOBufferReader | None = None
         #: The ``bytes`` that ``write`` holds until the end of the pass, or None.
         self.held: bytes | None = None
+        #: The ``bytes`` that the VC's read step read for ``data_received`` (a
+        #: ``TransportVC``'s, transportvc.py), until its ``VC_EVENT_READ_READY`` takes them.
+        self.data: bytes | None = None
 
     def __call__(self, data: Any) -> None:
         """``write(data)``: a VCTransport's ``write`` is its core (the class doc says why)."""
@@ -196,9 +199,10 @@ class TransportDispatch(Continuation):
     ``on_event`` is one function for every transport (``VCTransport._vc_event``). The loop's
     thread runs it all, under the loop's net mutex. A ``VC_EVENT_READ_READY`` of a transport
     whose core has a ``protocol`` (a plain ``Protocol``) and whose connection is not lost
-    is handled here: all that ``reader`` (the loop's one read buffer) holds goes to
-    ``data_received``; what it raises goes to the transport's ``_fatal_error``. ``pool``:
-    the loop thread's block pool (its NetHandler's), where the read blocks go back."""
+    is handled here: the bytes its VC read (``TransportCore.data``), or else all that
+    ``reader`` (the loop's one read buffer) holds, go to ``data_received``; what it raises
+    goes to the transport's ``_fatal_error``. ``pool``: the loop thread's block pool (its
+    NetHandler's), where the read blocks go back."""
 
     __slots__ = ("on_event", "reader", "pool", "_by_fd", "holding", "hold_room", "held")
 
@@ -239,9 +243,13 @@ class TransportDispatch(Continuation):
     def _data_received(self, c: TransportCore, protocol: Any) -> None:
         ctx = c.context
         try:
-            # The loop's read buffer keeps its block (refilled by the next read, as
-            # uvloop's loop-wide buffer): no trip through the pool per read.
-            data = read_bytes(self.reader, -1, self.pool, True)
+            data = c.data
+            if data is not None:  # read as bytes (transportvc.py)
+                c.data = None
+            else:
+                # The loop's read buffer keeps its block (refilled by the next read, as
+                # uvloop's loop-wide buffer): no trip through the pool per read.
+                data = read_bytes(self.reader, -1, self.pool, True)
             _run(ctx, _CALL_DATA_RECEIVED, protocol, data)
         except (SystemExit, KeyboardInterrupt):
             raise

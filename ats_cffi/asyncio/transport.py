@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from ats_cffi import sys as _sys
 from ats_cffi.asyncio.dispatch import DATA_RECEIVED_FAILED, TransportCore
+from ats_cffi.asyncio.transportvc import TransportVC
 from ats_cffi.eventsystem import codes as _codes
 from ats_cffi.eventsystem.iobuffer import IOBufferReader, MIOBuffer
 from ats_cffi.eventsystem.vio import INT64_MAX, VIOOp
@@ -102,10 +103,10 @@ def _oserror(err: int) -> OSError:
 def new_vc(
     nh: NetHandler, fd: int, family: int, vc: UnixNetVConnection | None = None
 ) -> UnixNetVConnection:
-    """A VC (``vc``, or a new UnixNetVConnection) for the connected socket ``fd``,
-    registered in ``nh``'s epoll (counted open)."""
+    """A VC (``vc``, or a new TransportVC) for the connected socket ``fd``, registered in
+    ``nh``'s epoll (counted open)."""
     if vc is None:
-        vc = UnixNetVConnection()
+        vc = TransportVC()
     vc.fd = fd
     vc.family = family
     nh.start_io(vc)
@@ -180,6 +181,8 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         if vc is None:
             vc = self._new_vc(loop._net_handler, fd, sock.family)  # type: ignore[union-attr]
         self._vc = vc
+        if isinstance(vc, TransportVC):  # its plain Protocol's reads: transportvc.py
+            vc.core = core
         self._sock = sock
         # The VC reads into the loop's one read buffer (``Loop._read_buffer``, as uvloop
         # reads into one loop-wide buffer): each read step hands all it read to the protocol.
@@ -334,12 +337,15 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
             # continuation: handed over here, already in the transport's context.)
             r: IOBufferReader = self._loop._read_reader
             core = self._core
+            data, core.data = core.data, None  # what the VC read as bytes, if anything
             if not core.lost:
                 if core.protocol is None:
+                    if data is not None:  # a BufferedProtocol since the read
+                        self._loop._read_buffer.write(data)
                     self._read_into_protocol(r)
                 else:
                     try:
-                        core.protocol.data_received(r.read(-1))
+                        core.protocol.data_received(data if data is not None else r.read(-1))
                     except (SystemExit, KeyboardInterrupt):
                         raise
                     except BaseException as exc:
@@ -552,9 +558,12 @@ class VCTransport(transports._FlowControlMixin, transports.Transport):  # type: 
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.detach()
-        self._vc.do_io_close()
+        vc = self._vc
+        vc.do_io_close()
+        if isinstance(vc, TransportVC):
+            vc.core = None
         core = self._core
-        self._protocol = core.protocol = None
+        self._protocol = core.protocol = core.data = None
         loop, self._loop = self._loop, None
         server, self._server = self._server, None
         if server is not None:

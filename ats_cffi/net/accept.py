@@ -356,12 +356,14 @@ class NetAccept(Continuation):
         )
         vcs = []
         tls = self.opt.tls
+        vc_class = self.opt.vc_class
         for fd in fds:
-            vc = (
-                UnixNetVConnection(options)
-                if tls is None
-                else SSLNetVConnection(options, tls, True)
-            )
+            if tls is not None:
+                vc: UnixNetVConnection = SSLNetVConnection(options, tls, True)
+            elif vc_class is None:
+                vc = UnixNetVConnection(options)
+            else:
+                vc = vc_class(options)
             vc.counted_open = True
             vc.fd = fd
             vc.family = family

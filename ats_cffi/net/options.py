@@ -161,6 +161,9 @@ class AcceptOptions:
     thread, at once when the accept runs there, ``accept_threads=0``.)
     ``tls``: a ``ServerContext`` (net/tls/): the accepted connections are
     SSLNetVConnections, whose continuation hears their first bytes after the handshake.
+    ``vc_class``: a subclass of UnixNetVConnection that the accepted connections are made
+    as (called with the VC options), as ATS's protocols bring their own VCs (None:
+    UnixNetVConnection; not with ``tls``).
     """
 
     port: int = 0
@@ -183,6 +186,7 @@ class AcceptOptions:
     throttle_message: bytes | None = None
     connects_per_accept: int = 0
     tls: Any = None
+    vc_class: Any = None
 
     def validate(self, call: str) -> None:
         if type(self.port) is not int:
@@ -224,6 +228,7 @@ class AcceptOptions:
         if self.f_inbound_transparent:
             raise ValueError(f"{call}: AcceptOptions.f_inbound_transparent is not supported")
         _check_tls(call, "AcceptOptions", self.tls, server=True)
+        _check_vc_class(call, self.vc_class, self.tls)
 
     def family(self) -> int:
         if self.local_address is not None and ":" in self.local_address:
@@ -254,6 +259,21 @@ class AcceptOptions:
             packet_tos=self.packet_tos,
             packet_mark=self.packet_mark,
         )
+
+
+def _check_vc_class(call: str, vc_class: Any, tls: Any) -> None:
+    """``vc_class`` is None or a subclass of UnixNetVConnection, and not with ``tls``."""
+    if vc_class is None:
+        return
+    from ats_cffi.net.netvc import UnixNetVConnection
+
+    if not isinstance(vc_class, type) or not issubclass(vc_class, UnixNetVConnection):
+        raise TypeError(
+            f"{call}: AcceptOptions.vc_class must be a subclass of UnixNetVConnection "
+            f"or None, not {vc_class!r}"
+        )
+    if tls is not None:
+        raise ValueError(f"{call}: AcceptOptions.vc_class cannot be set with tls")
 
 
 def _check_tls(call: str, where: str, tls: Any, server: bool) -> None:

@@ -42,7 +42,12 @@ SPILL_SIZE: Final = 128 * 1024
 #: ``read`` (perf, 1 KiB round trips: ~0.2 us of ~7 us of system time), for the rare read
 #: that brings more (the asyncio loop's one 256 KiB buffer; uvloop reads 64 KiB a call).
 _READ_ALONE: Final = SPILL_SIZE
+#: The most that one read straight into a new ``bytes`` (``read_to_bytes``) asks for: below
+#: glibc's mmap threshold (128 KiB), so that the object comes from the heap and the tail
+#: the read did not fill goes back to it at once. asyncio and uvloop read up to 256 KiB.
+BYTES_READ_MAX: Final = 126 * 1024
 _read_spill: Final = _fastio.read_spill
+_read_to_bytes: Final = _fastio.read_to_bytes
 _last: Final = _fastio.last
 _copy: Final = ffi.memmove
 _write_left: Final = _fastio.write_left
@@ -183,6 +188,42 @@ def _take_spill(nh: NetHandler, buf: MIOBuffer, s: IOBufferBlock, n: int) -> Non
         buf.append_filled(b, n)
 
 
+def read_to_bytes(
+    nh: NetHandler, fd: int, limit: int, stop_short: bool, large: bool
+) -> tuple[bytes, int]:
+    """Read up to ``limit`` bytes from ``fd`` into a new ``bytes``: ``(data, last)``, for a
+    reader that wants the bytes as an object (an asyncio ``Protocol``'s ``data_received``)
+    and would otherwise copy them out of an MIOBuffer.
+
+    ``large``: read straight into the new object (up to ``BYTES_READ_MAX``), which saves
+    the copy of every byte; else into the thread's spare block (``nh.spill``) and copied
+    out, as uvloop reads into one loop-wide buffer: for a few bytes, a copy costs less than
+    a large allocation cut down. The caller says which from what its last read brought.
+    ``stop_short`` and ``last`` as ``read_into_buffer``'s, and counted alike.
+    """
+    if large:
+        ask = limit if limit < BYTES_READ_MAX else BYTES_READ_MAX
+        data: bytes = _read_to_bytes(fd, ask, stop_short, None)
+    else:
+        s = nh.spill
+        size = s.size
+        ask = limit if limit < size else size
+        data = _read_to_bytes(fd, -1 if ask == size else ask, stop_short, s.data)
+    stats = nh.stats
+    stats[_CALLS_TO_READ] += 1
+    n = len(data)
+    if n:
+        stats[_READ_BYTES] += n
+        if n == ask:
+            return data, 1  # filled: the socket may hold more
+        if stop_short:
+            return data, _AGAIN  # short: drained (read_into_buffer's doc)
+    last: int = _last()
+    if not n and last == _AGAIN:
+        stats[_CALLS_TO_READ_NODATA] += 1
+    return data, last
+
+
 def write_from_reader(
     nh: NetHandler, fd: int, reader: IOBufferReader, towrite: int
 ) -> tuple[int, int]:
@@ -270,12 +311,14 @@ def count_write(stats: StatBlock, total: int) -> None:
 
 
 __all__ = [
+    "BYTES_READ_MAX",
     "IOV_MAX",
     "SPILL_SIZE",
     "TLS_MAX_RECORD",
     "TLS_SMALL_RECORD",
     "count_write",
     "read_into_buffer",
+    "read_to_bytes",
     "tls_write_from_reader",
     "write_from_reader",
 ]

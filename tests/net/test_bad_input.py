@@ -454,6 +454,13 @@ def test_accept_option_flags_must_be_bool(net: Any, flag: str):
         net.accept(Recorder(), AcceptOptions(local_address="127.0.0.1", **{flag: "no"}))
 
 
+@pytest.mark.parametrize("vc_class", [object, int, "UnixNetVConnection", UnixNetVConnection()])
+def test_accept_option_vc_class_must_be_a_vc_subclass(net: Any, vc_class: Any):
+    with pytest.raises(TypeError, match="AcceptOptions.vc_class must be a subclass"):
+        net.accept(Recorder(), AcceptOptions(local_address="127.0.0.1", vc_class=vc_class))
+    assert net_stats.get(ACCEPTS) == 0
+
+
 def test_vc_options_type():
     with pytest.raises(TypeError, match="UnixNetVConnection: options"):
         UnixNetVConnection("x")  # type: ignore[arg-type]

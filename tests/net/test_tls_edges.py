@@ -25,6 +25,8 @@ from ats_cffi.eventsystem.codes import (
     VC_EVENT_WRITE_READY,
 )
 from ats_cffi.net import net_stats
+from ats_cffi.net.netvc import UnixNetVConnection
+from ats_cffi.net.options import AcceptOptions
 from ats_cffi.net.stats import tls_stats
 from ats_cffi.net.tls import ServerContext, tls_config
 
@@ -320,6 +322,12 @@ def test_a_close_sends_close_notify_and_an_abort_does_not(net, listen, ca) -> No
                     s.recv(10)
             else:
                 assert s.recv(10) == b""
+
+
+def test_accept_options_refuse_a_vc_class_with_tls(net, ca) -> None:
+    opts = AcceptOptions(local_address="127.0.0.1", tls=server_ctx(ca), vc_class=UnixNetVConnection)
+    with pytest.raises(ValueError, match="AcceptOptions.vc_class cannot be set with tls"):
+        opts.validate("accept")
 
 
 def test_a_tls_connection_cannot_be_spliced(net, listen, ca) -> None:
