@@ -491,6 +491,8 @@ static PyMethodDef fastio_methods[] = {
     {"slot_runner", (PyCFunction)(void (*)(void))fast_slot_runner, METH_FASTCALL,
      "slot_runner(cls, (cancelled, context, callback, args)) -> run; run(obj): asyncio's"
      " Handle._run of an obj of cls"},
+    {"call_in", (PyCFunction)(void (*)(void))fast_call_in, METH_FASTCALL,
+     "call_in(context, obj, name, arg) -> obj.name(arg), run in context"},
     {"slot_heap_push", (PyCFunction)(void (*)(void))fast_slot_heap_push, METH_FASTCALL,
      "slot_heap_push(cls, (key,)) -> push; push(heap, item): heapq.heappush, a cls by key"},
     {"slot_heap_pop", (PyCFunction)(void (*)(void))fast_slot_heap_pop, METH_FASTCALL,

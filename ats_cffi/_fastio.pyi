@@ -25,6 +25,7 @@ def epoll_add_all(
 def get_ident() -> int: ...
 def slot_maker(cls: type, names: tuple[str, ...]) -> Any: ...  # maker(*values) -> cls
 def slot_runner(cls: type, names: tuple[str, str, str, str]) -> Any: ...  # run(obj) -> None
+def call_in(context: Any, obj: Any, name: str, arg: Any) -> Any: ...
 def slot_heap_push(cls: type, names: tuple[str]) -> Any: ...  # push(heap, item) -> None
 def slot_heap_pop(cls: type, names: tuple[str]) -> Any: ...  # pop(heap) -> item
 def slot_heapify(cls: type, names: tuple[str]) -> Any: ...  # heapify(heap) -> None

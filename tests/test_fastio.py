@@ -341,6 +341,37 @@ def test_slot_runner_runs_the_callback_in_the_context_unless_cancelled() -> None
         run(h)
 
 
+def test_call_in_calls_a_method_in_the_context_and_leaves_it() -> None:
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="outside")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "inside")
+
+    class P:
+        def data_received(self, data: bytes) -> tuple[bytes, str]:
+            if data == b"boom":
+                raise ValueError(data)
+            return data, var.get()
+
+    p = P()
+    assert _fastio.call_in(ctx, p, "data_received", b"x") == (b"x", "inside")
+    assert var.get() == "outside"
+    with pytest.raises(ValueError, match="boom"):
+        _fastio.call_in(ctx, p, "data_received", b"boom")
+    assert var.get() == "outside", "the context is left when the method raised"
+    with pytest.raises(AttributeError, match="eof_received"):
+        _fastio.call_in(ctx, p, "eof_received", None)
+    with pytest.raises(TypeError, match="call_in: a context and a str"):
+        _fastio.call_in({}, p, "data_received", b"x")
+    with pytest.raises(TypeError, match="call_in: a context and a str"):
+        _fastio.call_in(ctx, p, b"data_received", b"x")
+    with pytest.raises(TypeError, match="call_in takes 4 arguments"):
+        _fastio.call_in(ctx, p, "data_received")
+    ctx.run(lambda: pytest.raises(RuntimeError, _fastio.call_in, ctx, p, "data_received", 1))
+    assert var.get() == "outside"
+
+
 def test_slot_runner_refuses_what_it_cannot_run() -> None:
     run = _fastio.slot_runner(_Runnable, ("cancelled", "context", "callback", "args"))
     with pytest.raises(TypeError, match="_Runnable expected, not int"):

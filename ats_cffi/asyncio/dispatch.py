@@ -53,6 +53,8 @@ from ats_cffi.net.vcio import count_write
 #: ``Context.run`` itself: a call of it is one C call, not a method looked up by name.
 _run: Final = contextvars.Context.run
 _send_left: Final = _fastio.send_left
+#: ``Context.run(ctx, obj.name, arg)`` in one C call, with no bound method made.
+_call_in: Final = _fastio.call_in
 _READ_READY: Final = _codes.VC_EVENT_READ_READY
 _EVENT_CONT: Final = _codes.EVENT_CONT
 _NEG_EAGAIN: Final = -errno.EAGAIN
@@ -180,16 +182,6 @@ class TransportCore:
             _run(self.context, t._write_rest, data, sent)
 
 
-def _call_data_received(protocol: Any, data: bytes) -> None:
-    """``protocol.data_received(data)``, for ``Context.run``: a method call, where passing
-    the bound method would make one per read."""
-    protocol.data_received(data)
-
-
-#: Bound once: compiled, a module's function passed as a value is looked up by name.
-_CALL_DATA_RECEIVED: Final = _call_data_received
-
-
 class TransportDispatch(Continuation):
     """``handle_event(event, vio)``: ``on_event(t, event, vio)`` in the transport's
     context, for ``t`` the transport whose core was added for the fd of ``vio``'s VC.
@@ -250,7 +242,7 @@ class TransportDispatch(Continuation):
                 # The loop's read buffer keeps its block (refilled by the next read, as
                 # uvloop's loop-wide buffer): no trip through the pool per read.
                 data = read_bytes(self.reader, -1, self.pool, True)
-            _run(ctx, _CALL_DATA_RECEIVED, protocol, data)
+            _call_in(ctx, protocol, "data_received", data)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
