@@ -278,8 +278,14 @@ class UnixNetVConnection(NetVConnection):
 
     def read_bytes(self, nh: NetHandler, buf: MIOBuffer, limit: int) -> tuple[int, int]:
         """Move up to ``limit`` bytes from the socket into ``buf`` (vcio.py): ``(moved,
-        last)``. An SSLNetVConnection decrypts instead (net/tls/sslvc.py)."""
-        return read_into_buffer(nh, self.fd, buf, limit, not self.read.hup)
+        last)``; into the thread's spare block too from the first read only after a step
+        that brought a block or more (``NetState.spill_first``). An SSLNetVConnection
+        decrypts instead (net/tls/sslvc.py)."""
+        s = self.read
+        total, last = read_into_buffer(nh, self.fd, buf, limit, not s.hup, None, s.spill_first)
+        if total:
+            s.spill_first = total >= buf.block_size
+        return total, last
 
     def write_bytes(self, nh: NetHandler, reader: IOBufferReader, towrite: int) -> tuple[int, int]:
         """Move ``towrite`` bytes of ``reader`` to the socket (vcio.py): ``(moved, last)``.

@@ -78,7 +78,9 @@ class NetState(VIO):
     ATS's NetState holds its VIO by value; here the state *is* the VIO (a subclass): one
     object per direction instead of two."""
 
-    __slots__ = ("enabled", "triggered", "in_ready", "in_enabled", "pending_error", "hup")
+    __slots__ = (
+        "enabled", "triggered", "in_ready", "in_enabled", "pending_error", "hup", "spill_first"
+    )  # fmt: skip
 
     def __init__(self, vc: NetVConnection) -> None:
         super().__init__(_NONE)  # do_io_read/do_io_write set its op
@@ -93,6 +95,9 @@ class NetState(VIO):
         # The kernel reported a hang-up (EPOLLRDHUP/HUP/ERR) with a read edge: from then on
         # only EOF, an error or EAGAIN ends a read (vcio.read_into_buffer's stop_short).
         self.hup = False
+        # The last read step brought a block or more: the next one reads into the thread's
+        # spare block too from its first read (vcio.read_into_buffer's spill_first).
+        self.spill_first = False
 
     def reenable(self) -> None:
         """``vc_server.reenable(self)``, as ``VIO.reenable``, with the VC's type known: a

@@ -1,5 +1,6 @@
 """A VC's read step on its net thread. ``read_into_buffer`` (net/vcio.py): one ``readv``
-fills the tail block and spills on into the thread's spare block. Spilled bytes join the
+fills the tail block and spills on into the thread's spare block (from the first read only
+after a step of the VC that brought a block or more). Spilled bytes join the
 buffer as the spare itself when they fill a block of the buffer's size (the thread takes a
 new spare), else as a copy; the water mark bounds how far a read goes, a spare handed over
 included; every byte arrives in order. The NetHandler: a write side that the read's
@@ -20,6 +21,7 @@ from ats_cffi.eventsystem import INT64_MAX, Continuation, MIOBuffer, ProxyMutex
 from ats_cffi.eventsystem.codes import VC_EVENT_READ_READY, VC_EVENT_WRITE_COMPLETE
 from ats_cffi.net import stats as st
 from ats_cffi.net.nethandler import WRITE_BATCH_BYTES, get_net_handler
+from ats_cffi.net.netvc import UnixNetVConnection
 from ats_cffi.net.vcio import SPILL_SIZE, read_into_buffer
 
 from .conftest import _listener, client, on_thread, payload_of, recv_exactly, wait_until
@@ -46,15 +48,21 @@ def sock_pair(one_net_thread: Any) -> Iterator[tuple[socket.socket, socket.socke
     b.close()
 
 
-def read_step(thread: Any, fd: int, buf: MIOBuffer, limit: int = 1 << 30) -> dict[str, Any]:
-    """One read step on ``thread``: what it returned, the chain's block sizes, whether the
-    thread's spare block changed."""
+def read_step(
+    thread: Any, fd: int, buf: MIOBuffer, limit: int = 1 << 30, vc: Any = None
+) -> dict[str, Any]:
+    """One read step on ``thread`` (``read_into_buffer``, or ``vc.read_bytes`` for a VC of
+    ``fd``): what it returned, the chain's block sizes, whether the thread's spare block
+    changed."""
 
     def step() -> dict[str, Any]:
         nh = get_net_handler()
         spare = nh.spill
         calls = nh.stats[st.CALLS_TO_READ]
-        moved, last = read_into_buffer(nh, fd, buf, limit, True)
+        if vc is None:
+            moved, last = read_into_buffer(nh, fd, buf, limit, True)
+        else:
+            moved, last = vc.read_bytes(nh, buf, limit)
         return {
             "moved": moved,
             "last": last,
@@ -102,6 +110,27 @@ def test_a_tail_block_with_room_for_most_reads_is_read_alone(sock_pair) -> None:
     assert chain == [(big, big), (big, 4000)]
     got, chain = one_message(sock_pair, big, 2 * big, 1000)
     assert got["calls"] == 1 and chain == [(big, 1000)]
+
+
+def test_a_vcs_first_read_spills_only_after_a_step_that_brought_a_block(sock_pair) -> None:
+    # A VC whose last step brought less than a block reads the tail block's room alone
+    # (a read, not a readv); a read that fills it goes on into the spare. After such a
+    # step, the next one spills from its first read: one readv.
+    a, b, thread = sock_pair
+    vc = UnixNetVConnection()
+    vc.fd = b.fileno()
+    buf = MIOBuffer(BLOCK, 256 * 1024)
+    reader = buf.alloc_reader()
+    sent = []
+    for size, calls, spill_first in [(100, 1, False), (64 * 1024, 2, True),
+                                      (64 * 1024, 1, True), (BLOCK - 1, 1, False)]:  # fmt: skip
+        sent.append(payload_of(size))
+        a.sendall(sent[-1])
+        got = read_step(thread, b.fileno(), buf, vc=vc)
+        assert (got["moved"], got["calls"]) == (size, calls)
+        assert vc.read.spill_first is spill_first
+        assert reader.read(size) == sent[-1]
+    vc.fd = -1  # b's, closed by the fixture
 
 
 def test_a_short_spill_is_copied_into_a_block_of_the_buffers_size(sock_pair) -> None:
