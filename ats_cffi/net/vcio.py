@@ -165,7 +165,8 @@ def _read_sizes(
     if free >= left:
         return left, 0
     if free >= _READ_ALONE or not spill_ok:
-        return free, 0  # a plain read: the block holds more than most reads bring
+        return free, 0  # a plain read: the block holds more than most reads bring, or
+        # the VC's last step brought less than a block (spill_ok False)
     room -= free
     if room < 0:
         return free, 0
