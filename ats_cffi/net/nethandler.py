@@ -15,7 +15,8 @@ One pass (``wait_for_activity``, installed as the EThread's poll step):
    pumped natively inside that call; the thread's ``SpliceDriver`` takes the status of
    the ends that need Python (``splice.after_wait``);
 3. dispatch each result by its EventIO type: READWRITE_VC sets ``triggered`` and queues the
-   VC on the ready lists (and clears its ``in_cop``: it is active); DNS_CONNECTION
+   VC on the ready list of each side that would take a turn (a side that is off is queued
+   by its reenable), and clears its ``in_cop`` (it is active); DNS_CONNECTION
    triggers the connection and refreshes its edge; ASYNC_SIGNAL drains the eventfd;
    NETACCEPT runs the listener's accept pass; READINESS (a level-triggered fd of the asyncio
    loop) hands the mask to its owner (``ats_cffi/asyncio/selector.py``);
@@ -364,18 +365,20 @@ class NetHandler(Continuation):
                     # Active: it cannot be idle before the next cop run. A VC with an active
                     # timeout stays due, or a busy one would never be checked.
                     vc.in_cop = False
+                # A side is queued only if its turn would do something (see _turns): one
+                # that is off waits for the reenable, which queues it while triggered.
                 if flags & _READ_BITS:
                     s = vc.read
                     s.triggered = True
                     if flags & _HUP_BITS:
                         s.hup = True  # a short read no longer proves the socket drained
-                    if not s.in_ready:
+                    if not s.in_ready and (s.enabled or vc.closed or vc.tls_turns):
                         s.in_ready = True
                         rl.append(vc)
                 if flags & _WRITE_BITS:
                     s = vc.write
                     s.triggered = True
-                    if not s.in_ready:
+                    if not s.in_ready and (s.enabled or vc.closed or vc.tls_turns or vc.connecting):
                         s.in_ready = True
                         wl.append(vc)
             elif t is EVENTIO_ASYNC_SIGNAL:
