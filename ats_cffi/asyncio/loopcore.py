@@ -20,12 +20,14 @@ from __future__ import annotations
 import contextvars
 import heapq
 import inspect
+import math
 import time
 from asyncio import base_events, events, format_helpers, tasks
 from typing import Any, Final
 
 from ats_cffi import _fastio
 from ats_cffi.asyncio.dispatch import TransportDispatch
+from ats_cffi.eventsystem.ethread import MAX_WAIT_MS, EThread
 
 _Handle: Final = events.Handle
 _TimerHandle: Final = events.TimerHandle
@@ -92,6 +94,36 @@ _format_callback_source: Final[Any] = format_helpers._format_callback_source
 _FORMAT_TAKES_DEBUG: Final[bool] = "debug" in inspect.signature(_format_callback_source).parameters
 
 
+def wait_ms(timeout: float | None) -> int:
+    """asyncio's ``select`` timeout (seconds, None: no limit) as ``run_pass``'s wait."""
+    if timeout is None:
+        return MAX_WAIT_MS
+    if timeout <= 0:
+        return 0
+    ms = timeout * 1000.0
+    return MAX_WAIT_MS if ms >= MAX_WAIT_MS else math.ceil(ms)
+
+
+def net_pass(
+    thread: EThread, dispatch: TransportDispatch, ready: list[Any], timeout: float | None
+) -> list[Any] | None:
+    """``NetSelector.select`` (selector.py): one pass of the loop's EThread, the transports'
+    writes held until it ends; then what the pass found ready among the registered fds
+    (taken out of ``ready``, the selector's list, which stays the same object), or None."""
+    if thread.evfd is None:  # closed: nothing can be waited on
+        return None
+    dispatch.hold_writes()  # the transports' writes of the pass go out together
+    try:
+        thread.run_pass(wait_ms(timeout))
+    finally:
+        dispatch.release_writes()
+    if not ready:
+        return None
+    events = ready.copy()
+    ready.clear()
+    return events
+
+
 def _callback_failed(loop: Any, handle: Any, exc: BaseException) -> None:
     """What asyncio's ``Handle._run`` does when the callback raised: the loop's exception
     handler hears of it, with the same message and context."""
@@ -110,7 +142,7 @@ class LoopCore:
     ``_timer_handle_cancelled`` and ``_run_once`` of ``loop`` (an asyncio
     ``BaseEventLoop`` whose ``time`` is asyncio's), compiled; see the module doc."""
 
-    __slots__ = ("loop", "attrs", "ready", "dispatch")
+    __slots__ = ("loop", "attrs", "ready", "dispatch", "thread", "selected")
 
     def __init__(self, loop: Any) -> None:
         self.loop = loop
@@ -123,6 +155,14 @@ class LoopCore:
         self.attrs: dict[str, Any] = loop.__dict__
         #: asyncio's ready queue: made once in ``BaseEventLoop.__init__``, never replaced.
         self.ready: Any = loop._ready
+        #: The loop's EThread and its NetSelector's ready list when the selector is a
+        #: NetSelector (``select`` is then ``net_pass``, called here without its
+        #: interpreted frame); else None, and the selector's ``select`` is called.
+        self.thread: EThread | None = None
+        self.selected: list[Any] = []
+        net_select = getattr(loop._selector, "net_select", None)
+        if net_select is not None and self.dispatch is not None:
+            self.thread, self.selected = net_select()
 
     def get_debug(self) -> Any:
         return self.attrs["_debug"]
@@ -203,7 +243,12 @@ class LoopCore:
         elif scheduled:
             wait = scheduled[0]._when - _monotonic()
             timeout = min(wait if wait > 0 else 0, _MAX_SELECT_TIMEOUT)
-        event_list = attrs["_selector"].select(timeout)
+        thread = self.thread
+        dispatch = self.dispatch
+        if thread is not None and dispatch is not None:
+            event_list = net_pass(thread, dispatch, self.selected, timeout)
+        else:
+            event_list = attrs["_selector"].select(timeout)
         if event_list:
             loop._process_events(event_list)
         event_list = None
@@ -216,7 +261,6 @@ class LoopCore:
             handle._scheduled = False
             ready.append(handle)
         # What is ready now, not what these callbacks make ready: that runs next pass.
-        dispatch = self.dispatch
         if dispatch is not None:
             dispatch.hold_writes()
         try:

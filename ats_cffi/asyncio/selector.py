@@ -15,12 +15,11 @@ their readers and writers wait for (``register``/``modify``/``unregister``), and
 
 from __future__ import annotations
 
-import math
 import selectors
 from typing import TYPE_CHECKING, Any
 
 from ats_cffi._native import lib
-from ats_cffi.eventsystem.ethread import MAX_WAIT_MS
+from ats_cffi.asyncio.loopcore import net_pass
 from ats_cffi.net.codes import EVENTIO_READINESS
 from ats_cffi.net.eventio import EventIO
 
@@ -42,16 +41,6 @@ def _epoll_mask(events: int) -> int:
     if events & _WRITE:
         mask |= _EPOLLOUT
     return mask
-
-
-def wait_ms(timeout: float | None) -> int:
-    """asyncio's ``select`` timeout (seconds, None: no limit) as ``run_pass``'s wait."""
-    if timeout is None:
-        return MAX_WAIT_MS
-    if timeout <= 0:
-        return 0
-    ms = timeout * 1000.0
-    return MAX_WAIT_MS if ms >= MAX_WAIT_MS else math.ceil(ms)
 
 
 class NetSelector(selectors._BaseSelectorImpl):  # type: ignore[misc,name-defined]
@@ -116,17 +105,13 @@ class NetSelector(selectors._BaseSelectorImpl):  # type: ignore[misc,name-define
             self._ready.append((key, events))
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        thread = self._thread
-        if thread.evfd is None:  # closed: nothing can be waited on
-            return []
-        dispatch = self._dispatch
-        dispatch.hold_writes()  # the transports' writes of the pass go out together
-        try:
-            thread.run_pass(wait_ms(timeout))
-        finally:
-            dispatch.release_writes()
-        ready, self._ready = self._ready, []
-        return ready
+        return net_pass(self._thread, self._dispatch, self._ready, timeout) or []
+
+    def net_select(self) -> tuple[EThread, list[tuple[selectors.SelectorKey, int]]]:
+        """What ``select`` passes to ``net_pass`` besides the dispatch (the loop's compiled
+        pass calls it itself): the EThread and the list of what the pass found ready, one
+        object for the selector's life (``net_pass`` and ``close`` empty it in place)."""
+        return self._thread, self._ready
 
     def close(self) -> None:
         for eio in self._ios.values():
