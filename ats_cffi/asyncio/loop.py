@@ -127,7 +127,24 @@ class Loop(_SelectorLoop):  # type: ignore[misc,valid-type]
         except BaseException:
             thread.join()
             raise
-        _bind_core(self, LoopCore(self))
+        #: The compiled common case of asyncio's most called methods (loopcore.py), which
+        #: keeps the loop's debug, closed and task factory as fields: set below, through
+        #: the methods that change them.
+        self._loop_core = LoopCore(self)
+        _bind_core(self, self._loop_core)
+
+    def set_debug(self, enabled: bool) -> None:
+        super().set_debug(enabled)
+        self._sync_core()
+
+    def set_task_factory(self, factory: Any) -> None:
+        super().set_task_factory(factory)
+        self._sync_core()
+
+    def _sync_core(self) -> None:
+        core = self.__dict__.get("_loop_core")  # none yet while asyncio's __init__ runs
+        if core is not None:
+            core.sync()
 
     # ------------------------------------------------------------------ running
 
@@ -160,6 +177,7 @@ class Loop(_SelectorLoop):  # type: ignore[misc,valid-type]
         try:
             super().close()
         finally:
+            self._sync_core()
             self._ethread.join()  # closes the NetHandler (its VCs, its epoll) and the eventfd
 
     # ------------------------------------------------------------------ transports

@@ -74,6 +74,34 @@ def test_get_debug_follows_set_debug_and_debug_mode_checks_the_callback() -> Non
         loop.close()
 
 
+def test_a_debug_flag_set_by_hand_is_seen_from_the_next_pass_on() -> None:
+    # The compiled methods keep _debug as a field, taken again by set_debug and, for a
+    # write that bypasses it, by the next pass.
+    loop = ats_asyncio.new_event_loop()
+    seen: list[Any] = []
+    try:
+
+        def flip() -> None:
+            loop._debug = True
+            seen.append(loop.get_debug())  # this pass: still the field's value
+            loop.call_soon(after)
+
+        def after() -> None:
+            seen.append(loop.get_debug())
+            seen.append(loop.call_soon(print)._source_traceback is not None)
+            loop._debug = False
+            loop.stop()
+
+        loop.call_soon(flip)
+        loop.run_forever()
+        assert seen == [False, True, True]
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert loop.get_debug() is False
+    finally:
+        loop.close()
+
+
 def test_create_task_names_and_a_task_factory_is_used() -> None:
     made: list[Any] = []
 
@@ -91,9 +119,11 @@ def test_create_task_names_and_a_task_factory_is_used() -> None:
         first = await plain
         loop.set_task_factory(factory)
         second = await loop.create_task(answer(), name="made")
-        return first + second, plain.get_name(), len(made)
+        loop.set_task_factory(None)
+        third = await loop.create_task(answer())  # not the factory's
+        return first + second + third, plain.get_name(), len(made)
 
-    assert ats_asyncio.run(main()) == (84, "plain", 1)
+    assert ats_asyncio.run(main()) == (126, "plain", 1)
     assert made[0].get_name() == "made"
 
 
