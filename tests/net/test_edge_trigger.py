@@ -29,6 +29,7 @@ from ats_cffi.eventsystem.codes import (
     VC_EVENT_ERROR,
     VC_EVENT_READ_COMPLETE,
     VC_EVENT_READ_READY,
+    VC_EVENT_WRITE_COMPLETE,
 )
 from ats_cffi.net import (
     AcceptOptions,
@@ -244,6 +245,31 @@ def test_vc_that_stops_reading_while_peer_keeps_sending_resumes_exactly_where_it
         assert not errors
         assert not sink.hold_at, "every pause happened"
         assert bytes(sink.data) == payload
+
+
+def test_a_write_side_that_is_off_keeps_its_edge_and_writes_once_started(listen):
+    # Each read's epoll event carries EPOLLOUT too: the write side of a VC that writes
+    # nothing keeps the edge (triggered), and is not left queued; a write started later,
+    # with no new edge to come, goes out (the dispatch does not queue a side that is off:
+    # its reenable must).
+    acceptor, port, sinks = sinks_listener(listen)
+    with client(port) as c:
+        c.sendall(b"ping")
+        acceptor.wait()
+        sink = sinks[0]
+        assert wait_until(lambda: bytes(sink.data) == b"ping")
+        all_in_the_vcs_socket(c, sink.vc)
+        w = sink.vc.write
+        with sink.mutex:
+            assert w.triggered and not w.enabled and not w.in_ready
+        done: list[int] = []
+        out = MIOBuffer(4096)
+        reader = out.alloc_reader()
+        out.write(b"pong")
+        with sink.mutex:
+            sink.vc.do_io_write(Continuation(sink.mutex, lambda e, v: done.append(e)), 4, reader)
+        assert recv_exactly(c, 4) == b"pong"
+        assert wait_until(lambda: done == [VC_EVENT_WRITE_COMPLETE])
 
 
 def test_flooding_vc_does_not_starve_another_vc_on_the_same_thread(one_net_thread):
