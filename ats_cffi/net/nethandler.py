@@ -104,6 +104,14 @@ WRITE_BATCH_BYTES: Final = 256 * 1024
 NET_HANDLER_SLOT: int | None = None
 
 
+def _takes_turn(vc: UnixNetVConnection, s: NetState, writing: bool) -> bool:
+    """Whether side ``s`` of ``vc``, while triggered, has a turn to take: it is enabled, or
+    the VC is a TLS one whose handshake moves on either side's edge, or (``writing``) a
+    connect waiting for its write edge. The dispatch queues only such sides (and those of
+    closed VCs, to free them); each turn asks again, as the side may have changed since."""
+    return s.enabled or vc.tls_turns or (writing and vc.connecting)
+
+
 def get_net_handler(thread: EThread | None = None) -> NetHandler:
     """The NetHandler of ``thread`` (default: the calling thread). ``RuntimeError`` if it is
     not a net thread."""
@@ -285,16 +293,16 @@ class NetHandler(Continuation):
                 if vc.closed:
                     self.free_netevent(vc)
                 elif reading:
-                    if s.triggered and (s.enabled or vc.tls_turns):
+                    if s.triggered and _takes_turn(vc, s, False):
                         vc.net_read_io(self)
                         w = vc.write
                         if w.in_ready and not vc.closed and stats[_READ_BYTES] > batch_end:
                             # Its continuation enabled the write side, and the pass has read
                             # more than a batch: write now, not after the pass's reads.
                             w.in_ready = False
-                            if w.triggered and (w.enabled or vc.tls_turns):
+                            if w.triggered and _takes_turn(vc, w, True):
                                 vc.write_to_net(self)
-                elif s.triggered and (s.enabled or vc.connecting or vc.tls_turns):
+                elif s.triggered and _takes_turn(vc, s, True):
                     vc.write_to_net(self)
             except Exception:
                 self.vc_failed(vc)
@@ -365,20 +373,20 @@ class NetHandler(Continuation):
                     # Active: it cannot be idle before the next cop run. A VC with an active
                     # timeout stays due, or a busy one would never be checked.
                     vc.in_cop = False
-                # A side is queued only if its turn would do something (see _turns): one
-                # that is off waits for the reenable, which queues it while triggered.
+                # A side is queued only if it takes a turn (or its VC is closed): one that
+                # is off waits for the reenable, which queues it while triggered.
                 if flags & _READ_BITS:
                     s = vc.read
                     s.triggered = True
                     if flags & _HUP_BITS:
                         s.hup = True  # a short read no longer proves the socket drained
-                    if not s.in_ready and (s.enabled or vc.closed or vc.tls_turns):
+                    if not s.in_ready and (vc.closed or _takes_turn(vc, s, False)):
                         s.in_ready = True
                         rl.append(vc)
                 if flags & _WRITE_BITS:
                     s = vc.write
                     s.triggered = True
-                    if not s.in_ready and (s.enabled or vc.closed or vc.tls_turns or vc.connecting):
+                    if not s.in_ready and (vc.closed or _takes_turn(vc, s, True)):
                         s.in_ready = True
                         wl.append(vc)
             elif t is EVENTIO_ASYNC_SIGNAL:
