@@ -48,7 +48,16 @@ def check_openssl_headers() -> None:
 
 
 #: The C compiler's options, for both C extensions.
-C_FLAGS = ["-O2", "-std=gnu11", "-Wall", "-fvisibility=hidden"]
+C_FLAGS = ["-O2", "-std=gnu11", "-Wall", "-fvisibility=hidden", "-fno-plt"]
+#: Added to mypyc's own options for the compiled modules' shared library, one C file of
+#: calls between its functions (CPyDef_*). Built as position-independent code with default
+#: visibility, each of those calls went through the PLT and none could be inlined, in case
+#: another library interposed the symbol; nothing links against them (a module reaches
+#: another's functions through its capsule), so they are bound in place and hidden, and calls
+#: into libpython load their address from the GOT instead of a PLT stub. Callgrind, VIO echo
+#: 1 KiB x 10: 8,110 -> 7,858 instructions per round trip; user CPU 3.70-3.82 -> 3.30-3.52 us
+#: in an A/B on one core.
+MYPYC_C_FLAGS = ["-fno-semantic-interposition", "-fvisibility=hidden", "-fno-plt"]
 
 check_openssl_headers()
 ffibuilder = FFI()
@@ -104,9 +113,12 @@ def mypyc_extensions() -> list[Any]:
     cwd = os.getcwd()
     os.chdir(HERE)  # mypyc names its sources relative to the working directory
     try:
-        return mypycify([*paths, *MYPY_OPTIONS], opt_level="3", group_name="ats_cffi._compiled")
+        exts = mypycify([*paths, *MYPY_OPTIONS], opt_level="3", group_name="ats_cffi._compiled")
     finally:
         os.chdir(cwd)
+    for ext in exts:
+        ext.extra_compile_args = [*ext.extra_compile_args, *MYPYC_C_FLAGS]
+    return exts
 
 
 def build_compiled_in_place() -> None:

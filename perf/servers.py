@@ -50,55 +50,10 @@ ATS_WATER_MARK = 131072
 
 def ats_echo_acceptor(water_mark: int = ATS_WATER_MARK):
     """An accept continuation that starts an ats_cffi echo on every connection it gets."""
-    from ats_cffi.eventsystem import (
-        INT64_MAX,
-        VC_EVENT_EOS,
-        VC_EVENT_ERROR,
-        VC_EVENT_READ_READY,
-        VC_EVENT_WRITE_COMPLETE,
-        VC_EVENT_WRITE_READY,
-        Continuation,
-        MIOBuffer,
-        ProxyMutex,
-    )
+    from ats_echo import Echo
+
+    from ats_cffi.eventsystem import Continuation, ProxyMutex
     from ats_cffi.net.codes import NET_EVENT_ACCEPT
-
-    # The codes as README's echo compares them (plain ints), bound once as a closure's.
-    read_ready = VC_EVENT_READ_READY
-    write_ready = VC_EVENT_WRITE_READY
-    write_complete = VC_EVENT_WRITE_COMPLETE
-    eos = VC_EVENT_EOS
-    error = VC_EVENT_ERROR
-
-    class Echo(Continuation):
-        """Reads into a buffer whose reader is the write VIO's: every read is written back.
-
-        Reading pauses while more than ``water_mark`` bytes wait to be written (0: at
-        each full 32 KiB block). The write VIO's ``nbytes`` follows the read VIO's
-        ``ndone``, so each write ends in one ``WRITE_COMPLETE`` (which resumes reading)
-        rather than a ``WRITE_READY`` before and after it (as ``ats-cffi echo --vio``).
-        """
-
-        __slots__ = ("vc", "buf", "rvio", "wvio")
-
-        def __init__(self, vc) -> None:
-            super().__init__(ProxyMutex())
-            self.vc = vc
-            self.buf = MIOBuffer(32768, water_mark)
-            reader = self.buf.alloc_reader()
-            self.set_handler(self.on_event)
-            self.rvio = vc.do_io_read(self, INT64_MAX, self.buf)
-            self.wvio = vc.do_io_write(self, 0, reader)
-
-        def on_event(self, event: int, vio) -> None:
-            if event == read_ready:
-                wvio = self.wvio
-                wvio.nbytes = self.rvio.ndone
-                wvio.reenable()
-            elif event == write_complete or event == write_ready:
-                self.rvio.reenable()
-            elif event == eos or event == error:
-                self.vc.do_io_close()
 
     class Acceptor(Continuation):
         def __init__(self) -> None:
@@ -107,7 +62,7 @@ def ats_echo_acceptor(water_mark: int = ATS_WATER_MARK):
 
         def on_event(self, event: int, vc) -> None:
             if event == NET_EVENT_ACCEPT:
-                Echo(vc)
+                Echo(vc, water_mark)
 
     return Acceptor()
 
