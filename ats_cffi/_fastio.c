@@ -51,6 +51,27 @@ bad_size(PyObject *const *args, int i, const char *call)
         return v; /* an int subclass */
     if (!PyErr_Occurred())
         PyErr_Format(PyExc_ValueError, "%s: argument %d must be >= 0", call, i + 1);
+    else if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s: argument %d must be >= 0 and fit a Py_ssize_t",
+                     call, i + 1);
+    }
+    return -1;
+}
+
+/* The value of an exact int of at most one digit (30 bits: every fd, offset and length
+ * of a block), read in place; -1 for any other int, which the caller converts with
+ * PyLong_AsSsize_t (a call, and most of an argument's parsing). */
+static inline __attribute__((always_inline)) Py_ssize_t compact_size(PyObject *o)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    if (PyUnstable_Long_IsCompact((PyLongObject *)o))
+        return PyUnstable_Long_CompactValue((PyLongObject *)o);
+#else
+    Py_ssize_t n = Py_SIZE(o);
+    if (n == 1 || n == 0)
+        return n ? (Py_ssize_t)((PyLongObject *)o)->ob_digit[0] : 0;
+#endif
     return -1;
 }
 
@@ -62,7 +83,10 @@ arg_size(PyObject *const *args, int i, const char *call)
 {
     PyObject *o = args[i];
     if (PyLong_CheckExact(o)) {
-        Py_ssize_t v = PyLong_AsSsize_t(o);
+        Py_ssize_t v = compact_size(o);
+        if (v >= 0)
+            return v;
+        v = PyLong_AsSsize_t(o);
         if (v >= 0)
             return v;
         PyErr_Clear(); /* an overflow: bad_size says so with the call's name */
@@ -113,6 +137,12 @@ static Py_ssize_t count_and_size(PyObject *const *args, Py_ssize_t nargs, Py_ssi
 
 #define ARG(i) (1u << (i))
 
+/* A flag argument: 1 or 0, True and False without a call; -1 with an exception set. */
+static inline int arg_flag(PyObject *o)
+{
+    return o == Py_True ? 1 : o == Py_False ? 0 : PyObject_IsTrue(o);
+}
+
 /* Check a call's argument count, and read its fd (argument 0) and the size
  * arguments whose bits are set in mask into v[i]: 0, or -1 with an exception.
  * Inlined: want and mask are constants at every call site, so the loop unrolls
@@ -140,7 +170,10 @@ arg_len(PyObject *const *args, int i, const char *call, Py_ssize_t room)
 {
     PyObject *o = args[i];
     if (PyLong_CheckExact(o)) {
-        Py_ssize_t v = PyLong_AsSsize_t(o);
+        Py_ssize_t v = compact_size(o);
+        if (v >= 0)
+            return v;
+        v = PyLong_AsSsize_t(o);
         if (v >= 0)
             return v;
         if (v == -1 && !PyErr_Occurred())
@@ -171,7 +204,7 @@ static PyObject *fast_read_spill(PyObject *mod, PyObject *const *args, Py_ssize_
     Py_ssize_t spill_len = arg_len(args, 5, call, PyByteArray_GET_SIZE(args[4]));
     if (spill_len < 0)
         return NULL;
-    int stop_short = PyObject_IsTrue(args[6]);
+    int stop_short = arg_flag(args[6]);
     char *base = arg_span(args[1], off, len, call, "base");
     char *spill = spill_len ? arg_span(args[4], 0, spill_len, call, "spill") : NULL;
     if (stop_short < 0 || base == NULL || (spill_len && spill == NULL))
@@ -179,6 +212,31 @@ static PyObject *fast_read_spill(PyObject *mod, PyObject *const *args, Py_ssize_
     ssize_t last = 1;
     ssize_t n = ats_read_spill((int)fd, base, (size_t)off, (size_t)len, spill,
                                (size_t)spill_len, stop_short, &last);
+    last_result = last;
+    return PyLong_FromSsize_t(n);
+}
+
+/* read_tail(fd, base, off, stop_short) -> bytes read: read_spill with neither a spill
+ * nor a length, a read into all of base from off on.  A VC's usual read step (its tail
+ * block, when the last step brought less than a block): three arguments fewer to make and
+ * parse than read_spill's. */
+static PyObject *fast_read_tail(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const char call[] = "read_tail";
+    Py_ssize_t v[4];
+    if (sizes(args, nargs, 4, call, ARG(2), v) < 0)
+        return NULL;
+    Py_ssize_t off = v[2];
+    char *base = arg_span(args[1], off, 0, call, "base");
+    if (base == NULL)
+        return NULL;
+    int stop_short = arg_flag(args[3]);
+    if (stop_short < 0)
+        return NULL;
+    ssize_t last = 1;
+    ssize_t n = ats_read_spill((int)v[0], base, (size_t)off,
+                               (size_t)(PyByteArray_GET_SIZE(args[1]) - off), NULL, 0,
+                               stop_short, &last);
     last_result = last;
     return PyLong_FromSsize_t(n);
 }
@@ -464,6 +522,8 @@ static PyMethodDef fastio_methods[] = {
     {"read_spill", (PyCFunction)(void (*)(void))fast_read_spill, METH_FASTCALL,
      "read_spill(fd, base, off, len, spill, spill_len, stop_short) -> bytes read"
      " (len -1: to the end of base; spill_len -1: all of spill)"},
+    {"read_tail", (PyCFunction)(void (*)(void))fast_read_tail, METH_FASTCALL,
+     "read_tail(fd, base, off, stop_short) -> bytes read into base[off:]"},
     {"read_to_bytes", (PyCFunction)(void (*)(void))fast_read_to_bytes, METH_FASTCALL,
      "read_to_bytes(fd, len, stop_short, scratch) -> the bytes read"},
     {"write_left", (PyCFunction)(void (*)(void))fast_write_left, METH_FASTCALL,

@@ -5,6 +5,7 @@ from typing import Any
 def read_spill(
     fd: int, base: bytearray, off: int, len: int, spill: bytearray, spill_len: int, stop_short: bool
 ) -> int: ...  # len -1: to the end of base; spill_len -1: all of spill
+def read_tail(fd: int, base: bytearray, off: int, stop_short: bool) -> int: ...  # base[off:]
 def read_to_bytes(
     fd: int, len: int, stop_short: bool, scratch: bytearray | None
 ) -> bytes: ...  # len -1: all of scratch

@@ -40,6 +40,23 @@ def test_read_spill_reports_eagain_and_eof_as_last(pair) -> None:
     assert base[:3] == b"xyz"
 
 
+def test_read_tail_fills_the_block_from_an_offset_and_reports_as_read_spill(pair) -> None:
+    a, b = pair
+    base = bytearray(b"-" * 16)
+    b.sendall(b"abc")
+    assert _fastio.read_tail(a.fileno(), base, 10, True) == 3
+    assert base == b"-" * 10 + b"abc---" and _fastio.last() == 3  # short: drained
+    b.sendall(bytes(range(40)))
+    assert _fastio.read_tail(a.fileno(), base, 13, True) == 3  # to the end of base, no more
+    assert base[13:] == bytes(range(3)) and _fastio.last() == 3
+    assert _fastio.read_tail(a.fileno(), base, 0, 1) == 16  # filled: the socket may hold more
+    assert base == bytes(range(3, 19))
+    assert _fastio.read_tail(a.fileno(), base, 16, True) == 0  # no room: no read
+    b.shutdown(socket.SHUT_WR)
+    assert _fastio.read_tail(a.fileno(), base, 0, False) == 16  # read on...
+    assert _fastio.read_tail(a.fileno(), base, 0, False) == 5 and _fastio.last() == 0  # EOF
+
+
 def test_read_to_bytes_reads_into_a_new_bytes_straight_or_through_the_scratch(pair) -> None:
     a, b = pair
     b.sendall(b"straight")
@@ -154,6 +171,11 @@ def test_send_left_is_what_one_send_did_not_take(pair) -> None:
         ("read_spill", (-1, bytearray(4), 0, 4, bytearray(1), 0, True), ValueError, ">= 0"),
         ("read_spill", ("3", bytearray(4), 0, 4, bytearray(1), 0, True), TypeError, "an int"),
         ("read_spill", (3, bytearray(4)), TypeError, "takes 7 arguments"),
+        ("read_tail", (3, b"abc", 0, True), TypeError, "read_tail: base must be"),
+        ("read_tail", (3, bytearray(4), 5, True), ValueError, "holds 4"),
+        ("read_tail", (3, bytearray(4), -1, True), ValueError, "argument 3 must be >= 0"),
+        ("read_tail", (3, bytearray(4), 2**70, True), ValueError, "argument 3 must be >= 0"),
+        ("read_tail", (3, bytearray(4), 0), TypeError, "takes 4 arguments"),
         ("write_left", (3, memoryview(bytearray(4)), 0, 1), TypeError, "bytearray"),
         ("write_left", (3, bytearray(4), 5, 0), ValueError, "holds 4"),
         ("write_left", (2**40, bytearray(4), 0, 1), ValueError, "fd must be a file"),

@@ -101,8 +101,10 @@ class NetState(VIO):
 
     def reenable(self) -> None:
         """``vc_server.reenable(self)``, as ``VIO.reenable``, with the VC's type known: a
-        compiled call, not a lookup by name (the VIO path's every READ_READY/WRITE_READY)."""
-        vc: NetVConnection | None = self.vc_server
+        compiled call, not a lookup by name (the VIO path's every READ_READY/WRITE_READY).
+        The one kind of VC there is: its type is checked as exactly that (or a subclass the
+        compiler knows), where ``NetVConnection`` took a walk up the object's class's MRO."""
+        vc: UnixNetVConnection | None = self.vc_server
         if vc is not None:
             vc.reenable(self)
 

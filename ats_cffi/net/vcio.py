@@ -47,6 +47,7 @@ _READ_ALONE: Final = SPILL_SIZE
 #: the read did not fill goes back to it at once. asyncio and uvloop read up to 256 KiB.
 BYTES_READ_MAX: Final = 126 * 1024
 _read_spill: Final = _fastio.read_spill
+_read_tail: Final = _fastio.read_tail
 _read_to_bytes: Final = _fastio.read_to_bytes
 _last: Final = _fastio.last
 _copy: Final = ffi.memmove
@@ -78,8 +79,8 @@ def read_into_buffer(
     (``nh.spill``) as far as the water mark allows (``_read_sizes``), in one ``readv``: a
     message larger than the tail's free space costs one syscall, as ATS's ``read_from_net``
     reads into every block up to the water mark at once. Spilled bytes join the buffer
-    (``_take_spill``). The tail is read alone, with a plain ``read``, when it has
-    ``_READ_ALONE`` bytes of room, and first with ``spill_first`` False (``NetState``'s).
+    (``_take_spill``). The tail is read alone (``_read_tail``: a plain ``read``) when it
+    has ``_READ_ALONE`` bytes of room, and first with ``spill_first`` False (NetState's).
 
     ``stop_short``: a read that returns less than it asked for ends the step as if it had
     seen EAGAIN (``last`` is ``sys.AGAIN``). With EPOLLET, Linux reports a new edge for
@@ -87,12 +88,10 @@ def read_into_buffer(
     second ``read()`` just to see EAGAIN (as libuv). The caller clears it once a hang-up
     was reported: data and FIN can share one edge, and only reading on to EOF reveals it.
 
-    ``ssl``: the connection's OpenSSL object (an ``SSLNetVConnection``'s): the same steps
-    decrypt with ``SSL_read`` (``ats_tls_read``) instead of reading the socket. A short
-    read of plaintext proves nothing; ``stop_short`` then stops once OpenSSL holds no more
-    and the socket's own last read was short. ``last`` may also be ``TLS_WANT_WRITE`` or
-    ``TLS_FAILED`` (``_native_tls.h``).
-    """
+    ``ssl``: an ``SSLNetVConnection``'s OpenSSL object: the same steps decrypt with
+    ``SSL_read`` (``ats_tls_read``). A short read of plaintext proves nothing: ``stop_short``
+    stops once OpenSSL holds no more and the socket's last read was short. ``last`` may
+    also be ``TLS_WANT_WRITE`` or ``TLS_FAILED`` (``_native_tls.h``)."""
     stats = nh.stats
     lastp = nh.last
     pool = nh.pool
@@ -114,12 +113,13 @@ def read_into_buffer(
             toread = left
         s = nh.spill
         if ssl is None:
-            # -1: all the room of the block, all of the spare (the usual sizes, over 256:
-            # an int object per call otherwise).
-            r: int = _read_spill(
-                fd, t.data, end, -1 if toread == t.size - end else toread,
-                s.data, -1 if spill == s.size else spill, stop_short,
-            )  # fmt: skip
+            if not spill and toread == t.size - end:
+                r: int = _read_tail(fd, t.data, end, stop_short)  # all the block's room
+            else:  # -1: all the room, all the spare (an int object per call otherwise)
+                r = _read_spill(
+                    fd, t.data, end, -1 if toread == t.size - end else toread,
+                    s.data, -1 if spill == s.size else spill, stop_short,
+                )  # fmt: skip
         else:
             r = _tls_read(ssl, t.cdata, end, toread, s.cdata, spill, stop_short, lastp)
         stats[_CALLS_TO_READ] += 1
