@@ -359,8 +359,7 @@ class NetHandler(Continuation):
     def dispatch(self, n: int) -> None:
         # [eio, mask, ...]: the pass's events whose token is still registered (poll.py).
         pd = self.pd
-        ep = pd.epoll
-        evs = _ready_events(ep.tokens, ep.masks, n, pd.slots, pd.slot_tokens)
+        evs = _ready_events(pd.tokens, pd.masks, n, pd.slots, pd.slot_tokens)
         rl = self.read_ready_list
         wl = self.write_ready_list
         for i in range(0, len(evs), 2):

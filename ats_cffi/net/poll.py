@@ -60,6 +60,11 @@ class PollDescriptor:
         "notify",
         "nnotify_c",
         "counters_c",
+        "tokens",
+        "masks",
+        "pending",
+        "failed",
+        "net_args",
     )
 
     def __init__(self, size: int = POLL_DESCRIPTOR_SIZE) -> None:
@@ -76,7 +81,17 @@ class PollDescriptor:
         self.notify = memoryview(ffi.buffer(self.notify_c)).cast("B").cast("Q")
         self.nnotify_c = ffi.new("int *")
         self.counters_c = ffi.new("uint64_t[]", lib.ATS_CTR_COUNT)
-        self.epoll.set_net_wait(self.notify_c, self.nnotify_c, self.counters_c)
+        # The epoll's result arrays, queued ADDs and failures (the same objects for its
+        # life) and the wait's arguments (None once closed): read on every pass, kept here
+        # as this compiled class's fields, not looked up on the interpreted Epoll.
+        ep = self.epoll
+        self.tokens: Any = ep.tokens
+        self.masks: Any = ep.masks
+        self.pending: dict[int, tuple[int, int, int]] = ep.pending
+        self.failed: list[tuple[int, int, int]] = ep.failed
+        self.net_args: tuple[int, ...] | None = ep.set_net_wait(
+            self.notify_c, self.nnotify_c, self.counters_c
+        )
 
     def register(self, eio: EventIO) -> int:
         """A new token for ``eio``: a free slot (or a new one) and the next generation. The
@@ -119,9 +134,8 @@ class PollDescriptor:
     def take_failed(self) -> list[tuple[EventIO, int]]:
         """The registrations whose deferred ``EPOLL_CTL_ADD`` failed at the last wait, with
         the errno, still registered here (``EventIO.start(defer=True)``)."""
-        failed, self.epoll.failed = self.epoll.failed, []
         out = []
-        for _fd, token, err in failed:
+        for _fd, token, err in self.epoll.take_failed():
             eio = self.lookup(token)
             if eio is not None:
                 out.append((eio, err))
@@ -131,6 +145,7 @@ class PollDescriptor:
         self.slots.clear()
         del self.slot_tokens[:]
         self.free_slots.clear()
+        self.net_args = None
         self.epoll.close()
 
 
@@ -150,10 +165,9 @@ class PollCont(Continuation):
         ADDs are issued. ``OSError`` naming ``epoll_wait`` when it fails (EBADF once the
         descriptor is closed)."""
         pd = self.poll_descriptor
-        ep = pd.epoll
-        if ep.pending:
-            ep.flush()
-        args = ep.net_args
+        if pd.pending:
+            pd.epoll.flush()
+        args = pd.net_args
         if args is None:
             raise oserror("epoll_wait", errno.EBADF)
         while True:
@@ -163,7 +177,7 @@ class PollCont(Continuation):
             if n != -_EINTR:  # interrupted: the signal's handlers ran (net_wait)
                 raise oserror("epoll_wait", -n)
         pd.result = n
-        if ep.failed:
+        if pd.failed:
             self.registrations_failed()
         return n
 

@@ -29,7 +29,10 @@ class Epoll(FdOwner):
     and an ADD reports readiness that is already pending (with ``EPOLLET`` too), so no event
     is lost; an fd removed (``delete``/``drop``) before that costs no syscall at all. While
     an ADD is queued, ``modify`` edits it and ``delete`` drops it. A queued ADD that fails
-    when issued is recorded in ``failed`` as ``(fd, token, errno)`` for the caller to take.
+    when issued is recorded in ``failed`` as ``(fd, token, errno)`` for the caller to take
+    (``take_failed``). ``pending`` and ``failed`` stay the same objects for the Epoll's life,
+    as do ``tokens`` and ``masks``: a NetHandler's poll step keeps them (``PollDescriptor``)
+    and tests them on each pass without looking them up here.
     """
 
     __slots__ = (
@@ -126,8 +129,16 @@ class Epoll(FdOwner):
         pending = self.pending
         if not pending:
             return 0
-        self.pending = {}
-        return _add_all(self._fd, pending, self.failed)  # one call into C for all
+        try:
+            return _add_all(self._fd, pending, self.failed)  # one call into C for all
+        finally:
+            pending.clear()
+
+    def take_failed(self) -> list[tuple[int, int, int]]:
+        """The queued ADDs that failed since the last call, as ``(fd, token, errno)``."""
+        failed = self.failed[:]
+        self.failed.clear()
+        return failed
 
     def wait(self, timeout_ms: int = -1) -> int:
         """Wait up to ``timeout_ms`` (-1: forever, 0: poll) and return the number of events."""
@@ -164,7 +175,7 @@ class Epoll(FdOwner):
 
     def close(self) -> None:
         """Close the epoll fd (queued ADDs are dropped); a second call does nothing."""
-        self.pending = {}
+        self.pending.clear()
         self.net_args = None
         super().close()
 
