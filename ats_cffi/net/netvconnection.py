@@ -106,7 +106,7 @@ class NetState(VIO):
         compiler knows), where ``NetVConnection`` took a walk up the object's class's MRO."""
         vc: UnixNetVConnection | None = self.vc_server
         if vc is not None:
-            vc.reenable(self)
+            vc.reenable_state(self)
 
     def reenable_re(self) -> None:
         """``vc_server.reenable_re(self)``, as ``VIO.reenable_re``, called as ``reenable``."""
@@ -320,7 +320,11 @@ class NetVConnection(Continuation):
     def reenable(self, vio: VIO) -> None:
         """Let ``vio`` move again (from any thread): bytes already in the socket are processed
         without waiting for a new edge."""
-        s = self._state_of(vio)
+        self.reenable_state(self._state_of(vio))
+
+    def reenable_state(self, s: NetState) -> None:
+        """``reenable`` of side ``s``, one of this VC's two (``NetState.reenable``: a VIO's
+        own call, which need not ask which side it is)."""
         if s.enabled or self.closed:
             return
         s.enabled = True
