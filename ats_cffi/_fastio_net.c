@@ -148,6 +148,59 @@ typedef int (*net_wait_fn)(int epfd, struct epoll_event *evs, int maxevents, int
 
 #define NET_ARGS 9
 
+/* The net_args tuples parsed before, with their values: a thread's passes hand net_wait
+ * the same tuple every time (PollDescriptor.net_args, made once per epoll instance),
+ * whose seven addresses took PyLong_AsUnsignedLongLong's slow path on every pass. Each
+ * tuple is kept by a reference, so that no other tuple can come at its address; the
+ * oldest is let go when a ninth comes. Read and written with the GIL held. */
+#define NET_ARGS_SEEN 8
+static PyObject *net_args_seen[NET_ARGS_SEEN];
+static uintptr_t net_args_vals[NET_ARGS_SEEN][NET_ARGS];
+static unsigned net_args_next;
+
+/* Check and convert the NET_ARGS ints of t into a: 0, or -1 with an exception set. */
+static int parse_net_args(PyObject *t, uintptr_t *a, const char *call)
+{
+    for (int i = 0; i < NET_ARGS; i++) {
+        /* Items 1 and 3 (the fd, the size) are ints >= 0, the others addresses > 0. */
+        int is_int = i == 1 || i == 3;
+        PyObject *o = PyTuple_GET_ITEM(t, i);
+        unsigned long long v = PyLong_CheckExact(o) ? PyLong_AsUnsignedLongLong(o) : 0;
+        if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear(); /* negative or too large: refused below */
+            v = is_int ? ULLONG_MAX : 0;
+        }
+        if (is_int ? v > INT_MAX : v == 0) {
+            PyErr_Format(PyExc_ValueError, "%s: net_args[%d] must be %s", call, i,
+                         is_int ? "an int in 0..INT_MAX" : "an address");
+            return -1;
+        }
+        a[i] = (uintptr_t)v;
+    }
+    return 0;
+}
+
+/* The values of net_args t, from those seen before or parsed now (and kept): 0, or -1
+ * with an exception set. */
+static int net_args_of(PyObject *t, uintptr_t *a, const char *call)
+{
+    for (unsigned k = 0; k < NET_ARGS_SEEN; k++) {
+        if (net_args_seen[k] == t) {
+            memcpy(a, net_args_vals[k], sizeof net_args_vals[k]);
+            return 0;
+        }
+    }
+    if (parse_net_args(t, a, call) < 0)
+        return -1;
+    unsigned k = net_args_next++ % NET_ARGS_SEEN;
+    PyObject *old = net_args_seen[k];
+    Py_INCREF(t);
+    net_args_seen[k] = t;
+    memcpy(net_args_vals[k], a, sizeof net_args_vals[k]);
+    Py_XDECREF(old);
+    return 0;
+}
+
 /* net_wait(net_args, timeout_ms) -> the count of the pass's events, or -errno:
  * ats_net_wait with the GIL released (it may block up to timeout_ms), its
  * arguments the 9 ints of Epoll.net_args (the function's address, the epoll fd,
@@ -167,21 +220,9 @@ static PyObject *fast_net_wait(PyObject *mod, PyObject *const *args, Py_ssize_t 
         return PyErr_Format(PyExc_TypeError, "%s: net_args must be a tuple of %d ints", call,
                             NET_ARGS);
     }
-    uintptr_t a[NET_ARGS];
-    for (int i = 0; i < NET_ARGS; i++) {
-        /* Items 1 and 3 (the fd, the size) are ints >= 0, the others addresses > 0. */
-        int is_int = i == 1 || i == 3;
-        PyObject *o = PyTuple_GET_ITEM(t, i);
-        unsigned long long v = PyLong_CheckExact(o) ? PyLong_AsUnsignedLongLong(o) : 0;
-        if (v == (unsigned long long)-1 && PyErr_Occurred()) {
-            PyErr_Clear(); /* negative or too large: refused below */
-            v = is_int ? ULLONG_MAX : 0;
-        }
-        if (is_int ? v > INT_MAX : v == 0)
-            return PyErr_Format(PyExc_ValueError, "%s: net_args[%d] must be %s", call, i,
-                                is_int ? "an int in 0..INT_MAX" : "an address");
-        a[i] = (uintptr_t)v;
-    }
+    uintptr_t a[NET_ARGS]; /* a copy: another thread may replace the kept values */
+    if (net_args_of(t, a, call) < 0)
+        return NULL;
     if (!PyLong_CheckExact(args[1])) {
         return PyErr_Format(PyExc_TypeError, "%s: timeout_ms must be an int, not %.100s", call,
                             Py_TYPE(args[1])->tp_name);

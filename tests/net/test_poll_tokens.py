@@ -128,6 +128,38 @@ def test_a_pass_waits_through_net_wait_and_a_closed_descriptor_fails_naming_epol
     assert info.value.errno == errno.EBADF
 
 
+def test_each_descriptor_waits_on_its_own_epoll_past_net_waits_kept_arguments() -> None:
+    """net_wait keeps the values of the last 8 net_args tuples it parsed: ten descriptors
+    waited on in turn, twice over, each see their own socket's event and no other's."""
+    from ats_cffi.net import PollCont
+
+    conts, pairs, eios = [], [], []
+    try:
+        for _ in range(10):
+            pc = PollCont(None, 10)
+            a, b = socket.socketpair()
+            eio = EventIO(EVENTIO_DNS_CONNECTION)
+            conts.append(pc)
+            pairs.append((a, b))
+            eios.append(eio)
+            eio.start(pc.poll_descriptor, a.fileno(), EVENTIO_READ)
+        for _ in range(2):
+            for i, pc in enumerate(conts):
+                pairs[i][1].send(b"x")
+                assert pc.do_poll(1000) == 1
+                assert pc.poll_descriptor.epoll.tokens[0] == eios[i].token
+                assert pairs[i][0].recv(8) == b"x"
+                assert all(c.do_poll(0) == 0 for c in conts)  # one edge, seen once
+    finally:
+        for eio in eios:
+            eio.stop()
+        for a, b in pairs:
+            a.close()
+            b.close()
+        for pc in conts:
+            pc.close()
+
+
 @pytest.mark.parametrize(
     "args, exc, words",
     [
