@@ -9,8 +9,10 @@ Also ``ats_cffi._fastio`` (``_fastio.c``), the VC path's per-event reads and wri
 CPython extension of its own, over ``_native_rw``'s loops (why: its header comment). This
 file only wires them together.
 
-``python build_ffi.py`` rebuilds all three in place (after editing a compiled module, too);
-with ``ATS_CFFI_PURE=1`` it builds the two C extensions only.
+``python build_ffi.py`` rebuilds all three in place (after editing a compiled module, too),
+the compiled modules' library with a training profile (``build_pgo.py``; ``ATS_CFFI_PGO=0``
+skips it: a quicker build while developing); with ``ATS_CFFI_PURE=1`` it builds the two C
+extensions only.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from cffi import FFI
+
+from build_pgo import cmdclass
 
 HERE = Path(__file__).resolve().parent
 NATIVE = HERE / "ats_cffi"
@@ -141,7 +145,12 @@ def build_compiled_in_place() -> None:
         cwd = os.getcwd()
         os.chdir(HERE)
         try:
-            setup(name="ats_cffi", script_args=["-q", "build_ext", "--inplace"], ext_modules=ext)
+            setup(
+                name="ats_cffi",
+                script_args=["-q", "build_ext", "--inplace"],
+                ext_modules=ext,
+                cmdclass=cmdclass(),
+            )
         finally:
             os.chdir(cwd)
         # mypyc regenerated the C from the sources as they are now; when that C did not
