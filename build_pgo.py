@@ -106,23 +106,30 @@ def pgo_build_ext(base: Any) -> Any:
                 return  # up to date: nothing was built, nothing to train
             try:
                 train(HERE if self.inplace else Path(self.build_lib))
-            except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+                lib.extra_compile_args = [*compile_args, *PGO_USE]
+                lib.extra_link_args = link_args
+                self._rebuild(lib)
+            except BaseException as exc:  # Ctrl-C too: no instrumented library stays behind
                 self._remove(lib, out)
-                raise SystemExit(
-                    f"ats_cffi: profile-guided build failed: {exc} (ATS_CFFI_PGO=0 builds "
-                    "without a profile)"
-                ) from None
-            lib.extra_compile_args = [*compile_args, *PGO_USE]
-            lib.extra_link_args = link_args
+                if isinstance(exc, (OSError, RuntimeError, subprocess.TimeoutExpired)):
+                    raise SystemExit(
+                        f"ats_cffi: profile-guided build failed: {exc} (ATS_CFFI_PGO=0 "
+                        "builds without a profile)"
+                    ) from None
+                raise
+            print("ats_cffi: built the compiled modules with their training profile")
+
+        def _rebuild(self, ext: Any) -> None:
+            # As build_ext.run builds: into build_lib, then copied into the package when
+            # building in place.
             force, inplace = self.force, self.inplace
             self.force, self.inplace = True, False
             try:
-                self.build_extension(lib)
+                self.build_extension(ext)
             finally:
                 self.force, self.inplace = force, inplace
             if self.inplace:
                 self.copy_extensions_to_source()
-            print("ats_cffi: built the compiled modules with their training profile")
 
         def _built_path(self, ext: Any) -> Path:
             inplace, self.inplace = self.inplace, False

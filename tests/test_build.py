@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,61 @@ def test_gcc_builds_with_a_profile_unless_asked_not_to(monkeypatch) -> None:
     assert build_pgo.pgo_wanted() is True
     monkeypatch.setenv("ATS_CFFI_PGO", "0")
     assert build_pgo.pgo_wanted() is False
+
+
+def build_group_lib(tmp_path: Path) -> Path:
+    """Build a one-function stand-in for the compiled modules' library, named as it is,
+    with build_pgo's build_ext, into ``tmp_path``: the path of the library built."""
+    from setuptools import Extension, setup
+
+    src = tmp_path / "lib.c"
+    src.write_text(
+        "#include <Python.h>\n"
+        'static struct PyModuleDef m = {PyModuleDef_HEAD_INIT, "_compiled__mypyc"};\n'
+        "PyMODINIT_FUNC PyInit__compiled__mypyc(void) { return PyModule_Create(&m); }\n"
+    )
+    ext = Extension(build_pgo.GROUP_LIB, sources=[str(src)])
+    lib, tmp = tmp_path / "lib", tmp_path / "tmp"
+    setup(
+        name="stand_in",
+        script_args=["-q", "build_ext", "--build-lib", str(lib), "--build-temp", str(tmp)],
+        ext_modules=[ext],
+        cmdclass=build_pgo.cmdclass(),
+    )
+    return lib / "ats_cffi" / f"_compiled__mypyc{sysconfig.get_config_var('EXT_SUFFIX')}"
+
+
+def test_the_build_trains_the_instrumented_library_then_builds_it_again(
+    tmp_path: Path, monkeypatch
+) -> None:
+    if not build_pgo.pgo_wanted():
+        pytest.skip("no gcc")
+    monkeypatch.chdir(tmp_path)
+    seen = []
+
+    def train(root: Path) -> None:  # the library as the training run finds it
+        seen.append(b"__gcov_" in (root / "ats_cffi" / out.name).read_bytes())
+
+    monkeypatch.setattr(build_pgo, "train", train)
+    out = (
+        tmp_path / "lib" / "ats_cffi" / f"_compiled__mypyc{sysconfig.get_config_var('EXT_SUFFIX')}"
+    )
+    assert build_group_lib(tmp_path) == out
+    assert seen == [True]  # trained on the instrumented build
+    assert b"__gcov_" not in out.read_bytes()  # then replaced by the profiled one
+
+
+def test_a_failed_training_fails_the_build_and_leaves_no_library(
+    tmp_path: Path, monkeypatch
+) -> None:
+    if not build_pgo.pgo_wanted():
+        pytest.skip("no gcc")
+    monkeypatch.chdir(tmp_path)
+
+    def train(root: Path) -> None:
+        raise RuntimeError("the training run (pgo_train.py) exited with status 1")
+
+    monkeypatch.setattr(build_pgo, "train", train)
+    with pytest.raises(SystemExit, match="profile-guided build failed: the training run"):
+        build_group_lib(tmp_path)
+    assert not list((tmp_path / "lib").rglob("*.so"))
