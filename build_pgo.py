@@ -108,6 +108,9 @@ def pgo_build_ext(base: Any) -> Any:
                 train(HERE if self.inplace else Path(self.build_lib))
                 lib.extra_compile_args = [*compile_args, *PGO_USE]
                 lib.extra_link_args = link_args
+                # distutils relinks only when an object is newer than the library, by whole
+                # seconds in older setuptools: a quick rebuild would keep the instrumented one
+                out.unlink()
                 self._rebuild(lib)
             except BaseException as exc:  # Ctrl-C too: no instrumented library stays behind
                 self._remove(lib, out)
