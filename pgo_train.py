@@ -1,6 +1,6 @@
-"""The training run of the profile-guided build (``build_ffi.py``, ``ATS_CFFI_PGO``).
+"""The training run of the profile-guided build (``build_pgo.py``, ``ATS_CFFI_PGO``).
 
-``build_ffi.PgoBuildExt`` builds the compiled modules' library instrumented
+``build_pgo``'s ``build_ext`` builds the compiled modules' library instrumented
 (``-fprofile-generate``), runs this script on it, then builds the library again with the
 counts it left (``-fprofile-use``): gcc lays the hot paths out together and inlines by
 what ran, as CPython's own ``--enable-optimizations`` build does.
@@ -66,6 +66,7 @@ def echo_round_trips(port: int, plan=ECHO_PLAN, conns: int = CONNS) -> int:
 
 
 def recv_exactly(s: socket.socket, n: int) -> bytes:
+    """The next ``n`` bytes of ``s``; raise if it closes first."""
     parts = []
     while n:
         b = s.recv(min(n, 262144))
