@@ -29,7 +29,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 HOST = "127.0.0.1"
 #: Each client socket gives up after this long without progress: a part that hangs fails
@@ -42,6 +41,9 @@ SHORT_CONNS = 200
 #: The VIO echo's read-buffer water mark (perf/servers.py's).
 WATER_MARK = 131072
 HTTP_REQUESTS = 3000
+
+# perf/servers.py's echo servers, the ones the benchmarks run
+sys.path.insert(0, str(Path(__file__).resolve().parent / "perf"))
 
 
 def echo_round_trips(port: int, plan=ECHO_PLAN, conns: int = CONNS) -> int:
@@ -89,7 +91,6 @@ def short_connections(port: int, n: int = SHORT_CONNS) -> None:
 def train_vio_echo() -> int:
     """README's echo continuation on the net core's VIOs: perf/servers.py's ``ats`` echo,
     what the benchmarks run."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "perf"))
     from servers import ats_echo_acceptor
 
     from ats_cffi.net import AcceptOptions, net_processor
@@ -108,25 +109,12 @@ def train_vio_echo() -> int:
         net_processor.shutdown()
 
 
-class _EchoProtocol(asyncio.Protocol):
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.transport.write(data)
-
-
-async def _stream_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while data := await reader.read(65536):
-        writer.write(data)
-        await writer.drain()
-    writer.close()
-
-
 async def _asyncio_parts() -> None:
+    from servers import EchoProtocol, echo_stream
+
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(_EchoProtocol, HOST, 0)
-    streams = await asyncio.start_server(_stream_echo, HOST, 0)
+    server = await loop.create_server(EchoProtocol, HOST, 0)
+    streams = await asyncio.start_server(echo_stream, HOST, 0)
     try:
         for srv in (server, streams):
             port = srv.sockets[0].getsockname()[1]
