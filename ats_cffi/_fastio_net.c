@@ -152,11 +152,14 @@ typedef int (*net_wait_fn)(int epfd, struct epoll_event *evs, int maxevents, int
  * the same tuple every time (PollDescriptor.net_args, made once per epoll instance),
  * whose seven addresses took PyLong_AsUnsignedLongLong's slow path on every pass. Each
  * tuple is kept by a reference, so that no other tuple can come at its address; the
- * oldest is let go when a ninth comes. Read and written with the GIL held. */
+ * oldest is let go when a ninth comes. Read and written with the GIL held (a build
+ * without one parses every pass: net_args_of). */
+#ifndef Py_GIL_DISABLED
 #define NET_ARGS_SEEN 8
 static PyObject *net_args_seen[NET_ARGS_SEEN];
 static uintptr_t net_args_vals[NET_ARGS_SEEN][NET_ARGS];
 static unsigned net_args_next;
+#endif
 
 /* Check and convert the NET_ARGS ints of t into a: 0, or -1 with an exception set. */
 static int parse_net_args(PyObject *t, uintptr_t *a, const char *call)
@@ -184,6 +187,10 @@ static int parse_net_args(PyObject *t, uintptr_t *a, const char *call)
  * with an exception set. */
 static int net_args_of(PyObject *t, uintptr_t *a, const char *call)
 {
+#ifdef Py_GIL_DISABLED
+    /* Without a GIL the net threads would race on the shared table: parse every pass. */
+    return parse_net_args(t, a, call);
+#else
     for (unsigned k = 0; k < NET_ARGS_SEEN; k++) {
         if (net_args_seen[k] == t) {
             memcpy(a, net_args_vals[k], sizeof net_args_vals[k]);
@@ -199,6 +206,7 @@ static int net_args_of(PyObject *t, uintptr_t *a, const char *call)
     memcpy(net_args_vals[k], a, sizeof net_args_vals[k]);
     Py_XDECREF(old);
     return 0;
+#endif
 }
 
 /* net_wait(net_args, timeout_ms) -> the count of the pass's events, or -errno:

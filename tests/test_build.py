@@ -5,6 +5,7 @@ other than gcc (or ``ATS_CFFI_PGO=0``) builds without a profile."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -56,7 +57,7 @@ def test_a_compiler_that_is_not_gcc_builds_without_a_profile(monkeypatch) -> Non
 
 
 def test_gcc_builds_with_a_profile_unless_asked_not_to(monkeypatch) -> None:
-    if subprocess.run(["gcc", "--version"], capture_output=True).returncode != 0:
+    if shutil.which("gcc") is None:
         pytest.skip("no gcc")
     monkeypatch.setenv("CC", "gcc -pthread")
     monkeypatch.delenv("ATS_CFFI_PGO", raising=False)
