@@ -22,10 +22,11 @@ Not thread-safe: like ATS, the owner (the VC, under its mutex) serialises access
 
 Every field whose name starts with ``_`` is this module's alone (tests/test_layout.py checks
 that no other module of the package touches one). The net layer's per-event path uses the
-trusted methods instead: ``writable_block_if_room`` then ``commit(n)`` after a native read
-into that block, ``first_block``/``readable_blocks`` for the bytes to write, and ``advance(n)``
-after writing them. ``commit`` and ``advance`` skip the argument checks of ``fill`` and
-``consume``: their callers have just moved exactly those bytes.
+trusted methods, which skip the argument checks of ``fill`` and ``consume`` (their callers
+have just moved exactly those bytes): ``writable_block_if_room`` then ``commit(n)`` after a
+native read into that block, or ``append_filled`` for a block read into while the tail had
+no free space (``tail_free``); ``first_block``/``readable_blocks`` for the bytes to write,
+and ``advance(n)`` after writing them.
 """
 
 from __future__ import annotations
@@ -84,11 +85,9 @@ class MIOBuffer:
     )
 
     def __init__(self, block_size: Any = DEFAULT_BLOCK_SIZE, water_mark: Any = 0) -> None:
-        """Create an empty buffer whose blocks are ``block_size`` bytes.
-
-        Raises TypeError if block_size or water_mark is not an int (bool included),
-        ValueError if block_size is not in 1..MAX_BLOCK_SIZE or water_mark < 0.
-        """
+        """Create an empty buffer whose blocks are ``block_size`` bytes: TypeError if
+        block_size or water_mark is not an int (bool included), ValueError if block_size is
+        not in 1..MAX_BLOCK_SIZE or water_mark < 0."""
         # (Two buffers per connection: the checks cost a call only for what is not an int.)
         if type(block_size) is not int:
             check_int("block_size", block_size)
@@ -123,19 +122,15 @@ class MIOBuffer:
 
     @water_mark.setter
     def water_mark(self, value: Any) -> None:
-        """Set the water mark.
-
-        Raises TypeError if value is not an int (bool included), ValueError if it is < 0.
-        """
+        """Set the water mark: TypeError if value is not an int (bool included), ValueError
+        if it is < 0."""
         _check_water_mark(value)
         self._water_mark = value
 
     @property
     def readers(self) -> int:
         """Number of allocated readers."""
-        if self._one is not None:
-            return 1
-        return len(self._many) if self._many is not None else 0
+        return 1 if self._one is not None else len(self._many) if self._many is not None else 0
 
     def _all_readers(self) -> list[IOBufferReader]:
         if self._one is not None:
@@ -146,6 +141,10 @@ class MIOBuffer:
 
     def _add_block(self, pool: BlockPool | None = None) -> IOBufferBlock:
         b = take_block(self._block_size, pool, self._pool_index)
+        self._link(b)
+        return b
+
+    def _link(self, b: IOBufferBlock) -> None:
         t = self._tail
         if t is _NO_BLOCK:  # the buffer held no block: whoever stood on none starts here
             one = self._one
@@ -162,7 +161,6 @@ class MIOBuffer:
         else:
             t.next = b
         self._tail = b
-        return b
 
     def drop_blocks_if_read(self, pool: BlockPool | None = None) -> None:
         """Give the chain's blocks back to the freelist (``pool``: the calling thread's)
@@ -294,13 +292,16 @@ class MIOBuffer:
         self._written += n
 
     def append_filled(self, b: IOBufferBlock, n: int) -> None:
-        """Trusted: link ``b`` (empty, from the freelist) after the tail, which the same
-        native read filled first, with its first ``n`` bytes written (a ``readv`` over
-        several blocks, net/vcio.py). No check."""
-        self._tail.next = b
+        """Trusted: link ``b`` (empty, from the freelist) after the tail, which has no free
+        space (a native read filled it first, or the buffer holds no block), with its first
+        ``n`` bytes written (net/vcio.py). No check."""
+        self._link(b)
         b.end = n
-        self._tail = b
         self._written += n
+
+    def tail_free(self) -> int:
+        """The free space of the tail block: 0 when a native read would need a new block."""
+        return self._tail.size - self._tail.end
 
     def fill(self, n: Any) -> None:
         """Commit ``n`` bytes that were written into the tail block's free space.

@@ -81,6 +81,8 @@ def read_into_buffer(
     reads into every block up to the water mark at once. Spilled bytes join the buffer
     (``_take_spill``). The tail is read alone (``_read_tail``: a plain ``read``) when it
     has ``_READ_ALONE`` bytes of room, and first with ``spill_first`` False (NetState's).
+    With ``spill_first`` and no free space in the tail block, the spare is read alone
+    (``_spare_alone``): a large message lands in one block and goes out in one ``send``.
 
     ``stop_short``: a read that returns less than it asked for ends the step as if it had
     seen EAGAIN (``last`` is ``sys.AGAIN``). With EPOLLET, Linux reports a new edge for
@@ -93,39 +95,27 @@ def read_into_buffer(
     stops once OpenSSL holds no more and the socket's last read was short. ``last`` may
     also be ``TLS_WANT_WRITE`` or ``TLS_FAILED`` (``_native_tls.h``)."""
     stats = nh.stats
-    lastp = nh.last
-    pool = nh.pool
     total = 0
-    last: int = 1  # declared: it is assigned lastp[0], an Any (CONTRIBUTING.md, mypyc)
+    last: int = 1  # declared: it is assigned nh.last[0], an Any (CONTRIBUTING.md, mypyc)
     while total < limit:
-        t = buf.writable_block_if_room(pool)
-        if t is None:
-            break
-        end = t.end
-        left = limit - total
-        toread = t.size - end
-        spill = 0
-        if toread < left or t.size > buf.block_size:
-            toread, spill = _read_sizes(nh, buf, toread, left, spill_first)
-            if toread <= 0:
-                break  # a large tail block (a spare handed over) holds the water mark
-        else:
-            toread = left
         s = nh.spill
-        if ssl is None:
-            if not spill and toread == t.size - end:
-                r: int = _read_tail(fd, t.data, end, stop_short)  # all the block's room
-            else:  # -1: all the room, all the spare (an int object per call otherwise)
-                r = _read_spill(
-                    fd, t.data, end, -1 if toread == t.size - end else toread,
-                    s.data, -1 if spill == s.size else spill, stop_short,
-                )  # fmt: skip
+        left = limit - total
+        spill = _spare_alone(buf, left, s.size) if spill_first and ssl is None else 0
+        if spill:
+            if spill < 0:
+                break  # no room: back-pressure
+            toread = 0  # ats_read_spill without a base: a plain read into the spare
+            r: int = _read_spill(fd, s.data, 0, 0, s.data, -1 if spill == s.size else spill,
+                                 stop_short)  # fmt: skip
         else:
-            r = _tls_read(ssl, t.cdata, end, toread, s.cdata, spill, stop_short, lastp)
+            r, toread, spill = _read_tail_first(nh, fd, buf, left, stop_short, ssl, spill_first)
+            if toread <= 0:
+                break  # no room
         stats[_CALLS_TO_READ] += 1
         if r > 0:
             if r > toread:
-                buf.commit(toread)
+                if toread:
+                    buf.commit(toread)
                 _take_spill(nh, buf, s, r - toread)
             else:
                 buf.commit(r)
@@ -137,16 +127,67 @@ def read_into_buffer(
                 last = _AGAIN
                 break
         # Only here is the last syscall's result needed: nothing read, or EAGAIN/EOF/error.
-        last = _last() if ssl is None else lastp[0]
+        last = _last() if ssl is None else nh.last[0]
         if last <= 0:
             break
     if total:
         stats[_READ_BYTES] += total
     else:
-        buf.drop_blocks_if_read(pool)  # the block taken for this read stays unused
+        buf.drop_blocks_if_read(nh.pool)  # the block taken for this read stays unused
         if last == _AGAIN:
             stats[_CALLS_TO_READ_NODATA] += 1
     return total, last
+
+
+def _read_tail_first(
+    nh: NetHandler, fd: int, buf: MIOBuffer, left: int, stop_short: bool, ssl: Any,
+    spill_ok: bool,
+) -> tuple[int, int, int]:  # fmt: skip
+    """One read into the tail block's free space (a new block's if it has none), spilling
+    into the spare as ``_read_sizes`` allows: ``(result, tail bytes asked, spare bytes
+    asked)``, the tail's 0 when nothing may be read (no room: back-pressure)."""
+    t = buf.writable_block_if_room(nh.pool)
+    if t is None:
+        return 0, 0, 0
+    end = t.end
+    toread = t.size - end
+    spill = 0
+    if toread < left or t.size > buf.block_size:
+        toread, spill = _read_sizes(nh, buf, toread, left, spill_ok)
+        if toread <= 0:
+            return 0, 0, 0  # a large tail block (a spare handed over) holds the water mark
+    else:
+        toread = left
+    s = nh.spill
+    if ssl is not None:
+        r: int = _tls_read(ssl, t.cdata, end, toread, s.cdata, spill, stop_short, nh.last)
+    elif not spill and toread == t.size - end:
+        r = _read_tail(fd, t.data, end, stop_short)  # all the block's room
+    else:  # -1: all the room, all the spare (an int object per call otherwise)
+        r = _read_spill(
+            fd, t.data, end, -1 if toread == t.size - end else toread,
+            s.data, -1 if spill == s.size else spill, stop_short,
+        )  # fmt: skip
+    return r, toread, spill
+
+
+def _spare_alone(buf: MIOBuffer, left: int, size: int) -> int:
+    """How much of the spare block (``size`` bytes) a read may fill alone, up to ``left``:
+    when the tail block has no free space, the buffer's blocks are smaller than the spare,
+    and the water mark lets a new block take more than one of them (``_read_sizes``'
+    bound). 0: read into the tail (or a new block) as usual; -1: no room at all."""
+    block = buf.block_size
+    if block >= size or buf.tail_free():
+        return 0
+    room = buf.water_mark - buf.max_read_avail()
+    if room < 0:
+        return -1
+    room += block
+    if room > left:
+        room = left
+    if room <= block:
+        return 0
+    return room if room < size else size
 
 
 def _read_sizes(

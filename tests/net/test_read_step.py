@@ -1,6 +1,7 @@
 """A VC's read step on its net thread. ``read_into_buffer`` (net/vcio.py): one ``readv``
 fills the tail block and spills on into the thread's spare block (from the first read only
-after a step of the VC that brought a block or more). Spilled bytes join the
+after a step of the VC that brought a block or more); after such a step, a tail block
+without free space makes it one plain read into the spare alone. Spilled bytes join the
 buffer as the spare itself when they fill a block of the buffer's size (the thread takes a
 new spare), else as a copy; the water mark bounds how far a read goes, a spare handed over
 included; every byte arrives in order. The NetHandler: a write side that the read's
@@ -78,27 +79,48 @@ def chain_sizes(reader: Any) -> list[tuple[int, int]]:
     return [(b.size, end - start) for b, start, end in reader.readable_blocks()]
 
 
-def one_message(sock_pair: Any, block: int, water_mark: int, size: int) -> tuple[Any, Any]:
+def one_message(
+    sock_pair: Any, block: int, water_mark: int, size: int, held: bytes = b""
+) -> tuple[Any, Any]:
     """A message of ``size`` bytes sent, then one read step into a new buffer of
-    ``block``-byte blocks: what the step returned and the chain's (block size, readable
-    bytes); every byte arrived in order."""
+    ``block``-byte blocks already holding ``held``: what the step returned and the chain's
+    (block size, readable bytes); every byte arrived in order."""
     a, b, thread = sock_pair
     buf = MIOBuffer(block, water_mark)
     reader = buf.alloc_reader()
+    buf.write(held)
     data = payload_of(size)
     a.sendall(data)
     got = read_step(thread, b.fileno(), buf)
     chain = chain_sizes(reader)
-    assert reader.read(len(data)) == data
+    assert reader.read(len(held) + len(data)) == held + data
     return got, chain
 
 
 def test_a_message_larger_than_the_tail_is_one_read_and_the_spare_joins_the_buffer(
     sock_pair,
 ) -> None:
+    # The tail block has room: one readv into it and on into the spare.
+    got, chain = one_message(sock_pair, BLOCK, 256 * 1024, 64 * 1024, b"h" * 100)
+    assert got == {"moved": 64 * 1024, "last": asys.AGAIN, "new_spare": True, "calls": 1}
+    assert chain == [(BLOCK, BLOCK), (SPILL_SIZE, 64 * 1024 + 100 - BLOCK)]
+
+
+def test_with_no_room_in_the_tail_a_large_message_is_one_read_into_the_spare(
+    sock_pair,
+) -> None:
+    # No block to fill (the buffer holds none, or its tail is full): the spare alone, one
+    # block to write from. Blocks as large as the spare: a new one, as usual.
     got, chain = one_message(sock_pair, BLOCK, 256 * 1024, 64 * 1024)
     assert got == {"moved": 64 * 1024, "last": asys.AGAIN, "new_spare": True, "calls": 1}
-    assert chain == [(BLOCK, BLOCK), (SPILL_SIZE, 64 * 1024 - BLOCK)]
+    assert chain == [(SPILL_SIZE, 64 * 1024)]
+    got, chain = one_message(sock_pair, BLOCK, 256 * 1024, 64 * 1024, b"f" * BLOCK)
+    assert got["calls"] == 1 and chain == [(BLOCK, BLOCK), (SPILL_SIZE, 64 * 1024)]
+    got, chain = one_message(sock_pair, SPILL_SIZE, 256 * 1024, 64 * 1024)
+    assert got["new_spare"] is False and chain == [(SPILL_SIZE, 64 * 1024)]
+    # Within a block of the water mark: a new block, as usual.
+    got, chain = one_message(sock_pair, BLOCK, 0, 3000)
+    assert got["new_spare"] is False and chain == [(BLOCK, 3000)]
 
 
 def test_a_tail_block_with_room_for_most_reads_is_read_alone(sock_pair) -> None:
@@ -134,9 +156,12 @@ def test_a_vcs_first_read_spills_only_after_a_step_that_brought_a_block(sock_pai
 
 
 def test_a_short_spill_is_copied_into_a_block_of_the_buffers_size(sock_pair) -> None:
-    got, chain = one_message(sock_pair, BLOCK, 256 * 1024, BLOCK + 904)
+    got, chain = one_message(sock_pair, BLOCK, 256 * 1024, BLOCK + 904, b"h" * 100)
     assert got == {"moved": BLOCK + 904, "last": asys.AGAIN, "new_spare": False, "calls": 1}
-    assert chain == [(BLOCK, BLOCK), (BLOCK, 904)]
+    assert chain == [(BLOCK, BLOCK), (BLOCK, 1004)]
+    got, chain = one_message(sock_pair, BLOCK, 256 * 1024, 904)  # read into the spare alone
+    assert got == {"moved": 904, "last": asys.AGAIN, "new_spare": False, "calls": 1}
+    assert chain == [(BLOCK, 904)]
 
 
 def test_the_water_mark_bounds_a_read_and_a_spare_handed_over(sock_pair) -> None:
