@@ -105,7 +105,7 @@ from _common import (
     write_json,
     wrk_errors,
 )
-from peers_report import CLOSED_SETTLE, SERVERS, summarize, table
+from peers_report import CLOSED_SETTLE, SERVERS, rounds_table, summarize, table
 
 #: The echo cases also run the spliced ats echo (``servers.py ats_splice``) and the asyncio
 #: Protocol echo on ats_cffi's asyncio loop (``ats_asyncio``): rows of their own.
@@ -454,7 +454,9 @@ def main(argv: list[str] | None = None) -> int:
         for case, unit, func, extra, servers in cases:
             if func is run_idle and rnd >= a.idle_rounds:
                 continue
-            for s in servers:
+            # Every other round the other way round: a drift of the machine's speed over
+            # a round does not favour the servers that come first.
+            for s in servers if rnd % 2 == 0 else servers[::-1]:
                 try:
                     r = func(case, s, a, cpus, *extra)
                 except Exception as e:  # one failed run must not lose the session
@@ -489,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(avail)} CPUs (server on CPU {cpus[0]}, clients on CPU {cpus[1]}), "
         f"{a.rounds} round(s), load average {load0[0]:.2f} before, {load1[0]:.2f} after."
     )
-    print_report(head, table(rows), a.md)
+    rt = rounds_table(rows)
+    print_report(head, table(rows) + ("\n\n" + rt if rt else ""), a.md)
     if a.output:
         meta = {
             "command": cmd.strip(),

@@ -63,7 +63,49 @@ def _row(runs: list[dict], label: str, case: str, unit: str, subject: str) -> di
         ok = ats and other and "value" in ats and "value" in other
         row[f"value_vs_{ref}"] = ats["value"] / other["value"] if ok else None
         row[f"cpu_vs_{ref}"] = ats["cpu"] / other["cpu"] if ok and other["cpu"] else None
+    row["cpu_rounds_vs_uvloop"] = _round_ratios(runs, case, subject, "uvloop")
     return row
+
+
+def _round_ratios(runs: list[dict], case: str, subject: str, ref: str) -> list[float]:
+    """``subject``'s CPU/op over ``ref``'s in each round where both ran (in round order)."""
+    cpu: dict[tuple[str, int], float] = {
+        (r["server"], r["round"]): r["cpu"]
+        for r in runs
+        if r["case"] == case and "error" not in r and "cpu" in r and "round" in r
+    }
+    rounds = sorted({k[1] for k in cpu})
+    return [
+        cpu[(subject, n)] / cpu[(ref, n)]
+        for n in rounds
+        if (subject, n) in cpu and (ref, n) in cpu and cpu[(ref, n)]
+    ]
+
+
+def rounds_table(rows: list[dict]) -> str:
+    """The rounds' own ratios to uvloop's CPU/op (rows of two rounds or more, not idle):
+    each pairs two runs of the same round, which shared the machine's state of that time,
+    where the main table's ratio divides medians taken over different rounds."""
+    lines = [
+        "| case | ats_cffi/uvloop CPU/op, median of the rounds' ratios | each round's |",
+        "|---|---:|---|",
+    ]
+    for row in rows:
+        ratios = row.get("cpu_rounds_vs_uvloop") or []
+        if row["idle"] or len(ratios) < 2:
+            continue
+        each = " / ".join(f"{x:.2f}" for x in ratios)
+        lines.append(f"| {row['case']} | {statistics.median(ratios):.2f} | {each} |")
+    if len(lines) == 2:
+        return ""
+    return "\n".join(
+        [
+            "The rounds' own ratios (each round ran every server once, in the reverse order "
+            "of the round before):",
+            "",
+            *lines,
+        ]
+    )
 
 
 def _cell_value(v: dict | None, unit: str) -> str:
