@@ -130,7 +130,7 @@ class MIOBuffer:
     @property
     def readers(self) -> int:
         """Number of allocated readers."""
-        return 1 if self._one is not None else len(self._many) if self._many is not None else 0
+        return len(self._all_readers())
 
     def _all_readers(self) -> list[IOBufferReader]:
         if self._one is not None:
