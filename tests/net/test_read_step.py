@@ -118,9 +118,21 @@ def test_with_no_room_in_the_tail_a_large_message_is_one_read_into_the_spare(
     assert got["calls"] == 1 and chain == [(BLOCK, BLOCK), (SPILL_SIZE, 64 * 1024)]
     got, chain = one_message(sock_pair, SPILL_SIZE, 256 * 1024, 64 * 1024)
     assert got["new_spare"] is False and chain == [(SPILL_SIZE, 64 * 1024)]
-    # Within a block of the water mark: a new block, as usual.
-    got, chain = one_message(sock_pair, BLOCK, 0, 3000)
-    assert got["new_spare"] is False and chain == [(BLOCK, 3000)]
+    # Water mark 0: a read may bring one block, so a new block of the buffer's size, as
+    # usual (the spare alone would hold the same bytes in a 128 KiB block).
+    a, b, thread = sock_pair
+    buf = MIOBuffer(BLOCK, 0)
+    reader = buf.alloc_reader()
+    data = payload_of(3 * BLOCK)
+    a.sendall(data)
+    got = read_step(thread, b.fileno(), buf)
+    assert (got["moved"], got["new_spare"]) == (BLOCK, False)
+    assert chain_sizes(reader) == [(BLOCK, BLOCK)]
+    out = reader.read(BLOCK)
+    while len(out) < len(data):
+        assert read_step(thread, b.fileno(), buf)["moved"] == BLOCK
+        out += reader.read(BLOCK)
+    assert out == data
 
 
 def test_a_tail_block_with_room_for_most_reads_is_read_alone(sock_pair) -> None:
