@@ -78,8 +78,8 @@ ffibuilder.set_source(
 
 
 def fastio_extension() -> Any:
-    """The ``ats_cffi._fastio`` extension (``_fastio.c``, which includes ``_native_rw.c`` and
-    ``_fastio_net.c`` and ``_fastio_slots.c``)."""
+    """The ``ats_cffi._fastio`` extension (``_fastio.c``, which includes ``_native_rw.c``,
+    ``_fastio_args.c``, ``_fastio_net.c`` and ``_fastio_slots.c``)."""
     from setuptools import Extension
 
     return Extension(
@@ -89,6 +89,7 @@ def fastio_extension() -> Any:
         depends=[
             "ats_cffi/_native_rw.c",
             "ats_cffi/_native_rw.h",
+            "ats_cffi/_fastio_args.c",
             "ats_cffi/_fastio_net.c",
             "ats_cffi/_fastio_slots.c",
         ],

@@ -36,152 +36,7 @@
 
 static FAST_TLS Py_ssize_t last_result = 1;
 
-/* Argument i of a call, which is not an int >= 0: -1 with the exception set
- * that names the call and the argument (the cold half of arg_size). */
-static Py_ssize_t __attribute__((noinline, cold))
-bad_size(PyObject *const *args, int i, const char *call)
-{
-    if (!PyLong_Check(args[i])) {
-        PyErr_Format(PyExc_TypeError, "%s: argument %d must be an int, not %.100s", call,
-                     i + 1, Py_TYPE(args[i])->tp_name);
-        return -1;
-    }
-    Py_ssize_t v = PyLong_AsSsize_t(args[i]);
-    if (v >= 0)
-        return v; /* an int subclass */
-    if (!PyErr_Occurred())
-        PyErr_Format(PyExc_ValueError, "%s: argument %d must be >= 0", call, i + 1);
-    else if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_ValueError, "%s: argument %d must be >= 0 and fit a Py_ssize_t",
-                     call, i + 1);
-    }
-    return -1;
-}
-
-/* The value of an exact int of at most one digit (30 bits: every fd, offset and length
- * of a block), read in place; -1 for any other int, which the caller converts with
- * PyLong_AsSsize_t (a call, and most of an argument's parsing). */
-static inline __attribute__((always_inline)) Py_ssize_t compact_size(PyObject *o)
-{
-#if PY_VERSION_HEX >= 0x030C0000
-    if (PyUnstable_Long_IsCompact((PyLongObject *)o))
-        return PyUnstable_Long_CompactValue((PyLongObject *)o);
-#else
-    Py_ssize_t n = Py_SIZE(o);
-    if (n == 1 || n == 0)
-        return n ? (Py_ssize_t)((PyLongObject *)o)->ob_digit[0] : 0;
-#endif
-    return -1;
-}
-
-/* Argument i of a call as a Py_ssize_t >= 0, or -1 with an exception set.
- * Inlined at each call site: the per-event calls read three to five sizes, and
- * an exact int that fits is the only case that needs to be quick. */
-static inline __attribute__((always_inline)) Py_ssize_t
-arg_size(PyObject *const *args, int i, const char *call)
-{
-    PyObject *o = args[i];
-    if (PyLong_CheckExact(o)) {
-        Py_ssize_t v = compact_size(o);
-        if (v >= 0)
-            return v;
-        v = PyLong_AsSsize_t(o);
-        if (v >= 0)
-            return v;
-        PyErr_Clear(); /* an overflow: bad_size says so with the call's name */
-    }
-    return bad_size(args, i, call);
-}
-
-/* A bytearray argument's memory, checked to hold [off, off + len); NULL with an
- * exception set otherwise. */
-static inline char *arg_span(PyObject *obj, Py_ssize_t off, Py_ssize_t len, const char *call,
-                      const char *name)
-{
-    if (!PyByteArray_CheckExact(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s: %s must be a bytearray, not %.100s", call, name,
-                     Py_TYPE(obj)->tp_name);
-        return NULL;
-    }
-    if (off > PyByteArray_GET_SIZE(obj) || len > PyByteArray_GET_SIZE(obj) - off) {
-        PyErr_Format(PyExc_ValueError, "%s: %s holds %zd bytes, not [%zd, %zd + %zd)", call,
-                     name, PyByteArray_GET_SIZE(obj), off, off, len);
-        return NULL;
-    }
-    return PyByteArray_AS_STRING(obj);
-}
-
-static PyObject *bad_fd(const char *call, Py_ssize_t fd)
-{
-    return PyErr_Format(PyExc_ValueError, "%s: fd must be a file descriptor, got %zd", call, fd);
-}
-
-static inline int check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char *call)
-{
-    if (nargs == want)
-        return 0;
-    PyErr_Format(PyExc_TypeError, "%s takes %zd arguments (%zd given)", call, want, nargs);
-    return -1;
-}
-
-/* Check a call's argument count and read its size argument i (>= 0): the value,
- * or -1 with an exception set. */
-static Py_ssize_t count_and_size(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
-                                 int i, const char *call)
-{
-    if (check_nargs(nargs, want, call) < 0)
-        return -1;
-    return arg_size(args, i, call);
-}
-
-#define ARG(i) (1u << (i))
-
-/* A flag argument: 1 or 0, True and False without a call; -1 with an exception set. */
-static inline int arg_flag(PyObject *o)
-{
-    return o == Py_True ? 1 : o == Py_False ? 0 : PyObject_IsTrue(o);
-}
-
-/* Check a call's argument count, and read its fd (argument 0) and the size
- * arguments whose bits are set in mask into v[i]: 0, or -1 with an exception.
- * Inlined: want and mask are constants at every call site, so the loop unrolls
- * into one test per argument. */
-static inline __attribute__((always_inline)) int sizes(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *call,
-                 unsigned mask, Py_ssize_t *v)
-{
-    if (check_nargs(nargs, want, call) < 0)
-        return -1;
-    for (int i = 0; i < want; i++)
-        if ((mask | ARG(0)) & ARG(i) && (v[i] = arg_size(args, i, call)) < 0)
-            return -1;
-    if (v[0] > INT_MAX) {
-        bad_fd(call, v[0]);
-        return -1;
-    }
-    return 0;
-}
-
-/* Length argument i of a call, which may be -1 for all the room there is (room):
- * the caller's usual length passed as a small int, whose object Python keeps, where
- * a length of 32 KiB or more would be a new int object per call.  Else as arg_size. */
-static inline __attribute__((always_inline)) Py_ssize_t
-arg_len(PyObject *const *args, int i, const char *call, Py_ssize_t room)
-{
-    PyObject *o = args[i];
-    if (PyLong_CheckExact(o)) {
-        Py_ssize_t v = compact_size(o);
-        if (v >= 0)
-            return v;
-        v = PyLong_AsSsize_t(o);
-        if (v >= 0)
-            return v;
-        if (v == -1 && !PyErr_Occurred())
-            return room;
-        PyErr_Clear();
-    }
-    return bad_size(args, i, call);
-}
+#include "_fastio_args.c"
 
 /* read_spill(fd, base, off, len, spill, spill_len, stop_short) -> bytes read:
  * ats_read_spill into the bytearrays base[off:off+len] and spill[:spill_len].
@@ -213,7 +68,7 @@ static PyObject *fast_read_spill(PyObject *mod, PyObject *const *args, Py_ssize_
     ssize_t n = ats_read_spill((int)fd, base, (size_t)off, (size_t)len, spill,
                                (size_t)spill_len, stop_short, &last);
     last_result = last;
-    return PyLong_FromSsize_t(n);
+    return count_obj(n);
 }
 
 /* read_tail(fd, base, off, stop_short) -> bytes read: read_spill with neither a spill
@@ -238,7 +93,7 @@ static PyObject *fast_read_tail(PyObject *mod, PyObject *const *args, Py_ssize_t
                                (size_t)(PyByteArray_GET_SIZE(args[1]) - off), NULL, 0,
                                stop_short, &last);
     last_result = last;
-    return PyLong_FromSsize_t(n);
+    return count_obj(n);
 }
 
 /* read_to_bytes(fd, len, stop_short, scratch) -> bytes: ats_read_fill of up to len
@@ -377,7 +232,7 @@ static PyObject *fast_writev_chain(PyObject *mod, PyObject *const *args, Py_ssiz
     for (int i = 0; i < n; i++)
         Py_DECREF(held[i]);
     last_result = last;
-    return PyLong_FromSsize_t(done);
+    return count_obj(done);
 }
 
 /* The bytes of a bytes-like argument: bytes and bytearray read in place, anything
@@ -434,7 +289,7 @@ static Py_ssize_t send_once(PyObject *const *args, Py_ssize_t nargs, const char 
 static PyObject *fast_send_some(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t len, r = send_once(args, nargs, "send_some", &len);
-    return r == SEND_FAILED ? NULL : PyLong_FromSsize_t(r);
+    return r == SEND_FAILED ? NULL : count_obj(r);
 }
 
 /* send_left(fd, data) -> one send() of a bytes-like object: the bytes of data it

@@ -57,6 +57,29 @@ def test_read_tail_fills_the_block_from_an_offset_and_reports_as_read_spill(pair
     assert _fastio.read_tail(a.fileno(), base, 0, False) == 5 and _fastio.last() == 0  # EOF
 
 
+def test_the_counts_reads_return_are_right_across_sizes_and_kept_per_size(pair) -> None:
+    """A read's count is an int that reads of the same size share (_fastio.c's count_obj:
+    a 1 KiB read made a new int per call); sizes that take the same slot of that cache in
+    turn, and sizes CPython keeps itself, each get their own count."""
+    a, b = pair
+    base = bytearray(4096)
+
+    def read(n: int) -> int:
+        b.sendall(bytes(n))
+        r = _fastio.read_tail(a.fileno(), base, len(base) - n, True)
+        assert type(r) is int and r == n
+        return r
+
+    slot = lambda n: (n ^ (n >> 6) ^ (n >> 12)) & 63  # noqa: E731 (count_obj's)
+    others = [n for n in range(257, 4096) if slot(n) == slot(1024) and n != 1024][:2]
+    first = read(1024)
+    assert read(1024) is first  # the same object: no int made for it
+    for n in [1, 256, 257, *others, 1024, *others, 4096, 1024]:
+        read(n)  # each right, whichever size held its slot before
+    again = read(1024)
+    assert read(1024) is again
+
+
 def test_read_to_bytes_reads_into_a_new_bytes_straight_or_through_the_scratch(pair) -> None:
     a, b = pair
     b.sendall(b"straight")
