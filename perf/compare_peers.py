@@ -3,10 +3,11 @@
     python perf/compare_peers.py [--quick] [-o out.json] [--md out.md] [--rounds N]
                                  [--cases echo,http,uvicorn,tls,accept,idle,streams]
 
-One interleaved session (ats asyncio uvloop, ats asyncio uvloop, ...: every case of a round,
-then the next round), with the server pinned to the first CPU and the clients (and this
-driver) to the second. It builds what it needs: the C load generators of perf/ (``cc -O2``)
-and ``wrk`` (``apt-get install -y wrk`` when it is missing). Cases:
+One interleaved session (ats uvloop asyncio, asyncio uvloop ats, ...: every case of a round,
+each case's servers in the reverse order of the round before, then the next round), with the
+server pinned to the first CPU and the clients (and this driver) to the second. It builds
+what it needs: the C load generators of perf/ (``cc -O2``) and ``wrk`` (``apt-get install -y
+wrk`` when it is missing). Cases:
 
 - echo (perf/servers.py vs perf/loadgen.c, as echo_bench.py): 1, 10 and 100 KiB messages x
   10 and 100 connections, one message in flight per connection. Throughput: round trips/s.
@@ -108,10 +109,13 @@ from _common import (
 from peers_report import CLOSED_SETTLE, SERVERS, rounds_table, summarize, table
 
 #: The echo cases also run the spliced ats echo (``servers.py ats_splice``) and the asyncio
-#: Protocol echo on ats_cffi's asyncio loop (``ats_asyncio``): rows of their own.
-ECHO_SERVERS = ("ats", "ats_splice", "ats_asyncio", "asyncio", "uvloop")
-HTTP_SERVERS = ("ats", "ats_asyncio", "asyncio", "uvloop", "uvloop_min")
-ACCEPT_SERVERS = ("ats", "asyncio", "uvloop")
+#: Protocol echo on ats_cffi's asyncio loop (``ats_asyncio``): rows of their own. In run
+#: order: each ats_cffi server that issue 20 compares with uvloop (the VIO echo, the
+#: spliced one; the http server with the minimal uvloop one) runs next to it, so that a
+#: round's own ratio divides two runs a few seconds apart, not four runs apart.
+ECHO_SERVERS = ("ats", "uvloop", "ats_splice", "asyncio", "ats_asyncio")
+HTTP_SERVERS = ("ats", "uvloop_min", "uvloop", "asyncio", "ats_asyncio")
+ACCEPT_SERVERS = ("ats", "uvloop", "asyncio")
 #: What each idle connection carries before it is left idle, and what ends its answer.
 IDLE_MESSAGES = {"echo": b"x", "http": b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"}
 KIB = 1024
