@@ -102,8 +102,9 @@ def run_ats(
     """``splice``: the native echo (``ats_splice_acceptor``) instead of the VIO one.
     ``tls``: (certificate, key) files, for TLS on every accepted connection (not with
     ``splice``).
-    ``accept_threads`` None: the ``proxy.config.accept_threads`` record (1); 0: accept on
-    every net thread (EPOLLEXCLUSIVE, or one socket per thread with ``reuseport``).
+    ``accept_threads`` None: the ``proxy.config.accept_threads`` record (0: accept on
+    every net thread, EPOLLEXCLUSIVE, or one socket per thread with ``reuseport``; ATS's
+    default is 1, a dedicated accept thread).
     ``backlog`` None: the ``proxy.config.net.listen_backlog`` record (somaxconn)."""
     from ats_cffi.net import AcceptOptions, net_processor
     from ats_cffi.net.tls import ServerContext

@@ -13,13 +13,13 @@ SIGINT stop it gracefully (see ``ats_cffi.apps.runner``), SIGHUP reloads ``--con
 Exit status: 0 after a stop, 1 when it cannot start (a port in use), 2 for bad options or
 configuration (one line on stderr).
 
-Records are applied in this order: ATS's defaults, the app's own defaults (no
+Records are applied in this order: the net core's defaults (ATS's, but for accepting on
+the net threads, ``proxy.config.accept_threads`` 0, where ATS has one dedicated accept
+thread: under the GIL that thread runs nothing in parallel and costs a hand-off per batch of
+connections -- measured, 14.2 against 12.0 µs of CPU per accept, and 82 against 63 µs per
+HTTP request on a new connection; ``net/config.py``), the app's own defaults (no
 ``TCP_DEFER_ACCEPT`` unless asked: a blind tunnel may carry protocols where the server
-speaks first; and accept on the net threads, ``accept_threads`` 0, where ATS has one
-dedicated accept thread: under the GIL that thread runs nothing in parallel and costs a
-hand-off per batch of connections -- measured, 14.2 against 12.0 µs of CPU per accept, and
-82 against 63 µs per HTTP request on a new connection), the ``--config`` file, then the
-command-line options, which win.
+speaks first), the ``--config`` file, then the command-line options, which win.
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ from ats_cffi.sys import PORT_MAX, ip_family
 #: Records whose default the command changes (see the module doc).
 APP_RECORD_DEFAULTS: dict[str, Any] = {
     "proxy.config.net.defer_accept": 0,
-    "proxy.config.accept_threads": 0,
 }
 _CHECK_FREQUENCY = "proxy.config.net.inactivity_check_frequency"
 #: The record ``--tls-config`` sets.
@@ -138,7 +137,7 @@ def _common_options() -> ArgumentParser:
         type=_number(int, 0),
         metavar="N",
         help="dedicated accept threads per listener, 0 = accept on the net threads "
-        "(record proxy.config.accept_threads; default 0 here, 1 in ATS)",
+        "(record proxy.config.accept_threads; default 0, 1 in ATS)",
     )
     g.add_argument(
         "--inactivity-timeout",

@@ -364,10 +364,10 @@ class UnixNetProcessor:
     ) -> Action:
         """As ``accept``, on an already listening socket ``fd`` when given.
 
-        The mode follows ``opt``: dedicated accept threads (``accept_threads > 0``, default
-        the ``proxy.config.accept_threads`` record), accept on every net thread
-        (``accept_threads == 0``, one socket per thread with ``reuseport``), or a periodic
-        accept on one net thread (``frequent_accept=False``).
+        The mode follows ``opt``: accept on every net thread (``accept_threads == 0``, the
+        ``proxy.config.accept_threads`` record's default here; one socket per thread with
+        ``reuseport``), dedicated accept threads (``accept_threads > 0``, ATS's default), or
+        a periodic accept on one net thread (``frequent_accept=False``).
         """
         check_continuation("main_accept", cont)
         opt = opt if opt is not None else AcceptOptions()

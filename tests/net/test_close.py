@@ -404,8 +404,8 @@ class CloseOther(Continuation):
 def test_two_net_threads_closing_each_others_vc_from_handlers_do_not_deadlock(net, listen):
     # Each handler holds its own mutex and closes a VC whose mutex the other net thread
     # holds: waiting for it would deadlock both threads (DESIGN 4: a net thread never waits
-    # for another thread's lock).
-    _, acceptor, port = listen()
+    # for another thread's lock). An accept thread deals the VCs to the net threads in turn.
+    _, acceptor, port = listen(accept_threads=1)
     clients = [client(port) for _ in range(6)]
     try:
         acceptor.wait(6)
