@@ -21,7 +21,7 @@ from ats_cffi import sys as asys
 from ats_cffi.eventsystem import INT64_MAX, Continuation, MIOBuffer, ProxyMutex
 from ats_cffi.eventsystem.codes import VC_EVENT_READ_READY, VC_EVENT_WRITE_COMPLETE
 from ats_cffi.net import stats as st
-from ats_cffi.net.nethandler import WRITE_BATCH_BYTES, get_net_handler
+from ats_cffi.net.nethandler import WRITE_BATCH_BYTES, WRITE_NOW_BYTES, get_net_handler
 from ats_cffi.net.netvc import UnixNetVConnection
 from ats_cffi.net.vcio import SPILL_SIZE, read_into_buffer
 
@@ -234,12 +234,19 @@ class Recorder(Continuation):
             self.rvio.reenable()
 
 
-@pytest.mark.parametrize("batch", [True, False], ids=["batched", "over-the-batch"])
-def test_the_writes_that_reads_enabled_go_out_after_the_passs_reads(one_listen, batch) -> None:
+@pytest.mark.parametrize(
+    "batch, size",
+    [(True, 1), (False, 1), (True, WRITE_NOW_BYTES), (True, WRITE_NOW_BYTES - 1)],
+    ids=["batched", "over-the-batch", "a-large-read", "just-under-a-large-read"],
+)
+def test_the_writes_that_reads_enabled_go_out_after_the_passs_reads(
+    one_listen, batch, size
+) -> None:
     # Two VCs readable in the same pass. Within the pass's batch of read bytes, each echo
     # waits for the pass's write sides (the replies go out together); once the reads
-    # brought more (here: a batch of 0 bytes), the first one's echo is written at once,
-    # its bytes still in the CPU's cache, before the next VC's read.
+    # brought more (here: a batch of 0 bytes), or a VC's read turn brought WRITE_NOW_BYTES
+    # or more, the first one's echo is written at once, its bytes still in the CPU's
+    # cache, before the next VC's read.
     log: list[tuple[str, int]] = []
     names = iter("ab")
     _, acceptor, port = one_listen(lambda vc: Recorder(vc, next(names), log))
@@ -260,18 +267,18 @@ def test_the_writes_that_reads_enabled_go_out_after_the_passs_reads(one_listen, 
         waiter.start()
         try:
             assert held.wait(5)
-            ca.sendall(b"1")
-            cb.sendall(b"2")
+            ca.sendall(b"1" * size)
+            cb.sendall(b"2" * size)
         finally:
             release.set()
             waiter.join()
-        assert recv_exactly(ca, 1) == b"1" and recv_exactly(cb, 1) == b"2"
+        assert recv_exactly(ca, size) == b"1" * size and recv_exactly(cb, size) == b"2" * size
         on_thread(thread, lambda: setattr(nh, "write_batch_bytes", WRITE_BATCH_BYTES))
     # The echoes can reach the clients before the net thread has logged WRITE_COMPLETE.
     assert wait_until(lambda: len(log) >= 4)
     first = log[0][0]
     second = "b" if first == "a" else "a"
-    if batch:
+    if batch and size < WRITE_NOW_BYTES:
         order = [(first, VC_EVENT_READ_READY), (second, VC_EVENT_READ_READY)]
         order += [(first, VC_EVENT_WRITE_COMPLETE), (second, VC_EVENT_WRITE_COMPLETE)]
     else:
