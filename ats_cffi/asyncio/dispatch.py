@@ -17,7 +17,8 @@ each pass of the loop's ``NetSelector`` and around the ready callbacks that each
 runs, ``LoopCore.run_once``): a ``write`` of ``bytes`` that finds nothing kept before is
 kept by reference, not sent, and every write kept goes out after the pass's reads (or
 callbacks), as the NetHandler writes its VCs (``nethandler.WRITE_BATCH_BYTES`` bounds
-both).
+both; a write of ``nethandler.WRITE_NOW_BYTES`` or more goes at once, its bytes still in the
+CPU's cache).
 Replies sent together reach a peer still awake from the first: each send to a peer asleep
 in its wait makes the kernel wake it, an interrupt that the sender pays. Only ``bytes`` is
 held, as a ``bytearray`` or ``memoryview`` may change once ``write`` returned. A transport
@@ -45,7 +46,7 @@ from ats_cffi.eventsystem.ioblock import BlockPool
 from ats_cffi.eventsystem.iobuffer import IOBufferReader
 from ats_cffi.eventsystem.iocopy import read_bytes
 from ats_cffi.eventsystem.mutex import ProxyMutex
-from ats_cffi.net.nethandler import WRITE_BATCH_BYTES
+from ats_cffi.net.nethandler import WRITE_BATCH_BYTES, WRITE_NOW_BYTES
 from ats_cffi.net.netvconnection import NetState, NetVConnection
 from ats_cffi.net.stats import StatBlock
 from ats_cffi.net.vcio import count_write
@@ -58,6 +59,7 @@ _call_in: Final = _fastio.call_in
 _READ_READY: Final = _codes.VC_EVENT_READ_READY
 _EVENT_CONT: Final = _codes.EVENT_CONT
 _NEG_EAGAIN: Final = -errno.EAGAIN
+_WRITE_NOW: Final[int] = WRITE_NOW_BYTES
 #: Bound once: compiled, a builtin that is not one of mypyc's primitives is looked up by
 #: name in the builtins module on every use.
 _memoryview: Final = memoryview
@@ -142,7 +144,7 @@ class TransportCore:
         r = self.wreader
         if self.send_first and (r is None or not r.read_avail()):  # the socket first
             d = self.dispatch
-            if d.holding and type(data) is bytes and size <= d.hold_room:
+            if d.holding and type(data) is bytes and size < _WRITE_NOW and size <= d.hold_room:
                 d.hold_room -= size
                 self.held = data
                 d.held.append(self)

@@ -1,10 +1,10 @@
 """The writes of a loop pass are held until its end (``ats_cffi/asyncio/dispatch.py``): a
 ``write`` of ``bytes`` in ``data_received`` reaches the peer after the pass's reads, not
 during the callback, and one in a ready callback once the pass's ready callbacks all ran;
-every byte still arrives, in order, before a close or a half-close; a ``bytearray`` and a
-write over the pass's budget go at once. Over loopback a ``send`` has queued its bytes at
-the peer when it returns: a peek of the peer's socket from inside the callback tells
-whether the write was sent."""
+every byte still arrives, in order, before a close or a half-close; a ``bytearray``, a
+write over the pass's budget and one of ``WRITE_NOW_BYTES`` or more go at once. Over
+loopback a ``send`` has queued its bytes at the peer when it returns: a peek of the peer's
+socket from inside the callback tells whether the write was sent."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 
 import ats_cffi.asyncio as ats_asyncio
 from ats_cffi.net import stats as st
-from ats_cffi.net.nethandler import WRITE_BATCH_BYTES
+from ats_cffi.net.nethandler import WRITE_BATCH_BYTES, WRITE_NOW_BYTES
 
 
 def peek(sock: socket.socket) -> bytes:
@@ -154,6 +154,15 @@ def test_a_write_over_the_pass_budget_goes_at_once() -> None:
     p, got = served(lambda t, data, peer: (t.write(big), t.close(), peek(peer))[2])
     assert p.seen[0][:1] == b"b"  # sent (a part at least) in the callback
     assert got == big
+
+
+@pytest.mark.parametrize("size", [WRITE_NOW_BYTES, WRITE_NOW_BYTES - 1])
+def test_a_write_of_write_now_bytes_goes_at_once_a_shorter_one_waits(size: int) -> None:
+    # A large write goes out in the callback, its bytes still in the CPU's cache; one byte
+    # less is held until the pass's reads are done.
+    data = b"w" * size
+    p, got = served(lambda t, _, peer: (t.write(data), peek(peer))[1], size)
+    assert p.seen == [data if size >= WRITE_NOW_BYTES else b""] and got == data
 
 
 def test_the_writes_of_ready_callbacks_are_sent_once_they_all_ran() -> None:
