@@ -71,23 +71,31 @@ static PyObject *count_obj(Py_ssize_t n)
     return o;
 }
 
-/* Argument i of a call as a Py_ssize_t >= 0, or -1 with an exception set.
- * Inlined at each call site: the per-event calls read three to five sizes, and
- * an exact int that fits is the only case that needs to be quick. */
+/* The value of an exact int argument that is >= 0 or is -1; -2 for anything else (not an
+ * exact int, below -1, or past a Py_ssize_t: no exception is left set, the callers' bad_size
+ * says what is wrong with the call's name).  Inlined at each call site: the per-event calls
+ * read three to five sizes, and an exact int that fits is the only case that needs to be
+ * quick. */
+static inline __attribute__((always_inline)) Py_ssize_t exact_size(PyObject *o)
+{
+    if (!PyLong_CheckExact(o))
+        return -2;
+    Py_ssize_t v = compact_size(o);
+    if (v >= 0)
+        return v;
+    v = PyLong_AsSsize_t(o);
+    if (v >= 0 || (v == -1 && !PyErr_Occurred()))
+        return v;
+    PyErr_Clear();
+    return -2;
+}
+
+/* Argument i of a call as a Py_ssize_t >= 0, or -1 with an exception set. */
 static inline __attribute__((always_inline)) Py_ssize_t
 arg_size(PyObject *const *args, int i, const char *call)
 {
-    PyObject *o = args[i];
-    if (PyLong_CheckExact(o)) {
-        Py_ssize_t v = compact_size(o);
-        if (v >= 0)
-            return v;
-        v = PyLong_AsSsize_t(o);
-        if (v >= 0)
-            return v;
-        PyErr_Clear(); /* an overflow: bad_size says so with the call's name */
-    }
-    return bad_size(args, i, call);
+    Py_ssize_t v = exact_size(args[i]);
+    return v >= 0 ? v : bad_size(args, i, call);
 }
 
 /* A bytearray argument's memory, checked to hold [off, off + len); NULL with an
@@ -164,17 +172,6 @@ static inline __attribute__((always_inline)) int sizes(PyObject *const *args, Py
 static inline __attribute__((always_inline)) Py_ssize_t
 arg_len(PyObject *const *args, int i, const char *call, Py_ssize_t room)
 {
-    PyObject *o = args[i];
-    if (PyLong_CheckExact(o)) {
-        Py_ssize_t v = compact_size(o);
-        if (v >= 0)
-            return v;
-        v = PyLong_AsSsize_t(o);
-        if (v >= 0)
-            return v;
-        if (v == -1 && !PyErr_Occurred())
-            return room;
-        PyErr_Clear();
-    }
-    return bad_size(args, i, call);
+    Py_ssize_t v = exact_size(args[i]);
+    return v >= 0 ? v : v == -1 ? room : bad_size(args, i, call);
 }
