@@ -100,7 +100,7 @@ def read_into_buffer(
     while total < limit:
         s = nh.spill
         left = limit - total
-        spill = _spare_alone(buf, left, s.size) if spill_first and ssl is None else 0
+        spill = _spare_alone(nh, buf, left) if spill_first and ssl is None else 0
         if spill:
             if spill < 0:
                 break  # no room: back-pressure
@@ -171,23 +171,19 @@ def _read_tail_first(
     return r, toread, spill
 
 
-def _spare_alone(buf: MIOBuffer, left: int, size: int) -> int:
-    """How much of the spare block (``size`` bytes) a read may fill alone, up to ``left``:
-    when the tail block has no free space, the buffer's blocks are smaller than the spare,
-    and the water mark lets a new block take more than one of them (``_read_sizes``'
-    bound). 0: read into the tail (or a new block) as usual; -1: no room at all."""
+def _spare_alone(nh: NetHandler, buf: MIOBuffer, left: int) -> int:
+    """How much of the thread's spare block a read may fill alone, up to ``left``: when the
+    tail block has no free space and the buffer's blocks are smaller than the spare, what
+    ``_read_sizes`` lets a read spill with no room in the tail, if that is more than one of
+    the buffer's blocks. 0: read into the tail (or a new block) as usual; -1: no room at
+    all (the readers hold more than the water mark)."""
     block = buf.block_size
-    if block >= size or buf.tail_free():
+    if block >= nh.spill.size or buf.tail_free():
         return 0
-    room = buf.water_mark - buf.max_read_avail()
-    if room < 0:
+    spill = _read_sizes(nh, buf, 0, left, True)[1]
+    if not spill:
         return -1
-    room += block
-    if room > left:
-        room = left
-    if room <= block:
-        return 0
-    return room if room < size else size
+    return spill if spill > block else 0
 
 
 def _read_sizes(
