@@ -186,6 +186,48 @@ def test_accept_batch_stops_at_max_count(listener) -> None:
             c.close()
 
 
+def test_accept_batch_sets_tcp_nodelay_on_each_socket_when_asked(listener) -> None:
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(4)]
+    try:
+        failed: list[tuple[int, int]] = []
+        fds, err = s.accept_batch(listener.fileno(), 2, s.ACCEPT_FLAGS, failed)
+        plain, _ = s.accept_batch(listener.fileno(), 2)
+        assert len(fds) == 2 and err == 0 and len(plain) == 2 and failed == []
+        for fd in fds:
+            assert s.getsockopt_int(fd, socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        for fd in plain:
+            assert not s.getsockopt_int(fd, socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        for fd in fds + plain:
+            s.close(fd)
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_accept_batch_returns_the_sockets_tcp_nodelay_failed_on_with_the_errno(tmp_path) -> None:
+    ls = socket.socket(socket.AF_UNIX)
+    path = str(tmp_path / "s")
+    clients = []
+    try:
+        ls.bind(path)
+        ls.listen()
+        ls.setblocking(False)
+        for _ in range(3):
+            c = socket.socket(socket.AF_UNIX)
+            c.connect(path)
+            clients.append(c)
+        failed: list[tuple[int, int]] = []
+        fds, err = s.accept_batch(ls.fileno(), 8, s.ACCEPT_FLAGS, failed)
+        assert len(fds) == 3 and err == errno.EAGAIN
+        assert failed == [(fd, errno.EOPNOTSUPP) for fd in fds]  # served all the same
+        for fd in fds:
+            s.close(fd)
+    finally:
+        ls.close()
+        for c in clients:
+            c.close()
+
+
 def test_ipv6_accept_gives_a_four_tuple() -> None:
     ls = socket.socket(socket.AF_INET6)
     try:

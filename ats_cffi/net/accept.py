@@ -42,7 +42,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Final
 
 from ats_cffi import sys as _sys
-from ats_cffi._native import ffi, lib
+from ats_cffi._native import lib
 from ats_cffi.eventsystem.codes import EVENT_ERROR
 from ats_cffi.eventsystem.continuation import Continuation, check_continuation
 from ats_cffi.eventsystem.event import Action
@@ -74,18 +74,13 @@ log = logging.getLogger("ats.iocore_net_accept")
 
 _TOTAL_ACCEPTS: Final = st.TOTAL_ACCEPTS
 _CONNECTIONS_CURRENTLY_OPEN: Final = st.CONNECTIONS_CURRENTLY_OPEN
-# TCP_NODELAY on each accepted socket, the one option of the default NetVCOptions: set with
-# one cffi call from a value made once (read-only, so shared by every thread).
-_NODELAY_VALUE: Final = ffi.new("int *", 1)
-_INT_SIZE: Final[int] = ffi.sizeof("int")
-_setsockopt: Final = lib.setsockopt
-_IPPROTO_TCP: Final[int] = lib.IPPROTO_TCP
-_TCP_NODELAY: Final[int] = lib.TCP_NODELAY
 # Names of interpreted modules, bound once: compiled, a plain imported name is looked up in
 # this module's dict on every use.
 _SOCK_OPT_NO_DELAY: Final = SOCK_OPT_NO_DELAY
 _NET_EVENT_ACCEPT: Final = NET_EVENT_ACCEPT
 _batch_may_throttle: Final = batch_may_throttle
+_accept_batch: Final = _sys.accept_batch
+_ACCEPT_FLAGS: Final[int] = _sys.ACCEPT_FLAGS
 
 
 __all__ = [
@@ -324,6 +319,30 @@ class NetAccept(Continuation):
         throttle_warning(ThrottleType.ACCEPT, fd if emergency else -1)
         return True
 
+    def nodelay_at_accept(self) -> bool:
+        """Whether the VCs' one socket option is ``TCP_NODELAY`` (the default NetVCOptions'):
+        ``accept_batch`` then sets it in its native call and ``make_vcs`` sets none."""
+        options = self.vc_options
+        return (
+            options.sockopt_flags == _SOCK_OPT_NO_DELAY
+            and not options.recv_bufsize
+            and not options.send_bufsize
+            and not options.packet_tos
+            and not options.packet_mark
+        )
+
+    def accept_batch(self, fd: int, count: int) -> tuple[list[int], int]:
+        """``sys.accept_batch`` of up to ``count`` connections on ``fd`` (any thread): with
+        ``TCP_NODELAY`` set in the same native call when that is the VCs' one option. A
+        socket it could not be set on is logged and served."""
+        if not self.nodelay_at_accept():
+            return _accept_batch(fd, count)  # type: ignore[no-any-return]
+        failed: list[tuple[int, int]] = []
+        taken: tuple[list[int], int] = _accept_batch(fd, count, _ACCEPT_FLAGS, failed)
+        for afd, err in failed:
+            log.error("setsockopt(TCP_NODELAY) on accepted fd %d: %s", afd, os.strerror(err))
+        return taken
+
     def make_vcs(self, fds: list[int], stats: StatBlock) -> list[UnixNetVConnection]:
         """VCs for the accepted ``fds`` (any thread), after the throttle: a refused fd is
         closed and counted in ``connections_throttled_in``."""
@@ -347,13 +366,7 @@ class NetAccept(Continuation):
         family = self.family
         action = self.action
         defer = self.defer
-        nodelay_only = (
-            options.sockopt_flags == _SOCK_OPT_NO_DELAY
-            and not options.recv_bufsize
-            and not options.send_bufsize
-            and not options.packet_tos
-            and not options.packet_mark
-        )
+        set_at_accept = self.nodelay_at_accept()
         vcs = []
         tls = self.opt.tls
         vc_class = self.opt.vc_class
@@ -371,11 +384,7 @@ class NetAccept(Continuation):
             if defer:
                 # TCP_DEFER_ACCEPT: the data arrived before the socket could report an edge.
                 vc.read.triggered = True
-            if nodelay_only:
-                if _setsockopt(fd, _IPPROTO_TCP, _TCP_NODELAY, _NODELAY_VALUE, _INT_SIZE) < 0:
-                    log.error("setsockopt(TCP_NODELAY) on accepted fd %d: %s", fd,
-                              os.strerror(ffi.errno))  # fmt: skip
-            else:
+            if not set_at_accept:
                 try:
                     options.apply(fd, family)
                 except OSError:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING, Any
 
-from ats_cffi import sys as _sys
 from ats_cffi._native import lib
 from ats_cffi.eventsystem.continuation import Continuation
 from ats_cffi.eventsystem.processor import run_on_threads
@@ -105,7 +104,7 @@ class FastAccept:
             with na.fd_lock:
                 if fd < 0 or fd not in na.server_fds:
                     return  # closed (cancelled) meanwhile
-                fds, err = _sys.accept_batch(fd, count)
+                fds, err = na.accept_batch(fd, count)
             if fds:
                 na.start_vcs(nh, na.make_vcs(fds, nh.stats))
                 if na.action.cancelled:

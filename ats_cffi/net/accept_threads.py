@@ -21,7 +21,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from ats_cffi import sys as _sys
 from ats_cffi.eventsystem.codes import EVENT_IMMEDIATE
 from ats_cffi.eventsystem.continuation import Continuation
 from ats_cffi.eventsystem.ethread import DEDICATED, EThread
@@ -88,7 +87,7 @@ class AcceptThreads:
         poller.register(fd, select.POLLIN)
         wait = poller.poll
         while not na.action.cancelled:
-            fds, err = _sys.accept_batch(fd, ACCEPT_BATCH)
+            fds, err = na.accept_batch(fd, ACCEPT_BATCH)
             if fds and not self.hand_off(na.make_vcs(fds, stats), ep):
                 return
             if err == 0:

@@ -25,6 +25,8 @@ class Scratch(threading.local):
         self.scope = ffi.new("uint32_t *")
         self.intval = ffi.new("int *")
         self.fds = ffi.new("int[]", ACCEPT_BATCH_MAX)
+        self.opt_errs = ffi.new("int[]", ACCEPT_BATCH_MAX)
+        self.opt_failed = ffi.new("int *")
         self.err = ffi.new("int *")
         self.last = ffi.new("ssize_t *")
 

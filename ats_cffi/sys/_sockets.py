@@ -170,20 +170,35 @@ def accept4(fd: int, flags: int = ACCEPT_FLAGS) -> tuple[int, Address] | None:
             raise oserror("accept4", -r)
 
 
-def accept_batch(fd: int, max_count: int, flags: int = ACCEPT_FLAGS) -> tuple[list[int], int]:
+def accept_batch(
+    fd: int,
+    max_count: int,
+    flags: int = ACCEPT_FLAGS,
+    nodelay_failed: list[tuple[int, int]] | None = None,
+) -> tuple[list[int], int]:
     """Accept up to ``max_count`` connections in one native call.
 
     Returns ``(fds, err)``: the accepted fds and the errno that ended the batch
     (``EAGAIN`` for an empty backlog, 0 when ``max_count`` was reached, or a real
     error such as ``EMFILE`` that the caller classifies).
+
+    ``nodelay_failed`` a list: each accepted socket also gets ``TCP_NODELAY`` in the same
+    native call (no ``setsockopt`` crossing per connection); an fd whose ``setsockopt``
+    failed is still returned, and ``(fd, errno)`` is appended to the list.
     """
     if type(max_count) is not int:
         check_int("accept4", "max_count", max_count)
     if max_count <= 0 or max_count > ACCEPT_BATCH_MAX:
         raise ValueError(f"accept4: max_count must be in 1..{ACCEPT_BATCH_MAX}, got {max_count}")
     s = scratch
+    nodelay = nodelay_failed is not None
     try:
-        n = lib.ats_accept_batch(fd, flags, s.fds, max_count, s.err)
+        n = lib.ats_accept_batch(fd, flags, nodelay, s.fds, s.opt_errs, max_count, s.err,
+                                 s.opt_failed)  # fmt: skip
     except (TypeError, OverflowError) as exc:
         raise arg_error("accept4", exc, fd=fd, flags=flags) from None
-    return ffi.unpack(s.fds, n), s.err[0]
+    fds: list[int] = ffi.unpack(s.fds, n)
+    if nodelay_failed is not None and s.opt_failed[0]:
+        errs = s.opt_errs
+        nodelay_failed.extend((afd, errs[i]) for i, afd in enumerate(fds) if errs[i])
+    return fds, s.err[0]

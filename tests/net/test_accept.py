@@ -437,3 +437,38 @@ def test_shutdown_right_after_connects_leaves_no_accepted_fd_open() -> None:
             net_processor.shutdown()
         for c in clients:
             c.close()
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize(
+    ("opts", "nodelay", "keepalive"),
+    [
+        ({}, 1, 0),  # the default: TCP_NODELAY only, set by the accept batch's native call
+        ({"sockopt_flags": 0}, 0, 0),
+        ({"sockopt_flags": 3}, 1, 1),  # TCP_NODELAY and SO_KEEPALIVE: set per VC
+        ({"recv_bufsize": 65536}, 1, 0),
+    ],
+)
+def test_accepted_sockets_get_the_options_asked_for_in_each_mode(
+    net, listen, mode: str, opts: dict, nodelay: int, keepalive: int
+) -> None:
+    from ats_cffi import sys as _sys
+
+    got: list[tuple[int, int]] = []
+
+    def on_vc(vc: Any) -> None:
+        got.append(
+            (
+                _sys.getsockopt_int(vc.fd, socket.IPPROTO_TCP, socket.TCP_NODELAY),
+                _sys.getsockopt_int(vc.fd, socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            )
+        )
+        vc.do_io_close()
+
+    _, acceptor, port = listen(on_vc=on_vc, **MODES[mode], **opts)
+    for _ in range(5):
+        with client(port) as c:
+            c.settimeout(5)
+            assert c.recv(1) == b""
+    acceptor.wait(5)
+    assert [(bool(n), bool(k)) for n, k in got] == [(bool(nodelay), bool(keepalive))] * 5
