@@ -92,7 +92,7 @@ static PyObject *fast_ready_events(PyObject *mod, PyObject *const *args, Py_ssiz
 }
 
 /* epoll_add_all(epfd, pending, failed) -> how many failed: EPOLL_CTL_ADD of each
- * item of pending, a dict fd -> (events, token, token0) (Epoll.add_deferred's
+ * item of pending, a dict fd -> (events, token, token0) (PollDescriptor.add's
  * queue), in one call; each ADD that fails appends (fd, token0, errno) to the list
  * failed.  Where the interpreted loop made a cffi call per ADD (about 3,400
  * instructions per accepted connection), a pass issues them all here. */

@@ -45,7 +45,7 @@ class EventIO:
         ``EPOLLEXCLUSIVE``). Raises ``OSError`` naming ``epoll_ctl``.
 
         ``defer``: queue the ``EPOLL_CTL_ADD`` until the thread's next ``epoll_wait``
-        (``Epoll.add_deferred``), so that an fd stopped before then (a connection the acceptor
+        (``PollDescriptor.add``), so that an fd stopped before then (a connection the acceptor
         closes inside ``NET_EVENT_ACCEPT``) costs no ``epoll_ctl`` at all. Nothing is lost:
         the ADD reports readiness that is already pending. A queued ADD that fails reaches
         ``PollDescriptor.take_failed``."""
@@ -66,10 +66,7 @@ class EventIO:
             raise RuntimeError(f"{call}: already started")
         token = pd.register(self)
         try:
-            if defer:
-                pd.epoll.add_deferred(fd, mask, token)
-            else:
-                pd.epoll.add(fd, mask, token)
+            pd.add(fd, mask, token, defer)
         except BaseException:
             pd.unregister(token)
             raise
@@ -83,7 +80,7 @@ class EventIO:
         pd = self.pd
         if pd is None:
             raise RuntimeError("EventIO.modify_level: not started")
-        pd.epoll.modify(self.fd, events, self.token)
+        pd.modify(self.fd, events, self.token)
         self.events = events
 
     def modify(self, e: int) -> None:
@@ -102,7 +99,7 @@ class EventIO:
         pd = self.pd
         if pd is None or not (self.events & e):
             return
-        pd.epoll.modify(self.fd, self.events | _EPOLLET, self.token)
+        pd.modify(self.fd, self.events | _EPOLLET, self.token)
 
     def stop(self, closing: bool = False) -> None:
         """Remove the registration; a second call does nothing. The fd stays open.
@@ -116,12 +113,11 @@ class EventIO:
         pd.unregister(self.token)
         fd = self.fd
         if fd >= 0:
-            ep = pd.epoll
             if closing:
-                ep.drop(fd)
-            elif not ep.closed:
+                pd.drop(fd)
+            elif not pd.epoll.closed:
                 try:
-                    ep.delete(fd)
+                    pd.delete(fd)
                 except OSError:
                     pass  # already closed or never added: nothing to remove
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ats.iocore_net")
 _net_wait: Final = _fastio.net_wait
+_add_all: Final = _fastio.epoll_add_all
 _EINTR: Final[int] = EINTR
 
 #: Events taken from the kernel per epoll_wait (ATS's POLL_DESCRIPTOR_SIZE is larger; one
@@ -81,14 +82,17 @@ class PollDescriptor:
         self.notify = memoryview(ffi.buffer(self.notify_c)).cast("B").cast("Q")
         self.nnotify_c = ffi.new("int *")
         self.counters_c = ffi.new("uint64_t[]", lib.ATS_CTR_COUNT)
-        # The epoll's result arrays, queued ADDs and failures (the same objects for its
-        # life) and the wait's arguments (None once closed): read on every pass, kept here
-        # as this compiled class's fields, not looked up on the interpreted Epoll.
+        # The epoll's result arrays (the same objects for its life) and the wait's arguments
+        # (None once closed): read on every pass, kept here as this compiled class's
+        # fields, not looked up on the interpreted Epoll.
         ep = self.epoll
         self.tokens: Any = ep.tokens
         self.masks: Any = ep.masks
-        self.pending: dict[int, tuple[int, int, int]] = ep.pending
-        self.failed: list[tuple[int, int, int]] = ep.failed
+        #: fd -> (events, token, token given to ``add``): the queued ADDs (``add`` with
+        #: ``defer``), issued by the next ``flush`` (the poll step's, before its wait).
+        self.pending: dict[int, tuple[int, int, int]] = {}
+        #: The queued ADDs that failed when issued, as ``(fd, token, errno)``.
+        self.failed: list[tuple[int, int, int]] = []
         self.net_args: tuple[int, ...] | None = ep.set_net_wait(
             self.notify_c, self.nnotify_c, self.counters_c
         )
@@ -131,11 +135,69 @@ class PollDescriptor:
         """Every EventIO registered now."""
         return [eio for eio in self.slots if eio is not None]
 
+    def add(self, fd: int, events: int, token: int, defer: bool) -> None:
+        """``EPOLL_CTL_ADD`` of ``fd`` with the raw epoll ``events`` and ``token``. ``OSError``
+        naming ``epoll_ctl`` (EEXIST if an ADD of ``fd`` is queued, EBADF once closed).
+
+        ``defer``: queue the ADD until the next ``flush`` (the poll step's, before its
+        wait), so that an fd dropped before then (a connection its acceptor closes inside
+        ``NET_EVENT_ACCEPT``) costs no ``epoll_ctl`` at all. Nothing is lost: nothing can
+        observe the epoll set before the wait, and an ADD reports readiness that is already
+        pending (with ``EPOLLET`` too). While it is queued, ``modify`` edits it and
+        ``delete``/``drop`` forget it. A queued ADD that fails is recorded in ``failed``."""
+        pending = self.pending
+        if pending and fd in pending:
+            raise oserror("epoll_ctl", errno.EEXIST)
+        if not defer:
+            self.epoll.add(fd, events, token)
+        elif self.net_args is None:  # closed
+            raise oserror("epoll_ctl", errno.EBADF)
+        else:
+            pending[fd] = (events, token, token)
+
+    def modify(self, fd: int, events: int, token: int) -> None:
+        """``EPOLL_CTL_MOD`` of ``fd`` (or of its queued ADD): with edge trigger, a MOD with
+        the same mask reports readiness that is already pending once more."""
+        pending = self.pending
+        if pending and fd in pending:
+            pending[fd] = (events, token, pending[fd][2])
+        else:
+            self.epoll.modify(fd, events, token)
+
+    def delete(self, fd: int) -> None:
+        """``EPOLL_CTL_DEL`` of ``fd``, or forget its queued ADD."""
+        pending = self.pending
+        if pending and fd in pending:
+            del pending[fd]
+        else:
+            self.epoll.delete(fd)
+
+    def drop(self, fd: int) -> None:
+        """Forget ``fd``, which the caller is about to close: its queued ADD (if any) is
+        dropped, and no syscall is made, since closing an fd's last reference removes it
+        from every epoll set (an fd shared with a ``dup`` needs ``delete`` instead)."""
+        pending = self.pending
+        if pending:
+            pending.pop(fd, None)
+
+    def flush(self) -> int:
+        """Issue the queued ADDs now (one call into C for all); returns how many failed
+        (recorded in ``failed``)."""
+        pending = self.pending
+        if not pending:
+            return 0
+        try:
+            return _add_all(self.epoll.fd, pending, self.failed)  # type: ignore[no-any-return]
+        finally:
+            pending.clear()
+
     def take_failed(self) -> list[tuple[EventIO, int]]:
-        """The registrations whose deferred ``EPOLL_CTL_ADD`` failed at the last wait, with
+        """The registrations whose deferred ``EPOLL_CTL_ADD`` failed at the last flush, with
         the errno, still registered here (``EventIO.start(defer=True)``)."""
         out = []
-        for _fd, token, err in self.epoll.take_failed():
+        failed = self.failed[:]
+        self.failed.clear()
+        for _fd, token, err in failed:
             eio = self.lookup(token)
             if eio is not None:
                 out.append((eio, err))
@@ -145,6 +207,7 @@ class PollDescriptor:
         self.slots.clear()
         del self.slot_tokens[:]
         self.free_slots.clear()
+        self.pending.clear()
         self.net_args = None
         self.epoll.close()
 
@@ -166,7 +229,7 @@ class PollCont(Continuation):
         descriptor is closed)."""
         pd = self.poll_descriptor
         if pd.pending:
-            pd.epoll.flush()
+            pd.flush()
         args = pd.net_args
         if args is None:
             raise oserror("epoll_wait", errno.EBADF)

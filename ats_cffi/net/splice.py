@@ -354,11 +354,11 @@ class Splice(Continuation):
                 )
             )  # fmt: skip
         driver = nh.splice
-        epoll = nh.pd.epoll
+        pd = nh.pd
         for i in range(n):
             # EPOLL_CTL_MOD also re-arms the edges: readiness pending now is reported on the
             # next pass, to the native side.
-            epoll.modify(self._vc(i).fd, _REG_EVENTS, tags[i])
+            pd.modify(self._vc(i).fd, _REG_EVENTS, tags[i])
             driver.kick(self, i)
 
     @property

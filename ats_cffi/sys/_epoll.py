@@ -1,14 +1,12 @@
-"""``Epoll``: an epoll instance whose waits fill preallocated arrays (DESIGN.md section 9),
-with registrations that can wait for the next wait."""
+"""``Epoll``: an epoll instance whose waits fill preallocated arrays (DESIGN.md section 9)."""
 
 from __future__ import annotations
 
 import errno
 from typing import Any
 
-from ats_cffi._fastio import epoll_add_all as _add_all
 from ats_cffi._native import ffi, lib
-from ats_cffi.sys._check import EINTR, check_fd, check_int, oserror
+from ats_cffi.sys._check import EINTR, check_int, oserror
 from ats_cffi.sys._fd import FdOwner
 
 _CTL_ADD = lib.EPOLL_CTL_ADD
@@ -23,16 +21,8 @@ class Epoll(FdOwner):
     ``i < n`` are the token given at registration and the event mask: plain
     memoryviews, so reading them costs no cffi access per field.
     Raises ``OSError`` naming ``epoll_create1``/``epoll_ctl``/``epoll_wait``.
-
-    ``add_deferred`` queues an ``EPOLL_CTL_ADD`` that is issued at the start of the next
-    ``wait``/``wait_net`` (or by ``flush``): nothing can observe the epoll set before then,
-    and an ADD reports readiness that is already pending (with ``EPOLLET`` too), so no event
-    is lost; an fd removed (``delete``/``drop``) before that costs no syscall at all. While
-    an ADD is queued, ``modify`` edits it and ``delete`` drops it. A queued ADD that fails
-    when issued is recorded in ``failed`` as ``(fd, token, errno)`` for the caller to take
-    (``take_failed``). ``pending`` and ``failed`` stay the same objects for the Epoll's life,
-    as do ``tokens`` and ``masks``: a NetHandler's poll step keeps them (``PollDescriptor``)
-    and tests them on each pass without looking them up here.
+    ``tokens`` and ``masks`` stay the same objects for the Epoll's life: a NetHandler's poll
+    step keeps them (``PollDescriptor``, which also queues a pass's ADDs until its wait).
     """
 
     __slots__ = (
@@ -42,8 +32,6 @@ class Epoll(FdOwner):
         "_masks_c",
         "tokens",
         "masks",
-        "pending",
-        "failed",
         "net_args",
     )
 
@@ -62,10 +50,6 @@ class Epoll(FdOwner):
         self._masks_c = ffi.new("uint32_t[]", max_events)
         self.tokens = memoryview(ffi.buffer(self._tokens_c)).cast("B").cast("Q")
         self.masks = memoryview(ffi.buffer(self._masks_c)).cast("B").cast("I")
-        #: fd -> (events, token, token given to add_deferred): the queued ADDs (a
-        #: NetHandler's wait issues them first when there are any: ``flush``).
-        self.pending: dict[int, tuple[int, int, int]] = {}
-        self.failed: list[tuple[int, int, int]] = []
         #: The NetHandler's wait's arguments (``set_net_wait``), None once closed.
         self.net_args: tuple[int, ...] | None = None
 
@@ -73,17 +57,6 @@ class Epoll(FdOwner):
         """``epoll_ctl(op, fd)`` with ``events`` and a 64-bit ``token`` (default: ``fd``)."""
         if token is None:
             token = fd
-        pending = self.pending
-        if pending and type(fd) is int and fd in pending:
-            if op == _CTL_MOD:
-                check_int("epoll_ctl", "events", events)
-                check_int("epoll_ctl", "token", token)
-                pending[fd] = (events, token, pending[fd][2])
-                return
-            if op == _CTL_DEL:
-                del pending[fd]
-                return
-            raise oserror("epoll_ctl", errno.EEXIST)
         try:
             r = lib.ats_epoll_ctl(self._fd, op, fd, events, token)
         except (TypeError, OverflowError) as exc:
@@ -95,19 +68,6 @@ class Epoll(FdOwner):
         """Register ``fd`` (``EPOLL_CTL_ADD``)."""
         self.ctl(_CTL_ADD, fd, events, token)
 
-    def add_deferred(self, fd: int, events: int, token: int) -> None:
-        """Queue the registration of ``fd`` for the next ``wait`` (see the class doc).
-        ``OSError`` (EEXIST) if an ADD of ``fd`` is already queued, EBADF once closed."""
-        if type(fd) is not int or type(events) is not int or type(token) is not int:
-            check_fd("epoll_ctl", fd)
-            check_int("epoll_ctl", "events", events)
-            check_int("epoll_ctl", "token", token)
-        if self._fd < 0:
-            raise oserror("epoll_ctl", errno.EBADF)
-        if fd in self.pending:
-            raise oserror("epoll_ctl", errno.EEXIST)
-        self.pending[fd] = (events, token, token)
-
     def modify(self, fd: int, events: int, token: int | None = None) -> None:
         """Change or re-arm ``fd`` (``EPOLL_CTL_MOD``): with edge trigger, a MOD with the
         same mask reports readiness that is already pending once more."""
@@ -117,33 +77,8 @@ class Epoll(FdOwner):
         """Unregister ``fd`` (``EPOLL_CTL_DEL``)."""
         self.ctl(_CTL_DEL, fd, 0, 0)
 
-    def drop(self, fd: int) -> None:
-        """Forget ``fd``, which the caller is about to close: its queued ADD (if any) is
-        dropped, and no syscall is made, since closing an fd's last reference removes it
-        from every epoll set (an fd shared with a ``dup`` needs ``delete`` instead)."""
-        if self.pending:
-            self.pending.pop(fd, None)
-
-    def flush(self) -> int:
-        """Issue the queued ADDs now; returns how many failed (recorded in ``failed``)."""
-        pending = self.pending
-        if not pending:
-            return 0
-        try:
-            return _add_all(self._fd, pending, self.failed)  # one call into C for all
-        finally:
-            pending.clear()
-
-    def take_failed(self) -> list[tuple[int, int, int]]:
-        """The queued ADDs that failed since the last call, as ``(fd, token, errno)``."""
-        failed = self.failed[:]
-        self.failed.clear()
-        return failed
-
     def wait(self, timeout_ms: int = -1) -> int:
         """Wait up to ``timeout_ms`` (-1: forever, 0: poll) and return the number of events."""
-        if self.pending:
-            self.flush()
         while True:
             try:
                 n = lib.ats_epoll_wait(
@@ -174,8 +109,7 @@ class Epoll(FdOwner):
         return self.net_args
 
     def close(self) -> None:
-        """Close the epoll fd (queued ADDs are dropped); a second call does nothing."""
-        self.pending.clear()
+        """Close the epoll fd; a second call does nothing."""
         self.net_args = None
         super().close()
 

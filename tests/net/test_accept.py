@@ -398,7 +398,7 @@ def test_a_vc_closed_inside_net_event_accept_never_reaches_epoll(net, listen, mo
         pd = get_net_handler(t).pd
         # Only the thread's own registrations (eventfd, listen sockets) are left.
         assert all(eio.type.name != "EVENTIO_READWRITE_VC" for eio in pd.registered())
-        assert not pd.epoll.pending
+        assert not pd.pending
 
 
 @pytest.mark.parametrize("mode", list(MODES))

@@ -116,7 +116,7 @@ def test_a_pass_waits_through_net_wait_and_a_closed_descriptor_fails_naming_epol
         eio.start(pd, a.fileno(), EVENTIO_READ, defer=True)  # issued by the wait itself
         b.send(b"x")
         assert pc.do_poll(1000) == 1 and pd.epoll.tokens[0] == eio.token
-        assert not pd.epoll.pending
+        assert not pd.pending
     finally:
         eio.stop()
         a.close()

@@ -376,11 +376,11 @@ def test_splice_off_the_net_thread_is_refused(one_net_thread: Any, listen: Any) 
 
 
 def _fail_registration(vc: Any, err: int) -> None:
-    """What ``Epoll.flush`` does when the deferred EPOLL_CTL_ADD of ``vc`` fails (ENOMEM
-    cannot be provoked on demand): the queued ADD is gone, the failure recorded."""
-    ep = vc.nh.pd.epoll
-    assert ep.pending.pop(vc.fd, None) is not None  # queued in NET_EVENT_ACCEPT
-    ep.failed.append((vc.fd, vc.ep.token, err))
+    """What ``PollDescriptor.flush`` does when the deferred EPOLL_CTL_ADD of ``vc`` fails
+    (ENOMEM cannot be provoked on demand): the queued ADD is gone, the failure recorded."""
+    pd = vc.nh.pd
+    assert pd.pending.pop(vc.fd, None) is not None  # queued in NET_EVENT_ACCEPT
+    pd.failed.append((vc.fd, vc.ep.token, err))
 
 
 def test_a_failed_registration_of_a_spliced_vc_is_an_error(
