@@ -54,7 +54,7 @@ from ats_cffi.net.accept_threads import AcceptThreads
 from ats_cffi.net.codes import NET_EVENT_ACCEPT
 from ats_cffi.net.config import ACCEPT_BATCH, SOCK_OPT_NO_DELAY, net_config
 from ats_cffi.net.netvc import UnixNetVConnection
-from ats_cffi.net.options import AcceptOptions
+from ats_cffi.net.options import AcceptOptions, NetVCOptions
 from ats_cffi.net.ratelog import RateLimitedLog
 from ats_cffi.net.stats import StatBlock, net_stats
 from ats_cffi.net.throttle import (
@@ -81,6 +81,17 @@ _NET_EVENT_ACCEPT: Final = NET_EVENT_ACCEPT
 _batch_may_throttle: Final = batch_may_throttle
 _accept_batch: Final = _sys.accept_batch
 _ACCEPT_FLAGS: Final[int] = _sys.ACCEPT_FLAGS
+
+
+def _nodelay_only(options: NetVCOptions) -> bool:
+    """Whether ``TCP_NODELAY`` is the one socket option ``options`` set on a socket."""
+    return (
+        options.sockopt_flags == _SOCK_OPT_NO_DELAY
+        and not options.recv_bufsize
+        and not options.send_bufsize
+        and not options.packet_tos
+        and not options.packet_mark
+    )
 
 
 __all__ = [
@@ -157,6 +168,9 @@ class NetAccept(Continuation):
         self.server_fds: list[int] = []
         self.family = opt.family()
         self.vc_options = opt.vc_options()
+        #: The VCs' one socket option is ``TCP_NODELAY`` (the default NetVCOptions'):
+        #: ``accept_batch`` sets it in its native call, and ``make_vcs`` sets none.
+        self.nodelay_at_accept = _nodelay_only(self.vc_options)
         self.defer = opt.defer_seconds() > 0
         #: Held around each accept batch and while the listen sockets close: no batch runs
         #: on a closed (and maybe reused) fd.
@@ -319,23 +333,11 @@ class NetAccept(Continuation):
         throttle_warning(ThrottleType.ACCEPT, fd if emergency else -1)
         return True
 
-    def nodelay_at_accept(self) -> bool:
-        """Whether the VCs' one socket option is ``TCP_NODELAY`` (the default NetVCOptions'):
-        ``accept_batch`` then sets it in its native call and ``make_vcs`` sets none."""
-        options = self.vc_options
-        return (
-            options.sockopt_flags == _SOCK_OPT_NO_DELAY
-            and not options.recv_bufsize
-            and not options.send_bufsize
-            and not options.packet_tos
-            and not options.packet_mark
-        )
-
     def accept_batch(self, fd: int, count: int) -> tuple[list[int], int]:
         """``sys.accept_batch`` of up to ``count`` connections on ``fd`` (any thread): with
         ``TCP_NODELAY`` set in the same native call when that is the VCs' one option. A
         socket it could not be set on is logged and served."""
-        if not self.nodelay_at_accept():
+        if not self.nodelay_at_accept:
             return _accept_batch(fd, count)  # type: ignore[no-any-return]
         failed: list[tuple[int, int]] = []
         taken: tuple[list[int], int] = _accept_batch(fd, count, _ACCEPT_FLAGS, failed)
@@ -366,7 +368,7 @@ class NetAccept(Continuation):
         family = self.family
         action = self.action
         defer = self.defer
-        set_at_accept = self.nodelay_at_accept()
+        set_at_accept = self.nodelay_at_accept
         vcs = []
         tls = self.opt.tls
         vc_class = self.opt.vc_class
