@@ -107,7 +107,7 @@ def test_the_c_function_scan_sees_every_helper() -> None:
 
 #: The IOBuffer classes, by the module that owns their private fields.
 IOBUFFER_CLASSES = {
-    PACKAGE / "eventsystem" / "iobuffer.py": ("MIOBuffer", "IOBufferReader"),
+    PACKAGE / "eventsystem" / "iobuffer.py": ("MIOBuffer", "IOBufferReader", "_Cursor"),
     PACKAGE / "eventsystem" / "ioblock.py": ("IOBufferBlock",),
 }
 

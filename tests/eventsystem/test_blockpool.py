@@ -227,7 +227,7 @@ class PooledBufferMachine(BufferMachine):
         assert len({id(b) for b in free}) == len(free)  # none given twice
         in_use = {id(self.buf._tail)}
         for r in self.live.values():
-            b: IOBufferBlock | None = r._block
+            b: IOBufferBlock | None = r._c._block
             while b is not None:
                 in_use.add(id(b))
                 b = b.next

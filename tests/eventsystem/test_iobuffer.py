@@ -24,7 +24,7 @@ from ats_cffi.eventsystem.iobuffer import IOBufferBlock, IOBufferReader, MIOBuff
 def chain_length(reader: IOBufferReader) -> int:
     """Blocks reachable from the reader's current block to the tail."""
     n = 0
-    b = reader._block
+    b = reader._c._block
     while b is not None:
         n += 1
         b = b.next
@@ -357,6 +357,32 @@ def test_unread_bytes_of_the_last_reader_outlive_it_for_the_next_reader() -> Non
     assert buf.alloc_reader().read() == b"6789ab"
 
 
+def reachable(root: object) -> list[object]:
+    """Every object reachable from ``root`` through references the collector sees."""
+    seen = {id(root)}
+    out: list[object] = []
+    todo = [root]
+    while todo:
+        for x in gc.get_referents(todo.pop()):
+            if id(x) not in seen:
+                seen.add(id(x))
+                out.append(x)
+                todo.append(x)
+    return out
+
+
+def test_a_buffer_does_not_reach_its_readers_so_they_make_no_cycle() -> None:
+    # A connection's buffer and reader are freed by their reference counts (module doc):
+    # the buffer keeps its readers' positions, never the readers.
+    buf = MIOBuffer(4)
+    a = buf.alloc_reader()
+    buf.write(b"abcdefg")
+    for readers in ([a], [a, a.clone()]):
+        found = reachable(buf)
+        assert not any(x is r for x in found for r in readers)
+        assert any(x is buf for r in readers for x in reachable(r))
+
+
 def test_dealloc_all_readers_detaches_every_reader() -> None:
     buf = MIOBuffer(4)
     a = buf.alloc_reader()
@@ -647,7 +673,7 @@ def test_first_block_steps_off_an_exhausted_block_onto_the_next() -> None:
     r.consume(4)
     block2, off2 = r.first_block()
     assert block2 is not block and bytes(block2.data[off2 : block2.end]) == b"ef"
-    assert r._block is block2  # the finished block is no longer pinned by the reader
+    assert r._c._block is block2  # the finished block is no longer pinned by the reader
     r.consume(2)
     tail, off3 = r.first_block()  # all read: the buffer holds no block, nothing to read
     assert tail is not block2 and off3 == tail.end == tail.size == 0
@@ -665,9 +691,9 @@ def test_advance_moves_the_reader_exactly_as_consume(steps) -> None:
     for n in steps:
         a.consume(n)
         b.advance(n)
-        assert (a._pos, a._off, a.read_avail(), chain_length(a)) == (
-            b._pos,
-            b._off,
+        assert (a._c._pos, a._c._off, a.read_avail(), chain_length(a)) == (
+            b._c._pos,
+            b._c._off,
             b.read_avail(),
             chain_length(b),
         )
