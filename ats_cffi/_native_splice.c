@@ -502,6 +502,20 @@ void ats_splice_stop(struct ats_splice_end *ends, int n)
         ats_pipe_stop(&ends[i].pipe);
 }
 
+int64_t ats_splice_stop_report(struct ats_splice_end *ends, int n, uint64_t *out)
+{
+    int64_t failed = 0;
+    for (int i = 0; i < n; i++) {
+        struct ats_pipe *p = &ends[i].pipe;
+        ats_pipe_stop(p);
+        out[2 * i] = p->nread;
+        out[2 * i + 1] = p->nwritten;
+        if (p->err && !failed)
+            failed = (int64_t)(p->err_on_dst ? (i + 1) % n : i) << 32 | (uint32_t)p->err;
+    }
+    return failed;
+}
+
 void ats_splice_release(struct ats_splice_end *ends, int n)
 {
     for (int i = 0; i < n; i++)

@@ -104,6 +104,11 @@ uint64_t ats_splice_setup(struct ats_splice_end *ends, int n, int i, int src_fd,
                           int dst_ready, int err, uint64_t token);
 int ats_splice_finished(struct ats_splice_end *ends, int n);
 void ats_splice_stop(struct ats_splice_end *ends, int n);
+/* Stop every pipe, as ats_splice_stop, and report them in one call: out[2i] and
+ * out[2i+1] get pipe i's nread and nwritten.  Returns 0 if no pipe failed, else the
+ * first failed pipe's err, with in bits 32.. the index of the end whose fd failed (its
+ * source's, or its sink's if err_on_dst). */
+int64_t ats_splice_stop_report(struct ats_splice_end *ends, int n, uint64_t *out);
 void ats_splice_release(struct ats_splice_end *ends, int n);
 int ats_net_wait(int epfd, struct epoll_event *evs, int maxevents, int timeout,
                  uint64_t *tokens, uint32_t *masks, uint64_t *notify, int *nnotify,

@@ -137,6 +137,31 @@ def test_splice_setup_links_the_ends_and_starts_from_the_edge_state_it_is_given(
     assert p.src_end == one + 0 and p.dst_end == one + 0 and one[0].out == p
 
 
+def test_splice_stop_report_stops_every_pipe_and_reports_counts_and_the_first_failure() -> None:
+    ends = ffi.new("struct ats_splice_end[2]")
+    for i in (0, 1):
+        lib.ats_splice_setup(ends, 2, i, 7 + i, 8 - i, 4096, 1024, 0, 0, 0, 0, i)
+    a, b = ffi.addressof(ends[0], "pipe"), ffi.addressof(ends[1], "pipe")
+    a.nread, a.nwritten, b.nread, b.nwritten = 10, 9, 5, 3
+    out = ffi.new("uint64_t[4]")
+    assert lib.ats_splice_stop_report(ends, 2, out) == 0  # none failed
+    assert list(out) == [10, 9, 5, 3]
+    assert lib.ats_pipe_done(a) and lib.ats_pipe_done(b)
+    # The first failed pipe: its errno, and the end whose fd failed (the sink's: the
+    # other end, if err_on_dst).
+    b.err, b.err_on_dst = errno.EPIPE, 1
+    assert lib.ats_splice_stop_report(ends, 2, out) == 0 << 32 | errno.EPIPE
+    b.err_on_dst = 0
+    assert lib.ats_splice_stop_report(ends, 2, out) == 1 << 32 | errno.EPIPE
+    a.err = errno.ECONNRESET
+    assert lib.ats_splice_stop_report(ends, 2, out) == 0 << 32 | errno.ECONNRESET
+    one = ffi.new("struct ats_splice_end[1]")
+    lib.ats_splice_setup(one, 1, 0, 9, 9, 4096, 1024, 0, 0, 0, errno.ECONNRESET, 5)
+    out = ffi.new("uint64_t[4]", [7] * 4)
+    assert lib.ats_splice_stop_report(one, 1, out) == errno.ECONNRESET
+    assert list(out) == [0, 0, 7, 7]  # one pipe: the rest untouched
+
+
 def test_a_stopped_pipe_is_done_and_its_pump_moves_no_byte(pipe: Any) -> None:
     p, src, source, feed, _ = pipe
     ctr = ffi.new("uint64_t[]", lib.ATS_CTR_COUNT)

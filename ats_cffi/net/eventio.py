@@ -115,11 +115,11 @@ class EventIO:
         if fd >= 0:
             if closing:
                 pd.drop(fd)
-            elif not pd.epoll.closed:
+            else:
                 try:
                     pd.delete(fd)
                 except OSError:
-                    pass  # already closed or never added: nothing to remove
+                    pass  # closed (fd or epoll), or never added: nothing to remove
 
     def __repr__(self) -> str:
         return f"<EventIO {self.type.name} fd={self.fd} events={self.events:#x}>"

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("ats.iocore_net")
 _net_wait: Final = _fastio.net_wait
 _add_all: Final = _fastio.epoll_add_all
+_epoll_ctl: Final = lib.ats_epoll_ctl
+_CTL_MOD: Final[int] = lib.EPOLL_CTL_MOD
+_CTL_DEL: Final[int] = lib.EPOLL_CTL_DEL
 _EINTR: Final[int] = EINTR
 
 #: Events taken from the kernel per epoll_wait (ATS's POLL_DESCRIPTOR_SIZE is larger; one
@@ -66,6 +69,7 @@ class PollDescriptor:
         "pending",
         "failed",
         "net_args",
+        "epfd",
     )
 
     def __init__(self, size: int = POLL_DESCRIPTOR_SIZE) -> None:
@@ -96,6 +100,9 @@ class PollDescriptor:
         self.net_args: tuple[int, ...] | None = ep.set_net_wait(
             self.notify_c, self.nnotify_c, self.counters_c
         )
+        #: The epoll's fd for ``modify`` and ``delete`` (-1 once closed): their
+        #: ``epoll_ctl`` is called here, compiled, not through the interpreted Epoll.
+        self.epfd: int = ep.fd
 
     def register(self, eio: EventIO) -> int:
         """A new token for ``eio``: a free slot (or a new one) and the next generation. The
@@ -162,7 +169,7 @@ class PollDescriptor:
         if pending and fd in pending:
             pending[fd] = (events, token, pending[fd][2])
         else:
-            self.epoll.modify(fd, events, token)
+            self._ctl(_CTL_MOD, fd, events, token)
 
     def delete(self, fd: int) -> None:
         """``EPOLL_CTL_DEL`` of ``fd``, or forget its queued ADD."""
@@ -170,7 +177,14 @@ class PollDescriptor:
         if pending and fd in pending:
             del pending[fd]
         else:
-            self.epoll.delete(fd)
+            self._ctl(_CTL_DEL, fd, 0, 0)
+
+    def _ctl(self, op: int, fd: int, events: int, token: int) -> None:
+        # ``OSError`` naming ``epoll_ctl``: the kernel's errno, or EBADF once closed.
+        epfd = self.epfd
+        r: int = _epoll_ctl(epfd, op, fd, events, token) if epfd >= 0 else -errno.EBADF
+        if r < 0:
+            raise oserror("epoll_ctl", -r)
 
     def drop(self, fd: int) -> None:
         """Forget ``fd``, which the caller is about to close: its queued ADD (if any) is
@@ -209,6 +223,7 @@ class PollDescriptor:
         self.free_slots.clear()
         self.pending.clear()
         self.net_args = None
+        self.epfd = -1
         self.epoll.close()
 
 

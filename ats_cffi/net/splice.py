@@ -108,6 +108,10 @@ _splice_finished: Final = lib.ats_splice_finished
 _splice_take: Final = lib.ats_splice_take
 _splice_release: Final = lib.ats_splice_release
 _splice_setup: Final = lib.ats_splice_setup
+_splice_stop_report: Final = lib.ats_splice_stop_report
+_END_ARRAY: Final = ffi.typeof("struct ats_splice_end[]")
+#: ``ats_splice_stop_report``'s output: each pipe's nread and nwritten (two pipes at most).
+_REPORT: Final = ffi.typeof("uint64_t[4]")
 _get_ident: Final = get_ident
 _freed_handler: Final = freed_handler  # compiled, an imported name is looked up per use
 _trim: Final = lib.ats_splice_trim
@@ -128,7 +132,7 @@ class SpliceDriver:
     thread's own code touches it.
     """
 
-    __slots__ = ("nh", "ready", "retries", "retry_due", "moved_p")
+    __slots__ = ("nh", "ready", "retries", "retry_due", "moved_p", "report")
 
     def __init__(self, nh: NetHandler) -> None:
         self.nh = nh
@@ -139,6 +143,8 @@ class SpliceDriver:
         self.retry_due = 0.0
         #: Where ``ats_splice_moved`` puts its list (the thread's: no copy).
         self.moved_p = ffi.new("uint64_t **")
+        #: Where a splice stopped on this thread has its pipes reported (``Splice.stop``).
+        self.report = ffi.new(_REPORT)
 
     def kick(self, splice: Splice, i: int) -> None:
         """Pump ``splice``'s end ``i`` (and take its status) on this pass or the next."""
@@ -318,7 +324,7 @@ class Splice(Continuation):
         #: the last reference (free_netevent), never during a pump. A pipe's buffer is
         #: native: taken from the thread's freelist only while bytes wait for the sink,
         #: given back as soon as none do (an idle splice holds no buffer), or at the release.
-        self.c: Any = ffi.new("struct ats_splice_end[]", 1 if b is None else 2)
+        self.c: Any = ffi.new(_END_ARRAY, 1 if b is None else 2)
         for vc in self.vcs:
             # The VC's VIOs, taken by the splice with no buffer: it moves no byte itself.
             vc.do_io_read(self, INT64_MAX, None)
@@ -384,13 +390,10 @@ class Splice(Continuation):
                 self.deliver(self.pending_event)
             return
         if status & _ERROR:
-            for i in range(self.n):
-                p = self.c[i].pipe
-                if p.err:
-                    self.lerrno = p.err
-                    self.error_vc = self._vc((i + 1) % self.n if p.err_on_dst else i)
-                    break
-            self.stop()
+            failed = self._stop()
+            if failed:  # the first pipe that failed: its errno, and the end it failed on
+                self.lerrno = failed & 0xFFFFFFFF
+                self.error_vc = self._vc(failed >> 32)
             self.deliver(VC_EVENT_ERROR)
         elif status & _DONE and _splice_finished(self.c, self.n):
             self.stop()
@@ -438,22 +441,30 @@ class Splice(Continuation):
 
     def stop(self) -> None:
         """Stop moving bytes (the VCs stay open). Idempotent."""
-        if self.stopped:
-            return
-        self.stopped = True
-        _splice_stop(self.c, self.n)
-        self.sync()
+        if not self.stopped:
+            self._stop()
 
-    def sync(self) -> None:
-        """Bring the VIOs' ``ndone`` and (on the net thread, whose counters they are) the
-        thread's net stats up to date."""
-        for i in range(self.n):
-            p = self.c[i].pipe
-            self._vc(i).read.ndone = p.nread
-            self._vc((i + 1) % self.n).write.ndone = p.nwritten
+    def _stop(self) -> int:
+        """Stop the pipes, then bring the VIOs' ``ndone`` and (on the net thread, whose
+        counters they are) the thread's net stats up to date: one native call reports the
+        pipes. Returns what ``ats_splice_stop_report`` tells of the first failed pipe."""
         nh = self.nh
-        if nh.thread.tid == _get_ident():
+        on_thread = nh.thread.tid == _get_ident()
+        out = nh.splice.report if on_thread else ffi.new(_REPORT)
+        failed: int = _splice_stop_report(self.c, self.n, out)
+        self.stopped = True  # (after the native stop: vc_closed relies on it)
+        a = self.a
+        b = self.b
+        a.read.ndone = out[0]
+        if b is None:
+            a.write.ndone = out[1]
+        else:  # pipe 0 reads a and writes b, pipe 1 reads b and writes a
+            b.write.ndone = out[1]
+            b.read.ndone = out[2]
+            a.write.ndone = out[3]
+        if on_thread:
             nh.splice.fold_counters()
+        return failed
 
     def fail(self, vc: UnixNetVConnection, err: int) -> None:
         """``vc`` can move no byte any more (its epoll registration failed): stop and tell
@@ -470,9 +481,11 @@ class Splice(Continuation):
         return tuple(self.c[i].pipe.nwritten for i in range(self.n))
 
     def vc_closed(self) -> None:
-        """A VC of the splice is being closed (by anyone): no pipe may touch its fd again."""
-        _splice_stop(self.c, self.n)
-        self.stopped = True
+        """A VC of the splice is being closed (by anyone): no pipe may touch its fd again
+        (``stopped`` is set only once the pipes are)."""
+        if not self.stopped:
+            _splice_stop(self.c, self.n)
+            self.stopped = True
 
     def release_end(self) -> None:
         """A VC of the splice was freed (``SpliceDriver.release``, net thread). Once none is
