@@ -23,6 +23,7 @@ def put(dst: bytearray, off: int, src: bytes | bytearray | memoryview) -> None: 
 def epoll_add_all(
     epfd: int, pending: dict[int, tuple[int, int, int]], failed: list[tuple[int, int, int]]
 ) -> int: ...
+def close_fd(fd: int) -> int: ...  # 0 or the errno
 def get_ident() -> int: ...
 def slot_maker(cls: type, names: tuple[str, ...]) -> Any: ...  # maker(*values) -> cls
 def slot_runner(cls: type, names: tuple[str, str, str, str]) -> Any: ...  # run(obj) -> None

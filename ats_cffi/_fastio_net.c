@@ -96,14 +96,30 @@ static PyObject *fast_ready_events(PyObject *mod, PyObject *const *args, Py_ssiz
  * queue), in one call; each ADD that fails appends (fd, token0, errno) to the list
  * failed.  Where the interpreted loop made a cffi call per ADD (about 3,400
  * instructions per accepted connection), a pass issues them all here. */
+/* An int in 0..2**64-1 as a uint64, or -1 with an exception set. Through
+ * PyLong_AsLongLongAndOverflow, which adds up the digits: PyLong_AsUnsignedLongLong goes
+ * through a byte array for every value over 30 bits (each token). Only a value with bit
+ * 63 set (a spliced end's tag) takes that path. */
+static unsigned long long as_u64(PyObject *o)
+{
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow == 0 && v >= 0)
+        return (unsigned long long)v;
+    if (overflow > 0)
+        return PyLong_AsUnsignedLongLong(o);
+    if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_OverflowError, "negative");
+    return (unsigned long long)-1;
+}
+
 static PyObject *fast_epoll_add_all(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     static const char call[] = "epoll_add_all";
-    Py_ssize_t epfd = count_and_size(args, nargs, 3, 0, call);
-    if (epfd < 0)
+    Py_ssize_t v[3];
+    if (sizes(args, nargs, 3, call, 0, v) < 0)
         return NULL;
-    if (epfd > INT_MAX)
-        return bad_fd(call, epfd);
+    Py_ssize_t epfd = v[0];
     if (!PyDict_CheckExact(args[1]) || !PyList_CheckExact(args[2]))
         return PyErr_Format(PyExc_TypeError, "%s: pending must be a dict and failed a list",
                             call);
@@ -113,8 +129,8 @@ static PyObject *fast_epoll_add_all(PyObject *mod, PyObject *const *args, Py_ssi
         long fd = PyLong_Check(key) ? PyLong_AsLong(key) : -1;
         unsigned long long ev = 0, token = 0;
         if (PyTuple_CheckExact(value) && PyTuple_GET_SIZE(value) == 3) {
-            ev = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(value, 0));
-            token = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(value, 1));
+            ev = as_u64(PyTuple_GET_ITEM(value, 0));
+            token = as_u64(PyTuple_GET_ITEM(value, 1));
         } else {
             PyErr_SetString(PyExc_TypeError, "not an (events, token, token0) tuple");
         }

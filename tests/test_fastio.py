@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import os
 import socket
 import sys
 import weakref
@@ -265,6 +266,21 @@ def test_epoll_add_all_registers_each_fd_and_lists_the_adds_that_failed(pair) ->
         ep.close()
 
 
+@pytest.mark.parametrize("token", [2**31 + 5, (2**30 + 1) << 32 | 3, 2**63 | 12345, 2**64 - 1])
+def test_epoll_add_all_passes_every_64_bit_token_whole(pair, token: int) -> None:
+    # (A slot token, a late generation's, a spliced end's tag with bit 63, the largest.)
+    from ats_cffi.sys import Epoll
+
+    a, b = pair
+    ep = Epoll(4)
+    try:
+        assert _fastio.epoll_add_all(ep.fd, {a.fileno(): (1, token, token)}, []) == 0
+        b.send(b"x")
+        assert ep.wait(0) == 1 and ep.tokens[0] == token
+    finally:
+        ep.close()
+
+
 @pytest.mark.parametrize(
     ("args", "exc", "words"),
     [
@@ -273,6 +289,10 @@ def test_epoll_add_all_registers_each_fd_and_lists_the_adds_that_failed(pair) ->
         ((3, {4: (1, 2)}, []), ValueError, r"epoll_add_all: a bad entry in pending \(fd 4\)"),
         ((3, {-4: (1, 2, 2)}, []), ValueError, "a bad entry in pending"),
         ((3, {4: (2**33, 2, 2)}, []), ValueError, "a bad entry in pending"),
+        ((3, {4: (1, -2, 2)}, []), ValueError, "a bad entry in pending"),
+        ((3, {4: (1, 2**64, 2)}, []), ValueError, "a bad entry in pending"),
+        ((3, {4: (1, "2", 2)}, []), ValueError, "a bad entry in pending"),
+        ((3, {4: (-1, 2, 2)}, []), ValueError, "a bad entry in pending"),
         ((-1, {}, []), ValueError, "epoll_add_all: argument 1 must be >= 0"),
         ((3, {}), TypeError, "epoll_add_all takes 3 arguments"),
     ],
@@ -512,3 +532,26 @@ def test_the_slot_heap_uses_a_subclass_own_order_and_refuses_bad_calls() -> None
     h.append(Shrinks(h))
     with pytest.raises(RuntimeError, match="changed size"):
         push(h, Shrinks(h))
+
+
+def test_close_fd_closes_and_returns_the_errno_instead_of_raising() -> None:
+    r, w = os.pipe()
+    os.close(w)
+    assert _fastio.close_fd(r) == 0
+    with pytest.raises(OSError):
+        os.fstat(r)  # closed
+    assert _fastio.close_fd(r) == errno.EBADF
+
+
+@pytest.mark.parametrize(
+    ("args", "exc", "words"),
+    [
+        ((-1,), ValueError, "close_fd: argument 1 must be >= 0"),
+        ((2**40,), ValueError, "close_fd: fd must be a file descriptor"),
+        (("3",), TypeError, "close_fd"),
+        ((), TypeError, "close_fd takes 1 argument"),
+    ],
+)
+def test_close_fd_refuses_bad_arguments(args, exc, words) -> None:
+    with pytest.raises(exc, match=words):
+        _fastio.close_fd(*args)

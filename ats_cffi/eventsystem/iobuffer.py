@@ -58,6 +58,7 @@ def _check_water_mark(value: Any) -> None:
         raise ValueError(f"water_mark must be >= 0, got {value}")
 
 
+_DEFAULT_POOL: Final = pool_index(DEFAULT_BLOCK_SIZE)
 #: What a detached reader points at (it holds no block of its buffer any more).
 _DETACHED: Final = IOBufferBlock(0)
 #: The tail of a buffer that holds no block (and where its readers stand): full, so the
@@ -105,10 +106,12 @@ class MIOBuffer:
         # (Two buffers per connection: the checks cost a call only for what is not an int.)
         if type(block_size) is not int:
             check_int("block_size", block_size)
-        if not 0 < block_size <= MAX_BLOCK_SIZE:
-            raise ValueError(f"block_size must be between 1 and {MAX_BLOCK_SIZE}, got {block_size}")
-        self._block_size: int = block_size
-        self._pool_index = pool_index(block_size)  # where its blocks come from and go back
+        size: int = block_size  # (typed: compared unboxed)
+        if not 0 < size <= MAX_BLOCK_SIZE:
+            raise ValueError(f"block_size must be between 1 and {MAX_BLOCK_SIZE}, got {size}")
+        self._block_size = size
+        # Where its blocks come from and go back.
+        self._pool_index = _DEFAULT_POOL if size == DEFAULT_BLOCK_SIZE else pool_index(size)
         if type(water_mark) is not int or water_mark < 0:
             _check_water_mark(water_mark)  # raises unless an int subclass >= 0
         self._water_mark: int = water_mark

@@ -17,6 +17,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, Final
 
+from ats_cffi import _fastio
 from ats_cffi import sys as _sys
 from ats_cffi._native import ffi, lib
 from ats_cffi.eventsystem import codes as _codes
@@ -26,7 +27,7 @@ from ats_cffi.eventsystem.iobuffer import IOBufferReader, MIOBuffer
 from ats_cffi.eventsystem.mutex import ProxyMutex, get_ident
 from ats_cffi.eventsystem.vio import VIO, VIOOp
 from ats_cffi.net import stats as st
-from ats_cffi.net.config import INT_RECORD_MAX
+from ats_cffi.net.config import INT_RECORD_MAX, SOCK_OPT_LINGER_ON
 from ats_cffi.net.connect import ConnectAction
 from ats_cffi.net.eventio import READ_WRITE
 from ats_cffi.net.netvconnection import (
@@ -62,6 +63,7 @@ _AGAIN: Final[int] = _sys.AGAIN
 _ECONNRESET: Final[int] = errno.ECONNRESET
 _get_ident: Final = get_ident
 _lib_close: Final = lib.close
+_close_fd: Final = _fastio.close_fd
 # Bound once: compiled, a plain imported name is looked up in the module's dict on every use.
 _ConnectAction: Final = ConnectAction
 _freed_handler: Final = freed_handler
@@ -556,8 +558,13 @@ class UnixNetVConnection(NetVConnection):
         fd = self.fd
         if fd >= 0:
             self.fd = -1
-            if _lib_close(fd) < 0 and ffi.errno != errno.EINTR:
-                log.error("close of fd %d failed: %s", fd, os.strerror(ffi.errno))
+            # (With the GIL held, as a close cannot block, unless SO_LINGER is set.)
+            if self.options.sockopt_flags & SOCK_OPT_LINGER_ON:
+                err = ffi.errno if _lib_close(fd) < 0 else 0
+            else:
+                err = _close_fd(fd)
+            if err and err != errno.EINTR:
+                log.error("close of fd %d failed: %s", fd, os.strerror(err))
         self.read.clear()
         self.write.clear()
         action = self.action

@@ -11,6 +11,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from ats_cffi.eventsystem import INT64_MAX, Continuation, MIOBuffer, ProxyMutex
 from ats_cffi.eventsystem.codes import (
     VC_EVENT_EOS,
@@ -21,6 +23,7 @@ from ats_cffi.eventsystem.codes import (
 )
 from ats_cffi.net import net_stats
 from ats_cffi.net.codes import IO_SHUTDOWN_WRITE
+from ats_cffi.net.config import SOCK_OPT_LINGER_ON, SOCK_OPT_NO_DELAY
 from tests.conftest import settle
 from tests.net.conftest import (
     OPEN,
@@ -440,3 +443,27 @@ def test_two_net_threads_closing_each_others_vc_from_handlers_do_not_deadlock(ne
     finally:
         for s in clients:
             s.close()
+
+
+@pytest.mark.parametrize("linger", [False, True])
+def test_a_closed_vc_s_socket_is_closed_with_its_linger_option(net, listen, linger: bool):
+    # A VC closes its socket with the GIL held, unless NetVCOptions set SO_LINGER (a close
+    # that may wait): both close it, and SO_LINGER 0 s makes the close a reset.
+    flags = SOCK_OPT_NO_DELAY | (SOCK_OPT_LINGER_ON if linger else 0)
+    sinks: list[Sink] = []
+    _, acceptor, port = listen(
+        on_vc=lambda vc: sinks.append(Sink(vc)),
+        sockopt_flags=flags,  # (linger_seconds: 0 by default)
+    )
+    with client(port) as c:
+        c.sendall(b"x")
+        c.shutdown(socket.SHUT_WR)  # EOS: the Sink closes its VC
+        acceptor.wait()
+        c.settimeout(2.0)
+        if linger:
+            with pytest.raises(ConnectionResetError):
+                c.recv(16)
+        else:
+            assert c.recv(16) == b""
+    assert wait_until(lambda: sinks[0].vc.fd == -1 and net_stats.get(OPEN) == 0)
+    assert sinks[0].data == b"x" and sinks[0].events[-1] == VC_EVENT_EOS
