@@ -79,7 +79,7 @@ ffibuilder.set_source(
 
 def fastio_extension() -> Any:
     """The ``ats_cffi._fastio`` extension (``_fastio.c``, which includes ``_native_rw.c``,
-    ``_fastio_args.c``, ``_fastio_net.c`` and ``_fastio_slots.c``)."""
+    ``_fastio_args.c``, ``_fastio_net.c``, ``_fastio_splice.c`` and ``_fastio_slots.c``)."""
     from setuptools import Extension
 
     return Extension(
@@ -91,6 +91,8 @@ def fastio_extension() -> Any:
             "ats_cffi/_native_rw.h",
             "ats_cffi/_fastio_args.c",
             "ats_cffi/_fastio_net.c",
+            "ats_cffi/_fastio_splice.c",
+            "ats_cffi/_native_splice.h",
             "ats_cffi/_fastio_slots.c",
         ],
         extra_compile_args=C_FLAGS,

@@ -354,6 +354,7 @@ static PyObject *fast_close_fd(PyObject *mod, PyObject *const *args, Py_ssize_t 
 }
 
 #include "_fastio_net.c"
+#include "_fastio_splice.c"
 #include "_fastio_slots.c"
 
 /* last() -> the result of the calling thread's last syscall of a call above:
@@ -427,6 +428,20 @@ static PyMethodDef fastio_methods[] = {
      "slot_heapify(cls, (key,)) -> heapify; heapify(heap): heapq.heapify, a cls by key"},
     {"close_fd", (PyCFunction)(void (*)(void))fast_close_fd, METH_FASTCALL,
      "close_fd(fd) -> 0 or errno: close(2) without releasing the GIL (it must not block)"},
+    {"epoll_ctl", (PyCFunction)(void (*)(void))fast_epoll_ctl, METH_FASTCALL,
+     "epoll_ctl(epfd, op, fd, events, token) -> 0 or -errno, with the GIL held"},
+    {"splice_bind", (PyCFunction)(void (*)(void))fast_splice_bind, METH_FASTCALL,
+     "splice_bind((setup, take, stop_report, release, finished)): their addresses"},
+    {"splice_setup", (PyCFunction)(void (*)(void))fast_splice_setup, METH_FASTCALL,
+     "splice_setup(ends, n, i, ...) -> tag: ats_splice_setup with the GIL held"},
+    {"splice_take", (PyCFunction)(void (*)(void))fast_splice_take, METH_FASTCALL,
+     "splice_take(ends, i, pump, counters) -> status: ats_splice_take with the GIL held"},
+    {"splice_stop_report", (PyCFunction)(void (*)(void))fast_splice_stop_report, METH_FASTCALL,
+     "splice_stop_report(ends, n, out) -> failed: ats_splice_stop_report, GIL held"},
+    {"splice_release", (PyCFunction)(void (*)(void))fast_splice_release, METH_FASTCALL,
+     "splice_release(ends, n): ats_splice_release with the GIL held"},
+    {"splice_finished", (PyCFunction)(void (*)(void))fast_splice_finished, METH_FASTCALL,
+     "splice_finished(ends, n) -> bool: ats_splice_finished with the GIL held"},
     {"get_ident", fast_get_ident, METH_NOARGS,
      "get_ident() -> threading.get_ident(), the same int object each time per thread"},
     {NULL, NULL, 0, NULL},

@@ -6,7 +6,7 @@
  * as its data, so that ats_net_wait pumps its pipes without returning the
  * event to Python.  Python hears of an end only when something needs it (the
  * status bits below).  A splice's ends, each with the pipe that reads it, are one
- * array that Python allocates (ffi.new, see ats_cffi/net/splice.py) and keeps while
+ * array that Python allocates (a bytearray, see ats_cffi/net/splice.py) and keeps while
  * their fds are registered; a pipe's buffer is native: taken from the pump's
  * thread's freelist when bytes must wait for the sink, given back as soon as the
  * pipe holds none (an idle pipe holds no buffer), and trimmed by the thread's

@@ -555,3 +555,88 @@ def test_close_fd_closes_and_returns_the_errno_instead_of_raising() -> None:
 def test_close_fd_refuses_bad_arguments(args, exc, words) -> None:
     with pytest.raises(exc, match=words):
         _fastio.close_fd(*args)
+
+
+def test_epoll_ctl_modifies_and_deletes_and_returns_minus_errno(pair) -> None:
+    from ats_cffi._native import lib
+    from ats_cffi.sys import Epoll
+
+    a, b = pair
+    ep = Epoll(4)
+    try:
+        fd = a.fileno()
+        ep.add(fd, lib.EPOLLIN, 1)
+        token = 2**63 | 77  # a spliced end's tag: bit 63 passes whole
+        assert _fastio.epoll_ctl(ep.fd, lib.EPOLL_CTL_MOD, fd, lib.EPOLLIN, token) == 0
+        b.send(b"x")
+        assert ep.wait(0) == 1 and ep.tokens[0] == token
+        assert _fastio.epoll_ctl(ep.fd, lib.EPOLL_CTL_DEL, fd, 0, 0) == 0
+        assert ep.wait(0) == 0
+        assert _fastio.epoll_ctl(ep.fd, lib.EPOLL_CTL_DEL, fd, 0, 0) == -errno.ENOENT
+    finally:
+        ep.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "exc", "words"),
+    [
+        ((3, 2, 4, 1), TypeError, "epoll_ctl takes 5 arguments"),
+        ((-1, 2, 4, 1, 0), ValueError, "epoll_ctl: argument 1 must be >= 0"),
+        ((3, 2, 4, 2**33, 0), ValueError, "epoll_ctl: an argument out of range"),
+        ((3, 2, 4, 1, -5), ValueError, r"epoll_ctl: token must be an int in 0..2\*\*64-1"),
+        ((3, 2, 4, 1, 2**64), ValueError, "epoll_ctl: token must be"),
+        ((3, 2, 4, 1, "1"), ValueError, "epoll_ctl: token must be"),
+    ],
+)
+def test_epoll_ctl_refuses_bad_arguments(args, exc, words) -> None:
+    with pytest.raises(exc, match=words):
+        _fastio.epoll_ctl(*args)
+
+
+def test_the_splice_calls_act_on_the_ends_they_are_given() -> None:
+    # (splice.py binds the functions at import: they are the cffi module's own.)
+    import ats_cffi.net.splice  # noqa: F401
+    from ats_cffi._native import ffi, lib
+
+    buf = bytearray(2 * ffi.sizeof("struct ats_splice_end"))
+    ends = ffi.from_buffer("struct ats_splice_end[]", buf)
+    tag = _fastio.splice_setup(buf, 2, 0, 7, 8, 4096, 1024, 1, 0, 1, 0, 41)
+    assert tag == lib.ATS_SPLICE_TAG | int(ffi.cast("uintptr_t", ends))
+    _fastio.splice_setup(buf, 2, 1, 8, 7, 4096, 1024, 0, 0, 0, errno.EPIPE, 2**40)
+    assert (ends[0].token, ends[1].token) == (41, 2**40)
+    assert ends[0].pipe.dst_end == ends + 1 and ends[1].out == ffi.addressof(ends[0], "pipe")
+    ctr = ffi.new("uint64_t[]", lib.ATS_CTR_COUNT)
+    ctr_at = int(ffi.cast("uintptr_t", ctr))
+    assert _fastio.splice_take(buf, 1, 0, ctr_at) == lib.ATS_SPLICE_ERROR  # its error
+    assert _fastio.splice_take(buf, 1, 0, ctr_at) == 0  # taken
+    assert _fastio.splice_finished(buf, 2) is False
+    ends[0].pipe.nread, ends[0].pipe.nwritten = 5, 4
+    out = ffi.new("uint64_t[4]")
+    failed = _fastio.splice_stop_report(buf, 2, int(ffi.cast("uintptr_t", out)))
+    assert failed == 1 << 32 | errno.EPIPE and list(out) == [5, 4, 0, 0]
+    assert _fastio.splice_finished(buf, 2) is True
+    _fastio.splice_release(buf, 2)
+
+
+@pytest.mark.parametrize(
+    ("call", "args", "exc", "words"),
+    [
+        ("splice_take", (b"x" * 999, 0, 0, 1), TypeError, "ends must be a bytearray of 1"),
+        ("splice_take", (bytearray(8), 1, 0, 1), TypeError, "ends must be a bytearray of 2"),
+        ("splice_take", (bytearray(8), 2, 0, 1), ValueError, "splice_take: end 2 of 2 at most"),
+        ("splice_take", (bytearray(8), 0, 0), TypeError, "splice_take takes 4 arguments"),
+        ("splice_stop_report", (bytearray(8), 3, 1), ValueError, "n must be 1 or 2, got 3"),
+        ("splice_release", (bytearray(8), 0), ValueError, "n must be 1 or 2, got 0"),
+        ("splice_finished", (bytearray(8), -1), ValueError, "argument 2 must be >= 0"),
+        ("splice_finished", (bytearray(8), 1), TypeError, "ends must be a bytearray of 1"),
+        ("splice_setup", (bytearray(999), 1, 1) + (0,) * 9, ValueError, "out of range"),
+        ("splice_setup", (bytearray(999), 1, 0, 2**40) + (0,) * 8, ValueError, "out of range"),
+        ("splice_bind", ((1, 2, 3),), TypeError, "splice_bind: takes a tuple of 5 addresses"),
+        ("splice_bind", ((1, 2, 0, 4, 5),), ValueError, "splice_bind: address 3 is 0"),
+    ],
+)
+def test_the_splice_calls_refuse_bad_arguments(call, args, exc, words) -> None:
+    import ats_cffi.net.splice  # noqa: F401  (binds the functions)
+
+    with pytest.raises(exc, match=words):
+        getattr(_fastio, call)(*args)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ats.iocore_net")
 _net_wait: Final = _fastio.net_wait
 _add_all: Final = _fastio.epoll_add_all
-_epoll_ctl: Final = lib.ats_epoll_ctl
+_epoll_ctl: Final = _fastio.epoll_ctl  # (with the GIL held: a MOD or DEL does not block)
 _CTL_MOD: Final[int] = lib.EPOLL_CTL_MOD
 _CTL_DEL: Final[int] = lib.EPOLL_CTL_DEL
 _EINTR: Final[int] = EINTR
@@ -162,14 +162,16 @@ class PollDescriptor:
         else:
             pending[fd] = (events, token, token)
 
-    def modify(self, fd: int, events: int, token: int) -> None:
+    def modify(self, fd: int, events: int, token: int) -> bool:
         """``EPOLL_CTL_MOD`` of ``fd`` (or of its queued ADD): with edge trigger, a MOD with
-        the same mask reports readiness that is already pending once more."""
+        the same mask reports readiness that is already pending once more. True if it edited
+        a queued ADD (no event of ``fd`` was reported yet: the ADD will report them)."""
         pending = self.pending
         if pending and fd in pending:
             pending[fd] = (events, token, pending[fd][2])
-        else:
-            self._ctl(_CTL_MOD, fd, events, token)
+            return True
+        self._ctl(_CTL_MOD, fd, events, token)
+        return False
 
     def delete(self, fd: int) -> None:
         """``EPOLL_CTL_DEL`` of ``fd``, or forget its queued ADD."""

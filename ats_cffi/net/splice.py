@@ -58,6 +58,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Final
 
+from ats_cffi import _fastio
 from ats_cffi._native import ffi, lib
 from ats_cffi.eventsystem import codes as _codes
 from ats_cffi.eventsystem.continuation import (
@@ -104,12 +105,31 @@ _CTR_COUNT: Final[int] = lib.ATS_CTR_COUNT
 # A pipe's ``done`` is the one field another thread may write (a close): C11 atomic, so it
 # is set and read through these (one call for all of a splice's pipes), never as a field.
 _splice_stop: Final = lib.ats_splice_stop
-_splice_finished: Final = lib.ats_splice_finished
-_splice_take: Final = lib.ats_splice_take
-_splice_release: Final = lib.ats_splice_release
-_splice_setup: Final = lib.ats_splice_setup
-_splice_stop_report: Final = lib.ats_splice_stop_report
+# The per-connection calls, made with the GIL held (_fastio_splice.c): each took 800 to
+# 2,100 instructions through cffi, which releases the GIL around every call.
+_splice_finished: Final = _fastio.splice_finished
+_splice_take: Final = _fastio.splice_take
+_splice_release: Final = _fastio.splice_release
+_splice_setup: Final = _fastio.splice_setup
+_splice_stop_report: Final = _fastio.splice_stop_report
+
+
+def _address(cdata: Any) -> int:
+    """The address a cffi pointer, array or function holds, as an int."""
+    return int(ffi.cast("uintptr_t", cdata))
+
+
+_fastio.splice_bind(
+    (
+        _address(ffi.addressof(lib, "ats_splice_setup")),
+        _address(ffi.addressof(lib, "ats_splice_take")),
+        _address(ffi.addressof(lib, "ats_splice_stop_report")),
+        _address(ffi.addressof(lib, "ats_splice_release")),
+        _address(ffi.addressof(lib, "ats_splice_finished")),
+    )
+)
 _END_ARRAY: Final = ffi.typeof("struct ats_splice_end[]")
+_END_SIZE: Final[int] = ffi.sizeof("struct ats_splice_end")
 #: ``ats_splice_stop_report``'s output: each pipe's nread and nwritten (two pipes at most).
 _REPORT: Final = ffi.typeof("uint64_t[4]")
 _get_ident: Final = get_ident
@@ -132,7 +152,16 @@ class SpliceDriver:
     thread's own code touches it.
     """
 
-    __slots__ = ("nh", "ready", "retries", "retry_due", "moved_p", "report")
+    __slots__ = (
+        "nh",
+        "ready",
+        "retries",
+        "retry_due",
+        "moved_p",
+        "report",
+        "report_at",
+        "counters_at",
+    )
 
     def __init__(self, nh: NetHandler) -> None:
         self.nh = nh
@@ -145,6 +174,9 @@ class SpliceDriver:
         self.moved_p = ffi.new("uint64_t **")
         #: Where a splice stopped on this thread has its pipes reported (``Splice.stop``).
         self.report = ffi.new(_REPORT)
+        self.report_at = _address(self.report)
+        #: The address of the NetHandler's native counters (the pumps add to them).
+        self.counters_at = _address(nh.pd.counters_c)
 
     def kick(self, splice: Splice, i: int) -> None:
         """Pump ``splice``'s end ``i`` (and take its status) on this pass or the next."""
@@ -319,17 +351,23 @@ class Splice(Continuation):
         #: The ends whose pump is due (bit i: end i), and ``_LISTED`` (SpliceDriver).
         self.in_ready = 0
         #: The native ends, each with the pipe that reads it (pipe i: end i's fd to end
-        #: i+1's, mod n): one allocation, Python's. The VCs keep it alive (through their
+        #: i+1's, mod n): a bytearray, one allocation, Python's (the native calls take it
+        #: as it is: no address to compute). The VCs keep it alive (through their
         #: ``splice_end``) while the sockets are registered, and only the net thread drops
         #: the last reference (free_netevent), never during a pump. A pipe's buffer is
         #: native: taken from the thread's freelist only while bytes wait for the sink,
         #: given back as soon as none do (an idle splice holds no buffer), or at the release.
-        self.c: Any = ffi.new(_END_ARRAY, 1 if b is None else 2)
+        self.ends = bytearray(_END_SIZE if b is None else 2 * _END_SIZE)
         for vc in self.vcs:
             # The VC's VIOs, taken by the splice with no buffer: it moves no byte itself.
             vc.do_io_read(self, INT64_MAX, None)
             vc.do_io_write(self, INT64_MAX, None)
         self._start(buffer_size)
+
+    @property
+    def c(self) -> Any:
+        """The native ends as cffi sees them (``struct ats_splice_end[]``), over ``ends``."""
+        return ffi.from_buffer(_END_ARRAY, self.ends, require_writable=True)
 
     @property
     def n(self) -> int:
@@ -345,7 +383,6 @@ class Splice(Continuation):
         then register the sockets to the native side."""
         n = self.n
         nh = self.nh
-        c = self.c
         state = [vc.start_splice(self) for vc in self.vcs]
         budget = min(nh.max_read_per_pass, 0xFFFFFFFF)
         tags = []
@@ -355,7 +392,7 @@ class Splice(Continuation):
             src = self._vc(i)
             tags.append(
                 _splice_setup(
-                    c, n, i, src.fd, self._vc(j).fd, buffer_size, budget, src_triggered,
+                    self.ends, n, i, src.fd, self._vc(j).fd, buffer_size, budget, src_triggered,
                     src_hup, state[j][3], src_error, src.ep.token,
                 )
             )  # fmt: skip
@@ -363,9 +400,11 @@ class Splice(Continuation):
         pd = nh.pd
         for i in range(n):
             # EPOLL_CTL_MOD also re-arms the edges: readiness pending now is reported on the
-            # next pass, to the native side.
-            pd.modify(self._vc(i).fd, _REG_EVENTS, tags[i])
-            driver.kick(self, i)
+            # next pass, to the native side. A VC whose ADD is still queued (just accepted)
+            # has seen no event: the ADD reports its readiness to the native side, so its
+            # end needs a pump now only to report an error it starts with.
+            if not pd.modify(self._vc(i).fd, _REG_EVENTS, tags[i]) or state[i][2]:
+                driver.kick(self, i)
 
     @property
     def vcs(self) -> tuple[UnixNetVConnection, ...]:
@@ -384,7 +423,9 @@ class Splice(Continuation):
     def take(self, i: int, pump: int) -> None:
         """Act on the status bits the native side left on end ``i`` (NetHandler thread),
         after pumping its pipes first if ``pump`` (its turn on the ready list)."""
-        status: int = _splice_take(self.c, i, pump and not self.stopped, self.nh.pd.counters_c)
+        status: int = _splice_take(
+            self.ends, i, pump and not self.stopped, self.nh.splice.counters_at
+        )
         if self.stopped:
             if self.pending_event:
                 self.deliver(self.pending_event)
@@ -395,7 +436,7 @@ class Splice(Continuation):
                 self.lerrno = failed & 0xFFFFFFFF
                 self.error_vc = self._vc(failed >> 32)
             self.deliver(VC_EVENT_ERROR)
-        elif status & _DONE and _splice_finished(self.c, self.n):
+        elif status & _DONE and _splice_finished(self.ends, self.n):
             self.stop()
             self.deliver(VC_EVENT_EOS)
         elif status & _MORE:
@@ -450,8 +491,12 @@ class Splice(Continuation):
         pipes. Returns what ``ats_splice_stop_report`` tells of the first failed pipe."""
         nh = self.nh
         on_thread = nh.thread.tid == _get_ident()
-        out = nh.splice.report if on_thread else ffi.new(_REPORT)
-        failed: int = _splice_stop_report(self.c, self.n, out)
+        if on_thread:
+            out = nh.splice.report
+            failed: int = _splice_stop_report(self.ends, self.n, nh.splice.report_at)
+        else:
+            out = ffi.new(_REPORT)
+            failed = _splice_stop_report(self.ends, self.n, _address(out))
         self.stopped = True  # (after the native stop: vc_closed relies on it)
         a = self.a
         b = self.b
@@ -495,7 +540,7 @@ class Splice(Continuation):
         b = self.b
         if self.a.splice_end is not None or (b is not None and b.splice_end is not None):
             return
-        _splice_release(self.c, self.n)
+        _splice_release(self.ends, self.n)
         self.handler = _freed_handler
 
     def close(self) -> None:
