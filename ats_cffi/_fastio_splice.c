@@ -1,6 +1,7 @@
 /* A splice's per-connection calls (net/splice.py) with the GIL held.  Through cffi each
  * of them released the GIL and took it again and converted its arguments: 800 to 2,100
- * instructions a call, for C that runs in a few dozen and never blocks (no syscall).
+ * instructions a call, for C that runs in a few dozen and makes no syscall (but a pump:
+ * splice_take with pump, which still runs without the GIL, as the pumps of a wait do).
  * The functions stay the cffi module's (_native_splice.c: one definition, one per-thread
  * freelist), called through the addresses splice_bind hands over once.  The ends are
  * a bytearray the Splice keeps; the arrays the calls write are passed as addresses.
@@ -132,8 +133,16 @@ static PyObject *fast_splice_take(PyObject *mod, PyObject *const *args, Py_ssize
     struct ats_splice_end *ends = ends_of(args[0], v[1] + 1, "splice_take");
     if (ends == NULL)
         return NULL;
-    uint32_t st = ((splice_take_fn)splice_fns[1])(ends, (int)v[1], v[2] != 0,
-                                                  (uint64_t *)(uintptr_t)v[3]);
+    splice_take_fn take = (splice_take_fn)splice_fns[1];
+    uint64_t *ctr = (uint64_t *)(uintptr_t)v[3];
+    uint32_t st;
+    if (v[2]) { /* a pump: reads and writes up to its budget, without the GIL as in a wait */
+        Py_BEGIN_ALLOW_THREADS
+        st = take(ends, (int)v[1], 1, ctr);
+        Py_END_ALLOW_THREADS
+    } else {
+        st = take(ends, (int)v[1], 0, ctr); /* the status bits only */
+    }
     return PyLong_FromUnsignedLong(st);
 }
 
