@@ -19,7 +19,10 @@ Effect, VIO echo 1 KiB x 10 (perf/README.md): server user CPU per round trip 3.1
 gcc only (clang's profiles take other options and a merge step): with another compiler, or
 with ``ATS_CFFI_PGO=0`` (a quicker build while developing), step 1 is the only build and
 it is not instrumented. A failed training run fails the build, and the instrumented library
-is removed: it is never left in place as if up to date.
+is removed: it is never left in place as if up to date. Nor is one built without a profile:
+a library built with one has a marker beside it (``<library>.pgo``, holding its mtime), and
+a profile-guided build redoes a library without it, though its sources did not change
+(after an ``ATS_CFFI_PGO=0`` build, the next one kept the library without a profile).
 """
 
 from __future__ import annotations
@@ -91,11 +94,18 @@ def pgo_build_ext(base: Any) -> Any:
     class PgoBuildExt(base):  # type: ignore[misc, valid-type]
         def run(self) -> None:
             lib = next((e for e in self.extensions if e.name == GROUP_LIB), None)
-            if lib is None or not pgo_wanted():
+            if lib is None:
                 super().run()
                 return
             compile_args, link_args = list(lib.extra_compile_args), list(lib.extra_link_args)
             out = self._built_path(lib)
+            if not pgo_wanted():
+                super().run()
+                if out.exists() and not _profiled(out):
+                    _marker(out).unlink(missing_ok=True)  # (out was built again, without)
+                return
+            if out.exists() and not _profiled(out):
+                out.unlink()  # built without a profile: built again, with one
             before = out.stat().st_mtime_ns if out.exists() else None
             for stale in Path(self.build_temp).rglob("*.gcda"):
                 stale.unlink()  # counts of another build of the C would not match
@@ -112,6 +122,7 @@ def pgo_build_ext(base: Any) -> Any:
                 # seconds in older setuptools: a quick rebuild would keep the instrumented one
                 out.unlink()
                 self._rebuild(lib)
+                _marker(out).write_text(str(out.stat().st_mtime_ns))
             except BaseException as exc:  # Ctrl-C too: no instrumented library stays behind
                 self._remove(lib, out)
                 if isinstance(exc, (OSError, RuntimeError, subprocess.TimeoutExpired)):
@@ -150,6 +161,19 @@ def pgo_build_ext(base: Any) -> Any:
                 (HERE / "ats_cffi" / name).unlink(missing_ok=True)
 
     return PgoBuildExt
+
+
+def _marker(lib: Path) -> Path:
+    """The file whose presence says ``lib`` was built with a profile (module doc)."""
+    return lib.with_name(lib.name + ".pgo")
+
+
+def _profiled(lib: Path) -> bool:
+    """Whether ``lib``, as it is now, is the one built with a profile."""
+    try:
+        return _marker(lib).read_text() == str(lib.stat().st_mtime_ns)
+    except OSError:
+        return False
 
 
 def cmdclass() -> dict[str, Any]:

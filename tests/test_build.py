@@ -72,11 +72,12 @@ def build_group_lib(tmp_path: Path) -> Path:
     from setuptools import Extension, setup
 
     src = tmp_path / "lib.c"
-    src.write_text(
-        "#include <Python.h>\n"
-        'static struct PyModuleDef m = {PyModuleDef_HEAD_INIT, "_compiled__mypyc"};\n'
-        "PyMODINIT_FUNC PyInit__compiled__mypyc(void) { return PyModule_Create(&m); }\n"
-    )
+    if not src.exists():  # (a second build of the same source: up to date)
+        src.write_text(
+            "#include <Python.h>\n"
+            'static struct PyModuleDef m = {PyModuleDef_HEAD_INIT, "_compiled__mypyc"};\n'
+            "PyMODINIT_FUNC PyInit__compiled__mypyc(void) { return PyModule_Create(&m); }\n"
+        )
     ext = Extension(build_pgo.GROUP_LIB, sources=[str(src)])
     lib, tmp = tmp_path / "lib", tmp_path / "tmp"
     setup(
@@ -122,3 +123,31 @@ def test_a_failed_training_fails_the_build_and_leaves_no_library(
     with pytest.raises(SystemExit, match="profile-guided build failed: the training run"):
         build_group_lib(tmp_path)
     assert not list((tmp_path / "lib").rglob("*.so"))
+
+
+def test_a_library_built_without_a_profile_is_built_again_with_one(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # After an ATS_CFFI_PGO=0 build, whose library is up to date with its sources, the next
+    # build still trains and profiles it; a profiled library up to date is left as it is.
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CC", "gcc -pthread")
+    trained = []
+    monkeypatch.setattr(build_pgo, "train", lambda root: trained.append(root))
+    monkeypatch.setenv("ATS_CFFI_PGO", "0")
+    out = build_group_lib(tmp_path)
+    assert trained == [] and not (out.parent / (out.name + ".pgo")).exists()
+    monkeypatch.setenv("ATS_CFFI_PGO", "1")
+    assert build_group_lib(tmp_path) == out
+    assert len(trained) == 1 and b"__gcov_" not in out.read_bytes()
+    assert (out.parent / (out.name + ".pgo")).read_text() == str(out.stat().st_mtime_ns)
+    mtime = out.stat().st_mtime_ns
+    build_group_lib(tmp_path)
+    assert len(trained) == 1 and out.stat().st_mtime_ns == mtime  # up to date: kept
+    monkeypatch.setenv("ATS_CFFI_PGO", "0")
+    src = tmp_path / "lib.c"
+    os.utime(src, ns=(mtime + 10**9, mtime + 10**9))  # its source changed: built without
+    build_group_lib(tmp_path)
+    assert not (out.parent / (out.name + ".pgo")).exists()
