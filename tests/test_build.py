@@ -147,7 +147,6 @@ def test_a_library_built_without_a_profile_is_built_again_with_one(
     build_group_lib(tmp_path)
     assert len(trained) == 1 and out.stat().st_mtime_ns == mtime  # up to date: kept
     monkeypatch.setenv("ATS_CFFI_PGO", "0")
-    src = tmp_path / "lib.c"
-    os.utime(src, ns=(mtime + 10**9, mtime + 10**9))  # its source changed: built without
+    out.unlink()  # built again, without a profile: its marker goes
     build_group_lib(tmp_path)
-    assert not (out.parent / (out.name + ".pgo")).exists()
+    assert out.exists() and not (out.parent / (out.name + ".pgo")).exists()
