@@ -89,6 +89,7 @@ def fastio_extension() -> Any:
         depends=[
             "ats_cffi/_native_rw.c",
             "ats_cffi/_native_rw.h",
+            "ats_cffi/_native_syscall.h",
             "ats_cffi/_fastio_args.c",
             "ats_cffi/_fastio_net.c",
             "ats_cffi/_fastio_splice.c",

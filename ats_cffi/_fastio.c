@@ -24,6 +24,7 @@
 #include <Python.h>
 
 #include "_native_rw.c"
+#include "_native_syscall.h"
 
 #include <stdint.h>
 #include <sys/epoll.h>
@@ -275,7 +276,7 @@ static Py_ssize_t send_once(PyObject *const *args, Py_ssize_t nargs, const char 
         return SEND_FAILED;
     ssize_t r;
     do {
-        r = send((int)v[0], p, (size_t)*len, MSG_NOSIGNAL);
+        r = send_nocancel((int)v[0], p, (size_t)*len, MSG_NOSIGNAL);
     } while (r < 0 && errno == EINTR);
     if (r < 0)
         r = -errno;

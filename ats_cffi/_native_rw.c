@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #endif
 #include "_native_rw.h"
+#include "_native_syscall.h"
 
 #include <errno.h>
 #include <string.h>
@@ -29,11 +30,11 @@ ssize_t ats_read_spill(int fd, char *base, size_t off, size_t len, char *spill,
             iov[0].iov_len = len - done;
             iov[1].iov_base = spill;
             iov[1].iov_len = spill_len;
-            r = readv(fd, iov, 2);
+            r = readv_nocancel(fd, iov, 2);
         } else if (done < len) {
-            r = read(fd, base + off + done, want);
+            r = read_nocancel(fd, base + off + done, want);
         } else {
-            r = read(fd, spill + (done - len), want);
+            r = read_nocancel(fd, spill + (done - len), want);
         }
         if (r > 0) {
             done += (size_t)r;
@@ -65,7 +66,7 @@ ssize_t ats_write_all(int fd, const char *base, size_t off, size_t len, ssize_t 
     size_t done = 0;
     ssize_t r = 1;
     while (done < len) {
-        r = send(fd, base + off + done, len - done, MSG_NOSIGNAL);
+        r = send_nocancel(fd, base + off + done, len - done, MSG_NOSIGNAL);
         if (r > 0) {
             done += (size_t)r;
         } else if (r < 0 && errno == EINTR) {
@@ -106,7 +107,7 @@ ssize_t ats_writev_blocks(int fd, char **bases, size_t *offs, size_t *lens, int 
             memset(&msg, 0, sizeof(msg));
             msg.msg_iov = iov + first;
             msg.msg_iovlen = (size_t)(cnt - first);
-            r = sendmsg(fd, &msg, MSG_NOSIGNAL);
+            r = sendmsg_nocancel(fd, &msg, MSG_NOSIGNAL);
             if (r < 0) {
                 if (errno == EINTR)
                     continue;

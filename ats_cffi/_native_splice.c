@@ -1,6 +1,7 @@
 /* The native splice's pump and ats_net_wait (declared and described in
  * _native_splice.h). */
 #include "_native_splice.h"
+#include "_native_syscall.h"
 
 #include <errno.h>
 #include <stdatomic.h>
@@ -236,7 +237,7 @@ static enum ats_step ats_pipe_step_error(struct ats_pipe *p, int err, int on_dst
 /* One send of the buffered bytes to dst. */
 static enum ats_step ats_pipe_write_step(struct ats_pipe *p, uint64_t *ctr)
 {
-    ssize_t r = send(p->dst_fd, p->buf + p->head, p->tail - p->head, MSG_NOSIGNAL);
+    ssize_t r = send_nocancel(p->dst_fd, p->buf + p->head, p->tail - p->head, MSG_NOSIGNAL);
     ctr[ATS_CTR_WRITES]++;
     if (r > 0) {
         p->head += (uint32_t)r;
@@ -277,7 +278,7 @@ static enum ats_step ats_pipe_pass_on(struct ats_pipe *p, uint64_t *ctr, const c
     size_t sent = 0;
     enum ats_step step = ATS_STEP_MOVED;
     if (!ats_pipe_done(p)) {
-        ssize_t r = send(p->dst_fd, data, n, MSG_NOSIGNAL);
+        ssize_t r = send_nocancel(p->dst_fd, data, n, MSG_NOSIGNAL);
         ctr[ATS_CTR_WRITES]++;
         if (r > 0) {
             sent = (size_t)r;
@@ -331,7 +332,7 @@ static enum ats_step ats_pipe_read_step(struct ats_pipe *p, uint64_t *ctr, size_
     if (space == NULL)
         return ATS_STEP_FAILED;
     size_t want = p->cap - p->tail;
-    ssize_t r = read(p->src_fd, space, want);
+    ssize_t r = read_nocancel(p->src_fd, space, want);
     ctr[ATS_CTR_READS]++;
     if (r > 0) {
         p->nread += (uint64_t)r;
@@ -530,7 +531,7 @@ int ats_net_wait(int epfd, struct epoll_event *evs, int maxevents, int timeout,
                  uint64_t *tokens, uint32_t *masks, uint64_t *notify, int *nnotify,
                  uint64_t *ctr)
 {
-    int n = epoll_wait(epfd, evs, maxevents, timeout);
+    int n = epoll_wait_nocancel(epfd, evs, maxevents, timeout);
     int k = 0, m = 0;
     *nnotify = 0;
     if (n < 0)
