@@ -87,6 +87,10 @@ class ProxyMutex:
         subclass's ``try_lock`` runs instead, so that its override is honoured."""
         if type(self) is not ProxyMutex:
             return self.try_lock()
+        if _NATIVE and not self._owner:  # free, the usual turn: ``_try_as``'s steps, here
+            self._owner = me
+            self._depth = 1
+            return True
         return ProxyMutex._try_as(self, me)
 
     def _try_as(self, me: int) -> bool:
@@ -175,6 +179,9 @@ class ProxyMutex:
         ``try_lock_as``; a subclass's ``unlock`` runs instead)."""
         if type(self) is not ProxyMutex:
             self.unlock()
+        elif _NATIVE and self._depth == 1 and self._owner == me and not self._waiters:
+            self._depth = 0  # the last level, nobody waiting: ``_unlock_as``'s steps, here
+            self._owner = 0
         else:
             ProxyMutex._unlock_as(self, me)
 

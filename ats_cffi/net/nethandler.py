@@ -361,8 +361,9 @@ class NetHandler(Continuation):
     def bounded_wait(self, timeout_ms: int) -> int:
         """The wait's timeout: at most ``poll_timeout``, and over when the first retry is due
         (of a VC side, or of a spliced end)."""
-        if timeout_ms > self.config.poll_timeout:
-            timeout_ms = self.config.poll_timeout
+        limit: int = self.config.poll_timeout  # one lookup: the config is a plain object
+        if timeout_ms > limit:
+            timeout_ms = limit
         due = self.retry_due if self.retry_states else 0.0
         splice_due = self.splice.retry_due
         if splice_due and (not due or splice_due < due):

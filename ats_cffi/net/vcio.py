@@ -152,12 +152,14 @@ def _read_tail_first(
     end = t.end
     toread = t.size - end
     spill = 0
-    if toread < left or t.size > buf.block_size:
+    if toread >= left and t.size <= buf.block_size:
+        toread = left
+    elif spill_ok or t.size != buf.block_size or buf.high_water():
         toread, spill = _read_sizes(nh, buf, toread, left, spill_ok)
         if toread <= 0:
             return 0, 0, 0  # a large tail block (a spare handed over) holds the water mark
-    else:
-        toread = left
+    # else: no spill, and a block of the buffer's size below the water mark: the free
+    # space, as _read_sizes would give (what a read brings after a short one, the usual)
     s = nh.spill
     if ssl is not None:
         r: int = _tls_read(ssl, t.cdata, end, toread, s.cdata, spill, stop_short, nh.last)
