@@ -482,6 +482,11 @@ class IOBufferReader:
         """Bytes this reader has not consumed yet."""
         return self._w._written - self._live()._pos
 
+    def drained(self) -> bool:
+        """Trusted ``read_avail() == 0`` for a reader the caller has just used (a write step's
+        ``advance``): no check that it is still allocated."""
+        return self._c._pos == self._w._written
+
     def is_read_avail_more_than(self, n: Any) -> bool:
         """True if more than ``n`` bytes are available to read.
 

@@ -63,7 +63,7 @@ from ats_cffi.net.queues import ConnectionQueues, OpenList
 from ats_cffi.net.splice import SpliceDriver
 from ats_cffi.net.stats import StatBlock, net_stats, tls_stats
 from ats_cffi.net.throttle import ThrottleType, check_net_throttle
-from ats_cffi.net.vcio import IOV_MAX, SPILL_SIZE, TLS_MAX_RECORD
+from ats_cffi.net.vcio import IOV_MAX, SPILL_SIZE, TLS_MAX_RECORD, sweep_kept
 
 if TYPE_CHECKING:
     from ats_cffi.net.netvc import NetState, UnixNetVConnection
@@ -107,6 +107,10 @@ WRITE_BATCH_BYTES: Final = 256 * 1024
 #: same for any size (10 KiB x 100 echo, A/B on one core: 0.92x the server CPU per round
 #: trip; 1 KiB x 10, written together as before).
 WRITE_NOW_BYTES: Final = 4096
+
+#: Every fourth pass gives back the blocks that idle connections' buffers kept
+#: (vcio.sweep_kept): a busy connection's stays on the list, looked at once per sweep.
+_SWEEP_MASK: Final = 3
 
 #: The EventProcessor slot holding each net thread's NetHandler (set by the processor).
 NET_HANDLER_SLOT: int | None = None
@@ -169,6 +173,10 @@ class NetHandler(Continuation):
         #: ``WRITE_BATCH_BYTES`` and ``WRITE_NOW_BYTES``, per handler (a test may change them).
         self.write_batch_bytes: int = WRITE_BATCH_BYTES
         self.write_now_bytes: int = WRITE_NOW_BYTES
+        #: The passes run; the write sides whose step emptied their buffer, which keeps its
+        #: block until a sweep finds it idle (vcio.keep_emptied, sweep_kept).
+        self.passes = 0
+        self.kept: list[NetState] = []
         # Native scratch of the byte moves (net/vcio.py), made once per thread: the C
         # helpers' out-parameter and iovec arrays.
         self.last = ffi.new("ssize_t *")
@@ -342,6 +350,7 @@ class NetHandler(Continuation):
         tid = self.thread.tid
         self.tid = tid if tid is not None else _get_ident()
         self.stats[_NET_HANDLER_RUN] += 1
+        self.passes += 1
         if self.retry_states and self.retry_due <= self.clock():
             self.process_retries()
         self.process_enabled_list()
@@ -357,6 +366,8 @@ class NetHandler(Continuation):
         splice.after_wait()
         self.process_ready_list()
         splice.after_ready()
+        if self.kept and not self.passes & _SWEEP_MASK:
+            sweep_kept(self)
 
     def bounded_wait(self, timeout_ms: int) -> int:
         """The wait's timeout: at most ``poll_timeout``, and over when the first retry is due

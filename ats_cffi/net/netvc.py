@@ -37,7 +37,7 @@ from ats_cffi.net.netvconnection import (
     NetVConnection,
 )
 from ats_cffi.net.options import NetVCOptions
-from ats_cffi.net.vcio import read_into_buffer, write_from_reader
+from ats_cffi.net.vcio import keep_emptied, read_into_buffer, write_from_reader
 
 if TYPE_CHECKING:
     from ats_cffi.net.nethandler import NetHandler
@@ -364,6 +364,8 @@ class UnixNetVConnection(NetVConnection):
             if towrite > 0:
                 reader: IOBufferReader = vio.buffer  # type: ignore[assignment]
                 total, last = self.write_bytes(nh, reader, towrite)
+                if total > 0 and reader.drained():
+                    keep_emptied(nh, s)  # its buffer keeps its block for a pass (vcio)
                 self._write_signal_and_update(nh, s, m, total, last, signalled)
         finally:
             m.unlock_as(nh.tid)

@@ -79,7 +79,8 @@ class NetState(VIO):
     object per direction instead of two."""
 
     __slots__ = (
-        "enabled", "triggered", "in_ready", "in_enabled", "pending_error", "hup", "spill_first"
+        "enabled", "triggered", "in_ready", "in_enabled", "pending_error", "hup", "spill_first",
+        "kept_at",
     )  # fmt: skip
 
     def __init__(self, vc: NetVConnection) -> None:
@@ -98,6 +99,9 @@ class NetState(VIO):
         # The last read step brought a block or more: the next one reads into the thread's
         # spare block too from its first read (vcio.read_into_buffer's spill_first).
         self.spill_first = False
+        # The pass in which a write step emptied this side's buffer and left it its block
+        # (vcio.keep_emptied; 0: none since).
+        self.kept_at = 0
 
     def reenable(self) -> None:
         """``vc_server.reenable(self)``, as ``VIO.reenable``, with the VC's type known: a

@@ -30,6 +30,7 @@ from ats_cffi.net.stats import StatBlock
 
 if TYPE_CHECKING:
     from ats_cffi.net.nethandler import NetHandler
+    from ats_cffi.net.netvconnection import NetState
 
 _AGAIN: Final[int] = _sys.AGAIN
 #: Blocks gathered into one ``writev`` (the C helper's ``iovec`` array has as many).
@@ -339,10 +340,63 @@ def _gather(nh: NetHandler, reader: IOBufferReader, towrite: int) -> int:
 
 
 def _wrote(nh: NetHandler, reader: IOBufferReader, total: int) -> None:
-    """Consume and count the ``total`` bytes a write step moved."""
+    """Consume and count the ``total`` bytes a write step moved. A buffer this empties keeps
+    its block for its next bytes: the VC's write step then holds it for a pass at most
+    (``keep_emptied``)."""
     if total > 0:
-        reader.advance(total, nh.pool)
+        reader.advance(total, nh.pool, True)
     count_write(nh.stats, total)
+
+
+def keep_emptied(nh: NetHandler, s: NetState) -> None:
+    """A write step of side ``s`` emptied its buffer, which kept its block (``_wrote``): the
+    next message of a busy connection is read into that block, without taking one from
+    the freelist and giving it back per message. ``sweep_kept`` gives back the block of a
+    buffer still empty a pass later, so that an idle connection holds no block."""
+    if not s.kept_at:
+        nh.kept.append(s)
+    s.kept_at = nh.passes
+
+
+def sweep_kept(nh: NetHandler) -> None:
+    """At the end of a pass (every few: the NetHandler's ``_SWEEP_MASK``): give back the
+    block of each buffer on ``nh.kept`` that no write step emptied in this pass or the one
+    before (a connection that missed one pass of a busy thread keeps its block) and that
+    is still empty; the others stay on the list, which is compacted in place (its length
+    is the connections active since the last sweep). A side's mutex is taken for it, as a
+    write step's is; one that another thread holds keeps its side on the list."""
+    kept = nh.kept
+    old = nh.passes - 1
+    tid = nh.tid
+    n = len(kept)
+    j = 0
+    for i in range(n):
+        s = kept[i]
+        if s.kept_at < old:
+            m = s.mutex
+            if m is None or m.try_lock_as(tid):
+                s.kept_at = 0
+                if m is not None:
+                    try:
+                        _drop_if_drained(nh, s.buffer)
+                    finally:
+                        m.unlock_as(tid)
+                continue
+            s.kept_at = old + 1  # busy: as if emptied in this pass
+        if j != i:
+            kept[j] = s
+        j += 1
+    if j < n:
+        del kept[j:]
+
+
+def _drop_if_drained(nh: NetHandler, r: Any) -> None:
+    """Give back the blocks of the buffer read by ``r`` (a write VIO's buffer) if its only
+    reader has read them all."""
+    if isinstance(r, IOBufferReader):
+        w = r.writer
+        if w is not None:
+            w.drop_blocks_if_read(nh.pool)
 
 
 def count_write(stats: StatBlock, total: int) -> None:
@@ -361,8 +415,10 @@ __all__ = [
     "TLS_MAX_RECORD",
     "TLS_SMALL_RECORD",
     "count_write",
+    "keep_emptied",
     "read_into_buffer",
     "read_to_bytes",
+    "sweep_kept",
     "tls_write_from_reader",
     "write_from_reader",
 ]
