@@ -9,6 +9,7 @@
  * _fastio.c); not a cdef. */
 #pragma once
 
+#include <errno.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -16,14 +17,28 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+/* A read of a socket as recvfrom(2) without an address (recvmsg(2) for iovecs): the same
+ * bytes and errors as read(2), without the file layer's steps on the way to the socket
+ * (perf, VIO echo 1 KiB x 10: fdget_pos, vfs_read, sock_read_iter and rw_verify_area
+ * took about 1% of the server's samples). An fd that is not a socket (ENOTSOCK) is read
+ * with read(2) / readv(2). */
 static inline ssize_t read_nocancel(int fd, void *buf, size_t n)
 {
-    return syscall(SYS_read, fd, buf, n);
+    ssize_t r = syscall(SYS_recvfrom, fd, buf, n, 0, NULL, NULL);
+    if (r < 0 && errno == ENOTSOCK)
+        r = syscall(SYS_read, fd, buf, n);
+    return r;
 }
 
 static inline ssize_t readv_nocancel(int fd, const struct iovec *iov, int n)
 {
-    return syscall(SYS_readv, fd, iov, n);
+    struct msghdr msg = {0};
+    msg.msg_iov = (struct iovec *)iov;
+    msg.msg_iovlen = (size_t)n;
+    ssize_t r = syscall(SYS_recvmsg, fd, &msg, 0);
+    if (r < 0 && errno == ENOTSOCK)
+        r = syscall(SYS_readv, fd, iov, n);
+    return r;
 }
 
 static inline ssize_t send_nocancel(int fd, const void *buf, size_t n, int flags)

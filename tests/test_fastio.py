@@ -41,6 +41,27 @@ def test_read_spill_reports_eagain_and_eof_as_last(pair) -> None:
     assert base[:3] == b"xyz"
 
 
+def test_the_reads_take_an_fd_that_is_not_a_socket_too() -> None:
+    # A socket is read with recvfrom/recvmsg; a pipe (ENOTSOCK there) with read/readv.
+    r, w = os.pipe()
+    try:
+        os.set_blocking(r, False)
+        os.write(w, bytes(range(30)))
+        base, spill = bytearray(20), bytearray(64)
+        assert _fastio.read_spill(r, base, 10, 10, spill, 64, True) == 30  # readv
+        assert base[10:] == bytes(range(10)) and spill[:20] == bytes(range(10, 30))
+        os.write(w, b"abc")
+        assert _fastio.read_tail(r, base, 0, True) == 3 and base[:3] == b"abc"  # read
+        assert _fastio.read_tail(r, base, 0, True) == 0 and _fastio.last() == AGAIN
+        os.close(w)
+        w = -1
+        assert _fastio.read_tail(r, base, 0, True) == 0 and _fastio.last() == 0  # EOF
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
 def test_read_tail_fills_the_block_from_an_offset_and_reports_as_read_spill(pair) -> None:
     a, b = pair
     base = bytearray(b"-" * 16)
