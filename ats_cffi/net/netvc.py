@@ -37,7 +37,7 @@ from ats_cffi.net.netvconnection import (
     NetVConnection,
 )
 from ats_cffi.net.options import NetVCOptions
-from ats_cffi.net.vcio import keep_emptied, read_into_buffer, write_from_reader
+from ats_cffi.net.vcio import drop_kept, keep_emptied, read_into_buffer, write_from_reader
 
 if TYPE_CHECKING:
     from ats_cffi.net.nethandler import NetHandler
@@ -149,6 +149,7 @@ class UnixNetVConnection(NetVConnection):
                 for m in reversed(held):
                     m.unlock()
             return
+        drop_kept(self.write)  # on the VC's thread, by its write VIO's continuation
         self._close_locked(err, nh, self.recursion == 0)
 
     def _close_locked(self, alerrno: int, nh: NetHandler | None, close_inline: bool) -> None:

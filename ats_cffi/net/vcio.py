@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ats_cffi import _fastio
 from ats_cffi import sys as _sys
 from ats_cffi._native import ffi, lib
-from ats_cffi.eventsystem.ioblock import IOBufferBlock, take_block
+from ats_cffi.eventsystem.ioblock import BlockPool, IOBufferBlock, take_block
 from ats_cffi.eventsystem.iobuffer import IOBufferReader, MIOBuffer
 from ats_cffi.net import stats as st
 from ats_cffi.net.stats import StatBlock
@@ -378,7 +378,7 @@ def sweep_kept(nh: NetHandler) -> None:
                 s.kept_at = 0
                 if m is not None:
                     try:
-                        _drop_if_drained(nh, s.buffer)
+                        _drop_if_drained(s.buffer, nh.pool)
                     finally:
                         m.unlock_as(tid)
                 continue
@@ -390,13 +390,21 @@ def sweep_kept(nh: NetHandler) -> None:
         del kept[j:]
 
 
-def _drop_if_drained(nh: NetHandler, r: Any) -> None:
+def drop_kept(s: NetState) -> None:
+    """The VC of write side ``s`` is closing (its VIO's mutex held): give back the block its
+    buffer kept if the buffer is still empty, to the calling thread's freelist, rather than
+    leave it to the buffer's continuation, which may drop the buffer with it."""
+    if s.kept_at:
+        _drop_if_drained(s.buffer, None)
+
+
+def _drop_if_drained(r: Any, pool: BlockPool | None) -> None:
     """Give back the blocks of the buffer read by ``r`` (a write VIO's buffer) if its only
-    reader has read them all."""
+    reader has read them all (``pool``: the calling thread's, None looks it up)."""
     if isinstance(r, IOBufferReader):
         w = r.writer
         if w is not None:
-            w.drop_blocks_if_read(nh.pool)
+            w.drop_blocks_if_read(pool)
 
 
 def count_write(stats: StatBlock, total: int) -> None:
@@ -415,6 +423,7 @@ __all__ = [
     "TLS_MAX_RECORD",
     "TLS_SMALL_RECORD",
     "count_write",
+    "drop_kept",
     "keep_emptied",
     "read_into_buffer",
     "read_to_bytes",

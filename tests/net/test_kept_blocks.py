@@ -132,3 +132,19 @@ def test_an_idle_echo_connection_gives_its_block_back_on_its_own(listen) -> None
         assert wait_until(lambda: not on_thread(thread, lambda: state_of(s))["listed"])
         got = on_thread(thread, lambda: state_of(s))
         assert (got["block"], got["avail"], got["kept_at"]) == (0, 0, 0)
+
+
+def test_a_closed_connection_gives_the_block_its_buffer_kept_back_to_the_freelist(listen):
+    # Not left to the buffer, which its continuation may drop with the block in it.
+    with echo_connection(listen) as (c, echo):
+        s = echo.wvio
+        reader = s.buffer
+
+        def steps() -> tuple[dict[str, Any], int, int]:
+            kept = empty_with_kept_block(s)
+            echo.vc.do_io_close()
+            return kept, reader.first_block()[0].size, thread_pool().free_blocks()
+
+        kept, block, free = on_thread(echo.vc.thread, steps)
+        assert kept["block"] == BLOCK
+        assert block == 0 and free == kept["free"] + 1
