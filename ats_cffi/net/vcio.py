@@ -11,6 +11,10 @@ A plain socket's reads and writes go through ``ats_cffi._fastio`` (a block passe
 bytearray, a chain of blocks as its first block, the GIL kept: ``_fastio.c`` says why); a
 TLS connection's through cffi.
 
+A write step that empties its buffer leaves it its block for the connection's next bytes
+(``keep_emptied``); the NetHandler's sweep (``sweep_kept``) takes back those of idle
+connections, and a VC closed on its thread gives its own back (``drop_kept``).
+
 Results are ``(moved, last)``: the bytes moved, and the result of the last syscall: > 0
 when it moved bytes, 0 for EOF (reads), ``sys.AGAIN`` when the socket would block, another
 ``-errno`` for an error.
@@ -341,8 +345,7 @@ def _gather(nh: NetHandler, reader: IOBufferReader, towrite: int) -> int:
 
 def _wrote(nh: NetHandler, reader: IOBufferReader, total: int) -> None:
     """Consume and count the ``total`` bytes a write step moved. A buffer this empties keeps
-    its block for its next bytes: the VC's write step then holds it for a pass at most
-    (``keep_emptied``)."""
+    its block for its next bytes, until a sweep finds it idle (``keep_emptied``)."""
     if total > 0:
         reader.advance(total, nh.pool, True)
     count_write(nh.stats, total)
@@ -352,7 +355,7 @@ def keep_emptied(nh: NetHandler, s: NetState) -> None:
     """A write step of side ``s`` emptied its buffer, which kept its block (``_wrote``): the
     next message of a busy connection is read into that block, without taking one from
     the freelist and giving it back per message. ``sweep_kept`` gives back the block of a
-    buffer still empty a pass later, so that an idle connection holds no block."""
+    buffer that stayed empty two passes, so that an idle connection holds no block."""
     if not s.kept_at:
         nh.kept.append(s)
     s.kept_at = nh.passes
