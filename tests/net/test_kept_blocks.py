@@ -14,7 +14,7 @@ from typing import Any
 
 from ats_cffi.eventsystem.ioblock import thread_pool
 from ats_cffi.net.nethandler import get_net_handler
-from ats_cffi.net.vcio import keep_emptied, sweep_kept
+from ats_cffi.net.vcio import KEEP_MAX, keep_emptied, sweep_kept
 
 from .conftest import Echo, client, on_thread, recv_exactly, wait_until
 
@@ -148,3 +148,17 @@ def test_a_closed_connection_gives_the_block_its_buffer_kept_back_to_the_freelis
         kept, block, free = on_thread(echo.vc.thread, steps)
         assert kept["block"] == BLOCK
         assert block == 0 and free == kept["free"] + 1
+
+
+def test_a_block_larger_than_keep_max_goes_back_at_once(listen) -> None:
+    # A large block (a spare handed over with a large message) goes back to the freelist,
+    # where the next take finds it still in the CPU's cache.
+    big = KEEP_MAX * 2
+    echoes: list[Echo] = []
+    _, acceptor, port = listen(lambda vc: echoes.append(Echo(vc, block_size=big)))
+    with client(port) as c:
+        acceptor.wait()
+        echoed(c, b"b" * 1000)
+        (echo,) = echoes
+        got = on_thread(echo.vc.thread, lambda: state_of(echo.wvio))
+        assert (got["block"], got["avail"]) == (0, 0)  # given back by the write step itself
