@@ -366,7 +366,7 @@ class UnixNetVConnection(NetVConnection):
                 reader: IOBufferReader = vio.buffer  # type: ignore[assignment]
                 total, last = self.write_bytes(nh, reader, towrite)
                 if total > 0 and reader.drained():
-                    keep_emptied(nh, s)  # its buffer keeps its block for a pass (vcio)
+                    keep_emptied(nh, s)  # its block stays until a sweep finds it idle
                 self._write_signal_and_update(nh, s, m, total, last, signalled)
         finally:
             m.unlock_as(nh.tid)
