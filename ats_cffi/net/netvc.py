@@ -365,8 +365,7 @@ class UnixNetVConnection(NetVConnection):
             if towrite > 0:
                 reader: IOBufferReader = vio.buffer  # type: ignore[assignment]
                 total, last = self.write_bytes(nh, reader, towrite)
-                if total > 0 and reader.drained():
-                    keep_emptied(nh, s)  # its block stays until a sweep finds it idle
+                keep_emptied(nh, s, reader, total)  # a small message's block stays
                 self._write_signal_and_update(nh, s, m, total, last, signalled)
         finally:
             m.unlock_as(nh.tid)

@@ -28,7 +28,7 @@ from ats_cffi import _fastio
 from ats_cffi import sys as _sys
 from ats_cffi._native import ffi, lib
 from ats_cffi.eventsystem.ioblock import BlockPool, IOBufferBlock, take_block
-from ats_cffi.eventsystem.iobuffer import DEFAULT_BLOCK_SIZE, IOBufferReader, MIOBuffer
+from ats_cffi.eventsystem.iobuffer import IOBufferReader, MIOBuffer
 from ats_cffi.net import stats as st
 from ats_cffi.net.stats import StatBlock
 
@@ -47,11 +47,14 @@ SPILL_SIZE: Final = 128 * 1024
 #: ``read`` (perf, 1 KiB round trips: ~0.2 us of ~7 us of system time), for the rare read
 #: that brings more (the asyncio loop's one 256 KiB buffer; uvloop reads 64 KiB a call).
 _READ_ALONE: Final = SPILL_SIZE
-#: The largest block a buffer that a write step empties keeps (``keep_emptied``): a spare
-#: block handed over with a large message goes back to the thread's freelist, whose last
-#: block given is the next taken, still in the CPU's cache; a connection of its own each
-#: (100 KiB x 100 echo: 12.5 MiB of them) would not be.
-KEEP_MAX: Final = DEFAULT_BLOCK_SIZE
+#: The most bytes a write step that empties its buffer may have moved for the buffer to
+#: keep its block (``keep_emptied``). After a larger message the block goes back to the
+#: thread's freelist, whose last block given is the next taken, still in the CPU's cache:
+#: the next connection's read lands in memory that was just written from, as uvloop's in
+#: its one loop-wide buffer. Kept blocks would each be written at their own address (10 KiB
+#: x 100 connections echo: 1 MiB of them, and 7% more server CPU per round trip than with
+#: the freelist's block); below a page, the freelist's take and give cost more than that.
+KEEP_MAX: Final = 4096
 #: The most that one read straight into a new ``bytes`` (``read_to_bytes``) asks for: below
 #: glibc's mmap threshold (128 KiB), so that the object comes from the heap and the tail
 #: the read did not fill goes back to it at once. asyncio and uvloop read up to 256 KiB.
@@ -294,7 +297,7 @@ def write_from_reader(
     else:
         total = _writev_chain(fd, block, start, towrite)
         last = total if total == towrite else _last()
-    _wrote(nh, reader, total, block.size <= KEEP_MAX)
+    _wrote(nh, reader, total, total <= KEEP_MAX)
     return total, last
 
 
@@ -322,7 +325,7 @@ def tls_write_from_reader(
         )  # fmt: skip
     last: int = total if total == towrite else out[0]
     again: int = 0 if total == towrite else out[1]
-    _wrote(nh, reader, total, block.size <= KEEP_MAX)
+    _wrote(nh, reader, total, total <= KEEP_MAX)
     return total, last, again
 
 
@@ -350,18 +353,22 @@ def _gather(nh: NetHandler, reader: IOBufferReader, towrite: int) -> int:
 
 def _wrote(nh: NetHandler, reader: IOBufferReader, total: int, keep: bool) -> None:
     """Consume and count the ``total`` bytes a write step moved. A buffer this empties keeps
-    its block for its next bytes (``keep``: a block of at most ``KEEP_MAX`` bytes), until a
+    its block for its next bytes (``keep``: after at most ``KEEP_MAX`` bytes), until a
     sweep finds it idle (``keep_emptied``)."""
     if total > 0:
         reader.advance(total, nh.pool, keep)
     count_write(nh.stats, total)
 
 
-def keep_emptied(nh: NetHandler, s: NetState) -> None:
-    """A write step of side ``s`` emptied its buffer, which kept its block (``_wrote``): the
-    next message of a busy connection is read into that block, without taking one from
-    the freelist and giving it back per message. ``sweep_kept`` gives back the block of a
-    buffer that stayed empty two passes, so that an idle connection holds no block."""
+def keep_emptied(nh: NetHandler, s: NetState, reader: IOBufferReader, total: int) -> None:
+    """After a write step of side ``s`` that moved ``total`` bytes of ``reader``: if it
+    emptied the buffer after at most ``KEEP_MAX`` bytes, the buffer kept its block
+    (``_wrote``), and the next message of a busy connection is read into that block,
+    without taking one from the freelist and giving it back per message. ``sweep_kept``
+    gives back the block of a buffer that stayed empty two passes, so that an idle
+    connection holds no block."""
+    if total <= 0 or total > KEEP_MAX or not reader.drained():
+        return
     if not s.kept_at:
         nh.kept.append(s)
     s.kept_at = nh.passes

@@ -14,7 +14,7 @@ from typing import Any
 
 from ats_cffi.eventsystem.ioblock import thread_pool
 from ats_cffi.net.nethandler import get_net_handler
-from ats_cffi.net.vcio import KEEP_MAX, keep_emptied, sweep_kept
+from ats_cffi.net.vcio import KEEP_MAX, keep_emptied, sweep_kept, write_from_reader
 
 from .conftest import Echo, client, on_thread, recv_exactly, wait_until
 
@@ -59,7 +59,7 @@ def empty_with_kept_block(s: Any) -> dict[str, Any]:
     reader = s.buffer
     reader.writer.write(b"abc", nh.pool)
     reader.advance(3, nh.pool, True)
-    keep_emptied(nh, s)
+    keep_emptied(nh, s, reader, 3)
     return state_of(s)
 
 
@@ -150,15 +150,31 @@ def test_a_closed_connection_gives_the_block_its_buffer_kept_back_to_the_freelis
         assert block == 0 and free == kept["free"] + 1
 
 
-def test_a_block_larger_than_keep_max_goes_back_at_once(listen) -> None:
-    # A large block (a spare handed over with a large message) goes back to the freelist,
-    # where the next take finds it still in the CPU's cache.
-    big = KEEP_MAX * 2
+def written_back(echo: Echo, n: int) -> dict[str, Any]:
+    """On the net thread: a write step of ``n`` bytes put in the echo's buffer, to its
+    socket (vcio.write_from_reader, then keep_emptied, as the VC's write step does)."""
+    nh = get_net_handler()
+    s = echo.wvio
+    reader = s.buffer
+    reader.writer.write(b"w" * n, nh.pool)
+    total, _ = write_from_reader(nh, echo.vc.fd, reader, n)
+    keep_emptied(nh, s, reader, total)
+    return state_of(s)
+
+
+def test_a_block_that_carried_more_than_keep_max_bytes_goes_back_at_once(listen) -> None:
+    # After a larger message the block goes back to the freelist, where the next take finds
+    # it still in the CPU's cache; after KEEP_MAX bytes or fewer it stays.
+    big = KEEP_MAX * 4  # both messages fit in one block
     echoes: list[Echo] = []
     _, acceptor, port = listen(lambda vc: echoes.append(Echo(vc, block_size=big)))
     with client(port) as c:
         acceptor.wait()
-        echoed(c, b"b" * 1000)
+        echoed(c, b"m")
         (echo,) = echoes
-        got = on_thread(echo.vc.thread, lambda: state_of(echo.wvio))
-        assert (got["block"], got["avail"]) == (0, 0)  # given back by the write step itself
+        large = on_thread(echo.vc.thread, lambda: written_back(echo, KEEP_MAX + 1))
+        assert recv_exactly(c, KEEP_MAX + 1) == b"w" * (KEEP_MAX + 1)
+        small = on_thread(echo.vc.thread, lambda: written_back(echo, KEEP_MAX))
+        assert recv_exactly(c, KEEP_MAX) == b"w" * KEEP_MAX
+    assert (large["block"], large["avail"]) == (0, 0)  # given back by the write step itself
+    assert (small["block"], small["avail"], small["listed"]) == (big, 0, True)
