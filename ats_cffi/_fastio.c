@@ -13,8 +13,8 @@
  * memory is PyByteArray_AS_STRING, with no cdata), and the GIL stays held, as
  * uvloop holds it around libuv's reads and writes.  The one call here that may
  * block, a NetHandler pass's wait (net_wait), releases the GIL; it runs the cffi
- * module's ats_net_wait through its address.  Whatever else may block (accept4 on
- * an accept thread) stays cffi's and releases it.
+ * module's ats_net_wait through its address; accept_batch releases it too, so that
+ * an accept thread's batch lets the net threads go on.
  *
  * The loops are _native_rw.c's, compiled into this module from the same source.
  * Each call leaves the result of its last syscall in a per-thread slot that
@@ -427,6 +427,8 @@ static PyMethodDef fastio_methods[] = {
      "slot_heap_pop(cls, (key,)) -> pop; pop(heap): heapq.heappop, a cls by key"},
     {"slot_heapify", (PyCFunction)(void (*)(void))fast_slot_heapify, METH_FASTCALL,
      "slot_heapify(cls, (key,)) -> heapify; heapify(heap): heapq.heapify, a cls by key"},
+    {"accept_batch", (PyCFunction)(void (*)(void))fast_accept_batch, METH_FASTCALL,
+     "accept_batch(fd, flags, nodelay, count, fds, failed) -> errno that ended the batch"},
     {"close_fd", (PyCFunction)(void (*)(void))fast_close_fd, METH_FASTCALL,
      "close_fd(fd) -> 0 or errno: close(2) without releasing the GIL (it must not block)"},
     {"epoll_ctl", (PyCFunction)(void (*)(void))fast_epoll_ctl, METH_FASTCALL,

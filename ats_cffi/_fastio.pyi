@@ -23,6 +23,14 @@ def put(dst: bytearray, off: int, src: bytes | bytearray | memoryview) -> None: 
 def epoll_add_all(
     epfd: int, pending: dict[int, tuple[int, int, int]], failed: list[tuple[int, int, int]]
 ) -> int: ...
+def accept_batch(
+    fd: int,
+    flags: int,
+    nodelay: bool,
+    count: int,
+    fds: list[int],
+    failed: list[tuple[int, int]] | None,
+) -> int: ...  # the errno that ended the batch (0: count taken)
 def close_fd(fd: int) -> int: ...  # 0 or the errno
 def epoll_ctl(epfd: int, op: int, fd: int, events: int, token: int) -> int: ...  # 0 or -errno
 def splice_bind(addresses: tuple[int, int, int, int, int]) -> None: ...

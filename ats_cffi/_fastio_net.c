@@ -1,8 +1,9 @@
 /* ats_cffi._fastio's calls of a NetHandler pass (included by _fastio.c, whose
  * argument helpers they use): the wait (net_wait), the deferred registrations
- * issued before it (epoll_add_all), and its events turned into EventIOs
- * (ready_events).  Each is one call per pass where the pass crossed into C once
- * per event or per registration. */
+ * issued before it (epoll_add_all), its events turned into EventIOs
+ * (ready_events), and a listening socket's backlog taken (accept_batch).  Each is one
+ * call per pass where the pass crossed into C once per event, registration or
+ * connection. */
 
 /* A buffer argument of at least need bytes (PyBUF_SIMPLE): 0, or -1 with an
  * exception set naming the call and the argument. */
@@ -268,4 +269,60 @@ static PyObject *fast_net_wait(PyObject *mod, PyObject *const *args, Py_ssize_t 
     if (n == -EINTR && PyErr_CheckSignals() < 0)
         return NULL;
     return PyLong_FromLong(n);
+}
+
+/* accept_batch(fd, flags, nodelay, count, fds, failed) -> the errno that ended the
+ * batch (EAGAIN: the backlog is empty; 0: count taken): ats_accept_batch of up to count
+ * connections (1..ATS_ACCEPT_BATCH_MAX) of the non-blocking listening socket fd, their
+ * fds appended to the list fds; with nodelay, each gets TCP_NODELAY and one whose
+ * setsockopt failed is still taken, (fd, errno) appended to the list failed.  The GIL is
+ * released around the loop (an accept thread's net threads go on meanwhile), as cffi's
+ * call did; the fds come back without the cffi call's argument conversions and the
+ * unpacking of its array, which cost more than the loop at a few connections a pass. */
+static PyObject *fast_accept_batch(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const char call[] = "accept_batch";
+    Py_ssize_t v[4];
+    if (sizes(args, nargs, 6, call, ARG(1) | ARG(3), v) < 0)
+        return NULL;
+    int nodelay = arg_flag(args[2]);
+    if (nodelay < 0)
+        return NULL;
+    Py_ssize_t count = v[3];
+    if (count < 1 || count > ATS_ACCEPT_BATCH_MAX || v[1] > INT_MAX)
+        return PyErr_Format(PyExc_ValueError, "%s: count must be in 1..%d, got %zd", call,
+                            ATS_ACCEPT_BATCH_MAX, count);
+    PyObject *out = args[4], *failed = args[5];
+    if (!PyList_CheckExact(out) || (nodelay && !PyList_CheckExact(failed)))
+        return PyErr_Format(PyExc_TypeError, "%s: fds (and failed, with nodelay) must be lists",
+                            call);
+    int fds[ATS_ACCEPT_BATCH_MAX], errs[ATS_ACCEPT_BATCH_MAX], err, nfailed;
+    int n;
+    Py_ssize_t base = PyList_GET_SIZE(out);
+    Py_BEGIN_ALLOW_THREADS
+    n = ats_accept_batch((int)v[0], (int)v[1], nodelay, fds, errs, (int)count, &err, &nfailed);
+    Py_END_ALLOW_THREADS
+    for (int i = 0; i < n; i++) {
+        PyObject *fd = PyLong_FromLong(fds[i]);
+        if (fd == NULL || PyList_Append(out, fd) < 0) {
+            Py_XDECREF(fd);
+            goto fail;
+        }
+        Py_DECREF(fd);
+        if (nodelay && errs[i]) {
+            PyObject *f = Py_BuildValue("(ii)", fds[i], errs[i]);
+            if (f == NULL || PyList_Append(failed, f) < 0) {
+                Py_XDECREF(f);
+                goto fail;
+            }
+            Py_DECREF(f);
+        }
+    }
+    return PyLong_FromLong(err);
+fail:
+    /* Out of memory: no fd of the batch is handed over, and none is left open. */
+    PyList_SetSlice(out, base, PY_SSIZE_T_MAX, NULL);
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
+    return NULL;
 }

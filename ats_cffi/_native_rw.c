@@ -9,6 +9,8 @@
 
 #include <errno.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 
 /* Read into base[off, off+len) and then spill[0, spill_len) as if they were one run of
  * free space (readv of two iovecs; a plain read while spill_len is 0) until it is full,
@@ -130,4 +132,37 @@ ssize_t ats_writev_blocks(int fd, char **bases, size_t *offs, size_t *lens, int 
     }
     *last = r;
     return (ssize_t)done;
+}
+
+/* Accept until EAGAIN, an error, or max connections (at most
+ * ATS_ACCEPT_BATCH_MAX).  Returns how many fds were stored; *last_err is 0 when
+ * max was reached, else the errno that stopped the loop (EAGAIN when the backlog
+ * is empty).  With nodelay, each accepted socket gets TCP_NODELAY in the same
+ * loop: opt_errs[i] is 0 or the errno of fds[i]'s setsockopt, and *opt_failed
+ * counts the failures (the fd is stored either way). */
+int ats_accept_batch(int fd, int flags, int nodelay, int *fds, int *opt_errs, int max,
+                     int *last_err, int *opt_failed)
+{
+    static const int one = 1;
+    int n = 0;
+    *last_err = 0;
+    *opt_failed = 0;
+    while (n < max) {
+        int r = accept4(fd, NULL, NULL, flags);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            *last_err = errno;
+            break;
+        }
+        if (nodelay) {
+            opt_errs[n] = 0;
+            if (setsockopt(r, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0) {
+                opt_errs[n] = errno;
+                ++*opt_failed;
+            }
+        }
+        fds[n++] = r;
+    }
+    return n;
 }

@@ -62,39 +62,6 @@ int ats_accept4(int fd, int flags, struct sockaddr_storage *ss, socklen_t *len)
     return r < 0 ? -errno : r;
 }
 
-/* Accept until EAGAIN, an error, or max connections.  Returns how many fds
- * were stored; *last_err is 0 when max was reached, else the errno that
- * stopped the loop (EAGAIN when the backlog is empty).  With nodelay, each
- * accepted socket gets TCP_NODELAY in the same loop: opt_errs[i] is 0 or the
- * errno of fds[i]'s setsockopt, and *opt_failed counts the failures (the fd
- * is stored either way). */
-int ats_accept_batch(int fd, int flags, int nodelay, int *fds, int *opt_errs, int max,
-                     int *last_err, int *opt_failed)
-{
-    static const int one = 1;
-    int n = 0;
-    *last_err = 0;
-    *opt_failed = 0;
-    while (n < max) {
-        int r = accept4(fd, NULL, NULL, flags);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            *last_err = errno;
-            break;
-        }
-        if (nodelay) {
-            opt_errs[n] = 0;
-            if (setsockopt(r, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0) {
-                opt_errs[n] = errno;
-                ++*opt_failed;
-            }
-        }
-        fds[n++] = r;
-    }
-    return n;
-}
-
 /* The pending socket error (SO_ERROR), or -errno if it cannot be read. */
 int ats_so_error(int fd)
 {

@@ -31,8 +31,6 @@ int ats_epoll_wait(int epfd, struct epoll_event *evs, int maxevents, int timeout
 int ats_eventfd_read(int fd, uint64_t *value);
 int ats_eventfd_write(int fd, uint64_t value);
 int ats_accept4(int fd, int flags, struct sockaddr_storage *ss, socklen_t *len);
-int ats_accept_batch(int fd, int flags, int nodelay, int *fds, int *opt_errs, int max,
-                     int *last_err, int *opt_failed);
 int ats_so_error(int fd);
 int ats_sockaddr_make(int family, const char *host, int port, uint32_t flowinfo,
                       uint32_t scope_id, struct sockaddr_storage *ss, socklen_t *len);

@@ -578,6 +578,75 @@ def test_close_fd_refuses_bad_arguments(args, exc, words) -> None:
         _fastio.close_fd(*args)
 
 
+def listening() -> socket.socket:
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(16)
+    ls.setblocking(False)
+    return ls
+
+
+def test_accept_batch_takes_the_backlog_with_nodelay_until_eagain_or_count() -> None:
+    from ats_cffi.sys import ACCEPT_FLAGS
+
+    ls = listening()
+    clients = [socket.create_connection(ls.getsockname()) for _ in range(3)]
+    fds: list[int] = []
+    failed: list[tuple[int, int]] = []
+    try:
+        assert _fastio.accept_batch(ls.fileno(), ACCEPT_FLAGS, True, 2, fds, failed) == 0
+        assert len(fds) == 2  # count taken: 0, the backlog may hold more
+        assert _fastio.accept_batch(ls.fileno(), ACCEPT_FLAGS, False, 8, fds, None) == (
+            errno.EAGAIN
+        )
+        assert len(fds) == 3 and failed == []
+        for i, fd in enumerate(fds):
+            s = socket.socket(fileno=os.dup(fd))
+            try:
+                nodelay = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                assert bool(nodelay) == (i < 2)
+            finally:
+                s.close()
+            assert not os.get_blocking(fd)  # ACCEPT_FLAGS: SOCK_NONBLOCK
+        assert _fastio.accept_batch(ls.fileno(), ACCEPT_FLAGS, True, 8, fds, failed) == (
+            errno.EAGAIN
+        )
+        assert len(fds) == 3
+    finally:
+        for fd in fds:
+            os.close(fd)
+        for c in clients:
+            c.close()
+        ls.close()
+
+
+def test_accept_batch_reports_a_bad_socket_as_its_errno() -> None:
+    r, w = os.pipe()
+    fds: list[int] = []
+    try:
+        assert _fastio.accept_batch(r, 0, True, 4, fds, []) == errno.ENOTSOCK
+        assert fds == []
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.parametrize(
+    ("args", "exc", "words"),
+    [
+        ((3, 0, True, 0, [], []), ValueError, r"accept_batch: count must be in 1\.\.256, got 0"),
+        ((3, 0, True, 257, [], []), ValueError, "accept_batch: count must be in 1..256"),
+        ((-1, 0, True, 4, [], []), ValueError, "accept_batch: argument 1 must be >= 0"),
+        ((3, 0, True, 4, (), []), TypeError, "accept_batch: fds .* must be lists"),
+        ((3, 0, True, 4, [], None), TypeError, "accept_batch: fds .* must be lists"),
+        ((3, 0, True, 4, []), TypeError, "accept_batch takes 6 arguments"),
+    ],
+)
+def test_accept_batch_refuses_bad_arguments_before_any_accept(args, exc, words) -> None:
+    with pytest.raises(exc, match=words):
+        _fastio.accept_batch(*args)
+
+
 def test_epoll_ctl_modifies_and_deletes_and_returns_minus_errno(pair) -> None:
     from ats_cffi._native import lib
     from ats_cffi.sys import Epoll

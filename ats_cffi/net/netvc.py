@@ -132,7 +132,7 @@ class UnixNetVConnection(NetVConnection):
         if self.closed:
             return
         nh = self.nh
-        if nh is not None and nh.thread.tid != _get_ident():
+        if nh is not None and nh.tid != _get_ident():
             held: list[ProxyMutex] = []
             try:
                 for s in (self.read, self.write):
@@ -168,7 +168,7 @@ class UnixNetVConnection(NetVConnection):
                 nh.free_netevent(self)
             else:
                 self.free()
-        elif nh is not None and nh.thread.tid != _get_ident():
+        elif nh is not None and nh.tid != _get_ident():
             nh.enqueue_enable(self, self.read)  # freed on its own thread's next pass
 
     # ------------------------------------------------------------------ signals
@@ -572,7 +572,7 @@ class UnixNetVConnection(NetVConnection):
         action = self.action
         if action is not None:
             self.action = None
-            if isinstance(action, _ConnectAction):
+            if type(action) is _ConnectAction:  # (a pointer compare, compiled)
                 action.cancel_timeout()
 
 

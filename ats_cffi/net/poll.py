@@ -193,8 +193,8 @@ class PollDescriptor:
         dropped, and no syscall is made, since closing an fd's last reference removes it
         from every epoll set (an fd shared with a ``dup`` needs ``delete`` instead)."""
         pending = self.pending
-        if pending:
-            pending.pop(fd, None)
+        if pending and fd in pending:  # (``pop`` is a method call by name, compiled)
+            del pending[fd]
 
     def flush(self) -> int:
         """Issue the queued ADDs now (one call into C for all); returns how many failed

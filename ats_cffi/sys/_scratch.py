@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import threading
 
-from ats_cffi._native import ffi
+from ats_cffi._native import ffi, lib
 
-#: Most connections one ``accept_batch`` call takes (the length of its fd array).
-ACCEPT_BATCH_MAX = 256
+#: Most connections one ``accept_batch`` call takes (the length of its fd array): C's
+#: ``ATS_ACCEPT_BATCH_MAX``, which ``_fastio.accept_batch`` checks too.
+ACCEPT_BATCH_MAX: int = lib.ATS_ACCEPT_BATCH_MAX
 #: Room for a numeric host (or an ``AF_UNIX`` path) that ``ats_sockaddr_parse`` writes.
 HOST_LEN = 128
 
