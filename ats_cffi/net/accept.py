@@ -353,7 +353,11 @@ class NetAccept(Continuation):
         # Counted open here, where the fd is born, so that the throttle sees connections
         # still on their way to a net thread.
         onward = self.opt.connects_per_accept
-        if _batch_may_throttle(fds, self.opt.backdoor, 1 + onward):
+        top = -1
+        for fd in fds:
+            if fd > top:
+                top = fd
+        if _batch_may_throttle(top, len(fds), self.opt.backdoor, 1 + onward):
             kept: list[int] = []
             for fd in fds:  # one by one: each one taken counts against the next, and the
                 # connects it and those before it will open (counted once they start)

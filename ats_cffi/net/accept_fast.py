@@ -94,7 +94,7 @@ class FastAccept:
             return
         if fd is None:
             fd = na.server_fd
-        if (nh, fd) in self.retries:
+        if self.retries and (nh, fd) in self.retries:
             return  # backing off (or the budget was spent): the scheduled retry accepts
         periodic = self.periodic is not None
         limit = net_config.additional_accepts

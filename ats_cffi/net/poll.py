@@ -203,7 +203,7 @@ class PollDescriptor:
         if not pending:
             return 0
         try:
-            return _add_all(self.epoll.fd, pending, self.failed)  # type: ignore[no-any-return]
+            return _add_all(self.epfd, pending, self.failed)  # type: ignore[no-any-return]
         finally:
             pending.clear()
 

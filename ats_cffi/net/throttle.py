@@ -101,19 +101,21 @@ def check_emergency_throttle(fd: int) -> bool:
     return 0 < _emergency_fd <= fd
 
 
-def batch_may_throttle(fds: list[int], exempt: bool = False, weight: int = 1) -> bool:
-    """False when none of the just-accepted ``fds`` can be refused, checked once for the
-    batch: no fd reaches the emergency headroom, and (unless ``exempt``, a backdoor
-    listener) the open connections plus the whole batch, each fd counting ``weight``
-    connections (itself and the ones it will open), stay under the throttle. True: check
-    each fd (``check_emergency_throttle`` / ``check_net_throttle``)."""
+def batch_may_throttle(top_fd: int, count: int, exempt: bool = False, weight: int = 1) -> bool:
+    """False when none of ``count`` just-accepted fds, the highest ``top_fd``, can be
+    refused, checked once for the batch: no fd reaches the emergency headroom, and (unless
+    ``exempt``, a backdoor listener) the open connections plus the whole batch, each fd
+    counting ``weight`` connections (itself and the ones it will open), stay under the
+    throttle. True: check each fd (``check_emergency_throttle`` / ``check_net_throttle``).
+    (The caller, compiled, finds ``top_fd``: ``max`` of a list costs more here than the
+    rest of the check.)"""
     e = _emergency_fd
-    if e > 0 and max(fds) >= e:
+    if e > 0 and top_fd >= e:
         return True
     if exempt:
         return False
     limit = net_connections_throttle
     if limit <= 0:
         return False
-    open_after = net_stats.sum_unlocked(CONNECTIONS_CURRENTLY_OPEN) + len(fds) * weight
+    open_after = net_stats.sum_unlocked(CONNECTIONS_CURRENTLY_OPEN) + count * weight
     return open_after * ACCEPT_HEADROOM >= limit
