@@ -41,6 +41,8 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, Final
 
+from mypy_extensions import u8
+
 from ats_cffi import _fastio
 from ats_cffi._native import ffi, lib
 from ats_cffi.eventsystem import codes as _codes
@@ -472,7 +474,7 @@ class NetHandler(Continuation):
             self.splice.start_io_failed(vc, err)
             return
         vc.lerrno = err
-        vc.read.pending_error = err
+        vc.read.pending_error = u8(err)  # an errno: below 256
         vc.read.triggered = True
         vc.write.triggered = True
         if vc.read.enabled:
