@@ -289,7 +289,9 @@ static PyObject *fast_accept_batch(PyObject *mod, PyObject *const *args, Py_ssiz
     if (nodelay < 0)
         return NULL;
     Py_ssize_t count = v[3];
-    if (count < 1 || count > ATS_ACCEPT_BATCH_MAX || v[1] > INT_MAX)
+    if (v[1] > INT_MAX)
+        return PyErr_Format(PyExc_ValueError, "%s: flags must be a C int, got %zd", call, v[1]);
+    if (count < 1 || count > ATS_ACCEPT_BATCH_MAX)
         return PyErr_Format(PyExc_ValueError, "%s: count must be in 1..%d, got %zd", call,
                             ATS_ACCEPT_BATCH_MAX, count);
     PyObject *out = args[4], *failed = args[5];

@@ -2,10 +2,11 @@
  * space is full or the socket drained, write until all is written or the socket
  * is full, each in one call instead of one crossing per syscall (DESIGN.md
  * section 9); and the accept loop of a listening socket, which is non-blocking in
- * every mode (accept threads wait in poll).  They keep no state, never block longer than the syscall they
- * wrap, report -errno as a value (EAGAIN is one), retry EINTR, and never touch
- * Python objects.  Compiled into ats_cffi._native (this header is also their
- * cdef) and into ats_cffi._fastio, which calls them on the per-event path.
+ * every mode (accept threads wait in poll).  They keep no state, never block
+ * longer than the syscall they wrap, report -errno as a value (EAGAIN is one),
+ * retry EINTR, and never touch Python objects.  Compiled into ats_cffi._native
+ * (this header is also their cdef) and into ats_cffi._fastio, which calls them on
+ * the per-event path.
  *
  * As a cdef it holds nothing that only a C compiler understands (build_ffi.py
  * drops the #pragma and #include lines). */

@@ -637,6 +637,7 @@ def test_accept_batch_reports_a_bad_socket_as_its_errno() -> None:
         ((3, 0, True, 0, [], []), ValueError, r"accept_batch: count must be in 1\.\.256, got 0"),
         ((3, 0, True, 257, [], []), ValueError, "accept_batch: count must be in 1..256"),
         ((-1, 0, True, 4, [], []), ValueError, "accept_batch: argument 1 must be >= 0"),
+        ((3, 2**40, True, 4, [], []), ValueError, "accept_batch: flags must be a C int"),
         ((3, 0, True, 4, (), []), TypeError, "accept_batch: fds .* must be lists"),
         ((3, 0, True, 4, [], None), TypeError, "accept_batch: fds .* must be lists"),
         ((3, 0, True, 4, []), TypeError, "accept_batch takes 6 arguments"),
