@@ -52,8 +52,9 @@ _READ_ALONE: Final = SPILL_SIZE
 #: thread's freelist, whose last block given is the next taken, still in the CPU's cache:
 #: the next connection's read lands in memory that was just written from, as uvloop's in
 #: its one loop-wide buffer. Kept blocks would each be written at their own address (10 KiB
-#: x 100 connections echo: 1 MiB of them, and 7% more server CPU per round trip than with
-#: the freelist's block); below a page, the freelist's take and give cost more than that.
+#: x 100 connections echo: 1 MiB of them, and 8% more server CPU per round trip than with
+#: the freelist's block, in an A/B); up to a page, keeping saves the freelist's take and
+#: give (about 415 instructions a round trip).
 KEEP_MAX: Final = 4096
 #: The most that one read straight into a new ``bytes`` (``read_to_bytes``) asks for: below
 #: glibc's mmap threshold (128 KiB), so that the object comes from the heap and the tail
